@@ -1,0 +1,55 @@
+"""implicit_geom: learned (implicit) manifolds as first-class geomstats spaces."""
+
+from ._backend import ensure_pytorch_backend
+
+ensure_pytorch_backend()
+
+from .exceptions import (  # noqa: E402
+    BackendError,
+    CheckpointError,
+    DataError,
+    EmptyDataError,
+    GeodesicError,
+    ImplicitGeomError,
+    InvalidPointError,
+    ProjectionError,
+    SingularJacobianError,
+)
+from .manifolds import (  # noqa: E402
+    GeomstatsLevelSet,
+    ImplicitManifold,
+    ImplicitMetric,
+    ImplicitSphere,
+    ImplicitTorus,
+    IntersectionManifold,
+    UnionManifold,
+    as_implicit,
+    from_sympy,
+    intersection,
+    union,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GeomstatsLevelSet",
+    "ImplicitManifold",
+    "ImplicitMetric",
+    "ImplicitSphere",
+    "ImplicitTorus",
+    "IntersectionManifold",
+    "UnionManifold",
+    "as_implicit",
+    "from_sympy",
+    "intersection",
+    "union",
+    "BackendError",
+    "CheckpointError",
+    "DataError",
+    "EmptyDataError",
+    "GeodesicError",
+    "ImplicitGeomError",
+    "InvalidPointError",
+    "ProjectionError",
+    "SingularJacobianError",
+]

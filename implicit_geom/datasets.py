@@ -1,0 +1,795 @@
+"""Synthetic and real data sets for implicit manifold learning.
+
+Every generator takes ``n_samples`` and ``seed`` and returns a ``torch.float64``
+tensor of shape ``(n_samples, ambient_dim)``. Seeds are turned into
+:class:`numpy.random.Generator` objects, so results are deterministic across
+platforms and independent of the global torch/numpy random state.
+
+The loaders read the CSV files in ``shared/data`` (never copied into the
+repository) and validate them strictly: any problem raises
+:class:`~implicit_geom.exceptions.DataError` naming the file and the 1-based
+data row (the first row after the header is row 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from implicit_geom.exceptions import DataError
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "DATASET_NAMES",
+    "von_mises_circle",
+    "two_circles",
+    "sphere_mixture",
+    "sphere_mixture_means",
+    "torus_density",
+    "torus_embed",
+    "torus_angles",
+    "sphere_embed",
+    "sphere_latlon",
+    "vmf_sphere",
+    "load_earth",
+    "load_protein",
+    "load_protein_angles",
+    "load_dataset",
+    "default_data_dir",
+    "train_test_split",
+]
+
+DTYPE = torch.float64
+
+# Tolerance (radians) on dihedral angles: the shared file stores them rounded to
+# two decimals, so a value like 3.15 is a rounded pi, not an error.
+_DIHEDRAL_TOL = 1e-2
+
+SeedLike = int | np.random.Generator | None
+
+
+def _rng(seed: SeedLike) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def _tensor(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=DTYPE)
+
+
+def _check_n(n_samples: int) -> int:
+    if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    return int(n_samples)
+
+
+# ---------------------------------------------------------------------------
+# Coordinate maps
+# ---------------------------------------------------------------------------
+
+
+def sphere_embed(lat, lon) -> torch.Tensor:
+    """Map latitude/longitude in degrees to unit vectors in R^3.
+
+    Parameters
+    ----------
+    lat, lon : array_like or torch.Tensor
+        Latitude in [-90, 90] and longitude (any range, periodic) in degrees,
+        broadcastable to a common shape ``S``.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``S + (3,)``: ``(cos lat cos lon, cos lat sin lon, sin lat)``.
+    """
+    lat = torch.deg2rad(torch.as_tensor(lat, dtype=DTYPE))
+    lon = torch.deg2rad(torch.as_tensor(lon, dtype=DTYPE))
+    lat, lon = torch.broadcast_tensors(lat, lon)
+    return torch.stack(
+        [torch.cos(lat) * torch.cos(lon), torch.cos(lat) * torch.sin(lon), torch.sin(lat)],
+        dim=-1,
+    )
+
+
+def sphere_latlon(x) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`sphere_embed` (the norm of ``x`` is ignored).
+
+    Parameters
+    ----------
+    x : array_like or torch.Tensor, shape (..., 3)
+
+    Returns
+    -------
+    lat, lon : torch.Tensor
+        Degrees, ``lat`` in [-90, 90] and ``lon`` in (-180, 180].
+    """
+    x = torch.as_tensor(x, dtype=DTYPE)
+    # atan2 of the polar components is accurate near the poles, unlike arcsin.
+    lat = torch.atan2(x[..., 2], torch.hypot(x[..., 0], x[..., 1]))
+    lon = torch.atan2(x[..., 1], x[..., 0])
+    return torch.rad2deg(lat), torch.rad2deg(lon)
+
+
+def torus_embed(phi, theta, R: float = 2.0, r: float = 1.0) -> torch.Tensor:
+    """Embed torus angles in R^3.
+
+    Parameters
+    ----------
+    phi : array_like or torch.Tensor
+        Angle around the symmetry (z) axis, radians.
+    theta : array_like or torch.Tensor
+        Angle around the tube, radians.
+    R, r : float
+        Major (centre of tube to z axis) and minor (tube) radius, ``R > r > 0``.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``S + (3,)``:
+        ``((R + r cos theta) cos phi, (R + r cos theta) sin phi, r sin theta)``.
+    """
+    _check_radii(R, r)
+    phi = torch.as_tensor(phi, dtype=DTYPE)
+    theta = torch.as_tensor(theta, dtype=DTYPE)
+    phi, theta = torch.broadcast_tensors(phi, theta)
+    rho = R + r * torch.cos(theta)
+    return torch.stack([rho * torch.cos(phi), rho * torch.sin(phi), r * torch.sin(theta)], dim=-1)
+
+
+def torus_angles(x, R: float = 2.0, r: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`torus_embed`.
+
+    For points off the torus this returns the angles of the closest torus point.
+
+    Parameters
+    ----------
+    x : array_like or torch.Tensor, shape (..., 3)
+    R, r : float
+        Torus radii (``r`` only enters through validation: the angles of the
+        closest point do not depend on it).
+
+    Returns
+    -------
+    phi, theta : torch.Tensor
+        Radians in (-pi, pi].
+    """
+    _check_radii(R, r)
+    x = torch.as_tensor(x, dtype=DTYPE)
+    phi = torch.atan2(x[..., 1], x[..., 0])
+    theta = torch.atan2(x[..., 2], torch.hypot(x[..., 0], x[..., 1]) - R)
+    return phi, theta
+
+
+def _check_radii(R: float, r: float) -> None:
+    if not (r > 0 and R > r):
+        raise ValueError(f"torus radii must satisfy R > r > 0, got R={R}, r={r}")
+
+
+# ---------------------------------------------------------------------------
+# Synthetic generators
+# ---------------------------------------------------------------------------
+
+
+def von_mises_circle(
+    n_samples: int, kappa: float = 2.0, mu: float = 0.0, seed: SeedLike = 0
+) -> torch.Tensor:
+    """Sample the unit circle in R^2 with von Mises(mu, kappa) angles.
+
+    Parameters
+    ----------
+    n_samples : int
+    kappa : float
+        Concentration (0 gives the uniform distribution).
+    mu : float
+        Mean angle in radians.
+    seed : int or numpy.random.Generator
+
+    Returns
+    -------
+    torch.Tensor, shape (n_samples, 2)
+    """
+    angles = _rng(seed).vonmises(mu, kappa, _check_n(n_samples))
+    return _tensor(np.stack([np.cos(angles), np.sin(angles)], axis=1))
+
+
+def two_circles(
+    n_samples: int,
+    kappa: float = 2.0,
+    centres: Sequence[Sequence[float]] = ((-1.8, 0.0), (1.8, 0.0)),
+    radius: float = 1.0,
+    seed: SeedLike = 0,
+) -> torch.Tensor:
+    """Equal-weight mixture of von Mises densities on two circles in R^2.
+
+    This is the two-circle data set of Ross et al. (2023): each point picks a
+    circle uniformly at random, then a von Mises(0, kappa) angle on it.
+
+    Parameters
+    ----------
+    n_samples : int
+    kappa : float
+        Concentration of the angle on each circle.
+    centres : sequence of two (x, y) pairs
+    radius : float
+    seed : int or numpy.random.Generator
+
+    Returns
+    -------
+    torch.Tensor, shape (n_samples, 2)
+    """
+    n = _check_n(n_samples)
+    centres = np.asarray(centres, dtype=np.float64)
+    if centres.ndim != 2 or centres.shape[1] != 2:
+        raise ValueError(f"centres must be a sequence of (x, y) pairs, got shape {centres.shape}")
+    rng = _rng(seed)
+    component = rng.integers(0, len(centres), n)
+    angles = rng.vonmises(0.0, kappa, n)
+    unit = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return _tensor(centres[component] + radius * unit)
+
+
+def sphere_mixture_means(n_components: int = 4) -> torch.Tensor:
+    """Fixed, well-separated component means used by :func:`sphere_mixture`.
+
+    The means are a Fibonacci (golden-angle) lattice of ``n_components``
+    points on S^2: deterministic, nearly uniformly spread for any count, and
+    for 4 components every pair is more than 97 degrees apart.
+
+    Returns
+    -------
+    torch.Tensor, shape (n_components, 3)
+    """
+    if n_components < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    k = np.arange(n_components) + 0.5
+    z = 1.0 - 2.0 * k / n_components
+    lon = math.pi * (3.0 - math.sqrt(5.0)) * k
+    rho = np.sqrt(1.0 - z**2)
+    return _tensor(np.stack([rho * np.cos(lon), rho * np.sin(lon), z], axis=1))
+
+
+def sphere_mixture(
+    n_samples: int, n_components: int = 4, scale: float = 0.3, seed: SeedLike = 0
+) -> torch.Tensor:
+    """Equal-weight mixture of projected Gaussians on S^2 in R^3.
+
+    Each point is ``normalise(m + scale * N(0, I_3))`` for a component mean
+    ``m`` from :func:`sphere_mixture_means` chosen uniformly at random.
+
+    Parameters
+    ----------
+    n_samples : int
+    n_components : int
+    scale : float
+        Standard deviation of the Gaussian before projection; keep it well
+        below 1 so the components stay separated.
+    seed : int or numpy.random.Generator
+
+    Returns
+    -------
+    torch.Tensor, shape (n_samples, 3)
+    """
+    n = _check_n(n_samples)
+    means = sphere_mixture_means(n_components).numpy()
+    rng = _rng(seed)
+    component = rng.integers(0, n_components, n)
+    x = means[component] + scale * rng.standard_normal((n, 3))
+    return _tensor(x / np.linalg.norm(x, axis=1, keepdims=True))
+
+
+# (mu_phi, mu_theta, kappa_phi, kappa_theta, weight) of the torus mixture.
+_TORUS_COMPONENTS = (
+    (0.0, 0.0, 4.0, 4.0, 0.4),
+    (2.0, math.pi / 2, 8.0, 2.0, 0.35),
+    (-2.2, -2.5, 3.0, 6.0, 0.25),
+)
+
+
+def torus_density(
+    n_samples: int, R: float = 2.0, r: float = 1.0, seed: SeedLike = 0
+) -> torch.Tensor:
+    """Sample a non-uniform density on the torus embedded in R^3.
+
+    The angles follow a fixed three-component mixture of bivariate von Mises
+    densities with independent marginals (the sine model with zero
+    correlation), see ``_TORUS_COMPONENTS``; the points are then embedded with
+    :func:`torus_embed`.
+
+    Parameters
+    ----------
+    n_samples : int
+    R, r : float
+        Major and minor radius.
+    seed : int or numpy.random.Generator
+
+    Returns
+    -------
+    torch.Tensor, shape (n_samples, 3)
+    """
+    n = _check_n(n_samples)
+    params = np.asarray(_TORUS_COMPONENTS)
+    rng = _rng(seed)
+    component = rng.choice(len(params), size=n, p=params[:, 4] / params[:, 4].sum())
+    mu_phi, mu_theta, k_phi, k_theta = params[component, :4].T
+    phi = rng.vonmises(mu_phi, k_phi)
+    theta = rng.vonmises(mu_theta, k_theta)
+    return torus_embed(phi, theta, R, r)
+
+
+def vmf_sphere(n_samples: int, mu, kappa: float, seed: SeedLike = 0) -> torch.Tensor:
+    """Exact von Mises-Fisher sampler on S^2.
+
+    On S^2 the component ``w = <x, mu>`` has the closed-form inverse CDF
+    ``w = 1 + log(u + (1 - u) exp(-2 kappa)) / kappa``; it is evaluated as
+    ``1 + log1p(u * expm1(-2 kappa)) / kappa`` (u uniform) which is accurate
+    for both tiny and huge ``kappa``. The tangential direction is uniform.
+
+    Parameters
+    ----------
+    n_samples : int
+    mu : array_like, shape (3,)
+        Mean direction (normalised internally).
+    kappa : float
+        Concentration, ``kappa >= 0`` (0 is uniform).
+    seed : int or numpy.random.Generator
+
+    Returns
+    -------
+    torch.Tensor, shape (n_samples, 3)
+    """
+    n = _check_n(n_samples)
+    mu = np.asarray(torch.as_tensor(mu, dtype=DTYPE).detach().cpu(), dtype=np.float64)
+    if mu.shape != (3,) or not np.all(np.isfinite(mu)) or np.linalg.norm(mu) == 0:
+        raise ValueError(f"mu must be a non-zero finite vector of shape (3,), got {mu!r}")
+    if not kappa >= 0:
+        raise ValueError(f"kappa must be >= 0, got {kappa}")
+    mu = mu / np.linalg.norm(mu)
+    rng = _rng(seed)
+    u = rng.random(n)
+    if kappa == 0:
+        w = 1.0 - 2.0 * u
+    else:
+        w = 1.0 + np.log1p(u * np.expm1(-2.0 * kappa)) / kappa
+    w = np.clip(w, -1.0, 1.0)
+    angle = rng.uniform(0.0, 2.0 * math.pi, n)
+    # Orthonormal basis (e1, e2) of the plane orthogonal to mu, built from the
+    # coordinate axis least aligned with mu for numerical stability.
+    axis = np.eye(3)[np.argmin(np.abs(mu))]
+    e1 = axis - axis.dot(mu) * mu
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(mu, e1)
+    radial = np.sqrt(np.clip(1.0 - w**2, 0.0, None))
+    x = (
+        w[:, None] * mu
+        + (radial * np.cos(angle))[:, None] * e1
+        + (radial * np.sin(angle))[:, None] * e2
+    )
+    return _tensor(x)
+
+
+# ---------------------------------------------------------------------------
+# CSV reading with row-level diagnostics
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Table:
+    path: Path
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int]  # 1-based file line of each data row, for messages
+
+    def where(self, i: int) -> str:
+        """Location of 0-based data row ``i`` for error messages."""
+        return f"{self.path}: data row {i + 1} (line {self.lines[i]})"
+
+    def column_index(self, wanted: dict[str, Sequence[str]]) -> dict[str, int]:
+        """Map canonical column names to indices, accepting case-insensitive aliases."""
+        lowered = [h.strip().lower() for h in self.header]
+        found = {}
+        for name, aliases in wanted.items():
+            hits = [i for i, h in enumerate(lowered) if h in aliases]
+            if not hits:
+                expected = ", ".join(
+                    f"{n} (or {'/'.join(a for a in al if a != n)})" if len(al) > 1 else n
+                    for n, al in wanted.items()
+                )
+                raise DataError(
+                    f"{self.path}: missing column {name!r}; expected columns {expected}, "
+                    f"found {self.header}"
+                )
+            found[name] = hits[0]
+        return found
+
+    def numeric(self, col: int, name: str) -> np.ndarray:
+        """Column ``col`` as finite float64 values, or a DataError naming the row."""
+        values = np.empty(len(self.rows))
+        for i, row in enumerate(self.rows):
+            try:
+                values[i] = float(row[col])
+            except ValueError:
+                raise DataError(
+                    f"{self.where(i)}: {name} value {row[col]!r} is not numeric"
+                ) from None
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{self.where(i)}: {name} value {self.rows[i][col]!r} is not finite")
+        return values
+
+    def check_range(
+        self, values: np.ndarray, lo: float, hi: float, name: str, label: str = "", hint: str = ""
+    ):
+        """DataError naming the first row with a value outside [lo, hi] (``label`` describes it)."""
+        bad = (values < lo) | (values > hi)
+        if bad.any():
+            i = int(np.argmax(bad))
+            label = label or f"[{lo:g}, {hi:g}]"
+            raise DataError(f"{self.where(i)}: {name} = {float(values[i])!r} outside {label}{hint}")
+
+
+def _read_table(path) -> _Table:
+    """Read a CSV with optional leading '#' comment lines and a header row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    header, rows, lines = None, [], []
+    # csv.reader's line_num counts physical lines, which is what users see.
+    try:
+        handle = open(path, newline="", encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open data file ({exc})") from None
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            all_rows = [(row, reader.line_num) for row in reader]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{path}: not a readable UTF-8 CSV file ({exc})") from None
+        for row, line_num in all_rows:
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if header is None:
+                if row[0].lstrip().startswith("#"):
+                    continue
+                header = [cell.strip() for cell in row]
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}: data row {len(rows) + 1} (line {line_num}) has "
+                    f"{len(row)} fields, expected {len(header)} ({', '.join(header)})"
+                )
+            rows.append([cell.strip() for cell in row])
+            lines.append(line_num)
+    if header is None:
+        raise DataError(f"{path}: file is empty (no header row)")
+    if not rows:
+        raise DataError(f"{path}: no data rows after the header {header}")
+    return _Table(path, header, rows, lines)
+
+
+_LATLON_COLUMNS = {
+    "latitude": ("latitude", "lat"),
+    "longitude": ("longitude", "lon", "long", "lng"),
+}
+_DIHEDRAL_COLUMNS = {"residue": ("residue",), "phi": ("phi",), "psi": ("psi",)}
+
+
+def _latlon_from_table(table: _Table) -> tuple[np.ndarray, np.ndarray]:
+    cols = table.column_index(_LATLON_COLUMNS)
+    lat = table.numeric(cols["latitude"], "latitude")
+    lon = table.numeric(cols["longitude"], "longitude")
+    table.check_range(lat, -90.0, 90.0, "latitude")
+    if (lon > 180.0).any():
+        # Longitudes above 180 mean the [0, 360] convention for the whole file.
+        table.check_range(
+            lon, 0.0, 360.0, "longitude", hint=" (values above 180 imply the [0, 360] convention)"
+        )
+    else:
+        table.check_range(lon, -180.0, 180.0, "longitude")
+    return lat, lon
+
+
+def load_earth(path) -> torch.Tensor:
+    """Load an earth-science CSV (latitude/longitude in degrees) as unit vectors.
+
+    The file may start with ``#`` comment lines (the source); the header must
+    contain a latitude column (``latitude`` or ``lat``) and a longitude column
+    (``longitude``, ``lon``, ``long`` or ``lng``), case-insensitive. Longitudes
+    may use [-180, 180] or [0, 360].
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    torch.Tensor, shape (n, 3)
+
+    Raises
+    ------
+    DataError
+        Missing file, missing columns, empty data, non-numeric/NaN values or
+        out-of-range angles (the message names the file and the data row).
+    """
+    lat, lon = _latlon_from_table(_read_table(path))
+    return sphere_embed(lat, lon)
+
+
+def load_protein_angles(path, residue: str | None = "G") -> tuple[torch.Tensor, torch.Tensor]:
+    """Load backbone dihedral angles (phi, psi) in radians.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        CSV with columns ``residue, phi, psi`` (angles in radians, in
+        [-pi, pi] up to a rounding tolerance of 0.01).
+    residue : str or None
+        One-letter amino-acid code to keep (``"G"`` is glycine); ``None``
+        keeps all rows.
+
+    Returns
+    -------
+    phi, psi : torch.Tensor, shape (n,)
+
+    Raises
+    ------
+    DataError
+        As :func:`load_earth`, plus an unknown ``residue`` (the message lists
+        the available ones).
+    """
+    table = _read_table(path)
+    cols = table.column_index(_DIHEDRAL_COLUMNS)
+    residues = [row[cols["residue"]] for row in table.rows]
+    if residue is not None:
+        keep = np.array(residues) == residue
+        if not keep.any():
+            raise DataError(
+                f"{path}: unknown residue {residue!r}; available: {', '.join(sorted(set(residues)))}"
+            )
+    angles = []
+    for name in ("phi", "psi"):
+        values = table.numeric(cols[name], name)
+        hint = " (angles must be in radians)" if np.abs(values).max() > 2 * math.pi else ""
+        table.check_range(
+            values,
+            -math.pi - _DIHEDRAL_TOL,
+            math.pi + _DIHEDRAL_TOL,
+            name,
+            label=f"[-pi, pi] (tolerance {_DIHEDRAL_TOL:g})",
+            hint=hint,
+        )
+        angles.append(values if residue is None else values[keep])
+    return _tensor(angles[0]), _tensor(angles[1])
+
+
+def load_protein(path, residue: str | None = "G", R: float = 3.0, r: float = 1.0) -> torch.Tensor:
+    """Load dihedral angles as points on a torus in R^3.
+
+    ``phi`` is the angle around the symmetry axis and ``psi`` the angle around
+    the tube, see :func:`torus_embed`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    residue : str or None
+        See :func:`load_protein_angles`.
+    R, r : float
+        Torus radii.
+
+    Returns
+    -------
+    torch.Tensor, shape (n, 3)
+    """
+    phi, psi = load_protein_angles(path, residue)
+    return torus_embed(phi, psi, R, r)
+
+
+def _load_numeric_csv(path) -> tuple[torch.Tensor, str]:
+    """A user CSV: lat/lon columns give sphere points, otherwise all columns must be numeric."""
+    table = _read_table(path)
+    lowered = {h.strip().lower() for h in table.header}
+    if all(lowered & set(aliases) for aliases in _LATLON_COLUMNS.values()):
+        lat, lon = _latlon_from_table(table)
+        return sphere_embed(lat, lon), "sphere"
+    columns = [table.numeric(j, repr(h)) for j, h in enumerate(table.header)]
+    return _tensor(np.stack(columns, axis=1)), "euclidean"
+
+
+def _load_npy(path) -> torch.Tensor:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a plain numeric .npy array ({exc})") from None
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise DataError(f"{path}: expected a non-empty 2-d array, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise DataError(f"{path}: expected a numeric array, got dtype {array.dtype}")
+    bad = ~np.isfinite(array).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: data row {int(np.argmax(bad)) + 1} contains NaN or inf")
+    return _tensor(array)
+
+
+# ---------------------------------------------------------------------------
+# Data set registry
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """Points plus what is known about the manifold they live on.
+
+    Attributes
+    ----------
+    points : torch.Tensor, shape (n, ambient_dim)
+    name : str
+    kind : {"euclidean", "sphere", "torus"}
+        The known constraint manifold: ``"euclidean"`` means none (e.g. the
+        circle data, whose manifold is to be learned).
+    ambient_dim : int
+    intrinsic_dim : int or None
+        Dimension of the data manifold, ``None`` when unknown (user files).
+    meta : dict
+        Extra information (generator parameters, source file, torus radii
+        ``R`` and ``r`` for ``kind == "torus"``).
+    """
+
+    points: torch.Tensor
+    name: str
+    kind: str
+    ambient_dim: int
+    intrinsic_dim: int | None
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+
+_SYNTHETIC = {
+    # name: (generator, kind, intrinsic_dim, fixed keyword arguments)
+    "circle": (von_mises_circle, "euclidean", 1, {"kappa": 2.0}),
+    "two_circles": (two_circles, "euclidean", 1, {"kappa": 2.0}),
+    "sphere_mixture": (sphere_mixture, "sphere", 2, {"n_components": 4, "scale": 0.3}),
+    "torus": (torus_density, "torus", 2, {"R": 2.0, "r": 1.0}),
+}
+_REAL = {
+    # name: (relative path, kind, loader keyword arguments)
+    "flood": ("earth/flood.csv", "sphere", {}),
+    "volcano": ("earth/volcano.csv", "sphere", {}),
+    "glycine": ("protein/dihedrals.csv", "torus", {"residue": "G", "R": 3.0, "r": 1.0}),
+}
+DATASET_NAMES = tuple(_SYNTHETIC) + tuple(_REAL)
+_DEFAULT_N_SAMPLES = 1000
+
+
+def default_data_dir() -> Path:
+    """Directory of the shared real data: ``$IMPLICIT_GEOM_DATA`` or ``<repo>/../shared/data``."""
+    env = os.environ.get("IMPLICIT_GEOM_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_dataset(
+    name_or_path,
+    n_samples: int | None = None,
+    seed: SeedLike = 0,
+    data_dir=None,
+    intrinsic_dim: int | None = None,
+) -> Dataset:
+    """Load a built-in data set by name, or a ``.csv``/``.npy`` file.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        One of ``DATASET_NAMES`` (``"circle"``, ``"two_circles"``,
+        ``"sphere_mixture"``, ``"torus"``, ``"flood"``, ``"volcano"``,
+        ``"glycine"``) or a path. A CSV with latitude/longitude columns gives
+        sphere points; any other CSV must be all-numeric. A ``.npy`` file must
+        hold a 2-d numeric array.
+    n_samples : int, optional
+        Synthetic data: number of samples (default 1000). Real data: size of a
+        random subsample without replacement (default: all points).
+    seed : int or numpy.random.Generator
+        Seed for generation or subsampling.
+    data_dir : str or os.PathLike, optional
+        Directory holding ``earth/`` and ``protein/`` (default
+        :func:`default_data_dir`).
+    intrinsic_dim : int, optional
+        Overrides the recorded manifold dimension (needed for user files,
+        where it is otherwise ``None``).
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    ValueError
+        Unknown name, or ``n_samples`` larger than the real data set.
+    DataError
+        Missing or malformed data file.
+    """
+    key = str(name_or_path)
+    if key in _SYNTHETIC:
+        generator, kind, dim, kwargs = _SYNTHETIC[key]
+        n = _DEFAULT_N_SAMPLES if n_samples is None else n_samples
+        points = generator(n, seed=seed, **kwargs)
+        meta = {"seed": seed, **kwargs}
+        return _make(points, key, kind, dim if intrinsic_dim is None else intrinsic_dim, meta)
+
+    if key in _REAL:
+        rel, kind, kwargs = _REAL[key]
+        path = Path(data_dir) if data_dir is not None else default_data_dir()
+        path = path / rel
+        points = load_protein(path, **kwargs) if kind == "torus" else load_earth(path)
+        meta = {"source": str(path), **kwargs}
+        dim = 2 if intrinsic_dim is None else intrinsic_dim
+    else:
+        path = Path(name_or_path)
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            points, kind = _load_numeric_csv(path)
+        elif suffix == ".npy":
+            points, kind = _load_npy(path), "euclidean"
+        else:
+            raise ValueError(
+                f"unknown data set {key!r}: expected one of {', '.join(DATASET_NAMES)} "
+                "or a path to a .csv or .npy file"
+            )
+        key = path.stem
+        meta = {"source": str(path)}
+        dim = intrinsic_dim if intrinsic_dim is not None else (2 if kind == "sphere" else None)
+
+    if n_samples is not None:
+        n = _check_n(n_samples)
+        if n > len(points):
+            raise ValueError(f"n_samples={n} exceeds the {len(points)} points of {key!r}")
+        index = np.sort(_rng(seed).choice(len(points), size=n, replace=False))
+        points = points[torch.as_tensor(index)]
+        meta["subsample_seed"] = seed
+    return _make(points, key, kind, dim, meta)
+
+
+def _make(points: torch.Tensor, name: str, kind: str, dim, meta: dict) -> Dataset:
+    return Dataset(points, name, kind, int(points.shape[1]), dim, meta)
+
+
+def train_test_split(
+    points: torch.Tensor, test_fraction: float = 0.2, seed: SeedLike = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Randomly split points into train and test sets.
+
+    Parameters
+    ----------
+    points : torch.Tensor, shape (n, ...)
+        ``n >= 2``.
+    test_fraction : float
+        In (0, 1); the test set gets ``round(n * test_fraction)`` points,
+        clipped so that both sets are non-empty.
+    seed : int or numpy.random.Generator
+
+    Returns
+    -------
+    train, test : torch.Tensor
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    n = int(points.shape[0])
+    if n < 2:
+        raise ValueError(f"need at least 2 points to split, got {n}")
+    n_test = min(max(int(round(n * test_fraction)), 1), n - 1)
+    perm = torch.as_tensor(_rng(seed).permutation(n))
+    return points[perm[n_test:]], points[perm[:n_test]]

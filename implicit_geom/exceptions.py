@@ -1,0 +1,55 @@
+"""Named exceptions of implicit_geom.
+
+Every error the library raises on purpose derives from :class:`ImplicitGeomError`,
+so callers can catch the whole family; each also derives from the closest builtin
+(``ValueError``, ``RuntimeError``...) so generic handlers keep working.
+"""
+
+
+class ImplicitGeomError(Exception):
+    """Base class of all implicit_geom errors."""
+
+
+class BackendError(ImplicitGeomError, RuntimeError):
+    """geomstats is not running on the pytorch backend."""
+
+
+class InvalidPointError(ImplicitGeomError, ValueError):
+    """An input array has NaN/inf entries, the wrong shape or the wrong dimension."""
+
+
+class EmptyDataError(InvalidPointError):
+    """An estimator or loader received no data."""
+
+
+class ProjectionError(ImplicitGeomError, RuntimeError):
+    """Newton projection onto the zero set failed for some points.
+
+    Attributes
+    ----------
+    failed : torch.Tensor of bool
+        Mask over the batch of the points that did not converge.
+    residual : torch.Tensor
+        ``|F|`` of the last iterate, per point.
+    """
+
+    def __init__(self, message, failed=None, residual=None):
+        super().__init__(message)
+        self.failed = failed
+        self.residual = residual
+
+
+class SingularJacobianError(ImplicitGeomError, ArithmeticError):
+    """The Jacobian of the submersion is (numerically) rank deficient."""
+
+
+class GeodesicError(ImplicitGeomError, RuntimeError):
+    """A geodesic integration or the log shooting did not reach its tolerance."""
+
+
+class CheckpointError(ImplicitGeomError, ValueError):
+    """A saved model is missing, corrupt or incompatible."""
+
+
+class DataError(ImplicitGeomError, ValueError):
+    """A data file or array is malformed (bad rows, columns, values)."""

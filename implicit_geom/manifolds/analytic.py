@@ -1,0 +1,207 @@
+"""Analytic implicit manifolds: sphere, torus, sympy expressions, geomstats spaces.
+
+The defining functions are scaled so that ``|grad F| = 1`` on M where possible;
+then ``|F|`` approximates the distance to M near M, which makes tolerances on
+``|F|`` mean the same thing across spaces.
+"""
+
+import torch
+from geomstats.geometry.base import LevelSet
+
+from .implicit import ImplicitManifold
+
+
+class ImplicitSphere(ImplicitManifold):
+    r"""Sphere :math:`\{|x - c| = r\}` in :math:`\mathbb{R}^{d+1}` with closed-form derivatives.
+
+    Parameters
+    ----------
+    dim : int
+        Dimension ``d`` of the sphere.
+    radius : float
+    center : array-like, shape=[d + 1], optional
+    """
+
+    def __init__(self, dim=2, radius=1.0, center=None, **kwargs):
+        n = dim + 1
+        self.radius = float(radius)
+        self.center = (torch.zeros(n, dtype=torch.float64) if center is None
+                       else torch.as_tensor(center, dtype=torch.float64))
+        kwargs.setdefault("bounds", (self.center - 1.5 * radius, self.center + 1.5 * radius))
+        kwargs.setdefault("name", f"ImplicitSphere(dim={dim}, radius={radius:g})")
+        super().__init__(None, ambient_dim=n, codim=1, **kwargs)
+
+    def _value(self, x):
+        y = x - self.center
+        return ((y * y).sum(-1, keepdim=True) - self.radius**2) / (2 * self.radius)
+
+    def _value_and_jacobian(self, x):
+        y = x - self.center
+        value = ((y * y).sum(-1, keepdim=True) - self.radius**2) / (2 * self.radius)
+        return value, (y / self.radius).unsqueeze(-2)
+
+    def _second_derivative(self, x, v):
+        return (v * v).sum(-1, keepdim=True) / self.radius
+
+
+class ImplicitTorus(ImplicitManifold):
+    r"""Torus of revolution in :math:`\mathbb{R}^3` with major radius R, tube radius r.
+
+    :math:`F(x) = ((\sqrt{x_1^2 + x_2^2} - R)^2 + x_3^2 - r^2) / (2r)`.
+    """
+
+    def __init__(self, major_radius=2.0, minor_radius=1.0, **kwargs):
+        if not 0 < minor_radius < major_radius:
+            raise ValueError("need 0 < minor_radius < major_radius")
+        self.major_radius = float(major_radius)
+        self.minor_radius = float(minor_radius)
+        extent = major_radius + 1.5 * minor_radius
+        kwargs.setdefault("bounds", ([-extent, -extent, -1.5 * minor_radius],
+                                     [extent, extent, 1.5 * minor_radius]))
+        kwargs.setdefault(
+            "name", f"ImplicitTorus(R={major_radius:g}, r={minor_radius:g})")
+        super().__init__(None, ambient_dim=3, codim=1, **kwargs)
+
+    def _value(self, x):
+        rho = torch.sqrt(x[..., 0] ** 2 + x[..., 1] ** 2)
+        r = self.minor_radius
+        return (((rho - self.major_radius) ** 2 + x[..., 2] ** 2 - r**2) / (2 * r))[..., None]
+
+
+class SympyImplicitManifold(ImplicitManifold):
+    """Zero set of sympy expressions, with exact symbolic first and second derivatives.
+
+    Build with :meth:`ImplicitManifold.from_sympy`.
+    """
+
+    def __init__(self, exprs, symbols, **kwargs):
+        import sympy
+
+        exprs = [sympy.sympify(e) for e in (exprs if isinstance(exprs, (list, tuple))
+                                           else [exprs])]
+        symbols = list(symbols)
+        free = set().union(*(e.free_symbols for e in exprs))
+        unknown = free - set(symbols)
+        if unknown:
+            raise ValueError(f"expressions use symbols {sorted(map(str, unknown))} that "
+                             f"are not among the coordinates {list(map(str, symbols))}")
+        jac = sympy.Matrix(exprs).jacobian(symbols)
+        hess = [sympy.hessian(e, symbols) for e in exprs]
+        self.exprs = exprs
+        self.symbols = symbols
+        self._F = _compile(exprs, symbols)
+        self._J = _compile(list(jac), symbols)
+        self._H = _compile([h for H in hess for h in H], symbols)
+        kwargs.setdefault("name", f"SympyImplicitManifold({', '.join(map(str, exprs))} = 0)")
+        super().__init__(None, ambient_dim=len(symbols), codim=len(exprs), **kwargs)
+
+    def _value(self, x):
+        return self._F(x)
+
+    def _value_and_jacobian(self, x):
+        jac = self._J(x).reshape(*x.shape[:-1], self.codim, self.ambient_dim)
+        return self._F(x), jac
+
+    def _second_derivative(self, x, v):
+        n = self.ambient_dim
+        hess = self._H(x).reshape(*x.shape[:-1], self.codim, n, n)
+        return torch.einsum("...i,...kij,...j->...k", v, hess, v)
+
+
+_TORCH_FUNCS = {
+    name: getattr(torch, name)
+    for name in ("sin", "cos", "tan", "exp", "log", "sqrt", "tanh", "sinh", "cosh",
+                 "arcsin", "arccos", "arctan", "abs", "sign", "atan2")
+}
+_TORCH_FUNCS.update(asin=torch.asin, acos=torch.acos, atan=torch.atan, Abs=torch.abs,
+                    pi=torch.pi, E=torch.e)
+
+
+def _compile(exprs, symbols):
+    """Lambdify expressions to a torch function ``(B, n) -> (B, len(exprs))``."""
+    import sympy
+
+    fn = sympy.lambdify(symbols, exprs, modules=[_TORCH_FUNCS, "math"])
+
+    def evaluate(x):
+        cols = fn(*x.unbind(-1))
+        # Constant entries come back as Python numbers: broadcast them.
+        cols = [c if torch.is_tensor(c) else torch.full(x.shape[:-1], float(c),
+                                                        dtype=x.dtype, device=x.device)
+                for c in cols]
+        return torch.stack(cols, dim=-1)
+
+    return evaluate
+
+
+def from_sympy(exprs, symbols, **kwargs):
+    """Implicit manifold ``{exprs = 0}`` in the coordinates ``symbols``.
+
+    Parameters
+    ----------
+    exprs : sympy expression or list of them
+        The k constraints.
+    symbols : list of sympy.Symbol
+        The n ambient coordinates, in order.
+    **kwargs
+        Passed to :class:`ImplicitManifold` (``tol``, ``max_iter``, ``bounds``...).
+
+    Examples
+    --------
+    >>> import sympy
+    >>> x, y, z = sympy.symbols("x y z")
+    >>> sphere = from_sympy([(x**2 + y**2 + z**2 - 1) / 2], [x, y, z])
+    """
+    return SympyImplicitManifold(exprs, symbols, **kwargs)
+
+
+ImplicitManifold.from_sympy = staticmethod(from_sympy)
+
+
+class GeomstatsLevelSet(ImplicitManifold):
+    """A geomstats :class:`LevelSet` (e.g. ``Hypersphere``, ``SpecialOrthogonal``)
+    seen as an implicit manifold in flattened ambient coordinates.
+
+    Matrix-valued submersions with symmetric values (``X^T X - I``) contribute
+    their upper triangle only, so the constraints stay independent.
+    """
+
+    def __init__(self, space, **kwargs):
+        if not isinstance(space, LevelSet):
+            raise TypeError(
+                f"{type(space).__name__} is not a geomstats LevelSet; wrap a geomstats "
+                "space defined by a submersion (Hypersphere, SpecialOrthogonal, ...) or "
+                "give its defining function to ImplicitManifold directly.")
+        self.space = space
+        self.point_shape = tuple(space.shape)
+        n = int(torch.tensor(self.point_shape).prod())
+        probe = torch.as_tensor(space.random_point(), dtype=torch.float64)
+        sub = torch.as_tensor(space.submersion(probe))
+        self._symmetric = sub.ndim == 2 and sub.shape[0] == sub.shape[1]
+        if self._symmetric:
+            rows, cols = torch.triu_indices(sub.shape[0], sub.shape[1])
+            self._triu = (rows, cols)
+            k = rows.numel()
+        else:
+            k = max(sub.numel(), 1)
+        kwargs.setdefault("name", f"GeomstatsLevelSet({type(space).__name__})")
+        kwargs.setdefault("bounds", (-1.5 * torch.ones(n), 1.5 * torch.ones(n)))
+        super().__init__(None, ambient_dim=n, codim=k, **kwargs)
+        if self.dim != space.dim:
+            raise ValueError(
+                f"could not derive independent constraints for {type(space).__name__}: "
+                f"got dimension {self.dim}, expected {space.dim}")
+
+    def _value(self, x):
+        pts = x.reshape(*x.shape[:-1], *self.point_shape)
+        sub = self.space.submersion(pts)
+        if self._symmetric:
+            return sub[..., self._triu[0], self._triu[1]]
+        return sub.reshape(*x.shape[:-1], self.codim)
+
+
+def as_implicit(space):
+    """Return ``space`` as an :class:`ImplicitManifold` (wrapping geomstats spaces)."""
+    if isinstance(space, ImplicitManifold):
+        return space
+    return GeomstatsLevelSet(space)

@@ -1,0 +1,171 @@
+"""Manifold arithmetic (Ross et al. 2023, Sec. 5): intersections and unions.
+
+An intersection stacks the constraints (codimensions add). A union is the set
+of points on either component; its paper form for codimension 1 is the product
+``F1 * F2``, whose gradient vanishes where the components meet. We keep the
+product as :meth:`UnionManifold.product_submersion` but compute geometry with
+the *active component* of each point (the one with the smaller ``|F_i|``), which
+is a valid local defining function everywhere except where components meet;
+there the tangent space is not defined and a :class:`SingularJacobianError` is
+raised instead of a silently wrong answer.
+"""
+
+import torch
+
+from ..exceptions import SingularJacobianError
+from ..numerics.newton import NewtonResult
+from .analytic import as_implicit
+from .implicit import ImplicitManifold
+
+
+class IntersectionManifold(ImplicitManifold):
+    """Intersection of implicit manifolds in the same ambient space."""
+
+    def __init__(self, *components, **kwargs):
+        comps = [as_implicit(c) for c in components]
+        if len(comps) < 2:
+            raise ValueError("an intersection needs at least two manifolds")
+        n = comps[0].ambient_dim
+        if any(c.ambient_dim != n for c in comps):
+            raise ValueError("components live in different ambient dimensions: "
+                             f"{[c.ambient_dim for c in comps]}")
+        self.components = comps
+        codim = sum(c.codim for c in comps)
+        kwargs.setdefault("tol", min(c.tol for c in comps))
+        kwargs.setdefault("bounds", _common_bounds(comps, max))
+        kwargs.setdefault("name", " ∩ ".join(c.name for c in comps))
+        super().__init__(None, ambient_dim=n, codim=codim, **kwargs)
+
+    def _value(self, x):
+        return torch.cat([c._value(x) for c in self.components], dim=-1)
+
+    def _value_and_jacobian(self, x):
+        parts = [c._value_and_jacobian(x) for c in self.components]
+        return (torch.cat([p[0] for p in parts], -1), torch.cat([p[1] for p in parts], -2))
+
+    def _second_derivative(self, x, v):
+        return torch.cat([c._second_derivative(x, v) for c in self.components], dim=-1)
+
+
+def _common_bounds(comps, pick):
+    """Box enclosing (``max``: intersecting, union) all components that have one."""
+    boxes = [c.bounds for c in comps if c.bounds is not None]
+    if not boxes:
+        return None
+    lows = torch.stack([b[0] for b in boxes])
+    highs = torch.stack([b[1] for b in boxes])
+    if pick is max:  # intersection lies in every box
+        return lows.amax(0), highs.amin(0)
+    return lows.amin(0), highs.amax(0)
+
+
+class UnionManifold(ImplicitManifold):
+    """Union of implicit manifolds of equal dimension.
+
+    Parameters
+    ----------
+    *components : ImplicitManifold or geomstats LevelSet
+    meet_tol : float
+        Points where two components have ``|F_i| <= meet_tol`` are treated as
+        lying where components meet (no tangent space).
+    """
+
+    def __init__(self, *components, meet_tol=1e-8, **kwargs):
+        comps = [as_implicit(c) for c in components]
+        if len(comps) < 2:
+            raise ValueError("a union needs at least two manifolds")
+        n, k = comps[0].ambient_dim, comps[0].codim
+        if any(c.ambient_dim != n or c.codim != k for c in comps):
+            raise ValueError("union components must share ambient dimension and codimension")
+        self.components = comps
+        self.meet_tol = meet_tol
+        kwargs.setdefault("tol", min(c.tol for c in comps))
+        kwargs.setdefault("bounds", _common_bounds(comps, min))
+        kwargs.setdefault("name", " ∪ ".join(c.name for c in comps))
+        super().__init__(None, ambient_dim=n, codim=k, **kwargs)
+
+    # The active component of each point defines M locally.
+    def _stack(self, x):
+        return torch.stack([c._value(x) for c in self.components])  # (C, B, k)
+
+    def component_index(self, x):
+        """Index of the component with the smallest ``|F_i|``, shape (B,)."""
+        return self._stack(x).norm(dim=-1).argmin(0)
+
+    def _select(self, stacked, idx):
+        gather = idx.reshape(1, -1, *([1] * (stacked.ndim - 2))).expand(1, *stacked.shape[1:])
+        return stacked.gather(0, gather)[0]
+
+    def _value(self, x):
+        stacked = self._stack(x)
+        return self._select(stacked, stacked.norm(dim=-1).argmin(0))
+
+    def _value_and_jacobian(self, x):
+        parts = [c._value_and_jacobian(x) for c in self.components]
+        values = torch.stack([p[0] for p in parts])
+        idx = values.norm(dim=-1).argmin(0)
+        jac = self._select(torch.stack([p[1] for p in parts]), idx)
+        return self._select(values, idx), jac
+
+    def _second_derivative(self, x, v):
+        idx = self.component_index(x)
+        return self._select(torch.stack([c._second_derivative(x, v)
+                                         for c in self.components]), idx)
+
+    def product_submersion(self, point):
+        """The paper's union function ``prod_i F_i`` (codimension 1 only)."""
+        if self.codim != 1:
+            raise ValueError("the product form of a union needs codimension 1")
+        x, batch = self._flat(point)
+        with torch.no_grad():
+            out = self._stack(x).prod(0)
+        return out.reshape(*batch, 1)
+
+    def on_meeting_set(self, point):
+        """Whether a point lies (to ``meet_tol``) on two components at once."""
+        x, batch = self._flat(point)
+        with torch.no_grad():
+            near = (self._stack(x).norm(dim=-1) <= self.meet_tol).sum(0) >= 2
+        return near.reshape(batch)
+
+    def _check_not_meeting(self, point, what):
+        meet = self.on_meeting_set(point)
+        if bool(meet.any()):
+            raise SingularJacobianError(
+                f"{what}: {int(meet.sum())} point(s) lie where components of the union "
+                "meet; the union is not a manifold there (no tangent space).")
+
+    def to_tangent(self, vector, base_point):
+        """Tangent projection on the component of ``base_point``."""
+        self._check_not_meeting(base_point, "to_tangent")
+        return super().to_tangent(vector, base_point)
+
+    def solve_projection(self, point, closest=True, max_refine=100):
+        """Project onto every component and keep the nearest successful result."""
+        results = [c.solve_projection(point, closest, max_refine) for c in self.components]
+        x0 = torch.as_tensor(point, dtype=torch.float64)
+        dist = torch.stack([torch.where(r.converged, (r.x - x0).norm(dim=-1), torch.inf)
+                            for r in results])
+        best = dist.argmin(0)
+
+        def pick(attr):
+            stacked = torch.stack([getattr(r, attr) for r in results])
+            index = best.reshape(1, *best.shape, *([1] * (stacked.ndim - 1 - best.ndim)))
+            return stacked.gather(0, index.expand(1, *stacked.shape[1:]))[0]
+
+        return NewtonResult(x=pick("x"), converged=pick("converged"),
+                            residual=pick("residual"), n_iter=pick("n_iter"))
+
+def intersection(*manifolds, **kwargs):
+    """Intersection ``M1 ∩ M2 ∩ ...``: stacked constraints, codimensions add.
+
+    Raises :class:`SingularJacobianError` in geometry calls where the components
+    do not meet transversally.
+    """
+    return IntersectionManifold(*manifolds, **kwargs)
+
+
+def union(*manifolds, **kwargs):
+    """Union ``M1 ∪ M2 ∪ ...`` of manifolds of equal dimension (see :class:`UnionManifold`)."""
+    return UnionManifold(*manifolds, **kwargs)
+

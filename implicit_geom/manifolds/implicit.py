@@ -1,0 +1,310 @@
+"""Manifolds given implicitly as the zero set of a smooth map, as geomstats spaces."""
+
+import math
+
+import torch
+from geomstats.geometry.base import LevelSet
+from geomstats.geometry.euclidean import Euclidean
+
+from ..exceptions import InvalidPointError, ProjectionError
+from ..numerics import autodiff
+from ..numerics.linalg import tangent_projector
+from ..numerics.newton import NewtonResult, newton_min_norm, solve_along_normals
+from ..numerics.validation import DTYPE, as_points
+
+
+class ImplicitManifold(LevelSet):
+    r"""The zero set :math:`M = \{x \in \mathbb{R}^n : F(x) = 0\}` of a submersion.
+
+    Parameters
+    ----------
+    f : callable or torch.nn.Module
+        Maps points of shape ``(..., n)`` to ``(..., k)``, row by row (each
+        point's value depends on that point only), with torch operations so that
+        ``torch.func`` can differentiate it.
+    ambient_dim : int
+        ``n``.
+    codim : int
+        ``k``; the manifold has dimension ``n - k``.
+    tol : float
+        Target ``|F|`` of every projection (Newton stops below it); closest-point
+        projections also locate the foot point to ``10 * tol``.
+    max_iter : int
+        Newton iteration cap of every projection.
+    bounds : tuple of array-like, optional
+        ``(low, high)`` corners of a box that contains the manifold; used by
+        :meth:`random_point`. Default ``[-1, 1]^n`` scaled by ``bound``.
+    equip : bool
+        Equip with the induced metric :class:`ImplicitMetric`.
+
+    Notes
+    -----
+    Geometry calls never build autograd graphs through parameters of ``f``
+    (they run under ``torch.no_grad``; derivatives with respect to points use
+    ``torch.func``), so a trained network can be queried by geomstats' solvers
+    without touching its ``.grad``.
+    """
+
+    def __init__(self, f, ambient_dim, codim=1, *, tol=1e-10, max_iter=50,
+                 bounds=None, equip=True, name=None):
+        if int(ambient_dim) <= int(codim) or int(codim) < 1:
+            raise ValueError(
+                f"need 1 <= codim < ambient_dim, got codim={codim}, ambient_dim={ambient_dim}"
+            )
+        self._f = f
+        self.ambient_dim = int(ambient_dim)
+        self.codim = int(codim)
+        self.tol = float(tol)
+        self.closest_tol = 10 * float(tol)
+        self.max_iter = int(max_iter)
+        self.bounds = None if bounds is None else tuple(
+            torch.as_tensor(b, dtype=DTYPE).expand(self.ambient_dim) for b in bounds
+        )
+        self.name = name or type(self).__name__
+        super().__init__(dim=self.ambient_dim - self.codim, equip=equip)
+
+    def __repr__(self):
+        return (f"{self.name}(ambient_dim={self.ambient_dim}, codim={self.codim}, "
+                f"dim={self.dim})")
+
+    # ------------------------------------------------------------------ hooks
+    # Subclasses with closed forms override these three; everything else is
+    # built on them. All take flat batches (B, n) and return (B, k)-shaped data.
+    def _value(self, x):
+        return self._f(x)
+
+    def _value_and_jacobian(self, x):
+        return autodiff.jacobian(self._value, x)
+
+    def _second_derivative(self, x, v):
+        """``D^2F(x)[v, v]``, shape (B, k)."""
+        return autodiff.second_directional_derivative(self._value, x, v)
+
+    # ---------------------------------------------------------------- helpers
+    def default_metric(self):
+        """Induced (pull-back of the Euclidean) metric."""
+        from .metric import ImplicitMetric
+
+        return ImplicitMetric
+
+    def _define_embedding_space(self):
+        return Euclidean(self.ambient_dim, equip=False)
+
+    def _flat(self, point, name="point"):
+        point = as_points(point, self.ambient_dim, name)
+        return point.reshape(-1, self.ambient_dim), point.shape[:-1]
+
+    def _check_value(self, value, n_points):
+        if value.shape != (n_points, self.codim):
+            raise InvalidPointError(
+                f"the defining function returned shape {tuple(value.shape)} for "
+                f"{n_points} points; expected ({n_points}, {self.codim}). Check "
+                "ambient_dim/codim and that f maps (..., n) to (..., k)."
+            )
+        return value
+
+    def value_and_jacobian(self, point):
+        """``F`` and its Jacobian at a batch of points.
+
+        Returns
+        -------
+        value : torch.Tensor, shape=[..., k]
+        jacobian : torch.Tensor, shape=[..., k, n]
+        """
+        x, batch = self._flat(point)
+        with torch.no_grad():
+            value, jac = self._value_and_jacobian(x)
+        self._check_value(value, x.shape[0])
+        return (value.reshape(*batch, self.codim),
+                jac.reshape(*batch, self.codim, self.ambient_dim))
+
+    def jacobian(self, point):
+        """Jacobian ``J(x)`` of the submersion, shape ``(..., k, n)``."""
+        return self.value_and_jacobian(point)[1]
+
+    # ------------------------------------------------------- geomstats LevelSet
+    def submersion(self, point):
+        """Defining function ``F(x)``, shape ``(..., k)``."""
+        x, batch = self._flat(point)
+        with torch.no_grad():
+            value = self._check_value(self._value(x), x.shape[0])
+        return value.reshape(*batch, self.codim)
+
+    def tangent_submersion(self, vector, point):
+        """``J(x) v``, shape ``(..., k)``."""
+        x, v, batch = self._pair(point, vector)
+        with torch.no_grad():
+            out = autodiff.jvp(self._value, x, v)[1]
+        return out.reshape(*batch, self.codim)
+
+    def _pair(self, point, vector, names=("point", "vector")):
+        point = as_points(point, self.ambient_dim, names[0])
+        vector = as_points(vector, self.ambient_dim, names[1])
+        point, vector = torch.broadcast_tensors(point, vector)
+        batch = point.shape[:-1]
+        return (point.reshape(-1, self.ambient_dim),
+                vector.reshape(-1, self.ambient_dim), batch)
+
+    def belongs(self, point, atol=1e-6):
+        """Whether ``|F(x)| <= atol``, shape ``(...,)``."""
+        return self.submersion(point).norm(dim=-1) <= atol
+
+    def is_tangent(self, vector, base_point, atol=1e-6):
+        """Whether ``|J(x) v| <= atol``, shape ``(...,)``."""
+        return self.tangent_submersion(vector, base_point).norm(dim=-1) <= atol
+
+    def to_tangent(self, vector, base_point):
+        """Orthogonal projection of ``vector`` onto ``ker J(base_point)``.
+
+        Raises
+        ------
+        SingularJacobianError
+            Where ``J`` is rank deficient (no tangent space).
+        """
+        x, v, batch = self._pair(base_point, vector, ("base_point", "vector"))
+        with torch.no_grad():
+            _, jac = self._value_and_jacobian(x)
+        return tangent_projector(jac, v).reshape(*batch, self.ambient_dim)
+
+    def random_tangent_vec(self, base_point, n_samples=1):
+        """Gaussian ambient vectors projected onto the tangent space."""
+        base_point = as_points(base_point, self.ambient_dim, "base_point")
+        shape = ((n_samples,) if base_point.ndim == 1 and n_samples > 1
+                 else base_point.shape)
+        vec = torch.randn(shape, dtype=base_point.dtype, device=base_point.device)
+        return self.to_tangent(vec, base_point)
+
+    def regularize(self, point):
+        """Points are kept in ambient coordinates: nothing to regularize."""
+        return point
+
+    # ---------------------------------------------------------------- projection
+    def solve_projection(self, point, closest=True, max_refine=100):
+        """Project points onto M and report per-point convergence (no exception).
+
+        Minimum-norm Gauss-Newton lands each point on the zero set; with
+        ``closest`` it then alternates a tangential correction toward the
+        original point and a re-landing until the displacement is normal to M
+        (the first-order condition of the closest point).
+
+        Parameters
+        ----------
+        point : array-like, shape=[..., n]
+        closest : bool
+            Refine to the closest point (else: the foot of the Newton path).
+        max_refine : int
+            Cap on tangential refinements.
+
+        Returns
+        -------
+        NewtonResult
+            Fields shaped like the batch; ``converged`` requires ``|F| <= tol``
+            and, with ``closest``, a tangential displacement below ``closest_tol``.
+        """
+        x0, batch = self._flat(point)
+        with torch.no_grad():
+            res = newton_min_norm(self._value_and_jacobian, x0, self.tol, self.max_iter)
+            if closest:
+                res = self._refine_closest(x0, res, max_refine)
+        return NewtonResult(
+            x=res.x.reshape(*batch, self.ambient_dim),
+            converged=res.converged.reshape(batch),
+            residual=res.residual.reshape(batch),
+            n_iter=res.n_iter.reshape(batch),
+        )
+
+    def _refine_closest(self, x0, res, max_refine):
+        y, converged = res.x, res.converged.clone()
+        residual, n_iter = res.residual, res.n_iter
+        pending = converged.clone()
+        for _ in range(max_refine):
+            if not pending.any():
+                break
+            idx = pending.nonzero().squeeze(-1)
+            _, jac = self._value_and_jacobian(y[idx])
+            disp = x0[idx] - y[idx]
+            tangential = tangent_projector(jac, disp, check=False)
+            # The foot point is off the closest point by about |tangential|.
+            done = tangential.norm(dim=-1) <= self.closest_tol
+            pending[idx[done]] = False
+            idx, tangential = idx[~done], tangential[~done]
+            if idx.numel() == 0:
+                break
+            sub = newton_min_norm(self._value_and_jacobian, y[idx] + tangential,
+                                  self.tol, self.max_iter)
+            y[idx], residual[idx] = sub.x, sub.residual
+            n_iter[idx] += sub.n_iter
+            converged[idx] &= sub.converged
+            pending[idx] &= sub.converged
+        converged &= ~pending
+        return NewtonResult(x=y, converged=converged, residual=residual, n_iter=n_iter)
+
+    def projection(self, point):
+        """Closest point on M (Newton projection), shape ``(..., n)``.
+
+        Raises
+        ------
+        ProjectionError
+            If some point cannot be projected (Newton did not reach ``|F| <= tol``
+            within ``max_iter``, e.g. far from M or at a critical point of F).
+        """
+        res = self.solve_projection(point)
+        if not bool(res.converged.all()):
+            n_bad = int((~res.converged).sum())
+            raise ProjectionError(
+                f"{n_bad} of {res.converged.numel()} point(s) could not be projected "
+                f"onto {self.name} (|F| <= {self.tol:g} within {self.max_iter} Newton "
+                f"iterations); largest residual {float(res.residual.nan_to_num(math.inf).max()):.3g}.",
+                failed=~res.converged, residual=res.residual,
+            )
+        return res.x
+
+    def random_point(self, n_samples=1, bound=1.0, max_rounds=20):
+        """Points on M: uniform draws in a box, projected (not uniform on M).
+
+        Draws that cannot be projected are replaced by fresh ones.
+        """
+        low, high = self.bounds if self.bounds is not None else (
+            -bound * torch.ones(self.ambient_dim, dtype=DTYPE),
+            bound * torch.ones(self.ambient_dim, dtype=DTYPE))
+        out = torch.empty(n_samples, self.ambient_dim, dtype=DTYPE)
+        missing = torch.arange(n_samples)
+        for _ in range(max_rounds):
+            draw = low + (high - low) * torch.rand(missing.numel(), self.ambient_dim, dtype=DTYPE)
+            res = self.solve_projection(draw, closest=False)
+            ok = res.converged
+            out[missing[ok]] = res.x[ok]
+            missing = missing[~ok]
+            if missing.numel() == 0:
+                return out[0] if n_samples == 1 else out
+        raise ProjectionError(
+            f"random_point: {missing.numel()} of {n_samples} draws in the box could "
+            f"not be projected onto {self.name} after {max_rounds} rounds; pass bounds "
+            "that enclose the manifold."
+        )
+
+    # ------------------------------------------------------ retraction, transport
+    def retraction(self, tangent_vec, base_point):
+        """``x + v`` brought back to M along the normal space at ``x``.
+
+        Raises
+        ------
+        ProjectionError
+            If the normal-space Newton solve fails (step too long).
+        """
+        x, v, batch = self._pair(base_point, tangent_vec, ("base_point", "tangent_vec"))
+        with torch.no_grad():
+            _, jac = self._value_and_jacobian(x)
+            res = solve_along_normals(self._value_and_jacobian, x + v, jac,
+                                      self.tol, self.max_iter)
+        if not bool(res.converged.all()):
+            raise ProjectionError(
+                f"retraction failed for {int((~res.converged).sum())} point(s): the "
+                "step leaves the region where the normal-space solve converges; use a "
+                "shorter tangent vector.", failed=~res.converged, residual=res.residual)
+        return res.x.reshape(*batch, self.ambient_dim)
+
+    def vector_transport(self, tangent_vec, base_point, end_point):
+        """Projection vector transport: ``to_tangent(v, end_point)``."""
+        del base_point  # the projection transport only needs the target space
+        return self.to_tangent(tangent_vec, end_point)

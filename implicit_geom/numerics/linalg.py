@@ -1,0 +1,76 @@
+"""Small batched linear algebra around a Jacobian J of shape (..., k, n)."""
+
+import torch
+
+from ..exceptions import SingularJacobianError
+
+# Relative size of the smallest singular value of J below which the normal
+# space is treated as degenerate.
+SINGULAR_RTOL = 1e-10
+
+
+def gram_solve(jac, rhs, damping=None, check=True):
+    """Solve ``(J J^T + damping I) y = rhs`` for each batch element.
+
+    Parameters
+    ----------
+    jac : torch.Tensor, shape=[..., k, n]
+    rhs : torch.Tensor, shape=[..., k] or [..., k, p]
+    damping : torch.Tensor or float, optional
+        Levenberg-Marquardt damping, broadcast over the batch.
+    check : bool
+        If True, raise :class:`SingularJacobianError` where the Gram matrix is
+        (numerically) singular; if False, regularise those entries so the rest
+        of the batch still solves (the caller masks them out).
+
+    Returns
+    -------
+    y : torch.Tensor, same shape as ``rhs``
+    """
+    gram = jac @ jac.transpose(-1, -2)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    if damping is not None:
+        damping = torch.as_tensor(damping, dtype=gram.dtype, device=gram.device)
+        gram = gram + damping[..., None, None] * eye
+    scale = gram.diagonal(dim1=-2, dim2=-1).amax(-1)
+    chol, info = torch.linalg.cholesky_ex(gram)
+    pivots = chol.diagonal(dim1=-2, dim2=-1).square().amin(-1)
+    bad = (info != 0) | ~(pivots > SINGULAR_RTOL**2 * scale)
+    if bad.any():
+        if check:
+            raise SingularJacobianError(
+                f"the Jacobian of the submersion is rank deficient at {int(bad.sum())} "
+                "point(s) (e.g. where components of a union meet, or a critical "
+                "point of F); the normal space is not defined there."
+            )
+        fix = bad.to(gram.dtype) * (scale.clamp_min(1.0) * SINGULAR_RTOL)
+        chol, _ = torch.linalg.cholesky_ex(gram + fix[..., None, None] * eye)
+    vec = rhs.ndim == jac.ndim - 1
+    out = torch.cholesky_solve(rhs.unsqueeze(-1) if vec else rhs, chol)
+    return out.squeeze(-1) if vec else out
+
+
+def singular_mask(jac):
+    """Boolean mask of the batch entries whose Jacobian is rank deficient."""
+    gram = jac @ jac.transpose(-1, -2)
+    scale = gram.diagonal(dim1=-2, dim2=-1).amax(-1)
+    smallest = torch.linalg.eigvalsh(gram)[..., 0]
+    return ~(smallest > SINGULAR_RTOL**2 * scale)
+
+
+def normal_space_solve(jac, vector, check=True):
+    """Coefficients ``lam`` of the normal component ``J^T lam`` of ``vector``."""
+    return gram_solve(jac, (jac @ vector.unsqueeze(-1)).squeeze(-1), check=check)
+
+
+def tangent_projector(jac, vector, check=True):
+    """Orthogonal projection of ``vector`` onto ``ker J`` (the tangent space)."""
+    lam = normal_space_solve(jac, vector, check=check)
+    return vector - (jac.transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
+
+
+def tangent_basis(jac):
+    """Orthonormal basis of ``ker J``, shape ``(..., n, n - k)``, via a full QR of J^T."""
+    k, n = jac.shape[-2:]
+    q, _ = torch.linalg.qr(jac.transpose(-1, -2), mode="complete")
+    return q[..., :, k:n]

@@ -1,0 +1,55 @@
+"""Input checks: every public entry point converts and validates through here."""
+
+import torch
+
+from ..exceptions import EmptyDataError, InvalidPointError
+
+DTYPE = torch.float64
+
+
+def check_finite(tensor, name="point"):
+    """Raise :class:`InvalidPointError` if ``tensor`` has NaN or inf entries."""
+    if not torch.isfinite(tensor).all():
+        bad = (~torch.isfinite(tensor)).reshape(-1, tensor.shape[-1]).any(-1)
+        first = int(bad.nonzero()[0, 0]) if bad.any() else 0
+        raise InvalidPointError(
+            f"{name} contains NaN or inf values (first bad entry at flat batch "
+            f"index {first} of {bad.numel()})."
+        )
+    return tensor
+
+
+def as_points(point, ambient_dim, name="point", allow_empty=False, dtype=None):
+    """Convert ``point`` to a float tensor of shape ``(..., ambient_dim)`` and check it.
+
+    Parameters
+    ----------
+    point : array-like, shape=[..., ambient_dim]
+    ambient_dim : int
+    name : str
+        Used in error messages.
+    allow_empty : bool
+        Whether a batch with zero points is accepted.
+    dtype : torch.dtype, optional
+        Target dtype; default float64 (float tensors keep their own dtype).
+
+    Returns
+    -------
+    point : torch.Tensor, shape=[..., ambient_dim]
+    """
+    if not torch.is_tensor(point):
+        try:
+            point = torch.as_tensor(point, dtype=dtype or DTYPE)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise InvalidPointError(f"{name} cannot be converted to a tensor: {err}") from err
+    elif dtype is not None:
+        point = point.to(dtype)
+    elif not point.is_floating_point():
+        point = point.to(DTYPE)
+    if point.ndim == 0 or point.shape[-1] != ambient_dim:
+        raise InvalidPointError(
+            f"{name} must have shape (..., {ambient_dim}); got {tuple(point.shape)}."
+        )
+    if point.numel() == 0 and not allow_empty:
+        raise EmptyDataError(f"{name} is empty (shape {tuple(point.shape)}).")
+    return check_finite(point, name)

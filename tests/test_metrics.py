@@ -1,0 +1,185 @@
+"""Tests for implicit_geom.metrics."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import lfilter
+
+from implicit_geom.metrics import (
+    DistanceStats,
+    _autocovariance,
+    discretized_wasserstein,
+    distance_to_manifold,
+    effective_sample_size,
+)
+
+
+def gaussian(n, d=2, seed=0):
+    return torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------
+# discretized_wasserstein
+# --------------------------------------------------------------------------
+
+
+def test_wasserstein_of_identical_sets_is_exactly_zero():
+    a = gaussian(3000, 3)
+    assert discretized_wasserstein(a, a) == 0.0
+    assert discretized_wasserstein(a, a.clone(), bins=7) == 0.0
+    dens = torch.rand(3000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert discretized_wasserstein(a, a, density_a=dens, density_b=dens) == 0.0
+    # A permutation gives the same discretised measure up to summation order.
+    assert discretized_wasserstein(a, a.flip(0)) < 1e-15
+
+
+def test_wasserstein_is_monotone_in_shift():
+    a = gaussian(2000, seed=0)
+    b = gaussian(2000, seed=1)
+    shifts = [0.0, 0.2, 0.5, 1.0, 2.0, 4.0]
+    direction = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    values = [discretized_wasserstein(a, b + s * direction) for s in shifts]
+    assert all(isinstance(v, float) for v in values)
+    assert all(v2 > v1 for v1, v2 in zip(values, values[1:])), values
+    # With fixed bounds and unnormalised cost, W2^2 of a pure shift is ~|shift|^2.
+    fixed = [
+        discretized_wasserstein(a, a + s * direction, bins=60, bounds=(-8.0, 8.0), normalize_cost=False)
+        for s in (0.5, 1.0)
+    ]
+    for s, v in zip((0.5, 1.0), fixed):
+        assert v == pytest.approx(s**2 * direction.square().sum().item(), rel=0.1)
+
+
+def test_wasserstein_is_symmetric_and_accepts_numpy():
+    a = gaussian(500, seed=2)
+    b = gaussian(700, seed=3) * 1.5
+    assert discretized_wasserstein(a, b) == pytest.approx(discretized_wasserstein(b, a), abs=1e-12)
+    assert discretized_wasserstein(a.numpy(), b.numpy()) == pytest.approx(discretized_wasserstein(a, b), abs=1e-15)
+
+
+def test_wasserstein_hand_computed_counts():
+    # Two occupied bins at (0, 0) and (1, 0), so the normalised cost is [[0, 1], [1, 0]].
+    a = torch.tensor([[0.0, 0.0]] * 3 + [[1.0, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[0.0, 0.0]] + [[1.0, 0.0]] * 3, dtype=torch.float64)
+    # Weights (3/4, 1/4) vs (1/4, 3/4): half of the mass moves at cost 1.
+    assert discretized_wasserstein(a, b, bins=4) == pytest.approx(0.5, abs=1e-14)
+
+
+def test_wasserstein_hand_computed_densities():
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    w = discretized_wasserstein(
+        pts, pts, bins=4, density_a=torch.tensor([1.0, 3.0]), density_b=torch.tensor([3.0, 1.0])
+    )
+    assert w == pytest.approx(0.5, abs=1e-14)
+    # Bins are weighted by mean density, not total: duplicating the points of a
+    # bin must not change its weight.
+    dup = torch.cat([pts, pts[:1]])
+    w_dup = discretized_wasserstein(
+        dup, pts, bins=4, density_a=torch.tensor([1.0, 3.0, 1.0]), density_b=torch.tensor([3.0, 1.0])
+    )
+    assert w_dup == pytest.approx(0.5, abs=1e-14)
+
+
+def test_wasserstein_support_points_are_bin_centroids():
+    a = gaussian(400, seed=4)
+    b = gaussian(300, seed=5) + torch.tensor([0.3, -0.2], dtype=torch.float64)
+    # With a single bin each set collapses to its mean.
+    expected = (a.mean(0) - b.mean(0)).square().sum().item()
+    w = discretized_wasserstein(a, b, bins=1, normalize_cost=False)
+    assert w == pytest.approx(expected, rel=1e-12)
+    assert discretized_wasserstein(a, b, bins=1) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_wasserstein_validates_inputs():
+    a = gaussian(10)
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        discretized_wasserstein(a, gaussian(10, d=3))
+    with pytest.raises(ValueError, match="non-negative"):
+        discretized_wasserstein(a, a, density_a=-torch.ones(10))
+    with pytest.raises(ValueError, match="values for"):
+        discretized_wasserstein(a, a, density_b=torch.ones(9))
+    with pytest.raises(ValueError, match="NaN"):
+        discretized_wasserstein(a, torch.full((3, 2), float("nan")))
+
+
+# --------------------------------------------------------------------------
+# distance_to_manifold
+# --------------------------------------------------------------------------
+
+
+class UnitSphere:
+    def projection(self, x):
+        return x / x.norm(dim=-1, keepdim=True)
+
+
+def test_distance_to_manifold_on_sphere():
+    radii = torch.tensor([0.5, 1.0, 1.5, 3.0], dtype=torch.float64)
+    directions = gaussian(4, d=3, seed=6)
+    points = radii[:, None] * directions / directions.norm(dim=1, keepdim=True)
+    stats = distance_to_manifold(points, UnitSphere())
+    assert isinstance(stats, DistanceStats)
+    assert torch.allclose(stats.distances, (radii - 1).abs(), atol=1e-15)
+    assert stats.as_dict() == pytest.approx({"min": 0.0, "median": 0.5, "mean": 0.75, "max": 2.0}, abs=1e-15)
+    assert set(stats.as_dict(include_distances=True)) == {"min", "median", "mean", "max", "distances"}
+
+
+def test_distance_to_manifold_checks_projection_shape():
+    class Bad:
+        def projection(self, x):
+            return x[:, :2]
+
+    with pytest.raises(ValueError, match="projection returned shape"):
+        distance_to_manifold(gaussian(5, d=3), Bad())
+
+
+# --------------------------------------------------------------------------
+# effective_sample_size
+# --------------------------------------------------------------------------
+
+
+def ar1_chains(rhos, n_steps, n_chains, seed=0):
+    """Stationary AR(1) chains x_t = rho x_{t-1} + eps_t, one rho per dimension."""
+    rhos = np.asarray(rhos)
+    eps = np.random.default_rng(seed).standard_normal((n_steps, n_chains, len(rhos)))
+    eps[0] /= np.sqrt(1 - rhos**2)  # start in the stationary distribution
+    x = np.stack([lfilter([1.0], [1.0, -r], eps[..., j], axis=0) for j, r in enumerate(rhos)], axis=-1)
+    return torch.from_numpy(x)
+
+
+def test_ess_of_ar1_matches_theory():
+    rhos = np.array([0.0, 0.5, 0.9, -0.5])
+    n_steps, n_chains = 50000, 4
+    ess = effective_sample_size(ar1_chains(rhos, n_steps, n_chains))
+    assert ess.shape == (4,) and ess.dtype == torch.float64
+    expected = n_steps * n_chains * (1 - rhos) / (1 + rhos)
+    np.testing.assert_allclose(ess.numpy(), expected, rtol=0.15)
+
+
+def test_ess_detects_chains_that_do_not_mix():
+    x = ar1_chains([0.0], 2000, 4, seed=1)
+    x[:, 1] += 3.0  # one chain stuck in a different mode
+    assert effective_sample_size(x)[0] < 0.05 * 2000 * 4
+
+
+def test_ess_single_chain_and_constant_dimension():
+    x = ar1_chains([0.5], 20000, 1, seed=2)
+    ess_1d = effective_sample_size(x[:, 0, 0])
+    assert ess_1d.shape == (1,)
+    assert ess_1d[0].item() == pytest.approx(20000 / 3, rel=0.15)
+    with_const = torch.cat([x, torch.ones_like(x)], dim=-1)
+    ess = effective_sample_size(with_const)
+    assert ess[0] == ess_1d[0] and torch.isnan(ess[1])
+
+
+def test_ess_validates_shape():
+    with pytest.raises(ValueError, match="n_steps, n_chains, d"):
+        effective_sample_size(torch.zeros(10, 2))
+    with pytest.raises(ValueError, match="at least 4"):
+        effective_sample_size(torch.zeros(3, 1, 1))
+
+
+def test_fft_autocovariance_matches_direct_sum():
+    x = gaussian(50, d=3, seed=8)
+    c = x - x.mean(0)
+    direct = torch.stack([(c[: 50 - t] * c[t:]).sum(0) / 50 for t in range(50)])
+    assert torch.allclose(_autocovariance(x), direct, atol=1e-13)
