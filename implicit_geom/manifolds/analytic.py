@@ -43,6 +43,10 @@ class ImplicitSphere(ImplicitManifold):
     def _second_derivative(self, x, v):
         return (v * v).sum(-1, keepdim=True) / self.radius
 
+    def _lagrangian_hessian(self, x, lam):
+        eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+        return (lam[:, 0] / self.radius)[:, None, None] * eye
+
 
 class ImplicitTorus(ImplicitManifold):
     r"""Torus of revolution in :math:`\mathbb{R}^3` with major radius R, tube radius r.
@@ -102,10 +106,15 @@ class SympyImplicitManifold(ImplicitManifold):
         jac = self._J(x).reshape(*x.shape[:-1], self.codim, self.ambient_dim)
         return self._F(x), jac
 
-    def _second_derivative(self, x, v):
+    def _hessians(self, x):
         n = self.ambient_dim
-        hess = self._H(x).reshape(*x.shape[:-1], self.codim, n, n)
-        return torch.einsum("...i,...kij,...j->...k", v, hess, v)
+        return self._H(x).reshape(*x.shape[:-1], self.codim, n, n)
+
+    def _second_derivative(self, x, v):
+        return torch.einsum("...i,...kij,...j->...k", v, self._hessians(x), v)
+
+    def _lagrangian_hessian(self, x, lam):
+        return torch.einsum("...k,...kij->...ij", lam, self._hessians(x))
 
 
 _TORCH_FUNCS = {

@@ -46,6 +46,11 @@ class IntersectionManifold(ImplicitManifold):
     def _second_derivative(self, x, v):
         return torch.cat([c._second_derivative(x, v) for c in self.components], dim=-1)
 
+    def _lagrangian_hessian(self, x, lam):
+        sizes = [c.codim for c in self.components]
+        return sum(c._lagrangian_hessian(x, part)
+                   for c, part in zip(self.components, lam.split(sizes, dim=-1)))
+
 
 def _common_bounds(comps, pick):
     """Box enclosing (``max``: intersecting, union) all components that have one."""
@@ -110,6 +115,11 @@ class UnionManifold(ImplicitManifold):
     def _second_derivative(self, x, v):
         idx = self.component_index(x)
         return self._select(torch.stack([c._second_derivative(x, v)
+                                         for c in self.components]), idx)
+
+    def _lagrangian_hessian(self, x, lam):
+        idx = self.component_index(x)
+        return self._select(torch.stack([c._lagrangian_hessian(x, lam)
                                          for c in self.components]), idx)
 
     def product_submersion(self, point):

@@ -18,7 +18,7 @@ FrechetMean would then silently switch to the linear mean (off M).
 import torch
 from geomstats.geometry.riemannian_metric import RiemannianMetric
 
-from ..exceptions import GeodesicError
+from ..exceptions import GeodesicError, InvalidPointError
 from ..numerics.linalg import tangent_basis, tangent_projector
 from ..numerics.newton import newton_min_norm
 from ..numerics.ode import GBSIntegrator, n_macro_steps
@@ -33,16 +33,20 @@ class ImplicitMetric(RiemannianMetric):
     rtol : float
         Per-step tolerance of the geodesic integrator.
     log_tol : float
-        Shooting stops when ``|exp_x(v) - y| <= log_tol * (1 + |y|)``.
+        Shooting stops when the tangential part (at ``y``) of ``exp_x(v) - y``
+        is below ``log_tol * (1 + |y|)``.
     log_max_iter : int
         Shooting iteration cap.
     arc_per_step : float
         Initial macro step, as an arc length (the integrator adapts it).
+    on_manifold_atol : float
+        ``log`` refuses targets with ``|F|`` above this.
     """
 
     def __init__(self, space, rtol=1e-10, log_tol=1e-11, log_max_iter=30,
-                 arc_per_step=1.0):
+                 arc_per_step=1.0, on_manifold_atol=1e-6):
         super().__init__(space=space)
+        self.on_manifold_atol = on_manifold_atol
         self.integrator = GBSIntegrator(rtol=rtol, atol=rtol)
         self.log_tol = log_tol
         self.log_max_iter = log_max_iter
@@ -172,17 +176,27 @@ class ImplicitMetric(RiemannianMetric):
     def _shoot(self, x, y, max_halvings=6):
         space = self._space
         _, jac = space._value_and_jacobian(x)
+        value_y, jac_y = space._value_and_jacobian(y)
+        off = ~(value_y.norm(dim=-1) <= self.on_manifold_atol)
+        if bool(off.any()):
+            raise InvalidPointError(
+                f"log: {int(off.sum())} target point(s) are not on {space.name} "
+                f"(|F| up to {float(value_y.norm(dim=-1).max()):.3g} > "
+                f"{self.on_manifold_atol:g}); project them first.")
         basis = tangent_basis(jac)  # (B, n, m)
         guess = self._initial_guess(jac, y - x)
         a = (basis.transpose(1, 2) @ guess.unsqueeze(-1)).squeeze(-1)
         tol = self.log_tol * (1 + y.norm(dim=-1))
 
         def miss_of(idx, coef):
+            # Only the tangential miss at the target can be shot away: the
+            # normal part is the (tiny) distance of the target and of the
+            # integrated end point from M.
             x1, _ = self._flow(x[idx], (basis[idx] @ coef.unsqueeze(-1)).squeeze(-1))
-            return x1 - y[idx]
+            r = x1 - y[idx]
+            return r, tangent_projector(jac_y[idx], r, check=False).norm(dim=-1)
 
-        residual = miss_of(slice(None), a)
-        miss = residual.norm(dim=-1)
+        residual, miss = miss_of(slice(None), a)
         for _ in range(self.log_max_iter):
             idx = (~(miss <= tol)).nonzero().squeeze(-1)
             if idx.numel() == 0:
@@ -194,10 +208,10 @@ class ImplicitMetric(RiemannianMetric):
             for _ in range(max_halvings + 1):
                 sub = pending.nonzero().squeeze(-1)
                 trial = a[idx[sub]] + alpha[sub, None] * step[sub]
-                r = miss_of(idx[sub], trial)
-                better = r.norm(dim=-1) < miss[idx[sub]]
+                r, m = miss_of(idx[sub], trial)
+                better = m < miss[idx[sub]]
                 acc = idx[sub[better]]
-                a[acc], residual[acc], miss[acc] = trial[better], r[better], r[better].norm(dim=-1)
+                a[acc], residual[acc], miss[acc] = trial[better], r[better], m[better]
                 pending[sub[better]] = False
                 alpha[sub[~better]] *= 0.5
                 if not pending.any():
@@ -209,8 +223,8 @@ class ImplicitMetric(RiemannianMetric):
             raise GeodesicError(
                 f"log: shooting missed {int(bad.sum())} of {bad.numel()} target(s) "
                 f"(largest miss {float(miss[bad].nan_to_num(float('inf')).max()):.3g}); "
-                "the point may be off the manifold, beyond the cut locus or on "
-                "another connected component.")
+                "the target may be beyond the cut locus or on another connected "
+                "component.")
         return (basis @ a.unsqueeze(-1)).squeeze(-1)
 
     def squared_dist(self, point_a, point_b):

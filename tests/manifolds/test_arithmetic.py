@@ -1,0 +1,89 @@
+"""Intersections and unions of implicit manifolds (mixing analytic and geomstats spaces)."""
+
+import math
+
+import pytest
+import torch
+from geomstats.geometry.hypersphere import Hypersphere
+
+import implicit_geom as ig
+from implicit_geom.exceptions import SingularJacobianError
+
+
+def two_sphere_circle():
+    """Unit sphere at 0 and at (1, 0, 0): they meet in the circle x = 1/2, rho = sqrt(3)/2."""
+    return ig.intersection(Hypersphere(2), ig.ImplicitSphere(2, center=[1.0, 0.0, 0.0]))
+
+
+def circle_point(angle):
+    rho = math.sqrt(3) / 2
+    return torch.tensor([0.5, rho * math.cos(angle), rho * math.sin(angle)], dtype=torch.float64)
+
+
+def test_intersection_is_a_codim_two_circle():
+    circle = two_sphere_circle()
+    assert (circle.codim, circle.dim) == (2, 1)
+    pts = circle.projection(torch.randn(200, 3, dtype=torch.float64) + torch.tensor([0.5, 0, 0]))
+    torch.testing.assert_close(pts[:, 0], torch.full((200,), 0.5, dtype=torch.float64),
+                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(pts[:, 1:].norm(dim=-1),
+                               torch.full((200,), math.sqrt(3) / 2, dtype=torch.float64),
+                               rtol=0, atol=1e-10)
+
+
+def test_intersection_geodesic_distances_are_arc_lengths():
+    circle = two_sphere_circle()
+    angles = torch.linspace(0.1, 2.9, 8)
+    a = torch.stack([circle_point(0.0)] * 8)
+    b = torch.stack([circle_point(float(t)) for t in angles])
+    expected = math.sqrt(3) / 2 * angles.double()
+    torch.testing.assert_close(circle.metric.dist(a, b), expected, rtol=1e-8, atol=0)
+    v = circle.metric.log(b, a)
+    torch.testing.assert_close(circle.metric.exp(v, a), b, rtol=0, atol=1e-9)
+
+
+def test_tangent_intersection_is_singular():
+    # Spheres touching at one point: no transversal intersection there.
+    touching = ig.intersection(ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[2.0, 0, 0]))
+    with pytest.raises(SingularJacobianError):
+        touching.to_tangent(torch.ones(3, dtype=torch.float64),
+                            torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+
+
+def test_union_membership_projection_and_product_form():
+    left = ig.ImplicitSphere(2, center=[-1.5, 0, 0])
+    right = Hypersphere(2)  # geomstats space, centred at 0
+    both = ig.union(left, right)
+    on_left = torch.tensor([-2.5, 0.0, 0.0], dtype=torch.float64)
+    on_right = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    off = torch.tensor([3.0, 3.0, 3.0], dtype=torch.float64)
+    assert both.belongs(torch.stack([on_left, on_right, off]), atol=1e-9).tolist() == [True, True, False]
+    # Projection goes to the nearer component.
+    pts = torch.tensor([[-2.9, 0.1, 0.0], [0.2, 0.0, 1.3]], dtype=torch.float64)
+    proj = both.projection(pts)
+    torch.testing.assert_close((proj[0] - torch.tensor([-1.5, 0, 0])).norm(),
+                               torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(proj[1].norm(), torch.tensor(1.0, dtype=torch.float64))
+    # The paper's product form vanishes exactly on the union.
+    prod = both.product_submersion(torch.stack([on_left, on_right, off]))
+    assert prod[:2].abs().max() < 1e-12 and prod[2].abs() > 1
+
+
+def test_union_tangent_space_and_meeting_set():
+    left = ig.ImplicitSphere(2, center=[-0.5, 0, 0])
+    right = ig.ImplicitSphere(2, center=[0.5, 0, 0])
+    both = ig.union(left, right)
+    p = torch.tensor([-1.5, 0.0, 0.0], dtype=torch.float64)
+    tan = both.to_tangent(torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64), p)
+    torch.testing.assert_close(tan, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+    meet = torch.tensor([0.0, math.sqrt(0.75), 0.0], dtype=torch.float64)
+    assert bool(both.on_meeting_set(meet))
+    with pytest.raises(SingularJacobianError, match="components of the union meet"):
+        both.to_tangent(torch.ones(3, dtype=torch.float64), meet)
+
+
+def test_union_rejects_mismatched_components():
+    with pytest.raises(ValueError):
+        ig.union(ig.ImplicitSphere(2), ig.ImplicitSphere(3))
+    with pytest.raises(ValueError):
+        ig.intersection(ig.ImplicitSphere(2))

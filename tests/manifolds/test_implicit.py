@@ -1,0 +1,267 @@
+"""ImplicitManifold core: projection, tangent spaces, errors, the induced metric."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import sympy
+import torch
+from geomstats.geometry.hypersphere import Hypersphere
+
+import implicit_geom as ig
+from implicit_geom.exceptions import (
+    BackendError,
+    EmptyDataError,
+    GeodesicError,
+    InvalidPointError,
+    ProjectionError,
+    SingularJacobianError,
+)
+
+X, Y, Z = sympy.symbols("x y z")
+
+
+def sympy_sphere():
+    return ig.from_sympy([(X**2 + Y**2 + Z**2 - 1) / 2], [X, Y, Z])
+
+
+SPHERES = {
+    "closed_form": lambda: ig.ImplicitSphere(2),
+    "sympy": sympy_sphere,
+    "torch_callable": lambda: ig.ImplicitManifold(
+        lambda x: ((x * x).sum(-1, keepdim=True) - 1) / 2, ambient_dim=3, codim=1),
+}
+
+
+def random_pairs(n, max_dist, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hyper = Hypersphere(2)
+    a = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    a, b = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    keep = hyper.metric.dist(a, b) <= max_dist
+    return a[keep], b[keep]
+
+
+@pytest.mark.parametrize("kind", sorted(SPHERES))
+def test_sphere_exp_log_dist_match_hypersphere(kind):
+    sphere, hyper = SPHERES[kind](), Hypersphere(2)
+    a, b = random_pairs(60, 2.5)
+    assert len(a) > 30
+    v_ref = hyper.metric.log(b, a)
+    d_ref = hyper.metric.dist(a, b)
+    v = sphere.metric.log(b, a)
+    torch.testing.assert_close(v, v_ref, rtol=1e-8, atol=1e-8 * d_ref.max().item())
+    torch.testing.assert_close(sphere.metric.dist(a, b), d_ref, rtol=1e-8, atol=0)
+    end = sphere.metric.exp(v_ref, a)
+    torch.testing.assert_close(end, hyper.metric.exp(v_ref, a), rtol=0, atol=1e-8)
+    assert sphere.submersion(end).abs().max() <= 1e-10
+
+
+def test_frechet_mean_matches_hypersphere():
+    from geomstats.learning.frechet_mean import FrechetMean
+
+    hyper, sphere = Hypersphere(2), ig.ImplicitSphere(2)
+    points = hyper.random_von_mises_fisher(kappa=5, n_samples=100)
+    means = []
+    for space in (hyper, sphere):
+        est = FrechetMean(space).set(epsilon=1e-14, max_iter=100)
+        means.append(est.fit(points).estimate_)
+    torch.testing.assert_close(means[1], means[0], rtol=0, atol=1e-6)
+    assert sphere.belongs(means[1], atol=1e-10)
+
+
+def test_torus_exp_stays_on_manifold_and_log_inverts_exp():
+    torus = ig.ImplicitTorus(2.0, 1.0)
+    base = torus.random_point(40)
+    vec = torus.random_tangent_vec(base)
+    # Lengths up to 1.5, below the injectivity radius (pi * r on the tube).
+    vec = vec / vec.norm(dim=-1, keepdim=True) * torch.linspace(0.05, 1.5, 40)[:, None]
+    end = torus.metric.exp(vec, base)
+    assert torus.submersion(end).abs().max() <= 1e-10
+    back = torus.metric.log(end, base)
+    torch.testing.assert_close(back, vec, rtol=0, atol=1e-8)
+    # Tube circles (meridians) are geodesics: the closed form checks the integrator.
+    phi = torch.tensor(0.3, dtype=torch.float64)
+    start = torch.stack([3 * torch.cos(phi), 3 * torch.sin(phi), torch.zeros(())])
+    up = torch.tensor([0.0, 0.0, 1.2], dtype=torch.float64)
+    meridian = torus.metric.exp(up, start)
+    expected = torch.stack([(2 + torch.cos(torch.tensor(1.2))) * torch.cos(phi),
+                            (2 + torch.cos(torch.tensor(1.2))) * torch.sin(phi),
+                            torch.sin(torch.tensor(1.2))]).double()
+    torch.testing.assert_close(meridian, expected, rtol=0, atol=1e-9)
+
+
+def test_geodesic_callable_and_batch_shapes():
+    sphere = ig.ImplicitSphere(2)
+    a, b = random_pairs(5, 2.0)
+    path = sphere.metric.geodesic(a[0], end_point=b[0])
+    pts = path(torch.linspace(0, 1, 7))
+    assert pts.shape == (7, 3)
+    torch.testing.assert_close(pts[-1], b[0], rtol=0, atol=1e-9)
+    # Leading batch dimensions are kept.
+    grid = torch.stack([a, b])  # (2, B, 3)
+    assert sphere.submersion(grid).shape == (2, len(a), 1)
+    assert sphere.belongs(grid).shape == (2, len(a))
+    assert sphere.metric.exp(sphere.to_tangent(grid, grid), grid).shape == grid.shape
+
+
+def test_projection_reaches_tolerance_and_is_closest_point():
+    sphere = ig.ImplicitSphere(2)
+    pts = 2 * torch.rand(500, 3, dtype=torch.float64) - 1
+    pts = pts[pts.norm(dim=-1) > 0.05]
+    proj = sphere.projection(pts)
+    assert sphere.submersion(proj).abs().max() <= 1e-10
+    torch.testing.assert_close(proj, pts / pts.norm(dim=-1, keepdim=True), rtol=0, atol=1e-9)
+    res = sphere.solve_projection(pts)
+    assert res.converged.all() and res.n_iter.median() <= 8
+
+
+def test_projection_on_torus_is_closest_point():
+    torus = ig.ImplicitTorus(2.0, 1.0)
+    pts = torus.random_point(200) + 0.3 * torch.randn(200, 3, dtype=torch.float64)
+    proj = torus.projection(pts)
+    # Closed form closest point on a torus of revolution.
+    rho = pts[:, :2].norm(dim=-1, keepdim=True)
+    ring = torch.cat([2 * pts[:, :2] / rho, torch.zeros(200, 1)], -1)
+    expected = ring + (pts - ring) / (pts - ring).norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(proj, expected, rtol=0, atol=1e-8)
+
+
+def test_to_tangent_is_orthogonal_projection():
+    torus = ig.ImplicitTorus(2.0, 1.0)
+    base = torus.random_point(10)
+    vec = torch.randn(10, 3, dtype=torch.float64)
+    tan = torus.to_tangent(vec, base)
+    assert torus.is_tangent(tan, base, atol=1e-12).all()
+    normal = torus.jacobian(base)[:, 0]
+    torch.testing.assert_close(((vec - tan) * tan).sum(-1), torch.zeros(10), atol=1e-12, rtol=0)
+    assert (torch.linalg.cross(vec - tan, normal).norm(dim=-1) < 1e-12).all()
+
+
+def test_retraction_and_vector_transport_land_on_manifold():
+    sphere = ig.ImplicitSphere(2)
+    base = sphere.random_point(20)
+    vec = 0.3 * sphere.random_tangent_vec(base)
+    end = sphere.retraction(vec, base)
+    assert sphere.belongs(end, atol=1e-10).all()
+    moved = sphere.vector_transport(vec, base, end)
+    assert sphere.is_tangent(moved, end, atol=1e-12).all()
+
+
+@pytest.mark.parametrize("bad", [
+    torch.tensor([[float("nan"), 0.0, 1.0]]),
+    torch.tensor([[float("inf"), 0.0, 1.0]]),
+])
+def test_non_finite_input_raises(bad):
+    sphere = ig.ImplicitSphere(2)
+    for call in (sphere.projection, sphere.submersion, sphere.belongs):
+        with pytest.raises(InvalidPointError, match="NaN or inf"):
+            call(bad)
+
+
+def test_wrong_shape_and_empty_input_raise():
+    sphere = ig.ImplicitSphere(2)
+    with pytest.raises(InvalidPointError, match=r"shape \(\.\.\., 3\)"):
+        sphere.projection(torch.zeros(4, 2))
+    with pytest.raises(EmptyDataError):
+        sphere.projection(torch.zeros(0, 3))
+    wrong_codim = ig.ImplicitManifold(lambda x: x[..., :2], ambient_dim=3, codim=1)
+    with pytest.raises(InvalidPointError, match="returned shape"):
+        wrong_codim.submersion(torch.ones(3, 3))
+
+
+def test_unprojectable_points_raise_projection_error():
+    sphere = ig.ImplicitSphere(2)
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]], dtype=torch.float64)
+    with pytest.raises(ProjectionError) as info:
+        sphere.projection(pts)
+    assert info.value.failed.tolist() == [True, False]
+    # A function without zeros: nothing can be projected.
+    no_zero = ig.ImplicitManifold(lambda x: (x * x).sum(-1, keepdim=True) + 1, 3, 1)
+    with pytest.raises(ProjectionError, match="could not be projected"):
+        no_zero.projection(torch.ones(3, 3))
+
+
+def test_singular_jacobian_raises():
+    sphere = ig.ImplicitSphere(2)
+    with pytest.raises(SingularJacobianError, match="rank deficient"):
+        sphere.to_tangent(torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+
+
+def test_log_rejects_points_off_manifold_and_other_components():
+    sphere = ig.ImplicitSphere(2)
+    base = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(InvalidPointError, match="not on"):
+        sphere.metric.log(torch.tensor([0.0, 0.0, 1.5], dtype=torch.float64), base)
+    two = ig.union(ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[4.0, 0, 0]))
+    with pytest.raises(GeodesicError):
+        two.metric.log(torch.tensor([3.0, 0, 0], dtype=torch.float64), base)
+
+
+def test_wrong_backend_raises_backend_error():
+    code = ("import os; os.environ['GEOMSTATS_BACKEND']='numpy'; import geomstats.backend; "
+            "import implicit_geom")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "BackendError" in proc.stderr and "pytorch backend" in proc.stderr
+    assert issubclass(BackendError, RuntimeError)
+
+
+def test_no_autograd_graph_through_module_parameters():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1))
+    net = net.double()
+    with torch.no_grad():  # make the zero set a sphere-like surface near the origin
+        net[2].bias.fill_(-0.2)
+    manifold = ig.ImplicitManifold(net, ambient_dim=3, codim=1)
+    res = manifold.solve_projection(torch.randn(50, 3, dtype=torch.float64))
+    assert not res.x.requires_grad
+    ok = res.x[res.converged]
+    assert len(ok) > 0
+    tan = manifold.to_tangent(torch.randn_like(ok), ok)
+    assert not tan.requires_grad
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_sympy_and_closed_form_torus_agree():
+    R, r = 2.0, 1.0
+    expr = ((sympy.sqrt(X**2 + Y**2) - R) ** 2 + Z**2 - r**2) / (2 * r)
+    sym = ig.from_sympy(expr, [X, Y, Z])
+    closed = ig.ImplicitTorus(R, r)
+    pts = closed.random_point(30)
+    v = closed.random_tangent_vec(pts)
+    torch.testing.assert_close(sym.jacobian(pts), closed.jacobian(pts), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sym.metric.exp(0.5 * v, pts), closed.metric.exp(0.5 * v, pts),
+                               rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="not among the coordinates"):
+        ig.from_sympy(X + sympy.Symbol("w"), [X, Y, Z])
+
+
+def test_special_orthogonal_via_geomstats_levelset():
+    from geomstats.geometry.special_orthogonal import SpecialOrthogonal
+
+    so3 = ig.as_implicit(SpecialOrthogonal(3))
+    assert so3.dim == 3 and so3.codim == 6
+    gen = torch.Generator().manual_seed(1)
+    rot = torch.linalg.matrix_exp(_skew(torch.randn(3, generator=gen, dtype=torch.float64)))
+    skew = _skew(torch.randn(3, generator=gen, dtype=torch.float64)) * 0.7
+    vec = (rot @ skew).reshape(9)
+    end = so3.metric.exp(vec, rot.reshape(9))
+    # Geodesics of the Frobenius metric on SO(3) are R expm(t A).
+    torch.testing.assert_close(end.reshape(3, 3), rot @ torch.linalg.matrix_exp(skew),
+                               rtol=0, atol=1e-9)
+
+
+def _skew(w):
+    zero = torch.zeros((), dtype=w.dtype)
+    return torch.stack([torch.stack([zero, -w[2], w[1]]),
+                        torch.stack([w[2], zero, -w[0]]),
+                        torch.stack([-w[1], w[0], zero])])
+
+
+def test_random_point_on_manifold():
+    torus = ig.ImplicitTorus(2.0, 1.0)
+    pts = torus.random_point(100)
+    assert pts.shape == (100, 3) and torus.belongs(pts, atol=1e-10).all()
+    assert math.isclose(float(torus.random_point().shape[0]), 3)

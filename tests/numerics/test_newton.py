@@ -1,0 +1,71 @@
+"""Batched Newton solvers: convergence flags, caps, singular Jacobians."""
+
+import pytest
+import torch
+
+from implicit_geom.exceptions import SingularJacobianError
+from implicit_geom.numerics import autodiff
+from implicit_geom.numerics.linalg import gram_solve, tangent_basis, tangent_projector
+from implicit_geom.numerics.newton import newton_min_norm, solve_along_normals
+
+
+def circle(x):
+    return ((x * x).sum(-1, keepdim=True) - 1) / 2
+
+
+def f_and_jac(x):
+    return autodiff.jacobian(circle, x)
+
+
+def test_min_norm_newton_converges_quadratically_with_flags():
+    x0 = torch.tensor([[2.0, 0.0], [0.3, 0.4], [0.0, 0.0]], dtype=torch.float64)
+    res = newton_min_norm(f_and_jac, x0, tol=1e-12, max_iter=30)
+    assert res.converged.tolist() == [True, True, False]  # the centre is a critical point
+    assert res.n_iter[:2].max() <= 6
+    assert (res.residual[:2] <= 1e-12).all()
+    torch.testing.assert_close(res.x[1], torch.tensor([0.6, 0.8], dtype=torch.float64))
+
+
+def test_iteration_cap_is_respected():
+    res = newton_min_norm(f_and_jac, torch.tensor([[100.0, 0.0]], dtype=torch.float64),
+                          tol=1e-12, max_iter=2)
+    assert not res.converged.item() and res.n_iter.item() == 2
+
+
+def test_solve_along_normals_moves_only_along_given_normals():
+    base = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    normals = f_and_jac(base)[1]  # the x-axis
+    y0 = torch.tensor([[1.2, 0.5]], dtype=torch.float64)
+    res = solve_along_normals(f_and_jac, y0, normals, tol=1e-12)
+    assert res.converged.all()
+    torch.testing.assert_close(res.x[0, 1], torch.tensor(0.5, dtype=torch.float64))
+    torch.testing.assert_close(res.x.norm(), torch.tensor(1.0, dtype=torch.float64))
+    # No solution along the normal line y = 1.5: reported, not returned as converged.
+    bad = solve_along_normals(f_and_jac, torch.tensor([[1.0, 1.5]], dtype=torch.float64),
+                              normals, tol=1e-12, max_iter=20)
+    assert not bad.converged.any()
+
+
+def test_linear_algebra_helpers():
+    jac = torch.tensor([[[1.0, 1.0, 0.0]]], dtype=torch.float64)
+    v = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    tan = tangent_projector(jac, v)
+    torch.testing.assert_close(tan, torch.tensor([[0.5, -0.5, 0.0]], dtype=torch.float64))
+    basis = tangent_basis(jac)
+    assert basis.shape == (1, 3, 2)
+    torch.testing.assert_close(basis.transpose(1, 2) @ basis, torch.eye(2).double()[None])
+    torch.testing.assert_close(jac @ basis, torch.zeros(1, 1, 2, dtype=torch.float64))
+    with pytest.raises(SingularJacobianError):
+        gram_solve(torch.zeros(1, 1, 3, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))
+
+
+def test_autodiff_matches_closed_forms():
+    x = torch.randn(5, 2, dtype=torch.float64)
+    v = torch.randn(5, 2, dtype=torch.float64)
+    value, jac = autodiff.jacobian(circle, x)
+    torch.testing.assert_close(jac[:, 0], x)
+    torch.testing.assert_close(autodiff.second_directional_derivative(circle, x, v)[:, 0],
+                               (v * v).sum(-1))
+    hess = autodiff.lagrangian_hessian(circle, x, torch.full((5, 1), 2.0, dtype=torch.float64))
+    torch.testing.assert_close(hess, 2 * torch.eye(2).double().expand(5, 2, 2))
+    assert not value.requires_grad and not jac.requires_grad
