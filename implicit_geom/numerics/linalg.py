@@ -27,6 +27,8 @@ def gram_solve(jac, rhs, damping=None, check=True):
     -------
     y : torch.Tensor, same shape as ``rhs``
     """
+    if jac.shape[-2] == 1:
+        return _scalar_gram_solve(jac, rhs, damping, check)
     gram = jac @ jac.transpose(-1, -2)
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     if damping is not None:
@@ -48,6 +50,24 @@ def gram_solve(jac, rhs, damping=None, check=True):
     vec = rhs.ndim == jac.ndim - 1
     out = torch.cholesky_solve(rhs.unsqueeze(-1) if vec else rhs, chol)
     return out.squeeze(-1) if vec else out
+
+
+def _scalar_gram_solve(jac, rhs, damping, check):
+    """Codimension 1: the Gram matrix is |grad F|^2, so a division suffices
+    (batched LAPACK on 1 x 1 matrices costs far more than the arithmetic)."""
+    sq = jac.square().sum((-1, -2))
+    bad = ~(sq > SINGULAR_RTOL**2 * sq.amax().clamp_min(1e-300)) if check else None
+    if damping is not None:
+        sq = sq + torch.as_tensor(damping, dtype=sq.dtype, device=sq.device)
+    if check and damping is None and bool(bad.any()):
+        raise SingularJacobianError(
+            f"the Jacobian of the submersion is rank deficient (zero gradient) at "
+            f"{int(bad.sum())} point(s) (a "
+            "critical point of F, e.g. where components of a union meet); the normal "
+            "space is not defined there.")
+    sq = torch.where(sq > 0, sq, torch.ones_like(sq))
+    vec = rhs.ndim == jac.ndim - 1
+    return rhs / (sq[..., None] if vec else sq[..., None, None])
 
 
 def singular_mask(jac):

@@ -34,23 +34,41 @@ class NewtonResult:
     n_iter: torch.Tensor
 
 
-def _run(step, x, residual_of, tol, max_iter):
-    """Shared driver: apply ``step`` to the rows that have not yet converged.
+def _run(direction, f_and_jac, x0, tol, max_iter, max_halvings):
+    """Shared damped-Newton driver over the rows that have not converged yet.
 
-    ``step(x_active, idx) -> (x_new, res_new)`` performs one safeguarded Newton
-    iteration for the active rows; ``residual_of(x)`` gives the starting |F|.
+    ``direction(value, jac, idx) -> delta`` gives the Newton correction of the
+    active rows (``x_new = x - alpha * delta``). Values and Jacobians of an
+    accepted trial are kept for the next iteration, so a full step costs one
+    evaluation of F and its Jacobian; a trial that does not reduce ``|F|`` is
+    halved (for the offending rows only).
     """
-    x = x.clone()
-    residual = residual_of(x)
+    x = x0.clone()
+    value, jac = f_and_jac(x)
+    residual = value.norm(dim=-1)
     n_iter = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    active = residual > tol
+    active = ~(residual <= tol)
     for _ in range(max_iter):
         if not active.any():
             break
         idx = active.nonzero().squeeze(-1)
-        x_new, res_new = step(x[idx], idx)
-        x[idx] = x_new
-        residual[idx] = res_new
+        delta = direction(value[idx], jac[idx], idx)
+        alpha = torch.ones(idx.numel(), 1, dtype=x.dtype, device=x.device)
+        rows = torch.arange(idx.numel(), device=x.device)
+        x_new, val_new, jac_new = x[idx].clone(), value[idx].clone(), jac[idx].clone()
+        res_old = residual[idx]
+        res_new = torch.full_like(res_old, torch.nan)
+        for _ in range(max_halvings + 1):
+            trial = x[idx[rows]] - alpha[rows] * delta[rows]
+            v, j = f_and_jac(trial)
+            r = v.norm(dim=-1)
+            x_new[rows], val_new[rows], jac_new[rows], res_new[rows] = trial, v, j, r
+            worse = ~(r < res_old[rows])
+            if not worse.any():
+                break
+            rows = rows[worse]
+            alpha[rows] = alpha[rows] / 2
+        x[idx], value[idx], jac[idx], residual[idx] = x_new, val_new, jac_new, res_new
         n_iter[idx] += 1
         # NaN residuals stay "active" until max_iter and are reported unconverged.
         active[idx] = ~(res_new <= tol)
@@ -83,28 +101,14 @@ def newton_min_norm(f_and_jac, x0, tol=1e-10, max_iter=50, max_halvings=8):
     NewtonResult
     """
 
-    def residual_of(x):
-        return f_and_jac(x)[0].norm(dim=-1)
+    def direction(value, jac, idx):
+        lam = gram_solve(jac, value, damping=value.norm(dim=-1).square(), check=False)
+        return (jac.transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
 
-    def step(x, idx):
-        value, jac = f_and_jac(x)
-        res = value.norm(dim=-1)
-        lam = gram_solve(jac, value, damping=res.square(), check=False)
-        delta = (jac.transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
-        alpha = torch.ones_like(res)
-        for _ in range(max_halvings + 1):
-            x_try = x - alpha[:, None] * delta
-            res_try = residual_of(x_try)
-            worse = ~(res_try < res) & (res > 0)
-            if not worse.any():
-                break
-            alpha = torch.where(worse, alpha / 2, alpha)
-        return x_try, res_try
-
-    return _run(step, x0, residual_of, tol, max_iter)
+    return _run(direction, f_and_jac, x0, tol, max_iter, max_halvings)
 
 
-def solve_along_normals(f_and_jac, y0, normals, tol=1e-10, max_iter=50):
+def solve_along_normals(f_and_jac, y0, normals, tol=1e-10, max_iter=50, max_halvings=4):
     """Find ``y = y0 - normals^T lam`` with ``F(y) = 0`` (SHAKE/RATTLE position solve).
 
     The correction is restricted to the span of the given normal directions
@@ -121,24 +125,23 @@ def solve_along_normals(f_and_jac, y0, normals, tol=1e-10, max_iter=50):
     normals : torch.Tensor, shape=[B, k, n]
     tol : float
     max_iter : int
+    max_halvings : int
 
     Returns
     -------
     NewtonResult
-        ``x`` holds the solved positions; the multipliers are ``lam`` such that
-        ``x = y0 - normals^T lam`` (recover with :func:`multipliers`).
+        ``x`` holds the solved positions (``x - y0`` lies in the span of the
+        normals by construction).
     """
     normals_t = normals.transpose(-1, -2)
 
-    def residual_of(y):
-        return f_and_jac(y)[0].norm(dim=-1)
-
-    def step(y, idx):
-        value, jac = f_and_jac(y)
+    def direction(value, jac, idx):
         mat = jac @ normals_t[idx]
-        dlam, info = torch.linalg.solve_ex(mat, value.unsqueeze(-1))
-        dlam = torch.where((info == 0)[:, None, None], dlam, torch.nan)
-        y_new = y - (normals_t[idx] @ dlam).squeeze(-1)
-        return y_new, residual_of(y_new)
+        if mat.shape[-1] == 1:
+            dlam = value.unsqueeze(-1) / mat
+        else:
+            dlam, info = torch.linalg.solve_ex(mat, value.unsqueeze(-1))
+            dlam = torch.where((info == 0)[:, None, None], dlam, torch.nan)
+        return (normals_t[idx] @ dlam).squeeze(-1)
 
-    return _run(step, y0, residual_of, tol, max_iter)
+    return _run(direction, f_and_jac, y0, tol, max_iter, max_halvings)
