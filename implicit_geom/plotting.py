@@ -115,7 +115,8 @@ def training_curves(histories, title="training"):
                 ax.plot(values, label=key)
         ax.set_title(f"{title}: {name}")
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -210,7 +210,18 @@ class GeomstatsLevelSet(ImplicitManifold):
 
 
 def as_implicit(space):
-    """Return ``space`` as an :class:`ImplicitManifold` (wrapping geomstats spaces)."""
+    """Return ``space`` as an :class:`ImplicitManifold`.
+
+    Accepts implicit manifolds (returned as they are), geomstats LevelSets
+    (``Hypersphere``, ``SpecialOrthogonal``, ...) and geomstats
+    ``ProductManifold`` of such factors (flattened coordinates).
+    """
     if isinstance(space, ImplicitManifold):
         return space
+    from geomstats.geometry.product_manifold import ProductManifold
+
+    if isinstance(space, ProductManifold):
+        from .arithmetic import ProductImplicitManifold
+
+        return ProductImplicitManifold(*space.factors)
     return GeomstatsLevelSet(space)

@@ -166,6 +166,63 @@ class UnionManifold(ImplicitManifold):
         return NewtonResult(x=pick("x"), converged=pick("converged"),
                             residual=pick("residual"), n_iter=pick("n_iter"))
 
+class ProductImplicitManifold(ImplicitManifold):
+    """Cartesian product ``M1 x M2 x ...`` in concatenated ambient coordinates.
+
+    The constraints act on disjoint coordinate blocks, so the Jacobian is
+    block diagonal. This is how geomstats' ``ProductManifold`` (of implicit or
+    LevelSet factors) becomes a space our samplers and models accept; points
+    of a geomstats product in "matrix" form are flattened row by row.
+    """
+
+    def __init__(self, *components, **kwargs):
+        comps = [as_implicit(c) for c in components]
+        if len(comps) < 2:
+            raise ValueError("a product needs at least two manifolds")
+        self.components = comps
+        sizes = [c.ambient_dim for c in comps]
+        self._slices = [slice(sum(sizes[:i]), sum(sizes[:i + 1])) for i in range(len(sizes))]
+        if all(c.bounds is not None for c in comps):
+            kwargs.setdefault("bounds", (torch.cat([c.bounds[0] for c in comps]),
+                                         torch.cat([c.bounds[1] for c in comps])))
+        kwargs.setdefault("tol", min(c.tol for c in comps))
+        kwargs.setdefault("name", " x ".join(c.name for c in comps))
+        super().__init__(None, ambient_dim=sum(sizes), codim=sum(c.codim for c in comps),
+                         **kwargs)
+
+    def _parts(self, x):
+        return [x[..., sl] for sl in self._slices]
+
+    def _value(self, x):
+        return torch.cat([c._value(p) for c, p in zip(self.components, self._parts(x))], -1)
+
+    def _value_and_jacobian(self, x):
+        values, jac = [], x.new_zeros(x.shape[0], self.codim, self.ambient_dim)
+        row = 0
+        for c, sl, p in zip(self.components, self._slices, self._parts(x)):
+            v, j = c._value_and_jacobian(p)
+            values.append(v)
+            jac[:, row:row + c.codim, sl] = j
+            row += c.codim
+        return torch.cat(values, -1), jac
+
+    def _second_derivative(self, x, v):
+        return torch.cat([c._second_derivative(p, q) for c, p, q in
+                          zip(self.components, self._parts(x), self._parts(v))], -1)
+
+    def _lagrangian_hessian(self, x, lam):
+        hess = x.new_zeros(x.shape[0], self.ambient_dim, self.ambient_dim)
+        for c, sl, p, l in zip(self.components, self._slices, self._parts(x),
+                               lam.split([c.codim for c in self.components], -1)):
+            hess[:, sl, sl] = c._lagrangian_hessian(p, l)
+        return hess
+
+
+def product(*manifolds, **kwargs):
+    """Cartesian product of implicit manifolds (see :class:`ProductImplicitManifold`)."""
+    return ProductImplicitManifold(*manifolds, **kwargs)
+
+
 def intersection(*manifolds, **kwargs):
     """Intersection ``M1 ∩ M2 ∩ ...``: stacked constraints, codimensions add.
 

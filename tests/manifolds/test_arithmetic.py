@@ -87,3 +87,20 @@ def test_union_rejects_mismatched_components():
         ig.union(ig.ImplicitSphere(2), ig.ImplicitSphere(3))
     with pytest.raises(ValueError):
         ig.intersection(ig.ImplicitSphere(2))
+
+
+def test_product_of_geomstats_spaces_as_implicit():
+    from geomstats.geometry.product_manifold import ProductManifold
+
+    space = ig.as_implicit(ProductManifold([ig.ImplicitTorus(2.0, 1.0), Hypersphere(2)]))
+    assert (space.ambient_dim, space.codim, space.dim) == (6, 2, 4)
+    pts = space.random_point(10)
+    assert space.belongs(pts, atol=1e-10).all()
+    torch.testing.assert_close(pts[:, 3:].norm(dim=-1), torch.ones(10, dtype=torch.float64))
+    vec = 0.3 * space.random_tangent_vec(pts)
+    end = space.metric.exp(vec, pts)
+    # Geodesics of a product are products of geodesics.
+    torch.testing.assert_close(end[:, 3:], Hypersphere(2).metric.exp(vec[:, 3:], pts[:, 3:]),
+                               rtol=0, atol=1e-9)
+    torch.testing.assert_close(end[:, :3], ig.ImplicitTorus(2.0, 1.0).metric.exp(vec[:, :3], pts[:, :3]),
+                               rtol=0, atol=1e-9)
