@@ -36,9 +36,10 @@ class ImplicitSphere(ImplicitManifold):
         return ((y * y).sum(-1, keepdim=True) - self.radius**2) / (2 * self.radius)
 
     def _value_and_jacobian(self, x):
-        y = x - self.center
-        value = ((y * y).sum(-1, keepdim=True) - self.radius**2) / (2 * self.radius)
-        return value, (y / self.radius).unsqueeze(-2)
+        return self._value(x), self._jacobian(x)
+
+    def _jacobian(self, x):
+        return ((x - self.center) / self.radius).unsqueeze(-2)
 
     def _second_derivative(self, x, v):
         return (v * v).sum(-1, keepdim=True) / self.radius

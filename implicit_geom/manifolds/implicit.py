@@ -76,6 +76,10 @@ class ImplicitManifold(LevelSet):
     def _value_and_jacobian(self, x):
         return autodiff.jacobian(self._value, x)
 
+    def _jacobian(self, x):
+        """``J(x)``, shape (B, k, n) (closed forms may skip computing F)."""
+        return self._value_and_jacobian(x)[1]
+
     def _second_derivative(self, x, v):
         """``D^2F(x)[v, v]``, shape (B, k)."""
         return autodiff.second_directional_derivative(self._value, x, v)

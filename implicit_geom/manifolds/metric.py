@@ -69,7 +69,7 @@ class ImplicitMetric(RiemannianMetric):
     def _acceleration(self, x, v):
         """Normal acceleration keeping a curve with velocity v on M."""
         space = self._space
-        _, jac = space._value_and_jacobian(x)
+        jac = space._jacobian(x)
         curv = space._second_derivative(x, v)
         if space.codim == 1:  # the common case: a division instead of a solve
             grad = jac[:, 0]
