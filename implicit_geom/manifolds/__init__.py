@@ -8,9 +8,17 @@ from .analytic import (
     as_implicit,
     from_sympy,
 )
-from .arithmetic import IntersectionManifold, UnionManifold, intersection, union
+from .arithmetic import (
+    IntersectionManifold,
+    ProductImplicitManifold,
+    UnionManifold,
+    intersection,
+    product,
+    union,
+)
 from .implicit import ImplicitManifold
 from .metric import ImplicitMetric
+from .neural import NeuralImplicitManifold
 
 __all__ = [
     "GeomstatsLevelSet",
@@ -19,10 +27,13 @@ __all__ = [
     "ImplicitSphere",
     "ImplicitTorus",
     "IntersectionManifold",
+    "ProductImplicitManifold",
+    "NeuralImplicitManifold",
     "SympyImplicitManifold",
     "UnionManifold",
     "as_implicit",
     "from_sympy",
     "intersection",
+    "product",
     "union",
 ]

@@ -1,0 +1,129 @@
+"""The sampling target ("system"): an energy on an implicit manifold.
+
+The target density is ``exp(-E(x))`` with respect to the Riemannian volume
+(Hausdorff measure) of ``M = {F = 0}``. No Gram-determinant or other volume
+correction is added: RATTLE with the reversibility check samples the Hausdorff
+measure exactly (Lelièvre, Rousset & Stoltz 2019).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ..exceptions import InvalidPointError
+from ..manifolds.analytic import as_implicit
+
+
+@dataclass
+class ChainState:
+    """Everything a constrained step needs at the current points of a batch.
+
+    Attributes
+    ----------
+    x : torch.Tensor, shape=[B, n]
+        Positions (on M).
+    energy : torch.Tensor, shape=[B]
+        ``E(x)``.
+    grad : torch.Tensor, shape=[B, n]
+        ``grad E(x)`` (ambient gradient, detached).
+    jac : torch.Tensor, shape=[B, k, n]
+        Jacobian ``J(x)`` of the defining function; its rows span the normal space.
+    residual : torch.Tensor, shape=[B]
+        ``|F(x)|``, evaluated, not assumed.
+    """
+
+    x: torch.Tensor
+    energy: torch.Tensor
+    grad: torch.Tensor
+    jac: torch.Tensor
+    residual: torch.Tensor
+
+    _FIELDS = ("x", "energy", "grad", "jac", "residual")
+
+    def select(self, idx):
+        """The sub-batch ``idx`` (index tensor or boolean mask)."""
+        return ChainState(*(getattr(self, f)[idx] for f in self._FIELDS))
+
+    def put(self, idx, other):
+        """Overwrite rows ``idx`` with ``other`` (in place); returns self."""
+        for f in self._FIELDS:
+            getattr(self, f)[idx] = getattr(other, f)
+        return self
+
+    def where(self, mask, other):
+        """Rows of ``other`` where ``mask`` is True, else rows of self (new state)."""
+        out = []
+        for f in self._FIELDS:
+            mine, theirs = getattr(self, f), getattr(other, f)
+            m = mask.reshape(-1, *([1] * (mine.ndim - 1)))
+            out.append(torch.where(m, theirs, mine))
+        return ChainState(*out)
+
+    def clone(self):
+        """Independent copy."""
+        return ChainState(*(getattr(self, f).clone() for f in self._FIELDS))
+
+
+class ConstrainedTarget:
+    """An energy ``E`` on a manifold ``M``: density ``exp(-E)`` w.r.t. the volume of M.
+
+    Parameters
+    ----------
+    manifold : ImplicitManifold or geomstats LevelSet
+        Wrapped with :func:`~implicit_geom.manifolds.analytic.as_implicit`.
+    energy : callable or torch.nn.Module, optional
+        ``(B, n) -> (B,)`` (``(B, 1)`` is accepted). ``None`` is the zero energy,
+        i.e. the uniform distribution on a compact M; it skips autograd entirely.
+
+    Notes
+    -----
+    Gradients are taken with respect to the points only, with
+    ``torch.autograd.grad(E(x).sum(), x)``: parameters of an ``nn.Module`` energy
+    never receive ``.grad`` from sampling (persistent contrastive divergence
+    differentiates the energy separately).
+    """
+
+    def __init__(self, manifold, energy=None):
+        if energy is not None and not callable(energy):
+            raise TypeError(f"energy must be callable (B, n) -> (B,) or None, got "
+                            f"{type(energy).__name__}")
+        self.manifold = as_implicit(manifold)
+        self.energy_fn = energy
+        self.ambient_dim = self.manifold.ambient_dim
+        self.codim = self.manifold.codim
+
+    def value_and_jacobian(self, x):
+        """``F(x)`` (B, k) and ``J(x)`` (B, k, n) through the manifold's fast hook."""
+        with torch.no_grad():
+            return self.manifold._value_and_jacobian(x)
+
+    def _check_energy(self, energy, n_points):
+        if energy.shape not in ((n_points,), (n_points, 1)):
+            raise InvalidPointError(
+                f"the energy returned shape {tuple(energy.shape)} for {n_points} "
+                f"points; expected ({n_points},) (or ({n_points}, 1)).")
+        return energy.reshape(n_points)
+
+    def energy(self, x):
+        """``E(x)``, shape (B,), without autograd."""
+        if self.energy_fn is None:
+            return x.new_zeros(x.shape[0])
+        with torch.no_grad():
+            return self._check_energy(self.energy_fn(x), x.shape[0])
+
+    def energy_and_grad(self, x):
+        """``E(x)`` (B,) and the ambient gradient ``grad E(x)`` (B, n), both detached."""
+        if self.energy_fn is None:
+            return x.new_zeros(x.shape[0]), torch.zeros_like(x)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            energy = self._check_energy(self.energy_fn(xg), x.shape[0])
+            (grad,) = torch.autograd.grad(energy.sum(), xg)
+        return energy.detach(), grad.detach()
+
+    def state(self, x):
+        """Evaluate a :class:`ChainState` at points ``x`` of shape (B, n)."""
+        value, jac = self.value_and_jacobian(x)
+        energy, grad = self.energy_and_grad(x)
+        return ChainState(x=x, energy=energy, grad=grad, jac=jac,
+                          residual=value.norm(dim=-1))

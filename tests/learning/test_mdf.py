@@ -1,0 +1,80 @@
+"""The MDF objective: norms, exact Jacobian singular values, hinge, full loss."""
+
+import pytest
+import torch
+
+from implicit_geom.learning import (
+    MDFObjective,
+    constraint_norm,
+    jacobian_singular_values,
+    rank_penalty,
+)
+
+
+def linear_map(matrix):
+    return lambda x: x @ matrix.T
+
+
+def test_norms():
+    v = torch.tensor([[3.0, -4.0], [0.0, 0.0]], dtype=torch.float64)
+    assert constraint_norm(v, "l1").tolist() == [7.0, 0.0]
+    assert constraint_norm(v, "l2").tolist() == [5.0, 0.0]
+    assert constraint_norm(v, "l2_squared").tolist() == [25.0, 0.0]
+    with pytest.raises(ValueError, match="norm"):
+        constraint_norm(v, "linf")
+
+
+def test_l2_norm_gradient_is_finite_at_zero():
+    v = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    constraint_norm(v, "l2").sum().backward()
+    assert torch.isfinite(v.grad).all()
+
+
+def test_exact_singular_values_codim_two():
+    a = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.5, 0.0]], dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    values, sv = jacobian_singular_values(linear_map(a), x)
+    assert torch.allclose(values, x @ a.T)
+    assert torch.allclose(sv, torch.tensor([2.0, 0.5], dtype=torch.float64).expand(4, 2))
+
+
+def test_codim_one_singular_value_is_gradient_norm():
+    x = torch.randn(5, 2, dtype=torch.float64)
+    _, sv = jacobian_singular_values(lambda y: (y**2).sum(-1, keepdim=True), x)
+    assert torch.allclose(sv[:, 0], 2 * x.norm(dim=-1))
+
+
+def test_rank_penalty_is_a_hinge():
+    sv = torch.tensor([[0.5], [1.0], [5.0], [12.0]], dtype=torch.float64)
+    assert float(rank_penalty(sv[1:3], 1.0, 10.0)) == 0.0
+    assert float(rank_penalty(sv, 1.0, 10.0)) == pytest.approx((0.25 + 4.0) / 4)
+
+
+def test_rank_penalty_trains_the_weights():
+    layer = torch.nn.Linear(3, 1, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.fill_(0.1)
+    loss, terms = MDFObjective(mu=1.0, w_neg=0.0, beta=0.0)(layer, torch.randn(8, 3))
+    loss.backward()
+    # Raising the too-small gradient norm means growing the weights.
+    assert terms["rank"] > 0 and (layer.weight.grad < 0).all()
+
+
+def test_full_loss_matches_its_definition():
+    a = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    f = linear_map(a)
+    pos, neg, box = (torch.randn(6, 2, dtype=torch.float64) for _ in range(3))
+    obj = MDFObjective(s_min=3.0, s_max=4.0, mu=2.0, w_neg=0.5, beta=0.25, mu_box=3.0,
+                       box_s_min=3.0, norm="l1")
+    loss, terms = obj(f, pos, neg, box)
+    hinge = (3.0 - 5.0**0.5) ** 2
+    expected = (f(pos).abs().mean() - 0.5 * f(neg).abs().mean() + 2.0 * hinge
+                + 0.25 * f(neg).square().mean() + 3.0 * hinge)
+    assert float(loss.detach()) == pytest.approx(float(expected))
+    assert terms["sv_min"] == pytest.approx(5.0**0.5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(norm="max"), dict(s_min=2.0, s_max=1.0), dict(mu=-1.0)])
+def test_bad_objective_settings(kwargs):
+    with pytest.raises(ValueError):
+        MDFObjective(**kwargs)

@@ -1,0 +1,214 @@
+"""NeuralImplicitManifold: fitting, geometry without weight gradients, geomstats
+estimators, checkpoints (bit-identical reload in a fresh process, resume, corruption)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from implicit_geom import (
+    CheckpointError,
+    EmptyDataError,
+    ImplicitManifold,
+    InvalidPointError,
+    NeuralImplicitManifold,
+)
+from implicit_geom.datasets import sphere_mixture, two_circles, von_mises_circle
+from implicit_geom.learning import count_components
+from implicit_geom.metrics import distance_to_manifold
+
+FAST = dict(hidden=(32, 32), epochs=150, batch_size=400, n_negatives=64, buffer_size=256,
+            langevin_steps=3, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Small networks train several times faster on one thread, the more so on a
+    # shared machine; restore the setting for other test modules.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def circle():
+    data = von_mises_circle(400, kappa=0.5, seed=1)
+    return NeuralImplicitManifold(2, **FAST).fit(data), data
+
+
+def weights_untouched(model):
+    return all(p.grad is None and not p.requires_grad for p in model.net.parameters())
+
+
+def test_fit_learns_the_circle(circle):
+    model, data = circle
+    assert isinstance(model, ImplicitManifold) and model.dim == 1
+    held_out = von_mises_circle(100, kappa=0.5, seed=2)
+    stats = distance_to_manifold(held_out, model)
+    assert stats.median < 0.01 and stats.max < 0.05
+    assert float(model.singular_values(data).min()) >= model.s_min / 2
+    lo, hi = model.bounds
+    assert (lo < data.min(0).values).all() and (hi > data.max(0).values).all()
+    curves = model.history_
+    assert len(curves["loss"]) == FAST["epochs"] and curves["positive"][-1] < curves["positive"][0]
+    assert set(curves) >= {"positive", "negative", "rank", "neg_sq", "box_rank", "sv_min", "lr"}
+
+
+def test_two_circles_learned_as_two_components():
+    centres = ((-3.0, 0.0), (3.0, 0.0))
+    data = two_circles(400, kappa=0.0, centres=centres, seed=1)
+    model = NeuralImplicitManifold(
+        2, **dict(FAST, epochs=200, batch_size=100, w_neg=0.3, norm="l2_squared", lr=2e-2)
+    ).fit(data)
+    report = count_components(model, data, n_samples=1500)
+    assert report.n_components == 2 and report.n_spurious == 0
+    held_out = two_circles(100, kappa=0.0, centres=centres, seed=2)
+    assert distance_to_manifold(held_out, model).median < 0.02
+
+
+def test_geometry_builds_no_graph_through_weights(circle):
+    model, data = circle
+    x = model.projection(data[:5] * 1.02)
+    assert not x.requires_grad
+    v = model.to_tangent(torch.tensor([[0.1, 0.05]]).expand(5, 2), x)
+    y = model.metric.exp(v, x)
+    w = model.metric.log(y, x)
+    torch.testing.assert_close(w, v, rtol=0, atol=1e-7)
+    for out in (v, y, w, model.random_point(3)):
+        assert not out.requires_grad
+    assert weights_untouched(model)
+
+
+def test_frechet_mean_and_tangent_pca_on_learned_circle(circle):
+    from geomstats.learning.frechet_mean import FrechetMean
+    from geomstats.learning.pca import TangentPCA
+
+    model, _ = circle
+    angles = torch.linspace(-0.4, 0.4, 9, dtype=torch.float64)
+    points = model.projection(torch.stack([angles.cos(), angles.sin()], -1))
+    mean = FrechetMean(model).set(epsilon=1e-10, max_iter=50).fit(points).estimate_
+    assert model.belongs(mean, atol=1e-9)
+    assert abs(float(torch.atan2(mean[1], mean[0]))) < 0.05
+    pca = TangentPCA(space=model, n_components=1).fit(points, base_point=mean)
+    assert pca.components_.shape == (1, 2)
+    # The one principal direction is the tangent at the mean.
+    tangent = model.to_tangent(torch.as_tensor(pca.components_[0]), mean)
+    assert float(torch.linalg.vector_norm(tangent)) == pytest.approx(1.0, abs=1e-6)
+    assert weights_untouched(model)
+
+
+def test_fixed_seed_reproduces_the_fit():
+    data = von_mises_circle(200, seed=3)
+    cfg = dict(FAST, epochs=5)
+    a = NeuralImplicitManifold(2, **cfg).fit(data)
+    b = NeuralImplicitManifold(2, **cfg).fit(data)
+    c = NeuralImplicitManifold(2, **cfg, seed=1).fit(data)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    assert torch.equal(a.submersion(x), b.submersion(x))
+    assert not torch.equal(a.submersion(x), c.submersion(x))
+
+
+def test_save_load_in_fresh_process_is_bit_identical(circle, tmp_path):
+    model, _ = circle
+    path = tmp_path / "mdf.pt"
+    model.save(path)
+    x = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.save(x, tmp_path / "x.pt")
+    script = textwrap.dedent(f"""
+        import implicit_geom, torch
+        m = implicit_geom.NeuralImplicitManifold.load({str(path)!r})
+        x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)
+        torch.save(m.submersion(x), {str(tmp_path / 'f.pt')!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, env=dict(os.environ),
+                   timeout=60)
+    reloaded = torch.load(tmp_path / "f.pt", weights_only=True)
+    assert torch.equal(reloaded, model.submersion(x))
+    again = NeuralImplicitManifold.load(path)
+    assert again.get_config() == model.get_config()
+    assert again.history_ == model.history_
+    assert all(torch.equal(a, b) for a, b in zip(again.bounds, model.bounds))
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    data = von_mises_circle(200, seed=4)
+    cfg = dict(FAST, epochs=6)
+    full = NeuralImplicitManifold(2, **cfg).fit(data)
+    half = NeuralImplicitManifold(2, **cfg).fit(data, epochs=3)
+    half.save(tmp_path / "half.pt")
+    resumed = NeuralImplicitManifold.load(tmp_path / "half.pt").fit(data, epochs=3, resume=True)
+    for a, b in zip(full.net.state_dict().values(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.history_["loss"] == full.history_["loss"]
+
+
+def test_corrupt_missing_and_foreign_checkpoints(circle, tmp_path):
+    model, _ = circle
+    with pytest.raises(CheckpointError, match="not found"):
+        NeuralImplicitManifold.load(tmp_path / "nope.pt")
+    path = tmp_path / "m.pt"
+    model.save(path)
+    blob = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError):
+        NeuralImplicitManifold.load(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an implicit_geom checkpoint"):
+        NeuralImplicitManifold.load(tmp_path / "foreign.pt")
+    record = torch.load(path, weights_only=True)
+    record["state_dict"]["net.0.weight"] = torch.zeros(5, 5, dtype=torch.float64)
+    torch.save(record, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match="incompatible"):
+        NeuralImplicitManifold.load(tmp_path / "shape.pt")
+
+
+def test_save_is_atomic(circle, tmp_path, monkeypatch):
+    model, _ = circle
+    path = tmp_path / "m.pt"
+    model.save(path)
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_bad_training_data():
+    model = NeuralImplicitManifold(3, **FAST)
+    bad = sphere_mixture(20, seed=0)
+    bad[3, 1] = float("nan")
+    with pytest.raises(InvalidPointError, match="NaN"):
+        model.fit(bad)
+    with pytest.raises(EmptyDataError):
+        model.fit(torch.empty(0, 3, dtype=torch.float64))
+    with pytest.raises(InvalidPointError, match="shape"):
+        model.fit(torch.zeros(10, 2, dtype=torch.float64))
+    assert not model.is_fitted
+
+
+def test_negatives_near_data_can_be_excluded():
+    data = von_mises_circle(100, seed=6)
+    # An exclusion radius covering the whole box leaves no negatives at all.
+    model = NeuralImplicitManifold(2, **dict(FAST, epochs=3), neg_exclusion=100.0).fit(data)
+    assert model.history_["negative"] == [0.0] * 3 and model.history_["neg_sq"] == [0.0] * 3
+    plain = NeuralImplicitManifold(2, **dict(FAST, epochs=3)).fit(data)
+    assert min(plain.history_["negative"]) > 0
+
+
+def test_codim_two_trains_exact_singular_values():
+    # A circle in R^3 (codim 2): a short fit must keep the data's Jacobians full rank.
+    angles = torch.linspace(0, 6.2, 100, dtype=torch.float64)
+    data = torch.stack([angles.cos(), angles.sin(), torch.zeros_like(angles)], -1)
+    model = NeuralImplicitManifold(3, codim=2, **dict(FAST, epochs=40)).fit(data)
+    sv = model.singular_values(data)
+    assert sv.shape == (100, 2) and float(sv.min()) > 0.3
+    assert model.history_["rank"][-1] < model.history_["rank"][0]
