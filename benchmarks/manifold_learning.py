@@ -27,6 +27,7 @@ import torch
 from implicit_geom import NeuralImplicitManifold, ProjectionError
 from implicit_geom.datasets import load_dataset, train_test_split
 from implicit_geom.learning import count_components
+from implicit_geom.learning.presets import MDF_PRESETS
 from implicit_geom.metrics import distance_to_manifold
 
 # Median held-out distance reported in the paper (Table 1 / Sec. 4).
@@ -34,15 +35,8 @@ PAPER_MEDIAN = {"circle": 0.0012, "two_circles": 0.0037, "sphere_mixture": 0.007
                 "flood": 0.0013, "glycine": 0.0097}
 EXPECTED_COMPONENTS = {"circle": 1, "two_circles": 2, "sphere_mixture": 1}
 
-# Per data set settings (everything else: the class defaults).
-CONFIGS = {
-    "circle": dict(epochs=300),
-    "two_circles": dict(epochs=600, radial=0.0, mu_box=1.0, box_s_min=1.0, w_neg=0.3,
-                        norm="l2_squared", lr=2e-2),
-    "sphere_mixture": dict(epochs=300),
-    "flood": dict(epochs=150, batch_size=512),
-    "glycine": dict(epochs=400, hidden=(64, 64, 64)),
-}
+# Per data set settings: the library's presets (shared with the CLI).
+CONFIGS = MDF_PRESETS
 
 
 def run(name, quick=False, progress=True, seed=0):
@@ -81,7 +75,8 @@ def run(name, quick=False, progress=True, seed=0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the epochs")
-    parser.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--datasets", nargs="+", default=list(PAPER_MEDIAN),
+                        choices=list(PAPER_MEDIAN))
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (small networks run fastest on one)")
     parser.add_argument("--no-progress", action="store_true")

@@ -55,7 +55,9 @@ def _manifold_for(dataset, choice, args):
     codim = dataset.ambient_dim - int(intrinsic)
     if codim < 1:
         raise CLIError(f"--intrinsic-dim must be below the ambient dimension {dataset.ambient_dim}")
-    kwargs = {"seed": args.seed, "progress": not args.no_progress}
+    from .learning.presets import mdf_preset
+
+    kwargs = dict(mdf_preset(dataset.name), seed=args.seed, progress=not args.no_progress)
     if args.mdf_epochs:
         kwargs["epochs"] = args.mdf_epochs
     return "learned", NeuralImplicitManifold(dataset.ambient_dim, codim=codim, **kwargs), {}

@@ -10,6 +10,10 @@ import torch  # noqa: E402
 
 import implicit_geom  # noqa: E402,F401  (selects the backend before geomstats)
 
+# One intra-op thread: the tests use small batches (where threads only add
+# synchronisation) and single-threaded reductions are bit-reproducible.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -24,16 +24,6 @@ FAST = dict(hidden=(32, 32), epochs=150, batch_size=400, n_negatives=64, buffer_
             langevin_steps=3, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small networks train several times faster on one thread, the more so on a
-    # shared machine; restore the setting for other test modules.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def circle():
     data = von_mises_circle(400, kappa=0.5, seed=1)
