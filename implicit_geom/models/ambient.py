@@ -1,0 +1,121 @@
+"""Unconstrained (ambient) energy-based model: the baseline that ignores M.
+
+Chains run plain Langevin dynamics in a box around the data (clamped to it,
+as in the paper's reference code); the density lives on R^d, so it is compared
+with the manifold models through samples (W, distance to M), not likelihoods.
+"""
+
+import torch
+
+from ..numerics.validation import as_points
+from .ebm import EnergyModel
+from .energy_nets import EnergyMLP
+from .normalization import box_quadrature, log_partition
+
+__all__ = ["AmbientEBM", "box_langevin"]
+
+
+def box_langevin(energy, x, n_steps, step_size, low, high, generator=None):
+    """Unadjusted Langevin ``x - (h^2/2) grad E + h xi``, clamped to a box.
+
+    The step ``h`` follows the convention of the constrained samplers
+    (:mod:`implicit_geom.sampling`): time step ``h^2/2`` of
+    ``dX = -grad E dt + sqrt(2) dW``.
+
+    Parameters
+    ----------
+    energy : callable
+        ``(B, d) -> (B,)``; differentiated with respect to ``x`` only.
+    x : torch.Tensor, shape (B, d)
+    n_steps : int
+    step_size : float
+        ``h``.
+    low, high : torch.Tensor, shape (d,)
+    generator : torch.Generator, optional
+        CPU generator of the noise.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, d)
+    """
+    x = x.detach().clone()
+    h = float(step_size)
+    for _ in range(int(n_steps)):
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(energy(x).sum(), x)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x - 0.5 * h * h * grad + h * noise, low), high)
+    return x.detach()
+
+
+class AmbientEBM(EnergyModel):
+    """Energy-based model on R^d trained by PCD with box-clamped Langevin chains.
+
+    Parameters
+    ----------
+    dim : int
+    energy_net : torch.nn.Module, optional
+        Default :class:`EnergyMLP` with two hidden layers of 64.
+    pad : float
+        The chain box is the data's bounding box padded by ``pad`` times its
+        extent on each side.
+    hidden : sequence of int
+        Hidden widths of the default energy network.
+    **kwargs
+        PCD settings of :class:`~implicit_geom.models.ebm.EnergyModel`.
+    """
+
+    def __init__(self, dim, energy_net=None, *, pad=0.1, hidden=(64, 64), **kwargs):
+        self._dim = int(dim)
+        if energy_net is None:
+            energy_net = EnergyMLP(self._dim, hidden=hidden, seed=kwargs.get("seed", 0))
+        self.pad = float(pad)
+        self.box_ = None
+        self._gen = None
+        super().__init__(energy_net, **kwargs)
+
+    @property
+    def dim(self):
+        return self._dim
+
+    def _prepare(self, X):
+        lo, hi = X.min(0).values, X.max(0).values
+        pad = self.pad * (hi - lo).clamp_min(1e-3)
+        self.box_ = (lo - pad, hi + pad)
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def _init_chains(self, n):
+        lo, hi = self.box_
+        u = torch.rand(n, self.dim, generator=self._gen, dtype=lo.dtype).to(lo.device)
+        return lo + (hi - lo) * u
+
+    def _advance(self, x, n_steps):
+        return box_langevin(self._energy_fn, x, n_steps, self.step_size, *self.box_,
+                            generator=self._gen)
+
+    def sample(self, n_samples, n_steps=200, step_size=None, seed=None):
+        """Samples from the buffer advanced by ``n_steps`` Langevin steps, shape (n, d)."""
+        if self.buffer_ is None:
+            raise RuntimeError("call fit first")
+        gen = torch.Generator().manual_seed(self.seed + 1 if seed is None else int(seed))
+        idx = torch.randint(self.buffer_.shape[0], (int(n_samples),), generator=gen)
+        x0 = self.buffer_[idx.to(self.buffer_.device)]
+        return box_langevin(self._energy_fn, x0, n_steps,
+                            self.step_size if step_size is None else step_size,
+                            *self.box_, generator=gen)
+
+    def log_partition(self, resolution=256):
+        """``log Z`` over the chain box by a midpoint grid (``dim <= 3``)."""
+        if self.box_ is None:
+            raise RuntimeError("call fit first")
+        rule = box_quadrature(*(b.cpu() for b in self.box_), resolution).to(self._param().device)
+        with torch.no_grad():
+            return float(log_partition(self.energy_net, rule))
+
+    def log_prob(self, x, normalized=False):
+        """``-E(x)``, minus ``log Z`` over the box when ``normalized``."""
+        x = as_points(x, self.dim, "x")
+        out = -self.energy(x)
+        return out - self.log_partition() if normalized else out

@@ -1,0 +1,146 @@
+"""Densities under manifold arithmetic (Ross et al. 2023, Sec. 5).
+
+On an intersection ``M1 ∩ M2`` the natural combination of two densities is
+their product, ``p ~ p1 p2``, i.e. the *sum* of the energies restricted to the
+intersection; on a union ``M1 ∪ M2`` it is a mixture
+``p = w1 p1 + w2 p2`` of the normalised component densities.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from ..manifolds.arithmetic import intersection, union
+from ..numerics.validation import as_points
+from .ebm import ConstrainedEBM
+
+__all__ = ["SumEnergy", "IntersectionEBM", "UnionEBM", "combine_densities"]
+
+
+class SumEnergy(nn.Module):
+    """``E(x) = sum_i E_i(x)``: the energy of a product of densities."""
+
+    def __init__(self, nets):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x):
+        return sum(net(x) for net in self.nets)
+
+
+class IntersectionEBM(ConstrainedEBM):
+    """Product density ``exp(-(E_1 + E_2 + ...))`` on the intersection of the models' manifolds.
+
+    Parameters
+    ----------
+    *models : ConstrainedEBM
+        Fitted models, one per manifold.
+    **kwargs
+        Overrides of the sampling settings (``step_size``, ``sampler``, ``seed``...);
+        by default those of the first model, with the smallest step size.
+    """
+
+    def __init__(self, *models, **kwargs):
+        if len(models) < 2 or not all(isinstance(m, ConstrainedEBM) for m in models):
+            raise TypeError("IntersectionEBM needs at least two ConstrainedEBM models")
+        first = models[0]
+        kwargs.setdefault("sampler", first.sampler)
+        kwargs.setdefault("step_size", min(m.step_size for m in models))
+        kwargs.setdefault("seed", first.seed)
+        kwargs.setdefault("n_mcmc_steps", first.n_mcmc_steps)
+        manifold = intersection(*[m.manifold for m in models])
+        super().__init__(manifold, SumEnergy([m.energy_net for m in models]), **kwargs)
+        boxes = [m._box for m in models if m._box is not None]
+        if boxes:
+            # Noise for new chains: the box enclosing every model's data.
+            self._box = (torch.stack([b[0] for b in boxes]).amin(0),
+                         torch.stack([b[1] for b in boxes]).amax(0))
+
+
+class UnionEBM:
+    """Mixture ``sum_i w_i p_i`` of normalised densities on the union of their manifolds.
+
+    Parameters
+    ----------
+    *models : ConstrainedEBM
+        Fitted models on manifolds of equal dimension.
+    weights : sequence of float, optional
+        Mixture weights (normalised; default equal).
+    log_partitions : sequence of float, optional
+        ``log Z_i`` of each model; by default from each model's quadrature
+        (:meth:`ConstrainedEBM.log_partition`), which exists for analytic
+        manifolds only; pass Monte Carlo estimates for learned ones.
+    """
+
+    def __init__(self, *models, weights=None, log_partitions=None):
+        if len(models) < 2 or not all(isinstance(m, ConstrainedEBM) for m in models):
+            raise TypeError("UnionEBM needs at least two ConstrainedEBM models")
+        self.models = list(models)
+        self.manifold = union(*[m.manifold for m in models])
+        w = torch.ones(len(models)) if weights is None else torch.as_tensor(
+            weights, dtype=torch.float64)
+        if w.shape != (len(models),) or not bool((w > 0).all()) or not torch.isfinite(w).all():
+            raise ValueError(f"weights must be {len(models)} positive numbers, got {weights}")
+        self.weights = (w / w.sum()).to(torch.float64)
+        if log_partitions is None:
+            log_partitions = [m.log_partition() for m in models]
+        if len(log_partitions) != len(models):
+            raise ValueError("need one log partition per model")
+        self.log_partitions = [float(v) for v in log_partitions]
+
+    @property
+    def dim(self):
+        return self.manifold.ambient_dim
+
+    def log_prob(self, x):
+        """Normalised log density of the mixture at points of the union.
+
+        Each point is assigned to its active component (the one it lies on).
+        """
+        x = as_points(x, self.dim, "x")
+        flat = x.reshape(-1, self.dim)
+        with torch.no_grad():
+            idx = self.manifold.component_index(flat)
+        per_model = torch.stack([
+            math.log(float(w)) - m.energy(flat) - lz
+            for m, w, lz in zip(self.models, self.weights, self.log_partitions)])
+        out = per_model.gather(0, idx[None].to(per_model.device))[0]
+        return out.reshape(x.shape[:-1])
+
+    def energy(self, x):
+        """``-log p(x)`` of the normalised mixture."""
+        return -self.log_prob(x)
+
+    def sample(self, n_samples, n_steps=200, seed=0, **kwargs):
+        """Exact mixture sampling: multinomial counts, then each model's sampler.
+
+        Returns
+        -------
+        torch.Tensor, shape (n_samples, n), in random order.
+        """
+        gen = torch.Generator().manual_seed(int(seed))
+        comp = torch.multinomial(self.weights, int(n_samples), replacement=True, generator=gen)
+        counts = torch.bincount(comp, minlength=len(self.models))
+        parts = [m.sample(int(c), n_steps=n_steps, seed=int(seed) + i, **kwargs)
+                 for i, (m, c) in enumerate(zip(self.models, counts)) if c > 0]
+        out = torch.cat(parts)
+        return out[torch.randperm(out.shape[0], generator=gen).to(out.device)]
+
+
+def combine_densities(operation, *models, **kwargs):
+    """Combine fitted constrained EBMs under manifold arithmetic.
+
+    Parameters
+    ----------
+    operation : {"intersection", "union"}
+        Product of densities on the intersection, or mixture on the union.
+    *models : ConstrainedEBM
+    **kwargs
+        Passed to :class:`IntersectionEBM` or :class:`UnionEBM`.
+    """
+    if operation == "intersection":
+        return IntersectionEBM(*models, **kwargs)
+    if operation == "union":
+        return UnionEBM(*models, **kwargs)
+    raise ValueError(f"operation must be 'intersection' or 'union', got {operation!r}")

@@ -1,0 +1,83 @@
+"""Densities under manifold arithmetic: product on intersections, mixture on unions."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from implicit_geom import ImplicitSphere
+from implicit_geom.models import ConstrainedEBM, IntersectionEBM, UnionEBM, combine_densities
+from implicit_geom.models.normalization import circle_quadrature, manifold_quadrature
+
+
+class LinearEnergy(nn.Module):
+    """``E(x) = -kappa <mu, x - c>``: von Mises-Fisher on a sphere centred at c."""
+
+    def __init__(self, mu, kappa, center):
+        super().__init__()
+        self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float64))
+        self.register_buffer("c", torch.as_tensor(center, dtype=torch.float64))
+        self.kappa = kappa
+
+    def forward(self, x):
+        return -self.kappa * ((x - self.c) @ self.mu)
+
+
+def vmf_model(center, mu, kappa, dim=2):
+    return ConstrainedEBM(ImplicitSphere(dim, center=center), LinearEnergy(mu, kappa, center),
+                          step_size=0.3, seed=0)
+
+
+def test_intersection_is_product_density_on_the_circle():
+    a = vmf_model([0.0, 0.0, 0.0], [0.0, 0.0, 1.0], 2.0)
+    b = vmf_model([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], 2.0)
+    model = combine_densities("intersection", a, b)
+    assert isinstance(model, IntersectionEBM) and model.manifold.codim == 2
+    x = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    assert torch.allclose(model.energy(x), a.energy(x) + b.energy(x))
+    # Exact moments on the circle x = 0.5, |(y, z)| = sqrt(3)/2.
+    rho = math.sqrt(3) / 2
+    t = torch.linspace(0, 2 * math.pi, 4001, dtype=torch.float64)[:-1]
+    circle = torch.stack([torch.full_like(t, 0.5), rho * t.cos(), rho * t.sin()], -1)
+    w = torch.softmax(-(a.energy(circle) + b.energy(circle)), 0)
+    exact_mean = (w[:, None] * circle).sum(0)
+    init = circle[torch.randint(len(circle), (1000,), generator=torch.Generator().manual_seed(0))]
+    samples = model.sample(1000, n_steps=60, sampler="mala", step_size=0.5, init=init)
+    value = model.manifold.submersion(samples)
+    assert float(value.abs().max()) <= 1e-9
+    assert samples.mean(0).numpy() == pytest.approx(exact_mean.numpy(), abs=0.05)
+
+
+def test_union_is_a_normalised_mixture():
+    a = vmf_model([-2.0, 0.0], [1.0, 0.0], 3.0, dim=1)
+    b = vmf_model([2.0, 0.0], [0.0, 1.0], 1.0, dim=1)
+    model = UnionEBM(a, b, weights=[0.25, 0.75])
+    # log Z_i by quadrature: 2 pi I0(kappa) on unit circles.
+    i0 = lambda k: sum(((k / 2) ** j / math.factorial(j)) ** 2 for j in range(40))  # noqa: E731
+    assert model.log_partitions == pytest.approx([math.log(2 * math.pi * i0(3.0)),
+                                                  math.log(2 * math.pi * i0(1.0))], abs=1e-8)
+    rule = manifold_quadrature(model.manifold, 256)
+    total = float((model.log_prob(rule.points).exp() * rule.weights).sum())
+    assert total == pytest.approx(1.0, abs=1e-10)
+    left = circle_quadrature(256, center=(-2.0, 0.0))
+    mass_left = float((model.log_prob(left.points).exp() * left.weights).sum())
+    assert mass_left == pytest.approx(0.25, abs=1e-10)
+    init_a = left.points[:1].expand(400, 2)
+    a.buffer_ = init_a.clone()
+    b.buffer_ = circle_quadrature(400, center=(2.0, 0.0)).points
+    samples = model.sample(2000, n_steps=5, seed=0)
+    assert samples.shape == (2000, 2)
+    frac_left = float((samples[:, 0] < 0).double().mean())
+    assert frac_left == pytest.approx(0.25, abs=0.03)
+    assert float(model.manifold.submersion(samples).abs().max()) <= 1e-9
+
+
+def test_errors():
+    a = vmf_model([0.0, 0.0], [1.0, 0.0], 1.0, dim=1)
+    with pytest.raises(ValueError):
+        combine_densities("difference", a, a)
+    with pytest.raises(TypeError):
+        IntersectionEBM(a)
+    with pytest.raises(ValueError):
+        UnionEBM(a, vmf_model([3.0, 0.0], [1.0, 0.0], 1.0, dim=1), weights=[1.0, -1.0])
