@@ -58,7 +58,8 @@ def _run(direction, f_and_jac, x0, tol, max_iter, max_halvings):
         x_new, val_new, jac_new = x[idx].clone(), value[idx].clone(), jac[idx].clone()
         res_old = residual[idx]
         res_new = torch.full_like(res_old, torch.nan)
-        for _ in range(max_halvings + 1):
+        stalled = torch.zeros(idx.numel(), dtype=torch.bool, device=x.device)
+        for halving in range(max_halvings + 1):
             trial = x[idx[rows]] - alpha[rows] * delta[rows]
             v, j = f_and_jac(trial)
             r = v.norm(dim=-1)
@@ -67,11 +68,14 @@ def _run(direction, f_and_jac, x0, tol, max_iter, max_halvings):
             if not worse.any():
                 break
             rows = rows[worse]
+            if halving == max_halvings:
+                # No decrease even after the last halving: treat it as
+                # divergence, stop paying for the row, report it unconverged.
+                stalled[rows] = True
             alpha[rows] = alpha[rows] / 2
         x[idx], value[idx], jac[idx], residual[idx] = x_new, val_new, jac_new, res_new
         n_iter[idx] += 1
-        # NaN residuals stay "active" until max_iter and are reported unconverged.
-        active[idx] = ~(res_new <= tol)
+        active[idx] = ~(res_new <= tol) & ~stalled
     converged = residual <= tol
     return NewtonResult(x=x, converged=converged, residual=residual, n_iter=n_iter)
 
@@ -108,7 +112,7 @@ def newton_min_norm(f_and_jac, x0, tol=1e-10, max_iter=50, max_halvings=8):
     return _run(direction, f_and_jac, x0, tol, max_iter, max_halvings)
 
 
-def solve_along_normals(f_and_jac, y0, normals, tol=1e-10, max_iter=50, max_halvings=4):
+def solve_along_normals(f_and_jac, y0, normals, tol=1e-10, max_iter=50, max_halvings=0):
     """Find ``y = y0 - normals^T lam`` with ``F(y) = 0`` (SHAKE/RATTLE position solve).
 
     The correction is restricted to the span of the given normal directions
@@ -126,6 +130,9 @@ def solve_along_normals(f_and_jac, y0, normals, tol=1e-10, max_iter=50, max_halv
     tol : float
     max_iter : int
     max_halvings : int
+        Backtracking cap. Default 0: a constrained integrator treats a
+        non-decreasing Newton iterate as divergence (a rejected step) rather
+        than paying for damped iterations.
 
     Returns
     -------
