@@ -70,14 +70,6 @@ def _scalar_gram_solve(jac, rhs, damping, check):
     return rhs / (sq[..., None] if vec else sq[..., None, None])
 
 
-def singular_mask(jac):
-    """Boolean mask of the batch entries whose Jacobian is rank deficient."""
-    gram = jac @ jac.transpose(-1, -2)
-    scale = gram.diagonal(dim1=-2, dim2=-1).amax(-1)
-    smallest = torch.linalg.eigvalsh(gram)[..., 0]
-    return ~(smallest > SINGULAR_RTOL**2 * scale)
-
-
 def normal_space_solve(jac, vector, check=True):
     """Coefficients ``lam`` of the normal component ``J^T lam`` of ``vector``."""
     return gram_solve(jac, (jac @ vector.unsqueeze(-1)).squeeze(-1), check=check)
