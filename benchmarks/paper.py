@@ -43,6 +43,7 @@ from implicit_geom.datasets import (
 )
 from implicit_geom.manifolds.neural import NeuralImplicitManifold
 from implicit_geom.metrics import discretized_wasserstein
+from implicit_geom.numerics.validation import padded_box
 from implicit_geom.models import ConstrainedEBM, IntersectionEBM, PushforwardEBM, UnionEBM
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -77,10 +78,7 @@ def log(msg):
 
 
 def w_bounds(*sets):
-    pts = torch.cat(sets)
-    lo, hi = pts.min(0).values, pts.max(0).values
-    pad = 0.05 * (hi - lo)
-    return lo - pad, hi + pad
+    return padded_box(torch.cat(sets), 0.05)
 
 
 def wasserstein(samples, test, bounds):

@@ -23,6 +23,7 @@ from . import ImplicitGeomError
 from .datasets import DATASET_NAMES, load_dataset, train_test_split
 from .manifolds import ImplicitSphere, ImplicitTorus
 from .metrics import discretized_wasserstein, distance_to_manifold
+from .numerics.validation import padded_box
 
 FORMAT = "implicit_geom.model/1"
 
@@ -180,8 +181,7 @@ def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed):
     samples = ebm.sample(n_samples, seed=seed, progress=False)
     # The paper's setting (as in benchmarks/paper.py): 99 bins per axis over
     # the held-out data's box padded by 5%.
-    lo, hi = test.min(0).values, test.max(0).values
-    bounds = (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    bounds = padded_box(test, 0.05)
     metrics = {"W": discretized_wasserstein(samples, test, bins=99, bounds=bounds),
                "max_abs_F_samples": float(manifold.submersion(samples).abs().max())}
     dist = distance_to_manifold(test, manifold).as_dict()

@@ -292,26 +292,45 @@ class ImplicitManifold(LevelSet):
     def random_point(self, n_samples=1, bound=1.0, max_rounds=20):
         """Points on M: uniform draws in a box, projected (not uniform on M).
 
-        Draws that cannot be projected are replaced by fresh ones.
+        The box is ``bounds`` when set, else ``[-bound, bound]^n``; draws that
+        cannot be projected are replaced by fresh ones.
         """
         low, high = self.bounds if self.bounds is not None else (
             -bound * torch.ones(self.ambient_dim, dtype=DTYPE),
             bound * torch.ones(self.ambient_dim, dtype=DTYPE))
-        out = torch.empty(n_samples, self.ambient_dim, dtype=DTYPE)
-        missing = torch.arange(n_samples)
+        out = self.project_draws(
+            lambda k: low + (high - low) * torch.rand(k, self.ambient_dim, dtype=low.dtype,
+                                                      device=low.device),
+            n_samples, max_rounds)
+        return out[0] if n_samples == 1 else out
+
+    def project_draws(self, draw, n_samples, max_rounds=20):
+        """``n_samples`` points on M from ``draw(k)`` (k ambient points), projected.
+
+        Draws whose Newton landing fails are replaced by fresh ones, up to
+        ``max_rounds`` rounds.
+
+        Raises
+        ------
+        ProjectionError
+            If some draws still cannot be projected after ``max_rounds``.
+        """
+        out, missing = None, None
         for _ in range(max_rounds):
-            draw = low + (high - low) * torch.rand(missing.numel(), self.ambient_dim, dtype=DTYPE)
-            res = self.solve_projection(draw, closest=False)
-            ok = res.converged
+            batch = draw(n_samples if missing is None else missing.numel())
+            if out is None:
+                out = torch.empty_like(batch)
+                missing = torch.arange(n_samples, device=batch.device)
+            res = self.solve_projection(batch, closest=False)
+            ok = res.converged & torch.isfinite(res.x).all(-1)
             out[missing[ok]] = res.x[ok]
             missing = missing[~ok]
             if missing.numel() == 0:
-                return out[0] if n_samples == 1 else out
+                return out
         raise ProjectionError(
-            f"random_point: {missing.numel()} of {n_samples} draws in the box could "
-            f"not be projected onto {self.name} after {max_rounds} rounds; pass bounds "
-            "that enclose the manifold."
-        )
+            f"{missing.numel()} of {n_samples} draws could not be projected onto "
+            f"{self.name} after {max_rounds} rounds; draw from a region (bounds) that "
+            "encloses the manifold.")
 
     # ------------------------------------------------------ retraction, transport
     def retraction(self, tangent_vec, base_point):

@@ -10,7 +10,7 @@ from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.mdf import MDFObjective
 from ..learning.negatives import LangevinNegativeSampler
 from ..learning.trainer import Trainer
-from ..numerics.validation import DTYPE, as_points
+from ..numerics.validation import DTYPE, as_points, padded_box
 from .implicit import ImplicitManifold
 
 ACTIVATIONS = {"silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -204,13 +204,11 @@ class NeuralImplicitManifold(ImplicitManifold):
             fresh = MDFNetwork(self.ambient_dim, self.codim, self.hidden, self.activation,
                                self.radial)
         self.net.load_state_dict(fresh.state_dict())
-        lo, hi = data.min(0).values, data.max(0).values
-        margin = self.box_margin * (hi - lo).clamp_min(1e-12)
         self.net.shift.copy_(data.mean(0))
         # One scale for all axes keeps the geometry isotropic (per-axis scaling
         # made the glycine torus markedly harder to fit).
         self.net.scale.copy_(data.std(0).mean().clamp_min(1e-12))
-        self._build_state(lo - margin, hi + margin)
+        self._build_state(*padded_box(data, self.box_margin, min_width=1e-12))
 
     def _build_state(self, low, high):
         self.bounds = (low.cpu(), high.cpu())

@@ -7,7 +7,7 @@ with the manifold models through samples (W, distance to M), not likelihoods.
 
 import torch
 
-from ..numerics.validation import as_points
+from ..numerics.validation import as_points, padded_box
 from .ebm import EnergyModel
 from .energy_nets import EnergyMLP
 from .normalization import box_quadrature, log_partition
@@ -81,9 +81,7 @@ class AmbientEBM(EnergyModel):
         return self._dim
 
     def _prepare(self, X):
-        lo, hi = X.min(0).values, X.max(0).values
-        pad = self.pad * (hi - lo).clamp_min(1e-3)
-        self.box_ = (lo - pad, hi + pad)
+        self.box_ = padded_box(X, self.pad, min_width=1e-3)
         self._gen = torch.Generator().manual_seed(self.seed)
 
     def _init_chains(self, n):

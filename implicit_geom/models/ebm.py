@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..exceptions import CheckpointError, EmptyDataError, InvalidPointError, ProjectionError
 from ..manifolds.analytic import as_implicit
-from ..numerics.validation import DTYPE, as_points
+from ..numerics.validation import DTYPE, as_points, padded_box
 from .energy_nets import EnergyMLP
 from .normalization import has_quadrature, log_partition, manifold_quadrature
 
@@ -299,9 +299,7 @@ class ConstrainedEBM(EnergyModel):
     def _prepare(self, X):
         # Fresh chains start from uniform noise in the (padded) data box,
         # projected onto M, as in the paper's reference code.
-        lo, hi = X.min(0).values, X.max(0).values
-        pad = 0.1 * (hi - lo).clamp_min(1e-3)
-        self._box = (lo - pad, hi + pad)
+        self._box = padded_box(X, 0.1, min_width=1e-3)
         self._data = X if self.chain_init == "data" else None
         if self._uses_pcd():
             self._chain_sampler = self._make_sampler(self.sampler, self.step_size, self.seed)
@@ -310,26 +308,16 @@ class ConstrainedEBM(EnergyModel):
         if self._box is None:
             raise RuntimeError("call fit first (the noise box comes from the data)")
         lo, hi = self._box
-        out = torch.empty(n, self.dim, dtype=lo.dtype, device=lo.device)
-        missing = torch.arange(n, device=lo.device)
-        for _ in range(max_rounds):
+
+        def draw(k):
             if self._data is not None:
-                rows = torch.randint(self._data.shape[0], (missing.numel(),)).to(lo.device)
+                rows = torch.randint(self._data.shape[0], (k,)).to(lo.device)
                 jitter = 0.05 * self._data.std(0) * torch.randn(
-                    missing.numel(), self.dim, dtype=lo.dtype, device=lo.device)
-                draw = self._data[rows] + jitter
-            else:
-                draw = lo + (hi - lo) * torch.rand(missing.numel(), self.dim, dtype=lo.dtype,
-                                                   device=lo.device)
-            res = self.manifold.solve_projection(draw, closest=False)
-            ok = res.converged & torch.isfinite(res.x).all(-1)
-            out[missing[ok]] = res.x[ok]
-            missing = missing[~ok]
-            if missing.numel() == 0:
-                return out
-        raise ProjectionError(
-            f"could not project {missing.numel()} of {n} noise points onto {self.manifold!r} "
-            f"in {max_rounds} rounds; is the manifold inside the data's bounding box?")
+                    k, self.dim, dtype=lo.dtype, device=lo.device)
+                return self._data[rows] + jitter
+            return lo + (hi - lo) * torch.rand(k, self.dim, dtype=lo.dtype, device=lo.device)
+
+        return self.manifold.project_draws(draw, n, max_rounds)
 
     def _advance(self, x, n_steps):
         if n_steps == 0:

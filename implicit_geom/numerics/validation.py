@@ -53,3 +53,13 @@ def as_points(point, ambient_dim, name="point", allow_empty=False, dtype=None):
     if point.numel() == 0 and not allow_empty:
         raise EmptyDataError(f"{name} is empty (shape {tuple(point.shape)}).")
     return check_finite(point, name)
+
+
+def padded_box(points, fraction, min_width=0.0):
+    """Bounding box of ``points`` (N, n) widened by ``fraction`` of its size per side.
+
+    ``min_width`` keeps degenerate (flat) axes from giving an empty box.
+    """
+    lo, hi = points.min(0).values, points.max(0).values
+    pad = fraction * (hi - lo).clamp_min(min_width)
+    return lo - pad, hi + pad
