@@ -165,8 +165,6 @@ def from_sympy(exprs, symbols, **kwargs):
     return SympyImplicitManifold(exprs, symbols, **kwargs)
 
 
-ImplicitManifold.from_sympy = staticmethod(from_sympy)
-
 
 class GeomstatsLevelSet(ImplicitManifold):
     """A geomstats :class:`LevelSet` (e.g. ``Hypersphere``, ``SpecialOrthogonal``)

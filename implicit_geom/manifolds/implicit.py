@@ -67,6 +67,13 @@ class ImplicitManifold(LevelSet):
         return (f"{self.name}(ambient_dim={self.ambient_dim}, codim={self.codim}, "
                 f"dim={self.dim})")
 
+    @staticmethod
+    def from_sympy(exprs, symbols, **kwargs):
+        """Implicit manifold ``{exprs = 0}`` (see :func:`implicit_geom.from_sympy`)."""
+        from .analytic import from_sympy  # analytic.py builds on this module
+
+        return from_sympy(exprs, symbols, **kwargs)
+
     # ------------------------------------------------------------------ hooks
     # Subclasses with closed forms override these three; everything else is
     # built on them. All take flat batches (B, n) and return (B, k)-shaped data.
