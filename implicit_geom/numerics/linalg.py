@@ -55,7 +55,9 @@ def gram_solve(jac, rhs, damping=None, check=True):
 def _scalar_gram_solve(jac, rhs, damping, check):
     """Codimension 1: the Gram matrix is |grad F|^2, so a division suffices
     (batched LAPACK on 1 x 1 matrices costs far more than the arithmetic)."""
-    sq = jac.square().sum((-1, -2))
+    # A norm kernel, not sum((-1, -2)): reductions over a few trailing entries
+    # are slow in torch.
+    sq = torch.linalg.vector_norm(jac.flatten(-2), dim=-1).square()
     bad = ~(sq > SINGULAR_RTOL**2 * sq.amax().clamp_min(1e-300)) if check else None
     if damping is not None:
         sq = sq + torch.as_tensor(damping, dtype=sq.dtype, device=sq.device)
@@ -65,7 +67,7 @@ def _scalar_gram_solve(jac, rhs, damping, check):
             f"{int(bad.sum())} point(s) (a "
             "critical point of F, e.g. where components of a union meet); the normal "
             "space is not defined there.")
-    sq = torch.where(sq > 0, sq, torch.ones_like(sq))
+    sq = torch.where(sq > 0, sq, 1.0)
     vec = rhs.ndim == jac.ndim - 1
     return rhs / (sq[..., None] if vec else sq[..., None, None])
 
@@ -75,10 +77,16 @@ def normal_space_solve(jac, vector, check=True):
     return gram_solve(jac, (jac @ vector.unsqueeze(-1)).squeeze(-1), check=check)
 
 
+def normal_combination(jac, lam):
+    """``J^T lam``: the normal vector with coefficients ``lam`` (shape (..., n))."""
+    if jac.shape[-2] == 1:  # a broadcast product beats batched 1-column matmuls
+        return jac[..., 0, :] * lam
+    return (jac.transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
+
+
 def tangent_projector(jac, vector, check=True):
     """Orthogonal projection of ``vector`` onto ``ker J`` (the tangent space)."""
-    lam = normal_space_solve(jac, vector, check=check)
-    return vector - (jac.transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
+    return vector - normal_combination(jac, normal_space_solve(jac, vector, check=check))
 
 
 def tangent_basis(jac):

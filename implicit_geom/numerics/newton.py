@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .linalg import gram_solve
+from .linalg import gram_solve, normal_combination
 
 
 @dataclass
@@ -26,58 +26,98 @@ class NewtonResult:
         ``|F(x)|`` (Euclidean norm over the k constraints).
     n_iter : torch.Tensor of int, shape=[B]
         Newton iterations each point used.
+    value : torch.Tensor, shape=[B, k], optional
+        ``F(x)`` at the last iterate (the solvers here always fill it in), so
+        that callers need not evaluate it again.
+    jac : torch.Tensor, shape=[B, k, n], optional
+        ``J(x)`` at the last iterate.
     """
 
     x: torch.Tensor
     converged: torch.Tensor
     residual: torch.Tensor
     n_iter: torch.Tensor
+    value: torch.Tensor = None
+    jac: torch.Tensor = None
+
+
+def _norm(value):
+    """``|F|`` per row (the kernel itself: Tensor.norm's Python wrapper costs more here)."""
+    return torch.linalg.vector_norm(value, dim=-1)
 
 
 def _run(direction, f_and_jac, x0, tol, max_iter, max_halvings):
     """Shared damped-Newton driver over the rows that have not converged yet.
 
     ``direction(value, jac, idx) -> delta`` gives the Newton correction of the
-    active rows (``x_new = x - alpha * delta``). Values and Jacobians of an
-    accepted trial are kept for the next iteration, so a full step costs one
-    evaluation of F and its Jacobian; a trial that does not reduce ``|F|`` is
-    halved (for the offending rows only).
+    active rows (``x_new = x - alpha * delta``); ``idx`` indexes them in the
+    batch, or is None while every row is active (which spares the gathers).
+    Values and Jacobians of an accepted trial are kept for the next iteration,
+    so a full step costs one evaluation of F and its Jacobian. A row whose
+    trial does not reduce ``|F|`` is halved (up to ``max_halvings`` times); if
+    it still does not decrease the row stops, unconverged (divergence), so a
+    hopeless row costs nothing further.
+
+    The arrays are updated out of place (``index_copy``): what ``f_and_jac``
+    returns may be shared or broadcast, and the loop never writes into it.
     """
-    x = x0.clone()
-    value, jac = f_and_jac(x)
-    residual = value.norm(dim=-1)
-    n_iter = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    active = ~(residual <= tol)
-    for _ in range(max_iter):
-        if not active.any():
+    value, jac = f_and_jac(x0)
+    x, residual = x0, _norm(value)
+    n_rows = x.shape[0]
+    n_iter = torch.zeros(n_rows, dtype=torch.long, device=x.device)
+    idx = (~(residual <= tol)).nonzero().squeeze(-1)  # the active rows
+    for it in range(max_iter):
+        if idx.numel() == 0:
             break
-        idx = active.nonzero().squeeze(-1)
-        delta = direction(value[idx], jac[idx], idx)
-        alpha = torch.ones(idx.numel(), 1, dtype=x.dtype, device=x.device)
-        rows = torch.arange(idx.numel(), device=x.device)
-        x_new, val_new, jac_new = x[idx].clone(), value[idx].clone(), jac[idx].clone()
-        res_old = residual[idx]
-        res_new = torch.full_like(res_old, torch.nan)
-        stalled = torch.zeros(idx.numel(), dtype=torch.bool, device=x.device)
-        for halving in range(max_halvings + 1):
-            trial = x[idx[rows]] - alpha[rows] * delta[rows]
-            v, j = f_and_jac(trial)
-            r = v.norm(dim=-1)
-            x_new[rows], val_new[rows], jac_new[rows], res_new[rows] = trial, v, j, r
-            worse = ~(r < res_old[rows])
-            if not worse.any():
-                break
-            rows = rows[worse]
-            if halving == max_halvings:
-                # No decrease even after the last halving: treat it as
-                # divergence, stop paying for the row, report it unconverged.
-                stalled[rows] = True
-            alpha[rows] = alpha[rows] / 2
-        x[idx], value[idx], jac[idx], residual[idx] = x_new, val_new, jac_new, res_new
-        n_iter[idx] += 1
-        active[idx] = ~(res_new <= tol) & ~stalled
+        whole = idx.numel() == n_rows
+        if whole:
+            x_a, val_a, jac_a, res_a = x, value, jac, residual
+        else:
+            x_a, val_a, jac_a, res_a = (t.index_select(0, idx) for t in (x, value, jac, residual))
+        delta = direction(val_a, jac_a, None if whole else idx)
+        trial = x_a - delta
+        val_t, jac_t = f_and_jac(trial)
+        res_t = _norm(val_t)
+        if max_halvings:
+            trial, val_t, jac_t, res_t = _backtrack(f_and_jac, x_a, delta, res_a, trial, val_t,
+                                                    jac_t, res_t, max_halvings)
+        if whole:
+            x, value, jac, residual = trial, val_t, jac_t, res_t
+            n_iter.fill_(it + 1)
+        else:
+            x, value, jac, residual = (full.index_copy(0, idx, part) for full, part in (
+                (x, trial), (value, val_t), (jac, jac_t), (residual, res_t)))
+            n_iter.index_fill_(0, idx, it + 1)
+        # Rows go on while above tol and still decreasing (NaN stops them too).
+        idx = idx.masked_select((res_t < res_a) & (res_t > tol))
+    if x is x0:  # never return the caller's tensor
+        x = x0.clone()
     converged = residual <= tol
-    return NewtonResult(x=x, converged=converged, residual=residual, n_iter=n_iter)
+    return NewtonResult(x=x, converged=converged, residual=residual, n_iter=n_iter,
+                        value=value, jac=jac)
+
+
+def _backtrack(f_and_jac, x_a, delta, res_a, trial, val_t, jac_t, res_t, max_halvings):
+    """Halve the step of the rows whose full trial did not reduce ``|F|``.
+
+    A row still being retried has failed every earlier trial, so all of them
+    share the current step length. Rows that never decrease keep their last
+    trial (the caller reports them unconverged). Returns the updated
+    ``(trial, val_t, jac_t, res_t)``.
+    """
+    rows = (~(res_t < res_a)).nonzero().squeeze(-1)
+    alpha = 1.0
+    for _ in range(max_halvings):
+        if rows.numel() == 0:
+            break
+        alpha /= 2
+        x_h = x_a[rows] - alpha * delta[rows]
+        v, j = f_and_jac(x_h)
+        r = _norm(v)
+        trial, val_t, jac_t, res_t = (full.index_copy(0, rows, part) for full, part in (
+            (trial, x_h), (val_t, v), (jac_t, j), (res_t, r)))
+        rows = rows[~(r < res_a[rows])]
+    return trial, val_t, jac_t, res_t
 
 
 def newton_min_norm(f_and_jac, x0, tol=1e-10, max_iter=50, max_halvings=8):
@@ -106,8 +146,8 @@ def newton_min_norm(f_and_jac, x0, tol=1e-10, max_iter=50, max_halvings=8):
     """
 
     def direction(value, jac, idx):
-        lam = gram_solve(jac, value, damping=value.norm(dim=-1).square(), check=False)
-        return (jac.transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
+        lam = gram_solve(jac, value, damping=_norm(value).square(), check=False)
+        return normal_combination(jac, lam)
 
     return _run(direction, f_and_jac, x0, tol, max_iter, max_halvings)
 
@@ -140,15 +180,21 @@ def solve_along_normals(f_and_jac, y0, normals, tol=1e-10, max_iter=50, max_halv
         ``x`` holds the solved positions (``x - y0`` lies in the span of the
         normals by construction).
     """
-    normals_t = normals.transpose(-1, -2)
+    if normals.shape[-2] == 1:
+        normal = normals[:, 0, :]
 
-    def direction(value, jac, idx):
-        mat = jac @ normals_t[idx]
-        if mat.shape[-1] == 1:
-            dlam = value.unsqueeze(-1) / mat
-        else:
-            dlam, info = torch.linalg.solve_ex(mat, value.unsqueeze(-1))
+        def direction(value, jac, idx):
+            # One constraint: the k x k system is a division, and J^T dlam a
+            # broadcast product (cheaper than batched 1 x 1 matmuls).
+            nrm = normal if idx is None else normal.index_select(0, idx)
+            return nrm * (value / (jac @ nrm.unsqueeze(-1)).squeeze(-1))
+    else:
+        normals_t = normals.transpose(-1, -2)
+
+        def direction(value, jac, idx):
+            nt = normals_t if idx is None else normals_t.index_select(0, idx)
+            dlam, info = torch.linalg.solve_ex(jac @ nt, value.unsqueeze(-1))
             dlam = torch.where((info == 0)[:, None, None], dlam, torch.nan)
-        return (normals_t[idx] @ dlam).squeeze(-1)
+            return (nt @ dlam).squeeze(-1)
 
     return _run(direction, f_and_jac, y0, tol, max_iter, max_halvings)

@@ -29,6 +29,7 @@ import torch
 
 from ..numerics.linalg import tangent_projector
 from ..numerics.newton import solve_along_normals
+from .targets import ChainState
 
 
 class StepStatus(IntEnum):
@@ -76,21 +77,26 @@ def position_step(target, state, p, h, opts):
     NewtonResult
         ``x`` on M where ``converged``.
     """
-    drift = tangent_projector(state.jac, p - (0.5 * h) * state.grad, check=False)
-    return solve_along_normals(target.value_and_jacobian, state.x + h * drift,
+    drift = tangent_projector(state.jac, torch.add(p, state.grad, alpha=-0.5 * h), check=False)
+    return solve_along_normals(target.value_and_jacobian, torch.add(state.x, drift, alpha=h),
                                state.jac, opts.tol, opts.max_iter,
                                max_halvings=opts.max_halvings)
 
 
-def _state_at(target, state, x_new, moved):
-    """State at ``x_new`` where ``moved``, the old state elsewhere (no wasted evaluations)."""
-    if bool(moved.all()):
-        return target.state(x_new)
-    out = state.clone()
-    idx = moved.nonzero().squeeze(-1)
-    if idx.numel():
-        out.put(idx, target.state(x_new[idx]))
-    return out
+def _state_at(target, state, res, moved):
+    """State at the solve's end points where ``moved``, the old state elsewhere.
+
+    ``F`` and ``J`` come from the solve (its last iterate); only the energy is
+    evaluated, at every row (old rows at their old point, so nothing is
+    evaluated off M), which is cheaper than gathering and scattering a subset.
+    """
+    m = moved[:, None]
+    x = torch.where(m, res.x, state.x)
+    energy, grad = target.energy_and_grad(x)
+    return ChainState(x=x, energy=torch.where(moved, energy, state.energy),
+                      grad=torch.where(m, grad, state.grad),
+                      jac=torch.where(m[..., None], res.jac, state.jac),
+                      residual=torch.where(moved, res.residual, state.residual))
 
 
 def rattle_step(target, state, p, h, opts, momentum=True):
@@ -102,7 +108,8 @@ def rattle_step(target, state, p, h, opts, momentum=True):
     state : ChainState
         Current points (on M), batch B.
     p : torch.Tensor, shape=[B, n]
-        Momenta, tangent at ``state.x``.
+        Momenta, tangent at ``state.x`` (the position update uses only their
+        tangent part, so a step that discards momenta may pass ambient ones).
     h : float
         Step size.
     opts : SolverOptions
@@ -124,7 +131,7 @@ def rattle_step(target, state, p, h, opts, momentum=True):
     status = torch.where(fwd.converged, int(StepStatus.OK),
                          int(StepStatus.PROJECTION_FAILED)).to(torch.int8)
     moved = fwd.converged
-    new = _state_at(target, state, fwd.x, moved)
+    new = _state_at(target, state, fwd, moved)
     if not (momentum or opts.check_reversibility):
         return new, None, status
     p_new = tangent_projector(new.jac, (new.x - state.x) / h - (0.5 * h) * new.grad,

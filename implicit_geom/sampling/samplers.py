@@ -279,7 +279,10 @@ class ConstrainedLangevin(_ConstrainedSampler):
         return None
 
     def _transition(self, state, h):
-        new, _, status = rattle_step(self.target, state, self._tangent_gaussian(state),
+        # The position step moves along P_x(p - h/2 grad E) and p is not kept,
+        # so the ambient Gaussian serves as is: projecting it first changes
+        # nothing but the cost.
+        new, _, status = rattle_step(self.target, state, self._randn(state.x),
                                      h, self.options, momentum=False)
         accepted = status == StepStatus.OK
         return new, accepted.to(torch.float64), accepted, status

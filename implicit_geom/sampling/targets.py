@@ -12,6 +12,7 @@ import torch
 
 from ..exceptions import InvalidPointError
 from ..manifolds.analytic import as_implicit
+from ..numerics import mlp
 
 
 @dataclass
@@ -112,18 +113,32 @@ class ConstrainedTarget:
             return self._check_energy(self.energy_fn(x), x.shape[0])
 
     def energy_and_grad(self, x):
-        """``E(x)`` (B,) and the ambient gradient ``grad E(x)`` (B, n), both detached."""
+        """``E(x)`` (B,) and the ambient gradient ``grad E(x)`` (B, n), both detached.
+
+        An ``nn.Sequential`` MLP energy is differentiated by hand
+        (:mod:`~implicit_geom.numerics.mlp`, exact, no graph); anything else
+        with autograd.
+        """
         if self.energy_fn is None:
             return x.new_zeros(x.shape[0]), torch.zeros_like(x)
+        layers = mlp.mlp_layers(self.energy_fn)
+        if layers is not None:
+            energy, jac = mlp.value_and_jacobian(layers, x)
+            return self._check_energy(energy, x.shape[0]), jac[:, 0, :]
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             energy = self._check_energy(self.energy_fn(xg), x.shape[0])
             (grad,) = torch.autograd.grad(energy.sum(), xg)
         return energy.detach(), grad.detach()
 
-    def state(self, x):
-        """Evaluate a :class:`ChainState` at points ``x`` of shape (B, n)."""
-        value, jac = self.value_and_jacobian(x)
+    def state(self, x, value=None, jac=None):
+        """Evaluate a :class:`ChainState` at points ``x`` of shape (B, n).
+
+        ``value`` and ``jac`` (``F(x)`` and ``J(x)``, e.g. from the Newton solve
+        that produced ``x``) are used as given instead of being re-evaluated.
+        """
+        if value is None or jac is None:
+            value, jac = self.value_and_jacobian(x)
         energy, grad = self.energy_and_grad(x)
         return ChainState(x=x, energy=energy, grad=grad, jac=jac,
                           residual=value.norm(dim=-1))

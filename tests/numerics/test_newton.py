@@ -69,3 +69,48 @@ def test_autodiff_matches_closed_forms():
     hess = autodiff.lagrangian_hessian(circle, x, torch.full((5, 1), 2.0, dtype=torch.float64))
     torch.testing.assert_close(hess, 2 * torch.eye(2).double().expand(5, 2, 2))
     assert not value.requires_grad and not jac.requires_grad
+
+
+def arctan_and_jac(x):
+    # F = arctan(x_0): plain Newton from |x_0| > 1.39 overshoots ever further.
+    return autodiff.jacobian(lambda p: torch.atan(p[:, :1]), x)
+
+
+def test_result_carries_value_and_jacobian_of_the_last_iterate():
+    x0 = torch.tensor([[2.0, 0.0], [0.3, 0.4], [0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    res = newton_min_norm(f_and_jac, x0, tol=1e-12, max_iter=30)
+    assert res.converged.tolist() == [True, True, False, True]
+    value, jac = f_and_jac(res.x)
+    torch.testing.assert_close(res.value, value, rtol=0, atol=1e-15)
+    torch.testing.assert_close(res.jac, jac, rtol=0, atol=1e-15)
+    assert res.n_iter[3] == 0 and res.x.data_ptr() != x0.data_ptr()  # a copy, even untouched
+
+
+def test_halving_rescues_an_overshooting_step_and_without_it_the_row_stops():
+    y0 = torch.tensor([[3.0, 0.5], [0.5, 0.5], [0.0, 0.5]], dtype=torch.float64)
+    normals = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64).expand(3, 1, 2)
+    plain = solve_along_normals(arctan_and_jac, y0, normals, tol=1e-12, max_iter=20)
+    assert plain.converged.tolist() == [False, True, True]
+    assert plain.n_iter.tolist()[0] == 1 and plain.n_iter.tolist()[2] == 0  # stalled at once
+    damped = solve_along_normals(arctan_and_jac, y0, normals, tol=1e-12, max_iter=20,
+                                 max_halvings=4)
+    assert damped.converged.all()
+    torch.testing.assert_close(damped.x[:, 0], torch.zeros(3, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(damped.x[:, 1], y0[:, 1])  # moved along the normal only
+    torch.testing.assert_close(damped.x[1:], plain.x[1:])  # halving never touched these rows
+
+
+def test_solve_along_two_normals():
+    # The unit circle in the plane z = 0 of R^3: two constraints.
+    def f(x):
+        return torch.stack([((x * x).sum(-1) - 1) / 2, x[:, 2]], dim=-1)
+
+    base = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    normals = autodiff.jacobian(f, base)[1]
+    y0 = base + torch.tensor([[0.1, 0.3, 0.2], [-0.2, 0.1, -0.1]], dtype=torch.float64)
+    res = solve_along_normals(lambda x: autodiff.jacobian(f, x), y0, normals, tol=1e-12)
+    assert res.converged.all() and float(res.residual.max()) <= 1e-12
+    # x - y0 lies in the span of the two normals: its tangent part vanishes.
+    torch.testing.assert_close(tangent_projector(normals, res.x - y0),
+                               torch.zeros_like(y0), rtol=0, atol=1e-12)

@@ -79,3 +79,23 @@ def test_nonreversible_flag_means_the_reverse_solve_does_not_return():
     back_ok = position_step(target, new.select(ok), -p_new[ok], 1.2, opts)
     assert bool(back_ok.converged.all())
     assert float((back_ok.x - state.x[ok]).norm(dim=-1).max()) <= opts.reverse_tol
+
+
+def test_new_state_reuses_the_solve_and_equals_a_fresh_evaluation():
+    # F and J of the new state come from the Newton solve; they must be those
+    # of the new points, and failed rows must keep their whole old state.
+    target = ConstrainedTarget(ImplicitTorus(1.0, 0.5), vmf_energy)
+    torch.manual_seed(4)
+    state = target.state(target.manifold.random_point(500))
+    p = tangent_momenta(state, seed=5)
+    new, _, status = rattle_step(target, state, p, 1.0,
+                                 SolverOptions(max_iter=10, check_reversibility=False),
+                                 momentum=False)
+    ok = status == StepStatus.OK
+    assert 0 < int(ok.sum()) < 500
+    fresh = target.state(new.x)
+    for field in ("energy", "grad", "jac", "residual"):
+        torch.testing.assert_close(getattr(new, field), getattr(fresh, field),
+                                   rtol=0, atol=1e-12)
+    for field in ("x", "energy", "grad", "jac", "residual"):
+        assert torch.equal(getattr(new, field)[~ok], getattr(state, field)[~ok])

@@ -40,3 +40,29 @@ def test_wrong_energy_shape_and_type():
         target.energy(torch.ones(4, 3, dtype=torch.float64))
     with pytest.raises(TypeError):
         ConstrainedTarget(Hypersphere(2), "not callable")
+
+
+def test_sequential_mlp_energy_is_differentiated_exactly_without_autograd():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.SiLU(), torch.nn.Linear(16, 16),
+                              torch.nn.Softplus(), torch.nn.Linear(16, 1)).double()
+    x = torch.randn(20, 3, dtype=torch.float64)
+    fast = ConstrainedTarget(Hypersphere(2), net).energy_and_grad(x)
+    ref = ConstrainedTarget(Hypersphere(2), lambda p: net(p)).energy_and_grad(x)  # autograd
+    for a, b in zip(fast, ref):
+        assert a.shape == b.shape and not a.requires_grad
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert all(p.grad is None for p in net.parameters())
+    with pytest.raises(InvalidPointError, match="energy returned shape"):
+        wide = torch.nn.Sequential(torch.nn.Linear(3, 2)).double()
+        ConstrainedTarget(Hypersphere(2), wide).energy_and_grad(x)
+
+
+def test_state_reuses_a_given_value_and_jacobian():
+    target = ConstrainedTarget(Hypersphere(2), lambda x: x[:, 0])
+    x = torch.tensor([[0.0, 0.6, 0.8]], dtype=torch.float64)
+    value, jac = target.value_and_jacobian(x)
+    state = target.state(x, 2 * value + 1e-3, 2 * jac)  # deliberately not F(x), J(x)
+    torch.testing.assert_close(state.jac, 2 * jac)
+    torch.testing.assert_close(state.residual, torch.full((1,), 1e-3, dtype=torch.float64))
+    torch.testing.assert_close(target.state(x).jac, jac)
