@@ -39,6 +39,10 @@ __all__ = [
     "sphere_embed",
     "sphere_latlon",
     "vmf_sphere",
+    "vmf_density",
+    "projected_normal_density",
+    "fibonacci_sphere",
+    "true_density",
     "load_earth",
     "load_protein",
     "load_protein_angles",
@@ -250,11 +254,7 @@ def sphere_mixture_means(n_components: int = 4) -> torch.Tensor:
     """
     if n_components < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}")
-    k = np.arange(n_components) + 0.5
-    z = 1.0 - 2.0 * k / n_components
-    lon = math.pi * (3.0 - math.sqrt(5.0)) * k
-    rho = np.sqrt(1.0 - z**2)
-    return _tensor(np.stack([rho * np.cos(lon), rho * np.sin(lon), z], axis=1))
+    return fibonacci_sphere(n_components)
 
 
 def sphere_mixture(
@@ -374,6 +374,113 @@ def vmf_sphere(n_samples: int, mu, kappa: float, seed: SeedLike = 0) -> torch.Te
         + (radial * np.sin(angle))[:, None] * e2
     )
     return _tensor(x)
+
+
+# ---------------------------------------------------------------------------
+# True densities of the synthetic data sets
+# ---------------------------------------------------------------------------
+# Each returns points covering the true manifold and the generator's density
+# there, with respect to the manifold's volume (arc length, area): the ground
+# truth the paper's discretised Wasserstein distance compares models with.
+
+
+def _von_mises_angle_density(theta, mu, kappa):
+    # exp(kappa (cos - 1)) / (2 pi I0e(kappa)) avoids overflow for large kappa.
+    from scipy.special import i0e
+
+    return np.exp(kappa * (np.cos(theta - mu) - 1.0)) / (2.0 * math.pi * i0e(kappa))
+
+
+def fibonacci_sphere(n_points: int) -> torch.Tensor:
+    """``n_points`` nearly uniformly spread points of S^2 (golden-angle lattice).
+
+    Returns
+    -------
+    torch.Tensor, shape (n_points, 3)
+    """
+    k = np.arange(_check_n(n_points)) + 0.5
+    z = 1.0 - 2.0 * k / n_points
+    lon = math.pi * (3.0 - math.sqrt(5.0)) * k
+    rho = np.sqrt(1.0 - z**2)
+    return _tensor(np.stack([rho * np.cos(lon), rho * np.sin(lon), z], axis=1))
+
+
+def vmf_density(x, mu, kappa: float) -> torch.Tensor:
+    """Von Mises-Fisher density on S^2 w.r.t. area, ``kappa exp(kappa mu.x) / (4 pi sinh kappa)``."""
+    x = torch.as_tensor(x, dtype=DTYPE)
+    mu = torch.as_tensor(mu, dtype=DTYPE)
+    mu = mu / mu.norm()
+    if kappa == 0:
+        return torch.full(x.shape[:-1], 1.0 / (4.0 * math.pi), dtype=DTYPE)
+    # kappa / (2 pi (1 - exp(-2 kappa))) * exp(kappa (mu.x - 1)): stable for large kappa.
+    return kappa / (2.0 * math.pi * -math.expm1(-2.0 * kappa)) * torch.exp(kappa * (x @ mu - 1.0))
+
+
+def projected_normal_density(x, mean, scale: float) -> torch.Tensor:
+    """Density on S^2 (w.r.t. area) of ``normalise(mean + scale * N(0, I_3))``.
+
+    With ``a = <x, mean> / scale`` and ``b = |mean|^2 / scale^2`` the radial
+    integral has the closed form
+    ``(2 pi)^{-3/2} exp(-(b - a^2) / 2) (a exp(-a^2/2) + (1 + a^2) sqrt(2 pi) Phi(a))``.
+    """
+    from scipy.special import ndtr
+
+    x = np.asarray(torch.as_tensor(x, dtype=DTYPE).cpu())
+    mean = np.asarray(torch.as_tensor(mean, dtype=DTYPE).cpu())
+    a = x @ mean / scale
+    b = mean @ mean / scale**2
+    radial = a * np.exp(-0.5 * a**2) + (1.0 + a**2) * math.sqrt(2.0 * math.pi) * ndtr(a)
+    return _tensor((2.0 * math.pi) ** -1.5 * np.exp(-0.5 * (b - a**2)) * radial)
+
+
+def true_density(name: str, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points covering the true manifold of a synthetic data set and its density there.
+
+    The parameters are those :func:`load_dataset` uses for ``name``; the
+    density is with respect to the manifold's volume (arc length or area), so
+    a quadrature over the returned points integrates it to 1.
+
+    Parameters
+    ----------
+    name : {"circle", "two_circles", "sphere_mixture", "torus"}
+    resolution : int, optional
+        Points per circle (default 4000), on the sphere (default 100000), or
+        per torus angle (default 400).
+
+    Returns
+    -------
+    points : torch.Tensor, shape (k, ambient_dim)
+    density : torch.Tensor, shape (k,)
+    """
+    if name not in _SYNTHETIC:
+        raise ValueError(f"no known density for {name!r}: expected one of {', '.join(_SYNTHETIC)}")
+    kwargs = _SYNTHETIC[name][3]
+    if name in ("circle", "two_circles"):
+        n = 4000 if resolution is None else _check_n(resolution)
+        theta = np.linspace(-math.pi, math.pi, n, endpoint=False)
+        unit = np.stack([np.cos(theta), np.sin(theta)], axis=1)
+        dens = _von_mises_angle_density(theta, 0.0, kwargs["kappa"])
+        if name == "circle":
+            return _tensor(unit), _tensor(dens)
+        # Equal mixture over the two unit circles of two_circles().
+        centres = np.array([(-1.8, 0.0), (1.8, 0.0)])
+        points = np.concatenate([c + unit for c in centres])
+        return _tensor(points), _tensor(np.concatenate([dens, dens]) / len(centres))
+    if name == "sphere_mixture":
+        points = fibonacci_sphere(100_000 if resolution is None else resolution)
+        means = sphere_mixture_means(kwargs["n_components"])
+        dens = sum(projected_normal_density(points, m, kwargs["scale"]) for m in means)
+        return points, dens / len(means)
+    # Torus: mixture of independent von Mises angle pairs, divided by the area element.
+    n = 400 if resolution is None else _check_n(resolution)
+    grid = np.linspace(-math.pi, math.pi, n, endpoint=False)
+    phi, theta = (g.ravel() for g in np.meshgrid(grid, grid, indexing="ij"))
+    params = np.asarray(_TORUS_COMPONENTS)
+    weights = params[:, 4] / params[:, 4].sum()
+    angles = sum(w * _von_mises_angle_density(phi, mp, kp) * _von_mises_angle_density(theta, mt, kt)
+                 for (mp, mt, kp, kt, _), w in zip(params, weights))
+    R, r = kwargs["R"], kwargs["r"]
+    return torus_embed(phi, theta, R, r), _tensor(angles / (r * (R + r * np.cos(theta))))
 
 
 # ---------------------------------------------------------------------------

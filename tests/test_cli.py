@@ -27,6 +27,7 @@ def test_fit_writes_a_complete_model_folder(learned_model):
     metrics = json.loads((learned_model / "metrics.json").read_text())
     assert metrics["max_abs_F_samples"] <= 1e-9
     assert metrics["W"] >= 0 and metrics["test_dist_median"] >= 0
+    assert 0 <= metrics["W_density"] <= 1
     config = json.loads((learned_model / "config.json").read_text())
     assert config["manifold"] == "learned" and config["n_test"] == 80
 

@@ -1,5 +1,7 @@
 """Tests for implicit_geom.metrics."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,9 @@ from implicit_geom.metrics import (
     discretized_wasserstein,
     distance_to_manifold,
     effective_sample_size,
+    paper_wasserstein,
 )
+from implicit_geom.datasets import true_density
 
 
 def gaussian(n, d=2, seed=0):
@@ -100,6 +104,67 @@ def test_wasserstein_validates_inputs():
         discretized_wasserstein(a, a, density_b=torch.ones(9))
     with pytest.raises(ValueError, match="NaN"):
         discretized_wasserstein(a, torch.full((3, 2), float("nan")))
+
+
+def test_wasserstein_grid_options_hand_computed():
+    # 1-d grid of 4 bins on [0, 4]: centres 0.5 ... 3.5, grid normaliser 3^2.
+    a = torch.tensor([[0.2]], dtype=torch.float64)
+    far, near = torch.tensor([[3.9]]), torch.tensor([[1.1]])
+    kw = dict(bins=4, bounds=(0.0, 4.0), support="centre")
+    assert discretized_wasserstein(a, far, cost_scale="grid", **kw) == pytest.approx(1.0)
+    assert discretized_wasserstein(a, near, cost_scale="grid", **kw) == pytest.approx(1 / 9)
+    # Normalised over the occupied supports only, any single move costs 1.
+    assert discretized_wasserstein(a, near, cost_scale="support", **kw) == pytest.approx(1.0)
+    # Centroid support: the mass sits at the points themselves.
+    assert discretized_wasserstein(a, near, bins=4, bounds=(0.0, 4.0), normalize_cost=False) \
+        == pytest.approx(0.9**2)
+
+
+def test_wasserstein_unbinned_target_hand_computed():
+    # Model mass in the bin centred at 0.5; raw data at 1 and 2 with equal weight.
+    # The grid normaliser is the farthest (centre, point) pair: (3.5 - 1)^2.
+    model = torch.tensor([[0.2], [0.4]], dtype=torch.float64)
+    data = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    w = paper_wasserstein(model, torch.tensor([1.0, 3.0]), data, bins=4, bounds=(0.0, 4.0))
+    assert w == pytest.approx((0.25 + 2.25) / 2 / 6.25)
+    # Per-point target densities weight the raw points instead.
+    w = discretized_wasserstein(model, data, bins=4, bounds=(0.0, 4.0), density_a=None,
+                                density_b=torch.tensor([3.0, 1.0]), support="centre",
+                                cost_scale="grid", bin_b=False)
+    assert w == pytest.approx((0.75 * 0.25 + 0.25 * 2.25) / 6.25)
+
+
+def test_paper_wasserstein_of_a_density_with_itself_and_shifted():
+    box = ((-1.3, -1.3), (1.3, 1.3))
+    points, density = true_density("circle")
+    assert paper_wasserstein(points, density, points, density, bins=99, bounds=box) == 0.0
+    # The model's covering points need not be the target's: a different, denser
+    # lattice with the same density is still close to 0.
+    theta = torch.atan2(points[:, 1], points[:, 0])
+    fine = torch.linspace(-math.pi, math.pi, 10_001, dtype=torch.float64)[:-1]
+    fine_pts = torch.stack([fine.cos(), fine.sin()], -1)
+    same = paper_wasserstein(fine_pts, (2 * fine.cos()).exp(), points, density, bins=99,
+                             bounds=box)
+    assert same < 1e-5
+    # Rotating the density away from the truth increases W monotonically.
+    values = [paper_wasserstein(points, (2 * (theta - delta).cos()).exp(), points, density,
+                                bins=99, bounds=box) for delta in (0.1, 0.3, 0.6, 1.2, 2.4)]
+    assert values[0] > 10 * same
+    assert all(b > a for a, b in zip(values, values[1:])), values
+    # Against data drawn from the truth, the true density beats a uniform one.
+    data = torch.tensor(np.random.default_rng(0).vonmises(0.0, 2.0, 2000))
+    data = torch.stack([data.cos(), data.sin()], -1)
+    w_true = paper_wasserstein(points, density, data, bins=99, bounds=box)
+    w_uniform = paper_wasserstein(points, torch.ones_like(density), data, bins=99, bounds=box)
+    assert w_true < 0.5 * w_uniform
+
+
+def test_wasserstein_validates_options():
+    a = gaussian(10)
+    with pytest.raises(ValueError, match="support"):
+        discretized_wasserstein(a, a, support="middle")
+    with pytest.raises(ValueError, match="cost_scale"):
+        discretized_wasserstein(a, a, cost_scale="max")
 
 
 # --------------------------------------------------------------------------

@@ -294,7 +294,10 @@ class ConstrainedEBM(EnergyModel):
 
     def _make_sampler(self, sampler, step_size, seed):
         cls = self._sampler_class(sampler)
-        return cls(self.manifold, self._energy_fn, step_size=step_size, seed=seed)
+        # An EnergyMLP hands its layers over, so that the samplers take the exact
+        # graph-free gradient (numerics.mlp); other networks go through autograd.
+        energy = self.energy_net.net if type(self.energy_net) is EnergyMLP else self._energy_fn
+        return cls(self.manifold, energy, step_size=step_size, seed=seed)
 
     def _prepare(self, X):
         # Fresh chains start from uniform noise in the (padded) data box,
@@ -382,6 +385,40 @@ class ConstrainedEBM(EnergyModel):
                 f"the sampler returned {int((residual > self.manifold.tol).sum())} point(s) off "
                 f"the manifold (max |F| = {float(residual.max()):.2e})")
         return x.detach()
+
+    def density_on_manifold(self, n_draws, bounds=None, seed=0):
+        """Points covering M inside a box and the model's log density there.
+
+        Uniform draws in the box are projected onto M (Newton landing); the
+        converged ones that stay in the box are kept. The points are not
+        uniform on M but cover it, which is what binned comparisons of
+        densities need (:func:`~implicit_geom.metrics.paper_wasserstein`).
+
+        Parameters
+        ----------
+        n_draws : int
+            Box draws (the kept points are fewer).
+        bounds : pair of array_like, shape (n,), optional
+            The box; default the padded training-data box.
+        seed : int
+
+        Returns
+        -------
+        points : torch.Tensor, shape (k, n)
+        log_prob : torch.Tensor, shape (k,)
+            Unnormalised: ``-E(x)`` (temperature 1).
+        """
+        from ..learning.topology import sample_in_box
+
+        if bounds is None:
+            if self._box is None:
+                raise RuntimeError("call fit first, or pass bounds")
+            bounds = self._box
+        low, high = (torch.as_tensor(b, dtype=DTYPE).reshape(self.dim) for b in bounds)
+        gen = torch.Generator().manual_seed(int(seed))
+        points, _ = sample_in_box(self.manifold, int(n_draws), low, high, generator=gen)
+        with torch.no_grad():
+            return points, self.log_prob(points)
 
     # ---------------------------------------------------------- normalisation
     def quadrature(self):

@@ -83,6 +83,20 @@ def test_wasserstein_of_model_samples(pcd_model):
     assert all(b > a for a, b in zip(values, values[1:])), values
 
 
+def test_density_on_manifold_covers_the_sphere(pcd_model):
+    box = (-torch.ones(3), torch.ones(3))
+    points, log_prob = pcd_model.density_on_manifold(4000, bounds=box, seed=3)
+    assert 3000 < len(points) <= 4000
+    assert float(ImplicitSphere(2).submersion(points).abs().max()) <= 1e-9
+    assert torch.allclose(log_prob, -pcd_model.energy(points))
+    # Covering, not clustered: every point of a fine sphere lattice has a cover point nearby.
+    from implicit_geom.datasets import fibonacci_sphere
+
+    assert float(torch.cdist(fibonacci_sphere(500), points).amin(1).max()) < 0.15
+    with pytest.raises(RuntimeError, match="fit first"):
+        ConstrainedEBM(ImplicitSphere(2)).density_on_manifold(10)
+
+
 def test_mle_on_geomstats_hypersphere_recovers_vmf(vmf_data):
     model = ConstrainedEBM(Hypersphere(2), method="mle", hidden=(32, 32), n_iter=200,
                            quadrature_resolution=48, seed=0).fit(vmf_data)

@@ -49,6 +49,26 @@ def test_projection_onto_decoder_image(fitted):
     assert bool(((proj - pts).norm(dim=-1) <= (naive - pts).norm(dim=-1) + 1e-9).all())
 
 
+def test_density_on_manifold_is_the_decoded_lattice(fitted):
+    model, X = fitted
+    points, log_prob = model.density_on_manifold(resolution=300)
+    assert points.shape == (300, 2) and log_prob.shape == (300,)
+    lo, hi = model.latent_ebm.box_
+    u = torch.linspace(float(lo[0]), float(hi[0]), 300, dtype=torch.float64)[:, None]
+    z = u * model.latent_scale_ + model.latent_shift_
+    assert torch.allclose(points, model.decode(z))
+    # It is the density w.r.t. arc length of the decoded curve: integrated along
+    # the lattice with chord lengths, it gives the latent normaliser.
+    points, log_prob = model.density_on_manifold()
+    chords = (points[1:] - points[:-1]).norm(dim=-1)
+    integral = (0.5 * (log_prob[1:].exp() + log_prob[:-1].exp()) * chords).sum()
+    log_z = model.latent_ebm.log_partition() + float(model.latent_scale_.log().sum())
+    assert float(integral.log()) == pytest.approx(log_z, abs=1e-3)
+    # The lattice spans the decoded image, which runs along the data (all but
+    # the gap a one-chart model must leave somewhere on a circle).
+    assert float(torch.cdist(X, points).amin(1).median()) < 0.05
+
+
 def test_bad_input():
     with pytest.raises(ValueError):
         Autoencoder(2, 2)
