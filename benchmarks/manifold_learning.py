@@ -1,17 +1,20 @@
 """Benchmark: learn the data manifold of each data set of Ross et al. (2023).
 
 For circle, two circles, sphere mixture, flood and glycine this fits a
-:class:`NeuralImplicitManifold` on 80% of the data and reports the fit time, the
-distance from the held-out 20% to the learned manifold (closest-point
-projection), the paper's median distance, the number of connected components
-of the learned zero set in the data box (and how many are far from all data),
-and the smallest Jacobian singular value on the held-out data relative to
-``s_min``. The speed baseline is the paper's reference code on its authors' CPU
-(about 3 minutes for the circle, 22 for flood), quoted, not re-run.
+:class:`NeuralImplicitManifold` on 80% of the data and reports the fit time,
+the distance from the held-out 20% to the learned manifold (closest-point
+projection), the paper's median distance, the number of connected components of
+the learned zero set in the data box (how many are far from all data, and how
+many reach the faces of the box, i.e. are not closed inside it), whether that
+topology is the expected one (circle: one closed curve; two circles: two;
+sphere mixture: one closed surface), and the smallest Jacobian singular value
+on the held-out data relative to ``s_min``. The speed baseline is the paper's
+reference code on its authors' CPU (about 3 minutes for the circle, 22 for
+flood), quoted, not re-run.
 
 Usage::
 
-    python benchmarks/manifold_learning.py [--quick] [--datasets circle flood ...]
+    python benchmarks/manifold_learning.py [--quick] [--seed S] [--datasets circle flood ...]
 
 Writes ``benchmarks/results/manifold_learning.json``.
 """
@@ -37,6 +40,16 @@ EXPECTED_COMPONENTS = {"circle": 1, "two_circles": 2, "sphere_mixture": 1}
 
 # Per data set settings: the library's presets (shared with the CLI).
 CONFIGS = MDF_PRESETS
+TOPO = {True: "ok", False: "WRONG", None: "-"}
+
+
+def topology_ok(name, report):
+    """Expected number of components, all closed and near the data (None: no expectation)."""
+    expected = EXPECTED_COMPONENTS.get(name)
+    if expected is None:
+        return None
+    return (report.n_components == expected and report.n_spurious == 0
+            and report.n_open == 0)
 
 
 def run(name, quick=False, progress=True, seed=0):
@@ -68,6 +81,7 @@ def run(name, quick=False, progress=True, seed=0):
         "components": report.n_components, "spurious": report.n_spurious,
         "open": report.n_open,
         "expected_components": EXPECTED_COMPONENTS.get(name),
+        "topology_ok": topology_ok(name, report),
         "sv_min_over_s_min": sv_ratio, "config": model.get_config(),
     }
 
@@ -80,24 +94,28 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (small networks run fastest on one)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data, the split and the fit")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [run(name, args.quick, not args.no_progress) for name in args.datasets]
+    rows = [run(name, args.quick, not args.no_progress, args.seed) for name in args.datasets]
     header = (f"{'data set':<15}{'fit s':>7}{'min':>10}{'median':>10}{'mean':>10}"
-              f"{'max':>10}{'paper med':>10}{'med/paper':>10}{'comp':>6}{'spur':>6}{'open':>6}{'sv/s_min':>9}")
+              f"{'max':>10}{'paper med':>10}{'med/paper':>10}{'comp':>6}{'spur':>6}{'open':>6}"
+              f"{'topo':>6}{'sv/s_min':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['dataset']:<15}{r['fit_s']:>7.1f}{r['dist_min']:>10.2e}"
               f"{r['dist_median']:>10.2e}{r['dist_mean']:>10.2e}{r['dist_max']:>10.2e}"
               f"{r['paper_median']:>10.4f}{r['median_vs_paper']:>10.2f}{r['components']:>6}"
-              f"{r['spurious']:>6}{r['open']:>6}{r['sv_min_over_s_min']:>9.2f}"
+              f"{r['spurious']:>6}{r['open']:>6}{TOPO[r['topology_ok']]:>6}"
+              f"{r['sv_min_over_s_min']:>9.2f}"
               + (f"  ({r['projection_failed']} held-out points not projected)"
                  if r["projection_failed"] else ""))
     out = Path(__file__).resolve().parent / "results" / "manifold_learning.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"quick": args.quick, "threads": args.threads, "rows": rows},
-                              indent=2))
+    out.write_text(json.dumps({"quick": args.quick, "threads": args.threads, "seed": args.seed,
+                               "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

@@ -1,8 +1,17 @@
-"""Learning a manifold from data: MDF objective, negatives, training, topology, checkpoints."""
+"""Learning a manifold from data: MDF objective, negatives, orientation, training, topology,
+checkpoints."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .mdf import MDFObjective, constraint_norm, jacobian_singular_values, rank_penalty
+from .mdf import (
+    MDFObjective,
+    constraint_norm,
+    jacobian_singular_values,
+    orientation_penalty,
+    rank_penalty,
+    values_and_jacobian,
+)
 from .negatives import LangevinNegativeSampler
+from .orientation import outward_normals, pca_normals
 from .topology import ComponentReport, count_components
 from .trainer import Trainer, cosine_lr
 
@@ -16,6 +25,10 @@ __all__ = [
     "count_components",
     "jacobian_singular_values",
     "load_checkpoint",
+    "orientation_penalty",
+    "outward_normals",
+    "pca_normals",
     "rank_penalty",
     "save_checkpoint",
+    "values_and_jacobian",
 ]

@@ -10,6 +10,11 @@ a submersion on the data (so its zero set is a manifold there and Newton
 projections are well conditioned) and stops F from shrinking to zero
 everywhere; the negative term raises F where the zero set strays from the
 data; the beta term keeps that push bounded.
+
+For a hypersurface (k = 1) with outward normals n(x+) of the data (see
+:mod:`.orientation`) an orientation term ``mu_orient mean relu(s_min - dF/dn)^2``
+asks F to grow outwards through every data point, which fixes the sign pattern
+of F globally: inside negative, outside positive.
 """
 
 from dataclasses import asdict, dataclass
@@ -37,12 +42,12 @@ def constraint_norm(values, norm="l2"):
     raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
 
 
-def jacobian_singular_values(f, x, create_graph=True):
-    """Values and exact singular values of the Jacobian of ``f`` at each point.
+def values_and_jacobian(f, x, create_graph=True):
+    """Values and Jacobians of ``f`` at each point, differentiable in ``f``'s parameters.
 
     The k rows of each Jacobian come from one batched (vmapped) reverse pass
-    over the whole batch, kept differentiable with ``create_graph`` so the
-    singular values can be trained on.
+    over the whole batch, kept differentiable with ``create_graph`` so that
+    terms on the Jacobian can be trained on.
 
     Parameters
     ----------
@@ -53,8 +58,7 @@ def jacobian_singular_values(f, x, create_graph=True):
     Returns
     -------
     values : torch.Tensor, shape=[B, k]
-    singular_values : torch.Tensor, shape=[B, k]
-        In decreasing order.
+    jacobian : torch.Tensor, shape=[B, k, n]
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -70,9 +74,34 @@ def jacobian_singular_values(f, x, create_graph=True):
             (rows,) = torch.autograd.grad(values, x, cotangents, create_graph=create_graph,
                                           is_grads_batched=True)
             jac = rows.movedim(0, -2)
+    return values, jac
+
+
+def _svdvals(jac):
+    """Singular values of Jacobians ``(..., k, n)``, shape ``(..., k)``, decreasing."""
     if jac.shape[-2] == 1:  # codim 1: the only singular value is |grad F|
-        return values, torch.linalg.vector_norm(jac, dim=(-2, -1)).unsqueeze(-1)
-    return values, torch.linalg.svdvals(jac)
+        return torch.linalg.vector_norm(jac, dim=(-2, -1)).unsqueeze(-1)
+    return torch.linalg.svdvals(jac)
+
+
+def jacobian_singular_values(f, x, create_graph=True):
+    """Values and exact singular values of the Jacobian of ``f`` at each point.
+
+    Parameters
+    ----------
+    f : callable, (B, n) -> (B, k)
+    x : torch.Tensor, shape=[B, n]
+    create_graph : bool
+        Keep the singular values differentiable (see :func:`values_and_jacobian`).
+
+    Returns
+    -------
+    values : torch.Tensor, shape=[B, k]
+    singular_values : torch.Tensor, shape=[B, k]
+        In decreasing order.
+    """
+    values, jac = values_and_jacobian(f, x, create_graph)
+    return values, _svdvals(jac)
 
 
 def rank_penalty(singular_values, s_min, s_max):
@@ -80,6 +109,28 @@ def rank_penalty(singular_values, s_min, s_max):
     low = torch.relu(s_min - singular_values)
     high = torch.relu(singular_values - s_max)
     return (low.square() + high.square()).sum(-1).mean()
+
+
+def orientation_penalty(jacobian, normals, s_min):
+    """Mean squared hinge of the slope of a scalar F along oriented normals below ``s_min``.
+
+    Parameters
+    ----------
+    jacobian : torch.Tensor, shape=[B, 1, n]
+    normals : torch.Tensor, shape=[B, n]
+        Outward unit normals; zero rows (no orientation known) are left out.
+    s_min : float
+
+    Returns
+    -------
+    torch.Tensor, scalar
+        0 when no row has a normal.
+    """
+    known = (normals != 0).any(-1)
+    slope = (jacobian[..., 0, :] * normals).sum(-1)[known]
+    if slope.numel() == 0:
+        return jacobian.new_zeros(())
+    return torch.relu(s_min - slope).square().mean()
 
 
 @dataclass
@@ -107,6 +158,15 @@ class MDFObjective:
         off (0) by default.
     box_s_min : float
         Lower singular value bound of the box term.
+    mu_orient : float
+        Weight of the orientation term (codim 1, needs outward normals of the
+        data): the slope of F along each normal should be at least ``s_min``.
+        The rank term fixes ``|grad F|`` only, so on each side of the data F may
+        be negative or positive, and the two sides of a sparsely sampled closed
+        curve can settle with different signs, a mismatch the zero set repairs
+        by leaving the data (open curves, channels between components, an
+        extra hull around them); negatives, which push ``|F|``, cannot undo a
+        sign change. Fixing the side fixes the topology. Off (0) by default.
     norm : {"l1", "l2", "l2_squared"}
         Norm of the constraint vector in the positive and negative terms.
     """
@@ -118,6 +178,7 @@ class MDFObjective:
     beta: float = 0.1
     mu_box: float = 0.0
     box_s_min: float = 0.2
+    mu_orient: float = 0.0
     norm: str = "l2"
 
     def __post_init__(self):
@@ -127,7 +188,7 @@ class MDFObjective:
             raise ValueError(f"need 0 <= box_s_min <= s_max, got {self.box_s_min}")
         if not 0 < self.s_min <= self.s_max:
             raise ValueError(f"need 0 < s_min <= s_max, got {self.s_min}, {self.s_max}")
-        for name in ("mu", "w_neg", "beta", "mu_box"):
+        for name in ("mu", "w_neg", "beta", "mu_box", "mu_orient"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -135,7 +196,7 @@ class MDFObjective:
         """The weights as a plain dict."""
         return asdict(self)
 
-    def __call__(self, f, x_pos, x_neg=None, x_box=None):
+    def __call__(self, f, x_pos, x_neg=None, x_box=None, normals=None):
         """Loss and its terms (detached floats) for one batch.
 
         Parameters
@@ -147,18 +208,36 @@ class MDFObjective:
             Negative samples (no negative terms if None or ``w_neg == beta == 0``).
         x_box : torch.Tensor, shape=[B'', n], optional
             Points spread over the box (no box term if None or ``mu_box == 0``).
+        normals : torch.Tensor, shape=[B, n], optional
+            Outward unit normals of the data, zero where unknown (no
+            orientation term if None or ``mu_orient == 0``).
 
         Returns
         -------
         loss : torch.Tensor, scalar
         terms : dict of float
-            ``positive``, ``negative``, ``rank``, ``neg_sq``, ``box_rank`` and ``sv_min`` (the
-            smallest Jacobian singular value on the batch).
+            ``positive``, ``negative``, ``rank``, ``neg_sq``, ``box_rank``,
+            ``orientation`` and ``sv_min`` (the smallest Jacobian singular value
+            on the batch).
+
+        Raises
+        ------
+        ValueError
+            Normals for a map with more than one output.
         """
-        values, sv = jacobian_singular_values(f, x_pos, create_graph=self.mu > 0)
+        orient = normals is not None and self.mu_orient > 0
+        values, jac = values_and_jacobian(f, x_pos, create_graph=self.mu > 0 or orient)
+        sv = _svdvals(jac)
         positive = constraint_norm(values, self.norm).mean()
         rank = rank_penalty(sv, self.s_min, self.s_max)
         loss = positive + self.mu * rank
+        orientation = torch.zeros_like(rank)
+        if orient:
+            if values.shape[-1] != 1:
+                raise ValueError("outward normals need a hypersurface (codim 1), got "
+                                 f"{values.shape[-1]} outputs")
+            orientation = orientation_penalty(jac, normals, self.s_min)
+            loss = loss + self.mu_orient * orientation
         negative = neg_sq = torch.zeros((), dtype=values.dtype, device=values.device)
         if x_neg is not None and (self.w_neg > 0 or self.beta > 0):
             neg_values = f(x_neg.detach())
@@ -176,6 +255,7 @@ class MDFObjective:
             "rank": float(rank.detach()),
             "neg_sq": float(neg_sq.detach()),
             "box_rank": float(box_rank.detach()),
+            "orientation": float(orientation.detach()),
             "sv_min": float(sv.detach().min()),
         }
         return loss, terms

@@ -62,8 +62,12 @@ class Trainer:
         Parameters
         ----------
         loss_fn : callable
-            ``batch (b, n) -> (loss tensor, dict of float terms)``.
-        data : torch.Tensor, shape=[N, n]
+            ``batch (b, n) -> (loss tensor, dict of float terms)``; with a tuple
+            of tensors as ``data``, it gets one batch of each as positional
+            arguments.
+        data : torch.Tensor, shape=[N, n], or tuple of torch.Tensor
+            Tensors of a tuple share their first dimension and are batched
+            together (e.g. points and their normals).
         epochs : int
         batch_size : int
             Batches per epoch: ``ceil(N / batch_size)`` (the last one may be short).
@@ -81,16 +85,20 @@ class Trainer:
             If the loss becomes NaN or infinite (parameters are left at the last
             finite step).
         """
-        n = data.shape[0]
+        tensors = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors):
+            raise ValueError("the tensors of data must share their first dimension")
         bar = tqdm(range(epochs), desc=self.desc, disable=not self.progress, leave=False)
         for _ in bar:
             lr = cosine_lr(self.lr, self.epoch, self.total_epochs, self.lr_floor)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            perm = torch.randperm(n, device=data.device, generator=generator)
+            perm = torch.randperm(n, device=tensors[0].device, generator=generator)
             sums, count = {}, 0
             for start in range(0, n, batch_size):
-                loss, terms = loss_fn(data[perm[start:start + batch_size]])
+                idx = perm[start:start + batch_size]
+                loss, terms = loss_fn(*(t[idx] for t in tensors))
                 if not torch.isfinite(loss):
                     raise ImplicitGeomError(
                         f"training diverged at epoch {self.epoch}: the loss is "

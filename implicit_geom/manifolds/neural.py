@@ -10,6 +10,7 @@ from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.mdf import MDFObjective
 from ..learning.negatives import LangevinNegativeSampler
 from ..learning.trainer import Trainer
+from ..learning.orientation import outward_normals
 from ..numerics.validation import DTYPE, as_points, padded_box
 from .implicit import ImplicitManifold
 
@@ -74,8 +75,17 @@ class NeuralImplicitManifold(ImplicitManifold):
         Weight of the compactness prior of :class:`MDFNetwork` (0: none). It
         makes every learned piece closed and bounded and turns a learned circle
         from an open arc into a closed curve in a few hundred steps.
-    s_min, s_max, mu, w_neg, beta, mu_box, box_s_min, norm
-        Objective, see :class:`~implicit_geom.learning.MDFObjective`.
+    s_min, s_max, mu, w_neg, beta, mu_box, box_s_min, mu_orient, norm
+        Objective, see :class:`~implicit_geom.learning.MDFObjective`. With
+        ``mu_orient > 0`` (codim 1) :meth:`fit` first orients the data's normals
+        outwards (:func:`~implicit_geom.learning.outward_normals`) and F is
+        trained to grow along them: the sign pattern, hence the topology, of
+        the learned hypersurface is then that of the data, however sparsely
+        parts of it are sampled.
+    orient_radius : float
+        Absorbing radius of the orienting random walks, relative to the data's
+        length scale; below the size of the features to tell apart (gaps
+        between components, radii of curvature).
     lr : float
         Adam's initial learning rate (cosine decay to ``lr_floor * lr``).
     lr_floor : float
@@ -115,31 +125,32 @@ class NeuralImplicitManifold(ImplicitManifold):
         ``F``.
     history_ : dict of list of float
         Per-epoch training curves (``loss``, ``positive``, ``negative``, ``rank``,
-        ``neg_sq``, ``box_rank``, ``sv_min``, ``lr``).
+        ``neg_sq``, ``box_rank``, ``orientation``, ``sv_min``, ``lr``).
     bounds : tuple of torch.Tensor or None
         The box around the training data, after fit.
     """
 
     _CONFIG_KEYS = (
         "ambient_dim", "codim", "hidden", "activation", "radial", "s_min", "s_max", "mu",
-        "w_neg", "beta", "mu_box", "box_s_min", "norm", "lr", "lr_floor", "epochs",
-        "batch_size", "n_negatives", "langevin_steps", "langevin_step_size",
-        "langevin_temperature", "buffer_size", "reinit_prob", "neg_exclusion", "box_margin",
-        "tol", "max_iter", "seed", "progress",
+        "w_neg", "beta", "mu_box", "box_s_min", "mu_orient", "orient_radius", "norm", "lr",
+        "lr_floor", "epochs", "batch_size", "n_negatives", "langevin_steps",
+        "langevin_step_size", "langevin_temperature", "buffer_size", "reinit_prob",
+        "neg_exclusion", "box_margin", "tol", "max_iter", "seed", "progress",
     )
 
     def __init__(self, ambient_dim, codim=1, hidden=(32, 32, 32), activation="silu", *,
                  radial=1.0, s_min=1.0, s_max=10.0, mu=10.0, w_neg=0.1, beta=0.1,
-                 mu_box=0.0, box_s_min=0.2, norm="l2", lr=1e-2, lr_floor=0.01, epochs=400,
-                 batch_size=256, n_negatives=128, langevin_steps=5, langevin_step_size=0.01,
-                 langevin_temperature=0.01, buffer_size=1000, reinit_prob=0.05,
-                 neg_exclusion=0.0, box_margin=0.1, tol=1e-10, max_iter=50, seed=0,
-                 device=None, progress=True):
+                 mu_box=0.0, box_s_min=0.2, mu_orient=0.0, orient_radius=0.1, norm="l2", lr=1e-2,
+                 lr_floor=0.01, epochs=400, batch_size=256, n_negatives=128, langevin_steps=5,
+                 langevin_step_size=0.01, langevin_temperature=0.01, buffer_size=1000,
+                 reinit_prob=0.05, neg_exclusion=0.0, box_margin=0.1, tol=1e-10, max_iter=50,
+                 seed=0, device=None, progress=True):
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
         self.radial = float(radial)
         self.objective = MDFObjective(s_min=s_min, s_max=s_max, mu=mu, w_neg=w_neg,
                                       beta=beta, mu_box=mu_box, box_s_min=box_s_min,
+                                      mu_orient=mu_orient,
                                       norm=norm)
         self.lr, self.lr_floor, self.epochs = float(lr), float(lr_floor), int(epochs)
         self.batch_size, self.n_negatives = int(batch_size), int(n_negatives)
@@ -148,6 +159,11 @@ class NeuralImplicitManifold(ImplicitManifold):
         self.langevin_temperature = float(langevin_temperature)
         self.buffer_size, self.reinit_prob = int(buffer_size), float(reinit_prob)
         self.neg_exclusion = float(neg_exclusion)
+        self.orient_radius = float(orient_radius)
+        if mu_orient > 0 and codim != 1:
+            raise ValueError(f"mu_orient needs a hypersurface (codim 1), got codim {codim}")
+        if self.orient_radius <= 0:
+            raise ValueError(f"orient_radius must be > 0, got {orient_radius}")
         self.box_margin, self.seed, self.progress = float(box_margin), int(seed), bool(progress)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if min(self.epochs, self.batch_size) < 1 or self.box_margin < 0:
@@ -169,6 +185,7 @@ class NeuralImplicitManifold(ImplicitManifold):
     beta = property(lambda self: self.objective.beta, doc="Weight of |F|^2 on negatives.")
     mu_box = property(lambda self: self.objective.mu_box, doc="Weight of the box rank term.")
     box_s_min = property(lambda self: self.objective.box_s_min, doc="Box lower bound.")
+    mu_orient = property(lambda self: self.objective.mu_orient, doc="Weight of the orientation.")
     norm = property(lambda self: self.objective.norm, doc="Norm of F in the objective.")
 
     def get_config(self):
@@ -185,6 +202,25 @@ class NeuralImplicitManifold(ImplicitManifold):
     # ---------------------------------------------------------------- geometry
     def _value(self, x):
         return self.net(x.to(self.device)).to(x.device)
+
+    def _value_and_jacobian(self, x):
+        # The Jacobian propagated by hand through the MLP (exact, no autograd
+        # graph): several times cheaper on the batches samplers and Newton use.
+        from ..numerics import mlp
+
+        net = self.net
+        layers = mlp.mlp_layers(net.net) if type(net) is MDFNetwork else None
+        if layers is None:  # a replaced or customised network
+            return super()._value_and_jacobian(x)
+        u = (x.to(self.device) - net.shift) / net.scale
+        value, jac = mlp.value_and_jacobian(layers, u)
+        if net.radial:  # + radial (|u|^2 - 1) / 2, whose u-gradient is radial u
+            half = 0.5 * net.radial
+            sq = torch.linalg.vector_norm(u, dim=-1, keepdim=True).square()
+            value = torch.add(value, sq, alpha=half) - half
+            jac = torch.add(jac, u.unsqueeze(1), alpha=net.radial)
+        jac = jac / net.scale  # chain rule through u = (x - shift) / scale
+        return value.to(x.device), jac.to(x.device)
 
     # ---------------------------------------------------------------- training
     @contextlib.contextmanager
@@ -224,7 +260,14 @@ class NeuralImplicitManifold(ImplicitManifold):
                                 desc=f"fitting {type(self).__name__}")
         self.history_ = self._trainer.history
 
-    def _loss(self, batch):
+    def _outward_normals(self, data):
+        """Outward normals of the training points, for the orientation term."""
+        low, high = (b.to(data) for b in self.bounds)
+        normals, _ = outward_normals(data, low, high, self.orient_radius * float(self.net.scale),
+                                     seed=self.seed)
+        return normals
+
+    def _loss(self, batch, normals=None):
         negatives = None
         if self.objective.w_neg > 0 or self.objective.beta > 0:
             negatives = self._sampler.sample(self.net)
@@ -238,7 +281,7 @@ class NeuralImplicitManifold(ImplicitManifold):
         box = None
         if self.objective.mu_box > 0:
             box = self._sampler.uniform(self.n_negatives)
-        return self.objective(self.net, batch, negatives, box)
+        return self.objective(self.net, batch, negatives, box, normals)
 
     def fit(self, X, y=None, epochs=None, resume=False):
         """Learn the manifold of the data ``X``.
@@ -280,7 +323,8 @@ class NeuralImplicitManifold(ImplicitManifold):
         self._data = X
         try:
             with self._trainable():
-                self._trainer.run(self._loss, X, epochs, self.batch_size, self._generator)
+                data = X if self.objective.mu_orient == 0 else (X, self._outward_normals(X))
+                self._trainer.run(self._loss, data, epochs, self.batch_size, self._generator)
         finally:
             del self._data
         return self

@@ -8,6 +8,7 @@ from implicit_geom.learning import (
     constraint_norm,
     jacobian_singular_values,
     rank_penalty,
+    values_and_jacobian,
 )
 
 
@@ -78,3 +79,46 @@ def test_full_loss_matches_its_definition():
 def test_bad_objective_settings(kwargs):
     with pytest.raises(ValueError):
         MDFObjective(**kwargs)
+
+
+def test_orientation_penalises_slopes_against_the_normals():
+    f = linear_map(torch.tensor([[2.0, 0.0]], dtype=torch.float64))  # grad F = (2, 0)
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    normals = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, 0.0]],
+                           dtype=torch.float64)
+    obj = MDFObjective(s_min=1.0, mu=0.0, w_neg=0.0, beta=0.0, mu_orient=3.0)
+    loss, terms = obj(f, x, normals=normals)
+    # Slopes 2, -2, 0 against s_min = 1 (the zero normal is left out).
+    expected = (0.0 + 3.0**2 + 1.0**2) / 3
+    assert terms["orientation"] == pytest.approx(expected)
+    assert float(loss.detach()) == pytest.approx(3.0 * expected)
+    assert obj(f, x)[1]["orientation"] == 0.0  # no normals, no term
+
+
+def test_orientation_trains_the_sign_of_f():
+    layer = torch.nn.Linear(2, 1, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[-1.0, 0.5]]))
+    x = torch.zeros(8, 2, dtype=torch.float64)  # the positive term then only moves the bias
+    normals = torch.tensor([1.0, 0.0], dtype=torch.float64).expand(8, 2)
+    loss, _ = MDFObjective(mu=0.0, w_neg=0.0, beta=0.0, mu_orient=1.0)(layer, x, normals=normals)
+    loss.backward()
+    # F decreases along +x where it should increase: the slope is pushed up,
+    # which the rank term alone (|grad F| = 1.1 > s_min) would not ask for.
+    assert float(layer.weight.grad[0, 0]) < 0 and float(layer.weight.grad[0, 1]) == 0
+
+
+def test_orientation_needs_codim_one():
+    obj = MDFObjective(mu=0.0, w_neg=0.0, beta=0.0, mu_orient=1.0)
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="codim 1"):
+        obj(linear_map(torch.eye(2, 3, dtype=torch.float64)), x, normals=x)
+
+
+def test_values_and_jacobian_match_singular_values():
+    a = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, -1.0]], dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    values, jac = values_and_jacobian(linear_map(a), x)
+    assert torch.allclose(values, x @ a.T) and torch.allclose(jac, a.expand(5, 2, 3))
+    _, sv = jacobian_singular_values(linear_map(a), x)
+    assert torch.allclose(sv, torch.linalg.svdvals(a).expand(5, 2))

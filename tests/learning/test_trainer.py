@@ -55,3 +55,22 @@ def test_divergence_raises():
     trainer = Trainer([w], progress=False)
     with pytest.raises(ImplicitGeomError, match="diverged"):
         trainer.run(lambda b: ((w * float("nan")).sum(), {}), torch.zeros(4, 1), 1, 4)
+
+
+def test_tuple_data_is_batched_together():
+    points = torch.arange(20, dtype=torch.float64)[:, None]
+    labels = 2 * torch.arange(20, dtype=torch.float64)
+    seen = []
+    w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+
+    def loss_fn(x, y):
+        assert torch.equal(y, 2 * x[:, 0])  # rows stay aligned through the shuffle
+        seen.append(x[:, 0])
+        return (w * x).sum(), {}
+
+    Trainer([w], progress=False).run(loss_fn, (points, labels), 1, batch_size=6,
+                                     generator=torch.Generator().manual_seed(0))
+    assert [len(s) for s in seen] == [6, 6, 6, 2]
+    assert torch.equal(torch.sort(torch.cat(seen)).values, points[:, 0])
+    with pytest.raises(ValueError, match="first dimension"):
+        Trainer([w], progress=False).run(loss_fn, (points, labels[:3]), 1, 4)

@@ -1,0 +1,114 @@
+"""Outward normals of a sampled hypersurface, oriented by harmonic measure.
+
+Which side of a closed hypersurface is "outside" is a global question: a
+circle sampled densely on one side and sparsely on the other looks locally
+like an arc with two equal sides. Harmonic measure answers it: a Brownian path
+started just outside escapes to the faces of the box before touching the data
+much more often than one started just inside, which the surface (even with
+gaps in its sampling) mostly encloses. The escape probability is estimated by
+walk on spheres (Muller, 1956): from ``x`` jump to a uniform point of the
+largest sphere around ``x`` that reaches neither the data nor the faces,
+until within an absorbing radius of one of them. The unoriented normals come
+from local principal component analysis.
+"""
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from ..numerics.validation import DTYPE
+
+
+def pca_normals(points, neighbours=10):
+    """Unit normals (up to sign) of a hypersurface through ``points``, shape ``(N, n)``.
+
+    The normal at a point is the direction of least variance of it and its
+    ``neighbours`` nearest neighbours (at least ``n``).
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    k = min(max(int(neighbours), pts.shape[1]), pts.shape[0] - 1)
+    _, idx = cKDTree(pts).query(pts, k=k + 1)
+    local = pts[idx] - pts[idx].mean(1, keepdims=True)
+    _, vectors = np.linalg.eigh(np.einsum("nki,nkj->nij", local, local))
+    return vectors[:, :, 0]
+
+
+def escape_probability(starts, tree, low, high, radius, walks, rng, max_steps=1000):
+    """Walk-on-spheres estimate of P(reach the box faces before the data) from each start.
+
+    Parameters
+    ----------
+    starts : numpy.ndarray, shape=[M, n]
+    tree : scipy.spatial.cKDTree
+        Of the data.
+    low, high : numpy.ndarray, shape=[n]
+    radius : float
+        Absorbing radius around the data and the faces.
+    walks : int
+        Walks per start.
+    rng : numpy.random.Generator
+    max_steps : int
+        Walks still running after this many jumps count as not escaped.
+
+    Returns
+    -------
+    numpy.ndarray, shape=[M]
+    """
+    x = np.repeat(starts, walks, axis=0)
+    running = np.arange(len(x))
+    escaped = np.zeros(len(x), dtype=bool)
+    for _ in range(max_steps):
+        if running.size == 0:
+            break
+        pos = x[running]
+        to_data = tree.query(pos)[0]
+        to_face = np.minimum(pos - low, high - pos).min(-1)
+        at_face = (to_face < radius) & (to_data >= radius)
+        escaped[running[at_face]] = True
+        go = (to_data >= radius) & (to_face >= radius)
+        running, pos = running[go], pos[go]
+        step = rng.standard_normal(pos.shape)
+        step *= (np.minimum(to_data, to_face)[go] / np.linalg.norm(step, axis=-1))[:, None]
+        x[running] = pos + step
+    return escaped.reshape(len(starts), walks).mean(-1)
+
+
+def outward_normals(points, low, high, radius, walks=32, neighbours=10, seed=0):
+    """Normals of the hypersurface sampled by ``points``, pointing away from what it encloses.
+
+    Parameters
+    ----------
+    points : torch.Tensor, shape=[N, n]
+    low, high : torch.Tensor, shape=[n]
+        The box; its faces count as "far outside".
+    radius : float
+        Absorbing radius of the walks. The walks start ``2 * radius`` to either
+        side of each point; it should be below the size of the features to
+        tell apart (the gap between two components, a radius of curvature),
+        while gaps in the sampling much wider than it only weaken the contrast.
+    walks : int
+        Walks per start.
+    neighbours : int
+        Neighbourhood size of the PCA normals.
+    seed : int
+
+    Returns
+    -------
+    normals : torch.Tensor, shape=[N, n]
+        Unit normals, or zero where both sides escaped equally often (no
+        orientation); on the device of ``points``.
+    contrast : torch.Tensor, shape=[N]
+        Escape probability outside minus inside, in [0, 1].
+    """
+    pts = points.detach().cpu().numpy().astype(np.float64)
+    lo, hi = (b.detach().cpu().numpy().astype(np.float64) for b in (low, high))
+    tree = cKDTree(pts)
+    normals = pca_normals(pts, neighbours)
+    rng = np.random.default_rng(seed)
+    offset = 2.0 * radius * normals
+    plus = escape_probability(pts + offset, tree, lo, hi, radius, walks, rng)
+    minus = escape_probability(pts - offset, tree, lo, hi, radius, walks, rng)
+    sign = np.sign(plus - minus)
+    oriented = torch.as_tensor(sign[:, None] * normals, dtype=DTYPE).to(points.device)
+    contrast = torch.as_tensor(np.abs(plus - minus), dtype=DTYPE).to(points.device)
+    return oriented, contrast
