@@ -9,8 +9,8 @@ from ..exceptions import CheckpointError, InvalidPointError
 from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.mdf import MDFObjective
 from ..learning.negatives import LangevinNegativeSampler
-from ..learning.trainer import Trainer
 from ..learning.orientation import outward_normals
+from ..learning.trainer import Trainer
 from ..numerics.validation import DTYPE, as_points, padded_box
 from .implicit import ImplicitManifold
 

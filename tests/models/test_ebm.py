@@ -97,6 +97,21 @@ def test_density_on_manifold_covers_the_sphere(pcd_model):
         ConstrainedEBM(ImplicitSphere(2)).density_on_manifold(10)
 
 
+def test_learning_rate_decays_to_its_floor(vmf_data):
+    model = ConstrainedEBM(ImplicitSphere(2), hidden=(8,), n_iter=20, n_mcmc_steps=1,
+                           buffer_size=32, lr=1e-2, lr_floor=0.1, seed=0).fit(vmf_data[:64])
+    lrs = model.history_["lr"]
+    assert len(lrs) == 20 and lrs[0] == pytest.approx(1e-2)
+    assert all(b < a for a, b in zip(lrs, lrs[1:]))
+    # Cosine decay: the last of the 20 steps runs at 1e-3 + 9e-3 (1 + cos(19 pi / 20)) / 2.
+    assert lrs[-1] == pytest.approx(1e-3 + 9e-3 * (1 + math.cos(19 * math.pi / 20)) / 2)
+    constant = ConstrainedEBM(ImplicitSphere(2), hidden=(8,), n_iter=5, n_mcmc_steps=1,
+                              buffer_size=32, seed=0).fit(vmf_data[:64])
+    assert constant.history_["lr"] == [pytest.approx(3e-3)] * 5
+    with pytest.raises(ValueError, match="lr_floor"):
+        ConstrainedEBM(ImplicitSphere(2), lr_floor=0.0)
+
+
 def test_mle_on_geomstats_hypersphere_recovers_vmf(vmf_data):
     model = ConstrainedEBM(Hypersphere(2), method="mle", hidden=(32, 32), n_iter=200,
                            quadrature_resolution=48, seed=0).fit(vmf_data)
