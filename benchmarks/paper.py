@@ -55,7 +55,12 @@ from implicit_geom.datasets import (
 )
 from implicit_geom.learning.presets import mdf_preset
 from implicit_geom.manifolds.neural import NeuralImplicitManifold
-from implicit_geom.metrics import discretized_wasserstein, paper_wasserstein
+from implicit_geom.metrics import (
+    balance_pieces,
+    discretized_wasserstein,
+    grid_mass,
+    paper_wasserstein,
+)
 from implicit_geom.numerics.validation import padded_box
 from implicit_geom.models import ConstrainedEBM, IntersectionEBM, PushforwardEBM, UnionEBM
 
@@ -173,35 +178,15 @@ def fit_manifold(X, n, m, seed, quick, preset):
     return NeuralImplicitManifold(n, n - m, seed=seed, progress=False, **config).fit(X)
 
 
-def balance_components(points, dens, train, box, radius=0.05):
-    """Give each connected piece of the cover the share of training data nearest to it.
+def balance_components(points, dens, data, box):
+    """Each piece of the cover gets the share of ``data`` nearest to it (see balance_pieces).
 
     On a disconnected manifold PCD cannot set the energy offsets between
     pieces (chains never cross, and with ``chain_init="data"`` every piece
-    keeps the data's share of chains whatever the offsets), so the model's
-    density is defined within each piece and its masses come from the data:
-    each piece's binned mass (as the W grid sees it) is scaled to its fraction
-    of the training points; pieces without data get none, as the chains never
-    visit them.
+    keeps the data's share of chains whatever the offsets).
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(points.numpy())
-    pairs = tree.query_pairs(radius, output_type="ndarray")
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
-                       shape=(len(points), len(points)))
-    _, labels = connected_components(graph, directed=False)
-    labels = torch.as_tensor(labels)
-    nearest = torch.as_tensor(tree.query(train.numpy())[1])
-    out = torch.zeros_like(dens)
-    for piece in labels.unique():
-        share = float((labels[nearest] == piece).double().mean())
-        mask = labels == piece
-        if share > 0:
-            out[mask] = grid_normalised(points[mask], dens[mask], share, box)
-    return out
+    return balance_pieces(points, dens, data, bins=BINS[points.shape[1]], bounds=box,
+                          radius=0.05)
 
 
 def run_standard(name, seed, quick):
@@ -317,13 +302,7 @@ def grid_normalised(points, dens, weight, box):
     log Z, so each component's density is normalised on the W grid itself; the
     truth is treated identically.
     """
-    lo, hi = box
-    n_bins = BINS[points.shape[1]]
-    idx = ((points - lo) / ((hi - lo) / n_bins)).floor().long().clamp(0, n_bins - 1)
-    flat = (idx * torch.tensor([n_bins ** k for k in range(idx.shape[1])][::-1])).sum(-1)
-    _, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
-    means = torch.zeros(len(counts), dtype=dens.dtype).index_add_(0, inverse, dens) / counts
-    return dens * (weight / means.sum())
+    return dens * (weight / grid_mass(points, dens, bins=BINS[points.shape[1]], bounds=box))
 
 
 def run_arithmetic(name, seed, quick):

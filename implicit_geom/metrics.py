@@ -15,6 +15,8 @@ import torch
 __all__ = [
     "discretized_wasserstein",
     "paper_wasserstein",
+    "balance_pieces",
+    "grid_mass",
     "DistanceStats",
     "distance_to_manifold",
     "effective_sample_size",
@@ -237,6 +239,72 @@ def paper_wasserstein(model_points, model_density, target_points, target_density
         model_points, target_points, bins=bins, bounds=bounds, density_a=model_density,
         density_b=target_density, support="centre", cost_scale="grid",
         bin_b=target_density is not None)
+
+
+def grid_mass(points, density, *, bins, bounds) -> float:
+    """Total mass a density on points gets on the W grid: the sum of per-bin means.
+
+    This is the normaliser :func:`paper_wasserstein` divides by; scaling the
+    density of a piece by ``w / grid_mass`` gives it mass ``w`` there.
+    """
+    pts = _as_numpy(points, "points", 2)
+    dens = _as_numpy(density, "density", 1)
+    d = pts.shape[1]
+    n_bins = np.broadcast_to(np.asarray(bins, dtype=np.int64), (d,))
+    lo, hi = (np.broadcast_to(np.asarray(v, dtype=np.float64), (d,)) for v in bounds)
+    width = np.where(hi > lo, (hi - lo) / n_bins, 1.0)
+    idx = np.clip(np.floor((pts - lo) / width).astype(np.int64), 0, n_bins - 1)
+    _, inverse, counts = np.unique(np.ravel_multi_index(idx.T, tuple(n_bins)),
+                                   return_inverse=True, return_counts=True)
+    return float((np.bincount(inverse, weights=dens) / counts).sum())
+
+
+def balance_pieces(points, density, data, *, bins, bounds, radius):
+    """Weight each connected piece of a covered manifold by its share of the data.
+
+    On a manifold with several components, persistent contrastive divergence
+    cannot set the energy offsets between them (local chains never cross),
+    so a constrained EBM's density is defined within each piece only. This
+    scales the density on each piece (points linked within ``radius``) so that
+    its binned mass on the W grid (sum of per-bin mean densities, as
+    :func:`paper_wasserstein` weighs it) equals the fraction of ``data`` whose
+    nearest covering point lies on it; pieces without data get none.
+
+    Parameters
+    ----------
+    points : array_like, shape (k, d)
+        Points covering the manifold.
+    density : array_like, shape (k,)
+    data : array_like, shape (N, d)
+    bins : int or sequence of int
+    bounds : array_like, shape (2, d)
+    radius : float
+        Linking radius (above the covering points' spacing, below the gaps
+        between pieces).
+
+    Returns
+    -------
+    torch.Tensor, shape (k,)
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    pts = _as_numpy(points, "points", 2)
+    dens = _as_numpy(density, "density", 1)
+    tree = cKDTree(pts)
+    pairs = tree.query_pairs(float(radius), output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                       shape=(len(pts), len(pts)))
+    _, labels = connected_components(graph, directed=False)
+    share = np.bincount(labels[tree.query(_as_numpy(data, "data", 2))[1]],
+                        minlength=labels.max() + 1) / len(data)
+    out = np.zeros_like(dens)
+    for piece in np.flatnonzero(share > 0):
+        mask = labels == piece
+        out[mask] = dens[mask] * share[piece] / grid_mass(pts[mask], dens[mask], bins=bins,
+                                                          bounds=bounds)
+    return torch.as_tensor(out)
 
 
 @dataclass

@@ -12,7 +12,9 @@ from implicit_geom.metrics import (
     _autocovariance,
     discretized_wasserstein,
     distance_to_manifold,
+    balance_pieces,
     effective_sample_size,
+    grid_mass,
     paper_wasserstein,
 )
 from implicit_geom.datasets import true_density
@@ -157,6 +159,26 @@ def test_paper_wasserstein_of_a_density_with_itself_and_shifted():
     w_true = paper_wasserstein(points, density, data, bins=99, bounds=box)
     w_uniform = paper_wasserstein(points, torch.ones_like(density), data, bins=99, bounds=box)
     assert w_true < 0.5 * w_uniform
+
+
+def test_balance_pieces_sets_each_piece_to_its_data_share():
+    box = ((-3.1, -1.3), (3.1, 1.3))
+    points, density = true_density("two_circles")
+    left = points[:, 0] < 0
+    # A model with the right shape on each circle but masses 0.8 / 0.2.
+    skewed = torch.where(left, 1.6 * density, 0.4 * density)
+    assert paper_wasserstein(points, skewed, points, density, bins=99, bounds=box) > 0.01
+    data = torch.cat([points[left][::40], points[~left][::40]])  # half on each circle
+    balanced = balance_pieces(points, skewed, data, bins=99, bounds=box, radius=0.1)
+    for piece in (left, ~left):
+        assert grid_mass(points[piece], balanced[piece], bins=99, bounds=box) \
+            == pytest.approx(0.5)
+    truth = balance_pieces(points, density, data, bins=99, bounds=box, radius=0.1)
+    assert paper_wasserstein(points, balanced, points, truth, bins=99, bounds=box) < 1e-12
+    # Pieces without data get no mass.
+    one_sided = balance_pieces(points, skewed, points[left][::40], bins=99, bounds=box,
+                               radius=0.1)
+    assert float(one_sided[~left].abs().max()) == 0.0
 
 
 def test_wasserstein_validates_options():
