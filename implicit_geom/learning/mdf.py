@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..numerics import autodiff
+
 NORMS = ("l1", "l2", "l2_squared")
 
 
@@ -46,8 +48,9 @@ def values_and_jacobian(f, x, create_graph=True):
     """Values and Jacobians of ``f`` at each point, differentiable in ``f``'s parameters.
 
     The k rows of each Jacobian come from one batched (vmapped) reverse pass
-    over the whole batch, kept differentiable with ``create_graph`` so that
-    terms on the Jacobian can be trained on.
+    over the whole batch (:func:`~implicit_geom.numerics.autodiff.jacobian`),
+    kept differentiable with ``create_graph`` so that terms on the Jacobian
+    can be trained on.
 
     Parameters
     ----------
@@ -60,21 +63,7 @@ def values_and_jacobian(f, x, create_graph=True):
     values : torch.Tensor, shape=[B, k]
     jacobian : torch.Tensor, shape=[B, k, n]
     """
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        values = f(x)
-        k = values.shape[-1]
-        if k == 1:
-            (grad,) = torch.autograd.grad(values.sum(), x, create_graph=create_graph)
-            jac = grad.unsqueeze(-2)
-        else:
-            # All k vector-Jacobian products in one vmapped backward pass.
-            eye = torch.eye(k, dtype=values.dtype, device=values.device)
-            cotangents = eye[:, None, :].expand(k, *values.shape)
-            (rows,) = torch.autograd.grad(values, x, cotangents, create_graph=create_graph,
-                                          is_grads_batched=True)
-            jac = rows.movedim(0, -2)
-    return values, jac
+    return autodiff.jacobian(f, x.detach(), create_graph=create_graph)
 
 
 def _svdvals(jac):

@@ -38,10 +38,16 @@ def jacobian(f, x, create_graph=False):
         xg = x if (create_graph and x.requires_grad) else _leaf(x)
         value = f(xg)
         k = value.shape[-1]
-        rows = [torch.autograd.grad(value[:, i].sum(), xg, retain_graph=create_graph or i < k - 1,
-                                    create_graph=create_graph)[0]
-                for i in range(k)]
-    jac = torch.stack(rows, dim=-2)
+        if k == 1:
+            (grad,) = torch.autograd.grad(value.sum(), xg, create_graph=create_graph)
+            jac = grad.unsqueeze(-2)
+        else:
+            # All k vector-Jacobian products in one batched (vmapped) backward pass.
+            eye = torch.eye(k, dtype=value.dtype, device=value.device)
+            cotangents = eye[:, None, :].expand(k, *value.shape)
+            (rows,) = torch.autograd.grad(value, xg, cotangents, create_graph=create_graph,
+                                          is_grads_batched=True)
+            jac = rows.movedim(0, -2)
     if not create_graph:
         value = value.detach()
     return value, jac
