@@ -182,6 +182,18 @@ def load_model(folder):
     return config, manifold, ebm, test
 
 
+def _piece_density(points, log_prob, samples, bounds, bins):
+    """exp(log_prob) on points covering M, each connected piece scaled to its sample share.
+
+    PCD cannot set the energy offsets between disconnected pieces of M, so
+    each piece gets the mass the model's own samples put on it
+    (:func:`~implicit_geom.metrics.balance_pieces`).
+    """
+    radius = 0.02 * float((torch.as_tensor(bounds[1]) - torch.as_tensor(bounds[0])).norm())
+    return balance_pieces(points, (log_prob - log_prob.max()).exp(), samples, bins=bins,
+                          bounds=bounds, radius=radius)
+
+
 def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed):
     samples = ebm.sample(n_samples, seed=seed, progress=False)
     # Both of the paper's W settings (as in benchmarks/paper.py), over the
@@ -191,11 +203,7 @@ def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed):
     bounds = padded_box(test, 0.05)
     dim, bins = test.shape[1], 99 if test.shape[1] == 2 else 29
     points, log_prob = ebm.density_on_manifold(20_000 if dim == 2 else 100_000, bounds, seed)
-    # PCD cannot set the energy offsets between disconnected pieces of M, so
-    # each piece gets the mass the model's own samples put on it.
-    radius = 0.02 * float((bounds[1] - bounds[0]).norm())
-    density = balance_pieces(points, (log_prob - log_prob.max()).exp(), samples,
-                             bins=bins, bounds=bounds, radius=radius)
+    density = _piece_density(points, log_prob, samples, bounds, bins)
     metrics = {
         "W_density": paper_wasserstein(points, density, test, bins=bins, bounds=bounds),
         "W": discretized_wasserstein(samples, test, bins=99, bounds=bounds),
@@ -260,10 +268,10 @@ def plot(args):
     fig = plotting.scatter(samples, view, meta=meta, color="tab:red",
                            title="samples from the constrained EBM")
     paths.append(plotting.save(fig, out / "samples.png"))
-    with torch.no_grad():
-        density = torch.exp(-(ebm.energy(samples) - ebm.energy(samples).min()))
-    fig = plotting.density_map(samples, density, view, meta=meta,
-                               title="model density exp(-E) at its samples")
+    box = padded_box(torch.cat([test, samples]), 0.05)
+    density = _piece_density(samples, -ebm.energy(samples), samples, box, 99)
+    fig = plotting.density_map(samples, density / density.max(), view, meta=meta,
+                               title="model density at its samples")
     paths.append(plotting.save(fig, out / "density.png"))
     if view == "euclidean":
         lo = torch.minimum(test.min(0).values, samples.min(0).values) - 0.5
@@ -271,10 +279,9 @@ def plot(args):
         bounds = (lo.tolist(), hi.tolist())
         fig, ax = plotting.new_axes("euclidean", "learned manifold F = 0, density on it, data")
         plotting.zero_set_2d(manifold, bounds, ax, color="0.6")
-        on_m = manifold.random_point(3000)
-        with torch.no_grad():
-            e = ebm.energy(on_m)
-        plotting.scatter(on_m, "euclidean", ax=ax, color=torch.exp(-(e - e.min())), size=4)
+        on_m, log_prob = ebm.density_on_manifold(20_000, (lo, hi), args.seed)
+        density = _piece_density(on_m, log_prob, samples, (lo, hi), 99)
+        plotting.scatter(on_m, "euclidean", ax=ax, color=density / density.max(), size=4)
         plotting.scatter(test, "euclidean", ax=ax, color="k", size=2, alpha=0.5)
         paths.append(plotting.save(fig, out / "manifold.png"))
     histories = {"EBM": ebm.history_ or {}}
