@@ -46,6 +46,7 @@ import torch
 import implicit_geom  # noqa: F401  (selects geomstats' pytorch backend)
 from implicit_geom import ImplicitSphere, ImplicitTorus, intersection, union
 from implicit_geom.datasets import (
+    TWO_CIRCLE_CENTRES,
     fibonacci_sphere,
     load_dataset,
     train_test_split,
@@ -93,8 +94,8 @@ CONFIG = {
     "circle": dict(n=2, m=1, step=0.3, truth=ImplicitSphere(1), box=_box(1.3, 1.3)),
     # Two components: chains start at the data (see cebm_kwargs).
     "two_circles": dict(n=2, m=1, step=0.3, init="data",
-                        truth=union(ImplicitSphere(1, center=[-1.8, 0.0]),
-                                    ImplicitSphere(1, center=[1.8, 0.0])),
+                        truth=union(*[ImplicitSphere(1, center=list(c))
+                                      for c in TWO_CIRCLE_CENTRES]),
                         box=_box(3.1, 1.3)),
     # Four modes with deep valleys: with beta = 0.01 PCD drifted (W 0.03-0.05,
     # samples off by 0.12); 0.1 keeps the energies bounded.
@@ -320,8 +321,9 @@ def run_arithmetic(name, seed, quick):
     out = {}
     if name == "sphere_cap":
         model = IntersectionEBM(ea, eb, step_size=0.2)
+        circle = circle_lattice()
         w = density_w(*model.density_on_manifold(n_draws, ARITH_BOX, seed),
-                      (circle_lattice(), product_log_density(circle_lattice()).exp()), ARITH_BOX)
+                      (circle, product_log_density(circle).exp()), ARITH_BOX)
         t_fit = time.perf_counter() - t0
         samples = model.sample(N_MODEL_SAMPLES, n_steps=300)
         test = product_on_circle(N_TEST_SYNTHETIC, 10_000 + seed)

@@ -205,10 +205,14 @@ def von_mises_circle(
     return _tensor(np.stack([np.cos(angles), np.sin(angles)], axis=1))
 
 
+#: Circle centres of the paper's two-circle data set (unit radius).
+TWO_CIRCLE_CENTRES = ((-1.8, 0.0), (1.8, 0.0))
+
+
 def two_circles(
     n_samples: int,
     kappa: float = 2.0,
-    centres: Sequence[Sequence[float]] = ((-1.8, 0.0), (1.8, 0.0)),
+    centres: Sequence[Sequence[float]] = TWO_CIRCLE_CENTRES,
     radius: float = 1.0,
     seed: SeedLike = 0,
 ) -> torch.Tensor:
@@ -463,7 +467,7 @@ def true_density(name: str, resolution: int | None = None) -> tuple[torch.Tensor
         if name == "circle":
             return _tensor(unit), _tensor(dens)
         # Equal mixture over the two unit circles of two_circles().
-        centres = np.array([(-1.8, 0.0), (1.8, 0.0)])
+        centres = np.array(TWO_CIRCLE_CENTRES)
         points = np.concatenate([c + unit for c in centres])
         return _tensor(points), _tensor(np.concatenate([dens, dens]) / len(centres))
     if name == "sphere_mixture":

@@ -38,6 +38,38 @@ def _as_numpy(x, name: str, ndim: int | None = None) -> np.ndarray:
     return x
 
 
+def _grid(bins, bounds, d):
+    """``(lo, width, n_bins)`` of a regular grid with ``bins`` per axis over ``bounds``."""
+    n_bins = np.broadcast_to(np.asarray(bins, dtype=np.int64), (d,)).copy()
+    if (n_bins < 1).any():
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    lo, hi = (np.broadcast_to(np.asarray(v, dtype=np.float64), (d,)) for v in bounds)
+    if (hi < lo).any():
+        raise ValueError(f"bounds must satisfy lower <= upper, got {bounds}")
+    # Degenerate (flat) directions get unit-width bins so everything lands in bin 0.
+    return lo, np.where(hi > lo, (hi - lo) / n_bins, 1.0), n_bins
+
+
+def _bin_points(points, lo, width, n_bins):
+    """Grid cell of each point and the occupied cells.
+
+    Returns the per-point cell indices ``(N, d)``, the occupied flat cell ids
+    (sorted), the first point of each, each point's occupied-cell number and
+    the points per occupied cell.
+    """
+    # Points outside the bounds fall into the edge bins instead of vanishing.
+    idx = np.clip(np.floor((points - lo) / width).astype(np.int64), 0, n_bins - 1)
+    flat = np.ravel_multi_index(idx.T, tuple(n_bins))
+    bins, first, inverse, counts = np.unique(
+        flat, return_index=True, return_inverse=True, return_counts=True)
+    return idx, bins, first, inverse, counts
+
+
+def _bin_means(values, inverse, counts):
+    """Mean of ``values`` over the points of each occupied cell."""
+    return np.bincount(inverse, weights=values, minlength=len(counts)) / counts
+
+
 def _bin_measure(points, density, lo, width, n_bins, support):
     """Collapse points to (location, weight) per occupied grid bin.
 
@@ -45,22 +77,16 @@ def _bin_measure(points, density, lo, width, n_bins, support):
     (the grid cell's centre). Returns the flat bin ids (sorted), the locations
     and weights summing to 1.
     """
-    # Points outside explicit bounds fall into the edge bins instead of vanishing.
-    idx = np.floor((points - lo) / width).astype(np.int64)
-    idx = np.clip(idx, 0, n_bins - 1)
-    flat = np.ravel_multi_index(idx.T, tuple(n_bins))
-    bins, first, inverse, counts = np.unique(
-        flat, return_index=True, return_inverse=True, return_counts=True)
+    idx, bins, first, inverse, counts = _bin_points(points, lo, width, n_bins)
     if support == "centre":
         locations = lo + (idx[first] + 0.5) * width
     else:
-        locations = np.stack(
-            [np.bincount(inverse, weights=points[:, j], minlength=len(bins))
-             for j in range(points.shape[1])], axis=1) / counts[:, None]
+        locations = np.stack([_bin_means(points[:, j], inverse, counts)
+                              for j in range(points.shape[1])], axis=1)
     if density is None:
         weights = counts / counts.sum()
     else:
-        weights = np.bincount(inverse, weights=density, minlength=len(bins)) / counts
+        weights = _bin_means(density, inverse, counts)
     return bins, locations, _normalise(weights)
 
 
@@ -166,18 +192,10 @@ def discretized_wasserstein(
                 raise ValueError(f"{name} must be non-negative")
         densities.append(dens)
 
-    n_bins = np.broadcast_to(np.asarray(bins, dtype=np.int64), (d,)).copy()
-    if (n_bins < 1).any():
-        raise ValueError(f"bins must be >= 1, got {bins}")
     if bounds is None:
-        lo = np.minimum(a.min(axis=0), b.min(axis=0))
-        hi = np.maximum(a.max(axis=0), b.max(axis=0))
-    else:
-        lo, hi = (np.broadcast_to(np.asarray(v, dtype=np.float64), (d,)) for v in bounds)
-        if (hi < lo).any():
-            raise ValueError(f"bounds must satisfy lower <= upper, got {bounds}")
-    # Degenerate (flat) directions get unit-width bins so everything lands in bin 0.
-    width = np.where(hi > lo, (hi - lo) / n_bins, 1.0)
+        bounds = (np.minimum(a.min(axis=0), b.min(axis=0)),
+                  np.maximum(a.max(axis=0), b.max(axis=0)))
+    lo, width, n_bins = _grid(bins, bounds, d)
 
     bins_a, loc_a, w_a = _bin_measure(a, densities[0], lo, width, n_bins, support)
     if bin_b:
@@ -249,14 +267,9 @@ def grid_mass(points, density, *, bins, bounds) -> float:
     """
     pts = _as_numpy(points, "points", 2)
     dens = _as_numpy(density, "density", 1)
-    d = pts.shape[1]
-    n_bins = np.broadcast_to(np.asarray(bins, dtype=np.int64), (d,))
-    lo, hi = (np.broadcast_to(np.asarray(v, dtype=np.float64), (d,)) for v in bounds)
-    width = np.where(hi > lo, (hi - lo) / n_bins, 1.0)
-    idx = np.clip(np.floor((pts - lo) / width).astype(np.int64), 0, n_bins - 1)
-    _, inverse, counts = np.unique(np.ravel_multi_index(idx.T, tuple(n_bins)),
-                                   return_inverse=True, return_counts=True)
-    return float((np.bincount(inverse, weights=dens) / counts).sum())
+    lo, width, n_bins = _grid(bins, bounds, pts.shape[1])
+    _, _, _, inverse, counts = _bin_points(pts, lo, width, n_bins)
+    return float(_bin_means(dens, inverse, counts).sum())
 
 
 def balance_pieces(points, density, data, *, bins, bounds, radius):

@@ -8,7 +8,6 @@ from .mdf import (
     jacobian_singular_values,
     orientation_penalty,
     rank_penalty,
-    values_and_jacobian,
 )
 from .negatives import LangevinNegativeSampler
 from .orientation import outward_normals, pca_normals
@@ -30,5 +29,4 @@ __all__ = [
     "pca_normals",
     "rank_penalty",
     "save_checkpoint",
-    "values_and_jacobian",
 ]

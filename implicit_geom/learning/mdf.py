@@ -44,28 +44,6 @@ def constraint_norm(values, norm="l2"):
     raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
 
 
-def values_and_jacobian(f, x, create_graph=True):
-    """Values and Jacobians of ``f`` at each point, differentiable in ``f``'s parameters.
-
-    The k rows of each Jacobian come from one batched (vmapped) reverse pass
-    over the whole batch (:func:`~implicit_geom.numerics.autodiff.jacobian`),
-    kept differentiable with ``create_graph`` so that terms on the Jacobian
-    can be trained on.
-
-    Parameters
-    ----------
-    f : callable, (B, n) -> (B, k)
-    x : torch.Tensor, shape=[B, n]
-    create_graph : bool
-
-    Returns
-    -------
-    values : torch.Tensor, shape=[B, k]
-    jacobian : torch.Tensor, shape=[B, k, n]
-    """
-    return autodiff.jacobian(f, x.detach(), create_graph=create_graph)
-
-
 def _svdvals(jac):
     """Singular values of Jacobians ``(..., k, n)``, shape ``(..., k)``, decreasing."""
     if jac.shape[-2] == 1:  # codim 1: the only singular value is |grad F|
@@ -81,7 +59,8 @@ def jacobian_singular_values(f, x, create_graph=True):
     f : callable, (B, n) -> (B, k)
     x : torch.Tensor, shape=[B, n]
     create_graph : bool
-        Keep the singular values differentiable (see :func:`values_and_jacobian`).
+        Keep the singular values differentiable
+        (:func:`~implicit_geom.numerics.autodiff.jacobian`).
 
     Returns
     -------
@@ -89,7 +68,7 @@ def jacobian_singular_values(f, x, create_graph=True):
     singular_values : torch.Tensor, shape=[B, k]
         In decreasing order.
     """
-    values, jac = values_and_jacobian(f, x, create_graph)
+    values, jac = autodiff.jacobian(f, x, create_graph=create_graph)
     return values, _svdvals(jac)
 
 
@@ -215,7 +194,7 @@ class MDFObjective:
             Normals for a map with more than one output.
         """
         orient = normals is not None and self.mu_orient > 0
-        values, jac = values_and_jacobian(f, x_pos, create_graph=self.mu > 0 or orient)
+        values, jac = autodiff.jacobian(f, x_pos, create_graph=self.mu > 0 or orient)
         sv = _svdvals(jac)
         positive = constraint_norm(values, self.norm).mean()
         rank = rank_penalty(sv, self.s_min, self.s_max)

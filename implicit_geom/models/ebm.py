@@ -18,6 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..exceptions import CheckpointError, EmptyDataError, InvalidPointError, ProjectionError
+from ..learning.topology import sample_in_box
+from ..learning.trainer import cosine_lr
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, padded_box
 from .energy_nets import EnergyMLP
@@ -185,12 +187,10 @@ class EnergyModel:
         if use_pcd:
             self.buffer_ = self._init_chains(self.buffer_size)
         opt = torch.optim.Adam(self.energy_net.parameters(), lr=self.lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=self.n_iter, eta_min=self.lr * self.lr_floor)
         history = {"loss": [], "e_pos": [], "e_neg": [], "grad_norm": [], "lr": []}
         n, b = X.shape[0], min(self.batch_size, X.shape[0])
-        for _ in tqdm(range(self.n_iter), disable=not self.progress,
-                      desc=type(self).__name__):
+        for it in tqdm(range(self.n_iter), disable=not self.progress,
+                       desc=type(self).__name__):
             pos = X[torch.randint(n, (b,), generator=gen).to(X.device)]
             if use_pcd:
                 idx = torch.randint(self.buffer_size, (b,), generator=gen).to(X.device)
@@ -213,9 +213,11 @@ class EnergyModel:
             opt.zero_grad()
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(self.energy_net.parameters(), self.grad_clip)
-            history["lr"].append(opt.param_groups[0]["lr"])
+            lr = cosine_lr(self.lr, it, self.n_iter, self.lr_floor)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            history["lr"].append(lr)
             opt.step()
-            schedule.step()
             history["loss"].append(float(loss.detach()))
             history["e_pos"].append(float(e_pos.detach().mean()))
             history["e_neg"].append(float(e_neg.detach().mean()))
@@ -419,8 +421,6 @@ class ConstrainedEBM(EnergyModel):
         log_prob : torch.Tensor, shape (k,)
             Unnormalised: ``-E(x)`` (temperature 1).
         """
-        from ..learning.topology import sample_in_box
-
         if bounds is None:
             if self._box is None:
                 raise RuntimeError("call fit first, or pass bounds")

@@ -90,6 +90,8 @@ class ConstrainedTarget:
                             f"{type(energy).__name__}")
         self.manifold = as_implicit(manifold)
         self.energy_fn = energy
+        # Parsed once: an nn.Sequential MLP energy is differentiated by hand.
+        self._energy_layers = mlp.mlp_layers(energy)
         self.ambient_dim = self.manifold.ambient_dim
         self.codim = self.manifold.codim
 
@@ -121,9 +123,8 @@ class ConstrainedTarget:
         """
         if self.energy_fn is None:
             return x.new_zeros(x.shape[0]), torch.zeros_like(x)
-        layers = mlp.mlp_layers(self.energy_fn)
-        if layers is not None:
-            energy, jac = mlp.value_and_jacobian(layers, x)
+        if self._energy_layers is not None:
+            energy, jac = mlp.value_and_jacobian(self._energy_layers, x)
             return self._check_energy(energy, x.shape[0]), jac[:, 0, :]
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
