@@ -207,6 +207,9 @@ def von_mises_circle(
 
 #: Circle centres of the paper's two-circle data set (unit radius).
 TWO_CIRCLE_CENTRES = ((-1.8, 0.0), (1.8, 0.0))
+#: Mean angles of the paper's two-circle data set: the modes face each other
+#: across the gap, at (-0.8, 0) and (0.8, 0).
+TWO_CIRCLE_LOCS = (0.0, math.pi)
 
 
 def two_circles(
@@ -215,20 +218,24 @@ def two_circles(
     centres: Sequence[Sequence[float]] = TWO_CIRCLE_CENTRES,
     radius: float = 1.0,
     seed: SeedLike = 0,
+    locs: Sequence[float] = TWO_CIRCLE_LOCS,
 ) -> torch.Tensor:
     """Equal-weight mixture of von Mises densities on two circles in R^2.
 
     This is the two-circle data set of Ross et al. (2023): each point picks a
-    circle uniformly at random, then a von Mises(0, kappa) angle on it.
+    circle uniformly at random, then a von Mises(loc, kappa) angle on it, with
+    the circles' modes facing each other by default.
 
     Parameters
     ----------
     n_samples : int
     kappa : float
         Concentration of the angle on each circle.
-    centres : sequence of two (x, y) pairs
+    centres : sequence of (x, y) pairs
     radius : float
     seed : int or numpy.random.Generator
+    locs : sequence of float
+        Mean angle on each circle, one per centre.
 
     Returns
     -------
@@ -238,9 +245,12 @@ def two_circles(
     centres = np.asarray(centres, dtype=np.float64)
     if centres.ndim != 2 or centres.shape[1] != 2:
         raise ValueError(f"centres must be a sequence of (x, y) pairs, got shape {centres.shape}")
+    locs = np.asarray(locs, dtype=np.float64)
+    if locs.shape != (len(centres),):
+        raise ValueError(f"locs must give one mean angle per centre ({len(centres)}), got shape {locs.shape}")
     rng = _rng(seed)
     component = rng.integers(0, len(centres), n)
-    angles = rng.vonmises(0.0, kappa, n)
+    angles = rng.vonmises(locs[component], kappa, n)
     unit = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     return _tensor(centres[component] + radius * unit)
 
@@ -463,13 +473,14 @@ def true_density(name: str, resolution: int | None = None) -> tuple[torch.Tensor
         n = 4000 if resolution is None else _check_n(resolution)
         theta = np.linspace(-math.pi, math.pi, n, endpoint=False)
         unit = np.stack([np.cos(theta), np.sin(theta)], axis=1)
-        dens = _von_mises_angle_density(theta, 0.0, kwargs["kappa"])
         if name == "circle":
-            return _tensor(unit), _tensor(dens)
+            return _tensor(unit), _tensor(_von_mises_angle_density(theta, 0.0, kwargs["kappa"]))
         # Equal mixture over the two unit circles of two_circles().
         centres = np.array(TWO_CIRCLE_CENTRES)
         points = np.concatenate([c + unit for c in centres])
-        return _tensor(points), _tensor(np.concatenate([dens, dens]) / len(centres))
+        dens = np.concatenate([_von_mises_angle_density(theta, loc, kwargs["kappa"])
+                               for loc in TWO_CIRCLE_LOCS])
+        return _tensor(points), _tensor(dens / len(centres))
     if name == "sphere_mixture":
         points = fibonacci_sphere(100_000 if resolution is None else resolution)
         means = sphere_mixture_means(kwargs["n_components"])

@@ -55,8 +55,21 @@ def test_points_lie_on_their_manifolds():
     dist = torch.cdist(x, centres)
     assert (dist.min(dim=1).values - 1).abs().max() < 1e-12
     # Equal weights: about half the points on each circle (5 sigma).
-    left = (dist[:, 0] < dist[:, 1]).double().mean().item()
+    left_mask = dist[:, 0] < dist[:, 1]
+    left = left_mask.double().mean().item()
     assert abs(left - 0.5) < 5 * math.sqrt(0.25 / 2000)
+    # As in the paper, the modes face each other: each circle's mean direction
+    # points at the other circle, with the von Mises resultant length I1/I0(2).
+    resultant = i1(2.0) / i0(2.0)
+    for mask, centre, towards in ((left_mask, centres[0], 1.0), (~left_mask, centres[1], -1.0)):
+        mean_dir = (x[mask] - centre).mean(dim=0)
+        assert mean_dir[0].item() * towards == pytest.approx(resultant, abs=0.05)
+        assert abs(mean_dir[1].item()) < 0.05
+
+
+def test_two_circles_rejects_mismatched_locs():
+    with pytest.raises(ValueError, match="locs"):
+        ds.two_circles(10, locs=(0.0,))
 
 
 def test_von_mises_circle_mean_resultant_length():

@@ -26,11 +26,16 @@ def pca_normals(points, neighbours=10):
     ``neighbours`` nearest neighbours (at least ``n``).
     """
     pts = np.asarray(points, dtype=np.float64)
-    k = min(max(int(neighbours), pts.shape[1]), pts.shape[0] - 1)
-    _, idx = cKDTree(pts).query(pts, k=k + 1)
+    idx = _neighbourhoods(cKDTree(pts), pts, neighbours)
     local = pts[idx] - pts[idx].mean(1, keepdims=True)
     _, vectors = np.linalg.eigh(np.einsum("nki,nkj->nij", local, local))
     return vectors[:, :, 0]
+
+
+def _neighbourhoods(tree, pts, neighbours):
+    """Indices of each point and its ``neighbours`` nearest (at least n), shape (N, k + 1)."""
+    k = min(max(int(neighbours), pts.shape[1]), pts.shape[0] - 1)
+    return tree.query(pts, k=k + 1)[1]
 
 
 def escape_probability(starts, tree, low, high, radius, walks, rng, max_steps=1000):
@@ -98,17 +103,24 @@ def outward_normals(points, low, high, radius, walks=32, neighbours=10, seed=0):
         Unit normals, or zero where both sides escaped equally often (no
         orientation); on the device of ``points``.
     contrast : torch.Tensor, shape=[N]
-        Escape probability outside minus inside, in [0, 1].
+        Escape probability outside minus inside, averaged over the point and
+        its neighbours, in [0, 1].
     """
     pts = points.detach().cpu().numpy().astype(np.float64)
     lo, hi = (b.detach().cpu().numpy().astype(np.float64) for b in (low, high))
     tree = cKDTree(pts)
+    idx = _neighbourhoods(tree, pts, neighbours)
     normals = pca_normals(pts, neighbours)
     rng = np.random.default_rng(seed)
     offset = 2.0 * radius * normals
     plus = escape_probability(pts + offset, tree, lo, hi, radius, walks, rng)
     minus = escape_probability(pts - offset, tree, lo, hi, radius, walks, rng)
-    sign = np.sign(plus - minus)
+    # Next to densely sampled data most walks from either side are absorbed at
+    # once, so one point's contrast is mostly noise; its neighbours share its
+    # sides, so their evidence (flipped to its normal's sign) is pooled.
+    aligned = np.sign(np.einsum("ni,nki->nk", normals, normals[idx]))
+    evidence = (aligned * (plus - minus)[idx]).mean(-1)
+    sign = np.sign(evidence)
     oriented = torch.as_tensor(sign[:, None] * normals, dtype=DTYPE).to(points.device)
-    contrast = torch.as_tensor(np.abs(plus - minus), dtype=DTYPE).to(points.device)
+    contrast = torch.as_tensor(np.abs(evidence), dtype=DTYPE).to(points.device)
     return oriented, contrast

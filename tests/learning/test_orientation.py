@@ -31,14 +31,16 @@ def test_pca_normals_of_a_circle_are_radial():
 
 
 def test_two_sparse_circles_get_outward_normals():
-    # von Mises(0, 2) angles: the far half of each circle holds few points, and
-    # the sides facing each other are one dense, one sparse.
+    # von Mises angles with kappa = 2: the far half of each circle holds few
+    # points, the sides facing each other are dense.
     x = two_circles(600, kappa=2.0, seed=3)
     normals, contrast = outward_normals(x, *box(x), radius=0.1, seed=0)
     agree = (normals * true_outward(x)).sum(-1)
+    # Pooling each point's evidence with its neighbours' leaves none reversed,
+    # even on the dense facing sides where most walks are absorbed at once.
     assert float((agree > 0.9).double().mean()) > 0.98
-    assert float((agree < 0).double().mean()) < 0.01
-    assert torch.all((contrast >= 0) & (contrast <= 1))
+    assert int((agree < 0).sum()) == 0
+    assert torch.all((contrast > 0) & (contrast <= 1))
     again, _ = outward_normals(x, *box(x), radius=0.1, seed=0)
     assert torch.equal(normals, again)
 
@@ -57,14 +59,16 @@ def test_orientation_needs_a_hypersurface():
 
 def test_reduced_two_circle_fit_is_two_closed_curves():
     # The kappa = 2 two-circle data at half the benchmark's size and schedule:
-    # without the orientation this fit leaves the far sides open.
-    x = two_circles(400, kappa=2.0, seed=0)
+    # without the orientation this fit leaves both far sides open.
+    x = two_circles(400, kappa=2.0, seed=4)
     model = NeuralImplicitManifold(2, epochs=300, batch_size=200, mu_orient=10.0,
                                    progress=False).fit(x)
     report = count_components(model, x, n_samples=1500)
     assert (report.n_components, report.n_spurious, report.n_open) == (2, 0, 0)
     assert abs(report.sizes[0] - report.sizes[1]) < 0.2 * report.sizes[0]
     assert model.history_["orientation"][-1] < 1e-3
+    unoriented = NeuralImplicitManifold(2, epochs=300, batch_size=200, progress=False).fit(x)
+    assert count_components(unoriented, x, n_samples=1500).n_open > 0
     on_curve = model.submersion(report.points).abs()
     assert float(on_curve.max()) < 1e-8
     # Both curves pass through the data: every training point is close to one.

@@ -184,3 +184,21 @@ def test_on_a_learned_manifold_samples_satisfy_the_constraint():
     assert float(manifold.submersion(model.buffer_).norm(dim=-1).max()) <= 1e-9
     with pytest.raises(ValueError):
         ConstrainedEBM(manifold, chain_init="everywhere")
+
+
+def test_data_started_samples_keep_the_data_share_of_each_component():
+    # Chains cannot cross between the two circles, so each one's mass is the
+    # share of the chains started on it: the data's, not the small buffer's.
+    import implicit_geom as ig
+    from implicit_geom.datasets import TWO_CIRCLE_CENTRES, two_circles
+
+    circles = ig.union(*[ImplicitSphere(1, center=list(c)) for c in TWO_CIRCLE_CENTRES])
+    X = two_circles(1000, seed=0)
+    model = ConstrainedEBM(circles, hidden=(16,), n_iter=20, n_mcmc_steps=3, buffer_size=16,
+                           step_size=0.2, chain_init="data", seed=0).fit(X)
+    data_left = float((X[:, 0] < 0).double().mean())
+    buffer_left = float((model.buffer_[:, 0] < 0).double().mean())
+    assert abs(buffer_left - data_left) > 0.06  # a 16-chain buffer: off the data's share
+    samples = model.sample(4000, n_steps=3)
+    assert float(circles.submersion(samples).abs().max()) <= 1e-9
+    assert float((samples[:, 0] < 0).double().mean()) == pytest.approx(data_left, abs=0.03)
