@@ -51,7 +51,7 @@ def test_points_lie_on_their_manifolds():
     assert torus_residual(ds.torus_density(1000, R=2.5, r=0.7), 2.5, 0.7).abs().max() < 1e-12
 
     x = ds.two_circles(2000)
-    centres = torch.tensor([[-1.8, 0.0], [1.8, 0.0]], dtype=torch.float64)
+    centres = torch.tensor(ds.TWO_CIRCLE_CENTRES, dtype=torch.float64)
     dist = torch.cdist(x, centres)
     assert (dist.min(dim=1).values - 1).abs().max() < 1e-12
     # Equal weights: about half the points on each circle (5 sigma).

@@ -26,7 +26,11 @@ def pca_normals(points, neighbours=10):
     ``neighbours`` nearest neighbours (at least ``n``).
     """
     pts = np.asarray(points, dtype=np.float64)
-    idx = _neighbourhoods(cKDTree(pts), pts, neighbours)
+    return _least_variance_directions(pts, _neighbourhoods(cKDTree(pts), pts, neighbours))
+
+
+def _least_variance_directions(pts, idx):
+    """Per row of ``idx``, the unit direction of least variance of those points."""
     local = pts[idx] - pts[idx].mean(1, keepdims=True)
     _, vectors = np.linalg.eigh(np.einsum("nki,nkj->nij", local, local))
     return vectors[:, :, 0]
@@ -109,8 +113,8 @@ def outward_normals(points, low, high, radius, walks=32, neighbours=10, seed=0):
     pts = points.detach().cpu().numpy().astype(np.float64)
     lo, hi = (b.detach().cpu().numpy().astype(np.float64) for b in (low, high))
     tree = cKDTree(pts)
-    idx = _neighbourhoods(tree, pts, neighbours)
-    normals = pca_normals(pts, neighbours)
+    idx = _neighbourhoods(tree, pts, neighbours)  # one query: PCA and pooling share it
+    normals = _least_variance_directions(pts, idx)
     rng = np.random.default_rng(seed)
     offset = 2.0 * radius * normals
     plus = escape_probability(pts + offset, tree, lo, hi, radius, walks, rng)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from implicit_geom import NeuralImplicitManifold
-from implicit_geom.datasets import two_circles
+from implicit_geom.datasets import TWO_CIRCLE_CENTRES, two_circles
 from implicit_geom.learning import count_components, outward_normals, pca_normals
 
-CENTRES = torch.tensor([[-1.8, 0.0], [1.8, 0.0]], dtype=torch.float64)
+CENTRES = torch.tensor(TWO_CIRCLE_CENTRES, dtype=torch.float64)
 
 
 def true_outward(x):
