@@ -12,6 +12,7 @@ from .exceptions import (  # noqa: E402
     GeodesicError,
     ImplicitGeomError,
     InvalidPointError,
+    NormalizationError,
     ProjectionError,
     SingularJacobianError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "GeodesicError",
     "ImplicitGeomError",
     "InvalidPointError",
+    "NormalizationError",
     "ProjectionError",
     "SingularJacobianError",
 ]

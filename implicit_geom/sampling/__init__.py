@@ -10,10 +10,12 @@ from .diagnostics import SamplerInfo, monte_carlo_estimate
 from .integrators import SolverOptions, StepStatus, rattle_step
 from .samplers import EMIT_TOL, ConstrainedHMC, ConstrainedLangevin, ConstrainedMALA
 from .targets import ChainState, ConstrainedTarget
+from .transitions import ComponentJump
 
 __all__ = [
     "EMIT_TOL",
     "ChainState",
+    "ComponentJump",
     "ConstrainedHMC",
     "ConstrainedLangevin",
     "ConstrainedMALA",

@@ -42,7 +42,7 @@ def vmf_data():
 
 @pytest.fixture(scope="module")
 def pcd_model(vmf_data):
-    return ConstrainedEBM(ImplicitSphere(2), hidden=(32, 32), n_iter=250, n_mcmc_steps=10,
+    return ConstrainedEBM(ImplicitSphere(2), method="pcd", hidden=(32, 32), n_iter=250, n_mcmc_steps=10,
                           step_size=0.15, seed=0).fit(vmf_data)
 
 
