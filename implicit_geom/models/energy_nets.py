@@ -9,6 +9,7 @@ high frequencies from the start, on analytic and learned manifolds alike.
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -116,3 +117,179 @@ class EnergyMLP(nn.Module):
         if self.features is not None:
             x = self.features(x)
         return self.net(x).squeeze(-1)
+
+
+def _log_vmf_norm(kappa):
+    """``log`` of the von Mises-Fisher normaliser on S^2 for ``exp(kappa (mu.x - 1))``."""
+    return torch.log(kappa) - math.log(2 * math.pi) - torch.log(-torch.expm1(-2 * kappa))
+
+
+class AnchoredVMFEnergy(nn.Module):
+    """Energy of a learned von Mises-Fisher kernel mixture times a network, on the unit 2-sphere.
+
+    ``exp(-E(x)) = q(x) exp(-g(x))`` with
+
+    * ``q = (1 - f) (1/N) sum_j vMF(x; a_j, kappa_j) + f / (4 pi)``: one kernel
+      per anchor ``a_j`` (the training points, set by :meth:`set_anchors`),
+      concentrations ``kappa_j = c / d_j^2`` from each anchor's distance
+      ``d_j`` to its k-th nearest other anchor (floored at ``min_distance``),
+      and a uniform floor ``f``; ``c`` and ``f`` are learned;
+    * ``g``: an :class:`EnergyMLP` with Fourier features, zero at the start.
+
+    ``Z = int q exp(-g) dA`` is computed exactly for ``g = 0`` (``Z = 1``) and
+    to quadrature accuracy otherwise by a rule adapted to ``q``
+    (:meth:`log_partition`): per anchor, Gauss-Legendre nodes in the vMF
+    quantile of ``mu.x`` (inverse CDF in closed form) times a trapezoid in
+    azimuth, plus a Gauss-Legendre x trapezoid rule for the floor. Training
+    on the anchors themselves uses the leave-one-out mixture
+    (:meth:`loo_energy`), so ``c`` is fitted by leave-one-out likelihood.
+
+    Parameters
+    ----------
+    k : int
+        Neighbour rank of the adaptive concentrations.
+    min_distance : float
+        Floor of ``d_j`` (caps the concentration at duplicated points).
+    hidden, fourier, max_frequency : network settings
+    n_u, n_phi : int
+        Nodes per kernel of the adapted rule (the error estimate halves both).
+    seed : int
+    """
+
+    def __init__(self, k=5, min_distance=1e-4, hidden=(32, 32), fourier=32, max_frequency=8.0,
+                 n_u=4, n_phi=4, seed=0):
+        super().__init__()
+        self.k, self.min_distance = int(k), float(min_distance)
+        self.n_u, self.n_phi = int(n_u), int(n_phi)
+        self.net = EnergyMLP(3, hidden=hidden, seed=seed, fourier=fourier,
+                             max_frequency=max_frequency)
+        with torch.no_grad():  # g = 0 at the start: the model starts as the kernel mixture
+            self.net.net[-1].weight.zero_()
+            self.net.net[-1].bias.zero_()
+        self.log_c = nn.Parameter(torch.tensor(0.0, dtype=torch.float64))
+        self.floor_logit = nn.Parameter(torch.tensor(-4.0, dtype=torch.float64))
+        self.register_buffer("anchors", torch.zeros(0, 3, dtype=torch.float64))
+        self.register_buffer("log_d", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("phase", torch.zeros(0, dtype=torch.float64))
+        self.seed = int(seed)
+
+    def config(self):
+        """Constructor arguments."""
+        return {"k": self.k, "min_distance": self.min_distance, "hidden": list(self.net.hidden),
+                "fourier": self.net.fourier, "max_frequency": self.net.max_frequency,
+                "n_u": self.n_u, "n_phi": self.n_phi, "seed": self.seed}
+
+    def set_anchors(self, X, init=True):
+        """Use the points ``X`` (on the unit sphere) as kernel centres.
+
+        With ``init``, ``c`` starts at the leave-one-out optimum of a grid
+        (the mixture's own bandwidth selection, on the training points only).
+        """
+        from scipy.spatial import cKDTree
+
+        X = X.detach().to(torch.float64)
+        pts = X.cpu().numpy()
+        k = min(self.k, X.shape[0] - 1)
+        dist = cKDTree(pts).query(pts, k=k + 1)[0][:, k]
+        self.anchors = X.clone()
+        self.log_d = torch.as_tensor(np.log(np.maximum(dist, self.min_distance)),
+                                     dtype=torch.float64, device=X.device)
+        gen = torch.Generator().manual_seed(self.seed)
+        self.phase = (2 * math.pi * torch.rand(X.shape[0], generator=gen,
+                                               dtype=torch.float64)).to(X.device)
+        if init:
+            idx = torch.arange(X.shape[0], device=X.device)
+            best = None
+            with torch.no_grad():
+                for log_c in torch.linspace(-3.0, 6.0, 37, dtype=torch.float64):
+                    self.log_c.fill_(float(log_c))
+                    loss = float(self.loo_energy(X, idx).mean())
+                    if best is None or loss < best[0]:
+                        best = (loss, float(log_c))
+                self.log_c.fill_(best[1])
+        return self
+
+    def _kappa(self):
+        return torch.exp(self.log_c - 2 * self.log_d)
+
+    def floor(self):
+        """Weight ``f`` of the uniform floor."""
+        return torch.sigmoid(self.floor_logit)
+
+    def _log_q(self, x, exclude=None):
+        kappa = self._kappa()
+        logits = (x @ self.anchors.T - 1) * kappa + _log_vmf_norm(kappa)
+        n = self.anchors.shape[0]
+        if exclude is not None:
+            logits = logits.clone()
+            logits[torch.arange(x.shape[0], device=x.device), exclude] = -math.inf
+            n = n - 1
+        mix = torch.logsumexp(logits, -1) - math.log(n)
+        f = self.floor()
+        return torch.logaddexp(torch.log1p(-f) + mix, torch.log(f) - math.log(4 * math.pi))
+
+    def forward(self, x):
+        if self.anchors.shape[0] == 0:
+            raise RuntimeError("call set_anchors first (ConstrainedEBM.fit does)")
+        shape = x.shape[:-1]
+        x = x.reshape(-1, 3)
+        out = self.net(x) - self._log_q(x)
+        return out.reshape(shape)
+
+    def loo_energy(self, x, idx):
+        """Energies of anchor points ``x = anchors[idx]`` without their own kernel."""
+        return self.net(x) - self._log_q(x, exclude=idx)
+
+    def _nodes(self, n_u, n_phi):
+        """Nodes of the adapted rule and the ``q``-mass each stands for."""
+        kappa = self._kappa()
+        u, wu = np.polynomial.legendre.leggauss(n_u)
+        u = torch.as_tensor(0.5 * (u + 1), dtype=torch.float64, device=kappa.device)
+        wu = torch.as_tensor(0.5 * wu, dtype=torch.float64, device=kappa.device)
+        # Quantiles of w = mu.x under vMF(kappa): 1 + log(u + (1 - u) exp(-2 kappa)) / kappa.
+        w = 1 + torch.log1p(u[None] * torch.expm1(-2 * kappa[:, None])) / kappa[:, None]
+        w = w.clamp(-1.0, 1.0)
+        phi = self.phase[:, None] + torch.arange(n_phi, dtype=torch.float64,
+                                                 device=kappa.device) * (2 * math.pi / n_phi)
+        a = self.anchors
+        helper = torch.where((a[:, :1].abs() < 0.9), torch.tensor([1.0, 0, 0], dtype=a.dtype,
+                                                                    device=a.device),
+                             torch.tensor([0, 1.0, 0], dtype=a.dtype, device=a.device))
+        e1 = helper - (helper * a).sum(-1, keepdim=True) * a
+        e1 = e1 / e1.norm(dim=-1, keepdim=True)
+        e2 = torch.linalg.cross(a, e1)
+        rho = torch.sqrt((1 - w.square()).clamp_min(0))  # (N, n_u)
+        pts = (w[:, :, None, None] * a[:, None, None, :]
+               + rho[:, :, None, None] * (phi.cos()[:, None, :, None] * e1[:, None, None, :]
+                                          + phi.sin()[:, None, :, None] * e2[:, None, None, :]))
+        f = self.floor()
+        mass = ((1 - f) / a.shape[0] * wu[None, :, None] / n_phi).expand(
+            a.shape[0], n_u, n_phi)
+        from .normalization import sphere_quadrature
+
+        bg = sphere_quadrature(max(n_u * 8, 8), max(n_phi * 16, 16))
+        bg_pts = bg.points.to(a.device)
+        bg_mass = f * bg.weights.to(a.device) / (4 * math.pi)
+        return (torch.cat([pts.reshape(-1, 3), bg_pts]),
+                torch.cat([mass.reshape(-1), bg_mass]))
+
+    def log_partition(self, coarse=False):
+        """``log Z`` by the rule adapted to ``q`` (differentiable); ``coarse`` halves it."""
+        n_u, n_phi = (max(self.n_u // 2, 1), max(self.n_phi // 2, 1)) if coarse else \
+            (self.n_u, self.n_phi)
+        pts, mass = self._nodes(n_u, n_phi)
+        return torch.logsumexp(mass.log() - self.net(pts), 0)
+
+    def adapted_quadrature(self):
+        """The adapted rule as an area quadrature (weights ``q``-mass / ``q``), without graph."""
+        from .normalization import Quadrature
+
+        with torch.no_grad():
+            pts, mass = self._nodes(self.n_u, self.n_phi)
+            log_q = torch.cat([self._log_q(chunk) for chunk in pts.split(4096)])
+            coarse_pts, coarse_mass = self._nodes(max(self.n_u // 2, 1), max(self.n_phi // 2, 1))
+            coarse_q = torch.cat([self._log_q(chunk) for chunk in coarse_pts.split(4096)])
+        coarse = Quadrature(coarse_pts, (coarse_mass.log() - coarse_q).exp(),
+                            method="vMF-mixture-adapted rule")
+        return Quadrature(pts, (mass.log() - log_q).exp(), coarse=coarse,
+                          method="vMF-mixture-adapted rule")

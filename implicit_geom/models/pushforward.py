@@ -180,14 +180,8 @@ class PushforwardEBM:
             return out
         return out - self.latent_ebm.log_partition() - float(self.latent_scale_.log().sum())
 
-    def density_on_manifold(self, resolution=None):
-        """Decoded points of a latent lattice and the model's log density there.
-
-        The lattice spans the latent chain box with ``resolution`` points per
-        axis and is decoded; the log density is that of :meth:`log_prob` at the decoded
-        point, evaluated at the lattice latent itself (no re-encoding), up to
-        the constant ``log Z``. The reference code evaluates its baseline the
-        same way.
+    def latent_lattice(self, resolution=None):
+        """A regular lattice over the latent chain box: standardised and raw latents.
 
         Parameters
         ----------
@@ -196,8 +190,10 @@ class PushforwardEBM:
 
         Returns
         -------
-        points : torch.Tensor, shape (resolution ** m, n)
-        log_prob : torch.Tensor, shape (resolution ** m,)
+        u : torch.Tensor, shape (resolution ** m, m)
+            Standardised latents (the latent EBM's coordinates); every point
+            stands for a cell of equal latent volume.
+        z : torch.Tensor, shape (resolution ** m, m)
         """
         if self.latent_ebm.box_ is None:
             raise RuntimeError("call fit first")
@@ -207,7 +203,23 @@ class PushforwardEBM:
         axes = [torch.linspace(float(lo[j]), float(hi[j]), int(resolution), dtype=DTYPE)
                 for j in range(self.latent_dim)]
         u = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.latent_dim)
-        z = u * self.latent_scale_ + self.latent_shift_
+        return u, u * self.latent_scale_ + self.latent_shift_
+
+    def density_on_manifold(self, resolution=None):
+        """Decoded points of a latent lattice and the model's log density there.
+
+        The lattice (:meth:`latent_lattice`) spans the latent chain box and is
+        decoded; the log density is that of :meth:`log_prob` at the decoded
+        point, evaluated at the lattice latent itself (no re-encoding), up to
+        the constant ``log Z``. The reference code evaluates its baseline the
+        same way.
+
+        Returns
+        -------
+        points : torch.Tensor, shape (resolution ** m, n)
+        log_prob : torch.Tensor, shape (resolution ** m,)
+        """
+        u, z = self.latent_lattice(resolution)
         with torch.no_grad():
             return self.decode(z), -self.latent_ebm.energy(u) - self.half_log_det(z)
 
