@@ -14,6 +14,7 @@ from .exceptions import (  # noqa: E402
     InvalidPointError,
     ProjectionError,
     SingularJacobianError,
+    TrainingDivergedError,
 )
 from .manifolds import (  # noqa: E402
     GeomstatsLevelSet,
@@ -31,6 +32,7 @@ from .manifolds import (  # noqa: E402
     product,
     union,
 )
+from .threads import set_threads  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -58,4 +60,6 @@ __all__ = [
     "InvalidPointError",
     "ProjectionError",
     "SingularJacobianError",
+    "TrainingDivergedError",
+    "set_threads",
 ]
