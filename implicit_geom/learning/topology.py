@@ -71,17 +71,9 @@ def count_components(manifold, data=None, n_samples=3000, radius_factor=3.0,
     data : array-like, shape=[N, n], optional
         Data the manifold was learned from; components far from all of it are
         reported as spurious.
-    n_samples : int
-        Box points drawn and projected.
-    radius_factor : float
-        Linking radius as a multiple of the 90% quantile of nearest-neighbour
-        distances among the samples.
-    radius_fraction : float
-        Lower bound of the linking radius as a fraction of the box diagonal:
-        projected box points are not uniform on M, and this bridges the
-        sampling gaps that would otherwise split one component into many.
-    min_size : int, optional
-        Smallest counted component; default ``max(3, n_samples // 200)``.
+    n_samples, radius_factor, radius_fraction, min_size
+        Sampling and linking, see
+        :meth:`implicit_geom.manifolds.ComponentMap.sample`.
     spurious_distance : float, optional
         Default: 3 linking radii.
     bounds : tuple of array-like, optional
