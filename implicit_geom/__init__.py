@@ -7,7 +7,10 @@ ensure_pytorch_backend()
 from .exceptions import (  # noqa: E402
     BackendError,
     CheckpointError,
+    ComponentError,
+    CurvatureError,
     DataError,
+    DisconnectedError,
     EmptyDataError,
     GeodesicError,
     ImplicitGeomError,
@@ -15,6 +18,7 @@ from .exceptions import (  # noqa: E402
     NormalizationError,
     ProjectionError,
     SingularJacobianError,
+    TrainingDivergedError,
 )
 from .manifolds import (  # noqa: E402
     GeomstatsLevelSet,
@@ -23,7 +27,7 @@ from .manifolds import (  # noqa: E402
     ImplicitSphere,
     ImplicitTorus,
     IntersectionManifold,
-    NeuralImplicitManifold,
+    NetworkImplicitManifold,
     ProductImplicitManifold,
     UnionManifold,
     as_implicit,
@@ -32,6 +36,8 @@ from .manifolds import (  # noqa: E402
     product,
     union,
 )
+from .learning import NeuralImplicitManifold  # noqa: E402  (the estimator; geometry above)
+from .threads import set_threads  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -42,6 +48,7 @@ __all__ = [
     "ImplicitSphere",
     "ImplicitTorus",
     "IntersectionManifold",
+    "NetworkImplicitManifold",
     "NeuralImplicitManifold",
     "ProductImplicitManifold",
     "UnionManifold",
@@ -52,7 +59,10 @@ __all__ = [
     "union",
     "BackendError",
     "CheckpointError",
+    "ComponentError",
+    "CurvatureError",
     "DataError",
+    "DisconnectedError",
     "EmptyDataError",
     "GeodesicError",
     "ImplicitGeomError",
@@ -60,4 +70,6 @@ __all__ = [
     "NormalizationError",
     "ProjectionError",
     "SingularJacobianError",
+    "TrainingDivergedError",
+    "set_threads",
 ]

@@ -11,17 +11,17 @@ by exact maximum likelihood (``method="mle"``).
 (:mod:`implicit_geom.models.ambient`).
 """
 
+import functools
 import itertools
 import warnings
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..exceptions import CheckpointError, EmptyDataError, InvalidPointError, ProjectionError
-from ..learning.topology import sample_in_box
+from ..manifolds.components import sample_in_box
 from ..learning.checkpoint import load_checkpoint, save_checkpoint
-from ..learning.trainer import cosine_lr
+from ..learning.trainer import Trainer
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, padded_box
 from ..sampling.transitions import ComponentJump
@@ -92,14 +92,20 @@ class EnergyModel:
         from collapsing onto few modes).
     grad_clip : float
         Maximum gradient norm.
+    val_every : int
+        Steps between validation measurements (``fit(X, X_val)``).
+    patience : int, optional
+        Stop after this many validation measurements without improvement
+        (None: run all ``n_iter`` steps; the best weights are kept either way).
     seed : int
     progress : bool
-        Show a tqdm progress bar.
+        Report progress (a bar on a terminal, periodic lines otherwise).
     """
 
     def __init__(self, energy_net, *, beta=0.01, lr=3e-3, lr_floor=1.0, n_iter=1000,
                  batch_size=128, buffer_size=5000, n_mcmc_steps=20, step_size=0.1,
-                 reinit_prob=0.05, grad_clip=1.0, seed=0, progress=False):
+                 reinit_prob=0.05, grad_clip=1.0, val_every=25, patience=None, seed=0,
+                 progress=False):
         if not isinstance(energy_net, nn.Module):
             raise TypeError("energy_net must be a torch.nn.Module mapping (B, d) to (B,)")
         for name, value in (("n_iter", n_iter), ("batch_size", batch_size),
@@ -121,6 +127,12 @@ class EnergyModel:
         self.step_size = float(step_size)
         self.reinit_prob = float(reinit_prob)
         self.grad_clip = float(grad_clip)
+        if int(val_every) < 1 or (patience is not None and int(patience) < 1):
+            raise ValueError(f"need val_every >= 1 and patience >= 1 or None, got {val_every}, "
+                             f"{patience}")
+        self.val_every = int(val_every)
+        self.patience = None if patience is None else int(patience)
+        self.validation_history_ = None
         self.seed = int(seed)
         self.progress = bool(progress)
         self.buffer_ = None
@@ -172,12 +184,17 @@ class EnergyModel:
         # Called by samplers, which differentiate with respect to x only.
         return self.energy_net(x)
 
-    def fit(self, X):
+    def fit(self, X, X_val=None):
         """Fit the energy to data.
 
         Parameters
         ----------
         X : array-like, shape (n_samples, dim)
+        X_val : array-like, shape (n_val, dim), optional
+            Validation points: every ``val_every`` steps the validation loss
+            (:meth:`_validation_loss`) is measured, training stops after
+            ``patience`` measurements without improvement (if set), and the
+            energy ends with the weights of the best one.
 
         Returns
         -------
@@ -186,55 +203,65 @@ class EnergyModel:
         X = _check_data(X, self.dim)
         param = self._param()
         X = X.to(device=param.device, dtype=param.dtype)
+        if X_val is not None:
+            X_val = _check_data(X_val, self.dim, "X_val").to(device=param.device,
+                                                             dtype=param.dtype)
         # Seeded and reproducible, without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self._fit(X)
+            self._fit(X, X_val)
         return self
 
-    def _fit(self, X):
+    def _fit(self, X, X_val=None):
+        # The batch, buffer and restart draws share one generator, in this
+        # order per step (the trainer draws the batch first).
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         self._prepare(X)
-        use_pcd = self._uses_pcd()
-        if use_pcd:
+        if self._uses_pcd():
             self.buffer_ = self._init_chains(self.buffer_size)
-        opt = torch.optim.Adam(self.energy_net.parameters(), lr=self.lr)
-        history = {"loss": [], "e_pos": [], "e_neg": [], "grad_norm": [], "lr": []}
-        n, b = X.shape[0], min(self.batch_size, X.shape[0])
-        for it in tqdm(range(self.n_iter), disable=not self.progress,
-                       desc=type(self).__name__):
-            pos = X[torch.randint(n, (b,), generator=gen).to(X.device)]
-            if use_pcd:
-                idx = torch.randint(self.buffer_size, (b,), generator=gen).to(X.device)
-                x0 = self.buffer_[idx]
-                fresh = (torch.rand(b, generator=gen) < self.reinit_prob).to(X.device)
-                if bool(fresh.any()):
-                    x0[fresh] = self._init_chains(int(fresh.sum()))
-                neg = self._advance(x0, self.n_mcmc_steps).detach()
-                self.buffer_[idx] = neg
-                e_pos, e_neg = self.energy_net(pos), self.energy_net(neg)
-                loss = contrastive_divergence_loss(e_pos, e_neg, self.beta)
-            else:
-                e_pos = self.energy_net(pos)
-                e_neg = torch.zeros_like(e_pos)
-                loss = self._direct_loss(pos)
-            if not torch.isfinite(loss):
-                # Raised before the step, so the weights stay those of the last good one.
-                raise FloatingPointError(
-                    "training diverged (non-finite loss); lower lr or step_size, or raise beta")
-            opt.zero_grad()
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.energy_net.parameters(), self.grad_clip)
-            lr = cosine_lr(self.lr, it, self.n_iter, self.lr_floor)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            history["lr"].append(lr)
-            opt.step()
-            history["loss"].append(float(loss.detach()))
-            history["e_pos"].append(float(e_pos.detach().mean()))
-            history["e_neg"].append(float(e_neg.detach().mean()))
-            history["grad_norm"].append(float(grad_norm))
-        self.history_ = history
+            loss_fn = functools.partial(self._pcd_loss, generator=gen)
+        else:
+            loss_fn = self._mle_loss
+        validation = None
+        if X_val is not None:
+            validation = functools.partial(self._validation_loss, X_val)
+            validation()  # fails here, before training, if there is no validation loss
+        trainer = Trainer(self.energy_net.parameters(), lr=self.lr, total_epochs=self.n_iter,
+                          lr_floor=self.lr_floor, grad_clip=self.grad_clip,
+                          progress=self.progress, desc=type(self).__name__)
+        trainer.run(loss_fn, self._training_data(X), self.n_iter, self.batch_size, generator=gen,
+                    sampling="replacement", validation=validation, val_every=self.val_every,
+                    patience=self.patience)
+        self.history_ = trainer.history
+        self.validation_history_ = trainer.validation_history if X_val is not None else None
+
+    def _pcd_loss(self, pos, generator):
+        """The contrastive loss of one step; advances a random subset of the buffer."""
+        b, device = pos.shape[0], pos.device
+        idx = torch.randint(self.buffer_size, (b,), generator=generator).to(device)
+        x0 = self.buffer_[idx]
+        fresh = (torch.rand(b, generator=generator) < self.reinit_prob).to(device)
+        if bool(fresh.any()):
+            x0[fresh] = self._init_chains(int(fresh.sum()))
+        neg = self._advance(x0, self.n_mcmc_steps).detach()
+        self.buffer_[idx] = neg
+        e_pos, e_neg = self.energy_net(pos), self.energy_net(neg)
+        loss = contrastive_divergence_loss(e_pos, e_neg, self.beta)
+        return loss, {"e_pos": float(e_pos.detach().mean()),
+                      "e_neg": float(e_neg.detach().mean())}
+
+    def _training_data(self, X):
+        """What the trainer batches: ``X``, or ``(X, row indices)`` for a loss that needs them."""
+        return X
+
+    def _mle_loss(self, pos, rows=None):
+        loss = self._direct_loss(pos) if rows is None else self._direct_loss(pos, rows)
+        return loss, {"e_pos": float(self.energy_net(pos).detach().mean()), "e_neg": 0.0}
+
+    def _validation_loss(self, X_val):
+        """Loss on validation points (lower is better); by default the loss that is trained."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no validation loss: fit without X_val")
 
 
 class ConstrainedEBM(EnergyModel):
@@ -377,6 +404,8 @@ class ConstrainedEBM(EnergyModel):
         NotImplementedError
             Where no quadrature exists (see :meth:`normalizer` for the estimate).
         """
+        if hasattr(self.energy_net, "adapted_quadrature"):
+            return self.energy_net.adapted_quadrature()  # it moves with the parameters
         if self._quadrature is None:
             if not self._has_quadrature():
                 raise NotImplementedError(
@@ -442,9 +471,26 @@ class ConstrainedEBM(EnergyModel):
     def _uses_pcd(self):
         return self.resolved_method() == "pcd"
 
-    def _direct_loss(self, X):
-        # Exact NLL: mean E(x+) + log Z(theta), log Z by differentiable quadrature.
-        return self.energy_net(X).mean() + log_partition(self.energy_net, self.quadrature())
+    def _log_z_tensor(self):
+        """Differentiable ``log Z``: the energy's own adapted rule, else the manifold's."""
+        if hasattr(self.energy_net, "log_partition"):
+            return self.energy_net.log_partition()
+        return log_partition(self.energy_net, self.quadrature())
+
+    def _training_data(self, X):
+        # An energy anchored at the training points is trained leave-one-out.
+        if hasattr(self.energy_net, "loo_energy") and not self._uses_pcd():
+            return X, torch.arange(X.shape[0], device=X.device)
+        return X
+
+    def _direct_loss(self, X, rows=None):
+        # Exact NLL: mean E(x+) + log Z(theta), log Z by differentiable quadrature;
+        # anchored energies see the training points without their own kernel.
+        if rows is not None:
+            energy = self.energy_net.loo_energy(X, rows)
+        else:
+            energy = self.energy_net(X)
+        return energy.mean() + self._log_z_tensor()
 
     def _validation_loss(self, X_val):
         # The held-out NLL, for PCD as well, wherever log Z has a quadrature.
@@ -459,21 +505,20 @@ class ConstrainedEBM(EnergyModel):
         """Points covering M inside the box and their connected component labels.
 
         The quadrature's nodes where it exists, else projected box draws linked
-        within a few sample spacings (:func:`~implicit_geom.learning.topology.count_components`).
+        within a few sample spacings (:class:`~implicit_geom.manifolds.components.ComponentMap`).
         """
         if self._components is None:
             if self._has_quadrature():
                 rule = self.quadrature()
                 self._components = (rule.points, rule.labels)
             else:
-                from ..learning.topology import count_components
+                from ..manifolds.components import ComponentMap
 
                 box = self._quadrature_box()
                 if box is None:
                     raise RuntimeError("call fit first (the box comes from the data)")
-                report = count_components(self.manifold, bounds=box, seed=self.seed,
-                                          min_size=1)
-                self._components = (report.points, torch.as_tensor(report.labels))
+                cmap = ComponentMap.sample(self.manifold, bounds=box, seed=self.seed)
+                self._components = (cmap.points, cmap.labels)
         return self._components
 
     def _moves(self):
@@ -513,6 +558,8 @@ class ConstrainedEBM(EnergyModel):
         # Fresh chains start from uniform noise in the (padded) data box,
         # projected onto M, as in the paper's reference code.
         self._box = padded_box(X, 0.1, min_width=1e-3)
+        if hasattr(self.energy_net, "set_anchors"):
+            self.energy_net.set_anchors(X)
         self._data = X if self.chain_init == "data" else None
         self._normalizer = None
         if self.quadrature_bounds is None and self.manifold.bounds is None:
@@ -521,8 +568,8 @@ class ConstrainedEBM(EnergyModel):
             self._chain_sampler = self._make_sampler(self.sampler, self.step_size, self.seed,
                                                      self._moves())
 
-    def _fit(self, X):
-        super()._fit(X)
+    def _fit(self, X, X_val=None):
+        super()._fit(X, X_val)
         self._normalizer = None  # the energy changed
 
     def _init_chains(self, n, max_rounds=50):
@@ -667,6 +714,7 @@ class ConstrainedEBM(EnergyModel):
                 "batch_size": self.batch_size, "buffer_size": self.buffer_size,
                 "n_mcmc_steps": self.n_mcmc_steps, "step_size": self.step_size,
                 "reinit_prob": self.reinit_prob, "grad_clip": self.grad_clip,
+                "val_every": self.val_every, "patience": self.patience,
                 "seed": self.seed}
 
     def save(self, path):

@@ -366,7 +366,7 @@ def _arc_weights(nodes, closed):
 
 
 def _cover(manifold, low, high, n_cover, seed):
-    from ..learning.topology import sample_in_box  # box draws projected onto M
+    from ..manifolds.components import sample_in_box  # box draws projected onto M
 
     gen = torch.Generator().manual_seed(int(seed))
     points, _ = sample_in_box(manifold, int(n_cover), low.cpu(), high.cpu(), generator=gen)
@@ -838,26 +838,6 @@ def monte_carlo_log_partition(energy, uniform_points, volume):
 
 
 # ------------------------------------------------ higher dimensions: AIS
-def _component_labeller(cover, radius):
-    """Components of a cover of M (points linked within ``radius``) and a labeller.
-
-    Returns ``(labels of the cover, label(points) by the nearest cover point)``.
-    """
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
-    pts = cover.detach().cpu().numpy()
-    tree = cKDTree(pts)
-    _, labels = connected_components(
-        tree.sparse_distance_matrix(tree, radius, output_type="coo_matrix"), directed=False)
-
-    def label(x):
-        return torch.as_tensor(labels[tree.query(x.detach().cpu().numpy())[1]],
-                               device=x.device)
-
-    return torch.as_tensor(labels), label
-
-
 def tube_volumes(manifold, bounds, label, n_components, eps, n_points=2**16, n_rep=4, seed=0):
     """Volume of each component of M from the volume of its tube, with a standard error.
 
@@ -914,8 +894,9 @@ def ais_log_partition(manifold, energy, bounds=None, *, n_chains=256, n_temps=10
                       n_rep=4, n_cover=4000, seed=0):
     """``log Z`` and its standard error by annealed importance sampling on M.
 
-    For each connected component ``c`` (components of projected box draws
-    linked within a few sample spacings): ``Z_c = vol(c) E_uniform(c)[exp(-E)]``.
+    For each connected component ``c`` (:class:`~implicit_geom.manifolds.components.ComponentMap`:
+    projected box draws linked within a few sample spacings):
+    ``Z_c = vol(c) E_uniform(c)[exp(-E)]``.
     ``vol(c)`` comes from :func:`tube_volumes`; the expectation from AIS with
     the geometric path ``exp(-beta E)``, ``beta = (t / T)^4``: chains start at
     cover points of ``c``, equilibrate under the uniform law (``n_burn``
@@ -953,13 +934,16 @@ def ais_log_partition(manifold, energy, bounds=None, *, n_chains=256, n_temps=10
     manifold = as_implicit(manifold)
     low, high = _box(manifold, bounds)
     eps = 0.02 * float(torch.linalg.vector_norm(high - low)) if eps is None else float(eps)
-    with torch.no_grad():
-        cover = _cover(manifold, low, high, n_cover, seed)
-    from scipy.spatial import cKDTree
+    from ..manifolds.components import ComponentMap
 
-    spacing = np.quantile(cKDTree(cover.numpy()).query(cover.numpy(), k=2)[0][:, 1], 0.9)
-    labels, label = _component_labeller(cover, max(3 * spacing, 1e-3 * (high - low).max()))
-    n_comp = int(labels.max()) + 1
+    with torch.no_grad():
+        cmap = ComponentMap.sample(manifold, int(n_cover), bounds=(low, high), seed=int(seed))
+    cover, labels = cmap.points, cmap.labels
+    n_comp = cmap.n_components
+
+    def label(x):
+        return cmap.labels_of(x).clamp_min(0)
+
     volumes, vol_err = tube_volumes(manifold, (low, high), label, n_comp, eps, n_points, n_rep,
                                     seed)
     gen = torch.Generator().manual_seed(int(seed))
