@@ -25,7 +25,7 @@ from ..learning.trainer import Trainer
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, padded_box
 from ..sampling.transitions import ComponentJump
-from .energy_nets import EnergyMLP
+from .energy_nets import AnchoredVMFEnergy, EnergyMLP
 from .normalization import (
     LogPartition,
     ais_log_partition,
@@ -40,6 +40,15 @@ __all__ = ["EnergyModel", "ConstrainedEBM", "contrastive_divergence_loss"]
 
 _SAMPLERS = ("langevin", "mala", "hmc")
 _CHECKPOINT_KIND = "ConstrainedEBM"
+_ENERGIES = {"EnergyMLP": EnergyMLP, "AnchoredVMFEnergy": AnchoredVMFEnergy}
+
+
+def _is_unit_sphere(manifold):
+    from .normalization import _sphere_params
+
+    params = _sphere_params(manifold)
+    return (params is not None and params[0] == 2 and manifold.ambient_dim == 3
+            and float(params[1]) == 1.0 and float(torch.as_tensor(params[2]).abs().max()) == 0.0)
 
 
 def contrastive_divergence_loss(e_pos, e_neg, beta):
@@ -364,7 +373,14 @@ class ConstrainedEBM(EnergyModel):
         self._quadrature = None
         self._normalizer = None
         self._components = None
+        self._label_tree = None
+        self.component_log_weights_ = None
+        self._train_labels = None
+        self._fitted = False
         super().__init__(energy_net, **kwargs)
+        if hasattr(self.energy_net, "set_anchors") and not _is_unit_sphere(self.manifold):
+            raise ValueError(f"{type(self.energy_net).__name__} lives on the unit 2-sphere, "
+                             f"not on {self.manifold!r}")
         if method == "mle" and not self._has_quadrature():
             raise NotImplementedError(
                 f"method='mle' needs a quadrature of {self.manifold!r} for log Z (dimension "
@@ -379,10 +395,9 @@ class ConstrainedEBM(EnergyModel):
         """Box of the quadrature on a learned manifold (None: analytic rule or none)."""
         if self.quadrature_bounds is not None:
             return self.quadrature_bounds
-        box = self.manifold.bounds if self.manifold.bounds is not None else self._box
-        if box is None:
+        if self.manifold.bounds is None:
             return None
-        lo, hi = (torch.as_tensor(b, dtype=DTYPE) for b in box)
+        lo, hi = (torch.as_tensor(b, dtype=DTYPE) for b in self.manifold.bounds)
         pad = 0.25 * (hi - lo)
         return lo - pad, hi + pad
 
@@ -422,7 +437,7 @@ class ConstrainedEBM(EnergyModel):
 
     # -------------------------------------------------------- normalisation
     def normalizer(self):
-        """``log Z`` with its error and the mass of each connected component.
+        """``log Z`` of the energy network with its error and each component's share.
 
         Quadrature (error: the difference from the half-resolution rule) where
         one exists, else annealed importance sampling (error: one standard
@@ -433,7 +448,7 @@ class ConstrainedEBM(EnergyModel):
         LogPartition
         """
         if self._normalizer is None:
-            energy = self._energy_fn
+            energy = self.energy_net
             with torch.no_grad():
                 if self._has_quadrature():
                     rule = self.quadrature()
@@ -444,24 +459,59 @@ class ConstrainedEBM(EnergyModel):
                 else:
                     box = self._quadrature_box()
                     if box is None:
-                        raise RuntimeError("call fit first (the box comes from the data)")
+                        raise NotImplementedError(
+                            f"log Z on {self.manifold!r} needs a box: pass quadrature_bounds "
+                            "(or a manifold with bounds)")
                     kwargs = dict(step_size=self.step_size, seed=self.seed)
                     kwargs.update(self.ais)
                     self._normalizer = ais_log_partition(self.manifold, energy, box, **kwargs)
         return self._normalizer
 
     def log_partition(self):
-        """``log Z`` (float); see :meth:`normalizer` for its error."""
+        """``log Z`` of the energy network (float); see :meth:`normalizer` for its error."""
         return self.normalizer().value
 
     def component_mass(self):
-        """Probability mass of each connected component of M, shape (C,)."""
+        """Probability mass of each connected component of M, shape (C,).
+
+        The learned component weights where maximum likelihood fitted them
+        (several components with a quadrature), else each component's share
+        of ``Z``.
+        """
+        if self.component_log_weights_ is not None:
+            return self.component_log_weights_.exp().cpu()
         return self.normalizer().component_mass
+
+    def _offsets(self, x):
+        """``log Z_c - log w_c`` at the component ``c`` of each point (0 without weights)."""
+        if self.component_log_weights_ is None:
+            return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        comp = self.normalizer().component_log_z.to(x) - self.component_log_weights_.to(x)
+        return comp[self._label(x)]
+
+    def energy(self, x):
+        """The model's energy ``E(x)``, shape ``(...,)``: ``p = exp(-E)`` up to ``log Z``.
+
+        With learned component weights ``w_c`` it includes the offsets
+        ``log Z_c - log w_c`` of the energy network on each component, so that
+        ``exp(-E)`` is the normalised density itself.
+        """
+        x = as_points(x, self.dim, "x").to(self._param())
+        flat = x.reshape(-1, self.dim)
+        with torch.no_grad():
+            return (self.energy_net(flat) + self._offsets(flat)).reshape(x.shape[:-1])
+
+    def _energy_fn(self, x):
+        # Called by samplers, which differentiate with respect to x only (the
+        # offsets are constant on each component).
+        return self.energy_net(x) + self._offsets(x.detach())
 
     def log_prob(self, x, normalized=True):
         """Log density w.r.t. the volume of M: ``-E(x) - log Z`` (``-E(x)`` if not ``normalized``)."""
         out = -self.energy(x)
-        return out - self.log_partition() if normalized else out
+        if not normalized or self.component_log_weights_ is not None:
+            return out  # with component weights -E is normalised already
+        return out - self.log_partition()
 
     def nll(self, X):
         """Mean held-out negative log-likelihood (nats, w.r.t. the volume of M)."""
@@ -471,6 +521,37 @@ class ConstrainedEBM(EnergyModel):
     def _uses_pcd(self):
         return self.resolved_method() == "pcd"
 
+    def _label(self, x):
+        """Component of points on M: that of the nearest quadrature node."""
+        if self._label_tree is None:
+            from scipy.spatial import cKDTree
+
+            rule = self.quadrature()
+            self._label_tree = (cKDTree(rule.points.detach().cpu().numpy()), rule.labels.cpu())
+        tree, labels = self._label_tree
+        idx = torch.as_tensor(tree.query(x.detach().cpu().numpy())[1])
+        return labels[idx].to(x.device)
+
+    def _setup_components(self, X):
+        """Maximum-likelihood component weights (Jeffreys-smoothed data shares).
+
+        The likelihood separates: ``sum_i log w_{c_i} + log p(x_i | c_i)``, so
+        the weights' estimate is closed-form (each component's data share, with
+        half a pseudo-count so that a piece without data keeps a little mass)
+        and the energy is fitted to the conditional likelihoods.
+        """
+        self.component_log_weights_ = self._train_labels = None
+        self._label_tree = None
+        if self._uses_pcd() or hasattr(self.energy_net, "loo_energy"):
+            return
+        rule = self.quadrature()
+        if rule.n_components < 2:
+            return
+        labels = self._label(X)
+        counts = torch.bincount(labels, minlength=rule.n_components).to(X.dtype) + 0.5
+        self.component_log_weights_ = (counts / counts.sum()).log()
+        self._train_labels = labels
+
     def _log_z_tensor(self):
         """Differentiable ``log Z``: the energy's own adapted rule, else the manifold's."""
         if hasattr(self.energy_net, "log_partition"):
@@ -478,19 +559,25 @@ class ConstrainedEBM(EnergyModel):
         return log_partition(self.energy_net, self.quadrature())
 
     def _training_data(self, X):
-        # An energy anchored at the training points is trained leave-one-out.
-        if hasattr(self.energy_net, "loo_energy") and not self._uses_pcd():
+        # Anchored energies are trained leave-one-out, component weights need
+        # each point's component: both look rows up.
+        if not self._uses_pcd() and (hasattr(self.energy_net, "loo_energy")
+                                     or self.component_log_weights_ is not None):
             return X, torch.arange(X.shape[0], device=X.device)
         return X
 
     def _direct_loss(self, X, rows=None):
         # Exact NLL: mean E(x+) + log Z(theta), log Z by differentiable quadrature;
-        # anchored energies see the training points without their own kernel.
-        if rows is not None:
-            energy = self.energy_net.loo_energy(X, rows)
-        else:
-            energy = self.energy_net(X)
-        return energy.mean() + self._log_z_tensor()
+        # anchored energies see the training points without their own kernel;
+        # with component weights: sum_i E(x_i) + log Z_{c_i} - log w_{c_i}.
+        anchored = rows is not None and hasattr(self.energy_net, "loo_energy")
+        energy = self.energy_net.loo_energy(X, rows) if anchored else self.energy_net(X)
+        if self.component_log_weights_ is None:
+            return energy.mean() + self._log_z_tensor()
+        labels = self._train_labels[rows] if rows is not None else self._label(X)
+        comp = component_log_partitions(self.energy_net, self.quadrature())
+        return (energy.mean() + comp[labels].mean()
+                - self.component_log_weights_.to(comp)[labels].mean())
 
     def _validation_loss(self, X_val):
         # The held-out NLL, for PCD as well, wherever log Z has a quadrature.
@@ -549,7 +636,8 @@ class ConstrainedEBM(EnergyModel):
         cls = self._sampler_class(sampler)
         # A plain EnergyMLP hands its layers over, so that the samplers take the
         # exact graph-free gradient (numerics.mlp); other networks use autograd.
-        plain = type(self.energy_net) is EnergyMLP and self.energy_net.features is None
+        plain = (type(self.energy_net) is EnergyMLP and self.energy_net.features is None
+                 and self.component_log_weights_ is None)
         energy = self.energy_net.net if plain else self._energy_fn
         kwargs = {"moves": moves} if moves else {}
         return cls(self.manifold, energy, step_size=step_size, seed=seed, **kwargs)
@@ -560,10 +648,9 @@ class ConstrainedEBM(EnergyModel):
         self._box = padded_box(X, 0.1, min_width=1e-3)
         if hasattr(self.energy_net, "set_anchors"):
             self.energy_net.set_anchors(X)
+        self._setup_components(X)
         self._data = X if self.chain_init == "data" else None
         self._normalizer = None
-        if self.quadrature_bounds is None and self.manifold.bounds is None:
-            self._quadrature = self._components = None  # its box comes from these data
         if self._uses_pcd():
             self._chain_sampler = self._make_sampler(self.sampler, self.step_size, self.seed,
                                                      self._moves())
@@ -571,6 +658,7 @@ class ConstrainedEBM(EnergyModel):
     def _fit(self, X, X_val=None):
         super()._fit(X, X_val)
         self._normalizer = None  # the energy changed
+        self._fitted = True
 
     def _init_chains(self, n, max_rounds=50):
         if self._box is None:
@@ -642,7 +730,7 @@ class ConstrainedEBM(EnergyModel):
         n_samples = int(n_samples)
         seed = self.seed + 1 if seed is None else int(seed)
         if init is None:
-            if self.buffer_ is None and self._box is None and not self._has_quadrature():
+            if not self._fitted:
                 raise RuntimeError("call fit first, or pass init points on the manifold")
             gen = torch.Generator().manual_seed(seed)
             if self._has_quadrature():
@@ -718,19 +806,21 @@ class ConstrainedEBM(EnergyModel):
                 "seed": self.seed}
 
     def save(self, path):
-        """Save the energy network, hyper-parameters, data box and buffer.
+        """Save the energy network, hyper-parameters, data box, buffer and component weights.
 
         The file is the library's atomic, weights-only checkpoint
-        (:mod:`implicit_geom.learning.checkpoint`); only :class:`EnergyMLP`
-        energies can be rebuilt by :meth:`load`.
+        (:mod:`implicit_geom.learning.checkpoint`). :class:`EnergyMLP` and
+        :class:`AnchoredVMFEnergy` energies can be rebuilt by :meth:`load`.
         """
-        if type(self.energy_net) is not EnergyMLP:
-            raise TypeError("save supports EnergyMLP energies only")
-        config = {"ambient_dim": self.dim, "net": self.energy_net.config(),
+        kind = type(self.energy_net).__name__
+        if kind not in _ENERGIES or type(self.energy_net) is not _ENERGIES[kind]:
+            raise TypeError(f"save supports {', '.join(_ENERGIES)} energies, not {kind}")
+        config = {"ambient_dim": self.dim, "energy": kind, "net": self.energy_net.config(),
                   "hyper": self._hyper()}
         payload = {"state_dict": self.energy_net.state_dict(),
                    "box": None if self._box is None else torch.stack(self._box),
-                   "buffer": self.buffer_}
+                   "buffer": self.buffer_,
+                   "component_log_weights": self.component_log_weights_}
         save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
 
     @classmethod
@@ -751,7 +841,14 @@ class ConstrainedEBM(EnergyModel):
                 f"has {manifold.ambient_dim}")
         try:
             cfg = dict(config["net"])
-            net = EnergyMLP(cfg.pop("dim"), hidden=tuple(cfg.pop("hidden")), **cfg)
+            kind = config.get("energy", "EnergyMLP")
+            if kind == "EnergyMLP":
+                net = EnergyMLP(cfg.pop("dim"), hidden=tuple(cfg.pop("hidden")), **cfg)
+            else:
+                net = _ENERGIES[kind](**cfg)
+                state = record["state_dict"]
+                net.anchors, net.log_d, net.phase = (state["anchors"], state["log_d"],
+                                                     state["phase"])
             net.load_state_dict(record["state_dict"])
             model = cls(manifold, net, **config["hyper"])
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
@@ -759,4 +856,6 @@ class ConstrainedEBM(EnergyModel):
         if record["box"] is not None:
             model._box = (record["box"][0], record["box"][1])
         model.buffer_ = record["buffer"]
+        model.component_log_weights_ = record.get("component_log_weights")
+        model._fitted = True
         return model

@@ -124,9 +124,9 @@ class AnchoredVMFEnergy(nn.Module):
 
     ``Z = int q exp(-g) dA`` is computed exactly for ``g = 0`` (``Z = 1``) and
     to quadrature accuracy otherwise by a rule adapted to ``q``
-    (:meth:`log_partition`): per anchor, Gauss-Legendre nodes in the vMF
-    quantile of ``mu.x`` (inverse CDF in closed form) times a trapezoid in
-    azimuth, plus a Gauss-Legendre x trapezoid rule for the floor. Training
+    (:meth:`log_partition`): per anchor, Gauss-Laguerre nodes in
+    ``1 - a_j.x`` scaled by ``1 / kappa_j`` times a trapezoid in azimuth,
+    plus a Gauss-Legendre x trapezoid rule for the floor. Training
     on the anchors themselves uses the leave-one-out mixture
     (:meth:`loo_energy`), so ``c`` is fitted by leave-one-out likelihood.
 
@@ -227,20 +227,35 @@ class AnchoredVMFEnergy(nn.Module):
         return self.net(x) - self._log_q(x, exclude=idx)
 
     def _nodes(self, n_u, n_phi):
-        """Nodes of the adapted rule and the ``q``-mass each stands for."""
+        """Nodes of the adapted rule and the ``q``-mass each stands for.
+
+        Along ``t = 1 - mu.x`` a vMF kernel has the density
+        ``kappa exp(-kappa t) / (1 - exp(-2 kappa))`` on ``[0, 2]``, and the
+        azimuthal mean of a smooth function is smooth in ``t``: Gauss-Laguerre
+        nodes ``t = xi / kappa`` integrate it (the tail beyond ``t = 2`` has
+        mass ``exp(-2 kappa)``, negligible once ``2 kappa`` exceeds the largest
+        node), Gauss-Legendre on ``[0, 2]`` with the density as weight for
+        broad kernels; the trapezoid rule (random phase per kernel) in azimuth.
+        """
         kappa = self._kappa()
-        u, wu = np.polynomial.legendre.leggauss(n_u)
-        u = torch.as_tensor(0.5 * (u + 1), dtype=torch.float64, device=kappa.device)
-        wu = torch.as_tensor(0.5 * wu, dtype=torch.float64, device=kappa.device)
-        # Quantiles of w = mu.x under vMF(kappa): 1 + log(u + (1 - u) exp(-2 kappa)) / kappa.
-        w = 1 + torch.log1p(u[None] * torch.expm1(-2 * kappa[:, None])) / kappa[:, None]
-        w = w.clamp(-1.0, 1.0)
+        dev = kappa.device
+        xi, w_lag = (torch.as_tensor(v, dtype=torch.float64, device=dev)
+                     for v in np.polynomial.laguerre.laggauss(n_u))
+        x, w_leg = (torch.as_tensor(v, dtype=torch.float64, device=dev)
+                    for v in np.polynomial.legendre.leggauss(n_u))
+        broad = (2 * kappa < 1.5 * float(xi[-1]))[:, None]
+        t_leg = (1 + x)[None].expand(kappa.shape[0], n_u)
+        dens = kappa[:, None] * torch.exp(-kappa[:, None] * t_leg) / (-torch.expm1(-2 * kappa))[:, None]
+        t = torch.where(broad, t_leg, xi[None] / kappa[:, None])
+        wt = torch.where(broad, w_leg[None] * dens,
+                         (w_lag / 1.0)[None] / (-torch.expm1(-2 * kappa))[:, None])
+        w = (1 - t).clamp(-1.0, 1.0)
         phi = self.phase[:, None] + torch.arange(n_phi, dtype=torch.float64,
-                                                 device=kappa.device) * (2 * math.pi / n_phi)
+                                                 device=dev) * (2 * math.pi / n_phi)
         a = self.anchors
         helper = torch.where((a[:, :1].abs() < 0.9), torch.tensor([1.0, 0, 0], dtype=a.dtype,
-                                                                    device=a.device),
-                             torch.tensor([0, 1.0, 0], dtype=a.dtype, device=a.device))
+                                                                    device=dev),
+                             torch.tensor([0, 1.0, 0], dtype=a.dtype, device=dev))
         e1 = helper - (helper * a).sum(-1, keepdim=True) * a
         e1 = e1 / e1.norm(dim=-1, keepdim=True)
         e2 = torch.linalg.cross(a, e1)
@@ -249,13 +264,12 @@ class AnchoredVMFEnergy(nn.Module):
                + rho[:, :, None, None] * (phi.cos()[:, None, :, None] * e1[:, None, None, :]
                                           + phi.sin()[:, None, :, None] * e2[:, None, None, :]))
         f = self.floor()
-        mass = ((1 - f) / a.shape[0] * wu[None, :, None] / n_phi).expand(
-            a.shape[0], n_u, n_phi)
+        mass = ((1 - f) / a.shape[0] * wt[:, :, None] / n_phi).expand(a.shape[0], n_u, n_phi)
         from .normalization import sphere_quadrature
 
         bg = sphere_quadrature(max(n_u * 8, 8), max(n_phi * 16, 16))
-        bg_pts = bg.points.to(a.device)
-        bg_mass = f * bg.weights.to(a.device) / (4 * math.pi)
+        bg_pts = bg.points.to(dev)
+        bg_mass = f * bg.weights.to(dev) / (4 * math.pi)
         return (torch.cat([pts.reshape(-1, 3), bg_pts]),
                 torch.cat([mass.reshape(-1), bg_mass]))
 
