@@ -12,6 +12,7 @@ import math
 import torch
 
 from ..exceptions import CheckpointError
+from ..sampling.ambient import BoxLangevin
 from .mdf import constraint_norm
 
 
@@ -86,13 +87,9 @@ class LangevinNegativeSampler:
         restart = torch.rand(self.n_negatives, dtype=x.dtype, device=x.device,
                              generator=self.generator) < self.reinit_prob
         x = torch.where(restart[:, None], self.uniform(self.n_negatives), x)
-        for _ in range(self.steps):
-            with torch.enable_grad():
-                x = x.detach().requires_grad_(True)
-                energy = constraint_norm(f(x), self.norm).sum()
-                (grad,) = torch.autograd.grad(energy, x)
-            xi = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=self.generator)
-            x = (x.detach() - self.eps * grad + self.noise * xi).clamp(self.low, self.high)
+        chains = BoxLangevin(lambda y: constraint_norm(f(y), self.norm), self.low, self.high,
+                             self.eps, self.noise, self.generator)
+        x = chains.run(x, self.steps)
         self.buffer[idx] = x
         return x
 

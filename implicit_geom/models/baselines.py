@@ -194,7 +194,7 @@ class ManifoldKDE:
     def _log_kernel(self, x, anchors, kappa):
         """Unnormalised log kernels, shape (Q, N) (kappa scalar or per anchor (N,))."""
         if self.kind == "torus":
-            R = self.manifold.major_radius
+            R = float(self.manifold.major_radius)
             phi_x, th_x = _torus_angles(x, R)
             phi_a, th_a = _torus_angles(anchors, R)
             return kappa * (np.cos(phi_x[:, None] - phi_a[None]) - 1
@@ -206,7 +206,7 @@ class ManifoldKDE:
         """``log`` of the torus area element (the angle kernels are densities in angles)."""
         if self.kind != "torus":
             return 0.0
-        R, r = self.manifold.major_radius, self.manifold.minor_radius
+        R, r = float(self.manifold.major_radius), float(self.manifold.minor_radius)
         _, theta = _torus_angles(x, R)
         return -np.log(r * (R + r * np.cos(theta)))
 
@@ -356,14 +356,14 @@ class VonMisesFisherMixture:
         if self.kind == "sphere":
             u = (X - self.center) / self.radius
             return [u / np.linalg.norm(u, axis=1, keepdims=True)]
-        phi, theta = _torus_angles(X, self.manifold.major_radius)
+        phi, theta = _torus_angles(X, float(self.manifold.major_radius))
         return [np.stack([np.cos(phi), np.sin(phi)], 1), np.stack([np.cos(theta), np.sin(theta)], 1)]
 
     def _log_base(self, X):
         """``log`` of the volume change from the unit factors to M (radius, torus area)."""
         if self.kind == "sphere":
             return -(X.shape[1] - 1) * math.log(self.radius)
-        R, r = self.manifold.major_radius, self.manifold.minor_radius
+        R, r = float(self.manifold.major_radius), float(self.manifold.minor_radius)
         _, theta = _torus_angles(X, R)
         return -np.log(r * (R + r * np.cos(theta)))
 

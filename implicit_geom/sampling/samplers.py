@@ -16,12 +16,11 @@ import time
 
 import torch
 from ..exceptions import InvalidPointError, ProjectionError
-from ..metrics import effective_sample_size
 from ..numerics.linalg import tangent_projector
 from ..numerics.validation import as_points
 from ..progress import Progress
 from .adaptation import DualAveragingStepSize
-from .diagnostics import SamplerInfo
+from .diagnostics import SamplerInfo, effective_sample_size
 from .integrators import SolverOptions, StepStatus, rattle_step
 from .targets import ConstrainedTarget
 
