@@ -117,8 +117,12 @@ class PushforwardEBM:
         self.history_ = None
         self.latent_shift_ = self.latent_scale_ = None
 
-    def fit(self, X):
-        """Train the autoencoder, then the latent EBM on the codes. Returns self."""
+    def fit(self, X, X_val=None):
+        """Train the autoencoder, then the latent EBM on the codes. Returns self.
+
+        With validation points, the latent EBM keeps the weights of its best
+        exact latent NLL on their codes (early stopping per its ``patience``).
+        """
         X = _check_data(X, self.ambient_dim)
         ae_loss = self.autoencoder.fit(X, self.ae_iter, self.ae_lr, self.ae_batch_size,
                                        self.seed, self.progress)
@@ -126,7 +130,12 @@ class PushforwardEBM:
             codes = self.autoencoder.encoder(X)
         self.latent_shift_ = codes.mean(0)
         self.latent_scale_ = codes.std(0).clamp_min(1e-12)
-        self.latent_ebm.fit((codes - self.latent_shift_) / self.latent_scale_)
+        val = None
+        if X_val is not None:
+            with torch.no_grad():
+                val = (self.autoencoder.encoder(_check_data(X_val, self.ambient_dim, "X_val"))
+                       - self.latent_shift_) / self.latent_scale_
+        self.latent_ebm.fit((codes - self.latent_shift_) / self.latent_scale_, val)
         self.history_ = {"ae_loss": ae_loss, **self.latent_ebm.history_}
         return self
 
