@@ -13,6 +13,7 @@ by exact maximum likelihood (``method="mle"``).
 
 import functools
 import itertools
+import math
 import warnings
 
 import torch
@@ -331,6 +332,11 @@ class ConstrainedEBM(EnergyModel):
     ais : dict, optional
         Settings of :func:`~implicit_geom.models.normalization.ais_log_partition`
         where no quadrature exists.
+    max_log_z_error : float
+        Largest estimated error of ``log Z`` (fine minus coarse rule) that
+        validation accepts: states beyond it are never selected by early
+        stopping, and :meth:`normalizer` warns about them (raise
+        ``quadrature_resolution``).
     **kwargs
         Settings of :class:`EnergyModel` (``beta``, ``lr``, ``n_iter``,
         ``batch_size``, ``buffer_size``, ``n_mcmc_steps``, ``step_size``,
@@ -347,7 +353,7 @@ class ConstrainedEBM(EnergyModel):
     def __init__(self, manifold, energy_net=None, *, method="auto", sampler="langevin",
                  quadrature_resolution=128, quadrature_bounds=None, chain_init="noise",
                  hidden=(64, 64), fourier=0, max_frequency=8.0, jumps="auto", jump_scale=None,
-                 ais=None, **kwargs):
+                 ais=None, max_log_z_error=0.01, **kwargs):
         self.manifold = as_implicit(manifold)
         if energy_net is None:
             energy_net = EnergyMLP(self.manifold.ambient_dim, hidden=hidden,
@@ -368,6 +374,7 @@ class ConstrainedEBM(EnergyModel):
         self.jumps = jumps
         self.jump_scale = None if jump_scale is None else float(jump_scale)
         self.ais = dict(ais or {})
+        self.max_log_z_error = float(max_log_z_error)
         self._data = None
         self._box = None
         self._quadrature = None
@@ -456,6 +463,12 @@ class ConstrainedEBM(EnergyModel):
                     self._normalizer = LogPartition(
                         float(torch.logsumexp(comp, 0)), log_partition_error(energy, rule),
                         comp.cpu(), method=rule.method)
+                    if self._normalizer.error > self.max_log_z_error:
+                        warnings.warn(
+                            f"log Z of the energy is resolved only to "
+                            f"{self._normalizer.error:.2g} by the {rule.method} rule "
+                            f"({rule.points.shape[0]} nodes): the density is sharper than the "
+                            "nodes; raise quadrature_resolution", RuntimeWarning, stacklevel=2)
                 else:
                     box = self._quadrature_box()
                     if box is None:
@@ -579,11 +592,25 @@ class ConstrainedEBM(EnergyModel):
         return (energy.mean() + comp[labels].mean()
                 - self.component_log_weights_.to(comp)[labels].mean())
 
+    def _log_z_error(self):
+        """Current error estimate of ``log Z`` (fine minus coarse rule), no graph."""
+        with torch.no_grad():
+            if hasattr(self.energy_net, "log_partition"):
+                return abs(float(self.energy_net.log_partition())
+                           - float(self.energy_net.log_partition(coarse=True)))
+            return log_partition_error(self.energy_net, self.quadrature())
+
     def _validation_loss(self, X_val):
         # The held-out NLL, for PCD as well, wherever log Z has a quadrature.
+        # A state whose log Z the rule no longer resolves (an energy sharper
+        # than the node spacing lowers the quadrature's log Z: maximum
+        # likelihood can exploit that) scores inf, so early stopping never
+        # selects it.
         if not self._has_quadrature():
             raise NotImplementedError(
                 f"validation needs a quadrature of {self.manifold!r} for log Z")
+        if self._log_z_error() > self.max_log_z_error:
+            return math.inf
         with torch.no_grad():
             return float(self._direct_loss(X_val))
 
@@ -730,7 +757,7 @@ class ConstrainedEBM(EnergyModel):
         n_samples = int(n_samples)
         seed = self.seed + 1 if seed is None else int(seed)
         if init is None:
-            if not self._fitted:
+            if not self._fitted and self.buffer_ is None:
                 raise RuntimeError("call fit first, or pass init points on the manifold")
             gen = torch.Generator().manual_seed(seed)
             if self._has_quadrature():
@@ -797,6 +824,7 @@ class ConstrainedEBM(EnergyModel):
                 "quadrature_bounds": None if self.quadrature_bounds is None else
                 [b.tolist() for b in self.quadrature_bounds],
                 "jumps": self.jumps, "jump_scale": self.jump_scale, "ais": self.ais,
+                "max_log_z_error": self.max_log_z_error,
                 "beta": self.beta, "lr": self.lr, "lr_floor": self.lr_floor,
                 "n_iter": self.n_iter,
                 "batch_size": self.batch_size, "buffer_size": self.buffer_size,
