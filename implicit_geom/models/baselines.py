@@ -135,6 +135,9 @@ class ManifoldKDE:
         Neighbour ranks tried by the adaptive kernel.
     floors : sequence of float
         Uniform weights tried by the adaptive kernel.
+    min_distance : float
+        Floor of the neighbour distances (duplicated points have ``d_k = 0``),
+        which caps the adaptive concentrations.
     quadrature_resolution : int
         Rule for the normalisers on manifolds without a closed form.
     chunk_size : int
@@ -150,7 +153,8 @@ class ManifoldKDE:
     """
 
     def __init__(self, manifold, kappa=None, kappas=KAPPA_GRID, adaptive=False, ks=(3, 5, 10, 20),
-                 floors=(0.0, 0.01, 0.05), quadrature_resolution=256, chunk_size=2048):
+                 floors=(0.0, 0.01, 0.05), min_distance=1e-4, quadrature_resolution=256,
+                 chunk_size=2048):
         self.manifold = as_implicit(manifold)
         self.kind = _kind(self.manifold)
         if adaptive and self.kind != "spheres":
@@ -159,6 +163,7 @@ class ManifoldKDE:
         self.kappas = tuple(float(k) for k in kappas)
         self.adaptive = bool(adaptive)
         self.ks, self.floors = tuple(int(k) for k in ks), tuple(float(f) for f in floors)
+        self.min_distance = float(min_distance)
         self.quadrature_resolution = int(quadrature_resolution)
         self.chunk_size = int(chunk_size)
         self.params_ = None
@@ -262,8 +267,8 @@ class ManifoldKDE:
         for k in self.ks:
             if k >= X.shape[0]:
                 continue
-            # Duplicated points have d_k = 0; a floor at 1e-6 of the data's spread caps kappa.
-            d = np.maximum(dist[:, k], 1e-6 * X.std(0).mean())
+            # Duplicated points have d_k = 0: the floor caps kappa (as in AnchoredVMFEnergy).
+            d = np.maximum(dist[:, k], self.min_distance)
             for c in self.kappas[: len(self.kappas) // 2 + 1]:
                 kappa = c / d**2
                 norm = self._log_norm(X, kappa, paired=True)
@@ -295,7 +300,7 @@ class ManifoldKDE:
 
         p = self.params_
         d = cKDTree(self.anchors_).query(self.anchors_, k=p["k"] + 1)[0][:, p["k"]]
-        kappa = p["c"] / np.maximum(d, 1e-6 * self.anchors_.std(0).mean()) ** 2
+        kappa = p["c"] / np.maximum(d, self.min_distance) ** 2
         norm = self._log_norm(self.anchors_, kappa, paired=True)
         return torch.as_tensor(self._log_density(x, self.anchors_, kappa, norm, p["floor"]),
                                dtype=DTYPE)
