@@ -166,6 +166,10 @@ class ImplicitManifold(nn.Module, LevelSet):
         """Hessian of ``lam . F`` at x, shape (B, n, n)."""
         return autodiff.lagrangian_hessian(self._value, x, lam)
 
+    def _hessians(self, x):
+        """Hessian of each constraint, shape (B, k, n, n) (curvature needs all k)."""
+        return autodiff.hessians(self._value, x)
+
     # ---------------------------------------------------------------- helpers
     def default_metric(self):
         """Induced (pull-back of the Euclidean) metric."""

@@ -87,3 +87,24 @@ def lagrangian_hessian(f, x, lam):
                                     allow_unused=True)[0] for j in range(n)]
     rows = [torch.zeros_like(x) if r is None else r for r in rows]
     return torch.stack(rows, dim=-2)
+
+
+def hessians(f, x):
+    """Per-constraint Hessians ``d^2 F_i / dx dx`` at each point, shape (B, k, n, n).
+
+    ``torch.func`` (``vmap(jacfwd(jacrev(f)))``: one vectorised forward-over-
+    reverse pass) for functions it can trace; others (in-place updates, data-
+    dependent Python control flow) fall back to a loop of double-backward passes.
+    """
+    def single(point):
+        return f(point.unsqueeze(0)).squeeze(0)
+
+    with torch.no_grad():
+        try:
+            return torch.func.vmap(torch.func.jacfwd(torch.func.jacrev(single)))(x)
+        except (RuntimeError, NotImplementedError, ValueError):
+            pass
+    k = f(x[:1]).shape[-1]
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    return torch.stack([lagrangian_hessian(f, x, eye[i].expand(x.shape[0], k))
+                        for i in range(k)], dim=1)
