@@ -23,6 +23,8 @@ from ..numerics.linalg import gram_solve, tangent_basis, tangent_projector
 from ..numerics.newton import newton_min_norm
 from ..numerics.ode import GBSIntegrator, n_macro_steps
 from ..numerics.validation import as_points
+from . import ift
+from .ift import needs_grad
 from .implicit import _dtype_of
 
 
@@ -148,12 +150,21 @@ class ImplicitMetric(RiemannianMetric):
         """
         space = self._space
         x, v, batch = space._pair(base_point, tangent_vec, ("base_point", "tangent_vec"))
-        with torch.no_grad():
-            _, jac = space._value_and_jacobian(x)
-            v = tangent_projector(jac, v)
-            x1, v1 = self._flow(x, v)
-            x1, _ = self._land(x1, v1)
+        if needs_grad(x, v):  # derivative of the flow, not of the integrator's steps
+            x1 = ift.Exp.apply(self, x, v)
+        else:
+            with torch.no_grad():
+                x1 = self._exp_flat(x, self._project_tangent(x, v))
         return x1.reshape(*batch, space.ambient_dim).to(_dtype_of(tangent_vec, base_point))
+
+    def _project_tangent(self, x, v):
+        """``P_x v`` for flat batches."""
+        return tangent_projector(self._space._jacobian(x), v)
+
+    def _exp_flat(self, x, v):
+        """exp of flat batches with tangent ``v`` (no autograd)."""
+        x1, v1 = self._flow(x, v)
+        return self._land(x1, v1)[0]
 
     def _flow_jacobian(self, x, a, basis, eps=None):
         """``d x(1) / d a`` for ``v = basis a`` by central differences, shape (B, n, m).
@@ -202,8 +213,20 @@ class ImplicitMetric(RiemannianMetric):
                     f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
                     f"connected components of {space.name}; no geodesic joins them "
                     "(their distance is +inf).", mask=apart.reshape(batch))
-            v = self._shoot(x, y)
+        if needs_grad(x, y):  # implicit-function gradient of exp_x(v) = y
+            v = ift.Log.apply(self, x, y)
+        else:
+            with torch.no_grad():
+                v = self._solve_log(x, y)
         return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
+
+    def _solve_log(self, x, y):
+        """The log solve proper (flat batches, no autograd, same component).
+
+        Pluggable: gradients (:class:`~implicit_geom.manifolds.ift.Log`) need
+        only its converged result.
+        """
+        return self._shoot(x, y)
 
     def _apart(self, x, y):
         """Which pairs of flat points lie on different components (None: not known).
@@ -283,23 +306,43 @@ class ImplicitMetric(RiemannianMetric):
         return (basis @ a.unsqueeze(-1)).squeeze(-1)
 
     def squared_dist(self, point_a, point_b):
-        """Squared geodesic distance, shape ``(...,)`` (+inf across components)."""
-        return self.dist(point_a, point_b) ** 2
+        """Squared geodesic distance, shape ``(...,)`` (+inf across components).
+
+        Differentiable (``2 log`` is smooth where the distance vanishes, unlike
+        the distance itself).
+        """
+        return self._dist(point_a, point_b, squared=True)
 
     def dist(self, point_a, point_b):
         """Geodesic distance, shape ``(...,)``; +inf between points on different
-        connected components."""
+        connected components. Differentiable: the gradient in ``point_a`` is
+        ``-log_a(b) / d`` (implicit-function gradient of the log solve)."""
+        return self._dist(point_a, point_b, squared=False)
+
+    def _dist(self, point_a, point_b, squared):
         space = self._space
         a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
         dtype = _dtype_of(point_a, point_b)
         with torch.no_grad():
             apart = self._apart(a, b)
-        out = torch.full((a.shape[0],), torch.inf, dtype=a.dtype, device=a.device)
-        rows = (slice(None) if apart is None else (~apart).nonzero().squeeze(-1))
-        if apart is None or rows.numel():
+        if apart is not None and bool(apart.any()):
+            rows = (~apart).nonzero().squeeze(-1)
+            a_rows, b_rows = a[rows], b[rows]
+        else:
+            rows, a_rows, b_rows = None, a, b
+        if a_rows.shape[0] == 0:
+            within = a.new_zeros(0)
+        elif needs_grad(a_rows, b_rows):
+            v = ift.Log.apply(self, a_rows, b_rows)
+            within = (v * v).sum(-1) if squared else torch.linalg.vector_norm(v, dim=-1)
+        else:
             with torch.no_grad():
-                out[rows] = self._shoot(a[rows], b[rows]).norm(dim=-1)
-        return out.reshape(batch).to(dtype)
+                v = self._solve_log(a_rows, b_rows)
+            within = (v * v).sum(-1) if squared else torch.linalg.vector_norm(v, dim=-1)
+        if rows is not None:  # +inf across components (out of place: keeps the graph)
+            out = torch.full((a.shape[0],), torch.inf, dtype=a.dtype, device=a.device)
+            within = out.index_put((rows,), within)
+        return within.reshape(batch).to(dtype)
 
     def _geodesic_ivp(self, initial_point, initial_tangent_vec):
         """Geodesic ``t -> exp(t v)`` as a callable (geomstats convention)."""
