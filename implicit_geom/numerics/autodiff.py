@@ -71,6 +71,9 @@ def second_directional_derivative(f, x, v):
         out = []
         for i in range(k):
             grad = torch.autograd.grad(value[:, i].sum(), xg, create_graph=True)[0]
+            if not grad.requires_grad:  # F_i affine: no second derivative
+                out.append(torch.zeros_like(v[:, 0]))
+                continue
             hv = torch.autograd.grad((grad * v).sum(), xg, retain_graph=i < k - 1,
                                      allow_unused=True)[0]
             out.append(torch.zeros_like(v[:, 0]) if hv is None else (hv * v).sum(-1))
@@ -83,6 +86,8 @@ def lagrangian_hessian(f, x, lam):
         xg = _leaf(x)
         grad = torch.autograd.grad((f(xg) * lam).sum(), xg, create_graph=True)[0]
         n = x.shape[-1]
+        if not grad.requires_grad:  # affine F: zero Hessian
+            return x.new_zeros(x.shape[0], n, n)
         rows = [torch.autograd.grad(grad[:, j].sum(), xg, retain_graph=j < n - 1,
                                     allow_unused=True)[0] for j in range(n)]
     rows = [torch.zeros_like(x) if r is None else r for r in rows]
