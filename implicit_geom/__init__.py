@@ -17,6 +17,7 @@ from .exceptions import (  # noqa: E402
     InvalidPointError,
     ProjectionError,
     SingularJacobianError,
+    TrainingDivergedError,
 )
 from .manifolds import (  # noqa: E402
     GeomstatsLevelSet,
@@ -35,6 +36,7 @@ from .manifolds import (  # noqa: E402
     union,
 )
 from .learning import NeuralImplicitManifold  # noqa: E402  (the estimator; geometry above)
+from .threads import set_threads  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -66,4 +68,6 @@ __all__ = [
     "InvalidPointError",
     "ProjectionError",
     "SingularJacobianError",
+    "TrainingDivergedError",
+    "set_threads",
 ]

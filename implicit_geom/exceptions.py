@@ -78,3 +78,7 @@ class CheckpointError(ImplicitGeomError, ValueError):
 
 class DataError(ImplicitGeomError, ValueError):
     """A data file or array is malformed (bad rows, columns, values)."""
+
+
+class TrainingDivergedError(ImplicitGeomError, FloatingPointError):
+    """A training loss became NaN or infinite (the parameters stay at the last finite step)."""
