@@ -163,6 +163,17 @@ class ImplicitManifold(nn.Module, LevelSet):
         """``D^2F(x)[v, v]``, shape (B, k)."""
         return autodiff.second_directional_derivative(self._value, x, v)
 
+    def _jacobian_and_second_derivative(self, x, v):
+        """``J(x)`` and ``D^2F(x)[v, v]`` together (the geodesic acceleration).
+
+        Subclasses whose hooks are closed forms combine them; a plain callable
+        gets both from one forward and two backward passes.
+        """
+        if type(self)._second_derivative is ImplicitManifold._second_derivative and \
+                type(self)._value_and_jacobian is ImplicitManifold._value_and_jacobian:
+            return autodiff.jacobian_and_second_derivative(self._value, x, v)
+        return self._jacobian(x), self._second_derivative(x, v)
+
     def _lagrangian_hessian(self, x, lam):
         """Hessian of ``lam . F`` at x, shape (B, n, n)."""
         return autodiff.lagrangian_hessian(self._value, x, lam)

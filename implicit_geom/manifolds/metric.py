@@ -94,7 +94,7 @@ class ImplicitMetric(RiemannianMetric):
     def _acceleration(self, x, v):
         """Normal acceleration keeping a curve with velocity v on M."""
         space = self._space
-        return _normal_response(space._jacobian(x), space._second_derivative(x, v))
+        return _normal_response(*space._jacobian_and_second_derivative(x, v))
 
     def _transport_rhs(self, z):
         """Geodesic plus parallel transport: ``w' = -J^T G^{-1} D^2F[v, w]``, the

@@ -80,6 +80,45 @@ def second_directional_derivative(f, x, v):
     return torch.stack(out, dim=-1)
 
 
+def jacobian_and_second_derivative(f, x, v):
+    """``J(x)`` (B, k, n) and ``D^2F(x)[v, v]`` (B, k) in one forward and two
+    backward passes (the geodesic acceleration needs both at the same point).
+
+    One constraint: the gradient with ``create_graph`` and one more backward
+    of ``grad . v``; several: all k rows at once by a batched backward, then
+    a batched second backward of the k directional derivatives.
+    """
+    with torch.enable_grad():
+        xg = _leaf(x)
+        value = f(xg)
+        k = value.shape[-1]
+        if k == 1:
+            (grad,) = torch.autograd.grad(value, xg, torch.ones_like(value), create_graph=True)
+            jac = grad.unsqueeze(-2)
+        else:
+            eye = torch.eye(k, dtype=value.dtype, device=value.device)
+            (rows,) = torch.autograd.grad(value, xg, eye[:, None, :].expand(k, *value.shape),
+                                          create_graph=True, is_grads_batched=True)
+            jac = rows.movedim(0, -2)
+        if not jac.requires_grad:  # affine F
+            return jac.detach(), x.new_zeros(x.shape[0], k)
+        directional = (jac * v.unsqueeze(-2)).sum(-1)  # (B, k) = J v
+        if k == 1:
+            (hv,) = torch.autograd.grad(directional, xg, torch.ones_like(directional),
+                                        allow_unused=True)
+            hv = torch.zeros_like(x) if hv is None else hv
+            second = (hv * v).sum(-1, keepdim=True)
+        else:
+            eye = torch.eye(k, dtype=value.dtype, device=value.device)
+            (hvs,) = torch.autograd.grad(directional, xg,
+                                         eye[:, None, :].expand(k, *directional.shape),
+                                         is_grads_batched=True, allow_unused=True)
+            hvs = torch.zeros(k, *x.shape, dtype=x.dtype, device=x.device) if hvs is None \
+                else hvs
+            second = (hvs * v).sum(-1).t()
+    return jac.detach(), second.detach()
+
+
 def lagrangian_hessian(f, x, lam):
     """Hessian of ``lam . F`` at each point, shape (B, n, n) (n backward passes)."""
     with torch.enable_grad():
