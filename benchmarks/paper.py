@@ -463,7 +463,7 @@ def run_task(task):
     ``(name, seed, results, figures)``.
     """
     names, seed, quick, threads = task
-    torch.set_num_threads(threads)
+    implicit_geom.set_threads(threads)
     spheres = fit_spheres(seed, quick) if set(names) & set(ARITHMETIC) else None
     items = []
     for name in names:
@@ -507,7 +507,7 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2,
                         help="experiments run in parallel processes")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    implicit_geom.set_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tasks = make_tasks(args.datasets, args.seeds, args.first_seed, args.quick, args.threads)

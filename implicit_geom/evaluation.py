@@ -268,13 +268,14 @@ def w_samples(samples, test, bins=None, bounds=None):
     return discretized_wasserstein(samples, test, bins=bins, bounds=bounds)
 
 
-def evaluate_model(model, test, *, n_samples=2000, seed=0, manifold=None):
+def evaluate_model(model, test, *, n_samples=2000, seed=0, manifold=None, samples=None):
     """The CLI's metrics of a fitted constrained EBM against held-out points.
 
     Over the held-out points' box padded by 5% (99 bins per axis in 2-D, 29
     in 3-D): ``W_ours`` (the model's masses, where it has a quadrature),
     ``W_reference`` (raw ``exp(-E)`` on points covering its manifold, T = 1),
-    ``W_samples`` (``n_samples`` model samples); ``test_nll`` and its
+    ``W_samples`` (``n_samples`` model samples, or the given ``samples``);
+    ``test_nll`` and its
     ``log_z_error`` where ``log Z`` has a quadrature; each component's mass;
     the samples' ``|F|`` and the held-out points' distances to the manifold.
 
@@ -288,7 +289,8 @@ def evaluate_model(model, test, *, n_samples=2000, seed=0, manifold=None):
     dim = test.shape[1]
     low, high = padded_box(test, 0.05)
     grid = WGrid(tuple(low.tolist()), tuple(high.tolist()), bins_for(dim))
-    samples = model.sample(n_samples, seed=seed, progress=False)
+    if samples is None:
+        samples = model.sample(n_samples, seed=seed, progress=False)
     metrics = {"W_reference": w_reference(model, test, grid=grid, seed=seed),
                "W_samples": w_samples(samples, test, bounds=grid.bounds),
                "max_abs_F_samples": float(manifold.submersion(samples).abs().max())}

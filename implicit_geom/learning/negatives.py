@@ -16,6 +16,22 @@ from ..sampling.ambient import BoxLangevin
 from .mdf import constraint_norm
 
 
+def _norm_gradient(values, norm):
+    """Gradient of :func:`constraint_norm` with respect to ``F``, shape ``(B, k)``.
+
+    The same as autograd's: ``F / |F|`` (0 at F = 0) for l2, ``sign F`` for l1,
+    ``2 F`` for the squared norm.
+    """
+    if norm == "l2":
+        size = torch.linalg.vector_norm(values, dim=-1, keepdim=True)
+        return torch.where(size > 0, values / size, torch.zeros_like(values))
+    if norm == "l1":
+        return values.sign()
+    if norm == "l2_squared":
+        return 2.0 * values
+    raise ValueError(f"unknown norm {norm!r}")
+
+
 class LangevinNegativeSampler:
     """Persistent unconstrained Langevin chains on ``|F|`` inside a box.
 
@@ -69,12 +85,17 @@ class LangevinNegativeSampler:
                        device=self.low.device, generator=self.generator)
         return self.low + (self.high - self.low) * u
 
-    def sample(self, f):
+    def sample(self, f, value_and_jacobian=None):
         """Advance ``n_negatives`` buffer chains and return their new states.
 
         Parameters
         ----------
         f : callable, (B, n) -> (B, k)
+        value_and_jacobian : callable, optional
+            ``x (B, n) -> (F (B, k), J (B, k, n))`` without autograd (e.g. a
+            manifold's graph-free hook): the energy gradient ``J^T dN/dF`` is
+            then formed from it, several times cheaper than a backward pass on
+            these small batches. Default: autograd through ``f``.
 
         Returns
         -------
@@ -87,8 +108,14 @@ class LangevinNegativeSampler:
         restart = torch.rand(self.n_negatives, dtype=x.dtype, device=x.device,
                              generator=self.generator) < self.reinit_prob
         x = torch.where(restart[:, None], self.uniform(self.n_negatives), x)
-        chains = BoxLangevin(lambda y: constraint_norm(f(y), self.norm), self.low, self.high,
-                             self.eps, self.noise, self.generator)
+        energy = lambda y: constraint_norm(f(y), self.norm)  # noqa: E731
+        grad = None
+        if value_and_jacobian is not None:
+            def grad(y):
+                value, jac = value_and_jacobian(y)
+                return (jac * _norm_gradient(value, self.norm).unsqueeze(-1)).sum(-2)
+        chains = BoxLangevin(energy, self.low, self.high, self.eps, self.noise, self.generator,
+                             grad=grad)
         x = chains.run(x, self.steps)
         self.buffer[idx] = x
         return x

@@ -33,9 +33,12 @@ class BoxLangevin:
     generator : torch.Generator, optional
         Source of the noise; it draws on its own device and the noise is moved
         to the chains' device.
+    grad : callable, optional
+        ``x (B, n) -> grad E (B, n)`` without autograd (e.g. from a network's
+        graph-free Jacobian); default: autograd through ``energy``.
     """
 
-    def __init__(self, energy, low, high, drift, noise, generator=None):
+    def __init__(self, energy, low, high, drift, noise, generator=None, grad=None):
         if not callable(energy):
             raise TypeError("energy must be callable (B, n) -> (B,)")
         if not drift >= 0 or not noise >= 0:
@@ -44,6 +47,7 @@ class BoxLangevin:
         self.low, self.high = low, high
         self.drift, self.noise = float(drift), float(noise)
         self.generator = generator
+        self.grad = grad
 
     @classmethod
     def from_step(cls, energy, low, high, step_size, generator=None):
@@ -65,9 +69,12 @@ class BoxLangevin:
         """Advance the chains ``x`` (B, n) by ``n_steps`` steps; returns new (detached) states."""
         x = x.detach().clone()
         for _ in range(int(n_steps)):
-            with torch.enable_grad():
-                xg = x.requires_grad_(True)
-                (grad,) = torch.autograd.grad(self.energy(xg).sum(), xg)
+            if self.grad is not None:
+                grad = self.grad(x)
+            else:
+                with torch.enable_grad():
+                    xg = x.requires_grad_(True)
+                    (grad,) = torch.autograd.grad(self.energy(xg).sum(), xg)
             with torch.no_grad():
                 x = torch.minimum(torch.maximum(
                     x - self.drift * grad + self.noise * self._gaussian(x), self.low), self.high)
