@@ -187,7 +187,7 @@ class AnchoredVMFEnergy(nn.Module):
             idx = torch.arange(X.shape[0], device=X.device)
             best = None
             with torch.no_grad():
-                for log_c in torch.linspace(-3.0, 6.0, 37, dtype=torch.float64):
+                for log_c in torch.linspace(-3.0, 8.0, 45, dtype=torch.float64):
                     self.log_c.fill_(float(log_c))
                     loss = float(self.loo_energy(X, idx).mean())
                     if best is None or loss < best[0]:

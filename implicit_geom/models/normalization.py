@@ -712,8 +712,9 @@ def manifold_quadrature(manifold, resolution=128, bounds=None):
     resolution : int
         Exact rules: nodes along the longest angular direction (the other
         direction gets half as many). Curves: the node spacing is the box
-        diagonal over ``4 * resolution``. Surfaces: a ``resolution / 4``
-        lattice per axis, refined twice.
+        diagonal over ``4 * resolution``. Surfaces: a ``resolution / 8``
+        lattice per axis, refined twice (about 35 000 nodes on a sphere at
+        128, area error ~1e-4).
     bounds : pair of array_like, optional
         Box for learned manifolds (default ``manifold.bounds``).
 
@@ -745,7 +746,7 @@ def manifold_quadrature(manifold, resolution=128, bounds=None):
         step = float(torch.linalg.vector_norm(high - low)) / (4 * resolution)
         return traced_curve_quadrature(manifold, (low, high), step=step)
     if manifold.dim == 2 and manifold.ambient_dim == 3:
-        return surface_mesh_quadrature(manifold, bounds, grid=max(resolution // 4, 8))
+        return surface_mesh_quadrature(manifold, bounds, grid=max(resolution // 8, 8))
     raise NotImplementedError(
         f"no quadrature for {manifold!r} (dimension {manifold.dim}); use ais_log_partition "
         "(annealed importance sampling along constrained chains)")
