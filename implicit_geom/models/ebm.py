@@ -733,7 +733,8 @@ class ConstrainedEBM(EnergyModel):
         n_samples : int
         n_steps : int
         sampler : {"langevin", "mala", "hmc"} or class, optional
-            Default: the training sampler. ``"mala"``/``"hmc"`` are exact
+            Default: the training sampler of PCD models, constrained MALA for
+            maximum-likelihood ones. ``"mala"``/``"hmc"`` are exact
             (Metropolis-adjusted) and remove the step-size bias.
         step_size : float, optional
             Default: the training step size.
@@ -771,9 +772,11 @@ class ConstrainedEBM(EnergyModel):
                     init = self._init_chains(n_samples)
         else:
             init = as_points(init, self.dim, "init").reshape(-1, self.dim).to(self._param())
-        chain = self._make_sampler(self.sampler if sampler is None else sampler,
-                                   self.step_size if step_size is None else step_size, seed,
-                                   self._moves())
+        if sampler is None:
+            # Maximum-likelihood models have no training sampler: the exact one.
+            sampler = self.sampler if self._uses_pcd() else "mala"
+        chain = self._make_sampler(sampler, self.step_size if step_size is None else step_size,
+                                   seed, self._moves())
         kwargs = {} if progress is None else {"progress": progress}
         x = chain.run(init, int(n_steps), **kwargs)[0] if n_steps > 0 else init.clone()
         residual = self.manifold.submersion(x).norm(dim=-1)
