@@ -1,14 +1,18 @@
-"""Constrained energy-based models: densities ``p(x) ~ exp(-E(x))`` on a manifold.
+"""Constrained energy-based models: normalised densities ``p = exp(-E) / Z`` on a manifold.
 
 :class:`ConstrainedEBM` follows Ross et al. (2023, Sec. 4): an energy network
-on the ambient space, restricted to the manifold M, trained by persistent
-contrastive divergence (PCD) whose negative samples come from constrained
-Langevin chains on M kept in a replay buffer. Where ``log Z`` has an exact
-quadrature (circle, sphere, torus and their unions) it can instead be trained
-by exact maximum likelihood (``method="mle"``).
+on the ambient space, restricted to the manifold M. ``log Z`` (w.r.t. the
+Riemannian volume of M) comes with a checked error from
+:mod:`~implicit_geom.models.normalization`: quadrature on analytic spaces and
+on learned curves and surfaces, per connected component, annealed importance
+sampling in higher dimensions. Where the quadrature exists the model is fitted
+by exact maximum likelihood (each component's mass included); elsewhere by the
+paper's persistent contrastive divergence with constrained Langevin chains,
+which jump between components with a Metropolis-Hastings correction.
 
-:class:`EnergyModel` holds the PCD loop shared with the ambient baseline
-(:mod:`implicit_geom.models.ambient`).
+:class:`EnergyModel` holds what is shared with the ambient baseline
+(:mod:`implicit_geom.models.ambient`): the fit through the library's one
+training loop, validation and the PCD loss.
 """
 
 import functools

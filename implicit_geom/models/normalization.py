@@ -892,7 +892,7 @@ def tube_volumes(manifold, bounds, label, n_components, eps, n_points=2**16, n_r
 
 def ais_log_partition(manifold, energy, bounds=None, *, n_chains=256, n_temps=100,
                       n_mcmc=2, n_burn=200, step_size=0.3, eps=None, n_points=2**16,
-                      n_rep=4, n_cover=4000, seed=0):
+                      n_rep=8, n_cover=4000, seed=0):
     """``log Z`` and its standard error by annealed importance sampling on M.
 
     For each connected component ``c`` (:class:`~implicit_geom.manifolds.components.ComponentMap`:
