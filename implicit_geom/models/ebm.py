@@ -352,6 +352,11 @@ class ConstrainedEBM(EnergyModel):
         Per-iteration loss, mean positive/negative energies, gradient norm.
     buffer_ : torch.Tensor, shape (buffer_size, n)
         The replay buffer (points on M) after :meth:`fit` with PCD.
+    component_log_weights_ : torch.Tensor, shape (C,) or None
+        Log mass of each connected component, fitted by maximum likelihood on
+        a manifold with several components (None otherwise).
+    validation_history_ : dict or None
+        Validation NLL per measurement when fitted with ``X_val``.
     """
 
     def __init__(self, manifold, energy_net=None, *, method="auto", sampler="langevin",
