@@ -24,6 +24,7 @@ from ..numerics.newton import newton_min_norm
 from ..numerics.ode import GBSIntegrator, n_macro_steps
 from ..numerics.validation import as_points
 from . import ift
+from .curves import CurveTraceError
 from .ift import needs_grad
 from .implicit import _dtype_of
 
@@ -224,8 +225,14 @@ class ImplicitMetric(RiemannianMetric):
         """The log solve proper (flat batches, no autograd, same component).
 
         Pluggable: gradients (:class:`~implicit_geom.manifolds.ift.Log`) need
-        only its converged result.
+        only its converged result. Curves (dimension 1) use their arc-length
+        tables (:mod:`implicit_geom.manifolds.curves`), everything else shooting.
         """
+        if self._space.dim == 1:
+            try:
+                return self._space._curve_tracer().log(x, y)
+            except CurveTraceError:
+                pass  # e.g. an open curve without a box: shoot instead
         return self._shoot(x, y)
 
     def _apart(self, x, y):
@@ -323,8 +330,8 @@ class ImplicitMetric(RiemannianMetric):
         space = self._space
         a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
         dtype = _dtype_of(point_a, point_b)
-        with torch.no_grad():
-            apart = self._apart(a, b)
+        with torch.no_grad():  # (curves find their components from their tables)
+            apart = None if space.dim == 1 else self._apart(a, b)
         if apart is not None and bool(apart.any()):
             rows = (~apart).nonzero().squeeze(-1)
             a_rows, b_rows = a[rows], b[rows]
@@ -332,6 +339,9 @@ class ImplicitMetric(RiemannianMetric):
             rows, a_rows, b_rows = None, a, b
         if a_rows.shape[0] == 0:
             within = a.new_zeros(0)
+        elif space.dim == 1 and not needs_grad(a_rows, b_rows) and \
+                (within := self._curve_dist(a_rows, b_rows)) is not None:
+            within = within * within if squared else within
         elif needs_grad(a_rows, b_rows):
             v = ift.Log.apply(self, a_rows, b_rows)
             within = (v * v).sum(-1) if squared else torch.linalg.vector_norm(v, dim=-1)
@@ -343,6 +353,15 @@ class ImplicitMetric(RiemannianMetric):
             out = torch.full((a.shape[0],), torch.inf, dtype=a.dtype, device=a.device)
             within = out.index_put((rows,), within)
         return within.reshape(batch).to(dtype)
+
+    def _curve_dist(self, a, b):
+        """Arc lengths on a curve (+inf across its connected pieces), or None
+        when the curve cannot be tabulated (then: shooting)."""
+        try:
+            with torch.no_grad():
+                return self._space._curve_tracer().dist(a, b)
+        except CurveTraceError:
+            return None
 
     def _geodesic_ivp(self, initial_point, initial_tangent_vec):
         """Geodesic ``t -> exp(t v)`` as a callable (geomstats convention)."""
