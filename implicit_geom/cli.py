@@ -2,8 +2,9 @@
 
 A model folder holds ``config.json`` (what was fitted, on which data, how),
 ``manifold/`` (a learned manifold's checkpoint, absent for analytic ones),
-``ebm.pt`` (the constrained energy model), ``test.npy`` (held-out points) and
-``metrics.json``. It is built in a temporary sibling folder and renamed into
+``ebm.pt`` (the constrained energy model), ``test.npy`` (held-out points),
+``samples.npy`` (the model samples the metrics were computed on, which ``plot``
+shows when asked for as many with the same seed) and ``metrics.json``. It is built in a temporary sibling folder and renamed into
 place, so an interrupted or failed command never leaves a half-written model.
 """
 
@@ -140,7 +141,13 @@ def fit(args):
             "n_train": len(train), "n_test": len(test), "reading": _reading(args),
         }
         _write_json(tmp / "config.json", config)
-        metrics = _evaluate(manifold, ebm, test, data.kind, kind, args.n_eval, args.seed)
+        # The samples the metrics use are kept: `plot` shows the same ones.
+        samples = ebm.sample(args.n_eval, seed=args.seed, progress=False)
+        np.save(tmp / "samples.npy", samples.numpy())
+        config["samples"] = {"n": args.n_eval, "seed": args.seed}
+        _write_json(tmp / "config.json", config)
+        metrics = _evaluate(manifold, ebm, test, data.kind, kind, args.n_eval, args.seed,
+                            samples)
         metrics.update({k: round(v, 3) for k, v in timings.items()})
         metrics["wall_s"] = round(time.perf_counter() - start, 3)
         _write_json(tmp / "metrics.json", metrics)
@@ -186,8 +193,9 @@ def _piece_density(points, log_prob, samples, bounds, bins):
                           bounds=bounds, radius=radius)
 
 
-def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed):
-    samples = ebm.sample(n_samples, seed=seed, progress=False)
+def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed, samples=None):
+    if samples is None:
+        samples = ebm.sample(n_samples, seed=seed, progress=False)
     # Both of the paper's W settings (as in benchmarks/paper.py), over the
     # held-out data's box padded by 5%: "W_density" is the model's density on
     # points covering its manifold against the held-out points (99 bins per
@@ -258,7 +266,10 @@ def plot(args):
     view = kind if kind in ("sphere", "torus") else ("euclidean" if manifold.ambient_dim == 2
                                                      else "ambient3d")
     meta = dict(config.get("meta", {}), **config.get("geometry", {}))
-    samples = ebm.sample(args.n, seed=args.seed, progress=False)
+    if config.get("samples") == {"n": args.n, "seed": args.seed}:
+        samples = torch.as_tensor(np.load(Path(args.model) / "samples.npy"))
+    else:
+        samples = ebm.sample(args.n, seed=args.seed, progress=False)
     paths = []
     size = 3 if len(test) > 2000 else 6
     fig = plotting.scatter(test, view, meta=meta, size=size,

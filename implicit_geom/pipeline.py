@@ -86,7 +86,7 @@ class Pipeline:
 
 
 def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=True,
-                   mdf_epochs=None):
+                   mdf_epochs=None, n_train=None):
     """The (unfitted) manifold of the pipeline for ``dataset``.
 
     Parameters
@@ -101,6 +101,9 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     progress : bool
     mdf_epochs : int, optional
         Overrides the preset's epochs.
+    n_train : int, optional
+        Training points (sizes the MDF's batches, see
+        :func:`~implicit_geom.learning.presets.mdf_preset`).
 
     Returns
     -------
@@ -143,7 +146,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     if codim < 1:
         raise ValueError(f"--intrinsic-dim must be below the ambient dimension "
                          f"{dataset.ambient_dim}")
-    kwargs = dict(mdf_preset(dataset.name), seed=seed, progress=progress)
+    kwargs = dict(mdf_preset(dataset.name, n_train), seed=seed, progress=progress)
     if mdf_epochs:
         kwargs["epochs"] = int(mdf_epochs)
     return "learned", NeuralImplicitManifold(dataset.ambient_dim, codim=codim, **kwargs), {}, \
@@ -176,7 +179,7 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
     from .models import ConstrainedEBM
 
     kind, manifold, geometry, notes = build_manifold(dataset, choice, intrinsic_dim, seed,
-                                                     progress, mdf_epochs)
+                                                     progress, mdf_epochs, len(train))
     for note in notes if notify is not None else ():
         notify(note)
     timings = {}
