@@ -41,10 +41,15 @@ class ImplicitManifold(nn.Module, LevelSet):
 
     Notes
     -----
-    Geometry calls never build autograd graphs through parameters of ``f``
-    (they run under ``torch.no_grad``; derivatives with respect to points use
-    ``torch.func``), so a trained network can be queried by geomstats' solvers
-    without touching its ``.grad``.
+    The solvers (Newton, geodesic integration, shooting) run without autograd.
+    :meth:`projection`, :meth:`to_tangent` and the metric's ``exp``, ``log``
+    and ``dist`` are nevertheless differentiable: when an input (or, for the
+    projection, a parameter or buffer of F) requires a gradient they attach
+    the implicit-function-theorem derivative of the converged result
+    (:mod:`implicit_geom.manifolds.ift`), never the unrolled iterations.
+    Parameters that do not require a gradient (a fitted
+    :class:`~implicit_geom.learning.NeuralImplicitManifold` outside ``fit``)
+    are never touched.
 
     The manifold is also a ``torch.nn.Module``: an ``f`` that is a module, and
     the parameters of closed forms (centres, radii) are its submodules and
