@@ -308,21 +308,21 @@ class CurveTracer:
         tracing new tables for points on curves not seen yet."""
         index = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
         s = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for _ in range(len(self.tables) + x.shape[0] + 1):
-            todo = (index < 0).nonzero().squeeze(-1)
-            if todo.numel() == 0:
-                return index, s
-            for k, table in enumerate(self.tables):
+        checked = 0  # tables already tried for the unplaced points
+        for _ in range(x.shape[0] + 1):  # at most one new table per point
+            for k in range(checked, len(self.tables)):
                 rows = (index < 0).nonzero().squeeze(-1)
                 if rows.numel() == 0:
                     break
-                s_k, miss = table.locate(x[rows])
+                s_k, miss = self.tables[k].locate(x[rows])
                 hit = miss <= tol * (1 + x[rows].norm(dim=-1))
                 index[rows[hit]] = k
                 s[rows[hit]] = s_k[hit]
+            checked = len(self.tables)
             rows = (index < 0).nonzero().squeeze(-1)
-            if rows.numel():
-                self.trace(x[rows[0]])
+            if rows.numel() == 0:
+                return index, s
+            self.trace(x[rows[0]])
         raise CurveTraceError("could not place the points on traced curves")
 
     def _check_apart(self, i, j):
@@ -357,8 +357,9 @@ class CurveTracer:
         self._check_apart(index[:b][apart], index[b:][apart])
         if bool(apart.any()):
             raise DisconnectedError(
-                f"log: {int(apart.sum())} pair(s) lie on different connected curves of "
-                f"{self.space.name}; no geodesic joins them.", mask=apart)
+                f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
+                f"connected components (closed curves) of {self.space.name}; no geodesic "
+                "joins them (their distance is +inf).", mask=apart)
         delta = torch.empty(b, dtype=x.dtype, device=x.device)
         for k in index[:b].unique().tolist():
             rows = (index[:b] == k).nonzero().squeeze(-1)

@@ -207,19 +207,29 @@ class ImplicitMetric(RiemannianMetric):
         """
         space = self._space
         x, y, batch = space._pair(base_point, point, ("base_point", "point"))
+        if space.dim != 1:  # (curves first ask their arc-length tables, see _solve_log)
+            self._raise_if_apart(x, y, batch)
+        try:
+            if needs_grad(x, y):  # implicit-function gradient of exp_x(v) = y
+                v = ift.Log.apply(self, x, y)
+            else:
+                with torch.no_grad():
+                    v = self._solve_log(x, y)
+        except DisconnectedError as err:  # from a curve's tables: mask over the batch
+            if err.mask is not None and err.mask.numel() == x.shape[0]:
+                err.mask = err.mask.reshape(batch)
+            raise
+        return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
+
+    def _raise_if_apart(self, x, y, batch=None):
         with torch.no_grad():
             apart = self._apart(x, y)
-            if apart is not None and bool(apart.any()):
-                raise DisconnectedError(
-                    f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
-                    f"connected components of {space.name}; no geodesic joins them "
-                    "(their distance is +inf).", mask=apart.reshape(batch))
-        if needs_grad(x, y):  # implicit-function gradient of exp_x(v) = y
-            v = ift.Log.apply(self, x, y)
-        else:
-            with torch.no_grad():
-                v = self._solve_log(x, y)
-        return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
+        if apart is not None and bool(apart.any()):
+            raise DisconnectedError(
+                f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
+                f"connected components of {self._space.name}; no geodesic joins them "
+                "(their distance is +inf).",
+                mask=apart if batch is None else apart.reshape(batch))
 
     def _solve_log(self, x, y):
         """The log solve proper (flat batches, no autograd, same component).
@@ -231,8 +241,8 @@ class ImplicitMetric(RiemannianMetric):
         if self._space.dim == 1:
             try:
                 return self._space._curve_tracer().log(x, y)
-            except CurveTraceError:
-                pass  # e.g. an open curve without a box: shoot instead
+            except CurveTraceError:  # e.g. pieces that leave the box: labels, then shoot
+                self._raise_if_apart(x, y)
         return self._shoot(x, y)
 
     def _apart(self, x, y):
@@ -330,8 +340,14 @@ class ImplicitMetric(RiemannianMetric):
         space = self._space
         a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
         dtype = _dtype_of(point_a, point_b)
-        with torch.no_grad():  # (curves find their components from their tables)
-            apart = None if space.dim == 1 else self._apart(a, b)
+        if space.dim == 1 and not needs_grad(a, b):
+            # Arc lengths from the curve's tables (+inf across closed curves).
+            within = self._curve_dist(a, b)
+            if within is not None:
+                within = within * within if squared else within
+                return within.reshape(batch).to(dtype)
+        with torch.no_grad():
+            apart = self._apart(a, b)
         if apart is not None and bool(apart.any()):
             rows = (~apart).nonzero().squeeze(-1)
             a_rows, b_rows = a[rows], b[rows]
@@ -339,9 +355,6 @@ class ImplicitMetric(RiemannianMetric):
             rows, a_rows, b_rows = None, a, b
         if a_rows.shape[0] == 0:
             within = a.new_zeros(0)
-        elif space.dim == 1 and not needs_grad(a_rows, b_rows) and \
-                (within := self._curve_dist(a_rows, b_rows)) is not None:
-            within = within * within if squared else within
         elif needs_grad(a_rows, b_rows):
             v = ift.Log.apply(self, a_rows, b_rows)
             within = (v * v).sum(-1) if squared else torch.linalg.vector_norm(v, dim=-1)
