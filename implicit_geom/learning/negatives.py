@@ -115,7 +115,11 @@ class LangevinNegativeSampler:
                     (grad,) = torch.autograd.grad(energy, x)
             else:
                 value, jac = value_and_jacobian(x)
-                grad = (jac * _norm_gradient(value, self.norm).unsqueeze(-1)).sum(-2)
+                if value.shape[-1] == 1 and self.norm != "l2_squared":
+                    # One constraint: d|F|/dF = sign F for both norms (two ops).
+                    grad = jac[:, 0, :] * value.sign()
+                else:
+                    grad = (jac * _norm_gradient(value, self.norm).unsqueeze(-1)).sum(-2)
             xi = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=self.generator)
             x = (x.detach() - self.eps * grad + self.noise * xi).clamp(self.low, self.high)
         self.buffer[idx] = x
