@@ -24,6 +24,7 @@ from ..numerics.newton import newton_min_norm
 from ..numerics.ode import GBSIntegrator, n_macro_steps
 from ..numerics.validation import as_points
 from . import ift
+from .curves import CurveTraceError
 from .ift import needs_grad
 from .implicit import _dtype_of
 
@@ -206,26 +207,42 @@ class ImplicitMetric(RiemannianMetric):
         """
         space = self._space
         x, y, batch = space._pair(base_point, point, ("base_point", "point"))
+        if space.dim != 1:  # (curves first ask their arc-length tables, see _solve_log)
+            self._raise_if_apart(x, y, batch)
+        try:
+            if needs_grad(x, y):  # implicit-function gradient of exp_x(v) = y
+                v = ift.Log.apply(self, x, y)
+            else:
+                with torch.no_grad():
+                    v = self._solve_log(x, y)
+        except DisconnectedError as err:  # from a curve's tables: mask over the batch
+            if err.mask is not None and err.mask.numel() == x.shape[0]:
+                err.mask = err.mask.reshape(batch)
+            raise
+        return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
+
+    def _raise_if_apart(self, x, y, batch=None):
         with torch.no_grad():
             apart = self._apart(x, y)
-            if apart is not None and bool(apart.any()):
-                raise DisconnectedError(
-                    f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
-                    f"connected components of {space.name}; no geodesic joins them "
-                    "(their distance is +inf).", mask=apart.reshape(batch))
-        if needs_grad(x, y):  # implicit-function gradient of exp_x(v) = y
-            v = ift.Log.apply(self, x, y)
-        else:
-            with torch.no_grad():
-                v = self._solve_log(x, y)
-        return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
+        if apart is not None and bool(apart.any()):
+            raise DisconnectedError(
+                f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
+                f"connected components of {self._space.name}; no geodesic joins them "
+                "(their distance is +inf).",
+                mask=apart if batch is None else apart.reshape(batch))
 
     def _solve_log(self, x, y):
         """The log solve proper (flat batches, no autograd, same component).
 
         Pluggable: gradients (:class:`~implicit_geom.manifolds.ift.Log`) need
-        only its converged result.
+        only its converged result. Curves (dimension 1) use their arc-length
+        tables (:mod:`implicit_geom.manifolds.curves`), everything else shooting.
         """
+        if self._space.dim == 1:
+            try:
+                return self._space._curve_tracer().log(x, y)
+            except CurveTraceError:  # e.g. pieces that leave the box: labels, then shoot
+                self._raise_if_apart(x, y)
         return self._shoot(x, y)
 
     def _apart(self, x, y):
@@ -323,6 +340,12 @@ class ImplicitMetric(RiemannianMetric):
         space = self._space
         a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
         dtype = _dtype_of(point_a, point_b)
+        if space.dim == 1 and not needs_grad(a, b):
+            # Arc lengths from the curve's tables (+inf across closed curves).
+            within = self._curve_dist(a, b)
+            if within is not None:
+                within = within * within if squared else within
+                return within.reshape(batch).to(dtype)
         with torch.no_grad():
             apart = self._apart(a, b)
         if apart is not None and bool(apart.any()):
@@ -343,6 +366,15 @@ class ImplicitMetric(RiemannianMetric):
             out = torch.full((a.shape[0],), torch.inf, dtype=a.dtype, device=a.device)
             within = out.index_put((rows,), within)
         return within.reshape(batch).to(dtype)
+
+    def _curve_dist(self, a, b):
+        """Arc lengths on a curve (+inf across its connected pieces), or None
+        when the curve cannot be tabulated (then: shooting)."""
+        try:
+            with torch.no_grad():
+                return self._space._curve_tracer().dist(a, b)
+        except CurveTraceError:
+            return None
 
     def _geodesic_ivp(self, initial_point, initial_tangent_vec):
         """Geodesic ``t -> exp(t v)`` as a callable (geomstats convention)."""
