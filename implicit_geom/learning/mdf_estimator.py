@@ -192,7 +192,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
 
     def _build_state(self, low, high):
         self.bounds = (low, high)
-        self._components = None  # a new fit: the components are to be found again
+        self.invalidate_caches()  # a new fit: components and curves are found again
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self._sampler = LangevinNegativeSampler(
             low.to(self.device), high.to(self.device), n_negatives=self.n_negatives,
@@ -273,7 +273,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
                 self._trainer.run(self._loss, data, epochs, self.batch_size, self._generator)
         finally:
             del self._data
-            self._components = None  # the zero set moved
+            self.invalidate_caches()  # the zero set moved
         return self
 
     # ------------------------------------------------------------- persistence
