@@ -7,13 +7,17 @@ ensure_pytorch_backend()
 from .exceptions import (  # noqa: E402
     BackendError,
     CheckpointError,
+    ComponentError,
+    CurvatureError,
     DataError,
+    DisconnectedError,
     EmptyDataError,
     GeodesicError,
     ImplicitGeomError,
     InvalidPointError,
     ProjectionError,
     SingularJacobianError,
+    TrainingDivergedError,
 )
 from .manifolds import (  # noqa: E402
     GeomstatsLevelSet,
@@ -22,7 +26,7 @@ from .manifolds import (  # noqa: E402
     ImplicitSphere,
     ImplicitTorus,
     IntersectionManifold,
-    NeuralImplicitManifold,
+    NetworkImplicitManifold,
     ProductImplicitManifold,
     UnionManifold,
     as_implicit,
@@ -31,6 +35,8 @@ from .manifolds import (  # noqa: E402
     product,
     union,
 )
+from .learning import NeuralImplicitManifold  # noqa: E402  (the estimator; geometry above)
+from .threads import set_threads  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -41,6 +47,7 @@ __all__ = [
     "ImplicitSphere",
     "ImplicitTorus",
     "IntersectionManifold",
+    "NetworkImplicitManifold",
     "NeuralImplicitManifold",
     "ProductImplicitManifold",
     "UnionManifold",
@@ -51,11 +58,16 @@ __all__ = [
     "union",
     "BackendError",
     "CheckpointError",
+    "ComponentError",
+    "CurvatureError",
     "DataError",
+    "DisconnectedError",
     "EmptyDataError",
     "GeodesicError",
     "ImplicitGeomError",
     "InvalidPointError",
     "ProjectionError",
     "SingularJacobianError",
+    "TrainingDivergedError",
+    "set_threads",
 ]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import ImplicitGeomError
-from .datasets import DATASET_NAMES, load_dataset, train_test_split
+from .datasets import COORDS, DATASET_NAMES, estimate_intrinsic_dim, load_dataset, train_test_split
 from .manifolds import ImplicitSphere, ImplicitTorus
 from .metrics import (
     balance_pieces,
@@ -29,12 +29,23 @@ from .metrics import (
     paper_wasserstein,
 )
 from .numerics.validation import padded_box
+from .threads import set_threads
 
 FORMAT = "implicit_geom.model/1"
 
 
 class CLIError(Exception):
     """A user-facing error: printed on one line, exit status 2."""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 # ----------------------------------------------------------------- building
@@ -53,11 +64,16 @@ def _manifold_for(dataset, choice, args):
         return "torus", ImplicitTorus(R, r), {"R": R, "r": r}
     if choice != "learned":
         raise CLIError(f"unknown --manifold {choice!r}; use auto, learned, sphere or torus")
-    from .manifolds.neural import NeuralImplicitManifold
+    from .learning import NeuralImplicitManifold
 
-    intrinsic = dataset.intrinsic_dim or args.intrinsic_dim
+    intrinsic = args.intrinsic_dim or dataset.intrinsic_dim
     if intrinsic is None:
-        raise CLIError("the intrinsic dimension of this data is unknown: pass --intrinsic-dim")
+        intrinsic = estimate_intrinsic_dim(dataset.points, seed=args.seed)
+        if intrinsic >= dataset.ambient_dim:
+            raise CLIError(f"the {dataset.ambient_dim}-D points show no lower-dimensional "
+                           "structure (local PCA): pass --intrinsic-dim to fit one anyway")
+        print(f"intrinsic dimension {intrinsic}, estimated by local PCA "
+              "(pass --intrinsic-dim to set it)")
     codim = dataset.ambient_dim - int(intrinsic)
     if codim < 1:
         raise CLIError(f"--intrinsic-dim must be below the ambient dimension {dataset.ambient_dim}")
@@ -78,12 +94,27 @@ def _ebm_for(manifold, args):
     return ConstrainedEBM(manifold, **kwargs)
 
 
-def _load_data(source, args):
+def _reading(args, stored=None):
+    """The file-reading options (``--coords`` ...), defaulting to ``stored`` ones."""
+    stored = stored or {}
+    given = {"coords": getattr(args, "coords", None), "columns": getattr(args, "columns", None),
+             "where": getattr(args, "where", None), "degrees": getattr(args, "degrees", False)}
+    if all(v in (None, False, "auto") for v in given.values()):
+        given = {**given, **stored}
+    return {"coords": given["coords"] or "auto", "columns": given["columns"],
+            "where": given["where"], "degrees": bool(given["degrees"])}
+
+
+def _load_data(source, args, reading=None):
+    reading = reading or _reading(args)
     try:
-        return load_dataset(source, n_samples=args.n_samples, seed=args.seed,
-                            intrinsic_dim=getattr(args, "intrinsic_dim", None))
+        data = load_dataset(source, n_samples=args.n_samples, seed=args.seed,
+                            intrinsic_dim=getattr(args, "intrinsic_dim", None), **reading)
     except FileNotFoundError as err:
         raise CLIError(f"data file not found: {err.filename or source}") from None
+    if "reading" in data.meta:
+        print(data.meta["reading"])
+    return data
 
 
 def _write_json(path, obj):
@@ -138,10 +169,12 @@ def fit(args):
         np.save(tmp / "test.npy", test.numpy())
         config = {
             "format": FORMAT, "data": str(args.data), "data_name": data.name,
-            "data_kind": data.kind, "meta": {k: v for k, v in data.meta.items()
-                                             if isinstance(v, (int, float, str))},
+            "data_kind": data.kind, "meta": {
+                k: v for k, v in data.meta.items()
+                if isinstance(v, (int, float, str)) or (
+                    isinstance(v, list) and all(isinstance(e, str) for e in v))},
             "manifold": kind, "geometry": geometry, "seed": args.seed,
-            "n_train": len(train), "n_test": len(test),
+            "n_train": len(train), "n_test": len(test), "reading": _reading(args),
         }
         _write_json(tmp / "config.json", config)
         metrics = _evaluate(manifold, ebm, test, data.kind, kind, args.n_eval, args.seed)
@@ -168,7 +201,7 @@ def load_model(folder):
         raise CLIError(f"{cfg_path}: unsupported format {config.get('format')!r}")
     kind = config["manifold"]
     if kind == "learned":
-        from .manifolds.neural import NeuralImplicitManifold
+        from .learning import NeuralImplicitManifold
 
         manifold = NeuralImplicitManifold.load(folder / "manifold", progress=False)
     elif kind == "sphere":
@@ -219,7 +252,12 @@ def evaluate(args):
     """Metrics of a fitted model against its held-out data (or --data)."""
     config, manifold, ebm, test = load_model(args.model)
     if args.data:
-        test = _load_data(args.data, args).points
+        # A file in the layout the model was fitted on is read the same way
+        # unless reading options are given.
+        test = _load_data(args.data, args, _reading(args, config.get("reading"))).points
+        if test.shape[-1] != manifold.ambient_dim:
+            raise CLIError(f"--data has {test.shape[-1]}-D points, the model "
+                           f"{manifold.ambient_dim}-D ones")
     metrics = _evaluate(manifold, ebm, test, config["data_kind"], config["manifold"],
                         args.n_eval, args.seed)
     print(json.dumps(metrics, indent=2, default=float))
@@ -263,16 +301,33 @@ def plot(args):
     meta = dict(config.get("meta", {}), **config.get("geometry", {}))
     samples = ebm.sample(args.n, seed=args.seed, progress=False)
     paths = []
-    fig = plotting.scatter(test, view, meta=meta, title=f"held-out data: {config['data_name']}")
+    size = 3 if len(test) > 2000 else 6
+    fig = plotting.scatter(test, view, meta=meta, size=size,
+                           title=f"held-out data: {config['data_name']}")
     paths.append(plotting.save(fig, out / "data.png"))
-    fig = plotting.scatter(samples, view, meta=meta, color="tab:red",
+    fig = plotting.scatter(samples, view, meta=meta, color="tab:red", size=size,
                            title="samples from the constrained EBM")
     paths.append(plotting.save(fig, out / "samples.png"))
-    box = padded_box(torch.cat([test, samples]), 0.05)
-    density = _piece_density(samples, -ebm.energy(samples), samples, box, 99)
-    fig = plotting.density_map(samples, density / density.max(), view, meta=meta,
-                               title="model density at its samples")
-    paths.append(plotting.save(fig, out / "density.png"))
+    if config["manifold"] in ("sphere", "torus"):
+        # M is the whole chart: the density over every angle, normalised by
+        # the quadrature log Z, under the held-out data.
+        fig = plotting.density_heatmap(lambda x: ebm.log_prob(x, normalized=True), view,
+                                       meta=meta, title="model density and held-out data")
+        plotting.scatter(test, view, ax=fig.axes[0], meta=meta, color="white", size=2,
+                         alpha=0.7)
+        paths.append(plotting.save(fig, out / "density.png"))
+        if view == "sphere":
+            # Facing the data's mean direction, and the far side.
+            lon = float(torch.rad2deg(torch.atan2(test[:, 1].mean(), test[:, 0].mean())))
+            fig = plotting.globe(lambda x: ebm.log_prob(x), test, azimuths=(lon, lon + 180),
+                                 title="model density on the globe, held-out data")
+            paths.append(plotting.save(fig, out / "globe.png"))
+    else:
+        box = padded_box(torch.cat([test, samples]), 0.05)
+        density = _piece_density(samples, -ebm.energy(samples), samples, box, 99)
+        fig = plotting.density_map(samples, density / density.max(), view, meta=meta,
+                                   title="model density at its samples")
+        paths.append(plotting.save(fig, out / "density.png"))
     if view == "euclidean":
         lo = torch.minimum(test.min(0).values, samples.min(0).values) - 0.5
         hi = torch.maximum(test.max(0).values, samples.max(0).values) + 0.5
@@ -322,7 +377,27 @@ def build_parser():
 
     def common(p):
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (on a terminal) or progress lines (otherwise)")
+        p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                       help="CPU threads for torch and BLAS (default 1: the kernels are small, "
+                            "and more threads spin against other work on a busy machine)")
+
+    def reading(p):
+        p.add_argument("--coords", choices=COORDS, default=None,
+                       help="how to read a data file's columns: plain coordinates (xyz), "
+                            "latitude/longitude in degrees onto the sphere (latlon), two angles "
+                            "onto the torus (angles); default auto: by header names, and a "
+                            "headerless 2-column file whose values fit latitude/longitude is "
+                            "read as such (a line says which reading was taken)")
+        p.add_argument("--columns", default=None, metavar="A,B,...",
+                       help="the columns to use, by header name or 0-based index, in order "
+                            "(e.g. lat,lon or 1,2)")
+        p.add_argument("--where", action="append", default=None, metavar="COL=VALUE",
+                       help="keep the rows whose column COL equals VALUE, e.g. residue=G "
+                            "(repeat for several conditions)")
+        p.add_argument("--degrees", action="store_true",
+                       help="angles (--coords angles) are in degrees instead of radians")
 
     def fitting(p):
         p.add_argument("--manifold", default="auto",
@@ -337,10 +412,12 @@ def build_parser():
         p.add_argument("--n-eval", type=int, default=2000, help="model samples for W")
 
     p = sub.add_parser("fit", help="fit a manifold and a constrained EBM to data")
-    p.add_argument("data", help=f"a .csv/.npy file or one of {', '.join(DATASET_NAMES)}")
+    p.add_argument("data", help="a data file (.csv, .tsv, .txt, .npy) or one of "
+                                f"{', '.join(DATASET_NAMES)}")
     p.add_argument("--out", required=True, help="model folder to create")
     p.add_argument("--overwrite", action="store_true")
     fitting(p)
+    reading(p)
     common(p)
     p.set_defaults(func=fit)
 
@@ -358,6 +435,7 @@ def build_parser():
     p.add_argument("--n-eval", type=int, default=2000)
     p.add_argument("--n-samples", type=int, default=None)
     p.add_argument("--intrinsic-dim", type=int, default=None)
+    reading(p)
     common(p)
     p.set_defaults(func=evaluate)
 
@@ -381,6 +459,7 @@ def main(argv=None):
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     try:
         return args.func(args)
     except (CLIError, ImplicitGeomError, ValueError, OSError) as err:

@@ -11,15 +11,15 @@ by exact maximum likelihood (``method="mle"``).
 (:mod:`implicit_geom.models.ambient`).
 """
 
+import functools
 import itertools
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..exceptions import CheckpointError, EmptyDataError, InvalidPointError, ProjectionError
 from ..learning.topology import sample_in_box
-from ..learning.trainer import cosine_lr
+from ..learning.trainer import Trainer
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, padded_box
 from .energy_nets import EnergyMLP
@@ -80,14 +80,20 @@ class EnergyModel:
         from collapsing onto few modes).
     grad_clip : float
         Maximum gradient norm.
+    val_every : int
+        Steps between validation measurements (``fit(X, X_val)``).
+    patience : int, optional
+        Stop after this many validation measurements without improvement
+        (None: run all ``n_iter`` steps; the best weights are kept either way).
     seed : int
     progress : bool
-        Show a tqdm progress bar.
+        Report progress (a bar on a terminal, periodic lines otherwise).
     """
 
     def __init__(self, energy_net, *, beta=0.01, lr=3e-3, lr_floor=1.0, n_iter=1000,
                  batch_size=128, buffer_size=5000, n_mcmc_steps=20, step_size=0.1,
-                 reinit_prob=0.05, grad_clip=1.0, seed=0, progress=False):
+                 reinit_prob=0.05, grad_clip=1.0, val_every=25, patience=None, seed=0,
+                 progress=False):
         if not isinstance(energy_net, nn.Module):
             raise TypeError("energy_net must be a torch.nn.Module mapping (B, d) to (B,)")
         for name, value in (("n_iter", n_iter), ("batch_size", batch_size),
@@ -109,6 +115,12 @@ class EnergyModel:
         self.step_size = float(step_size)
         self.reinit_prob = float(reinit_prob)
         self.grad_clip = float(grad_clip)
+        if int(val_every) < 1 or (patience is not None and int(patience) < 1):
+            raise ValueError(f"need val_every >= 1 and patience >= 1 or None, got {val_every}, "
+                             f"{patience}")
+        self.val_every = int(val_every)
+        self.patience = None if patience is None else int(patience)
+        self.validation_history_ = None
         self.seed = int(seed)
         self.progress = bool(progress)
         self.buffer_ = None
@@ -160,12 +172,17 @@ class EnergyModel:
         # Called by samplers, which differentiate with respect to x only.
         return self.energy_net(x)
 
-    def fit(self, X):
+    def fit(self, X, X_val=None):
         """Fit the energy to data.
 
         Parameters
         ----------
         X : array-like, shape (n_samples, dim)
+        X_val : array-like, shape (n_val, dim), optional
+            Validation points: every ``val_every`` steps the validation loss
+            (:meth:`_validation_loss`) is measured, training stops after
+            ``patience`` measurements without improvement (if set), and the
+            energy ends with the weights of the best one.
 
         Returns
         -------
@@ -174,55 +191,61 @@ class EnergyModel:
         X = _check_data(X, self.dim)
         param = self._param()
         X = X.to(device=param.device, dtype=param.dtype)
+        if X_val is not None:
+            X_val = _check_data(X_val, self.dim, "X_val").to(device=param.device,
+                                                             dtype=param.dtype)
         # Seeded and reproducible, without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self._fit(X)
+            self._fit(X, X_val)
         return self
 
-    def _fit(self, X):
+    def _fit(self, X, X_val=None):
+        # The batch, buffer and restart draws share one generator, in this
+        # order per step (the trainer draws the batch first).
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         self._prepare(X)
-        use_pcd = self._uses_pcd()
-        if use_pcd:
+        if self._uses_pcd():
             self.buffer_ = self._init_chains(self.buffer_size)
-        opt = torch.optim.Adam(self.energy_net.parameters(), lr=self.lr)
-        history = {"loss": [], "e_pos": [], "e_neg": [], "grad_norm": [], "lr": []}
-        n, b = X.shape[0], min(self.batch_size, X.shape[0])
-        for it in tqdm(range(self.n_iter), disable=not self.progress,
-                       desc=type(self).__name__):
-            pos = X[torch.randint(n, (b,), generator=gen).to(X.device)]
-            if use_pcd:
-                idx = torch.randint(self.buffer_size, (b,), generator=gen).to(X.device)
-                x0 = self.buffer_[idx]
-                fresh = (torch.rand(b, generator=gen) < self.reinit_prob).to(X.device)
-                if bool(fresh.any()):
-                    x0[fresh] = self._init_chains(int(fresh.sum()))
-                neg = self._advance(x0, self.n_mcmc_steps).detach()
-                self.buffer_[idx] = neg
-                e_pos, e_neg = self.energy_net(pos), self.energy_net(neg)
-                loss = contrastive_divergence_loss(e_pos, e_neg, self.beta)
-            else:
-                e_pos = self.energy_net(pos)
-                e_neg = torch.zeros_like(e_pos)
-                loss = self._direct_loss(pos)
-            if not torch.isfinite(loss):
-                # Raised before the step, so the weights stay those of the last good one.
-                raise FloatingPointError(
-                    "training diverged (non-finite loss); lower lr or step_size, or raise beta")
-            opt.zero_grad()
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.energy_net.parameters(), self.grad_clip)
-            lr = cosine_lr(self.lr, it, self.n_iter, self.lr_floor)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            history["lr"].append(lr)
-            opt.step()
-            history["loss"].append(float(loss.detach()))
-            history["e_pos"].append(float(e_pos.detach().mean()))
-            history["e_neg"].append(float(e_neg.detach().mean()))
-            history["grad_norm"].append(float(grad_norm))
-        self.history_ = history
+            loss_fn = functools.partial(self._pcd_loss, generator=gen)
+        else:
+            loss_fn = self._mle_loss
+        validation = None
+        if X_val is not None:
+            validation = functools.partial(self._validation_loss, X_val)
+            validation()  # fails here, before training, if there is no validation loss
+        trainer = Trainer(self.energy_net.parameters(), lr=self.lr, total_epochs=self.n_iter,
+                          lr_floor=self.lr_floor, grad_clip=self.grad_clip,
+                          progress=self.progress, desc=type(self).__name__)
+        trainer.run(loss_fn, X, self.n_iter, self.batch_size, generator=gen,
+                    sampling="replacement", validation=validation, val_every=self.val_every,
+                    patience=self.patience)
+        self.history_ = trainer.history
+        self.validation_history_ = trainer.validation_history if X_val is not None else None
+
+    def _pcd_loss(self, pos, generator):
+        """The contrastive loss of one step; advances a random subset of the buffer."""
+        b, device = pos.shape[0], pos.device
+        idx = torch.randint(self.buffer_size, (b,), generator=generator).to(device)
+        x0 = self.buffer_[idx]
+        fresh = (torch.rand(b, generator=generator) < self.reinit_prob).to(device)
+        if bool(fresh.any()):
+            x0[fresh] = self._init_chains(int(fresh.sum()))
+        neg = self._advance(x0, self.n_mcmc_steps).detach()
+        self.buffer_[idx] = neg
+        e_pos, e_neg = self.energy_net(pos), self.energy_net(neg)
+        loss = contrastive_divergence_loss(e_pos, e_neg, self.beta)
+        return loss, {"e_pos": float(e_pos.detach().mean()),
+                      "e_neg": float(e_neg.detach().mean())}
+
+    def _mle_loss(self, pos):
+        loss = self._direct_loss(pos)
+        return loss, {"e_pos": float(self.energy_net(pos).detach().mean()), "e_neg": 0.0}
+
+    def _validation_loss(self, X_val):
+        """Loss on validation points (lower is better); by default the loss that is trained."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no validation loss: fit without X_val")
 
 
 class ConstrainedEBM(EnergyModel):
@@ -465,6 +488,14 @@ class ConstrainedEBM(EnergyModel):
         # Exact NLL: mean E(x+) + log Z(theta), log Z by differentiable quadrature.
         return self.energy_net(X).mean() + log_partition(self.energy_net, self.quadrature())
 
+    def _validation_loss(self, X_val):
+        # The held-out NLL, for PCD as well, wherever log Z has a quadrature.
+        if not has_quadrature(self.manifold):
+            raise NotImplementedError(
+                f"validation needs an exact quadrature of {self.manifold!r} for log Z")
+        with torch.no_grad():
+            return float(self._direct_loss(X_val))
+
     # ----------------------------------------------------------- persistence
     def _hyper(self):
         return {"method": self.method, "chain_init": self.chain_init,
@@ -475,6 +506,7 @@ class ConstrainedEBM(EnergyModel):
                 "batch_size": self.batch_size, "buffer_size": self.buffer_size,
                 "n_mcmc_steps": self.n_mcmc_steps, "step_size": self.step_size,
                 "reinit_prob": self.reinit_prob, "grad_clip": self.grad_clip,
+                "val_every": self.val_every, "patience": self.patience,
                 "seed": self.seed}
 
     def save(self, path):

@@ -15,27 +15,14 @@ the affine map only adds ``sum(log scale)`` to the log density.
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
+from ..learning.trainer import Trainer
 from ..numerics import autodiff
+from ..numerics.mlp import build_mlp
 from ..numerics.validation import DTYPE, as_points
 from .ambient import AmbientEBM
 from .ebm import _check_data
 
 __all__ = ["Autoencoder", "PushforwardEBM"]
-
-
-def _mlp(n_in, n_out, hidden, gen):
-    widths = (n_in, *hidden, n_out)
-    layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        layer = nn.Linear(a, b, dtype=DTYPE)
-        bound = a ** -0.5
-        with torch.no_grad():
-            layer.weight.uniform_(-bound, bound, generator=gen)
-            layer.bias.uniform_(-bound, bound, generator=gen)
-        layers += [layer, nn.SiLU()]
-    return nn.Sequential(*layers[:-1])
 
 
 class Autoencoder(nn.Module):
@@ -55,8 +42,10 @@ class Autoencoder(nn.Module):
             raise ValueError(f"need 1 <= latent_dim < ambient_dim, got {latent_dim}, {ambient_dim}")
         gen = torch.Generator().manual_seed(int(seed))
         self.ambient_dim, self.latent_dim = int(ambient_dim), int(latent_dim)
-        self.encoder = _mlp(self.ambient_dim, self.latent_dim, tuple(hidden), gen)
-        self.decoder = _mlp(self.latent_dim, self.ambient_dim, tuple(reversed(hidden)), gen)
+        self.encoder = build_mlp(self.ambient_dim, self.latent_dim, tuple(hidden), "silu",
+                                 DTYPE, gen)
+        self.decoder = build_mlp(self.latent_dim, self.ambient_dim, tuple(reversed(hidden)),
+                                 "silu", DTYPE, gen)
 
     def forward(self, x):
         """Reconstruction ``dec(enc(x))``."""
@@ -65,25 +54,24 @@ class Autoencoder(nn.Module):
     def fit(self, X, n_iter=2000, lr=3e-3, batch_size=256, seed=0, progress=False):
         """Minimise the mean squared reconstruction error with Adam.
 
+        One random batch (drawn with replacement) per step, the learning rate
+        decaying to zero along a cosine (:class:`~implicit_geom.learning.Trainer`).
+
         Returns
         -------
         list of float
             Loss per iteration.
         """
         gen = torch.Generator().manual_seed(int(seed))
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, int(n_iter))
-        losses = []
-        b = min(int(batch_size), X.shape[0])
-        for _ in tqdm(range(int(n_iter)), disable=not progress, desc="Autoencoder"):
-            batch = X[torch.randint(X.shape[0], (b,), generator=gen).to(X.device)]
-            loss = (self(batch) - batch).square().sum(-1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        return losses
+        trainer = Trainer(self.parameters(), lr=lr, total_epochs=int(n_iter), lr_floor=0.0,
+                          progress=progress, desc="Autoencoder")
+
+        def loss_fn(batch):
+            return (self(batch) - batch).square().sum(-1).mean(), {}
+
+        trainer.run(loss_fn, X, int(n_iter), int(batch_size), generator=gen,
+                    sampling="replacement")
+        return trainer.history["loss"]
 
 
 class PushforwardEBM:

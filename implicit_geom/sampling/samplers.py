@@ -15,12 +15,11 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
-
 from ..exceptions import InvalidPointError, ProjectionError
 from ..metrics import effective_sample_size
 from ..numerics.linalg import tangent_projector
 from ..numerics.validation import as_points
+from ..progress import Progress
 from .adaptation import DualAveragingStepSize
 from .diagnostics import SamplerInfo
 from .integrators import SolverOptions, StepStatus, rattle_step
@@ -160,7 +159,7 @@ class _ConstrainedSampler:
             Target mean acceptance probability of the warm-up adaptation; default
             the sampler's ``default_target_accept``.
         progress : bool
-            Show a tqdm progress bar.
+            Report progress (a bar on a terminal, periodic lines otherwise).
 
         Returns
         -------
@@ -199,8 +198,7 @@ class _ConstrainedSampler:
         n_kept = n_steps // thin if keep else 0
         samples = state.x.new_empty(n_kept, n_chains, state.x.shape[1]) if keep else None
         h = self.step_size
-        with tqdm(total=n_warmup + n_steps, disable=not progress,
-                  desc=type(self).__name__) as bar:
+        with Progress(n_warmup + n_steps, type(self).__name__, enabled=progress) as bar:
             for it in range(n_warmup + n_steps):
                 state, accept_prob, accepted, status = self._transition(state, h)
                 if it < n_warmup:

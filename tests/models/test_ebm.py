@@ -123,6 +123,25 @@ def test_mle_on_geomstats_hypersphere_recovers_vmf(vmf_data):
     assert model.nll(vmf_sphere(2000, MU, KAPPA, seed=9)) == pytest.approx(exact_nll, abs=0.05)
 
 
+def test_validation_set_keeps_the_best_weights(vmf_data):
+    # Catches a validation set that is ignored, measured on the training data,
+    # or weights that end at the last step instead of the best validation.
+    model = ConstrainedEBM(ImplicitSphere(2), method="mle", hidden=(16,), n_iter=60, lr=0.05,
+                           quadrature_resolution=24, val_every=10, seed=0)
+    val = vmf_sphere(200, MU, KAPPA, seed=3)
+    model.fit(vmf_data[:30], X_val=val)  # 30 points: the fit overfits, validation turns
+    record = model.validation_history_
+    assert record["epoch"] == [10, 20, 30, 40, 50, 60]
+    assert model.nll(val) == pytest.approx(min(record["loss"]), abs=1e-9)
+    stopped = ConstrainedEBM(ImplicitSphere(2), method="mle", hidden=(16,), n_iter=60, lr=0.05,
+                             quadrature_resolution=24, val_every=5, patience=1, seed=0)
+    stopped.fit(vmf_data[:30], X_val=val)
+    assert len(stopped.history_["loss"]) < 60
+    plane = ImplicitManifold(lambda x: x[..., 2:], 3, 1)
+    with pytest.raises(NotImplementedError, match="quadrature"):
+        ConstrainedEBM(plane, n_iter=5).fit(vmf_data[:30], X_val=val)
+
+
 def test_pcd_on_geomstats_hypersphere_samples_on_sphere(vmf_data):
     model = ConstrainedEBM(Hypersphere(2), hidden=(16,), n_iter=5, n_mcmc_steps=2,
                            buffer_size=64, seed=1).fit(vmf_data[:100])
@@ -173,7 +192,7 @@ def test_save_load_roundtrip_and_corrupt_file(tmp_path, vmf_data):
 
 def test_on_a_learned_manifold_samples_satisfy_the_constraint():
     from implicit_geom.datasets import von_mises_circle
-    from implicit_geom.manifolds.neural import NeuralImplicitManifold
+    from implicit_geom.learning import NeuralImplicitManifold
 
     X = von_mises_circle(300, kappa=1.0, seed=0)
     manifold = NeuralImplicitManifold(2, 1, hidden=(16, 16), epochs=40, progress=False).fit(X)
