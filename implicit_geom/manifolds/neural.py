@@ -64,7 +64,8 @@ class MDFNetwork(nn.Module):
 
 
 class NetworkImplicitManifold(ImplicitManifold):
-    """The zero set of a network ``F: R^n -> R^k`` (an :class:`MDFNetwork` or any
+    """The zero set of a network ``F: R^n -> R^k`` (an :class:`MDFNetwork`, a
+    :class:`~implicit_geom.manifolds.residual.ResidualMDFNetwork` or any
     ``nn.Module`` mapping ``(..., n)`` to ``(..., k)``).
 
     The network is a submodule: ``.to(device, dtype)`` moves it, its weights
@@ -89,8 +90,10 @@ class NetworkImplicitManifold(ImplicitManifold):
     def _value_and_jacobian(self, x):
         # The Jacobian propagated by hand through the MLP (exact, no autograd
         # graph): several times cheaper on the batches samplers and Newton use.
-        net = self.net
-        out = net.value_and_jacobian(x.to(self.device)) if type(net) is MDFNetwork else None
+        # Any network with an exact ``value_and_jacobian`` hook (MDFNetwork,
+        # ResidualMDFNetwork) answers it; None means "use autograd".
+        hook = getattr(self.net, "value_and_jacobian", None)
+        out = hook(x.to(self.device)) if callable(hook) else None
         if out is None:  # a replaced or customised network
             return super()._value_and_jacobian(x)
         value, jac = out

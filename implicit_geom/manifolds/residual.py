@@ -6,10 +6,10 @@ from a random zero set and has to find the data from scratch. Here
 
     F(x) = A u + g(u),    u = (x - shift) / scale,
 
-where the rows of ``A`` (k x n, orthonormal) span the k directions of least
+where the rows of ``A`` (k x n, orthogonal) span the k directions of least
 variance of the training data and ``g`` is an MLP whose last layer starts small.
 At initialisation the zero set is the data's m-dimensional principal subspace
-(PCA), a submersion everywhere with all singular values 1; training bends it
+(PCA), a submersion everywhere with equal singular values; training bends it
 towards the data. The residual form keeps the linear part exact and cheap, and
 the value and Jacobian stay graph-free (:mod:`implicit_geom.numerics.mlp`):
 ``J = (A + J_g) / scale``.
@@ -22,13 +22,6 @@ from ..numerics import mlp
 from ..numerics.validation import DTYPE
 
 ACTIVATIONS = ("silu", "softplus", "tanh", "gelu")
-
-
-def _activation(name):
-    modules = {"silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "gelu": nn.GELU}
-    if name not in modules:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(modules)}")
-    return modules[name]()
 
 
 class ResidualMDFNetwork(nn.Module):
@@ -50,7 +43,7 @@ class ResidualMDFNetwork(nn.Module):
     Attributes
     ----------
     normals : torch.Tensor, shape=[k, n]
-        ``A`` (a buffer): orthonormal rows, set by :meth:`init_from_data`.
+        ``A`` (a buffer): orthogonal rows of equal norm, set by :meth:`init_from_data`.
     shift : torch.Tensor, shape=[n]
     scale : torch.Tensor, scalar
     net : nn.Sequential
@@ -64,11 +57,10 @@ class ResidualMDFNetwork(nn.Module):
         if not 1 <= k < n:
             raise ValueError(f"need 1 <= codim < ambient_dim, got codim={codim}, "
                              f"ambient_dim={ambient_dim}")
-        widths = (n, *(int(h) for h in hidden), k)
-        layers = []
-        for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b, dtype=DTYPE), _activation(activation)]
-        self.net = nn.Sequential(*layers[:-1])
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of "
+                             f"{sorted(ACTIVATIONS)}")
+        self.net = mlp.build_mlp(n, k, hidden, activation, DTYPE)  # the library's one MLP
         with torch.no_grad():
             self.net[-1].weight.mul_(float(init_gain))
             self.net[-1].bias.zero_()
@@ -87,13 +79,16 @@ class ResidualMDFNetwork(nn.Module):
         return self.normals.shape[0]
 
     @torch.no_grad()
-    def init_from_data(self, data):
+    def init_from_data(self, data, slope=1.0):
         """Set ``shift``, ``scale`` and ``A`` from training data ``(N, n)``.
 
         ``shift`` is the mean, ``scale`` the mean per-coordinate standard
         deviation (one scale for all axes keeps the geometry isotropic) and the
         rows of ``A`` the k right singular vectors of the centred data with the
-        smallest singular values. Returns self.
+        smallest singular values, times ``slope * scale``: the linear part of F
+        then has all its singular values equal to ``slope`` in the units of x
+        (the objective's ``s_min``, so training does not start by stretching
+        it). Returns self.
         """
         data = data.to(self.normals)
         centred = data - data.mean(0)
@@ -102,7 +97,7 @@ class ResidualMDFNetwork(nn.Module):
         # Full V: with fewer points than dimensions the trailing directions
         # (no variance at all) are still an orthonormal completion.
         _, _, vh = torch.linalg.svd(centred, full_matrices=True)
-        self.normals.copy_(vh[self.ambient_dim - self.codim:])
+        self.normals.copy_(vh[self.ambient_dim - self.codim:] * (float(slope) * self.scale))
         return self
 
     def forward(self, x):
