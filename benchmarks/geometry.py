@@ -134,7 +134,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller batches, one repeat")
     parser.add_argument("--json", type=Path, default=RESULTS / "geometry.json")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of torch and BLAS (1: small batched kernels)")
     args = parser.parse_args(argv)
+    ig.set_threads(args.threads)
     torch.manual_seed(0)
     n = 2000 if args.quick else 10_000
     repeat = 1 if args.quick else 3

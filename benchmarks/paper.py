@@ -499,7 +499,7 @@ def run_task(task):
     global CHAIN_INIT_OVERRIDE
     names, seed, quick, threads, chain_init = task
     CHAIN_INIT_OVERRIDE = chain_init
-    torch.set_num_threads(threads)
+    implicit_geom.set_threads(threads)
     spheres = fit_spheres(seed, quick) if set(names) & set(ARITHMETIC) else None
     items = []
     for name in names:
@@ -543,7 +543,7 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2,
                         help="experiments run in parallel processes")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    implicit_geom.set_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tasks = make_tasks(args.datasets, args.seeds, args.quick, args.threads, args.chain_init)

@@ -2,8 +2,9 @@
 
 A model folder holds ``config.json`` (what was fitted, on which data, how),
 ``manifold/`` (a learned manifold's checkpoint, absent for analytic ones),
-``ebm.pt`` (the constrained energy model), ``test.npy`` (held-out points) and
-``metrics.json``. It is built in a temporary sibling folder and renamed into
+``ebm.pt`` (the constrained energy model), ``test.npy`` (held-out points),
+``samples.npy`` (the model samples the metrics were computed on, which ``plot``
+shows when asked for as many with the same seed) and ``metrics.json``. It is built in a temporary sibling folder and renamed into
 place, so an interrupted or failed command never leaves a half-written model.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from . import ImplicitGeomError
-from .datasets import COORDS, DATASET_NAMES, estimate_intrinsic_dim, load_dataset, train_test_split
+from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
 from .manifolds import ImplicitSphere, ImplicitTorus
 from .metrics import (
     balance_pieces,
@@ -29,6 +30,7 @@ from .metrics import (
     paper_wasserstein,
 )
 from .numerics.validation import padded_box
+from .pipeline import fit_pipeline
 from .threads import set_threads
 
 FORMAT = "implicit_geom.model/1"
@@ -49,49 +51,13 @@ def _positive_int(text):
 
 
 # ----------------------------------------------------------------- building
-def _manifold_for(dataset, choice, args):
-    """The manifold to fit the density on: analytic when known, else learned."""
-    if choice == "auto":
-        choice = {"sphere": "sphere", "torus": "torus"}.get(dataset.kind, "learned")
-    if choice == "sphere":
-        if dataset.ambient_dim != 3:
-            raise CLIError(f"--manifold sphere needs 3-D points, the data has {dataset.ambient_dim}")
-        return "sphere", ImplicitSphere(2), {}
-    if choice == "torus":
-        if dataset.ambient_dim != 3:
-            raise CLIError(f"--manifold torus needs 3-D points, the data has {dataset.ambient_dim}")
-        R, r = dataset.meta.get("R", 3.0), dataset.meta.get("r", 1.0)
-        return "torus", ImplicitTorus(R, r), {"R": R, "r": r}
-    if choice != "learned":
-        raise CLIError(f"unknown --manifold {choice!r}; use auto, learned, sphere or torus")
-    from .learning import NeuralImplicitManifold
-
-    intrinsic = args.intrinsic_dim or dataset.intrinsic_dim
-    if intrinsic is None:
-        intrinsic = estimate_intrinsic_dim(dataset.points, seed=args.seed)
-        if intrinsic >= dataset.ambient_dim:
-            raise CLIError(f"the {dataset.ambient_dim}-D points show no lower-dimensional "
-                           "structure (local PCA): pass --intrinsic-dim to fit one anyway")
-        print(f"intrinsic dimension {intrinsic}, estimated by local PCA "
-              "(pass --intrinsic-dim to set it)")
-    codim = dataset.ambient_dim - int(intrinsic)
-    if codim < 1:
-        raise CLIError(f"--intrinsic-dim must be below the ambient dimension {dataset.ambient_dim}")
-    from .learning.presets import mdf_preset
-
-    kwargs = dict(mdf_preset(dataset.name), seed=args.seed, progress=not args.no_progress)
-    if args.mdf_epochs:
-        kwargs["epochs"] = args.mdf_epochs
-    return "learned", NeuralImplicitManifold(dataset.ambient_dim, codim=codim, **kwargs), {}
-
-
-def _ebm_for(manifold, args):
-    from .models import ConstrainedEBM
-
-    kwargs = {"seed": args.seed, "progress": not args.no_progress}
-    if args.ebm_iter:
-        kwargs["n_iter"] = args.ebm_iter
-    return ConstrainedEBM(manifold, **kwargs)
+def _geometry(config):
+    """The analytic manifold a model folder names (None for a learned one)."""
+    if config["manifold"] == "sphere":
+        return ImplicitSphere(2)
+    if config["manifold"] == "torus":
+        return ImplicitTorus(config["geometry"]["R"], config["geometry"]["r"])
+    return None
 
 
 def _reading(args, stored=None):
@@ -154,17 +120,15 @@ def fit(args):
     torch.manual_seed(args.seed)
     data = _load_data(args.data, args)
     train, test = train_test_split(data.points, test_fraction=args.test_fraction, seed=args.seed)
-    kind, manifold, geometry = _manifold_for(data, args.manifold, args)
     with _AtomicFolder(args.out, args.overwrite) as tmp:
-        timings = {}
+        fitted = fit_pipeline(data, train, args.manifold, args.intrinsic_dim, args.seed,
+                              not args.no_progress, args.mdf_epochs, args.ebm_iter,
+                              notify=print)
+        kind, manifold, ebm, geometry = (fitted.kind, fitted.manifold, fitted.ebm,
+                                         fitted.geometry)
+        timings = fitted.timings
         if kind == "learned":
-            t0 = time.perf_counter()
-            manifold.fit(train)
-            timings["manifold_s"] = time.perf_counter() - t0
             manifold.save(tmp / "manifold")
-        t0 = time.perf_counter()
-        ebm = _ebm_for(manifold, args).fit(train)
-        timings["ebm_s"] = time.perf_counter() - t0
         ebm.save(tmp / "ebm.pt")
         np.save(tmp / "test.npy", test.numpy())
         config = {
@@ -177,7 +141,13 @@ def fit(args):
             "n_train": len(train), "n_test": len(test), "reading": _reading(args),
         }
         _write_json(tmp / "config.json", config)
-        metrics = _evaluate(manifold, ebm, test, data.kind, kind, args.n_eval, args.seed)
+        # The samples the metrics use are kept: `plot` shows the same ones.
+        samples = ebm.sample(args.n_eval, seed=args.seed, progress=False)
+        np.save(tmp / "samples.npy", samples.numpy())
+        config["samples"] = {"n": args.n_eval, "seed": args.seed}
+        _write_json(tmp / "config.json", config)
+        metrics = _evaluate(manifold, ebm, test, data.kind, kind, args.n_eval, args.seed,
+                            samples)
         metrics.update({k: round(v, 3) for k, v in timings.items()})
         metrics["wall_s"] = round(time.perf_counter() - start, 3)
         _write_json(tmp / "metrics.json", metrics)
@@ -199,15 +169,11 @@ def load_model(folder):
         raise CLIError(f"{cfg_path} is corrupt: {err}") from None
     if config.get("format") != FORMAT:
         raise CLIError(f"{cfg_path}: unsupported format {config.get('format')!r}")
-    kind = config["manifold"]
-    if kind == "learned":
+    manifold = _geometry(config)
+    if manifold is None:
         from .learning import NeuralImplicitManifold
 
         manifold = NeuralImplicitManifold.load(folder / "manifold", progress=False)
-    elif kind == "sphere":
-        manifold = ImplicitSphere(2)
-    else:
-        manifold = ImplicitTorus(config["geometry"]["R"], config["geometry"]["r"])
     from .models import ConstrainedEBM
 
     ebm = ConstrainedEBM.load(folder / "ebm.pt", manifold)
@@ -227,8 +193,9 @@ def _piece_density(points, log_prob, samples, bounds, bins):
                           bounds=bounds, radius=radius)
 
 
-def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed):
-    samples = ebm.sample(n_samples, seed=seed, progress=False)
+def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed, samples=None):
+    if samples is None:
+        samples = ebm.sample(n_samples, seed=seed, progress=False)
     # Both of the paper's W settings (as in benchmarks/paper.py), over the
     # held-out data's box padded by 5%: "W_density" is the model's density on
     # points covering its manifold against the held-out points (99 bins per
@@ -299,7 +266,10 @@ def plot(args):
     view = kind if kind in ("sphere", "torus") else ("euclidean" if manifold.ambient_dim == 2
                                                      else "ambient3d")
     meta = dict(config.get("meta", {}), **config.get("geometry", {}))
-    samples = ebm.sample(args.n, seed=args.seed, progress=False)
+    if config.get("samples") == {"n": args.n, "seed": args.seed}:
+        samples = torch.as_tensor(np.load(Path(args.model) / "samples.npy"))
+    else:
+        samples = ebm.sample(args.n, seed=args.seed, progress=False)
     paths = []
     size = 3 if len(test) > 2000 else 6
     fig = plotting.scatter(test, view, meta=meta, size=size,

@@ -165,7 +165,7 @@ def density_heatmap(log_density, kind, meta=None, resolution=120, ax=None, title
     return fig
 
 
-def globe(log_density, points=None, resolution=90, title=None, azimuths=(-60, 120),
+def globe(log_density, points=None, resolution=60, title=None, azimuths=(-60, 120),
           cmap="viridis"):
     """A density on the unit sphere as a shaded 3-D globe, seen from two sides.
 

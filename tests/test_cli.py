@@ -23,7 +23,8 @@ def learned_model(tmp_path_factory):
 
 def test_fit_writes_a_complete_model_folder(learned_model):
     names = {p.name for p in learned_model.iterdir()}
-    assert {"config.json", "manifold", "ebm.pt", "test.npy", "metrics.json"} <= names
+    assert {"config.json", "manifold", "ebm.pt", "test.npy", "samples.npy",
+            "metrics.json"} <= names
     metrics = json.loads((learned_model / "metrics.json").read_text())
     assert metrics["max_abs_F_samples"] <= 1e-9
     assert metrics["W"] >= 0 and metrics["test_dist_median"] >= 0

@@ -242,7 +242,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
     def _loss(self, batch, normals=None):
         negatives = None
         if self.objective.w_neg > 0 or self.objective.beta > 0:
-            negatives = self._sampler.sample(self.net)
+            # The graph-free value-and-Jacobian hook drives the chains.
+            negatives = self._sampler.sample(self.net, self._value_and_jacobian)
             if self.neg_exclusion > 0:
                 # Negatives next to data are where the zero set belongs: only
                 # push F up elsewhere, so sparse arcs are not dissolved.

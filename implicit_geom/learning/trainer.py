@@ -88,7 +88,12 @@ class Trainer:
             raise ValueError(f"lr_floor must be in [0, 1], got {lr_floor}")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        # The fused kernel updates all parameters in one call: on the small
+        # networks here the per-tensor Python of the default Adam costs more
+        # than the arithmetic (a third of a millisecond per step).
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                    for p in self.params)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=fused or None)
         self.lr, self.total_epochs, self.lr_floor = float(lr), int(total_epochs), float(lr_floor)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.progress, self.desc = bool(progress), desc

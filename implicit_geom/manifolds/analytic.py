@@ -55,6 +55,10 @@ class ImplicitSphere(ImplicitManifold):
         eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
         return (lam[:, 0] / self.radius.to(x.dtype))[:, None, None] * eye
 
+    def _hessians(self, x):
+        eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+        return (eye / self.radius.to(x.dtype)).expand(x.shape[0], 1, *eye.shape)
+
     def _known_n_components(self):
         return 1
 

@@ -12,6 +12,7 @@ from ..numerics import autodiff
 from ..numerics.linalg import gram_solve, tangent_projector
 from ..numerics.newton import NewtonResult, newton_min_norm, solve_along_normals
 from ..numerics.validation import DTYPE, as_points
+from .ift import ClosestPoint, TangentProjection, needs_grad, trainable_tensors
 
 
 class ImplicitManifold(nn.Module, LevelSet):
@@ -162,9 +163,24 @@ class ImplicitManifold(nn.Module, LevelSet):
         """``D^2F(x)[v, v]``, shape (B, k)."""
         return autodiff.second_directional_derivative(self._value, x, v)
 
+    def _jacobian_and_second_derivative(self, x, v):
+        """``J(x)`` and ``D^2F(x)[v, v]`` together (the geodesic acceleration).
+
+        Subclasses whose hooks are closed forms combine them; a plain callable
+        gets both from one forward and two backward passes.
+        """
+        if type(self)._second_derivative is ImplicitManifold._second_derivative and \
+                type(self)._value_and_jacobian is ImplicitManifold._value_and_jacobian:
+            return autodiff.jacobian_and_second_derivative(self._value, x, v)
+        return self._jacobian(x), self._second_derivative(x, v)
+
     def _lagrangian_hessian(self, x, lam):
         """Hessian of ``lam . F`` at x, shape (B, n, n)."""
         return autodiff.lagrangian_hessian(self._value, x, lam)
+
+    def _hessians(self, x):
+        """Hessian of each constraint, shape (B, k, n, n) (curvature needs all k)."""
+        return autodiff.hessians(self._value, x)
 
     # ---------------------------------------------------------------- helpers
     def default_metric(self):
@@ -259,10 +275,12 @@ class ImplicitManifold(nn.Module, LevelSet):
             Where ``J`` is rank deficient (no tangent space).
         """
         x, v, batch = self._pair(base_point, vector, ("base_point", "vector"))
-        with torch.no_grad():
-            jac = self._jacobian(x)
-        return tangent_projector(jac, v).reshape(*batch, self.ambient_dim).to(
-            _dtype_of(vector, base_point))
+        if needs_grad(x, v):
+            out = TangentProjection.apply(self, x, v)
+        else:
+            with torch.no_grad():
+                out = tangent_projector(self._jacobian(x), v)
+        return out.reshape(*batch, self.ambient_dim).to(_dtype_of(vector, base_point))
 
     def random_tangent_vec(self, base_point, n_samples=1):
         """Gaussian ambient vectors projected onto the tangent space."""
@@ -446,13 +464,27 @@ class ImplicitManifold(nn.Module, LevelSet):
     def projection(self, point):
         """Closest point on M (Newton projection), shape ``(..., n)``.
 
+        Differentiable in ``point`` and in any parameter or buffer of F that
+        requires a gradient (implicit-function theorem on the closest-point
+        conditions; see :mod:`implicit_geom.manifolds.ift`).
+
         Raises
         ------
         ProjectionError
             If some point cannot be projected (Newton did not reach ``|F| <= tol``
             within ``max_iter``, e.g. far from M or at a critical point of F).
         """
-        res = self.solve_projection(point)
+        x, batch = self._flat(point)
+        params = trainable_tensors(self) if torch.is_grad_enabled() else []
+        if needs_grad(x) or params:
+            y = ClosestPoint.apply(self, x, *params)
+        else:
+            y = self._project_flat(x)
+        return y.reshape(*batch, self.ambient_dim).to(_dtype_of(point))
+
+    def _project_flat(self, x):
+        """Closest points of a flat batch (no autograd), or ProjectionError."""
+        res = self.solve_projection(x)
         if not bool(res.converged.all()):
             n_bad = int((~res.converged).sum())
             raise ProjectionError(
