@@ -117,5 +117,7 @@ class ResidualMDFNetwork(nn.Module):
         u = (x - self.shift) / self.scale
         value, jac = mlp.value_and_jacobian(layers, u)
         value = torch.addmm(value, u, self.normals.T)
-        jac = (jac + self.normals) / self.scale
+        # Contiguous (B, k, n): the solvers' batched products would otherwise
+        # copy the permuted stack matrix by matrix.
+        jac = ((jac + self.normals) / self.scale).contiguous()
         return value, jac

@@ -114,3 +114,39 @@ def test_solve_along_two_normals():
     # x - y0 lies in the span of the two normals: its tangent part vanishes.
     torch.testing.assert_close(tangent_projector(normals, res.x - y0),
                                torch.zeros_like(y0), rtol=0, atol=1e-12)
+
+
+def test_chord_solve_finds_the_newton_root_at_large_codimension():
+    # The chord method (Newton matrix frozen at the previous point) must land
+    # on the same point of M as full Newton along the same normals, to the
+    # tolerance, on a curved 8-dimensional zero set in R^64; and a step too
+    # long to converge is reported, not emitted. Catches a chord step that
+    # uses the wrong operator (e.g. J^T instead of J^T (J J^T)^-1) or that
+    # declares convergence without re-evaluating F.
+    from implicit_geom.manifolds.residual import ResidualMDFNetwork
+    from implicit_geom.numerics.newton import solve_along_normals_chord
+
+    gen = torch.Generator().manual_seed(0)
+    data = torch.sin(3 * torch.rand(300, 8, generator=gen, dtype=torch.float64)) @ \
+        torch.randn(8, 64, generator=gen, dtype=torch.float64)
+    torch.manual_seed(0)
+    net = ResidualMDFNetwork(64, 56, hidden=(32,), init_gain=0.5).init_from_data(data)
+    with torch.no_grad():
+        start = newton_min_norm(net.value_and_jacobian, data[:50], tol=1e-12).x
+        _, jac = net.value_and_jacobian(start)
+        kick = 0.05 * torch.randn(50, 64, generator=gen, dtype=torch.float64)
+        exact = solve_along_normals(net.value_and_jacobian, start + kick, jac, tol=1e-11)
+        chord = solve_along_normals_chord(net, net.value_and_jacobian, start + kick, jac,
+                                          tol=1e-11, max_iter=60)
+    assert bool(exact.converged.all()) and bool(chord.converged.all())
+    torch.testing.assert_close(chord.x, exact.x, rtol=0, atol=1e-9)
+    assert float(net(chord.x).norm(dim=-1).max()) <= 1e-11
+    # The result carries F and J at the returned point.
+    value, jac_end = net.value_and_jacobian(chord.x)
+    torch.testing.assert_close(chord.jac, jac_end)
+    # Far too long a step: no root along those normals within reach.
+    with torch.no_grad():
+        far = solve_along_normals_chord(net, net.value_and_jacobian, start + 50 * kick, jac,
+                                        tol=1e-11, max_iter=5)
+    assert not bool(far.converged.all())
+    assert bool((far.residual[~far.converged] > 1e-11).all())
