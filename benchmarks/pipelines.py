@@ -35,19 +35,12 @@ import torch
 
 from implicit_geom import set_threads
 from implicit_geom.datasets import load_dataset, train_test_split, true_density
-from implicit_geom.metrics import paper_wasserstein
+from implicit_geom.evaluation import OUR_BOXES, w_reference
 from implicit_geom.pipeline import fit_pipeline
 from implicit_geom.threads import thread_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper import (  # noqa: E402  (the paper's W protocol, one definition)
-    BINS,
-    CONFIG,
-    COVER_DRAWS,
-    PAPER_W,
-    balance_components,
-    density_w,
-)
+from paper import PAPER_W  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Seconds the reference implementation takes on this kind of machine (issue 14).
@@ -68,20 +61,10 @@ def split(name, seed):
 
 
 def score(name, fitted, train, target, seed):
-    """The paper's W of the fitted density (benchmarks/paper.py's protocol)."""
-    cfg = CONFIG[name]
-    box = cfg["box"]
-    ebm = fitted.ebm
-    cover, log_prob = ebm.density_on_manifold(COVER_DRAWS[cfg["n"]], box, seed)
-    if getattr(ebm, "chain_init", None) == "data" and target[1] is not None:
-        # Disconnected M: each piece gets its share of the data, the truth its
-        # exact share (as in paper.py).
-        dens = balance_components(cover, (log_prob - log_prob.max()).exp(), train, box)
-        truth = balance_components(*target, load_dataset(name, 50_000, seed=30_000).points,
-                                   box)
-        return paper_wasserstein(cover, dens, target[0], truth, bins=BINS[cfg["n"]],
-                                 bounds=box)
-    return density_w(cover, log_prob, target, box)
+    """W of the fitted density: the model's raw exp(-E) on points covering its
+    manifold vs the target, on our box (:func:`implicit_geom.evaluation.w_reference`,
+    the one evaluation; nothing rescaled)."""
+    return w_reference(fitted.ebm, *target, grid=OUR_BOXES[name], seed=seed)
 
 
 def run(name, seed, manifold):

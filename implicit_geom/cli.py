@@ -23,13 +23,6 @@ import torch
 from . import ImplicitGeomError
 from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
 from .manifolds import ImplicitSphere, ImplicitTorus
-from .metrics import (
-    balance_pieces,
-    discretized_wasserstein,
-    distance_to_manifold,
-    paper_wasserstein,
-)
-from .numerics.validation import padded_box
 from .pipeline import fit_pipeline
 from .threads import set_threads
 
@@ -181,38 +174,13 @@ def load_model(folder):
     return config, manifold, ebm, test
 
 
-def _piece_density(points, log_prob, samples, bounds, bins):
-    """exp(log_prob) on points covering M, each connected piece scaled to its sample share.
-
-    PCD cannot set the energy offsets between disconnected pieces of M, so
-    each piece gets the mass the model's own samples put on it
-    (:func:`~implicit_geom.metrics.balance_pieces`).
-    """
-    radius = 0.02 * float((torch.as_tensor(bounds[1]) - torch.as_tensor(bounds[0])).norm())
-    return balance_pieces(points, (log_prob - log_prob.max()).exp(), samples, bins=bins,
-                          bounds=bounds, radius=radius)
-
-
 def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed, samples=None):
-    if samples is None:
-        samples = ebm.sample(n_samples, seed=seed, progress=False)
-    # Both of the paper's W settings (as in benchmarks/paper.py), over the
-    # held-out data's box padded by 5%: "W_density" is the model's density on
-    # points covering its manifold against the held-out points (99 bins per
-    # axis in 2-D, 29 in 3-D), "W" its samples against them (99 bins).
-    bounds = padded_box(test, 0.05)
-    dim, bins = test.shape[1], 99 if test.shape[1] == 2 else 29
-    points, log_prob = ebm.density_on_manifold(20_000 if dim == 2 else 100_000, bounds, seed)
-    density = _piece_density(points, log_prob, samples, bounds, bins)
-    metrics = {
-        "W_density": paper_wasserstein(points, density, test, bins=bins, bounds=bounds),
-        "W": discretized_wasserstein(samples, test, bins=99, bounds=bounds),
-        "max_abs_F_samples": float(manifold.submersion(samples).abs().max())}
-    dist = distance_to_manifold(test, manifold).as_dict()
-    metrics.update({f"test_dist_{k}": v for k, v in dist.items()})
-    if manifold_kind in ("sphere", "torus"):
-        metrics["test_nll"] = ebm.nll(test)
-    return metrics
+    # The one evaluation of the library (implicit_geom.evaluation): the W
+    # protocols, held-out NLL and log Z error, component masses, distances.
+    from .evaluation import evaluate_model
+
+    return evaluate_model(ebm, test, n_samples=n_samples, seed=seed, manifold=manifold,
+                          samples=samples)
 
 
 def evaluate(args):
@@ -293,9 +261,10 @@ def plot(args):
                                  title="model density on the globe, held-out data")
             paths.append(plotting.save(fig, out / "globe.png"))
     else:
-        box = padded_box(torch.cat([test, samples]), 0.05)
-        density = _piece_density(samples, -ebm.energy(samples), samples, box, 99)
-        fig = plotting.density_map(samples, density / density.max(), view, meta=meta,
+        # The model's own density (its energy carries each component's mass).
+        log_p = ebm.log_prob(samples, normalized=False)
+        density = (log_p - log_p.max()).exp()
+        fig = plotting.density_map(samples, density, view, meta=meta,
                                    title="model density at its samples")
         paths.append(plotting.save(fig, out / "density.png"))
     if view == "euclidean":
@@ -305,8 +274,8 @@ def plot(args):
         fig, ax = plotting.new_axes("euclidean", "learned manifold F = 0, density on it, data")
         plotting.zero_set_2d(manifold, bounds, ax, color="0.6")
         on_m, log_prob = ebm.density_on_manifold(20_000, (lo, hi), args.seed)
-        density = _piece_density(on_m, log_prob, samples, (lo, hi), 99)
-        plotting.scatter(on_m, "euclidean", ax=ax, color=density / density.max(), size=4)
+        density = (log_prob - log_prob.max()).exp()
+        plotting.scatter(on_m, "euclidean", ax=ax, color=density, size=4)
         plotting.scatter(test, "euclidean", ax=ax, color="k", size=2, alpha=0.5)
         paths.append(plotting.save(fig, out / "manifold.png"))
     histories = {"EBM": ebm.history_ or {}}

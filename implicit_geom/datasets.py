@@ -43,6 +43,7 @@ __all__ = [
     "projected_normal_density",
     "fibonacci_sphere",
     "true_density",
+    "true_log_density",
     "load_earth",
     "load_protein",
     "load_protein_angles",
@@ -500,6 +501,50 @@ def true_density(name: str, resolution: int | None = None) -> tuple[torch.Tensor
     R, r = kwargs["R"], kwargs["r"]
     return torus_embed(phi, theta, R, r), _tensor(angles / (r * (R + r * np.cos(theta))))
 
+
+
+def true_log_density(name: str, points) -> torch.Tensor:
+    """Log of the generator's density of a synthetic data set at points of its manifold.
+
+    With respect to the manifold's volume (arc length, area), like
+    :func:`true_density`; the parameters are those :func:`load_dataset` uses.
+
+    Parameters
+    ----------
+    name : {"circle", "two_circles", "sphere_mixture", "torus"}
+    points : array_like, shape (n, ambient_dim)
+        Points on the true manifold.
+
+    Returns
+    -------
+    torch.Tensor, shape (n,)
+    """
+    if name not in _SYNTHETIC:
+        raise ValueError(f"no known density for {name!r}: expected one of {', '.join(_SYNTHETIC)}")
+    kwargs = _SYNTHETIC[name][3]
+    x = np.asarray(torch.as_tensor(points, dtype=DTYPE).detach().cpu())
+    if name == "circle":
+        dens = _von_mises_angle_density(np.arctan2(x[:, 1], x[:, 0]), 0.0, kwargs["kappa"])
+    elif name == "two_circles":
+        centres = np.array(TWO_CIRCLE_CENTRES)
+        nearest = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        u = x - centres[nearest]
+        angle = np.arctan2(u[:, 1], u[:, 0])
+        dens = _von_mises_angle_density(angle, np.asarray(TWO_CIRCLE_LOCS)[nearest],
+                                        kwargs["kappa"]) / len(centres)
+    elif name == "sphere_mixture":
+        means = sphere_mixture_means(kwargs["n_components"])
+        dens = sum(projected_normal_density(x, m, kwargs["scale"]).numpy()
+                   for m in means) / len(means)
+    else:
+        R, r = kwargs["R"], kwargs["r"]
+        phi, theta = (t.numpy() for t in torus_angles(torch.as_tensor(x), R, r))
+        params = np.asarray(_TORUS_COMPONENTS)
+        weights = params[:, 4] / params[:, 4].sum()
+        angles = sum(w * _von_mises_angle_density(phi, mp, kp) * _von_mises_angle_density(
+            theta, mt, kt) for (mp, mt, kp, kt, _), w in zip(params, weights))
+        dens = angles / (r * (R + r * np.cos(theta)))
+    return _tensor(np.log(dens))
 
 # ---------------------------------------------------------------------------
 # Tables (CSV or whitespace-separated text, .npy arrays) with row diagnostics

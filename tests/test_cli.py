@@ -1,6 +1,7 @@
 """The implicit-geom command line: fit/sample/evaluate/plot, errors, atomic folders."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,10 @@ def test_fit_writes_a_complete_model_folder(learned_model):
             "metrics.json"} <= names
     metrics = json.loads((learned_model / "metrics.json").read_text())
     assert metrics["max_abs_F_samples"] <= 1e-9
-    assert metrics["W"] >= 0 and metrics["test_dist_median"] >= 0
-    assert 0 <= metrics["W_density"] <= 1
+    assert metrics["W_samples"] >= 0 and metrics["test_dist_median"] >= 0
+    # The evaluation module's protocols: the model's masses and its raw density.
+    assert 0 <= metrics["W_ours"] <= 1 and 0 <= metrics["W_reference"] <= 1
+    assert math.isfinite(metrics["test_nll"]) and metrics["log_z_error"] < 0.01
     config = json.loads((learned_model / "config.json").read_text())
     assert config["manifold"] == "learned" and config["n_test"] == 80
 

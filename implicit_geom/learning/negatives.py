@@ -12,6 +12,7 @@ import math
 import torch
 
 from ..exceptions import CheckpointError
+from ..sampling.ambient import BoxLangevin
 from .mdf import constraint_norm
 
 
@@ -107,17 +108,15 @@ class LangevinNegativeSampler:
         restart = torch.rand(self.n_negatives, dtype=x.dtype, device=x.device,
                              generator=self.generator) < self.reinit_prob
         x = torch.where(restart[:, None], self.uniform(self.n_negatives), x)
-        for _ in range(self.steps):
-            if value_and_jacobian is None:
-                with torch.enable_grad():
-                    x = x.detach().requires_grad_(True)
-                    energy = constraint_norm(f(x), self.norm).sum()
-                    (grad,) = torch.autograd.grad(energy, x)
-            else:
-                value, jac = value_and_jacobian(x)
-                grad = (jac * _norm_gradient(value, self.norm).unsqueeze(-1)).sum(-2)
-            xi = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=self.generator)
-            x = (x.detach() - self.eps * grad + self.noise * xi).clamp(self.low, self.high)
+        energy = lambda y: constraint_norm(f(y), self.norm)  # noqa: E731
+        grad = None
+        if value_and_jacobian is not None:
+            def grad(y):
+                value, jac = value_and_jacobian(y)
+                return (jac * _norm_gradient(value, self.norm).unsqueeze(-1)).sum(-2)
+        chains = BoxLangevin(energy, self.low, self.high, self.eps, self.noise, self.generator,
+                             grad=grad)
+        x = chains.run(x, self.steps)
         self.buffer[idx] = x
         return x
 

@@ -16,12 +16,11 @@ import time
 
 import torch
 from ..exceptions import InvalidPointError, ProjectionError
-from ..metrics import effective_sample_size
 from ..numerics.linalg import tangent_projector
 from ..numerics.validation import as_points
 from ..progress import Progress
 from .adaptation import DualAveragingStepSize
-from .diagnostics import SamplerInfo
+from .diagnostics import SamplerInfo, effective_sample_size
 from .integrators import SolverOptions, StepStatus, rattle_step
 from .targets import ConstrainedTarget
 
@@ -59,13 +58,21 @@ class _ConstrainedSampler:
     newton : {"exact", "chord"}, optional
         Position-solve method (:class:`SolverOptions`); default ``"chord"``
         from codimension :data:`CHORD_CODIM` on (images), else ``"exact"``.
+    moves : sequence of callable
+        Extra Metropolis-Hastings moves run after each transition (e.g.
+        :class:`~implicit_geom.sampling.ComponentJump` between connected
+        components); each maps ``(sampler, state)`` to the new state.
     """
 
     default_target_accept = None
     default_check_reversibility = True
 
     def __init__(self, manifold, energy=None, step_size=0.1, seed=None, *, tol=None,
-                 max_iter=None, reverse_tol=1e-8, check_reversibility=None, newton=None):
+                 max_iter=None, reverse_tol=1e-8, check_reversibility=None, newton=None,
+                 moves=()):
+        self.moves = tuple(moves)
+        if not all(callable(m) for m in self.moves):
+            raise TypeError("moves must be callables (sampler, state) -> state")
         self.target = ConstrainedTarget(manifold, energy)
         self.manifold = self.target.manifold
         if not (isinstance(step_size, (int, float)) and math.isfinite(step_size)
@@ -210,6 +217,8 @@ class _ConstrainedSampler:
         with Progress(n_warmup + n_steps, type(self).__name__, enabled=progress) as bar:
             for it in range(n_warmup + n_steps):
                 state, accept_prob, accepted, status = self._transition(state, h)
+                for move in self.moves:
+                    state = move(self, state)
                 if it < n_warmup:
                     if adapter is not None:
                         h = adapter.update(float(accept_prob.mean()))
