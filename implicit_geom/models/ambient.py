@@ -7,6 +7,7 @@ with the manifold models through samples (W, distance to M), not likelihoods.
 
 import torch
 
+from ..learning.distributed import context
 from ..numerics.validation import as_points, padded_box
 from ..sampling.ambient import BoxLangevin
 from .ebm import EnergyModel
@@ -48,7 +49,7 @@ class AmbientEBM(EnergyModel):
 
     def _prepare(self, X):
         self.box_ = padded_box(X, self.pad, min_width=1e-3)
-        self._gen = torch.Generator().manual_seed(self.seed)
+        self._gen = torch.Generator().manual_seed(context().seed(self.seed))  # per rank
 
     def _init_chains(self, n):
         lo, hi = self.box_

@@ -15,7 +15,7 @@ the affine map only adds ``sum(log scale)`` to the log density.
 
 import torch
 from torch import nn
-from ..learning.trainer import Trainer
+from ..learning.distributed import make_trainer
 from ..numerics import autodiff
 from ..numerics.mlp import build_mlp
 from ..numerics.validation import DTYPE, as_points
@@ -55,7 +55,7 @@ class Autoencoder(nn.Module):
         """Minimise the mean squared reconstruction error with Adam.
 
         One random batch (drawn with replacement) per step, the learning rate
-        decaying to zero along a cosine (:class:`~implicit_geom.learning.Trainer`).
+        decaying to zero along a cosine (:class:`~implicit_geom.learning.Trainer`, or its distributed subclass under torchrun).
 
         Returns
         -------
@@ -63,8 +63,9 @@ class Autoencoder(nn.Module):
             Loss per iteration.
         """
         gen = torch.Generator().manual_seed(int(seed))
-        trainer = Trainer(self.parameters(), lr=lr, total_epochs=int(n_iter), lr_floor=0.0,
-                          progress=progress, desc="Autoencoder")
+        # Data-parallel under torchrun (learning.distributed), like every model.
+        trainer = make_trainer(self.parameters(), lr=lr, total_epochs=int(n_iter), lr_floor=0.0,
+                               progress=progress, desc="Autoencoder")
 
         def loss_fn(batch):
             return (self(batch) - batch).square().sum(-1).mean(), {}
