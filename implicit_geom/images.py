@@ -15,7 +15,7 @@ import torch
 
 from .exceptions import EmptyDataError, InvalidPointError
 
-__all__ = ["ClassifierFeatures", "auroc", "frechet_distance", "image_grid"]
+__all__ = ["ClassifierFeatures", "auroc", "frechet_distance", "grid_figure", "image_grid"]
 
 
 def _numpy(x, name, ndim=2):
@@ -185,3 +185,37 @@ def image_grid(images, shape, n_rows=None, pad=1, value_range=(0.0, 1.0)):
         grid[r * (height + pad):r * (height + pad) + height,
              c * (width + pad):c * (width + pad) + width] = tile
     return grid
+
+
+def grid_figure(panels, shape, n_images=64, title=None):
+    """A matplotlib figure with one grid of images per panel, side by side.
+
+    Parameters
+    ----------
+    panels : dict of str to array-like, shape=[N, H * W]
+        Title of each panel and its flattened images (the first ``n_images``).
+    shape : tuple of int
+        ``(H, W)``.
+    n_images : int
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (name, images) in zip(axes[0], panels.items()):
+        ax.imshow(image_grid(_numpy(images, name)[:n_images], shape), cmap="gray_r",
+                  vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -188,10 +188,19 @@ def init_distributed(device=None, timeout_s=1800):
     return context(), device
 
 
-def shutdown_distributed():
-    """Leave the process group (no-op when none was joined)."""
+def shutdown_distributed(wait=True):
+    """Leave the process group (no-op when none was joined).
+
+    Parameters
+    ----------
+    wait : bool
+        First wait for every rank (so that nobody tears the group down while
+        another rank still talks); False after a failure, when the others may
+        never arrive.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # nobody tears the group down while another rank still talks
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -334,7 +334,9 @@ class ConstrainedEBM(EnergyModel):
         Highest Fourier frequency of the default energy network.
     jumps : {"auto", True, False}
         Metropolis-Hastings jumps between connected components in PCD and
-        sampling (``"auto"``: when M has several components in its box).
+        sampling (``"auto"``: when M has several components in its box, found by
+        quadrature or by sampling; not sought by sampling on manifolds of
+        dimension above 2).
     jump_scale : float, optional
         Tangent noise of a jump; default 5% of the box diagonal.
     ais : dict, optional
@@ -646,6 +648,12 @@ class ConstrainedEBM(EnergyModel):
     def _moves(self):
         """The component jumps to add to samplers (empty on a connected manifold)."""
         if self.jumps is False or (self._quadrature_box() is None and not self._has_quadrature()):
+            return ()
+        if self.jumps == "auto" and self.manifold.dim > 2 and not self._has_quadrature():
+            # Components found by sampling are reliable on curves and surfaces;
+            # on higher-dimensional manifolds (images) a few thousand projected
+            # draws do not link up, and jumps between such "components" would
+            # be wrong. Pass jumps=True to have them anyway.
             return ()
         points, labels = self.components()
         if int(labels.max()) < 1:
