@@ -23,6 +23,7 @@ single-process code paths are unchanged).
 """
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -201,6 +202,7 @@ def shutdown_distributed(wait=True):
     if dist.is_available() and dist.is_initialized():
         if wait:
             dist.barrier()
+        gc.collect()  # drop finished work objects (and their tensors) first
         dist.destroy_process_group()
 
 
