@@ -316,7 +316,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--n-samples", type=int, default=300)
     parser.add_argument("--sample-steps", type=int, default=300)
-    parser.add_argument("--pf-step", type=float, default=0.2,
+    parser.add_argument("--pf-step", type=float, default=0.4,
                         help="latent Langevin step of the pushforward EBM")
     parser.add_argument("--ddp-procs", type=int, default=2)
     parser.add_argument("--ddp-epochs", type=int, default=10)
