@@ -4,7 +4,8 @@ A model folder holds ``config.json`` (what was fitted, on which data, how),
 ``manifold/`` (a learned manifold's checkpoint, absent for analytic ones),
 ``ebm.pt`` (the constrained energy model), ``test.npy`` (held-out points),
 ``samples.npy`` (the model samples the metrics were computed on, which ``plot``
-shows when asked for as many with the same seed) and ``metrics.json``. It is built in a temporary sibling folder and renamed into
+shows when asked for as many with the same seed), ``history.json`` (training
+curves) and ``metrics.json``. It is built in a temporary sibling folder and renamed into
 place, so an interrupted or failed command never leaves a half-written model.
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from . import ImplicitGeomError
+from ._io import usual_mode
 from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
 from .learning import distributed
 from .manifolds import ImplicitSphere, ImplicitTorus
@@ -93,6 +95,7 @@ class _AtomicFolder:
 
     def __enter__(self):
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        usual_mode(self.tmp, directory=True)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
@@ -131,6 +134,10 @@ def fit(args):
         ebm.save(tmp / "ebm.pt")
         if not ctx.is_main:
             return 0
+        # The training curves, for `plot` (whatever the checkpoints keep).
+        _write_json(tmp / "history.json", {
+            "manifold": manifold.history_ if kind == "learned" else {},
+            "EBM": getattr(ebm, "history_", None) or {}})
         np.save(tmp / "test.npy", test.numpy())
         config = {
             "format": FORMAT, "data": str(args.data), "data_name": data.name,
@@ -224,6 +231,7 @@ def sample(args):
             np.savetxt(tmp, pts, delimiter=",", header=header, comments="")
         else:
             raise CLIError(f"--out must end in .csv or .npy, got {out.name}")
+        usual_mode(tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -256,8 +264,7 @@ def plot(args):
         fig = grid_figure({"held-out data": test, "constrained EBM samples": samples}, shape,
                           title=config["data_name"])
         paths.append(plotting.save(fig, out / "samples.png"))
-        histories = {"manifold": manifold.history_, "EBM": ebm.history_ or {}}
-        paths.append(plotting.save(plotting.training_curves(histories), out / "training.png"))
+        paths.append(_training_figure(args.model, config, manifold, ebm, out))
         for p in paths:
             print(p)
         return 0
@@ -300,13 +307,22 @@ def plot(args):
         plotting.scatter(on_m, "euclidean", ax=ax, color=density, size=4)
         plotting.scatter(test, "euclidean", ax=ax, color="k", size=2, alpha=0.5)
         paths.append(plotting.save(fig, out / "manifold.png"))
-    histories = {"EBM": ebm.history_ or {}}
-    if config["manifold"] == "learned":
-        histories = {"manifold": manifold.history_, **histories}
-    paths.append(plotting.save(plotting.training_curves(histories), out / "training.png"))
+    paths.append(_training_figure(args.model, config, manifold, ebm, out))
     for p in paths:
         print(p)
     return 0
+
+
+def _training_figure(model, config, manifold, ebm, out):
+    """``training.png``: the training curves kept in the model folder."""
+    from . import plotting
+
+    stored = Path(model) / "history.json"
+    saved = json.loads(stored.read_text()) if stored.is_file() else {}
+    histories = {"EBM": saved.get("EBM") or getattr(ebm, "history_", None) or {}}
+    if config["manifold"] == "learned":
+        histories = {"manifold": saved.get("manifold") or manifold.history_, **histories}
+    return plotting.save(plotting.training_curves(histories), out / "training.png")
 
 
 def demo(args):

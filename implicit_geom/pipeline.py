@@ -48,6 +48,10 @@ EBM_PRESETS = {
 }
 
 
+#: Settings by the kind of manifold, for users' data on the analytic sphere
+#: (latitude/longitude, like flood) or torus (angles, like glycine).
+KIND_PRESETS = {"sphere": "flood", "torus": "glycine"}
+
 #: Exact maximum likelihood (where log Z has a quadrature: analytic spaces,
 #: learned curves and surfaces): exact gradients take large batches and steps,
 #: random Fourier features let the energy carve sharp peaks, and a tenth of the
@@ -56,14 +60,16 @@ MLE_DEFAULTS = dict(lr=1e-2, batch_size=512, n_iter=1000, fourier=32, max_freque
                     val_every=10, patience=10)
 
 
-def ebm_preset(name, points=None):
+def ebm_preset(name, points=None, kind=None):
     """Constrained-EBM settings for data set ``name`` (a copy).
 
-    Data without a preset get a Langevin step of 0.3 times the data's mean
-    coordinate spread (the presets' ratio on the built-in sets), so that the
-    step suits data of any scale.
+    Data without a preset of their own take that of their kind of manifold
+    (``kind`` "sphere" or "torus", whose scale is fixed), else a Langevin
+    step of 0.3 times the data's mean coordinate spread (the presets' ratio
+    on the built-in sets), so that the step suits data of any scale.
     """
     preset = dict(EBM_DEFAULTS)
+    name = name if name in EBM_PRESETS else KIND_PRESETS.get(kind, name)
     if name in EBM_PRESETS:
         preset.update(EBM_PRESETS[name])
     elif points is not None:
@@ -200,7 +206,9 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
         t0 = time.perf_counter()
         manifold.fit(train)
         timings["manifold_s"] = time.perf_counter() - t0
-    settings = dict(ebm_preset(dataset.name, train), seed=seed, progress=progress)
+    # The kind's preset only where the fit is on that analytic manifold.
+    settings = dict(ebm_preset(dataset.name, train, kind if kind != "learned" else None),
+                    seed=seed, progress=progress)
     fit_data, val = train, None
     if ConstrainedEBM(manifold, **settings).resolved_method() == "mle":
         settings.update(MLE_DEFAULTS)

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ._io import usual_mode  # noqa: E402
 from .datasets import sphere_embed, sphere_latlon, torus_angles, torus_embed  # noqa: E402
 
 
@@ -76,6 +77,8 @@ def scatter(points, kind, ax=None, meta=None, color=None, label=None, size=3, al
         pts = _np(points)
         sc = ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=size, c=color, alpha=alpha,
                         label=label, linewidths=0)
+        # Equal scales on the three axes: a learned sphere should look round.
+        ax.set_box_aspect(tuple(np.ptp(pts[:, :3], axis=0).clip(min=1e-9)))
     else:
         sc = ax.scatter(u, v, s=size, c=color, alpha=alpha, label=label, linewidths=0)
     _label_axes(ax, kind, meta)
@@ -309,6 +312,7 @@ def save(fig, path):
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        usual_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

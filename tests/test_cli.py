@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,10 @@ def learned_model(tmp_path_factory):
 
 def test_fit_writes_a_complete_model_folder(learned_model):
     names = {p.name for p in learned_model.iterdir()}
-    assert {"config.json", "manifold", "ebm.pt", "test.npy", "samples.npy",
+    assert {"config.json", "manifold", "ebm.pt", "test.npy", "samples.npy", "history.json",
             "metrics.json"} <= names
+    history = json.loads((learned_model / "history.json").read_text())
+    assert len(history["EBM"]["loss"]) == 30 and len(history["manifold"]["loss"]) == 30
     metrics = json.loads((learned_model / "metrics.json").read_text())
     assert metrics["max_abs_F_samples"] <= 1e-9
     assert metrics["W_samples"] >= 0 and metrics["test_dist_median"] >= 0
@@ -40,6 +43,12 @@ def test_sample_evaluate_plot(learned_model, tmp_path, capsys):
     out = tmp_path / "s.csv"
     assert main(["sample", str(learned_model), "--n", "50", "--out", str(out),
                  "--no-progress"]) == 0
+    # Written under a temporary name, published with the usual permissions
+    # (not mkstemp's private 0600), like the model folder itself (not 0700).
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert learned_model.stat().st_mode & 0o777 == 0o777 & ~mask
     pts = np.loadtxt(out, delimiter=",", skiprows=1)
     assert pts.shape == (50, 2)
     capsys.readouterr()
@@ -49,6 +58,7 @@ def test_sample_evaluate_plot(learned_model, tmp_path, capsys):
     pngs = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
     assert pngs == ["data.png", "density.png", "manifold.png", "samples.png", "training.png"]
     assert all((tmp_path / "fig" / p).stat().st_size > 5000 for p in pngs)
+    assert (tmp_path / "fig" / "data.png").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 @pytest.mark.skipif(not (default_data_dir() / "earth" / "volcano.csv").exists(),

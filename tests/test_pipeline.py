@@ -19,6 +19,8 @@ def test_presets_and_scale_of_unknown_data():
     small = ebm_preset("mine", torch.randn(200, 3, dtype=torch.float64))
     large = ebm_preset("mine", 100.0 * torch.randn(200, 3, dtype=torch.float64))
     assert large["step_size"] == pytest.approx(100.0 * small["step_size"], rel=0.2)
+    # Users' angles on the analytic torus take glycine's settings, not their spread's.
+    assert ebm_preset("dihedrals[residue=P]", large, "torus") == ebm_preset("glycine")
 
 
 def test_manifold_choice():

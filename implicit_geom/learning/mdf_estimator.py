@@ -214,7 +214,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
 
     def _build_state(self, low, high):
         self.bounds = (low, high)
-        self._components = None  # a new fit: the components are to be found again
+        self.invalidate_caches()  # a new fit: components and curves are found again
         # Under torchrun each rank runs its own share of the negative chains
         # with its own random stream (rank 0 keeps the single-process seed);
         # the trainer averages the steps (learning.distributed).
@@ -300,7 +300,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
                 self._trainer.run(self._loss, data, epochs, self.batch_size, self._generator)
         finally:
             del self._data
-            self._components = None  # the zero set moved
+            self.invalidate_caches()  # the zero set moved
         return self
 
     # ------------------------------------------------------------- persistence

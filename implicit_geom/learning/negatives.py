@@ -113,6 +113,9 @@ class LangevinNegativeSampler:
         if value_and_jacobian is not None:
             def grad(y):
                 value, jac = value_and_jacobian(y)
+                if value.shape[-1] == 1 and self.norm != "l2_squared":
+                    # One constraint: d|F|/dF = sign F for both norms (two ops).
+                    return jac[:, 0, :] * value.sign()
                 return (jac * _norm_gradient(value, self.norm).unsqueeze(-1)).sum(-2)
         chains = BoxLangevin(energy, self.low, self.high, self.eps, self.noise, self.generator,
                              grad=grad)

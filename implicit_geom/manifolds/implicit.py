@@ -41,10 +41,15 @@ class ImplicitManifold(nn.Module, LevelSet):
 
     Notes
     -----
-    Geometry calls never build autograd graphs through parameters of ``f``
-    (they run under ``torch.no_grad``; derivatives with respect to points use
-    ``torch.func``), so a trained network can be queried by geomstats' solvers
-    without touching its ``.grad``.
+    The solvers (Newton, geodesic integration, shooting) run without autograd.
+    :meth:`projection`, :meth:`to_tangent` and the metric's ``exp``, ``log``
+    and ``dist`` are nevertheless differentiable: when an input (or, for the
+    projection, a parameter or buffer of F) requires a gradient they attach
+    the implicit-function-theorem derivative of the converged result
+    (:mod:`implicit_geom.manifolds.ift`), never the unrolled iterations.
+    Parameters that do not require a gradient (a fitted
+    :class:`~implicit_geom.learning.NeuralImplicitManifold` outside ``fit``)
+    are never touched.
 
     The manifold is also a ``torch.nn.Module``: an ``f`` that is a module, and
     the parameters of closed forms (centres, radii) are its submodules and
@@ -77,9 +82,20 @@ class ImplicitManifold(nn.Module, LevelSet):
         self.register_buffer("_low", None, persistent=False)
         self.register_buffer("_high", None, persistent=False)
         self.bounds = bounds
-        self._components = None
+        self._components = self._curves = None
         self.name = name or type(self).__name__
         LevelSet.__init__(self, dim=self.ambient_dim - self.codim, equip=equip)
+        if isinstance(f, nn.Module):
+            self._adopt_precision(f)
+
+    def _adopt_precision(self, module):
+        """Work in the dtype and on the device of a module F's parameters."""
+        tensor = next((t for t in (*module.parameters(), *module.buffers())
+                       if t.is_floating_point()), None)
+        if tensor is not None:
+            self._probe = self._probe.to(tensor.device, tensor.dtype)
+            if self._low is not None:
+                self.bounds = (self._low, self._high)
 
     def __repr__(self):
         return (f"{self.name}(ambient_dim={self.ambient_dim}, codim={self.codim}, "
@@ -131,13 +147,34 @@ class ImplicitManifold(nn.Module, LevelSet):
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        self._components = None  # cached samples live on the old device/dtype
+        self.invalidate_caches()  # cached samples live on the old device/dtype
         return out
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        """``nn.Module.load_state_dict``; also forgets cached components."""
-        self._components = None
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        """``nn.Module.load_state_dict``; also forgets cached components and
+        re-derives a default box from the new parameters."""
+        self.invalidate_caches()
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if getattr(self, "_auto_bounds", False):
+            self.bounds = self._default_bounds()
+        return out
+
+    def _default_bounds(self):
+        """Box derived from the parameters (closed forms), or None."""
+        return None
+
+    def invalidate_caches(self):
+        """Forget what was computed from F once (sampled components, curve
+        tables): call after changing F in place (e.g. training its weights)."""
+        self._components = self._curves = None
+
+    def _curve_tracer(self):
+        """Arc-length tables of a curve (dim 1), traced on demand and cached."""
+        from .curves import CurveTracer  # curves.py builds on this module
+
+        if self._curves is None:
+            self._curves = CurveTracer(self)
+        return self._curves
 
     @staticmethod
     def from_sympy(exprs, symbols, **kwargs):

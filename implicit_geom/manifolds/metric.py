@@ -19,11 +19,12 @@ import torch
 from geomstats.geometry.riemannian_metric import RiemannianMetric
 
 from ..exceptions import CurvatureError, DisconnectedError, GeodesicError, InvalidPointError
-from ..numerics.linalg import gram_solve, tangent_basis, tangent_projector
+from ..numerics.linalg import gram_solve, rowdot, tangent_basis, tangent_projector
 from ..numerics.newton import newton_min_norm
 from ..numerics.ode import GBSIntegrator, n_macro_steps
 from ..numerics.validation import as_points
 from . import ift
+from .curves import CurveTraceError
 from .ift import needs_grad
 from .implicit import _dtype_of
 
@@ -42,13 +43,15 @@ class ImplicitMetric(RiemannianMetric):
     log_max_iter : int
         Shooting iteration cap.
     arc_per_step : float
-        Initial macro step, as an arc length (the integrator adapts it).
+        Initial macro step, as an arc length (the integrator adapts it). Two
+        units suit the parallel extrapolation levels (one macro step costs
+        about 17 sequential right-hand sides however long it is).
     on_manifold_atol : float
         ``log`` refuses targets with ``|F|`` above this.
     """
 
     def __init__(self, space, rtol=1e-10, log_tol=1e-9, log_max_iter=30,
-                 arc_per_step=1.0, on_manifold_atol=1e-6):
+                 arc_per_step=2.0, on_manifold_atol=1e-6):
         super().__init__(space=space)
         self.on_manifold_atol = on_manifold_atol
         self.rtol = rtol
@@ -206,26 +209,42 @@ class ImplicitMetric(RiemannianMetric):
         """
         space = self._space
         x, y, batch = space._pair(base_point, point, ("base_point", "point"))
+        if space.dim != 1:  # (curves first ask their arc-length tables, see _solve_log)
+            self._raise_if_apart(x, y, batch)
+        try:
+            if needs_grad(x, y):  # implicit-function gradient of exp_x(v) = y
+                v = ift.Log.apply(self, x, y)
+            else:
+                with torch.no_grad():
+                    v = self._solve_log(x, y)
+        except DisconnectedError as err:  # from a curve's tables: mask over the batch
+            if err.mask is not None and err.mask.numel() == x.shape[0]:
+                err.mask = err.mask.reshape(batch)
+            raise
+        return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
+
+    def _raise_if_apart(self, x, y, batch=None):
         with torch.no_grad():
             apart = self._apart(x, y)
-            if apart is not None and bool(apart.any()):
-                raise DisconnectedError(
-                    f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
-                    f"connected components of {space.name}; no geodesic joins them "
-                    "(their distance is +inf).", mask=apart.reshape(batch))
-        if needs_grad(x, y):  # implicit-function gradient of exp_x(v) = y
-            v = ift.Log.apply(self, x, y)
-        else:
-            with torch.no_grad():
-                v = self._solve_log(x, y)
-        return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
+        if apart is not None and bool(apart.any()):
+            raise DisconnectedError(
+                f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
+                f"connected components of {self._space.name}; no geodesic joins them "
+                "(their distance is +inf).",
+                mask=apart if batch is None else apart.reshape(batch))
 
     def _solve_log(self, x, y):
         """The log solve proper (flat batches, no autograd, same component).
 
         Pluggable: gradients (:class:`~implicit_geom.manifolds.ift.Log`) need
-        only its converged result.
+        only its converged result. Curves (dimension 1) use their arc-length
+        tables (:mod:`implicit_geom.manifolds.curves`), everything else shooting.
         """
+        if self._space.dim == 1:
+            try:
+                return self._space._curve_tracer().log(x, y)
+            except CurveTraceError:  # e.g. pieces that leave the box: labels, then shoot
+                self._raise_if_apart(x, y)
         return self._shoot(x, y)
 
     def _apart(self, x, y):
@@ -323,6 +342,12 @@ class ImplicitMetric(RiemannianMetric):
         space = self._space
         a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
         dtype = _dtype_of(point_a, point_b)
+        if space.dim == 1 and not needs_grad(a, b):
+            # Arc lengths from the curve's tables (+inf across closed curves).
+            within = self._curve_dist(a, b)
+            if within is not None:
+                within = within * within if squared else within
+                return within.reshape(batch).to(dtype)
         with torch.no_grad():
             apart = self._apart(a, b)
         if apart is not None and bool(apart.any()):
@@ -343,6 +368,15 @@ class ImplicitMetric(RiemannianMetric):
             out = torch.full((a.shape[0],), torch.inf, dtype=a.dtype, device=a.device)
             within = out.index_put((rows,), within)
         return within.reshape(batch).to(dtype)
+
+    def _curve_dist(self, a, b):
+        """Arc lengths on a curve (+inf across its connected pieces), or None
+        when the curve cannot be tabulated (then: shooting)."""
+        try:
+            with torch.no_grad():
+                return self._space._curve_tracer().dist(a, b)
+        except CurveTraceError:
+            return None
 
     def _geodesic_ivp(self, initial_point, initial_tangent_vec):
         """Geodesic ``t -> exp(t v)`` as a callable (geomstats convention)."""
@@ -665,7 +699,7 @@ def _normal_response(jac, curv):
     """``-J^T G^{-1} curv``: the normal vector whose J-image is ``-curv``, (B, n)."""
     if jac.shape[-2] == 1:  # the common case: a division instead of a solve
         grad = jac[:, 0]
-        return -grad * (curv / (grad * grad).sum(-1, keepdim=True))
+        return -grad * (curv / rowdot(grad, grad))
     gram = jac @ jac.transpose(-1, -2)
     lam = torch.linalg.solve(gram, curv.unsqueeze(-1))
     return -(jac.transpose(-1, -2) @ lam).squeeze(-1)

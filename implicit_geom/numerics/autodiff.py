@@ -14,6 +14,28 @@ trained network must neither keep graphs through its weights nor touch their
 
 import torch
 
+from .linalg import rowdot
+
+try:  # the engine call behind torch.autograd.grad, without its argument checks
+    from torch.autograd.graph import _engine_run_backward
+except ImportError:  # pragma: no cover - other torch versions
+    _engine_run_backward = None
+
+
+def _grad(output, inputs, grad_output, create_graph=False, retain_graph=None):
+    """``torch.autograd.grad`` for one output and one input, the checks skipped.
+
+    The geodesic integrator differentiates F hundreds of times per geodesic
+    on small batches, where the Python-side validation of autograd.grad costs
+    as much as the backward pass itself. Unused inputs give None.
+    """
+    if _engine_run_backward is None:
+        return torch.autograd.grad(output, inputs, grad_output, create_graph=create_graph,
+                                   retain_graph=retain_graph, allow_unused=True)[0]
+    retain = create_graph if retain_graph is None else retain_graph
+    return _engine_run_backward((output,), (grad_output,), retain, create_graph, (inputs,),
+                                True, False)[0]
+
 
 def _leaf(x):
     return x.detach().requires_grad_(True)
@@ -93,30 +115,26 @@ def jacobian_and_second_derivative(f, x, v):
         value = f(xg)
         k = value.shape[-1]
         if k == 1:
-            (grad,) = torch.autograd.grad(value, xg, torch.ones_like(value), create_graph=True)
-            jac = grad.unsqueeze(-2)
-        else:
-            eye = torch.eye(k, dtype=value.dtype, device=value.device)
-            (rows,) = torch.autograd.grad(value, xg, eye[:, None, :].expand(k, *value.shape),
-                                          create_graph=True, is_grads_batched=True)
-            jac = rows.movedim(0, -2)
+            grad = _grad(value, xg, torch.ones_like(value), create_graph=True)
+            if grad is None or not grad.requires_grad:  # constant or affine F
+                jac = torch.zeros_like(x) if grad is None else grad
+                return jac.detach().unsqueeze(-2), x.new_zeros(x.shape[0], 1)
+            directional = rowdot(grad, v)  # J v
+            hv = _grad(directional, xg, torch.ones_like(directional))
+            hv = torch.zeros_like(x) if hv is None else hv
+            return grad.detach().unsqueeze(-2), rowdot(hv, v)
+        eye = torch.eye(k, dtype=value.dtype, device=value.device)
+        (rows,) = torch.autograd.grad(value, xg, eye[:, None, :].expand(k, *value.shape),
+                                      create_graph=True, is_grads_batched=True)
+        jac = rows.movedim(0, -2)
         if not jac.requires_grad:  # affine F
             return jac.detach(), x.new_zeros(x.shape[0], k)
         directional = (jac * v.unsqueeze(-2)).sum(-1)  # (B, k) = J v
-        if k == 1:
-            (hv,) = torch.autograd.grad(directional, xg, torch.ones_like(directional),
-                                        allow_unused=True)
-            hv = torch.zeros_like(x) if hv is None else hv
-            second = (hv * v).sum(-1, keepdim=True)
-        else:
-            eye = torch.eye(k, dtype=value.dtype, device=value.device)
-            (hvs,) = torch.autograd.grad(directional, xg,
-                                         eye[:, None, :].expand(k, *directional.shape),
-                                         is_grads_batched=True, allow_unused=True)
-            hvs = torch.zeros(k, *x.shape, dtype=x.dtype, device=x.device) if hvs is None \
-                else hvs
-            second = (hvs * v).sum(-1).t()
-    return jac.detach(), second.detach()
+        (hvs,) = torch.autograd.grad(directional, xg,
+                                     eye[:, None, :].expand(k, *directional.shape),
+                                     is_grads_batched=True, allow_unused=True)
+    hvs = torch.zeros(k, *x.shape, dtype=x.dtype, device=x.device) if hvs is None else hvs
+    return jac.detach(), (hvs * v).sum(-1).t()
 
 
 def lagrangian_hessian(f, x, lam):

@@ -76,3 +76,8 @@ def test_graph_free_gradient_moves_chains_like_autograd(norm):
     xa = a.sample(two_constraints)
     xb = b.sample(two_constraints, value_and_jacobian)
     assert torch.allclose(xa, xb, atol=1e-12)
+    # One constraint (the MDF of a hypersurface) takes its own shortcut.
+    c, d = sampler(norm=norm, steps=5), sampler(norm=norm, steps=5)
+    xc = c.sample(circle_f)
+    xd = d.sample(circle_f, lambda x: (circle_f(x), 2 * x[:, None, :]))
+    assert torch.allclose(xc, xd, atol=1e-12)
