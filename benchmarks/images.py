@@ -26,7 +26,8 @@ bundled digits (1,797 images of 8x8, no download) play MNIST:
    processes (``torchrun``, gloo on CPUs, NCCL with ``--device cuda``).
 
 Prints a table, writes ``benchmarks/results/images.json`` and the sample grids
-``benchmarks/results/images.png``.
+``benchmarks/results/images.png`` (with ``--docs`` also the README's
+``docs/digits_samples.png``).
 
 Usage::
 
@@ -323,6 +324,8 @@ def main(argv=None):
     parser.add_argument("--ddp-iters", type=int, default=10)
     parser.add_argument("--skip-ddp", action="store_true")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--docs", action="store_true",
+                        help="also write the README's figure docs/digits_samples.png")
     parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -356,6 +359,8 @@ def main(argv=None):
               "pushforward (fresh noise)": samples["pushforward, fresh noise"]}
     fig = grid_figure({k: v.detach().cpu() for k, v in panels.items()}, SHAPE, n_images=64)
     fig.savefig(RESULTS / "images.png", dpi=90)
+    if args.docs:  # the README's figure
+        fig.savefig(Path(__file__).resolve().parents[1] / "docs" / "digits_samples.png", dpi=60)
     (RESULTS / "images.json").write_text(json.dumps(report, indent=1, default=float))
     print_table(report)
     print(f"\ntotal {report['total_s'] / 60:.1f} min; results in {RESULTS / 'images.json'}, "
