@@ -7,6 +7,7 @@ orientation, the training loop and checkpoints.
 """
 
 import contextlib
+import dataclasses
 
 import torch
 
@@ -254,7 +255,14 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         box = None
         if self.objective.mu_box > 0:
             box = self._sampler.uniform(self.n_negatives)
-        return self.objective(self.net, batch, negatives, box, normals)
+        objective = self.objective
+        ctx = context()
+        if ctx.active and objective.rank_batch > 0:
+            # rank_batch counts rows of the global batch, like batch_size: each
+            # rank takes its share, so the Jacobian work is split too.
+            objective = dataclasses.replace(
+                objective, rank_batch=max(1, ctx.shard_size(objective.rank_batch)))
+        return objective(self.net, batch, negatives, box, normals)
 
     def fit(self, X, y=None, epochs=None, resume=False):
         """Learn the manifold of the data ``X``.
