@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import implicit_geom  # noqa: F401  (selects geomstats' pytorch backend)
-from implicit_geom.manifolds.neural import NeuralImplicitManifold
+from implicit_geom.learning import NeuralImplicitManifold
 from implicit_geom.models import ConstrainedEBM, PushforwardEBM
 
 RESULTS = Path(__file__).resolve().parent / "results"

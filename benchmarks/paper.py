@@ -55,7 +55,7 @@ from implicit_geom.datasets import (
     vmf_sphere,
 )
 from implicit_geom.learning.presets import mdf_preset
-from implicit_geom.manifolds.neural import NeuralImplicitManifold
+from implicit_geom.learning import NeuralImplicitManifold
 from implicit_geom.metrics import (
     balance_pieces,
     discretized_wasserstein,

@@ -163,7 +163,7 @@ def mdf_step_timing(n_chains, epochs, n_timed, seed=0):
     runs single-threaded here), which other processes on a busy machine
     inflate far less than the wall time.
     """
-    from implicit_geom.manifolds.neural import NeuralImplicitManifold
+    from implicit_geom.learning import NeuralImplicitManifold
 
     data = two_circles(2000, seed=seed)
     start = time.perf_counter()

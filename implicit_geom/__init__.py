@@ -7,7 +7,10 @@ ensure_pytorch_backend()
 from .exceptions import (  # noqa: E402
     BackendError,
     CheckpointError,
+    ComponentError,
+    CurvatureError,
     DataError,
+    DisconnectedError,
     EmptyDataError,
     GeodesicError,
     ImplicitGeomError,
@@ -22,7 +25,7 @@ from .manifolds import (  # noqa: E402
     ImplicitSphere,
     ImplicitTorus,
     IntersectionManifold,
-    NeuralImplicitManifold,
+    NetworkImplicitManifold,
     ProductImplicitManifold,
     UnionManifold,
     as_implicit,
@@ -31,6 +34,7 @@ from .manifolds import (  # noqa: E402
     product,
     union,
 )
+from .learning import NeuralImplicitManifold  # noqa: E402  (the estimator; geometry above)
 
 __version__ = "0.1.0"
 
@@ -41,6 +45,7 @@ __all__ = [
     "ImplicitSphere",
     "ImplicitTorus",
     "IntersectionManifold",
+    "NetworkImplicitManifold",
     "NeuralImplicitManifold",
     "ProductImplicitManifold",
     "UnionManifold",
@@ -51,7 +56,10 @@ __all__ = [
     "union",
     "BackendError",
     "CheckpointError",
+    "ComponentError",
+    "CurvatureError",
     "DataError",
+    "DisconnectedError",
     "EmptyDataError",
     "GeodesicError",
     "ImplicitGeomError",

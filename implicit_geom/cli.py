@@ -53,7 +53,7 @@ def _manifold_for(dataset, choice, args):
         return "torus", ImplicitTorus(R, r), {"R": R, "r": r}
     if choice != "learned":
         raise CLIError(f"unknown --manifold {choice!r}; use auto, learned, sphere or torus")
-    from .manifolds.neural import NeuralImplicitManifold
+    from .learning import NeuralImplicitManifold
 
     intrinsic = dataset.intrinsic_dim or args.intrinsic_dim
     if intrinsic is None:
@@ -168,7 +168,7 @@ def load_model(folder):
         raise CLIError(f"{cfg_path}: unsupported format {config.get('format')!r}")
     kind = config["manifold"]
     if kind == "learned":
-        from .manifolds.neural import NeuralImplicitManifold
+        from .learning import NeuralImplicitManifold
 
         manifold = NeuralImplicitManifold.load(folder / "manifold", progress=False)
     elif kind == "sphere":

@@ -47,6 +47,31 @@ class GeodesicError(ImplicitGeomError, RuntimeError):
     """A geodesic integration or the log shooting did not reach its tolerance."""
 
 
+class DisconnectedError(GeodesicError):
+    """Two points lie on different connected components: no geodesic (and no
+    finite distance) joins them, so ``log`` is undefined.
+
+    Attributes
+    ----------
+    mask : torch.Tensor of bool
+        Over the batch, the pairs that lie on different components.
+    """
+
+    def __init__(self, message, mask=None):
+        super().__init__(message)
+        self.mask = mask
+
+
+class ComponentError(ImplicitGeomError, ValueError):
+    """The connected components of a manifold cannot be determined (e.g. no
+    box to sample a learned manifold in)."""
+
+
+class CurvatureError(ImplicitGeomError, ValueError):
+    """A curvature quantity is not defined for the arguments (e.g. the
+    sectional curvature of a plane spanned by parallel vectors)."""
+
+
 class CheckpointError(ImplicitGeomError, ValueError):
     """A saved model is missing, corrupt or incompatible."""
 

@@ -1,5 +1,5 @@
-"""Learning a manifold from data: MDF objective, negatives, orientation, training, topology,
-checkpoints."""
+"""Learning a manifold from data: the MDF estimator (NeuralImplicitManifold), its
+objective, negatives, orientation, training, topology, checkpoints."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .mdf import (
@@ -9,6 +9,7 @@ from .mdf import (
     orientation_penalty,
     rank_penalty,
 )
+from .mdf_estimator import NeuralImplicitManifold
 from .negatives import LangevinNegativeSampler
 from .orientation import outward_normals, pca_normals
 from .topology import ComponentReport, count_components
@@ -18,6 +19,7 @@ __all__ = [
     "ComponentReport",
     "LangevinNegativeSampler",
     "MDFObjective",
+    "NeuralImplicitManifold",
     "Trainer",
     "constraint_norm",
     "cosine_lr",

@@ -1,19 +1,22 @@
-"""Connected components of a (learned) implicit manifold inside a box.
+"""Connected components of a (learned) implicit manifold inside a box, with the
+diagnostics a fit needs: pieces far from the data (spurious) and pieces that
+leave the box (open).
 
-The zero set is sampled by projecting uniform box points onto it; points closer
-than a radius of a few typical sample spacings are linked, and the connected
-components of that graph are those of the manifold at that resolution. This
-works in any ambient dimension and for any codimension.
+The sampling and linking are geometry (:mod:`implicit_geom.manifolds.components`,
+which is also how every manifold answers ``n_components``); this module adds
+the comparison with the training data.
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from ..numerics.validation import DTYPE, as_points
+from ..manifolds.components import ComponentMap, sample_in_box
+from ..numerics.validation import as_points
+
+__all__ = ["ComponentReport", "count_components", "sample_in_box"]
 
 
 @dataclass
@@ -56,21 +59,6 @@ class ComponentReport:
     n_failed: int = 0
 
 
-def sample_in_box(manifold, n_samples, low, high, generator=None):
-    """Project uniform box points onto the manifold; keep converged ones inside the box.
-
-    Returns
-    -------
-    points : torch.Tensor, shape=[m, n]
-    n_failed : int
-    """
-    u = torch.rand(n_samples, low.shape[-1], dtype=DTYPE, generator=generator)
-    res = manifold.solve_projection(low + (high - low) * u, closest=False)
-    inside = ((res.x >= low) & (res.x <= high)).all(-1)
-    keep = res.converged & inside
-    return res.x[keep], int((~keep).sum())
-
-
 def count_components(manifold, data=None, n_samples=3000, radius_factor=3.0,
                      radius_fraction=0.03, min_size=None, spurious_distance=None,
                      bounds=None, seed=0):
@@ -83,17 +71,9 @@ def count_components(manifold, data=None, n_samples=3000, radius_factor=3.0,
     data : array-like, shape=[N, n], optional
         Data the manifold was learned from; components far from all of it are
         reported as spurious.
-    n_samples : int
-        Box points drawn and projected.
-    radius_factor : float
-        Linking radius as a multiple of the 90% quantile of nearest-neighbour
-        distances among the samples.
-    radius_fraction : float
-        Lower bound of the linking radius as a fraction of the box diagonal:
-        projected box points are not uniform on M, and this bridges the
-        sampling gaps that would otherwise split one component into many.
-    min_size : int, optional
-        Smallest counted component; default ``max(3, n_samples // 200)``.
+    n_samples, radius_factor, radius_fraction, min_size
+        Sampling and linking, see
+        :meth:`implicit_geom.manifolds.ComponentMap.sample`.
     spurious_distance : float, optional
         Default: 3 linking radii.
     bounds : tuple of array-like, optional
@@ -113,25 +93,16 @@ def count_components(manifold, data=None, n_samples=3000, radius_factor=3.0,
     if bounds is None:
         raise ValueError("count_components needs a box: pass bounds or fit the manifold")
     n = manifold.ambient_dim
-    low, high = (torch.as_tensor(b, dtype=DTYPE).expand(n) for b in bounds)
-    generator = torch.Generator().manual_seed(int(seed))
-    points, n_failed = sample_in_box(manifold, n_samples, low, high, generator)
-    if points.shape[0] < 2:
-        raise ValueError(
-            f"only {points.shape[0]} of {n_samples} box points could be projected onto "
-            "the manifold inside the box; is the zero set inside it?")
-    pts = points.detach().cpu().numpy()
-    tree = cKDTree(pts)
-    nn_dist = tree.query(pts, k=2)[0][:, 1]
-    diagonal = float(torch.linalg.vector_norm(high - low))
-    radius = max(float(radius_factor * np.quantile(nn_dist, 0.9)), radius_fraction * diagonal)
-    graph = tree.sparse_distance_matrix(tree, radius, output_type="coo_matrix")
-    _, labels = connected_components(graph, directed=False)
+    found = ComponentMap.sample(manifold, n_samples, bounds, radius_factor, radius_fraction,
+                                min_size, seed)
+    points, labels, radius = found.all_points, found.all_labels, found.radius
     counts = np.bincount(labels)
     min_size = max(3, n_samples // 200) if min_size is None else int(min_size)
     big = np.flatnonzero(counts >= min_size)
+    low, high = (torch.as_tensor(b).to(points).expand(n) for b in bounds)
     to_face = torch.minimum(points - low, high - points).amin(-1).cpu().numpy()
     n_open = sum(int(to_face[labels == c].min() <= 0.5 * radius) for c in big)
+    pts = points.detach().cpu().numpy()
     n_spurious = 0
     if data is not None:
         data = as_points(data, n, "data").reshape(-1, n).detach().cpu().numpy()
@@ -147,5 +118,5 @@ def count_components(manifold, data=None, n_samples=3000, radius_factor=3.0,
         radius=radius,
         points=points,
         labels=labels,
-        n_failed=n_failed,
+        n_failed=found.n_failed,
     )

@@ -1,4 +1,6 @@
-"""Implicit manifolds as geomstats spaces: core class, analytic spaces, arithmetic."""
+"""Implicit manifolds as geomstats spaces: core class, analytic spaces, arithmetic,
+network-defined manifolds. Geometry only: nothing here imports learning, models
+or sampling (the learned manifold's estimator is in :mod:`implicit_geom.learning`)."""
 
 from .analytic import (
     GeomstatsLevelSet,
@@ -16,11 +18,13 @@ from .arithmetic import (
     product,
     union,
 )
+from .components import ComponentMap
 from .implicit import ImplicitManifold
 from .metric import ImplicitMetric
-from .neural import NeuralImplicitManifold
+from .neural import MDFNetwork, NetworkImplicitManifold
 
 __all__ = [
+    "ComponentMap",
     "GeomstatsLevelSet",
     "ImplicitManifold",
     "ImplicitMetric",
@@ -28,7 +32,8 @@ __all__ = [
     "ImplicitTorus",
     "IntersectionManifold",
     "ProductImplicitManifold",
-    "NeuralImplicitManifold",
+    "MDFNetwork",
+    "NetworkImplicitManifold",
     "SympyImplicitManifold",
     "UnionManifold",
     "as_implicit",

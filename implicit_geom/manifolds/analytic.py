@@ -24,29 +24,39 @@ class ImplicitSphere(ImplicitManifold):
 
     def __init__(self, dim=2, radius=1.0, center=None, **kwargs):
         n = dim + 1
-        self.radius = float(radius)
-        self.center = (torch.zeros(n, dtype=torch.float64) if center is None
-                       else torch.as_tensor(center, dtype=torch.float64))
-        kwargs.setdefault("bounds", (self.center - 1.5 * radius, self.center + 1.5 * radius))
+        if not float(radius) > 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        center = (torch.zeros(n, dtype=torch.float64) if center is None
+                  else torch.as_tensor(center, dtype=torch.float64))
+        if center.shape != (n,):
+            raise ValueError(f"center must have shape ({n},), got {tuple(center.shape)}")
+        kwargs.setdefault("bounds", (center - 1.5 * radius, center + 1.5 * radius))
         kwargs.setdefault("name", f"ImplicitSphere(dim={dim}, radius={radius:g})")
         super().__init__(None, ambient_dim=n, codim=1, **kwargs)
+        # Buffers: they move with .to(device, dtype) and are the state_dict.
+        self.register_buffer("center", center.clone())
+        self.register_buffer("radius", torch.tensor(float(radius), dtype=torch.float64))
 
     def _value(self, x):
-        y = x - self.center
-        return ((y * y).sum(-1, keepdim=True) - self.radius**2) / (2 * self.radius)
+        y = x - self.center.to(x.dtype)
+        r = self.radius.to(x.dtype)
+        return ((y * y).sum(-1, keepdim=True) - r * r) / (2 * r)
 
     def _value_and_jacobian(self, x):
         return self._value(x), self._jacobian(x)
 
     def _jacobian(self, x):
-        return ((x - self.center) / self.radius).unsqueeze(-2)
+        return ((x - self.center.to(x.dtype)) / self.radius.to(x.dtype)).unsqueeze(-2)
 
     def _second_derivative(self, x, v):
-        return (v * v).sum(-1, keepdim=True) / self.radius
+        return (v * v).sum(-1, keepdim=True) / self.radius.to(x.dtype)
 
     def _lagrangian_hessian(self, x, lam):
         eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-        return (lam[:, 0] / self.radius)[:, None, None] * eye
+        return (lam[:, 0] / self.radius.to(x.dtype))[:, None, None] * eye
+
+    def _known_n_components(self):
+        return 1
 
 
 class ImplicitTorus(ImplicitManifold):
@@ -58,19 +68,24 @@ class ImplicitTorus(ImplicitManifold):
     def __init__(self, major_radius=2.0, minor_radius=1.0, **kwargs):
         if not 0 < minor_radius < major_radius:
             raise ValueError("need 0 < minor_radius < major_radius")
-        self.major_radius = float(major_radius)
-        self.minor_radius = float(minor_radius)
         extent = major_radius + 1.5 * minor_radius
         kwargs.setdefault("bounds", ([-extent, -extent, -1.5 * minor_radius],
                                      [extent, extent, 1.5 * minor_radius]))
         kwargs.setdefault(
             "name", f"ImplicitTorus(R={major_radius:g}, r={minor_radius:g})")
         super().__init__(None, ambient_dim=3, codim=1, **kwargs)
+        self.register_buffer("major_radius", torch.tensor(float(major_radius),
+                                                          dtype=torch.float64))
+        self.register_buffer("minor_radius", torch.tensor(float(minor_radius),
+                                                          dtype=torch.float64))
 
     def _value(self, x):
         rho = torch.sqrt(x[..., 0] ** 2 + x[..., 1] ** 2)
-        r = self.minor_radius
-        return (((rho - self.major_radius) ** 2 + x[..., 2] ** 2 - r**2) / (2 * r))[..., None]
+        big, r = self.major_radius.to(x.dtype), self.minor_radius.to(x.dtype)
+        return (((rho - big) ** 2 + x[..., 2] ** 2 - r * r) / (2 * r))[..., None]
+
+    def _known_n_components(self):
+        return 1
 
 
 class SympyImplicitManifold(ImplicitManifold):
@@ -199,6 +214,29 @@ class GeomstatsLevelSet(ImplicitManifold):
             raise ValueError(
                 f"could not derive independent constraints for {type(space).__name__}: "
                 f"got dimension {self.dim}, expected {space.dim}")
+
+    def _orthogonal(self):
+        """Whether the submersion is ``X^T X - I`` on square matrices (zero set O(n))."""
+        shape = self.point_shape
+        if not (self._symmetric and len(shape) == 2 and shape[0] == shape[1]):
+            return False
+        eye = torch.eye(shape[0], dtype=torch.float64)
+        return bool(torch.allclose(torch.as_tensor(self.space.submersion(eye)).double(),
+                                   torch.zeros_like(eye), atol=1e-12))
+
+    def _known_n_components(self):
+        name = type(self.space).__name__
+        if name == "Hypersphere":
+            return 1
+        if self._orthogonal():  # X^T X = I is O(n): det +1 and det -1
+            return 2
+        return None
+
+    def _component_labels(self, x):
+        if self._orthogonal():
+            det = torch.linalg.det(x.reshape(-1, *self.point_shape))
+            return (det < 0).long()
+        return super()._component_labels(x)
 
     def _value(self, x):
         pts = x.reshape(*x.shape[:-1], *self.point_shape)

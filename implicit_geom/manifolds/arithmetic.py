@@ -10,10 +10,14 @@ there the tangent space is not defined and a :class:`SingularJacobianError` is
 raised instead of a silently wrong answer.
 """
 
+import math
+
 import torch
+from torch import nn
 
 from ..exceptions import SingularJacobianError
 from ..numerics.newton import NewtonResult
+from ..numerics.validation import as_points
 from .analytic import as_implicit
 from .implicit import ImplicitManifold
 
@@ -29,12 +33,12 @@ class IntersectionManifold(ImplicitManifold):
         if any(c.ambient_dim != n for c in comps):
             raise ValueError("components live in different ambient dimensions: "
                              f"{[c.ambient_dim for c in comps]}")
-        self.components = comps
         codim = sum(c.codim for c in comps)
         kwargs.setdefault("tol", min(c.tol for c in comps))
         kwargs.setdefault("bounds", _common_bounds(comps, max))
         kwargs.setdefault("name", " ∩ ".join(c.name for c in comps))
         super().__init__(None, ambient_dim=n, codim=codim, **kwargs)
+        self.components = nn.ModuleList(comps)  # the intersected manifolds
 
     def _value(self, x):
         return torch.cat([c._value(x) for c in self.components], dim=-1)
@@ -82,12 +86,12 @@ class UnionManifold(ImplicitManifold):
         n, k = comps[0].ambient_dim, comps[0].codim
         if any(c.ambient_dim != n or c.codim != k for c in comps):
             raise ValueError("union components must share ambient dimension and codimension")
-        self.components = comps
         self.meet_tol = meet_tol
         kwargs.setdefault("tol", min(c.tol for c in comps))
         kwargs.setdefault("bounds", _common_bounds(comps, min))
         kwargs.setdefault("name", " ∪ ".join(c.name for c in comps))
         super().__init__(None, ambient_dim=n, codim=k, **kwargs)
+        self.components = nn.ModuleList(comps)  # the pieces of the union
 
     # The active component of each point defines M locally.
     def _stack(self, x):
@@ -122,6 +126,39 @@ class UnionManifold(ImplicitManifold):
         return self._select(torch.stack([c._lagrangian_hessian(x, lam)
                                          for c in self.components]), idx)
 
+    # Components: the union of the pieces' components, numbered piece by piece
+    # (the pieces are taken to be disjoint; where they meet the union is not a
+    # manifold, and geometry there raises SingularJacobianError).
+    def _known_n_components(self):
+        counts = [c._known_n_components() for c in self.components]
+        return None if None in counts else sum(counts)
+
+    @property
+    def n_components(self):
+        """Sum of the pieces' numbers of components."""
+        return sum(c.n_components for c in self.components)
+
+    def components_known(self):
+        return all(c.components_known() for c in self.components)
+
+    def _component_labels(self, x):
+        piece = self.component_index(x)
+        labels = torch.full_like(piece, -1)
+        offset = 0
+        for i, c in enumerate(self.components):
+            rows = (piece == i).nonzero().squeeze(-1)
+            if rows.numel():
+                inner = c._component_labels(x[rows])
+                labels[rows] = torch.where(inner >= 0, inner + offset, -1)
+            offset += c.n_components
+        return labels
+
+    def piece_of(self, point):
+        """Index of the union piece each point lies on (the smallest ``|F_i|``)."""
+        x, batch = self._flat(point)
+        with torch.no_grad():
+            return self.component_index(x).reshape(batch)
+
     def product_submersion(self, point):
         """The paper's union function ``prod_i F_i`` (codimension 1 only)."""
         if self.codim != 1:
@@ -153,7 +190,7 @@ class UnionManifold(ImplicitManifold):
     def solve_projection(self, point, closest=True, max_refine=100):
         """Project onto every component and keep the nearest successful result."""
         results = [c.solve_projection(point, closest, max_refine) for c in self.components]
-        x0 = torch.as_tensor(point, dtype=torch.float64)
+        x0 = as_points(point, self.ambient_dim)
         dist = torch.stack([torch.where(r.converged, (r.x - x0).norm(dim=-1), torch.inf)
                             for r in results])
         best = dist.argmin(0)
@@ -179,7 +216,6 @@ class ProductImplicitManifold(ImplicitManifold):
         comps = [as_implicit(c) for c in components]
         if len(comps) < 2:
             raise ValueError("a product needs at least two manifolds")
-        self.components = comps
         sizes = [c.ambient_dim for c in comps]
         self._slices = [slice(sum(sizes[:i]), sum(sizes[:i + 1])) for i in range(len(sizes))]
         if all(c.bounds is not None for c in comps):
@@ -189,6 +225,7 @@ class ProductImplicitManifold(ImplicitManifold):
         kwargs.setdefault("name", " x ".join(c.name for c in comps))
         super().__init__(None, ambient_dim=sum(sizes), codim=sum(c.codim for c in comps),
                          **kwargs)
+        self.components = nn.ModuleList(comps)  # the factors
 
     def _parts(self, x):
         return [x[..., sl] for sl in self._slices]
@@ -209,6 +246,28 @@ class ProductImplicitManifold(ImplicitManifold):
     def _second_derivative(self, x, v):
         return torch.cat([c._second_derivative(p, q) for c, p, q in
                           zip(self.components, self._parts(x), self._parts(v))], -1)
+
+    # Components of a product: one per tuple of factor components.
+    def _known_n_components(self):
+        counts = [c._known_n_components() for c in self.components]
+        return None if None in counts else math.prod(counts)
+
+    @property
+    def n_components(self):
+        """Product of the factors' numbers of components."""
+        return math.prod(c.n_components for c in self.components)
+
+    def components_known(self):
+        return all(c.components_known() for c in self.components)
+
+    def _component_labels(self, x):
+        labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        unknown = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for c, p in zip(self.components, self._parts(x)):
+            inner = c._component_labels(p)
+            unknown |= inner < 0
+            labels = labels * c.n_components + inner.clamp_min(0)  # mixed radix
+        return torch.where(unknown, -1, labels)
 
     def _lagrangian_hessian(self, x, lam):
         hess = x.new_zeros(x.shape[0], self.ambient_dim, self.ambient_dim)

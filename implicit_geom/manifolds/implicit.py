@@ -5,15 +5,16 @@ import math
 import torch
 from geomstats.geometry.base import LevelSet
 from geomstats.geometry.euclidean import Euclidean
+from torch import nn
 
-from ..exceptions import InvalidPointError, ProjectionError
+from ..exceptions import ComponentError, InvalidPointError, ProjectionError
 from ..numerics import autodiff
 from ..numerics.linalg import gram_solve, tangent_projector
 from ..numerics.newton import NewtonResult, newton_min_norm, solve_along_normals
 from ..numerics.validation import DTYPE, as_points
 
 
-class ImplicitManifold(LevelSet):
+class ImplicitManifold(nn.Module, LevelSet):
     r"""The zero set :math:`M = \{x \in \mathbb{R}^n : F(x) = 0\}` of a submersion.
 
     Parameters
@@ -43,7 +44,18 @@ class ImplicitManifold(LevelSet):
     (they run under ``torch.no_grad``; derivatives with respect to points use
     ``torch.func``), so a trained network can be queried by geomstats' solvers
     without touching its ``.grad``.
+
+    The manifold is also a ``torch.nn.Module``: an ``f`` that is a module, and
+    the parameters of closed forms (centres, radii) are its submodules and
+    buffers, so ``.to(device, dtype)``, ``state_dict`` and ``load_state_dict``
+    work as in torch. Computations run in the manifold's :attr:`dtype`
+    (float64 unless moved) on the device of the input; results come back in
+    the dtype of the input. Tolerances never go below what the working dtype
+    can resolve (:meth:`tol_for`).
     """
+
+    #: Box draws projected to find the connected components by sampling.
+    component_samples = 3000
 
     def __init__(self, f, ambient_dim, codim=1, *, tol=1e-10, max_iter=50,
                  bounds=None, equip=True, name=None):
@@ -51,21 +63,80 @@ class ImplicitManifold(LevelSet):
             raise ValueError(
                 f"need 1 <= codim < ambient_dim, got codim={codim}, ambient_dim={ambient_dim}"
             )
-        self._f = f
+        nn.Module.__init__(self)
+        self._f = f  # registered as a submodule when it is an nn.Module
         self.ambient_dim = int(ambient_dim)
         self.codim = int(codim)
         self.tol = float(tol)
         self.closest_tol = 10 * float(tol)
         self.max_iter = int(max_iter)
-        self.bounds = None if bounds is None else tuple(
-            torch.as_tensor(b, dtype=DTYPE).expand(self.ambient_dim) for b in bounds
-        )
+        # Carries the manifold's dtype and device through .to() even when it
+        # has no parameters (a plain callable); not part of the state.
+        self.register_buffer("_probe", torch.zeros(0, dtype=DTYPE), persistent=False)
+        self.register_buffer("_low", None, persistent=False)
+        self.register_buffer("_high", None, persistent=False)
+        self.bounds = bounds
+        self._components = None
         self.name = name or type(self).__name__
-        super().__init__(dim=self.ambient_dim - self.codim, equip=equip)
+        LevelSet.__init__(self, dim=self.ambient_dim - self.codim, equip=equip)
 
     def __repr__(self):
         return (f"{self.name}(ambient_dim={self.ambient_dim}, codim={self.codim}, "
                 f"dim={self.dim})")
+
+    # ------------------------------------------------------------ torch module
+    @property
+    def dtype(self):
+        """Working dtype of the computations (float64 unless moved with ``.to``)."""
+        return self._probe.dtype
+
+    @property
+    def device(self):
+        """Device of the manifold's parameters and buffers."""
+        return self._probe.device
+
+    @property
+    def bounds(self):
+        """``(low, high)`` corners of a box containing M, or None."""
+        return None if self._low is None else (self._low, self._high)
+
+    @bounds.setter
+    def bounds(self, value):
+        if value is None:
+            self._low = self._high = None
+            return
+        low, high = (torch.as_tensor(b, dtype=self.dtype).to(self.device)
+                     .expand(self.ambient_dim).clone() for b in value)
+        self._low, self._high = low, high
+
+    def forward(self, point):
+        """``F(point)`` with autograd (through the points and any parameters of F).
+
+        Unlike :meth:`submersion`, this builds a graph: use it to train or to
+        differentiate the defining function itself.
+        """
+        x = as_points(point, self.ambient_dim)
+        value = self._value(x.reshape(-1, self.ambient_dim).to(self.dtype))
+        return value.reshape(*x.shape[:-1], self.codim).to(x.dtype)
+
+    def tol_for(self, dtype=None):
+        """``tol`` floored at what ``dtype`` (default: :attr:`dtype`) resolves.
+
+        A float32 manifold cannot reach ``|F| <= 1e-10``; its solvers stop at
+        ``64 eps`` instead of failing.
+        """
+        dtype = self.dtype if dtype is None else dtype
+        return max(self.tol, 64 * torch.finfo(dtype).eps)
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._components = None  # cached samples live on the old device/dtype
+        return out
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """``nn.Module.load_state_dict``; also forgets cached components."""
+        self._components = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @staticmethod
     def from_sympy(exprs, symbols, **kwargs):
@@ -107,7 +178,7 @@ class ImplicitManifold(LevelSet):
 
     def _flat(self, point, name="point"):
         point = as_points(point, self.ambient_dim, name)
-        return point.reshape(-1, self.ambient_dim), point.shape[:-1]
+        return point.reshape(-1, self.ambient_dim).to(self.dtype), point.shape[:-1]
 
     def _check_value(self, value, n_points):
         if value.shape != (n_points, self.codim):
@@ -127,11 +198,12 @@ class ImplicitManifold(LevelSet):
         jacobian : torch.Tensor, shape=[..., k, n]
         """
         x, batch = self._flat(point)
+        dtype = _dtype_of(point)
         with torch.no_grad():
             value, jac = self._value_and_jacobian(x)
         self._check_value(value, x.shape[0])
-        return (value.reshape(*batch, self.codim),
-                jac.reshape(*batch, self.codim, self.ambient_dim))
+        return (value.reshape(*batch, self.codim).to(dtype),
+                jac.reshape(*batch, self.codim, self.ambient_dim).to(dtype))
 
     def jacobian(self, point):
         """Jacobian ``J(x)`` of the submersion, shape ``(..., k, n)``."""
@@ -143,29 +215,39 @@ class ImplicitManifold(LevelSet):
         x, batch = self._flat(point)
         with torch.no_grad():
             value = self._check_value(self._value(x), x.shape[0])
-        return value.reshape(*batch, self.codim)
+        return value.reshape(*batch, self.codim).to(_dtype_of(point))
 
     def tangent_submersion(self, vector, point):
         """``J(x) v``, shape ``(..., k)``."""
         x, v, batch = self._pair(point, vector)
         with torch.no_grad():
-            out = autodiff.jvp(self._value, x, v)[1]
-        return out.reshape(*batch, self.codim)
+            out = self._value_and_jacobian(x)[1] @ v.unsqueeze(-1)
+        return out.reshape(*batch, self.codim).to(_dtype_of(point))
 
     def _pair(self, point, vector, names=("point", "vector")):
         point = as_points(point, self.ambient_dim, names[0])
         vector = as_points(vector, self.ambient_dim, names[1])
         point, vector = torch.broadcast_tensors(point, vector)
         batch = point.shape[:-1]
-        return (point.reshape(-1, self.ambient_dim),
-                vector.reshape(-1, self.ambient_dim), batch)
+        return (point.reshape(-1, self.ambient_dim).to(self.dtype),
+                vector.reshape(-1, self.ambient_dim).to(self.dtype), batch)
 
     def belongs(self, point, atol=1e-6):
-        """Whether ``|F(x)| <= atol``, shape ``(...,)``."""
+        """Whether ``|F(x)| <= atol``, shape ``(...,)``.
+
+        Points of the wrong shape (last axis not ``ambient_dim``) do not
+        belong: False per batch entry, as geomstats' spaces answer.
+        """
+        wrong = _wrong_shape(point, self.ambient_dim)
+        if wrong is not None:
+            return wrong
         return self.submersion(point).norm(dim=-1) <= atol
 
     def is_tangent(self, vector, base_point, atol=1e-6):
-        """Whether ``|J(x) v| <= atol``, shape ``(...,)``."""
+        """Whether ``|J(x) v| <= atol``, shape ``(...,)`` (False for wrong shapes)."""
+        wrong = _wrong_shape(vector, self.ambient_dim)
+        if wrong is not None:
+            return wrong
         return self.tangent_submersion(vector, base_point).norm(dim=-1) <= atol
 
     def to_tangent(self, vector, base_point):
@@ -178,8 +260,9 @@ class ImplicitManifold(LevelSet):
         """
         x, v, batch = self._pair(base_point, vector, ("base_point", "vector"))
         with torch.no_grad():
-            _, jac = self._value_and_jacobian(x)
-        return tangent_projector(jac, v).reshape(*batch, self.ambient_dim)
+            jac = self._jacobian(x)
+        return tangent_projector(jac, v).reshape(*batch, self.ambient_dim).to(
+            _dtype_of(vector, base_point))
 
     def random_tangent_vec(self, base_point, n_samples=1):
         """Gaussian ambient vectors projected onto the tangent space."""
@@ -188,6 +271,89 @@ class ImplicitManifold(LevelSet):
                  else base_point.shape)
         vec = torch.randn(shape, dtype=base_point.dtype, device=base_point.device)
         return self.to_tangent(vec, base_point)
+
+    # ------------------------------------------------------ connected components
+    @property
+    def n_components(self):
+        """Number of connected components of M.
+
+        Closed forms and unions know it by construction; other manifolds find
+        it by sampling their box (see :meth:`sampled_components`).
+
+        Raises
+        ------
+        ComponentError
+            When it cannot be determined (no box to sample).
+        """
+        known = self._known_n_components()
+        if known is not None:
+            return known
+        return self.sampled_components().n_components
+
+    def _known_n_components(self):
+        """Number of components known by construction, or None (sample them)."""
+        return None
+
+    def component_of(self, point):
+        """Label in ``0 .. n_components - 1`` of the component of each point.
+
+        Parameters
+        ----------
+        point : array-like, shape=[..., n]
+            Points on M.
+
+        Returns
+        -------
+        labels : torch.Tensor of int64, shape=[...]
+            ``-1`` where a sampled component map cannot tell (a point farther
+            than its linking radius from every sample, e.g. off M or outside
+            the sampled box).
+
+        Raises
+        ------
+        ComponentError
+            When the components cannot be determined (no box to sample).
+        """
+        x, batch = self._flat(point)
+        with torch.no_grad():
+            labels = self._component_labels(x)
+        return labels.reshape(batch)
+
+    def _component_labels(self, x):
+        """Labels of flat points (B, n); the default looks up sampled components."""
+        if self._known_n_components() == 1:
+            return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.sampled_components().labels_of(x)
+
+    def components_known(self):
+        """Whether :meth:`component_of` can answer without raising."""
+        return self._known_n_components() is not None or self.bounds is not None
+
+    def sampled_components(self, n_samples=None, seed=0):
+        """Connected components found by sampling M inside :attr:`bounds` (cached).
+
+        Uniform box points are projected onto M and linked within a radius of
+        a few sample spacings; the components of that graph (with at least a
+        handful of samples) are the manifold's at that resolution (see
+        :mod:`implicit_geom.manifolds.components`).
+
+        Raises
+        ------
+        ComponentError
+            Without :attr:`bounds`, or when no samples land on M in the box.
+        """
+        from .components import ComponentMap  # components.py builds on this module
+
+        n_samples = self.component_samples if n_samples is None else int(n_samples)
+        cached = self._components
+        if cached is not None and cached.n_draws == n_samples and cached.seed == seed:
+            return cached
+        if self.bounds is None:
+            raise ComponentError(
+                f"the connected components of {self.name} are unknown: it has no box "
+                "(bounds) to sample them in; pass bounds=(low, high) when building it.")
+        self._components = ComponentMap.sample(self, n_samples, seed=seed)
+        return self._components
 
     def regularize(self, point):
         """Points are kept in ambient coordinates: nothing to regularize."""
@@ -218,11 +384,11 @@ class ImplicitManifold(LevelSet):
         """
         x0, batch = self._flat(point)
         with torch.no_grad():
-            res = newton_min_norm(self._value_and_jacobian, x0, self.tol, self.max_iter)
+            res = newton_min_norm(self._value_and_jacobian, x0, self.tol_for(), self.max_iter)
             if closest:
                 res = self._refine_closest(x0, res, max_refine)
         return NewtonResult(
-            x=res.x.reshape(*batch, self.ambient_dim),
+            x=res.x.reshape(*batch, self.ambient_dim).to(_dtype_of(point)),
             converged=res.converged.reshape(batch),
             residual=res.residual.reshape(batch),
             n_iter=res.n_iter.reshape(batch),
@@ -240,6 +406,8 @@ class ImplicitManifold(LevelSet):
         y, converged = res.x, res.converged.clone()
         residual, n_iter = res.residual, res.n_iter
         n, k = self.ambient_dim, self.codim
+        tol = self.tol_for()
+        closest_tol = max(self.closest_tol, 10 * tol)
         pending = converged.clone()
         for _ in range(max_refine):
             idx = pending.nonzero().squeeze(-1)
@@ -250,7 +418,7 @@ class ImplicitManifold(LevelSet):
             lam = gram_solve(jac, (jac @ disp.unsqueeze(-1)).squeeze(-1), check=False)
             tangential = disp - (jac.transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
             # The foot point is off the closest point by about |tangential|.
-            done = tangential.norm(dim=-1) <= self.closest_tol
+            done = tangential.norm(dim=-1) <= closest_tol
             pending[idx[done]] = False
             keep = ~done
             idx, value, jac, lam, tangential = (t[keep] for t in (idx, value, jac, lam, tangential))
@@ -267,8 +435,7 @@ class ImplicitManifold(LevelSet):
             # Fall back to the plain tangential correction where the KKT matrix
             # is singular (a degenerate critical point of the distance).
             step = torch.where((info == 0)[:, None] & torch.isfinite(step), step, tangential)
-            sub = newton_min_norm(self._value_and_jacobian, y[idx] + step,
-                                  self.tol, self.max_iter)
+            sub = newton_min_norm(self._value_and_jacobian, y[idx] + step, tol, self.max_iter)
             y[idx], residual[idx] = sub.x, sub.residual
             n_iter[idx] += sub.n_iter
             converged[idx] &= sub.converged
@@ -290,7 +457,7 @@ class ImplicitManifold(LevelSet):
             n_bad = int((~res.converged).sum())
             raise ProjectionError(
                 f"{n_bad} of {res.converged.numel()} point(s) could not be projected "
-                f"onto {self.name} (|F| <= {self.tol:g} within {self.max_iter} Newton "
+                f"onto {self.name} (|F| <= {self.tol_for():g} within {self.max_iter} Newton "
                 f"iterations); largest residual {float(res.residual.nan_to_num(math.inf).max()):.3g}.",
                 failed=~res.converged, residual=res.residual,
             )
@@ -303,8 +470,8 @@ class ImplicitManifold(LevelSet):
         cannot be projected are replaced by fresh ones.
         """
         low, high = self.bounds if self.bounds is not None else (
-            -bound * torch.ones(self.ambient_dim, dtype=DTYPE),
-            bound * torch.ones(self.ambient_dim, dtype=DTYPE))
+            torch.full((self.ambient_dim,), -bound, dtype=self.dtype, device=self.device),
+            torch.full((self.ambient_dim,), bound, dtype=self.dtype, device=self.device))
         out = self.project_draws(
             lambda k: low + (high - low) * torch.rand(k, self.ambient_dim, dtype=low.dtype,
                                                       device=low.device),
@@ -350,17 +517,44 @@ class ImplicitManifold(LevelSet):
         """
         x, v, batch = self._pair(base_point, tangent_vec, ("base_point", "tangent_vec"))
         with torch.no_grad():
-            _, jac = self._value_and_jacobian(x)
+            jac = self._jacobian(x)
             res = solve_along_normals(self._value_and_jacobian, x + v, jac,
-                                      self.tol, self.max_iter)
+                                      self.tol_for(), self.max_iter)
         if not bool(res.converged.all()):
             raise ProjectionError(
                 f"retraction failed for {int((~res.converged).sum())} point(s): the "
                 "step leaves the region where the normal-space solve converges; use a "
                 "shorter tangent vector.", failed=~res.converged, residual=res.residual)
-        return res.x.reshape(*batch, self.ambient_dim)
+        return res.x.reshape(*batch, self.ambient_dim).to(_dtype_of(tangent_vec, base_point))
 
     def vector_transport(self, tangent_vec, base_point, end_point):
         """Projection vector transport: ``to_tangent(v, end_point)``."""
         del base_point  # the projection transport only needs the target space
         return self.to_tangent(tangent_vec, end_point)
+
+
+def _dtype_of(*arrays):
+    """Result dtype for inputs ``arrays``: their promoted floating dtype (float64
+    for non-tensors and integer tensors), so float32 in gives float32 out."""
+    dtypes = [a.dtype for a in arrays if torch.is_tensor(a) and a.is_floating_point()]
+    if len(dtypes) < len(arrays):
+        dtypes.append(DTYPE)
+    out = dtypes[0]
+    for d in dtypes[1:]:
+        out = torch.promote_types(out, d)
+    return out
+
+
+def _wrong_shape(point, ambient_dim):
+    """All-False answer shaped like the batch for a point of the wrong shape, else None."""
+    try:
+        shape = tuple(point.shape) if hasattr(point, "shape") else tuple(
+            torch.as_tensor(point).shape)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if len(shape) == 0:
+        return torch.zeros((), dtype=torch.bool)
+    if shape[-1] == ambient_dim:
+        return None
+    device = point.device if torch.is_tensor(point) else None
+    return torch.zeros(shape[:-1], dtype=torch.bool, device=device)

@@ -18,10 +18,11 @@ FrechetMean would then silently switch to the linear mean (off M).
 import torch
 from geomstats.geometry.riemannian_metric import RiemannianMetric
 
-from ..exceptions import GeodesicError, InvalidPointError
+from ..exceptions import DisconnectedError, GeodesicError, InvalidPointError
 from ..numerics.linalg import tangent_basis, tangent_projector
 from ..numerics.newton import newton_min_norm
 from ..numerics.ode import GBSIntegrator, n_macro_steps
+from .implicit import _dtype_of
 
 
 class ImplicitMetric(RiemannianMetric):
@@ -47,19 +48,40 @@ class ImplicitMetric(RiemannianMetric):
                  arc_per_step=1.0, on_manifold_atol=1e-6):
         super().__init__(space=space)
         self.on_manifold_atol = on_manifold_atol
+        self.rtol = rtol
         self.integrator = GBSIntegrator(rtol=rtol, atol=rtol)
+        self._integrators = {torch.float64: self.integrator}
         self.log_tol = log_tol
         self.log_max_iter = log_max_iter
         self.arc_per_step = arc_per_step
 
+    # --------------------------------------------------------------- precision
+    # Tolerances never go below what the working dtype resolves: a float32
+    # manifold integrates, shoots and checks at float32 accuracy.
+    def _integrator(self, dtype):
+        integ = self._integrators.get(dtype)
+        if integ is None:
+            rtol = max(self.rtol, 100 * torch.finfo(dtype).eps)
+            integ = self._integrators[dtype] = GBSIntegrator(rtol=rtol, atol=rtol)
+        return integ
+
+    def _log_tol(self, dtype):
+        return max(self.log_tol, 100 * torch.finfo(dtype).eps)
+
+    def _on_manifold_atol(self, dtype):
+        return max(self.on_manifold_atol, 10 * self._space.tol_for(dtype))
+
     # ------------------------------------------------------------------- basics
     def metric_matrix(self, base_point=None):
         """Identity in ambient coordinates (tangent vectors are ambient vectors)."""
-        n = self._space.ambient_dim
-        eye = torch.eye(n, dtype=torch.float64)
+        space = self._space
+        n = space.ambient_dim
         if base_point is None:
-            return eye
-        return eye.expand(*torch.as_tensor(base_point).shape[:-1], n, n)
+            return torch.eye(n, dtype=space.dtype, device=space.device)
+        base_point = torch.as_tensor(base_point)
+        eye = torch.eye(n, dtype=base_point.dtype if base_point.is_floating_point()
+                        else space.dtype, device=base_point.device)
+        return eye.expand(*base_point.shape[:-1], n, n)
 
     def inner_product(self, tangent_vec_a, tangent_vec_b, base_point=None):
         """Euclidean inner product of tangent vectors, shape ``(...,)``."""
@@ -87,13 +109,13 @@ class ImplicitMetric(RiemannianMetric):
         """Unprojected time-1 geodesic flow of flat batches, returns (x1, v1)."""
         n = self._space.ambient_dim
         steps = n_macro_steps(v.norm(dim=-1).max(), self.arc_per_step)
-        z = self.integrator.integrate(self._rhs, torch.cat([x, v], -1), 1.0, steps)
+        z = self._integrator(x.dtype).integrate(self._rhs, torch.cat([x, v], -1), 1.0, steps)
         return z[:, :n], z[:, n:]
 
     def _land(self, x1, v1):
         """Remove the integrator's O(rtol) drift: Newton onto M, velocity to T M."""
         space = self._space
-        res = newton_min_norm(space._value_and_jacobian, x1, space.tol, space.max_iter)
+        res = newton_min_norm(space._value_and_jacobian, x1, space.tol_for(), space.max_iter)
         if not bool(res.converged.all()):
             raise GeodesicError(
                 f"the end point of {int((~res.converged).sum())} geodesic(s) could not "
@@ -123,9 +145,9 @@ class ImplicitMetric(RiemannianMetric):
             v = tangent_projector(jac, v)
             x1, v1 = self._flow(x, v)
             x1, _ = self._land(x1, v1)
-        return x1.reshape(*batch, space.ambient_dim)
+        return x1.reshape(*batch, space.ambient_dim).to(_dtype_of(tangent_vec, base_point))
 
-    def _flow_jacobian(self, x, a, basis, eps=1e-6):
+    def _flow_jacobian(self, x, a, basis, eps=None):
         """``d x(1) / d a`` for ``v = basis a`` by central differences, shape (B, n, m).
 
         Forward-mode AD through the integrator costs 15-25x a plain flow in
@@ -135,6 +157,8 @@ class ImplicitMetric(RiemannianMetric):
         accurate to ~1e-9, ample for Newton.
         """
         b, n, m = basis.shape
+        if eps is None:  # ~ cube root of the unit roundoff: central differences
+            eps = max(1e-6, torch.finfo(a.dtype).eps ** (1 / 3))
         h = eps * a.norm(dim=-1).clamp_min(1.0)  # (B,)
         offsets = basis.transpose(1, 2) * h[:, None, None]  # (B, m, n)
         v = (basis @ a.unsqueeze(-1)).squeeze(-1)[:, None, :]
@@ -156,14 +180,34 @@ class ImplicitMetric(RiemannianMetric):
         Raises
         ------
         GeodesicError
-            If shooting does not hit ``point`` (off M, beyond the cut locus, or
-            in another connected component).
+            If shooting does not hit ``point`` (off M, beyond the cut locus).
+        DisconnectedError
+            If ``point`` and ``base_point`` lie on different connected
+            components (no geodesic joins them).
         """
         space = self._space
         x, y, batch = space._pair(base_point, point, ("base_point", "point"))
         with torch.no_grad():
+            apart = self._apart(x, y)
+            if apart is not None and bool(apart.any()):
+                raise DisconnectedError(
+                    f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
+                    f"connected components of {space.name}; no geodesic joins them "
+                    "(their distance is +inf).", mask=apart.reshape(batch))
             v = self._shoot(x, y)
-        return v.reshape(*batch, space.ambient_dim)
+        return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
+
+    def _apart(self, x, y):
+        """Which pairs of flat points lie on different components (None: not known).
+
+        Only a definite answer counts: pairs with an unknown label (-1) are
+        left to the shooting.
+        """
+        space = self._space
+        if space._known_n_components() == 1 or not space.components_known():
+            return None
+        lx, ly = space._component_labels(x), space._component_labels(y)
+        return (lx != ly) & (lx >= 0) & (ly >= 0)
 
     def _initial_guess(self, jac, chord):
         tangential = tangent_projector(jac, chord)
@@ -177,16 +221,17 @@ class ImplicitMetric(RiemannianMetric):
         space = self._space
         _, jac = space._value_and_jacobian(x)
         value_y, jac_y = space._value_and_jacobian(y)
-        off = ~(value_y.norm(dim=-1) <= self.on_manifold_atol)
+        atol = self._on_manifold_atol(y.dtype)
+        off = ~(value_y.norm(dim=-1) <= atol)
         if bool(off.any()):
             raise InvalidPointError(
                 f"log: {int(off.sum())} target point(s) are not on {space.name} "
                 f"(|F| up to {float(value_y.norm(dim=-1).max()):.3g} > "
-                f"{self.on_manifold_atol:g}); project them first.")
+                f"{atol:g}); project them first.")
         basis = tangent_basis(jac)  # (B, n, m)
         guess = self._initial_guess(jac, y - x)
         a = (basis.transpose(1, 2) @ guess.unsqueeze(-1)).squeeze(-1)
-        tol = self.log_tol * (1 + y.norm(dim=-1))
+        tol = self._log_tol(y.dtype) * (1 + y.norm(dim=-1))
 
         def miss_of(idx, coef):
             # Only the tangential miss at the target can be shot away: the
@@ -203,8 +248,8 @@ class ImplicitMetric(RiemannianMetric):
                 break
             dexp = self._flow_jacobian(x[idx], a[idx], basis[idx])
             step = torch.linalg.lstsq(dexp, -residual[idx].unsqueeze(-1)).solution.squeeze(-1)
-            alpha = torch.ones(idx.numel(), dtype=a.dtype)
-            pending = torch.ones(idx.numel(), dtype=torch.bool)
+            alpha = torch.ones(idx.numel(), dtype=a.dtype, device=a.device)
+            pending = torch.ones(idx.numel(), dtype=torch.bool, device=a.device)
             for _ in range(max_halvings + 1):
                 sub = pending.nonzero().squeeze(-1)
                 trial = a[idx[sub]] + alpha[sub, None] * step[sub]
@@ -220,7 +265,7 @@ class ImplicitMetric(RiemannianMetric):
                 break  # no row can make progress any more
         # The normal part of the miss is bounded by the targets' |F|: a large
         # one means the shot hit M elsewhere (another component, say).
-        bad = ~(miss <= tol) | ~(residual.norm(dim=-1) <= 10 * self.on_manifold_atol)
+        bad = ~(miss <= tol) | ~(residual.norm(dim=-1) <= 10 * atol)
         if bool(bad.any()):
             raise GeodesicError(
                 f"log: shooting missed {int(bad.sum())} of {bad.numel()} target(s) "
@@ -230,20 +275,32 @@ class ImplicitMetric(RiemannianMetric):
         return (basis @ a.unsqueeze(-1)).squeeze(-1)
 
     def squared_dist(self, point_a, point_b):
-        """Squared geodesic distance, shape ``(...,)``."""
-        return self.squared_norm(self.log(point_b, point_a))
+        """Squared geodesic distance, shape ``(...,)`` (+inf across components)."""
+        return self.dist(point_a, point_b) ** 2
 
     def dist(self, point_a, point_b):
-        """Geodesic distance, shape ``(...,)``."""
-        return self.norm(self.log(point_b, point_a))
+        """Geodesic distance, shape ``(...,)``; +inf between points on different
+        connected components."""
+        space = self._space
+        a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
+        dtype = _dtype_of(point_a, point_b)
+        with torch.no_grad():
+            apart = self._apart(a, b)
+        out = torch.full((a.shape[0],), torch.inf, dtype=a.dtype, device=a.device)
+        rows = (slice(None) if apart is None else (~apart).nonzero().squeeze(-1))
+        if apart is None or rows.numel():
+            with torch.no_grad():
+                out[rows] = self._shoot(a[rows], b[rows]).norm(dim=-1)
+        return out.reshape(batch).to(dtype)
 
     def _geodesic_ivp(self, initial_point, initial_tangent_vec):
         """Geodesic ``t -> exp(t v)`` as a callable (geomstats convention)."""
-        base = torch.as_tensor(initial_point, dtype=torch.float64)
-        vec = torch.as_tensor(initial_tangent_vec, dtype=torch.float64)
+        dtype = _dtype_of(initial_point, initial_tangent_vec)
+        base = torch.as_tensor(initial_point, dtype=dtype)
+        vec = torch.as_tensor(initial_tangent_vec, dtype=dtype).to(base.device)
 
         def path(t):
-            t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+            t = torch.as_tensor(t, dtype=dtype).to(base.device).reshape(-1)
             if vec.ndim == 1 and base.ndim == 1:
                 return self.exp(t[:, None] * vec, base)
             b, v = torch.broadcast_tensors(base, vec)

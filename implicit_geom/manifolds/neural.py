@@ -1,20 +1,19 @@
-"""A manifold learned from data: the zero set of a neural network (Ross et al., 2023)."""
+"""A manifold defined by a network: the zero set of an MDF (Ross et al., 2023).
 
-import contextlib
+Only the geometry lives here: the MDF network and the exact, graph-free value
+and Jacobian of its zero set. Learning the network from data is
+:class:`implicit_geom.learning.NeuralImplicitManifold` (geometry never imports
+training code).
+"""
 
 import torch
 from torch import nn
 
-from ..exceptions import CheckpointError, InvalidPointError
-from ..learning.checkpoint import load_checkpoint, save_checkpoint
-from ..learning.mdf import MDFObjective
-from ..learning.negatives import LangevinNegativeSampler
-from ..learning.orientation import outward_normals
-from ..learning.trainer import Trainer
-from ..numerics.validation import DTYPE, as_points, padded_box
+from ..numerics import mlp
+from ..numerics.validation import DTYPE
 from .implicit import ImplicitManifold
 
-ACTIVATIONS = {"silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "gelu": nn.GELU}
+ACTIVATIONS = {name: mlp.ACTIVATIONS[name] for name in ("silu", "softplus", "tanh", "gelu")}
 
 
 class MDFNetwork(nn.Module):
@@ -33,12 +32,8 @@ class MDFNetwork(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of "
                              f"{sorted(ACTIVATIONS)}")
-        layers, width = [], ambient_dim
-        for size in hidden:
-            layers += [nn.Linear(width, size, dtype=DTYPE), ACTIVATIONS[activation]()]
-            width = size
-        layers.append(nn.Linear(width, codim, dtype=DTYPE))
-        self.net = nn.Sequential(*layers)
+        # The library's one MLP builder (torch's default initialisation).
+        self.net = mlp.build_mlp(ambient_dim, codim, hidden, activation, DTYPE)
         self.register_buffer("shift", torch.zeros(ambient_dim, dtype=DTYPE))
         self.register_buffer("scale", torch.ones((), dtype=DTYPE))
         self.radial = float(radial)
@@ -51,336 +46,56 @@ class MDFNetwork(nn.Module):
             out = out + 0.5 * self.radial * ((u * u).sum(-1, keepdim=True) - 1.0)
         return out
 
+    def value_and_jacobian(self, x):
+        """``F(x)`` and its Jacobian (B, k, n), exact and without an autograd
+        graph (propagated by hand through the MLP), or None when the inner
+        network is not a plain supported MLP (then use autograd)."""
+        layers = mlp.mlp_layers(self.net)
+        if layers is None:
+            return None
+        u = (x - self.shift) / self.scale
+        value, jac = mlp.value_and_jacobian(layers, u)
+        if self.radial:  # + radial (|u|^2 - 1) / 2, whose u-gradient is radial u
+            half = 0.5 * self.radial
+            sq = torch.linalg.vector_norm(u, dim=-1, keepdim=True).square()
+            value = torch.add(value, sq, alpha=half) - half
+            jac = torch.add(jac, u.unsqueeze(1), alpha=self.radial)
+        return value, jac / self.scale  # chain rule through u = (x - shift) / scale
 
-class NeuralImplicitManifold(ImplicitManifold):
-    """Implicit manifold whose defining function is a trained network.
 
-    ``fit(X)`` trains the network so that its zero set passes through the data
-    (positive term), has no spurious pieces (negatives from Langevin chains on
-    ``|F|``) and is a well-conditioned submersion there (Jacobian singular values
-    in ``[s_min, s_max]``); afterwards the object is an ordinary
-    :class:`ImplicitManifold`: projection, exp/log and geomstats' estimators
-    work on it. Outside :meth:`fit` the weights have ``requires_grad=False``,
-    so no geometry call can build a graph through them or touch their ``.grad``.
+class NetworkImplicitManifold(ImplicitManifold):
+    """The zero set of a network ``F: R^n -> R^k`` (an :class:`MDFNetwork` or any
+    ``nn.Module`` mapping ``(..., n)`` to ``(..., k)``).
+
+    The network is a submodule: ``.to(device, dtype)`` moves it, its weights
+    are in ``state_dict``. Geometry calls never build graphs through the
+    weights (see :class:`ImplicitManifold`).
 
     Parameters
     ----------
-    ambient_dim : int
-    codim : int
-        Number of outputs of F; the manifold has dimension ``ambient_dim - codim``.
-    hidden : sequence of int
-        Widths of the hidden layers.
-    activation : {"silu", "softplus", "tanh", "gelu"}
-    radial : float
-        Weight of the compactness prior of :class:`MDFNetwork` (0: none). It
-        makes every learned piece closed and bounded and turns a learned circle
-        from an open arc into a closed curve in a few hundred steps.
-    s_min, s_max, mu, w_neg, beta, mu_box, box_s_min, mu_orient, norm
-        Objective, see :class:`~implicit_geom.learning.MDFObjective`. With
-        ``mu_orient > 0`` (codim 1) :meth:`fit` first orients the data's normals
-        outwards (:func:`~implicit_geom.learning.outward_normals`) and F is
-        trained to grow along them: the sign pattern, hence the topology, of
-        the learned hypersurface is then that of the data, however sparsely
-        parts of it are sampled.
-    orient_radius : float
-        Absorbing radius of the orienting random walks, relative to the data's
-        length scale; below the size of the features to tell apart (gaps
-        between components, radii of curvature).
-    lr : float
-        Adam's initial learning rate (cosine decay to ``lr_floor * lr``).
-    lr_floor : float
-    epochs : int
-        Epochs of a fit (and length of the schedule).
-    batch_size : int
-    n_negatives : int
-        Negatives per training step.
-    langevin_steps : int
-        Langevin steps per training step.
-    langevin_step_size, langevin_temperature : float
-        Relative to the data's length scale.
-    buffer_size : int
-        Persistent chains in the replay buffer.
-    reinit_prob : float
-        Chance that a chain restarts uniformly in the box.
-    neg_exclusion : float
-        Negatives closer than this (times the data's length scale) to a
-        training point are dropped from the objective; 0 (the paper) keeps all.
-        Contrastive negatives lift F wherever the zero set holds more chains
-        than data, which also erodes sparsely sampled parts of the data
-        manifold; excluding the data's neighbourhood weakens that.
-    box_margin : float
-        The box is the data's bounding box widened by this fraction of its size
-        on every side.
-    tol, max_iter
-        Projection tolerance and Newton cap, see :class:`ImplicitManifold`.
-    seed : int
-        Seeds the weights, shuffling and negatives: a fit is reproducible.
-    device : str or torch.device, optional
-    progress : bool
-        Show a progress bar while fitting.
-
-    Attributes
-    ----------
-    net : MDFNetwork
-        ``F``.
-    history_ : dict of list of float
-        Per-epoch training curves (``loss``, ``positive``, ``negative``, ``rank``,
-        ``neg_sq``, ``box_rank``, ``orientation``, ``sv_min``, ``lr``).
-    bounds : tuple of torch.Tensor or None
-        The box around the training data, after fit.
+    net : nn.Module
+    ambient_dim, codim : int
+    **kwargs
+        ``tol``, ``max_iter``, ``bounds``, ``name``, see :class:`ImplicitManifold`.
     """
 
-    _CONFIG_KEYS = (
-        "ambient_dim", "codim", "hidden", "activation", "radial", "s_min", "s_max", "mu",
-        "w_neg", "beta", "mu_box", "box_s_min", "mu_orient", "orient_radius", "norm", "lr",
-        "lr_floor", "epochs", "batch_size", "n_negatives", "langevin_steps",
-        "langevin_step_size", "langevin_temperature", "buffer_size", "reinit_prob",
-        "neg_exclusion", "box_margin", "tol", "max_iter", "seed", "progress",
-    )
+    def __init__(self, net, ambient_dim, codim=1, **kwargs):
+        super().__init__(None, ambient_dim, codim, **kwargs)
+        self.net = net
 
-    def __init__(self, ambient_dim, codim=1, hidden=(32, 32, 32), activation="silu", *,
-                 radial=1.0, s_min=1.0, s_max=10.0, mu=10.0, w_neg=0.1, beta=0.1,
-                 mu_box=0.0, box_s_min=0.2, mu_orient=0.0, orient_radius=0.1, norm="l2", lr=1e-2,
-                 lr_floor=0.01, epochs=400, batch_size=256, n_negatives=128, langevin_steps=5,
-                 langevin_step_size=0.01, langevin_temperature=0.01, buffer_size=1000,
-                 reinit_prob=0.05, neg_exclusion=0.0, box_margin=0.1, tol=1e-10, max_iter=50,
-                 seed=0, device=None, progress=True):
-        self.hidden = tuple(int(h) for h in hidden)
-        self.activation = activation
-        self.radial = float(radial)
-        self.objective = MDFObjective(s_min=s_min, s_max=s_max, mu=mu, w_neg=w_neg,
-                                      beta=beta, mu_box=mu_box, box_s_min=box_s_min,
-                                      mu_orient=mu_orient,
-                                      norm=norm)
-        self.lr, self.lr_floor, self.epochs = float(lr), float(lr_floor), int(epochs)
-        self.batch_size, self.n_negatives = int(batch_size), int(n_negatives)
-        self.langevin_steps = int(langevin_steps)
-        self.langevin_step_size = float(langevin_step_size)
-        self.langevin_temperature = float(langevin_temperature)
-        self.buffer_size, self.reinit_prob = int(buffer_size), float(reinit_prob)
-        self.neg_exclusion = float(neg_exclusion)
-        self.orient_radius = float(orient_radius)
-        if mu_orient > 0 and codim != 1:
-            raise ValueError(f"mu_orient needs a hypersurface (codim 1), got codim {codim}")
-        if self.orient_radius <= 0:
-            raise ValueError(f"orient_radius must be > 0, got {orient_radius}")
-        self.box_margin, self.seed, self.progress = float(box_margin), int(seed), bool(progress)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        if min(self.epochs, self.batch_size) < 1 or self.box_margin < 0:
-            raise ValueError("epochs and batch_size must be >= 1 and box_margin >= 0")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.net = MDFNetwork(ambient_dim, codim, self.hidden, activation,
-                                  self.radial).to(self.device)
-        self.net.requires_grad_(False)
-        super().__init__(self.net, ambient_dim, codim, tol=tol, max_iter=max_iter)
-        self._trainer = self._sampler = self._generator = None
-        self.history_ = {}
-
-    # ------------------------------------------------------------ config access
-    s_min = property(lambda self: self.objective.s_min, doc="Lower singular value bound.")
-    s_max = property(lambda self: self.objective.s_max, doc="Upper singular value bound.")
-    mu = property(lambda self: self.objective.mu, doc="Weight of the rank penalty.")
-    w_neg = property(lambda self: self.objective.w_neg, doc="Weight of the negative term.")
-    beta = property(lambda self: self.objective.beta, doc="Weight of |F|^2 on negatives.")
-    mu_box = property(lambda self: self.objective.mu_box, doc="Weight of the box rank term.")
-    box_s_min = property(lambda self: self.objective.box_s_min, doc="Box lower bound.")
-    mu_orient = property(lambda self: self.objective.mu_orient, doc="Weight of the orientation.")
-    norm = property(lambda self: self.objective.norm, doc="Norm of F in the objective.")
-
-    def get_config(self):
-        """Constructor arguments (JSON-serialisable), enough to rebuild the model."""
-        config = {key: getattr(self, key) for key in self._CONFIG_KEYS}
-        config["hidden"] = list(self.hidden)
-        return config
-
-    @property
-    def is_fitted(self):
-        """Whether :meth:`fit` has run (or a fitted model was loaded)."""
-        return self._trainer is not None
-
-    # ---------------------------------------------------------------- geometry
     def _value(self, x):
         return self.net(x.to(self.device)).to(x.device)
 
     def _value_and_jacobian(self, x):
         # The Jacobian propagated by hand through the MLP (exact, no autograd
         # graph): several times cheaper on the batches samplers and Newton use.
-        from ..numerics import mlp
-
         net = self.net
-        layers = mlp.mlp_layers(net.net) if type(net) is MDFNetwork else None
-        if layers is None:  # a replaced or customised network
+        out = net.value_and_jacobian(x.to(self.device)) if type(net) is MDFNetwork else None
+        if out is None:  # a replaced or customised network
             return super()._value_and_jacobian(x)
-        u = (x.to(self.device) - net.shift) / net.scale
-        value, jac = mlp.value_and_jacobian(layers, u)
-        if net.radial:  # + radial (|u|^2 - 1) / 2, whose u-gradient is radial u
-            half = 0.5 * net.radial
-            sq = torch.linalg.vector_norm(u, dim=-1, keepdim=True).square()
-            value = torch.add(value, sq, alpha=half) - half
-            jac = torch.add(jac, u.unsqueeze(1), alpha=net.radial)
-        jac = jac / net.scale  # chain rule through u = (x - shift) / scale
+        value, jac = out
         return value.to(x.device), jac.to(x.device)
 
-    # ---------------------------------------------------------------- training
-    @contextlib.contextmanager
-    def _trainable(self):
-        self.net.requires_grad_(True)
-        try:
-            yield
-        finally:
-            self.net.requires_grad_(False)
-            for p in self.net.parameters():
-                p.grad = None
-
-    def _setup(self, data):
-        """Fresh weights, normalisation, box, sampler and optimizer for ``data``."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            fresh = MDFNetwork(self.ambient_dim, self.codim, self.hidden, self.activation,
-                               self.radial)
-        self.net.load_state_dict(fresh.state_dict())
-        self.net.shift.copy_(data.mean(0))
-        # One scale for all axes keeps the geometry isotropic (per-axis scaling
-        # made the glycine torus markedly harder to fit).
-        self.net.scale.copy_(data.std(0).mean().clamp_min(1e-12))
-        self._build_state(*padded_box(data, self.box_margin, min_width=1e-12))
-
-    def _build_state(self, low, high):
-        self.bounds = (low.cpu(), high.cpu())
-        self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
-        self._sampler = LangevinNegativeSampler(
-            low.to(self.device), high.to(self.device), n_negatives=self.n_negatives,
-            buffer_size=self.buffer_size, steps=self.langevin_steps,
-            step_size=self.langevin_step_size, temperature=self.langevin_temperature,
-            reinit_prob=self.reinit_prob, scale=float(self.net.scale), norm=self.norm,
-            generator=self._generator)
-        self._trainer = Trainer(self.net.parameters(), lr=self.lr, total_epochs=self.epochs,
-                                lr_floor=self.lr_floor, progress=self.progress,
-                                desc=f"fitting {type(self).__name__}")
-        self.history_ = self._trainer.history
-
-    def _outward_normals(self, data):
-        """Outward normals of the training points, for the orientation term."""
-        low, high = (b.to(data) for b in self.bounds)
-        normals, _ = outward_normals(data, low, high, self.orient_radius * float(self.net.scale),
-                                     seed=self.seed)
-        return normals
-
-    def _loss(self, batch, normals=None):
-        negatives = None
-        if self.objective.w_neg > 0 or self.objective.beta > 0:
-            negatives = self._sampler.sample(self.net)
-            if self.neg_exclusion > 0:
-                # Negatives next to data are where the zero set belongs: only
-                # push F up elsewhere, so sparse arcs are not dissolved.
-                gap = torch.cdist(negatives, self._data).amin(-1)
-                negatives = negatives[gap > self.neg_exclusion * self._sampler.scale]
-                if negatives.shape[0] == 0:
-                    negatives = None
-        box = None
-        if self.objective.mu_box > 0:
-            box = self._sampler.uniform(self.n_negatives)
-        return self.objective(self.net, batch, negatives, box, normals)
-
-    def fit(self, X, y=None, epochs=None, resume=False):
-        """Learn the manifold of the data ``X``.
-
-        Parameters
-        ----------
-        X : array-like, shape=[N, ambient_dim]
-        y : None
-            Ignored (sklearn convention).
-        epochs : int, optional
-            Epochs to run (default: ``self.epochs``).
-        resume : bool
-            Continue the previous fit (weights, optimizer, schedule, negatives,
-            random state) instead of starting afresh; the box and the input
-            standardisation stay those of the first fit.
-
-        Returns
-        -------
-        self
-
-        Raises
-        ------
-        InvalidPointError
-            ``X`` has NaN/inf values or the wrong shape.
-        EmptyDataError
-            ``X`` is empty.
-        """
-        del y
-        X = as_points(X, self.ambient_dim, "X", dtype=DTYPE)
-        if X.ndim != 2:
-            raise InvalidPointError(f"X must have shape (N, {self.ambient_dim}); got "
-                                    f"{tuple(X.shape)}")
-        if X.shape[0] < 2:
-            raise InvalidPointError(f"fit needs at least 2 points, got {X.shape[0]}")
-        X = X.to(self.device)
-        if not (resume and self.is_fitted):
-            self._setup(X)
-        epochs = self.epochs if epochs is None else int(epochs)
-        self._data = X
-        try:
-            with self._trainable():
-                data = X if self.objective.mu_orient == 0 else (X, self._outward_normals(X))
-                self._trainer.run(self._loss, data, epochs, self.batch_size, self._generator)
-        finally:
-            del self._data
-        return self
-
-    # ------------------------------------------------------------- diagnostics
     def singular_values(self, points):
         """Singular values of the Jacobian of F at points, shape ``(..., k)``, decreasing."""
         return torch.linalg.svdvals(self.jacobian(points))
-
-    # ------------------------------------------------------------- persistence
-    def save(self, path):
-        """Save configuration, weights, box, history, optimizer and sampler state.
-
-        Written atomically (temporary file + rename): an existing checkpoint at
-        ``path`` is replaced whole or left untouched.
-        """
-        payload = {"state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                   "fitted": self.is_fitted}
-        if self.is_fitted:
-            payload.update(
-                bounds=[b.clone() for b in self.bounds],
-                trainer=self._trainer.state_dict(),
-                sampler={k: v.cpu() for k, v in self._sampler.state_dict().items()},
-                rng=self._generator.get_state(),
-            )
-        save_checkpoint(path, type(self).__name__, self.get_config(), payload)
-
-    @classmethod
-    def load(cls, path, device=None, progress=None):
-        """Rebuild a model saved with :meth:`save` (ready to use or to resume).
-
-        Raises
-        ------
-        CheckpointError
-            Missing, corrupt or incompatible file.
-        """
-        config, record = load_checkpoint(path, cls.__name__, required=("state_dict", "fitted"))
-        if progress is not None:
-            config["progress"] = progress
-        try:
-            model = cls(**config, device=device)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {path} has an incompatible configuration: "
-                                  f"{err}") from err
-        try:
-            model.net.load_state_dict(record["state_dict"])
-            if record["fitted"]:
-                low, high = (torch.as_tensor(b, dtype=DTYPE) for b in record["bounds"])
-                model._build_state(low.to(model.device), high.to(model.device))
-                model._trainer.load_state_dict(record["trainer"])
-                model.history_ = model._trainer.history
-                model._sampler.load_state_dict(record["sampler"])
-                model._generator.set_state(record["rng"])
-        except CheckpointError:
-            raise
-        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as err:
-            raise CheckpointError(f"checkpoint {path} is incompatible with "
-                                  f"{cls.__name__}: {err}") from err
-        return model

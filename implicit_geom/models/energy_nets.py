@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-_ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}
+from ..numerics import mlp
 
 
 class EnergyMLP(nn.Module):
@@ -18,7 +18,7 @@ class EnergyMLP(nn.Module):
         Input dimension ``n``.
     hidden : sequence of int
         Widths of the hidden layers.
-    activation : {"silu", "tanh", "softplus", "gelu"}
+    activation : {"silu", "tanh", "softplus", "gelu", "sigmoid"}
     seed : int, optional
         Seed of the weight initialisation (the global torch RNG is untouched).
     dtype : torch.dtype
@@ -30,27 +30,12 @@ class EnergyMLP(nn.Module):
         super().__init__()
         if int(dim) < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
         self.dim = int(dim)
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
-        widths = (self.dim, *self.hidden)
-        layers = []
-        for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b, dtype=dtype), _ACTIVATIONS[activation]()]
-        layers.append(nn.Linear(widths[-1], 1, dtype=dtype))
-        self.net = nn.Sequential(*layers)
-        if seed is not None:
-            gen = torch.Generator().manual_seed(int(seed))
-            with torch.no_grad():
-                for layer in self.net:
-                    if isinstance(layer, nn.Linear):
-                        bound = layer.in_features ** -0.5
-                        layer.weight.copy_(torch.empty_like(layer.weight).uniform_(
-                            -bound, bound, generator=gen))
-                        layer.bias.copy_(torch.empty_like(layer.bias).uniform_(
-                            -bound, bound, generator=gen))
+        # The library's one MLP builder (exact graph-free Jacobians in samplers).
+        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+        self.net = mlp.build_mlp(self.dim, 1, self.hidden, activation, dtype, gen)
 
     def config(self):
         """Constructor arguments, enough to rebuild the architecture."""

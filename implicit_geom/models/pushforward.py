@@ -18,24 +18,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..numerics import autodiff
+from ..numerics.mlp import build_mlp
 from ..numerics.validation import DTYPE, as_points
 from .ambient import AmbientEBM
 from .ebm import _check_data
 
 __all__ = ["Autoencoder", "PushforwardEBM"]
-
-
-def _mlp(n_in, n_out, hidden, gen):
-    widths = (n_in, *hidden, n_out)
-    layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        layer = nn.Linear(a, b, dtype=DTYPE)
-        bound = a ** -0.5
-        with torch.no_grad():
-            layer.weight.uniform_(-bound, bound, generator=gen)
-            layer.bias.uniform_(-bound, bound, generator=gen)
-        layers += [layer, nn.SiLU()]
-    return nn.Sequential(*layers[:-1])
 
 
 class Autoencoder(nn.Module):
@@ -55,8 +43,10 @@ class Autoencoder(nn.Module):
             raise ValueError(f"need 1 <= latent_dim < ambient_dim, got {latent_dim}, {ambient_dim}")
         gen = torch.Generator().manual_seed(int(seed))
         self.ambient_dim, self.latent_dim = int(ambient_dim), int(latent_dim)
-        self.encoder = _mlp(self.ambient_dim, self.latent_dim, tuple(hidden), gen)
-        self.decoder = _mlp(self.latent_dim, self.ambient_dim, tuple(reversed(hidden)), gen)
+        self.encoder = build_mlp(self.ambient_dim, self.latent_dim, tuple(hidden), "silu",
+                                 DTYPE, gen)
+        self.decoder = build_mlp(self.latent_dim, self.ambient_dim, tuple(reversed(hidden)),
+                                 "silu", DTYPE, gen)
 
     def forward(self, x):
         """Reconstruction ``dec(enc(x))``."""

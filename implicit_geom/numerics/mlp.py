@@ -42,6 +42,56 @@ _ACTIVATIONS = {
 }
 
 
+# Activations by name for :func:`build_mlp`: all smooth (Langevin dynamics and
+# the geometry need continuous derivatives) and all in ``_ACTIVATIONS``.
+ACTIVATIONS = {"silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "gelu": nn.GELU,
+               "sigmoid": nn.Sigmoid}
+
+
+def build_mlp(n_in, n_out, hidden=(), activation="silu", dtype=torch.float64,
+              generator=None):
+    """The library's one MLP: ``Linear, act, ..., Linear`` as an ``nn.Sequential``.
+
+    Every network it builds is supported by :func:`value_and_jacobian` (the
+    graph-free Jacobian), so the MDF network, energy networks and the
+    autoencoder all get exact Jacobians without autograd.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+    hidden : sequence of int
+        Hidden widths (empty: a single affine layer).
+    activation : {"silu", "softplus", "tanh", "gelu", "sigmoid"}
+    dtype : torch.dtype
+    generator : torch.Generator, optional
+        If given, weights and biases are drawn from ``U(-1/sqrt(fan_in),
+        1/sqrt(fan_in))`` with it, layer by layer (weight, then bias), leaving
+        the global RNG untouched; otherwise torch's default initialisation
+        (the same distribution for weights, from the global RNG).
+
+    Raises
+    ------
+    ValueError
+        Unknown activation or non-positive widths.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose from "
+                         f"{sorted(ACTIVATIONS)}")
+    widths = (int(n_in), *(int(h) for h in hidden), int(n_out))
+    if min(widths) < 1:
+        raise ValueError(f"MLP widths must be >= 1, got {widths}")
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layer = nn.Linear(a, b, dtype=dtype)
+        if generator is not None:
+            bound = a ** -0.5
+            with torch.no_grad():
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+        layers += [layer, ACTIVATIONS[activation]()]
+    return nn.Sequential(*layers[:-1])
+
+
 def mlp_layers(module):
     """The layers of a supported MLP as a tuple, or None.
 

@@ -173,7 +173,7 @@ def test_save_load_roundtrip_and_corrupt_file(tmp_path, vmf_data):
 
 def test_on_a_learned_manifold_samples_satisfy_the_constraint():
     from implicit_geom.datasets import von_mises_circle
-    from implicit_geom.manifolds.neural import NeuralImplicitManifold
+    from implicit_geom.learning import NeuralImplicitManifold
 
     X = von_mises_circle(300, kappa=1.0, seed=0)
     manifold = NeuralImplicitManifold(2, 1, hidden=(16, 16), epochs=40, progress=False).fit(X)

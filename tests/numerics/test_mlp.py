@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from implicit_geom.manifolds.neural import MDFNetwork, NeuralImplicitManifold
+from implicit_geom.learning import NeuralImplicitManifold
+from implicit_geom.manifolds.neural import MDFNetwork
 from implicit_geom.numerics import autodiff, mlp
 
 ACTIVATIONS = {

@@ -278,7 +278,7 @@ def test_vmf_on_sympy_circle():
 
 def test_langevin_and_mala_on_a_learned_manifold():
     from implicit_geom.datasets import von_mises_circle
-    from implicit_geom.manifolds.neural import NeuralImplicitManifold
+    from implicit_geom.learning import NeuralImplicitManifold
 
     data = von_mises_circle(300, kappa=0.5, seed=0)
     mdf = NeuralImplicitManifold(2, hidden=(8, 8, 8), epochs=20, batch_size=300,

@@ -1,5 +1,6 @@
-"""NeuralImplicitManifold: fitting, geometry without weight gradients, geomstats
-estimators, checkpoints (bit-identical reload in a fresh process, resume, corruption)."""
+"""NeuralImplicitManifold (the MDF estimator): fitting, geometry without weight
+gradients, components, geomstats estimators, checkpoints (bit-identical reload in
+a fresh process, resume, corruption)."""
 
 import os
 import subprocess
@@ -58,6 +59,16 @@ def test_two_circles_learned_as_two_components():
     assert report.n_components == 2 and report.n_spurious == 0
     held_out = two_circles(100, kappa=0.0, centres=centres, seed=2)
     assert distance_to_manifold(held_out, model).median < 0.02
+    # The learned manifold knows its components: each circle's points share
+    # a label, the two circles differ, and nothing joins them.
+    assert model.n_components == 2
+    on_m = model.projection(held_out)
+    labels = model.component_of(on_m)
+    left = on_m[:, 0] < 0
+    assert labels[left].unique().numel() == 1 and labels[~left].unique().numel() == 1
+    assert labels[left][0] != labels[~left][0]
+    i, j = int(left.nonzero()[0]), int((~left).nonzero()[0])
+    assert float(model.metric.dist(on_m[i], on_m[j])) == float("inf")
 
 
 def test_geometry_builds_no_graph_through_weights(circle):
