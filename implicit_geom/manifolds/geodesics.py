@@ -40,11 +40,14 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
 from scipy.spatial import cKDTree
 
-from ..exceptions import GeodesicError, InvalidPointError
+from ..exceptions import DisconnectedError, GeodesicError, InvalidPointError
 from ..numerics.linalg import normal_space_solve, tangent_basis, tangent_projector
 from ..numerics.newton import solve_along_normals
 from ..numerics.validation import DTYPE, as_points
 
+
+_DEBUG = False
+_LOG = []
 
 # --------------------------------------------------------------------------- LGL rules
 @lru_cache(maxsize=64)
@@ -68,6 +71,38 @@ def _lgl_numpy(n):
     return t, w, diff, np.linalg.inv(vander)
 
 
+@lru_cache(maxsize=256)
+def _lgl_to_lgl(n_from, n_to):
+    return _interp_matrix(_lgl_numpy(n_from)[0], _lgl_numpy(n_to)[0])
+
+
+@lru_cache(maxsize=64)
+def _lgl_to_samples(n_from, n_samples=33):
+    return _interp_matrix(_lgl_numpy(n_from)[0], np.linspace(-1.0, 1.0, n_samples))
+
+
+def _interp(nodes, degree):
+    """Values at the LGL nodes of ``degree`` of the polynomial through ``nodes`` (LGL)."""
+    mat = _lgl_to_lgl(nodes.shape[-2] - 1, int(degree))
+    return torch.as_tensor(mat, dtype=nodes.dtype, device=nodes.device) @ nodes
+
+
+def _curve_samples(curves, n_samples=33):
+    """Each curve (LGL nodes, any degrees) at ``n_samples`` equispaced parameters."""
+    out = [None] * len(curves)
+    by_degree = {}
+    for i, c in enumerate(curves):
+        by_degree.setdefault(c.shape[0] - 1, []).append(i)
+    for d, idx in by_degree.items():
+        stack = torch.stack([curves[i] for i in idx])
+        mat = torch.as_tensor(_lgl_to_samples(d, n_samples), dtype=stack.dtype,
+                              device=stack.device)
+        vals = mat @ stack
+        for r, i in enumerate(idx):
+            out[i] = vals[r]
+    return torch.stack(out)
+
+
 def _barycentric_weights(t):
     diff = t[:, None] - t[None, :]
     np.fill_diagonal(diff, 1.0)
@@ -89,6 +124,17 @@ def _interp_matrix(t_from, t_to):
 
 class _Rule:
     """LGL rule of degree n as tensors of a given dtype and device."""
+
+    _cache = {}
+
+    @classmethod
+    def get(cls, n, like):
+        """The (cached) rule of degree ``n`` on ``like``'s dtype and device."""
+        key = (int(n), like.dtype, like.device)
+        rule = cls._cache.get(key)
+        if rule is None:
+            rule = cls._cache[key] = cls(int(n), like)
+        return rule
 
     def __init__(self, n, like):
         t, w, diff, to_legendre = _lgl_numpy(n)
@@ -169,40 +215,44 @@ class PairwiseResult:
 
 # --------------------------------------------------------------------- sample graph
 def _state_fingerprint(space):
-    """Hash of everything that defines the zero set (parameters, buffers, radii...)."""
+    """Hash of what defines the zero set: parameters, buffers, scalar settings
+    (radii, tolerances, bounds) of the space and of its components."""
     digest = hashlib.sha1()
     seen = set()
 
+    def tensor(val):
+        digest.update(val.detach().cpu().contiguous().numpy().tobytes())
+
     def visit(obj, depth=0):
-        if id(obj) in seen or depth > 4:
+        if id(obj) in seen or depth > 6:
             return
         seen.add(id(obj))
         digest.update(type(obj).__name__.encode())
         if isinstance(obj, torch.nn.Module):
             for key, val in obj.state_dict().items():
                 digest.update(key.encode())
-                digest.update(val.detach().cpu().contiguous().numpy().tobytes())
-            return
-        attrs = getattr(obj, "__dict__", {})
-        for key in sorted(attrs):
-            val = attrs[key]
+                tensor(val)
+        for key, val in sorted(getattr(obj, "__dict__", {}).items()):
             if isinstance(val, (bool, int, float, str)):
                 digest.update(f"{key}={val!r}".encode())
             elif torch.is_tensor(val):
                 digest.update(key.encode())
-                digest.update(val.detach().cpu().contiguous().numpy().tobytes())
-            elif isinstance(val, torch.nn.Module) or key in ("_f", "f"):
-                digest.update(key.encode())
-                if isinstance(val, torch.nn.Module):
-                    visit(val, depth + 1)
-                else:
-                    digest.update(str(id(val)).encode())
-            elif isinstance(val, (list, tuple)) and key in ("components", "bounds"):
+                tensor(val)
+            elif isinstance(val, torch.nn.Module):
+                visit(val, depth + 1)
+            elif isinstance(val, (list, tuple)):
                 for item in val:
                     if torch.is_tensor(item):
-                        digest.update(item.detach().cpu().contiguous().numpy().tobytes())
-                    else:
+                        tensor(item)
+                    elif isinstance(item, torch.nn.Module):
                         visit(item, depth + 1)
+            elif callable(val) and key in ("_f", "f"):
+                # A plain callable: its identity (a closure's captured values
+                # are not visible; rebuild the manifold after changing them).
+                digest.update(f"{key}@{id(val)}".encode())
+        for child in getattr(obj, "_modules", {}).values():
+            if child is not None:
+                visit(child, depth + 1)
 
     visit(space)
     return digest.hexdigest()
@@ -250,15 +300,14 @@ class SampleGraph:
         self.space = space
         self.n_neighbors = int(n_neighbors)
         self.max_sagitta = float(max_sagitta)
+        from .components import sample_in_box
+
         low, high = bounds
         gen = torch.Generator().manual_seed(int(seed))
         draws = []
-        n_draw = 4 * int(n_nodes)
         for _ in range(8):
-            u = torch.rand(n_draw, space.ambient_dim, generator=gen, dtype=DTYPE)
-            res = space.solve_projection(low.cpu() + (high - low).cpu() * u, closest=False)
-            x = res.x[res.converged & torch.isfinite(res.x).all(-1)]
-            draws.append(x)
+            x, _ = sample_in_box(space, 4 * int(n_nodes), low, high, gen)
+            draws.append(x.detach().cpu().to(DTYPE))
             if sum(len(d) for d in draws) >= 3 * n_nodes:
                 break
         cloud = torch.cat(draws)
@@ -278,9 +327,11 @@ class SampleGraph:
         self.n_components, self.labels = connected_components(self.matrix, directed=False)
 
     def _component(self, x):
-        if hasattr(self.space, "component_index"):
-            return self.space.component_index(x)
-        return None
+        """Labels of components known by construction (unions), else None."""
+        known = self.space._known_n_components()
+        if known is None or known == 1:
+            return None
+        return self.space._component_labels(x)
 
     def _edges(self, queries, nodes_pts, k, skip_self=False):
         """Checked edges from each query to its k nearest graph nodes."""
@@ -291,15 +342,15 @@ class SampleGraph:
         cols, w = idx.reshape(-1), dist.reshape(-1)
         keep = np.isfinite(w) & (w > 0 if skip_self else np.ones_like(w, dtype=bool))
         rows, cols, w = rows[keep], cols[keep], w[keep]
-        a, b = q[rows], self.points[cols]
         space = self.space
+        a, b = q[rows].to(space.device, space.dtype), self.points[cols].to(space.device, space.dtype)
         with torch.no_grad():
             value, jac = space._value_and_jacobian(0.5 * (a + b))
         # First-order distance of the midpoint to M: |F| / sigma_min(J) (exact
         # for a hyperplane; we only need its order of magnitude).
         sigma = torch.linalg.svdvals(jac)[:, -1].clamp_min(1e-300)
-        off = value.norm(dim=-1) / sigma
-        ok = (off <= self.max_sagitta * torch.as_tensor(w)).numpy()
+        off = (value.norm(dim=-1) / sigma).cpu().double().numpy()
+        ok = off <= self.max_sagitta * w
         comp_a, comp_b = self._component(a), self._component(b)
         if comp_a is not None:
             ok &= (comp_a == comp_b).cpu().numpy()
@@ -359,6 +410,9 @@ class GeodesicLogSolver(LogSolver):
         A route's cluster of near-midpoints longer than ``seed_separation``
         graph spacings is seeded from up to ``max_seeds_per_route`` nodes
         spread along it (nearly degenerate geodesics lie side by side there).
+    prune_rtol : float
+        After the first solve, a pair's routes longer than its shortest by more
+        than this are dropped (the first solve is accurate to ~1e-4).
     seed : int
     chunk : int
         Pairs per batched tensor program (memory).
@@ -367,7 +421,8 @@ class GeodesicLogSolver(LogSolver):
     def __init__(self, space, rtol=1e-6, near_radius=None, near_excess=0.1,
                  candidate_rtol=0.08, ambiguity_rtol=1e-3, n_graph_nodes=None,
                  n_neighbors=None, min_degree=6, max_degree=96, max_iter=40, bounds=None,
-                 max_seeds_per_route=4, seed_separation=6.0, seed=0, chunk=2000):
+                 max_seeds_per_route=4, seed_separation=6.0, prune_rtol=0.01, seed=0,
+                 chunk=2000):
         super().__init__(solves_bvp=True)
         self._space = space
         self.rtol = float(rtol)
@@ -385,6 +440,8 @@ class GeodesicLogSolver(LogSolver):
         self.chunk = int(chunk)
         self.max_seeds_per_route = int(max_seeds_per_route)
         self.seed_separation = float(seed_separation)
+        self.prune_rtol = float(prune_rtol)
+        self.nodes_per_spacing = 4.0
         self._graph, self._graph_key = None, None
         self.stats = {}
 
@@ -420,17 +477,30 @@ class GeodesicLogSolver(LogSolver):
     def log(self, point, base_point):
         """Riemannian logarithm ``log_{base_point}(point)``, shape ``(..., n)``.
 
+        The initial velocity of the minimising path is polished by shooting
+        (:meth:`ImplicitMetric._shoot`: one or two Gauss-Newton steps from
+        there), so that ``exp(log(y)) = y`` to the metric's ``log_tol``.
+
         Raises
         ------
+        DisconnectedError
+            If some pair lies on different connected components.
         GeodesicError
-            If some pair has no converged geodesic or lies on different
-            connected components (no geodesic joins them).
+            If some pair has no converged geodesic.
         """
         space = self._space
         x, y, batch = space._pair(base_point, point, ("base_point", "point"))
         res = self.solve(y, x)
         self._raise_failures(res, "log", finite=True)
-        return res.tangent_vec.reshape(*batch, space.ambient_dim)
+        vec = res.tangent_vec
+        metric = getattr(space, "metric", None)
+        if hasattr(metric, "_shoot"):
+            moving = res.length > 0
+            if bool(moving.any()):
+                vec = vec.clone()
+                with torch.no_grad():
+                    vec[moving] = metric._shoot(x[moving], y[moving], guess=vec[moving])
+        return vec.reshape(*batch, space.ambient_dim)
 
     def dist(self, point_a, point_b):
         """Geodesic distance, shape ``(...,)`` (``inf`` across components)."""
@@ -469,7 +539,7 @@ class GeodesicLogSolver(LogSolver):
             t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)
             out = []
             for nodes in res.nodes:
-                rule = _Rule(nodes.shape[0] - 1, nodes)
+                rule = _Rule.get(nodes.shape[0] - 1, nodes)
                 out.append(rule.interp_to(2 * t.cpu().numpy() - 1, nodes))
             pts = space.projection(torch.stack(out))
             return pts[0] if len(batch) == 0 else pts.reshape(*batch, len(t), space.ambient_dim)
@@ -482,10 +552,12 @@ class GeodesicLogSolver(LogSolver):
             raise GeodesicError(
                 f"{what}: no converged geodesic for {int(bad.sum())} of {bad.numel()} "
                 "pair(s) (path straightening did not meet its checks).")
-        if finite and not bool(torch.isfinite(res.length).all()):
-            raise GeodesicError(
-                f"{what}: {int((~torch.isfinite(res.length)).sum())} pair(s) lie on "
-                "different connected components: no geodesic joins them.")
+        apart = ~torch.isfinite(res.length)
+        if finite and bool(apart.any()):
+            raise DisconnectedError(
+                f"{what}: {int(apart.sum())} pair(s) lie on different connected components "
+                f"of {self._space.name} (not joined in its sample graph): no geodesic joins "
+                "them.", mask=apart)
 
     # ------------------------------------------------------------------ solve
     def solve(self, point, base_point):
@@ -503,8 +575,15 @@ class GeodesicLogSolver(LogSolver):
         p = x.shape[0]
         return self._solve_indexed(queries, inverse[:p], inverse[p:])
 
-    def pairwise(self, points):
-        """All pairwise geodesics of ``points`` (N, n), each solved once.
+    def pairwise(self, points, labels=None):
+        """All pairwise geodesics of ``points`` (N, n), each pair solved once.
+
+        Parameters
+        ----------
+        points : array-like, shape=[N, n]
+        labels : torch.Tensor of int, shape=[N], optional
+            Known component labels (-1: unknown); pairs with two different
+            known labels are set to ``inf`` without solving.
 
         Returns
         -------
@@ -513,11 +592,19 @@ class GeodesicLogSolver(LogSolver):
         space = self._space
         pts = as_points(points, space.ambient_dim, "points").reshape(-1, space.ambient_dim)
         n = pts.shape[0]
-        i, j = torch.triu_indices(n, n, 1)
-        res = self._solve_indexed(pts, i, j)
+        i, j = torch.triu_indices(n, n, 1, device=pts.device)
         dist = torch.zeros(n, n, dtype=pts.dtype, device=pts.device)
         amb = torch.zeros(n, n, dtype=torch.bool, device=pts.device)
         failed = torch.zeros_like(amb)
+        if labels is not None:
+            li, lj = labels[i], labels[j]
+            apart = (li != lj) & (li >= 0) & (lj >= 0)
+            dist[i[apart], j[apart]] = dist[j[apart], i[apart]] = math.inf
+            i, j = i[~apart], j[~apart]
+        self.stats = {"near": 0, "far": 0}
+        if i.numel() == 0:
+            return PairwiseResult(dist=dist, ambiguous=amb, failed=failed, n_near=0, n_far=0)
+        res = self._solve_indexed(pts, i, j)
         length = torch.where(res.converged, res.length, torch.nan)
         dist[i, j] = dist[j, i] = length
         amb[i, j] = amb[j, i] = res.ambiguous
@@ -528,7 +615,10 @@ class GeodesicLogSolver(LogSolver):
     def _check_on_manifold(self, queries):
         space = self._space
         value = space.submersion(queries)
-        off = ~(value.norm(dim=-1) <= getattr(space.metric, "on_manifold_atol", 1e-6))
+        metric = getattr(space, "metric", None)
+        atol = (metric._on_manifold_atol(queries.dtype) if hasattr(metric, "_on_manifold_atol")
+                else 10 * space.tol_for(queries.dtype))
+        off = ~(value.norm(dim=-1) <= atol)
         if bool(off.any()):
             raise InvalidPointError(
                 f"{int(off.sum())} point(s) are not on {space.name} (|F| up to "
@@ -547,16 +637,13 @@ class GeodesicLogSolver(LogSolver):
         n_cand = torch.ones(p, dtype=torch.long, device=queries.device)
         gap = torch.full((p,), math.inf, **dt)
         nodes = [None] * p
+        self._like = queries
         a, b = queries[ia], queries[ib]
         chord = (b - a).norm(dim=-1)
-        same = chord <= 10 * space.tol
+        same = chord <= 10 * space.tol_for(queries.dtype)
         out_len[same], conv[same] = 0.0, True
         for k in same.nonzero().squeeze(-1).tolist():
             nodes[k] = torch.stack([a[k], b[k]])
-        # Unions: points on different components are infinitely far apart.
-        if hasattr(space, "component_index"):
-            apart = space.component_index(a) != space.component_index(b)
-            out_len[apart & ~same], conv[apart & ~same] = math.inf, True
         todo = ~conv
         near = todo & (chord <= self._near_radius(queries))
         self.stats = {"near": int(near.sum()), "far": 0, "far_from_near": 0}
@@ -565,7 +652,7 @@ class GeodesicLogSolver(LogSolver):
             t = torch.linspace(0.0, 1.0, 3, **dt)
             init = [torch.stack([a[k], 0.5 * (a[k] + b[k]), b[k]]) for k in idx.tolist()]
             del t
-            paths = self._refine(init)
+            paths = self._refine(init)["routes"]
             for r, k in enumerate(idx.tolist()):
                 path = paths[r]
                 if path is None or not (path["length"] <= (1 + self.near_excess) * chord[k]):
@@ -588,134 +675,188 @@ class GeodesicLogSolver(LogSolver):
         graph = self.graph(queries)
         n_nodes = len(graph.points)
         matrix = graph.attach(queries)
-        sources = np.unique(ia.cpu().numpy())
-        src_pos = {int(s): r for r, s in enumerate(sources)}
-        targets = np.unique(ib.cpu().numpy())
-        tgt_pos = {int(s): r for r, s in enumerate(targets)}
+        ia_np, ib_np = ia.cpu().numpy(), ib.cpu().numpy()
+        sources, src_row = np.unique(ia_np, return_inverse=True)
+        targets, tgt_row = np.unique(ib_np, return_inverse=True)
         dist_a, pred_a = dijkstra(matrix, indices=n_nodes + sources, return_predecessors=True)
         dist_b, pred_b = dijkstra(matrix, indices=n_nodes + targets, return_predecessors=True)
         all_pts = torch.cat([graph.points.to(queries), queries])
-        ia_np, ib_np = ia.cpu().numpy(), ib.cpu().numpy()
-        band = 2.5 * graph.spacing
-        cand_pair, cand_paths = [], []
-        for r in range(len(where)):
-            da, db = dist_a[src_pos[int(ia_np[r])]], dist_b[tgt_pos[int(ib_np[r])]]
-            pa, pb = pred_a[src_pos[int(ia_np[r])]], pred_b[tgt_pos[int(ib_np[r])]]
-            best = da[n_nodes + ib_np[r]]
-            k = int(where[r])
-            if not np.isfinite(best):
-                # Not joined in the graph: different components of M.
-                out_len[k], conv[k] = math.inf, True
-                continue
-            mids = self._midpoints(matrix, da, db, best, band, n_nodes)
-            for z in mids:
-                route = _backtrack(pa, z) + _backtrack(pb, z)[::-1][1:]
-                cand_pair.append(r)
-                cand_paths.append(all_pts[route])
-        if not cand_paths:
+        best = dist_a[src_row, n_nodes + ib_np]
+        joined = np.isfinite(best)
+        # Not joined in the graph: different components of M.
+        apart = where[torch.as_tensor(~joined, device=where.device)]
+        out_len[apart], conv[apart] = math.inf, True
+        rows = np.flatnonzero(joined)
+        mids = self._midpoints(matrix, dist_a, dist_b, src_row, tgt_row, best, rows, n_nodes)
+        cand_pair = np.concatenate([np.full(len(m), r) for r, m in zip(rows, mids)]) \
+            if len(rows) else np.zeros(0, dtype=int)
+        cand_mid = np.concatenate(mids) if len(rows) else np.zeros(0, dtype=int)
+        if cand_pair.size == 0:
             return
-        # Resample each route at its arc-length positions: the refinement's
-        # initial curve.
-        paths = self._refine(cand_paths)
-        by_pair = {}
-        for c, r in enumerate(cand_pair):
-            by_pair.setdefault(r, []).append(paths[c])
-        for r, found in by_pair.items():
+        half_a = _backtrack_many(pred_a, src_row[cand_pair], cand_mid)
+        half_b = _backtrack_many(pred_b, tgt_row[cand_pair], cand_mid)
+        routes = [all_pts[np.concatenate([ra, rb[::-1][1:]])] for ra, rb in zip(half_a, half_b)]
+        found = self._refine(routes, groups=cand_pair)
+        for r in rows:
             k = int(where[r])
-            ok = [f for f in found if f is not None]
-            n_cand[k] = len(found)
-            if not ok:
+            mine = [f for f in found["by_group"].get(r, [])]
+            n_cand[k] = int((cand_pair == r).sum())
+            if not mine:
                 continue
-            ok.sort(key=lambda f: f["length"])
-            self._store(k, ok[0], out_v, out_len, conv, nodes)
-            # Distinct geodesics only: the same curve reached from two routes
-            # is one candidate.
-            distinct = [f for f in ok[1:] if _curve_gap(f["nodes"], ok[0]["nodes"]) >
-                        max(1e-4 * float(ok[0]["length"]), 10 * self._space.tol ** 0.5)]
-            if distinct:
-                g = float(distinct[0]["length"] / ok[0]["length"] - 1)
+            mine.sort(key=lambda f: f["length"])
+            self._store(k, mine[0], out_v, out_len, conv, nodes)
+            if len(mine) > 1:
+                g = float(mine[1]["length"] / mine[0]["length"] - 1)
                 gap[k] = g
                 amb[k] = g <= self.ambiguity_rtol
 
-    def _midpoints(self, matrix, da, db, best, band, n_nodes):
-        """Graph nodes standing for the distinct near-shortest routes of one pair."""
-        total = da + db
-        sel = np.flatnonzero((total <= (1 + self.candidate_rtol) * best)
-                             & (np.abs(da - db) <= band))
-        sel = sel[sel < n_nodes]
-        if sel.size == 0:
-            return [int(np.argmin(np.where(np.arange(len(total)) < n_nodes, total, np.inf)))]
-        if sel.size == 1:
-            return [int(sel[0])]
-        sub = matrix[sel][:, sel]
-        n_comp, labels = connected_components(sub, directed=False)
+    def _midpoints(self, matrix, dist_a, dist_b, src_row, tgt_row, best, rows, n_nodes,
+                   block=512):
+        """Per pair, graph nodes standing for its distinct near-shortest routes.
+
+        Near-midpoints: ``d(x, z) + d(z, y) <= (1 + candidate_rtol) d(x, y)``
+        and ``|d(x, z) - d(z, y)|`` within a few graph spacings. Their
+        clusters in the graph are the routes; a long cluster (several
+        geodesics side by side) gets seeds spread along it.
+        """
+        graph = self._graph
+        band = 2.5 * graph.spacing
+        sep = self.seed_separation * graph.spacing
+        pts = graph.points.numpy()
         out = []
-        for c in range(n_comp):
-            members = sel[labels == c]
-            # A long cluster can hold several geodesics close in length (a
-            # near-conjugate family, or routes around either side of a tube
-            # that the band joins): seed from its best node and from nodes
-            # spread along it.
-            first = int(members[np.argmin(total[members])])
-            out.append(first)
-            pts = self._graph.points[members].numpy()
-            gap = np.linalg.norm(pts - self._graph.points[first].numpy(), axis=-1)
-            for _ in range(self.max_seeds_per_route - 1):
-                far = int(np.argmax(gap))
-                if gap[far] < self.seed_separation * self._graph.spacing:
-                    break
-                out.append(int(members[far]))
-                gap = np.minimum(gap, np.linalg.norm(pts - pts[far], axis=-1))
+        for start in range(0, len(rows), block):
+            r = rows[start:start + block]
+            da = dist_a[src_row[r], :n_nodes]
+            db = dist_b[tgt_row[r], :n_nodes]
+            total = da + db
+            sel = (total <= (1 + self.candidate_rtol) * best[r, None]) & (np.abs(da - db) <= band)
+            first = np.argmin(np.where(sel, total, np.inf), axis=1)
+            none = ~sel.any(1)
+            first[none] = np.argmin(total[none], axis=1) if none.any() else first[none]
+            # Compact bands (all within `sep` of the best node) are one route.
+            spread = np.where(sel, np.linalg.norm(pts[None] - pts[first][:, None], axis=-1), 0.0)
+            for q in range(len(r)):
+                if spread[q].max() <= sep:
+                    out.append(np.array([first[q]]))
+                    continue
+                members = np.flatnonzero(sel[q])
+                n_comp, labels = connected_components(matrix[members][:, members], directed=False)
+                seeds = []
+                for c in range(n_comp):
+                    group = members[labels == c]
+                    top = int(group[np.argmin(total[q, group])])
+                    seeds.append(top)
+                    gp = np.linalg.norm(pts[group] - pts[top], axis=-1)
+                    for _ in range(self.max_seeds_per_route - 1):
+                        far = int(np.argmax(gp))
+                        if gp[far] < sep:
+                            break
+                        seeds.append(int(group[far]))
+                        gp = np.minimum(gp, np.linalg.norm(pts[group] - pts[group[far]], axis=-1))
+                out.append(np.array(seeds))
         return out
 
     # -------------------------------------------------------------- refinement
-    def _refine(self, routes):
-        """Straighten polylines on M into geodesics; per route a dict or None."""
-        space = self._space
+    def _refine(self, routes, groups=None):
+        """Straighten polylines on M into geodesics.
+
+        Every route is solved at its initial degree; with ``groups`` (the pair
+        of each route) only the routes within ``prune_rtol`` of their pair's
+        shortest, and distinct from it, go on. Those are re-solved at rising
+        degrees until the length changes by less than ``rtol`` and the curve
+        is resolved.
+
+        Returns
+        -------
+        dict
+            ``"routes"``: per route a dict (nodes, length, tangent) or None;
+            ``"by_group"``: per group the settled, distinct geodesics.
+        """
         like = routes[0]
-        degree = [self._initial_degree(r) for r in routes]
-        results = [None] * len(routes)
-        # Group by degree: each group is one batched Newton solve.
-        pending = {}
-        for i, d in enumerate(degree):
-            pending.setdefault(d, []).append(i)
-        previous = {}
-        while pending:
-            d = min(pending)
-            idx = pending.pop(d)
-            rule = _Rule(d, like)
-            init = []
-            for i in idx:
-                if i in previous:
-                    old = previous[i]
-                    init.append(_Rule(old["nodes"].shape[0] - 1, like).interp_to(rule.t_np,
-                                                                                old["nodes"]))
-                else:
-                    init.append(_resample(routes[i], rule.t))
-            out = self._straighten(torch.stack(init), rule)
-            for r, i in enumerate(idx):
-                if not bool(out["converged"][r]):
-                    continue
-                cur = {"nodes": out["nodes"][r], "length": out["length"][r],
-                       "tangent": out["tangent"][r], "resolved": bool(out["resolved"][r])}
-                old = previous.get(i)
-                settled = (old is not None and abs(float(cur["length"] - old["length"]))
-                           <= self.rtol * float(cur["length"]) and cur["resolved"])
-                if settled:
+        n_routes = len(routes)
+        first = self._solve_degrees(
+            {i: self._initial_degree(r) for i, r in enumerate(routes)},
+            lambda i, rule: _resample(routes[i], rule.t))
+        alive = [i for i in range(n_routes) if first[i] is not None]
+        if groups is not None and alive:
+            alive = self._prune(first, alive, groups, self.prune_rtol)
+        results = [None] * n_routes
+        previous = {i: first[i] for i in alive}
+        while previous:
+            degrees = {}
+            for i, cur in previous.items():
+                if cur.get("settled"):
                     results[i] = cur
                     continue
-                nxt = int(math.ceil(1.5 * d))
-                if nxt > self.max_degree:
+                nxt = int(math.ceil(1.5 * (cur["nodes"].shape[0] - 1)))
+                if nxt <= self.max_degree:
+                    degrees[i] = nxt
+            new = self._solve_degrees(
+                degrees, lambda i, rule: _interp(previous[i]["nodes"], rule.n))
+            nxt_prev = {}
+            for i, cur in new.items():
+                if cur is None:
                     continue
-                previous[i] = cur
-                pending.setdefault(nxt, []).append(i)
-        del space
-        return results
+                old = previous[i]
+                cur["settled"] = (abs(float(cur["length"] - old["length"]))
+                                  <= self.rtol * float(cur["length"]) and cur["resolved"])
+                nxt_prev[i] = cur
+            previous = nxt_prev
+        by_group = {}
+        if groups is not None:
+            done = [i for i in range(n_routes) if results[i] is not None]
+            if done:
+                done = self._prune(results, done, groups, self.ambiguity_rtol * 10)
+            for i in done:
+                by_group.setdefault(int(groups[i]), []).append(results[i])
+        return {"routes": results, "by_group": by_group}
+
+    def _solve_degrees(self, degrees, init):
+        """Straighten route ``i`` at ``degrees[i]`` from ``init(i, rule)``, grouped by degree."""
+        pending = {}
+        for i, d in degrees.items():
+            pending.setdefault(d, []).append(i)
+        out = {}
+        for d in sorted(pending):
+            idx = pending[d]
+            rule = _Rule.get(d, self._like)
+            res = self._straighten(torch.stack([init(i, rule) for i in idx]), rule)
+            if _DEBUG:
+                print("degree", d, "paths", len(idx), "iters", int(res["iters"].max()),
+                      "conv", int(res["converged"].sum()), "resolved", int(res["resolved"].sum()))
+            for r, i in enumerate(idx):
+                if not bool(res["converged"][r]):
+                    out[i] = None
+                    continue
+                out[i] = {"nodes": res["nodes"][r], "length": res["length"][r],
+                          "tangent": res["tangent"][r], "resolved": bool(res["resolved"][r])}
+        return out
+
+    def _prune(self, found, alive, groups, rtol):
+        """Keep per group the routes within ``rtol`` of its shortest that are
+        distinct curves (the same geodesic reached from two seeds counts once)."""
+        alive = np.asarray(alive)
+        grp = np.asarray(groups)[alive]
+        length = np.array([float(found[i]["length"]) for i in alive])
+        order = np.lexsort((length, grp))
+        alive, grp, length = alive[order], grp[order], length[order]
+        head = np.r_[True, grp[1:] != grp[:-1]]
+        best = np.maximum.accumulate(np.where(head, np.arange(len(grp)), 0))
+        near = length <= length[best] * (1 + rtol)
+        keep = head.copy()
+        cand = np.flatnonzero(near & ~head)
+        if cand.size:
+            samples = _curve_samples([found[i]["nodes"] for i in alive[np.r_[best[cand], cand]]])
+            sa, sb = samples[:cand.size], samples[cand.size:]
+            sep = (sa - sb).norm(dim=-1).amax(-1).cpu().numpy()
+            tol = np.maximum(1e-4 * length[best[cand]], 1e-6)
+            keep[cand[sep > tol]] = True
+        return [int(i) for i in alive[keep]]
 
     def _initial_degree(self, route):
         seg = (route[1:] - route[:-1]).norm(dim=-1).sum()
         if self._graph is not None:
-            per = float(seg) / (4 * self._graph.spacing)
+            per = float(seg) / (self.nodes_per_spacing * self._graph.spacing)
         else:
             per = 0.0
         return int(min(max(self.min_degree, math.ceil(per)), self.max_degree))
@@ -728,50 +869,68 @@ class GeodesicLogSolver(LogSolver):
         return {key: torch.cat([o[key] for o in outs]) for key in outs[0]}
 
     def _straighten_chunk(self, x0, rule):
+        """Riemannian Newton on the interior nodes of a batch of paths.
+
+        Each iteration solves for tangent steps with the exact Hessian of the
+        LGL energy on M (the stiffness term and the curvature term
+        ``-B^T (lam . D^2F) B`` of every node, block diagonal), re-lands the
+        moved nodes on M along their normals and backtracks until the energy
+        decreases. A path stops when its Newton decrement (twice the predicted
+        energy decrease) is below ``1e-13`` of its energy.
+        """
         space = self._space
         p, n_pts, n = x0.shape
         k, m, c = n_pts - 2, space.dim, space.codim
-        tol, iters = space.tol, space.max_iter
+        tol, iters = space.tol_for(x0.dtype), space.max_iter
         x = x0.clone()
         # Land the interior nodes on M.
-        inner = x[:, 1:-1].reshape(-1, n)
-        land = space.solve_projection(inner, closest=False)
+        land = space.solve_projection(x[:, 1:-1].reshape(-1, n), closest=False)
         x[:, 1:-1] = land.x.reshape(p, k, n)
         ok = land.converged.reshape(p, k).all(-1)
+        with torch.no_grad():
+            _, jac_all = space._value_and_jacobian(x[:, 1:-1].reshape(-1, n))
+        jac_all = jac_all.reshape(p, k, c, n).clone()
         done = torch.zeros(p, dtype=torch.bool, device=x.device)
-        stiff = rule.diff[1:-1].t()  # not used directly; the energy uses D
-        del stiff
+        stiffness = (rule.diff.t() @ (rule.w[:, None] * rule.diff))[1:-1, 1:-1]
+        diag = torch.arange(k, device=x.device)
+        n_it = 0
         for _ in range(self.max_iter):
             act = (ok & ~done).nonzero().squeeze(-1)
             if act.numel() == 0:
                 break
+            n_it += 1
             xa = x[act]
             pa = xa.shape[0]
             energy, vel = rule.energy(xa)
             grad = 2 * (rule.diff.t() @ (rule.w[:, None] * vel))[:, 1:-1]  # (pa, k, n)
             y = xa[:, 1:-1].reshape(-1, n)
-            with torch.no_grad():
-                _, jac = space._value_and_jacobian(y)
+            jac = jac_all[act].reshape(-1, c, n)
             basis = tangent_basis(jac)  # (pa k, n, m)
             g = grad.reshape(-1, n)
             lam = normal_space_solve(jac, g, check=False)
             curv = self._curvature(y, jac, basis, lam)  # (pa k, m, m)
             gc = (basis.transpose(1, 2) @ g.unsqueeze(-1)).squeeze(-1).reshape(pa, k * m)
-            bb = torch.einsum("pina,pjnb->piajb", basis.reshape(pa, k, n, m),
-                              basis.reshape(pa, k, n, m))
-            stiffness = rule.diff.t() @ (rule.w[:, None] * rule.diff)
-            hess = 2 * stiffness[1:-1, 1:-1][None, :, None, :, None] * bb
-            diag = torch.arange(k, device=x.device)
+            bk = basis.reshape(pa, k, n, m)
+            hess = 2 * stiffness[None, :, None, :, None] * torch.einsum("pina,pjnb->piajb", bk, bk)
             hess[:, diag, :, diag, :] -= curv.reshape(pa, k, m, m).transpose(0, 1)
-            hess = hess.reshape(pa, k * m, k * m)
-            step = _spd_solve(hess, -gc)
+            step = _spd_solve(hess.reshape(pa, k * m, k * m), -gc)
             dec = -(gc * step).sum(-1)  # Newton decrement^2 (>= 0)
-            dx = (basis @ step.reshape(-1, m, 1)).squeeze(-1).reshape(pa, k, n)
+            # Converged: the energy is within dec / 2 of the (quadratically
+            # approached) minimum; no step needed.
+            small = dec <= 1e-13 * energy.clamp_min(1e-300)
+            done[act[small]] = True
+            move = (~small).nonzero().squeeze(-1)
+            if move.numel() == 0:
+                continue
+            xa, energy, dec = xa[move], energy[move], dec[move]
+            dx = (basis @ step.reshape(-1, m, 1)).squeeze(-1).reshape(pa, k, n)[move]
+            jac_r = jac.reshape(pa, k, c, n)[move]
             # Backtracking on the energy, with the nodes re-landed on M along
             # their normals.
-            alpha = torch.ones(pa, dtype=x.dtype, device=x.device)
-            accepted = torch.zeros(pa, dtype=torch.bool, device=x.device)
-            jac_r = jac.reshape(pa, k, c, n)
+            pm = move.numel()
+            alpha = torch.ones(pm, dtype=x.dtype, device=x.device)
+            accepted = torch.zeros(pm, dtype=torch.bool, device=x.device)
+            new_jac = jac_r.clone()
             for _ in range(12):
                 rows = (~accepted).nonzero().squeeze(-1)
                 if rows.numel() == 0:
@@ -779,26 +938,24 @@ class GeodesicLogSolver(LogSolver):
                 trial = xa[rows, 1:-1] + alpha[rows, None, None] * dx[rows]
                 res = solve_along_normals(space._value_and_jacobian, trial.reshape(-1, n),
                                           jac_r[rows].reshape(-1, c, n), tol, iters)
-                landed = res.x.reshape(-1, k, n)
                 good = res.converged.reshape(-1, k).all(-1)
                 new = xa[rows].clone()
-                new[:, 1:-1] = landed
+                new[:, 1:-1] = res.x.reshape(-1, k, n)
                 e_new, _ = rule.energy(new)
                 slack = 1e-13 * energy[rows]
                 good &= e_new <= energy[rows] - 1e-4 * alpha[rows] * dec[rows] + slack
                 xa[rows[good]] = new[good]
+                new_jac[rows[good]] = res.jac.reshape(-1, k, c, n)[good]
                 accepted[rows[good]] = True
                 alpha[rows[~good]] *= 0.5
-            x[act] = xa
-            # Converged: the (quadratic-rate) Newton decrement is negligible,
-            # or a step was accepted and moved nothing.
-            small = dec <= 1e-13 * energy.clamp_min(1e-300)
-            done[act[small & accepted]] = True
-            stuck = ~accepted
-            done[act[stuck & small]] = True
-            ok[act[stuck & ~small]] = False
+            idx = act[move]
+            x[idx] = xa
+            jac_all[idx] = new_jac
+            ok[idx[~accepted]] = False  # no decrease along a descent direction
         converged = ok & done
-        return self._finish(x, rule, converged)
+        out = self._finish(x, rule, converged)
+        out["iters"] = torch.full((p,), n_it + 1)
+        return out
 
     def _curvature(self, y, jac, basis, lam):
         """``B^T (lam . D^2F) B`` per node: exact Hessian where the space has one,
@@ -845,7 +1002,7 @@ class GeodesicLogSolver(LogSolver):
         resolved = (off <= 1e-3 * scale) & (tail <= 1e-3 * scale)
         speed = (vel.norm(dim=-1) * 2)
         return {"nodes": x, "length": length, "tangent": v0, "converged": converged,
-                "resolved": resolved, "speed_spread": speed.std(-1) / scale}
+                "resolved": resolved, "tail": tail / scale, "off": off / scale, "speed_spread": speed.std(-1) / scale}
 
 
 def _spd_solve(hess, rhs):
@@ -862,12 +1019,22 @@ def _spd_solve(hess, rhs):
     return torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
 
 
-def _backtrack(pred, node):
-    """Graph path from the Dijkstra root to ``node`` (root first)."""
-    out = [int(node)]
-    while pred[out[-1]] >= 0:
-        out.append(int(pred[out[-1]]))
-    return out[::-1]
+def _backtrack_many(pred, rows, nodes):
+    """Graph paths from the Dijkstra roots of ``pred[rows]`` to ``nodes`` (root first)."""
+    cur = np.asarray(nodes).copy()
+    steps = [cur.copy()]
+    active = pred[rows, cur] >= 0
+    while active.any():
+        cur = np.where(active, pred[rows, np.where(active, cur, 0)], cur)
+        steps.append(cur.copy())
+        active &= pred[rows, cur] >= 0
+    steps = np.stack(steps, 1)  # (R, hops); finished rows repeat their root
+    out = []
+    for r in range(len(rows)):
+        path = steps[r]
+        end = np.flatnonzero(pred[rows[r], path] < 0)
+        out.append(path[:end[0] + 1][::-1] if end.size else path[::-1])
+    return out
 
 
 def _resample(route, t):
@@ -884,9 +1051,41 @@ def _resample(route, t):
     return out
 
 
-def _curve_gap(a, b):
-    """Largest distance between two curves sampled at 33 common parameters."""
-    t = np.linspace(-1, 1, 33)
-    pa = _Rule(a.shape[0] - 1, a).interp_to(t, a)
-    pb = _Rule(b.shape[0] - 1, b).interp_to(t, b)
-    return float((pa - pb).norm(dim=-1).max())
+class ShootingLogSolver(LogSolver):
+    """Local log: damped Gauss-Newton shooting from the circular-arc guess.
+
+    The metric's shooting (:meth:`ImplicitMetric._shoot`) on all pairs at once.
+    Exact to the metric's ``log_tol`` where it converges, but only for targets
+    close enough to the base point that the arc guess lies in the basin of the
+    minimising geodesic: between far points of a curved surface it misses (a
+    :class:`GeodesicError`) or returns a longer geodesic. Kept for comparison
+    and for short-range work where its per-pair cost is lower.
+    """
+
+    def __init__(self, space):
+        super().__init__(solves_bvp=False)
+        self._space = space
+
+    def log(self, point, base_point):
+        """``log_{base_point}(point)`` by shooting, shape ``(..., n)``."""
+        space = self._space
+        x, y, batch = space._pair(base_point, point, ("base_point", "point"))
+        with torch.no_grad():
+            vec = space.metric._shoot(x, y)
+        return vec.reshape(*batch, space.ambient_dim)
+
+    def dist(self, point_a, point_b):
+        """``|log_{point_a}(point_b)|``, shape ``(...,)``."""
+        return self.log(point_b, point_a).norm(dim=-1)
+
+    def dist_pairwise(self, points):
+        """All pairwise distances, every pair shot in one batch."""
+        space = self._space
+        pts = as_points(points, space.ambient_dim, "points").reshape(-1, space.ambient_dim)
+        n = pts.shape[0]
+        i, j = torch.triu_indices(n, n, 1, device=pts.device)
+        out = torch.zeros(n, n, dtype=pts.dtype, device=pts.device)
+        if i.numel():
+            d = self.dist(pts[i], pts[j])
+            out[i, j] = out[j, i] = d
+        return out

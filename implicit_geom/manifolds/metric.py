@@ -7,9 +7,12 @@ constant speed is a geodesic iff its acceleration is normal, which gives
 
 geomstats' generic level-set machinery uses the *ambient* geodesic equation
 (straight lines) and a chord initial guess for shooting; both fail here. We
-integrate the constrained equation with an extrapolation method, land the end
-point on M with Newton, and invert exp by Gauss-Newton shooting whose Jacobian
-comes from the variational (Jacobi-field) equations.
+integrate the constrained equation with an extrapolation method and land the end
+point on M with Newton. ``log``, ``dist`` and ``dist_pairwise`` go through a
+pluggable geomstats ``LogSolver`` (:mod:`implicit_geom.manifolds.geodesics`):
+by default a global one (graph initial guess, spectral path straightening,
+shooting polish), or local Gauss-Newton shooting whose Jacobian comes from the
+variational (Jacobi-field) equations.
 
 This class deliberately does not subclass ``EuclideanMetric``: geomstats'
 FrechetMean would then silently switch to the linear mean (off M).
@@ -42,11 +45,17 @@ class ImplicitMetric(RiemannianMetric):
         Initial macro step, as an arc length (the integrator adapts it).
     on_manifold_atol : float
         ``log`` refuses targets with ``|F|`` above this.
+    log_solver : {"global", "shooting"}, LogSolver or callable, optional
+        Solver behind ``log``/``dist``/``dist_pairwise``: ``"global"``
+        (default, :class:`~implicit_geom.manifolds.geodesics.GeodesicLogSolver`),
+        ``"shooting"`` (local shooting only), a solver instance, or a callable
+        ``space -> solver``.
     """
 
     def __init__(self, space, rtol=1e-10, log_tol=1e-9, log_max_iter=30,
-                 arc_per_step=1.0, on_manifold_atol=1e-6):
+                 arc_per_step=1.0, on_manifold_atol=1e-6, log_solver=None):
         super().__init__(space=space)
+        self.log_solver = _make_log_solver(space, log_solver)
         self.on_manifold_atol = on_manifold_atol
         self.rtol = rtol
         self.integrator = GBSIntegrator(rtol=rtol, atol=rtol)
@@ -168,9 +177,11 @@ class ImplicitMetric(RiemannianMetric):
         return ((ends[:, 0] - ends[:, 1]) / (2 * h[:, None, None])).transpose(1, 2)
 
     def log(self, point, base_point):
-        """Riemannian logarithm by damped Gauss-Newton shooting.
+        """Riemannian logarithm, by the metric's ``log_solver``.
 
-        The initial guess assumes the geodesic is the circular arc through both
+        The default solver finds the minimising geodesic globally and polishes
+        its initial velocity with :meth:`_shoot`. Shooting alone
+        (``log_solver="shooting"``) starts from a circular-arc guess: the geodesic is the circular arc through both
         points tangent to M at the base point: the chord's tangent direction,
         with length ``c * beta / sin(beta)`` where ``beta`` is the angle between
         the chord and the tangent space (exact on spheres). Each iteration
@@ -194,7 +205,7 @@ class ImplicitMetric(RiemannianMetric):
                     f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
                     f"connected components of {space.name}; no geodesic joins them "
                     "(their distance is +inf).", mask=apart.reshape(batch))
-            v = self._shoot(x, y)
+            v = self.log_solver.log(y, x)
         return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
 
     def _apart(self, x, y):
@@ -217,7 +228,9 @@ class ImplicitMetric(RiemannianMetric):
         arc = c * torch.where(beta > 1e-8, beta / torch.sin(beta), torch.ones_like(beta))
         return tangential * (arc / t.clamp_min(1e-300))
 
-    def _shoot(self, x, y, max_halvings=6):
+    def _shoot(self, x, y, max_halvings=6, guess=None):
+        """Gauss-Newton shooting from ``x`` to ``y`` (flat batches), from the
+        circular-arc initial guess or from ``guess`` (tangent vectors at x)."""
         space = self._space
         _, jac = space._value_and_jacobian(x)
         value_y, jac_y = space._value_and_jacobian(y)
@@ -229,7 +242,8 @@ class ImplicitMetric(RiemannianMetric):
                 f"(|F| up to {float(value_y.norm(dim=-1).max()):.3g} > "
                 f"{atol:g}); project them first.")
         basis = tangent_basis(jac)  # (B, n, m)
-        guess = self._initial_guess(jac, y - x)
+        if guess is None:
+            guess = self._initial_guess(jac, y - x)
         a = (basis.transpose(1, 2) @ guess.unsqueeze(-1)).squeeze(-1)
         tol = self._log_tol(y.dtype) * (1 + y.norm(dim=-1))
 
@@ -290,8 +304,50 @@ class ImplicitMetric(RiemannianMetric):
         rows = (slice(None) if apart is None else (~apart).nonzero().squeeze(-1))
         if apart is None or rows.numel():
             with torch.no_grad():
-                out[rows] = self._shoot(a[rows], b[rows]).norm(dim=-1)
+                out[rows] = self.log_solver.dist(a[rows], b[rows])
         return out.reshape(batch).to(dtype)
+
+    def dist_pairwise(self, points, n_jobs=1, **joblib_kwargs):
+        """Matrix of geodesic distances between all points, shape ``(N, N)``.
+
+        Every pair is solved once, all of them in batched tensor programs (not
+        geomstats' loop over pairs); +inf between different components.
+
+        Parameters
+        ----------
+        points : array-like, shape=[N, n]
+        n_jobs, **joblib_kwargs
+            Ignored (geomstats' signature); the work is batched instead.
+
+        Raises
+        ------
+        GeodesicError
+            If some pair has no converged geodesic.
+        """
+        del n_jobs, joblib_kwargs
+        space = self._space
+        pts, _ = space._flat(points)
+        dtype = _dtype_of(points)
+        labels = None
+        if space._known_n_components() != 1 and space.components_known():
+            with torch.no_grad():
+                labels = space._component_labels(pts)
+        solver = self.log_solver
+        with torch.no_grad():
+            if hasattr(solver, "pairwise"):
+                res = solver.pairwise(pts, labels=labels)
+                if bool(res.failed.any()):
+                    raise GeodesicError(
+                        f"dist_pairwise: {int(torch.triu(res.failed, 1).sum())} pair(s) have "
+                        "no converged geodesic.")
+                out = res.dist
+            else:
+                out = solver.dist_pairwise(pts)
+                if labels is not None:
+                    apart = (labels[:, None] != labels[None, :]) & (labels[:, None] >= 0) \
+                        & (labels[None, :] >= 0)
+                    out = out.masked_fill(apart, torch.inf)
+        return out.to(dtype)
 
     def _geodesic_ivp(self, initial_point, initial_tangent_vec):
         """Geodesic ``t -> exp(t v)`` as a callable (geomstats convention)."""
@@ -312,3 +368,19 @@ class ImplicitMetric(RiemannianMetric):
     def squared_norm(self, vector, base_point=None):
         """Squared Euclidean norm of a tangent vector."""
         return (vector * vector).sum(-1)
+
+
+def _make_log_solver(space, spec):
+    """The log solver named or given by ``spec`` (see :class:`ImplicitMetric`)."""
+    from .geodesics import GeodesicLogSolver, ShootingLogSolver
+
+    if spec is None or spec == "global":
+        return GeodesicLogSolver(space)
+    if spec == "shooting":
+        return ShootingLogSolver(space)
+    if isinstance(spec, str):
+        raise ValueError(f"unknown log_solver {spec!r}; expected 'global', 'shooting', a "
+                         "LogSolver or a callable space -> LogSolver")
+    if hasattr(spec, "log"):
+        return spec
+    return spec(space)
