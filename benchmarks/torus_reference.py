@@ -9,8 +9,10 @@ straightening). A pair's distance is the minimum over the winding classes of
 the lifted end point ``(dphi + 2 pi k, dtheta + 2 pi j)``. A class can hold
 several geodesics (on the positively curved outer half, a path can pass above
 or below), so each class's BVP is seeded with its shortest path in a fine
-16-neighbour grid graph over the universal cover (metric edge lengths), and
-every class whose grid length is within 5% of the best one is solved.
+16-neighbour grid graph over the universal cover (metric edge lengths) and,
+for far pairs, with that path mirrored across the straight line (the other
+side of the tube); every class whose grid length is within 5% of the best one
+is solved.
 
 Run:  python benchmarks/torus_reference.py [--n 200] [--jobs 2]
 (writes ``benchmarks/results/torus_reference_<n>_<seed>.npz``).
@@ -150,13 +152,14 @@ def _solve_seeded(a, b, R, r, seed, tol):
     return float(np.trapezoid(speed, tt) if hasattr(np, "trapezoid") else np.trapz(speed, tt))
 
 
-def source_distances(a, targets, R, r, window=0.05, tol=1e-8):
+def source_distances(a, targets, R, r, window=0.05, tol=1e-8, mirror_beyond=4.0):
     """Reference distances from angles ``a`` to each row of ``targets``.
 
     For each target, every lift ``(dphi + 2 pi k, dtheta + 2 pi j)``,
     ``k, j in {-1, 0, 1}``, whose grid distance is within ``window`` of the
-    best lift's is solved as a BVP seeded by its grid path, and the shortest
-    converged geodesic is kept.
+    best lift's is solved as a BVP seeded by its grid path (and, beyond a
+    grid length of ``mirror_beyond``, by that path mirrored in theta), and the
+    shortest converged geodesic is kept.
 
     Returns
     -------
@@ -182,11 +185,21 @@ def source_distances(a, targets, R, r, window=0.05, tol=1e-8):
         for g, lift, node in sorted(lifts, key=lambda x: x[0]):
             if g > (1 + window) * best_grid:
                 break
-            length = _solve_seeded(a, a + lift, R, r, grid.path(pred, node), tol)
-            if np.isfinite(length):
-                out[t] = min(out[t], length)
-            else:
-                failed[t] += 1
+            path = grid.path(pred, node)
+            seeds = [path]
+            if g > mirror_beyond:
+                # Far pairs can have two geodesics in one class, passing above
+                # and below (e.g. over the top or under the bottom of the
+                # tube and back): also seed with the grid path mirrored in
+                # theta about the straight line.
+                straight = np.linspace(0.0, 1.0, len(path))[:, None] * path[-1]
+                seeds.append(np.stack([path[:, 0], 2 * straight[:, 1] - path[:, 1]], -1))
+            for seed in seeds:
+                length = _solve_seeded(a, a + lift, R, r, seed, tol)
+                if np.isfinite(length):
+                    out[t] = min(out[t], length)
+                else:
+                    failed[t] += 1
     return out, failed
 
 

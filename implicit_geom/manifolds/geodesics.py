@@ -406,10 +406,15 @@ class GeodesicLogSolver(LogSolver):
     bounds : tuple, optional
         Box sampled by the graph (default: the space's ``bounds``, else the box
         of the query points widened by half its size).
-    max_seeds_per_route, seed_separation : int, float
-        A route's cluster of near-midpoints longer than ``seed_separation``
-        graph spacings is seeded from up to ``max_seeds_per_route`` nodes
-        spread along it (nearly degenerate geodesics lie side by side there).
+    route_fractions : tuple of float
+        Level sets of ``d(x, z) / d(x, y)`` where distinct routes are told
+        apart (see :meth:`_candidates`).
+    route_separation : float
+        Candidate routes of a pair that stay within this many graph spacings
+        of each other are solved once.
+    max_move : float
+        Trust region of path straightening: the largest node move per Newton
+        step, in graph spacings.
     prune_rtol : float
         After the first solve, a pair's routes longer than its shortest by more
         than this are dropped (the first solve is accurate to ~1e-4).
@@ -419,9 +424,10 @@ class GeodesicLogSolver(LogSolver):
     """
 
     def __init__(self, space, rtol=1e-6, near_radius=None, near_excess=0.1,
-                 candidate_rtol=0.08, ambiguity_rtol=1e-3, n_graph_nodes=None,
+                 candidate_rtol=0.04, ambiguity_rtol=1e-3, n_graph_nodes=None,
                  n_neighbors=None, min_degree=6, max_degree=96, max_iter=40, bounds=None,
-                 max_seeds_per_route=4, seed_separation=6.0, prune_rtol=0.01, seed=0,
+                 route_fractions=(0.25, 0.5, 0.75), route_separation=4.0, prune_rtol=0.01,
+                 max_move=2.0, seed=0,
                  chunk=2000):
         super().__init__(solves_bvp=True)
         self._space = space
@@ -432,15 +438,16 @@ class GeodesicLogSolver(LogSolver):
         self.ambiguity_rtol = float(ambiguity_rtol)
         m = space.dim
         self.n_graph_nodes = int(n_graph_nodes or {1: 500, 2: 4000, 3: 12000}.get(m, 20000))
-        self.n_neighbors = int(n_neighbors or {1: 4, 2: 10, 3: 16}.get(m, 24))
+        self.n_neighbors = int(n_neighbors or {1: 4, 2: 24}.get(m, 32))
         self.min_degree, self.max_degree = int(min_degree), int(max_degree)
         self.max_iter = int(max_iter)
         self.bounds = bounds
         self.seed = int(seed)
         self.chunk = int(chunk)
-        self.max_seeds_per_route = int(max_seeds_per_route)
-        self.seed_separation = float(seed_separation)
+        self.route_fractions = tuple(float(f) for f in route_fractions)
         self.prune_rtol = float(prune_rtol)
+        self.max_move = float(max_move)
+        self.route_separation = float(route_separation)
         self.nodes_per_spacing = 4.0
         self._graph, self._graph_key = None, None
         self.stats = {}
@@ -687,73 +694,145 @@ class GeodesicLogSolver(LogSolver):
         apart = where[torch.as_tensor(~joined, device=where.device)]
         out_len[apart], conv[apart] = math.inf, True
         rows = np.flatnonzero(joined)
-        mids = self._midpoints(matrix, dist_a, dist_b, src_row, tgt_row, best, rows, n_nodes)
-        cand_pair = np.concatenate([np.full(len(m), r) for r, m in zip(rows, mids)]) \
-            if len(rows) else np.zeros(0, dtype=int)
-        cand_mid = np.concatenate(mids) if len(rows) else np.zeros(0, dtype=int)
-        if cand_pair.size == 0:
+        if rows.size == 0:
             return
-        half_a = _backtrack_many(pred_a, src_row[cand_pair], cand_mid)
-        half_b = _backtrack_many(pred_b, tgt_row[cand_pair], cand_mid)
-        routes = [all_pts[np.concatenate([ra, rb[::-1][1:]])] for ra, rb in zip(half_a, half_b)]
+        cand_pair, cand_route = self._candidates(
+            matrix, (dist_a, pred_a, src_row), (dist_b, pred_b, tgt_row), best, rows, n_nodes)
+        routes = [all_pts[torch.as_tensor(route, device=all_pts.device)] for route in cand_route]
+        cand_pair, routes = _distinct_routes(cand_pair, routes,
+                                             self.route_separation * graph.spacing)
         found = self._refine(routes, groups=cand_pair)
+        counts = np.bincount(cand_pair, minlength=len(where))
         for r in rows:
             k = int(where[r])
-            mine = [f for f in found["by_group"].get(r, [])]
-            n_cand[k] = int((cand_pair == r).sum())
+            mine = found["by_group"].get(int(r), [])
+            n_cand[k] = int(counts[r])
             if not mine:
                 continue
-            mine.sort(key=lambda f: f["length"])
+            mine.sort(key=lambda f: float(f["length"]))
             self._store(k, mine[0], out_v, out_len, conv, nodes)
             if len(mine) > 1:
                 g = float(mine[1]["length"] / mine[0]["length"] - 1)
                 gap[k] = g
                 amb[k] = g <= self.ambiguity_rtol
 
-    def _midpoints(self, matrix, dist_a, dist_b, src_row, tgt_row, best, rows, n_nodes,
-                   block=512):
-        """Per pair, graph nodes standing for its distinct near-shortest routes.
+    def _candidates(self, matrix, tree_a, tree_b, best, rows, n_nodes, block=256):
+        """Distinct near-shortest graph routes of each pair.
 
-        Near-midpoints: ``d(x, z) + d(z, y) <= (1 + candidate_rtol) d(x, y)``
-        and ``|d(x, z) - d(z, y)|`` within a few graph spacings. Their
-        clusters in the graph are the routes; a long cluster (several
-        geodesics side by side) gets seeds spread along it.
+        The first route is the graph's shortest path. A pair's near-shortest
+        paths (``d(x, z) + d(z, y) <= (1 + candidate_rtol) d(x, y)`` plus a few
+        spacings) cross the level sets ``d(x, z) = f d(x, y)`` (``f`` in
+        ``route_fractions``) in one cluster per distinct way through there
+        (routes passing on either side of a hole or bump separate at some
+        fraction even where they meet elsewhere). Where some level set has
+        several clusters, every near-shortest combination of clusters (one
+        node per cluster, joined by graph shortest paths) is a route.
+
+        Returns
+        -------
+        pair : numpy.ndarray of int
+            Row of ``rows``' pair for each route.
+        routes : list of numpy.ndarray of int
+            Node indices (graph nodes, then queries at ``n_nodes + i``).
         """
+        dist_a, pred_a, src_row = tree_a
+        dist_b, pred_b, tgt_row = tree_b
         graph = self._graph
         band = 2.5 * graph.spacing
-        sep = self.seed_separation * graph.spacing
-        pts = graph.points.numpy()
-        out = []
+        out_pair, out_route = [], []
         for start in range(0, len(rows), block):
             r = rows[start:start + block]
             da = dist_a[src_row[r], :n_nodes]
             db = dist_b[tgt_row[r], :n_nodes]
             total = da + db
-            sel = (total <= (1 + self.candidate_rtol) * best[r, None]) & (np.abs(da - db) <= band)
-            first = np.argmin(np.where(sel, total, np.inf), axis=1)
-            none = ~sel.any(1)
-            first[none] = np.argmin(total[none], axis=1) if none.any() else first[none]
-            # Compact bands (all within `sep` of the best node) are one route.
-            spread = np.where(sel, np.linalg.norm(pts[None] - pts[first][:, None], axis=-1), 0.0)
+            z0 = np.argmin(total, axis=1)
+            ha = _backtrack_many(pred_a, src_row[r], z0)
+            hb = _backtrack_many(pred_b, tgt_row[r], z0)
             for q in range(len(r)):
-                if spread[q].max() <= sep:
-                    out.append(np.array([first[q]]))
+                out_pair.append(r[q])
+                out_route.append(np.concatenate([ha[q], hb[q][::-1][1:]]))
+            with np.errstate(invalid="ignore"):  # inf - inf on unreachable nodes
+                limit = (1 + self.candidate_rtol) * best[r, None] + band
+                # Two depths: the loose one reaches routes the graph makes too
+                # long; the tight one separates routes whose near-shortest
+                # sets merge at the loose depth (when the ridge between them
+                # is low, e.g. either way around a thin tube).
+                depths = [total <= limit,
+                          total <= (1 + 0.25 * self.candidate_rtol) * best[r, None]
+                          + 0.25 * band]
+                # A node on a near-shortest path of length `total` is at
+                # fraction da / total along it.
+                at = [np.abs(da - f * total) <= band for f in self.route_fractions]
+            first_routes = out_route[-len(r):]
+            for q in range(len(r)):
+                for near in depths:
+                    clusters = [self._clusters(matrix, near[q] & level[q], total[q])
+                                for level in at]
+                    if all(len(c) <= 1 for c in clusters):
+                        continue
+                    for route in self._combine(clusters, r[q], (dist_a, pred_a, src_row),
+                                               (dist_b, pred_b, tgt_row), matrix,
+                                               float(limit[q, 0]), first_routes[q]):
+                        out_pair.append(r[q])
+                        out_route.append(route)
+        return np.asarray(out_pair, dtype=int), out_route
+
+    @staticmethod
+    def _clusters(matrix, mask, total):
+        """Best node of each connected cluster of the masked graph nodes."""
+        members = np.flatnonzero(mask)
+        if members.size <= 1:
+            return [int(m) for m in members]
+        n_comp, labels = connected_components(matrix[members][:, members], directed=False)
+        return [int(members[labels == c][np.argmin(total[members[labels == c]])])
+                for c in range(n_comp)]
+
+    def _combine(self, clusters, row, tree_a, tree_b, matrix, limit, first):
+        """Routes through one cluster node per level set, within ``limit``."""
+        dist_a, pred_a, src_row = tree_a
+        dist_b, pred_b, tgt_row = tree_b
+        sa, sb = src_row[row], tgt_row[row]
+        # A level may also be left free (no waypoint there): a route that
+        # separates from the others at one fraction only must not be forced
+        # through another route's cluster at the remaining ones.
+        levels = [list(c) + [None] if len(c) > 1 else [None] + list(c) for c in clusters]
+        seen = {tuple(first)}
+        out = []
+        hops = {}
+
+        def leg(u, v):
+            """Graph shortest path u -> v (cached single-source trees)."""
+            if u not in hops:
+                d, p = dijkstra(matrix, indices=u, return_predecessors=True, limit=limit)
+                hops[u] = (d, p)
+            d, p = hops[u]
+            if not np.isfinite(d[v]):
+                return None, math.inf
+            return _backtrack_many(p[None], np.array([0]), np.array([v]))[0], float(d[v])
+
+        import itertools
+
+        for combo in itertools.product(*levels):
+            waypoints = [z for z in combo if z is not None]
+            if not waypoints:
+                continue
+            length = dist_a[sa, waypoints[0]] + dist_b[sb, waypoints[-1]]
+            parts = [_backtrack_many(pred_a, np.array([sa]), np.array([waypoints[0]]))[0]]
+            for u, v in zip(waypoints[:-1], waypoints[1:]):
+                path, d = leg(u, v)
+                length += d
+                if path is None or length > limit:
+                    break
+                parts.append(path[1:])
+            else:
+                if length > limit:
                     continue
-                members = np.flatnonzero(sel[q])
-                n_comp, labels = connected_components(matrix[members][:, members], directed=False)
-                seeds = []
-                for c in range(n_comp):
-                    group = members[labels == c]
-                    top = int(group[np.argmin(total[q, group])])
-                    seeds.append(top)
-                    gp = np.linalg.norm(pts[group] - pts[top], axis=-1)
-                    for _ in range(self.max_seeds_per_route - 1):
-                        far = int(np.argmax(gp))
-                        if gp[far] < sep:
-                            break
-                        seeds.append(int(group[far]))
-                        gp = np.minimum(gp, np.linalg.norm(pts[group] - pts[group[far]], axis=-1))
-                out.append(np.array(seeds))
+                parts.append(_backtrack_many(pred_b, np.array([sb]),
+                                             np.array([waypoints[-1]]))[0][::-1][1:])
+                route = np.concatenate(parts)
+                if tuple(route) not in seen:
+                    seen.add(tuple(route))
+                    out.append(route)
         return out
 
     # -------------------------------------------------------------- refinement
@@ -854,12 +933,21 @@ class GeodesicLogSolver(LogSolver):
         return [int(i) for i in alive[keep]]
 
     def _initial_degree(self, route):
-        seg = (route[1:] - route[:-1]).norm(dim=-1).sum()
-        if self._graph is not None:
-            per = float(seg) / (self.nodes_per_spacing * self._graph.spacing)
-        else:
-            per = 0.0
-        return int(min(max(self.min_degree, math.ceil(per)), self.max_degree))
+        """Degree for a route: about 3 nodes per radian of turning (measured
+        on a scale of a few graph spacings, above the route's zigzag), so that
+        the first solve resolves the path; the check raises it if needed."""
+        seg = (route[1:] - route[:-1]).norm(dim=-1)
+        length = float(seg.sum())
+        if length <= 0 or len(route) < 3:
+            return self.min_degree
+        spacing = self._graph.spacing if self._graph is not None else length / 8
+        n_seg = int(min(32, max(2, length / (4 * spacing))))
+        t = torch.linspace(-1.0, 1.0, n_seg + 1, dtype=route.dtype, device=route.device)
+        pts = _resample(route, t)
+        d = torch.nn.functional.normalize(pts[1:] - pts[:-1], dim=-1)
+        turning = float(torch.arccos((d[1:] * d[:-1]).sum(-1).clamp(-1, 1)).sum())
+        return int(min(max(self.min_degree, self.min_degree + math.ceil(3 * turning)),
+                       self.max_degree))
 
     def _straighten(self, x0, rule):
         """Batched Riemannian Newton for the LGL path energy (chunks of pairs)."""
@@ -891,8 +979,15 @@ class GeodesicLogSolver(LogSolver):
             _, jac_all = space._value_and_jacobian(x[:, 1:-1].reshape(-1, n))
         jac_all = jac_all.reshape(p, k, c, n).clone()
         done = torch.zeros(p, dtype=torch.bool, device=x.device)
+        have_curv = torch.zeros(p, dtype=torch.bool, device=x.device)
+        moved = torch.zeros(p, dtype=x.dtype, device=x.device)
+        spacing = (x[:, 1:] - x[:, :-1]).norm(dim=-1).amin(-1)
+        shape_all = torch.zeros(p, k, c, m, m, dtype=x.dtype, device=x.device)
+        basis_all = torch.zeros(p, k, n, m, dtype=x.dtype, device=x.device)
         stiffness = (rule.diff.t() @ (rule.w[:, None] * rule.diff))[1:-1, 1:-1]
         diag = torch.arange(k, device=x.device)
+        max_move = self.max_move * (self._graph.spacing if self._graph is not None else
+                                    float((x0[:, -1] - x0[:, 0]).norm(dim=-1).max()) / 4)
         n_it = 0
         for _ in range(self.max_iter):
             act = (ok & ~done).nonzero().squeeze(-1)
@@ -908,7 +1003,23 @@ class GeodesicLogSolver(LogSolver):
             basis = tangent_basis(jac)  # (pa k, n, m)
             g = grad.reshape(-1, n)
             lam = normal_space_solve(jac, g, check=False)
-            curv = self._curvature(y, jac, basis, lam)  # (pa k, m, m)
+            # The curvature term changes with the nodes; after small moves the
+            # last one, turned into the new tangent bases, keeps Newton's
+            # convergence (superlinear) at a third of the cost.
+            fresh = ~have_curv[act] | (moved[act] > 1e-2 * spacing[act])
+            shape_t = torch.empty(pa * k, c, m, m, dtype=x.dtype, device=x.device)
+            fr = fresh.repeat_interleave(k)
+            if bool(fr.any()):
+                shape_t[fr] = self._shape_operator(y[fr], jac[fr], basis[fr])
+            st = ~fr
+            if bool(st.any()):
+                rot = basis[st].transpose(1, 2) @ basis_all[act].reshape(-1, n, m)[st]
+                shape_t[st] = rot[:, None] @ shape_all[act].reshape(-1, c, m, m)[st] \
+                    @ rot.transpose(1, 2)[:, None]
+            shape_all[act] = shape_t.reshape(pa, k, c, m, m)
+            basis_all[act] = basis.reshape(pa, k, n, m)
+            have_curv[act] = True
+            curv = (lam[:, :, None, None] * shape_t).sum(1)  # (pa k, m, m)
             gc = (basis.transpose(1, 2) @ g.unsqueeze(-1)).squeeze(-1).reshape(pa, k * m)
             bk = basis.reshape(pa, k, n, m)
             hess = 2 * stiffness[None, :, None, :, None] * torch.einsum("pina,pjnb->piajb", bk, bk)
@@ -928,7 +1039,11 @@ class GeodesicLogSolver(LogSolver):
             # Backtracking on the energy, with the nodes re-landed on M along
             # their normals.
             pm = move.numel()
-            alpha = torch.ones(pm, dtype=x.dtype, device=x.device)
+            # Trust region: no node moves farther than `max_move` per step, so
+            # the path deforms continuously (a long jump could carry it across
+            # a hole, into another homotopy class).
+            reach = dx.norm(dim=-1).amax(-1)
+            alpha = (max_move / reach.clamp_min(1e-300)).clamp(max=1.0)
             accepted = torch.zeros(pm, dtype=torch.bool, device=x.device)
             new_jac = jac_r.clone()
             for _ in range(12):
@@ -949,6 +1064,7 @@ class GeodesicLogSolver(LogSolver):
                 accepted[rows[good]] = True
                 alpha[rows[~good]] *= 0.5
             idx = act[move]
+            moved[idx] = (xa - x[idx]).norm(dim=-1).amax(-1)
             x[idx] = xa
             jac_all[idx] = new_jac
             ok[idx[~accepted]] = False  # no decrease along a descent direction
@@ -957,24 +1073,26 @@ class GeodesicLogSolver(LogSolver):
         out["iters"] = torch.full((p,), n_it + 1)
         return out
 
-    def _curvature(self, y, jac, basis, lam):
-        """``B^T (lam . D^2F) B`` per node: exact Hessian where the space has one,
-        else one-sided differences of J along the tangent basis."""
+    def _shape_operator(self, y, jac, basis):
+        """``B^T D^2F_i B`` per node and constraint, shape (B, c, m, m): exact
+        Hessians where the space has closed forms, else one-sided differences
+        of J along the tangent basis (one batched Jacobian evaluation)."""
         space = self._space
         from .implicit import ImplicitManifold
 
+        c, m = jac.shape[1], basis.shape[-1]
         if type(space)._lagrangian_hessian is not ImplicitManifold._lagrangian_hessian:
-            hess = space._lagrangian_hessian(y, lam)
-            return basis.transpose(1, 2) @ hess @ basis
-        m = basis.shape[-1]
+            eye = torch.eye(c, dtype=y.dtype, device=y.device)
+            hess = torch.stack([space._lagrangian_hessian(y, eye[i].expand(y.shape[0], c))
+                                for i in range(c)], 1)  # (B, c, n, n)
+            return basis.transpose(1, 2)[:, None] @ hess @ basis[:, None]
         eps = 1e-7 * (1 + y.abs().amax(-1, keepdim=True))
         shifted = (y.unsqueeze(1) + eps.unsqueeze(1) * basis.transpose(1, 2)).reshape(-1, y.shape[-1])
         with torch.no_grad():
             jac_s = space._jacobian(shifted).reshape(y.shape[0], m, *jac.shape[1:])
         djac = (jac_s - jac.unsqueeze(1)) / eps[:, :, None, None]  # (B, m, c, n)
-        hb = (lam[:, None, :, None] * djac).sum(2)  # (B, m, n): rows (D^2(lam F)) b_a
-        out = hb @ basis  # (B, m, m)
-        return 0.5 * (out + out.transpose(1, 2))
+        out = djac.permute(0, 2, 1, 3) @ basis[:, None]  # (B, c, m, m)
+        return 0.5 * (out + out.transpose(-1, -2))
 
     def _finish(self, x, rule, converged):
         """Length, initial velocity and resolution checks of converged paths."""
@@ -1017,6 +1135,30 @@ def _spd_solve(hess, rhs):
             break
         shift = torch.where(bad, torch.where(shift > 0, 4 * shift, 1e-6 * scale), shift)
     return torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
+
+
+def _distinct_routes(pair, routes, tol, n_samples=17):
+    """Drop routes that stay within ``tol`` of an earlier route of the same pair
+    (at matching arc-length fractions): they straighten to the same geodesic."""
+    if len(routes) < 2:
+        return pair, routes
+    t = torch.linspace(-1.0, 1.0, n_samples, dtype=routes[0].dtype, device=routes[0].device)
+    samples = torch.stack([_resample(r, t) for r in routes])
+    keep = np.ones(len(routes), dtype=bool)
+    order = np.argsort(pair, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, pair[order][1:] != pair[order][:-1], True])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        idx = order[lo:hi]
+        if idx.size < 2:
+            continue
+        sub = samples[torch.as_tensor(idx, device=samples.device)]
+        gap = (sub[:, None] - sub[None]).norm(dim=-1).amax(-1).cpu().numpy()
+        for a in range(1, idx.size):
+            kept = [b for b in range(a) if keep[idx[b]]]
+            if kept and gap[a, kept].min() <= tol:
+                keep[idx[a]] = False
+    sel = np.flatnonzero(keep)
+    return pair[sel], [routes[i] for i in sel]
 
 
 def _backtrack_many(pred, rows, nodes):
@@ -1089,3 +1231,84 @@ class ShootingLogSolver(LogSolver):
             d = self.dist(pts[i], pts[j])
             out[i, j] = out[j, i] = d
         return out
+
+
+class ProductLogSolver(LogSolver):
+    """Log and distance on a product ``M1 x M2 x ...`` factor by factor.
+
+    Geodesics of a product metric are products of factor geodesics, so the
+    log is the concatenation of the factors' logs and the distance
+    ``sqrt(sum_i d_i^2)``; each factor uses its own metric's solver (its own
+    sample graph in its own, lower, dimension).
+    """
+
+    def __init__(self, space):
+        super().__init__(solves_bvp=True)
+        self._space = space
+
+    def _split(self, x):
+        return [x[..., sl] for sl in self._space._slices]
+
+    def log(self, point, base_point):
+        """Concatenated factor logs, shape ``(..., n)``."""
+        space = self._space
+        x, y, batch = space._pair(base_point, point, ("base_point", "point"))
+        parts = [c.metric.log(yp, xp) for c, xp, yp in
+                 zip(space.components, self._split(x), self._split(y))]
+        return torch.cat(parts, -1).reshape(*batch, space.ambient_dim)
+
+    def dist(self, point_a, point_b):
+        """``sqrt(sum_i d_i^2)``, shape ``(...,)``."""
+        space = self._space
+        a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
+        sq = sum(c.metric.dist(pa, pb) ** 2 for c, pa, pb in
+                 zip(space.components, self._split(a), self._split(b)))
+        return sq.sqrt().reshape(batch)
+
+    def pairwise(self, points, labels=None):
+        """Factor distance matrices combined; a pair is ambiguous or failed if
+        it is in some factor.
+
+        Returns
+        -------
+        PairwiseResult
+        """
+        del labels  # a product is connected iff its factors are: the factors decide
+        space = self._space
+        pts = as_points(points, space.ambient_dim, "points").reshape(-1, space.ambient_dim)
+        sq, amb, failed, n_near, n_far = 0.0, None, None, 0, 0
+        for c, part in zip(space.components, self._split(pts)):
+            solver = c.metric.log_solver
+            if hasattr(solver, "pairwise"):
+                res = solver.pairwise(part)
+                d, a, f = res.dist, res.ambiguous, res.failed
+                n_near, n_far = n_near + res.n_near, n_far + res.n_far
+            else:
+                d = c.metric.dist_pairwise(part)
+                a = f = torch.zeros_like(d, dtype=torch.bool)
+            sq = sq + d * d
+            amb = a if amb is None else amb | a
+            failed = f if failed is None else failed | f
+        return PairwiseResult(dist=torch.sqrt(sq), ambiguous=amb, failed=failed,
+                              n_near=n_near, n_far=n_far)
+
+    def dist_pairwise(self, points):
+        """Matrix of product distances (see :meth:`pairwise`)."""
+        res = self.pairwise(points)
+        if bool(res.failed.any()):
+            raise GeodesicError(
+                f"dist_pairwise: {int(torch.triu(res.failed, 1).sum())} pair(s) have no "
+                "converged geodesic in some factor.")
+        return res.dist
+
+    def geodesic_bvp(self, point, base_point):
+        """Product of the factors' minimising geodesics, ``t`` in [0, 1]."""
+        space = self._space
+        paths = [c.metric.geodesic(initial_point=xp, end_point=yp) for c, xp, yp in
+                 zip(space.components, self._split(torch.as_tensor(base_point)),
+                     self._split(torch.as_tensor(point)))]
+
+        def path(t):
+            return torch.cat([p(t) for p in paths], -1)
+
+        return path

@@ -372,9 +372,13 @@ class ImplicitMetric(RiemannianMetric):
 
 def _make_log_solver(space, spec):
     """The log solver named or given by ``spec`` (see :class:`ImplicitMetric`)."""
-    from .geodesics import GeodesicLogSolver, ShootingLogSolver
+    from .arithmetic import ProductImplicitManifold
+    from .geodesics import GeodesicLogSolver, ProductLogSolver, ShootingLogSolver
 
     if spec is None or spec == "global":
+        # A product's geodesics are products of its factors' geodesics.
+        if isinstance(space, ProductImplicitManifold):
+            return ProductLogSolver(space)
         return GeodesicLogSolver(space)
     if spec == "shooting":
         return ShootingLogSolver(space)

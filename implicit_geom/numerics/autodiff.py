@@ -83,6 +83,8 @@ def lagrangian_hessian(f, x, lam):
         xg = _leaf(x)
         grad = torch.autograd.grad((f(xg) * lam).sum(), xg, create_graph=True)[0]
         n = x.shape[-1]
+        if not grad.requires_grad:  # F affine in x: the Hessian is zero
+            return torch.zeros(*x.shape, n, dtype=x.dtype, device=x.device)
         rows = [torch.autograd.grad(grad[:, j].sum(), xg, retain_graph=j < n - 1,
                                     allow_unused=True)[0] for j in range(n)]
     rows = [torch.zeros_like(x) if r is None else r for r in rows]
