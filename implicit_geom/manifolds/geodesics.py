@@ -418,6 +418,12 @@ class GeodesicLogSolver(LogSolver):
     prune_rtol : float
         After the first solve, a pair's routes longer than its shortest by more
         than this are dropped (the first solve is accurate to ~1e-4).
+    polish : bool
+        Finish :meth:`log` with a few Gauss-Newton shooting steps from the
+        straightened geodesic's velocity, so that ``exp(log(y)) = y`` to the
+        metric's ``log_tol``; rows that do not get there keep the velocity of
+        the checked path (``stats["unpolished"]`` counts them).
+    polish_iter : int
     seed : int
     chunk : int
         Pairs per batched tensor program (memory).
@@ -427,7 +433,7 @@ class GeodesicLogSolver(LogSolver):
                  candidate_rtol=0.04, ambiguity_rtol=1e-3, n_graph_nodes=None,
                  n_neighbors=None, min_degree=6, max_degree=96, max_iter=40, bounds=None,
                  route_fractions=(0.25, 0.5, 0.75), route_separation=4.0, prune_rtol=0.01,
-                 max_move=2.0, seed=0,
+                 max_move=2.0, polish=True, polish_iter=4, seed=0,
                  chunk=2000):
         super().__init__(solves_bvp=True)
         self._space = space
@@ -448,6 +454,7 @@ class GeodesicLogSolver(LogSolver):
         self.prune_rtol = float(prune_rtol)
         self.max_move = float(max_move)
         self.route_separation = float(route_separation)
+        self.polish, self.polish_iter = bool(polish), int(polish_iter)
         self.nodes_per_spacing = 4.0
         self._graph, self._graph_key = None, None
         self.stats = {}
@@ -501,12 +508,34 @@ class GeodesicLogSolver(LogSolver):
         self._raise_failures(res, "log", finite=True)
         vec = res.tangent_vec
         metric = getattr(space, "metric", None)
-        if hasattr(metric, "_shoot"):
-            moving = res.length > 0
-            if bool(moving.any()):
+        self.stats["unpolished"] = 0
+        if self.polish and hasattr(metric, "_shoot"):
+            moving = (res.length > 0).nonzero().squeeze(-1)
+            if moving.numel():
                 vec = vec.clone()
                 with torch.no_grad():
-                    vec[moving] = metric._shoot(x[moving], y[moving], guess=vec[moving])
+                    shot, hit = metric._shoot(x[moving], y[moving], guess=vec[moving],
+                                              max_iter=self.polish_iter, report=True)
+                vec[moving[hit]] = shot[hit]
+                # Where shooting cannot reach the metric's log_tol (a long
+                # geodesic near conjugate points, a rough learned F), the
+                # straightened geodesic's velocity stands if exp takes it to
+                # the target to sqrt(log_tol); otherwise log has no checked
+                # answer (dist, from the path's length, still has one).
+                miss = ~hit
+                self.stats["unpolished"] = int(miss.sum())
+                if bool(miss.any()):
+                    rows = moving[miss]
+                    end = metric.exp(vec[rows], x[rows])
+                    tol = metric._log_tol(x.dtype) ** 0.5 * (1 + y[rows].norm(dim=-1))
+                    off = (end - y[rows]).norm(dim=-1)
+                    if not bool((off <= tol).all()):
+                        raise GeodesicError(
+                            f"log: the minimising geodesic of {int((off > tol).sum())} pair(s) "
+                            f"was found (length up to {float(res.length[rows].max()):.4g}) but "
+                            "its initial velocity could not be refined until exp reaches the "
+                            f"target (miss {float(off.max()):.3g}): exp is too sensitive there "
+                            "(conjugate points, a rough surface); dist is still defined.")
         return vec.reshape(*batch, space.ambient_dim)
 
     def dist(self, point_a, point_b):
@@ -696,7 +725,7 @@ class GeodesicLogSolver(LogSolver):
         rows = np.flatnonzero(joined)
         if rows.size == 0:
             return
-        cand_pair, cand_route = self._candidates(
+        cand_pair, cand_route, wide = self._candidates(
             matrix, (dist_a, pred_a, src_row), (dist_b, pred_b, tgt_row), best, rows, n_nodes)
         routes = [all_pts[torch.as_tensor(route, device=all_pts.device)] for route in cand_route]
         cand_pair, routes = _distinct_routes(cand_pair, routes,
@@ -711,7 +740,9 @@ class GeodesicLogSolver(LogSolver):
                 continue
             mine.sort(key=lambda f: float(f["length"]))
             self._store(k, mine[0], out_v, out_len, conv, nodes)
-            if len(mine) > 1:
+            if wide[r]:
+                gap[k], amb[k] = 0.0, True
+            elif len(mine) > 1:
                 g = float(mine[1]["length"] / mine[0]["length"] - 1)
                 gap[k] = g
                 amb[k] = g <= self.ambiguity_rtol
@@ -734,12 +765,15 @@ class GeodesicLogSolver(LogSolver):
             Row of ``rows``' pair for each route.
         routes : list of numpy.ndarray of int
             Node indices (graph nodes, then queries at ``n_nodes + i``).
+        wide : numpy.ndarray of bool
+            Per pair (indexed like ``best``): a continuum of near-minimal routes.
         """
         dist_a, pred_a, src_row = tree_a
         dist_b, pred_b, tgt_row = tree_b
         graph = self._graph
         band = 2.5 * graph.spacing
         out_pair, out_route = [], []
+        wide = np.zeros(len(best), dtype=bool)
         for start in range(0, len(rows), block):
             r = rows[start:start + block]
             da = dist_a[src_row[r], :n_nodes]
@@ -763,6 +797,14 @@ class GeodesicLogSolver(LogSolver):
                 # A node on a near-shortest path of length `total` is at
                 # fraction da / total along it.
                 at = [np.abs(da - f * total) <= band for f in self.route_fractions]
+                # A continuum of near-minimal routes (antipodes of a sphere):
+                # the tight near-midpoints spread far around the best one.
+                mid = depths[1] & (np.abs(da - 0.5 * total) <= band)
+            pts = graph.points.numpy()
+            top = np.argmin(np.where(mid, total, np.inf), axis=1)
+            spread = np.where(mid, np.linalg.norm(pts[None] - pts[top][:, None], axis=-1),
+                              0.0).max(1)
+            wide[r] = (spread > 0.35 * best[r]) & (spread > 8 * graph.spacing)
             first_routes = out_route[-len(r):]
             for q in range(len(r)):
                 for near in depths:
@@ -775,14 +817,19 @@ class GeodesicLogSolver(LogSolver):
                                                float(limit[q, 0]), first_routes[q]):
                         out_pair.append(r[q])
                         out_route.append(route)
-        return np.asarray(out_pair, dtype=int), out_route
+        return np.asarray(out_pair, dtype=int), out_route, wide
 
-    @staticmethod
-    def _clusters(matrix, mask, total):
+    def _clusters(self, matrix, mask, total):
         """Best node of each connected cluster of the masked graph nodes."""
         members = np.flatnonzero(mask)
         if members.size <= 1:
             return [int(m) for m in members]
+        top = members[np.argmin(total[members])]
+        pts = self._graph.points.numpy()
+        # Within a few spacings of its best node a set is one cluster (the
+        # common case): no graph search needed.
+        if np.linalg.norm(pts[members] - pts[top], axis=-1).max() <= 10 * self._graph.spacing:
+            return [int(top)]
         n_comp, labels = connected_components(matrix[members][:, members], directed=False)
         return [int(members[labels == c][np.argmin(total[members[labels == c]])])
                 for c in range(n_comp)]
@@ -798,37 +845,41 @@ class GeodesicLogSolver(LogSolver):
         levels = [list(c) + [None] if len(c) > 1 else [None] + list(c) for c in clusters]
         seen = {tuple(first)}
         out = []
-        hops = {}
-
-        def leg(u, v):
-            """Graph shortest path u -> v (cached single-source trees)."""
-            if u not in hops:
-                d, p = dijkstra(matrix, indices=u, return_predecessors=True, limit=limit)
-                hops[u] = (d, p)
-            d, p = hops[u]
-            if not np.isfinite(d[v]):
-                return None, math.inf
-            return _backtrack_many(p[None], np.array([0]), np.array([v]))[0], float(d[v])
 
         import itertools
 
+        pts = self._graph.points.numpy()
+        combos = []
         for combo in itertools.product(*levels):
             waypoints = [z for z in combo if z is not None]
             if not waypoints:
                 continue
+            # Chords bound the legs from below: skip hopeless combinations
+            # before running any Dijkstra.
+            bound = dist_a[sa, waypoints[0]] + dist_b[sb, waypoints[-1]] + sum(
+                float(np.linalg.norm(pts[u] - pts[v])) for u, v in
+                zip(waypoints[:-1], waypoints[1:]))
+            if bound <= limit:
+                combos.append(waypoints)
+        starts = sorted({u for w in combos for u in w[:-1]})
+        hops = {}
+        if starts:
+            # One multi-source call: scipy validates the graph once per call.
+            d, p = dijkstra(matrix, indices=starts, return_predecessors=True, limit=limit)
+            hops = {u: (d[i], p[i]) for i, u in enumerate(starts)}
+        for waypoints in combos:
             length = dist_a[sa, waypoints[0]] + dist_b[sb, waypoints[-1]]
-            parts = [_backtrack_many(pred_a, np.array([sa]), np.array([waypoints[0]]))[0]]
+            parts = [_backtrack_one(pred_a[sa], waypoints[0])]
             for u, v in zip(waypoints[:-1], waypoints[1:]):
-                path, d = leg(u, v)
-                length += d
-                if path is None or length > limit:
+                d, p = hops[u]
+                length += d[v]
+                if not np.isfinite(d[v]) or length > limit:
                     break
-                parts.append(path[1:])
+                parts.append(_backtrack_one(p, v)[1:])
             else:
                 if length > limit:
                     continue
-                parts.append(_backtrack_many(pred_b, np.array([sb]),
-                                             np.array([waypoints[-1]]))[0][::-1][1:])
+                parts.append(_backtrack_one(pred_b[sb], waypoints[-1])[::-1][1:])
                 route = np.concatenate(parts)
                 if tuple(route) not in seen:
                     seen.add(tuple(route))
@@ -1159,6 +1210,16 @@ def _distinct_routes(pair, routes, tol, n_samples=17):
                 keep[idx[a]] = False
     sel = np.flatnonzero(keep)
     return pair[sel], [routes[i] for i in sel]
+
+
+def _backtrack_one(pred_row, node):
+    """Graph path from a Dijkstra root to ``node`` (root first), one route."""
+    out = [int(node)]
+    nxt = pred_row[out[-1]]
+    while nxt >= 0:
+        out.append(int(nxt))
+        nxt = pred_row[nxt]
+    return np.array(out[::-1])
 
 
 def _backtrack_many(pred, rows, nodes):

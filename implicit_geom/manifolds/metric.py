@@ -228,9 +228,12 @@ class ImplicitMetric(RiemannianMetric):
         arc = c * torch.where(beta > 1e-8, beta / torch.sin(beta), torch.ones_like(beta))
         return tangential * (arc / t.clamp_min(1e-300))
 
-    def _shoot(self, x, y, max_halvings=6, guess=None):
+    def _shoot(self, x, y, max_halvings=6, guess=None, max_iter=None, report=False):
         """Gauss-Newton shooting from ``x`` to ``y`` (flat batches), from the
-        circular-arc initial guess or from ``guess`` (tangent vectors at x)."""
+        circular-arc initial guess or from ``guess`` (tangent vectors at x).
+
+        With ``report`` the rows that missed are returned as a mask, ``(v,
+        hit)``, instead of raising."""
         space = self._space
         _, jac = space._value_and_jacobian(x)
         value_y, jac_y = space._value_and_jacobian(y)
@@ -256,7 +259,7 @@ class ImplicitMetric(RiemannianMetric):
             return r, tangent_projector(jac_y[idx], r, check=False).norm(dim=-1)
 
         residual, miss = miss_of(slice(None), a)
-        for _ in range(self.log_max_iter):
+        for _ in range(self.log_max_iter if max_iter is None else max_iter):
             idx = (~(miss <= tol)).nonzero().squeeze(-1)
             if idx.numel() == 0:
                 break
@@ -280,6 +283,8 @@ class ImplicitMetric(RiemannianMetric):
         # The normal part of the miss is bounded by the targets' |F|: a large
         # one means the shot hit M elsewhere (another component, say).
         bad = ~(miss <= tol) | ~(residual.norm(dim=-1) <= 10 * atol)
+        if report:
+            return (basis @ a.unsqueeze(-1)).squeeze(-1), ~bad
         if bool(bad.any()):
             raise GeodesicError(
                 f"log: shooting missed {int(bad.sum())} of {bad.numel()} target(s) "
