@@ -262,10 +262,10 @@ def _farthest_points(points, n_keep, seed=0):
     """Greedy farthest-point subsample (near-uniform spacing), indices."""
     n_all = points.shape[0]
     if n_all <= n_keep:
-        return torch.arange(n_all)
+        return torch.arange(n_all, device=points.device)
     gen = torch.Generator().manual_seed(seed)
-    first = int(torch.randint(n_all, (1,), generator=gen))
-    keep = torch.empty(n_keep, dtype=torch.long)
+    first = int(torch.randint(n_all, (1,), generator=gen, device="cpu"))
+    keep = torch.empty(n_keep, dtype=torch.long, device=points.device)
     keep[0] = first
     gap = (points - points[first]).norm(dim=-1)
     for i in range(1, n_keep):
@@ -431,7 +431,7 @@ class GeodesicLogSolver(LogSolver):
 
     def __init__(self, space, rtol=1e-6, near_radius=None, near_excess=0.1,
                  candidate_rtol=0.04, ambiguity_rtol=1e-3, n_graph_nodes=None,
-                 n_neighbors=None, min_degree=6, max_degree=96, max_iter=40, bounds=None,
+                 n_neighbors=None, min_degree=6, max_degree=160, max_iter=40, bounds=None,
                  route_fractions=(0.25, 0.5, 0.75), route_separation=4.0, prune_rtol=0.01,
                  max_move=2.0, polish=True, polish_iter=4, seed=0,
                  chunk=2000):
@@ -463,8 +463,8 @@ class GeodesicLogSolver(LogSolver):
     def _box(self, queries):
         space = self._space
         if self.bounds is not None:
-            return tuple(torch.as_tensor(b, dtype=DTYPE).expand(space.ambient_dim)
-                         for b in self.bounds)
+            return tuple(torch.as_tensor(b, dtype=DTYPE, device=space.device)
+                         .expand(space.ambient_dim) for b in self.bounds)
         if space.bounds is not None:
             return space.bounds
         lo, hi = queries.min(0).values, queries.max(0).values
@@ -685,9 +685,7 @@ class GeodesicLogSolver(LogSolver):
         self.stats = {"near": int(near.sum()), "far": 0, "far_from_near": 0}
         if bool(near.any()):
             idx = near.nonzero().squeeze(-1)
-            t = torch.linspace(0.0, 1.0, 3, **dt)
             init = [torch.stack([a[k], 0.5 * (a[k] + b[k]), b[k]]) for k in idx.tolist()]
-            del t
             paths = self._refine(init)["routes"]
             for r, k in enumerate(idx.tolist()):
                 path = paths[r]
@@ -928,8 +926,9 @@ class GeodesicLogSolver(LogSolver):
                 if cur is None:
                     continue
                 old = previous[i]
+                rtol = max(self.rtol, 100 * torch.finfo(cur["nodes"].dtype).eps)
                 cur["settled"] = (abs(float(cur["length"] - old["length"]))
-                                  <= self.rtol * float(cur["length"]) and cur["resolved"])
+                                  <= rtol * float(cur["length"]) and cur["resolved"])
                 nxt_prev[i] = cur
             previous = nxt_prev
         by_group = {}
@@ -1021,6 +1020,8 @@ class GeodesicLogSolver(LogSolver):
         p, n_pts, n = x0.shape
         k, m, c = n_pts - 2, space.dim, space.codim
         tol, iters = space.tol_for(x0.dtype), space.max_iter
+        # Energies resolve to ~eps of the dtype: float32 paths stop earlier.
+        dec_rtol = max(1e-13, 10 * torch.finfo(x0.dtype).eps)
         x = x0.clone()
         # Land the interior nodes on M.
         land = space.solve_projection(x[:, 1:-1].reshape(-1, n), closest=False)
@@ -1079,7 +1080,7 @@ class GeodesicLogSolver(LogSolver):
             dec = -(gc * step).sum(-1)  # Newton decrement^2 (>= 0)
             # Converged: the energy is within dec / 2 of the (quadratically
             # approached) minimum; no step needed.
-            small = dec <= 1e-13 * energy.clamp_min(1e-300)
+            small = dec <= dec_rtol * energy.clamp_min(1e-300)
             done[act[small]] = True
             move = (~small).nonzero().squeeze(-1)
             if move.numel() == 0:
@@ -1108,7 +1109,7 @@ class GeodesicLogSolver(LogSolver):
                 new = xa[rows].clone()
                 new[:, 1:-1] = res.x.reshape(-1, k, n)
                 e_new, _ = rule.energy(new)
-                slack = 1e-13 * energy[rows]
+                slack = dec_rtol * energy[rows]
                 good &= e_new <= energy[rows] - 1e-4 * alpha[rows] * dec[rows] + slack
                 xa[rows[good]] = new[good]
                 new_jac[rows[good]] = res.jac.reshape(-1, k, c, n)[good]
@@ -1121,7 +1122,7 @@ class GeodesicLogSolver(LogSolver):
             ok[idx[~accepted]] = False  # no decrease along a descent direction
         converged = ok & done
         out = self._finish(x, rule, converged)
-        out["iters"] = torch.full((p,), n_it + 1)
+        out["iters"] = torch.full((p,), n_it + 1, device=x.device)
         return out
 
     def _shape_operator(self, y, jac, basis):
@@ -1137,7 +1138,7 @@ class GeodesicLogSolver(LogSolver):
             hess = torch.stack([space._lagrangian_hessian(y, eye[i].expand(y.shape[0], c))
                                 for i in range(c)], 1)  # (B, c, n, n)
             return basis.transpose(1, 2)[:, None] @ hess @ basis[:, None]
-        eps = 1e-7 * (1 + y.abs().amax(-1, keepdim=True))
+        eps = max(1e-7, torch.finfo(y.dtype).eps ** 0.5) * (1 + y.abs().amax(-1, keepdim=True))
         shifted = (y.unsqueeze(1) + eps.unsqueeze(1) * basis.transpose(1, 2)).reshape(-1, y.shape[-1])
         with torch.no_grad():
             jac_s = space._jacobian(shifted).reshape(y.shape[0], m, *jac.shape[1:])
