@@ -71,7 +71,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    implicit_geom.set_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     X = load_digits_tensor().to(device)

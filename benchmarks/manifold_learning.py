@@ -97,7 +97,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the data, the split and the fit")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    implicit_geom.set_threads(args.threads)
     rows = [run(name, args.quick, not args.no_progress, args.seed) for name in args.datasets]
     header = (f"{'data set':<15}{'fit s':>7}{'min':>10}{'median':>10}{'mean':>10}"
               f"{'max':>10}{'paper med':>10}{'med/paper':>10}{'comp':>6}{'spur':>6}{'open':>6}"

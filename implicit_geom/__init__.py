@@ -15,8 +15,10 @@ from .exceptions import (  # noqa: E402
     GeodesicError,
     ImplicitGeomError,
     InvalidPointError,
+    NormalizationError,
     ProjectionError,
     SingularJacobianError,
+    TrainingDivergedError,
 )
 from .manifolds import (  # noqa: E402
     GeomstatsLevelSet,
@@ -35,6 +37,7 @@ from .manifolds import (  # noqa: E402
     union,
 )
 from .learning import NeuralImplicitManifold  # noqa: E402  (the estimator; geometry above)
+from .threads import set_threads  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -64,6 +67,9 @@ __all__ = [
     "GeodesicError",
     "ImplicitGeomError",
     "InvalidPointError",
+    "NormalizationError",
     "ProjectionError",
     "SingularJacobianError",
+    "TrainingDivergedError",
+    "set_threads",
 ]

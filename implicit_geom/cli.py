@@ -2,8 +2,10 @@
 
 A model folder holds ``config.json`` (what was fitted, on which data, how),
 ``manifold/`` (a learned manifold's checkpoint, absent for analytic ones),
-``ebm.pt`` (the constrained energy model), ``test.npy`` (held-out points) and
-``metrics.json``. It is built in a temporary sibling folder and renamed into
+``ebm.pt`` (the constrained energy model), ``test.npy`` (held-out points),
+``samples.npy`` (the model samples the metrics were computed on, which ``plot``
+shows when asked for as many with the same seed), ``history.json`` (training
+curves) and ``metrics.json``. It is built in a temporary sibling folder and renamed into
 place, so an interrupted or failed command never leaves a half-written model.
 """
 
@@ -20,15 +22,11 @@ import numpy as np
 import torch
 
 from . import ImplicitGeomError
-from .datasets import DATASET_NAMES, load_dataset, train_test_split
+from ._io import usual_mode
+from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
 from .manifolds import ImplicitSphere, ImplicitTorus
-from .metrics import (
-    balance_pieces,
-    discretized_wasserstein,
-    distance_to_manifold,
-    paper_wasserstein,
-)
-from .numerics.validation import padded_box
+from .pipeline import fit_pipeline
+from .threads import set_threads
 
 FORMAT = "implicit_geom.model/1"
 
@@ -37,53 +35,47 @@ class CLIError(Exception):
     """A user-facing error: printed on one line, exit status 2."""
 
 
-# ----------------------------------------------------------------- building
-def _manifold_for(dataset, choice, args):
-    """The manifold to fit the density on: analytic when known, else learned."""
-    if choice == "auto":
-        choice = {"sphere": "sphere", "torus": "torus"}.get(dataset.kind, "learned")
-    if choice == "sphere":
-        if dataset.ambient_dim != 3:
-            raise CLIError(f"--manifold sphere needs 3-D points, the data has {dataset.ambient_dim}")
-        return "sphere", ImplicitSphere(2), {}
-    if choice == "torus":
-        if dataset.ambient_dim != 3:
-            raise CLIError(f"--manifold torus needs 3-D points, the data has {dataset.ambient_dim}")
-        R, r = dataset.meta.get("R", 3.0), dataset.meta.get("r", 1.0)
-        return "torus", ImplicitTorus(R, r), {"R": R, "r": r}
-    if choice != "learned":
-        raise CLIError(f"unknown --manifold {choice!r}; use auto, learned, sphere or torus")
-    from .learning import NeuralImplicitManifold
-
-    intrinsic = dataset.intrinsic_dim or args.intrinsic_dim
-    if intrinsic is None:
-        raise CLIError("the intrinsic dimension of this data is unknown: pass --intrinsic-dim")
-    codim = dataset.ambient_dim - int(intrinsic)
-    if codim < 1:
-        raise CLIError(f"--intrinsic-dim must be below the ambient dimension {dataset.ambient_dim}")
-    from .learning.presets import mdf_preset
-
-    kwargs = dict(mdf_preset(dataset.name), seed=args.seed, progress=not args.no_progress)
-    if args.mdf_epochs:
-        kwargs["epochs"] = args.mdf_epochs
-    return "learned", NeuralImplicitManifold(dataset.ambient_dim, codim=codim, **kwargs), {}
-
-
-def _ebm_for(manifold, args):
-    from .models import ConstrainedEBM
-
-    kwargs = {"seed": args.seed, "progress": not args.no_progress}
-    if args.ebm_iter:
-        kwargs["n_iter"] = args.ebm_iter
-    return ConstrainedEBM(manifold, **kwargs)
-
-
-def _load_data(source, args):
+def _positive_int(text):
     try:
-        return load_dataset(source, n_samples=args.n_samples, seed=args.seed,
-                            intrinsic_dim=getattr(args, "intrinsic_dim", None))
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# ----------------------------------------------------------------- building
+def _geometry(config):
+    """The analytic manifold a model folder names (None for a learned one)."""
+    if config["manifold"] == "sphere":
+        return ImplicitSphere(2)
+    if config["manifold"] == "torus":
+        return ImplicitTorus(config["geometry"]["R"], config["geometry"]["r"])
+    return None
+
+
+def _reading(args, stored=None):
+    """The file-reading options (``--coords`` ...), defaulting to ``stored`` ones."""
+    stored = stored or {}
+    given = {"coords": getattr(args, "coords", None), "columns": getattr(args, "columns", None),
+             "where": getattr(args, "where", None), "degrees": getattr(args, "degrees", False)}
+    if all(v in (None, False, "auto") for v in given.values()):
+        given = {**given, **stored}
+    return {"coords": given["coords"] or "auto", "columns": given["columns"],
+            "where": given["where"], "degrees": bool(given["degrees"])}
+
+
+def _load_data(source, args, reading=None):
+    reading = reading or _reading(args)
+    try:
+        data = load_dataset(source, n_samples=args.n_samples, seed=args.seed,
+                            intrinsic_dim=getattr(args, "intrinsic_dim", None), **reading)
     except FileNotFoundError as err:
         raise CLIError(f"data file not found: {err.filename or source}") from None
+    if "reading" in data.meta:
+        print(data.meta["reading"])
+    return data
 
 
 def _write_json(path, obj):
@@ -101,6 +93,7 @@ class _AtomicFolder:
 
     def __enter__(self):
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        usual_mode(self.tmp, directory=True)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
@@ -123,28 +116,38 @@ def fit(args):
     torch.manual_seed(args.seed)
     data = _load_data(args.data, args)
     train, test = train_test_split(data.points, test_fraction=args.test_fraction, seed=args.seed)
-    kind, manifold, geometry = _manifold_for(data, args.manifold, args)
     with _AtomicFolder(args.out, args.overwrite) as tmp:
-        timings = {}
+        fitted = fit_pipeline(data, train, args.manifold, args.intrinsic_dim, args.seed,
+                              not args.no_progress, args.mdf_epochs, args.ebm_iter,
+                              notify=print)
+        kind, manifold, ebm, geometry = (fitted.kind, fitted.manifold, fitted.ebm,
+                                         fitted.geometry)
+        timings = fitted.timings
         if kind == "learned":
-            t0 = time.perf_counter()
-            manifold.fit(train)
-            timings["manifold_s"] = time.perf_counter() - t0
             manifold.save(tmp / "manifold")
-        t0 = time.perf_counter()
-        ebm = _ebm_for(manifold, args).fit(train)
-        timings["ebm_s"] = time.perf_counter() - t0
         ebm.save(tmp / "ebm.pt")
+        # The training curves, for `plot` (whatever the checkpoints keep).
+        _write_json(tmp / "history.json", {
+            "manifold": manifold.history_ if kind == "learned" else {},
+            "EBM": getattr(ebm, "history_", None) or {}})
         np.save(tmp / "test.npy", test.numpy())
         config = {
             "format": FORMAT, "data": str(args.data), "data_name": data.name,
-            "data_kind": data.kind, "meta": {k: v for k, v in data.meta.items()
-                                             if isinstance(v, (int, float, str))},
+            "data_kind": data.kind, "meta": {
+                k: v for k, v in data.meta.items()
+                if isinstance(v, (int, float, str)) or (
+                    isinstance(v, list) and all(isinstance(e, str) for e in v))},
             "manifold": kind, "geometry": geometry, "seed": args.seed,
-            "n_train": len(train), "n_test": len(test),
+            "n_train": len(train), "n_test": len(test), "reading": _reading(args),
         }
         _write_json(tmp / "config.json", config)
-        metrics = _evaluate(manifold, ebm, test, data.kind, kind, args.n_eval, args.seed)
+        # The samples the metrics use are kept: `plot` shows the same ones.
+        samples = ebm.sample(args.n_eval, seed=args.seed, progress=False)
+        np.save(tmp / "samples.npy", samples.numpy())
+        config["samples"] = {"n": args.n_eval, "seed": args.seed}
+        _write_json(tmp / "config.json", config)
+        metrics = _evaluate(manifold, ebm, test, data.kind, kind, args.n_eval, args.seed,
+                            samples)
         metrics.update({k: round(v, 3) for k, v in timings.items()})
         metrics["wall_s"] = round(time.perf_counter() - start, 3)
         _write_json(tmp / "metrics.json", metrics)
@@ -166,15 +169,11 @@ def load_model(folder):
         raise CLIError(f"{cfg_path} is corrupt: {err}") from None
     if config.get("format") != FORMAT:
         raise CLIError(f"{cfg_path}: unsupported format {config.get('format')!r}")
-    kind = config["manifold"]
-    if kind == "learned":
+    manifold = _geometry(config)
+    if manifold is None:
         from .learning import NeuralImplicitManifold
 
         manifold = NeuralImplicitManifold.load(folder / "manifold", progress=False)
-    elif kind == "sphere":
-        manifold = ImplicitSphere(2)
-    else:
-        manifold = ImplicitTorus(config["geometry"]["R"], config["geometry"]["r"])
     from .models import ConstrainedEBM
 
     ebm = ConstrainedEBM.load(folder / "ebm.pt", manifold)
@@ -182,44 +181,25 @@ def load_model(folder):
     return config, manifold, ebm, test
 
 
-def _piece_density(points, log_prob, samples, bounds, bins):
-    """exp(log_prob) on points covering M, each connected piece scaled to its sample share.
+def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed, samples=None):
+    # The one evaluation of the library (implicit_geom.evaluation): the W
+    # protocols, held-out NLL and log Z error, component masses, distances.
+    from .evaluation import evaluate_model
 
-    PCD cannot set the energy offsets between disconnected pieces of M, so
-    each piece gets the mass the model's own samples put on it
-    (:func:`~implicit_geom.metrics.balance_pieces`).
-    """
-    radius = 0.02 * float((torch.as_tensor(bounds[1]) - torch.as_tensor(bounds[0])).norm())
-    return balance_pieces(points, (log_prob - log_prob.max()).exp(), samples, bins=bins,
-                          bounds=bounds, radius=radius)
-
-
-def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed):
-    samples = ebm.sample(n_samples, seed=seed, progress=False)
-    # Both of the paper's W settings (as in benchmarks/paper.py), over the
-    # held-out data's box padded by 5%: "W_density" is the model's density on
-    # points covering its manifold against the held-out points (99 bins per
-    # axis in 2-D, 29 in 3-D), "W" its samples against them (99 bins).
-    bounds = padded_box(test, 0.05)
-    dim, bins = test.shape[1], 99 if test.shape[1] == 2 else 29
-    points, log_prob = ebm.density_on_manifold(20_000 if dim == 2 else 100_000, bounds, seed)
-    density = _piece_density(points, log_prob, samples, bounds, bins)
-    metrics = {
-        "W_density": paper_wasserstein(points, density, test, bins=bins, bounds=bounds),
-        "W": discretized_wasserstein(samples, test, bins=99, bounds=bounds),
-        "max_abs_F_samples": float(manifold.submersion(samples).abs().max())}
-    dist = distance_to_manifold(test, manifold).as_dict()
-    metrics.update({f"test_dist_{k}": v for k, v in dist.items()})
-    if manifold_kind in ("sphere", "torus"):
-        metrics["test_nll"] = ebm.nll(test)
-    return metrics
+    return evaluate_model(ebm, test, n_samples=n_samples, seed=seed, manifold=manifold,
+                          samples=samples)
 
 
 def evaluate(args):
     """Metrics of a fitted model against its held-out data (or --data)."""
     config, manifold, ebm, test = load_model(args.model)
     if args.data:
-        test = _load_data(args.data, args).points
+        # A file in the layout the model was fitted on is read the same way
+        # unless reading options are given.
+        test = _load_data(args.data, args, _reading(args, config.get("reading"))).points
+        if test.shape[-1] != manifold.ambient_dim:
+            raise CLIError(f"--data has {test.shape[-1]}-D points, the model "
+                           f"{manifold.ambient_dim}-D ones")
     metrics = _evaluate(manifold, ebm, test, config["data_kind"], config["manifold"],
                         args.n_eval, args.seed)
     print(json.dumps(metrics, indent=2, default=float))
@@ -243,6 +223,7 @@ def sample(args):
             np.savetxt(tmp, pts, delimiter=",", header=header, comments="")
         else:
             raise CLIError(f"--out must end in .csv or .npy, got {out.name}")
+        usual_mode(tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -261,18 +242,39 @@ def plot(args):
     view = kind if kind in ("sphere", "torus") else ("euclidean" if manifold.ambient_dim == 2
                                                      else "ambient3d")
     meta = dict(config.get("meta", {}), **config.get("geometry", {}))
-    samples = ebm.sample(args.n, seed=args.seed, progress=False)
+    if config.get("samples") == {"n": args.n, "seed": args.seed}:
+        samples = torch.as_tensor(np.load(Path(args.model) / "samples.npy"))
+    else:
+        samples = ebm.sample(args.n, seed=args.seed, progress=False)
     paths = []
-    fig = plotting.scatter(test, view, meta=meta, title=f"held-out data: {config['data_name']}")
+    size = 3 if len(test) > 2000 else 6
+    fig = plotting.scatter(test, view, meta=meta, size=size,
+                           title=f"held-out data: {config['data_name']}")
     paths.append(plotting.save(fig, out / "data.png"))
-    fig = plotting.scatter(samples, view, meta=meta, color="tab:red",
+    fig = plotting.scatter(samples, view, meta=meta, color="tab:red", size=size,
                            title="samples from the constrained EBM")
     paths.append(plotting.save(fig, out / "samples.png"))
-    box = padded_box(torch.cat([test, samples]), 0.05)
-    density = _piece_density(samples, -ebm.energy(samples), samples, box, 99)
-    fig = plotting.density_map(samples, density / density.max(), view, meta=meta,
-                               title="model density at its samples")
-    paths.append(plotting.save(fig, out / "density.png"))
+    if config["manifold"] in ("sphere", "torus"):
+        # M is the whole chart: the density over every angle, normalised by
+        # the quadrature log Z, under the held-out data.
+        fig = plotting.density_heatmap(lambda x: ebm.log_prob(x, normalized=True), view,
+                                       meta=meta, title="model density and held-out data")
+        plotting.scatter(test, view, ax=fig.axes[0], meta=meta, color="white", size=2,
+                         alpha=0.7)
+        paths.append(plotting.save(fig, out / "density.png"))
+        if view == "sphere":
+            # Facing the data's mean direction, and the far side.
+            lon = float(torch.rad2deg(torch.atan2(test[:, 1].mean(), test[:, 0].mean())))
+            fig = plotting.globe(lambda x: ebm.log_prob(x), test, azimuths=(lon, lon + 180),
+                                 title="model density on the globe, held-out data")
+            paths.append(plotting.save(fig, out / "globe.png"))
+    else:
+        # The model's own density (its energy carries each component's mass).
+        log_p = ebm.log_prob(samples, normalized=False)
+        density = (log_p - log_p.max()).exp()
+        fig = plotting.density_map(samples, density, view, meta=meta,
+                                   title="model density at its samples")
+        paths.append(plotting.save(fig, out / "density.png"))
     if view == "euclidean":
         lo = torch.minimum(test.min(0).values, samples.min(0).values) - 0.5
         hi = torch.maximum(test.max(0).values, samples.max(0).values) + 0.5
@@ -280,13 +282,15 @@ def plot(args):
         fig, ax = plotting.new_axes("euclidean", "learned manifold F = 0, density on it, data")
         plotting.zero_set_2d(manifold, bounds, ax, color="0.6")
         on_m, log_prob = ebm.density_on_manifold(20_000, (lo, hi), args.seed)
-        density = _piece_density(on_m, log_prob, samples, (lo, hi), 99)
-        plotting.scatter(on_m, "euclidean", ax=ax, color=density / density.max(), size=4)
+        density = (log_prob - log_prob.max()).exp()
+        plotting.scatter(on_m, "euclidean", ax=ax, color=density, size=4)
         plotting.scatter(test, "euclidean", ax=ax, color="k", size=2, alpha=0.5)
         paths.append(plotting.save(fig, out / "manifold.png"))
-    histories = {"EBM": ebm.history_ or {}}
+    stored = Path(args.model) / "history.json"
+    saved = json.loads(stored.read_text()) if stored.is_file() else {}
+    histories = {"EBM": saved.get("EBM") or getattr(ebm, "history_", None) or {}}
     if config["manifold"] == "learned":
-        histories = {"manifold": manifold.history_, **histories}
+        histories = {"manifold": saved.get("manifold") or manifold.history_, **histories}
     paths.append(plotting.save(plotting.training_curves(histories), out / "training.png"))
     for p in paths:
         print(p)
@@ -322,7 +326,27 @@ def build_parser():
 
     def common(p):
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (on a terminal) or progress lines (otherwise)")
+        p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                       help="CPU threads for torch and BLAS (default 1: the kernels are small, "
+                            "and more threads spin against other work on a busy machine)")
+
+    def reading(p):
+        p.add_argument("--coords", choices=COORDS, default=None,
+                       help="how to read a data file's columns: plain coordinates (xyz), "
+                            "latitude/longitude in degrees onto the sphere (latlon), two angles "
+                            "onto the torus (angles); default auto: by header names, and a "
+                            "headerless 2-column file whose values fit latitude/longitude is "
+                            "read as such (a line says which reading was taken)")
+        p.add_argument("--columns", default=None, metavar="A,B,...",
+                       help="the columns to use, by header name or 0-based index, in order "
+                            "(e.g. lat,lon or 1,2)")
+        p.add_argument("--where", action="append", default=None, metavar="COL=VALUE",
+                       help="keep the rows whose column COL equals VALUE, e.g. residue=G "
+                            "(repeat for several conditions)")
+        p.add_argument("--degrees", action="store_true",
+                       help="angles (--coords angles) are in degrees instead of radians")
 
     def fitting(p):
         p.add_argument("--manifold", default="auto",
@@ -337,10 +361,12 @@ def build_parser():
         p.add_argument("--n-eval", type=int, default=2000, help="model samples for W")
 
     p = sub.add_parser("fit", help="fit a manifold and a constrained EBM to data")
-    p.add_argument("data", help=f"a .csv/.npy file or one of {', '.join(DATASET_NAMES)}")
+    p.add_argument("data", help="a data file (.csv, .tsv, .txt, .npy) or one of "
+                                f"{', '.join(DATASET_NAMES)}")
     p.add_argument("--out", required=True, help="model folder to create")
     p.add_argument("--overwrite", action="store_true")
     fitting(p)
+    reading(p)
     common(p)
     p.set_defaults(func=fit)
 
@@ -358,6 +384,7 @@ def build_parser():
     p.add_argument("--n-eval", type=int, default=2000)
     p.add_argument("--n-samples", type=int, default=None)
     p.add_argument("--intrinsic-dim", type=int, default=None)
+    reading(p)
     common(p)
     p.set_defaults(func=evaluate)
 
@@ -381,6 +408,7 @@ def main(argv=None):
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     try:
         return args.func(args)
     except (CLIError, ImplicitGeomError, ValueError, OSError) as err:

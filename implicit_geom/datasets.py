@@ -43,10 +43,14 @@ __all__ = [
     "projected_normal_density",
     "fibonacci_sphere",
     "true_density",
+    "true_log_density",
     "load_earth",
     "load_protein",
     "load_protein_angles",
     "load_dataset",
+    "load_table",
+    "COORDS",
+    "estimate_intrinsic_dim",
     "default_data_dir",
     "train_test_split",
 ]
@@ -498,25 +502,116 @@ def true_density(name: str, resolution: int | None = None) -> tuple[torch.Tensor
     return torus_embed(phi, theta, R, r), _tensor(angles / (r * (R + r * np.cos(theta))))
 
 
+
+def true_log_density(name: str, points) -> torch.Tensor:
+    """Log of the generator's density of a synthetic data set at points of its manifold.
+
+    With respect to the manifold's volume (arc length, area), like
+    :func:`true_density`; the parameters are those :func:`load_dataset` uses.
+
+    Parameters
+    ----------
+    name : {"circle", "two_circles", "sphere_mixture", "torus"}
+    points : array_like, shape (n, ambient_dim)
+        Points on the true manifold.
+
+    Returns
+    -------
+    torch.Tensor, shape (n,)
+    """
+    if name not in _SYNTHETIC:
+        raise ValueError(f"no known density for {name!r}: expected one of {', '.join(_SYNTHETIC)}")
+    kwargs = _SYNTHETIC[name][3]
+    x = np.asarray(torch.as_tensor(points, dtype=DTYPE).detach().cpu())
+    if name == "circle":
+        dens = _von_mises_angle_density(np.arctan2(x[:, 1], x[:, 0]), 0.0, kwargs["kappa"])
+    elif name == "two_circles":
+        centres = np.array(TWO_CIRCLE_CENTRES)
+        nearest = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        u = x - centres[nearest]
+        angle = np.arctan2(u[:, 1], u[:, 0])
+        dens = _von_mises_angle_density(angle, np.asarray(TWO_CIRCLE_LOCS)[nearest],
+                                        kwargs["kappa"]) / len(centres)
+    elif name == "sphere_mixture":
+        means = sphere_mixture_means(kwargs["n_components"])
+        dens = sum(projected_normal_density(x, m, kwargs["scale"]).numpy()
+                   for m in means) / len(means)
+    else:
+        R, r = kwargs["R"], kwargs["r"]
+        phi, theta = (t.numpy() for t in torus_angles(torch.as_tensor(x), R, r))
+        params = np.asarray(_TORUS_COMPONENTS)
+        weights = params[:, 4] / params[:, 4].sum()
+        angles = sum(w * _von_mises_angle_density(phi, mp, kp) * _von_mises_angle_density(
+            theta, mt, kt) for (mp, mt, kp, kt, _), w in zip(params, weights))
+        dens = angles / (r * (R + r * np.cos(theta)))
+    return _tensor(np.log(dens))
+
 # ---------------------------------------------------------------------------
-# CSV reading with row-level diagnostics
+# Tables (CSV or whitespace-separated text, .npy arrays) with row diagnostics
 # ---------------------------------------------------------------------------
+
+#: Readings of a table's columns (``coords`` of :func:`load_table`).
+COORDS = ("auto", "xyz", "latlon", "angles")
+
+_LATLON_COLUMNS = {
+    "latitude": ("latitude", "lat"),
+    "longitude": ("longitude", "lon", "long", "lng"),
+}
+_DIHEDRAL_COLUMNS = {"residue": ("residue",), "phi": ("phi",), "psi": ("psi",)}
+_ANGLE_COLUMNS = {"phi": ("phi",), "psi": ("psi",)}
+#: Torus radii that angle data are embedded with (those of the glycine set).
+ANGLE_TORUS = (3.0, 1.0)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
 class _Table:
+    """Cells of a text table (``rows``) or a numeric array (``array``), with provenance.
+
+    ``header`` is None for a file without a header row; columns are then
+    named by their 0-based index. ``numbers`` and ``lines`` give, per row, the
+    1-based data row and file line, so that messages point into the file even
+    after rows were filtered out.
+    """
+
     path: Path
-    header: list[str]
-    rows: list[list[str]]
-    lines: list[int]  # 1-based file line of each data row, for messages
+    header: list[str] | None
+    rows: list[list[str]] | None
+    lines: list[int] | None
+    numbers: list[int]
+    array: np.ndarray | None = None
+    n_columns: int = 0
+    filters: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
 
     def where(self, i: int) -> str:
-        """Location of 0-based data row ``i`` for error messages."""
-        return f"{self.path}: data row {i + 1} (line {self.lines[i]})"
+        """Location of 0-based row ``i`` for error messages."""
+        if self.lines is None:
+            return f"{self.path}: data row {self.numbers[i]}"
+        return f"{self.path}: data row {self.numbers[i]} (line {self.lines[i]})"
+
+    def label(self, col: int) -> str:
+        """``'name'`` or ``column j`` (headerless files)."""
+        return repr(self.header[col]) if self.header else f"column {col}"
+
+    def listing(self) -> str:
+        """The columns as ``0 'a', 1 'b'`` (or their count), for messages."""
+        if not self.header:
+            return f"{self.n_columns} unnamed columns (0-{self.n_columns - 1})"
+        return ", ".join(f"{j} {h!r}" for j, h in enumerate(self.header))
 
     def column_index(self, wanted: dict[str, Sequence[str]]) -> dict[str, int]:
         """Map canonical column names to indices, accepting case-insensitive aliases."""
-        lowered = [h.strip().lower() for h in self.header]
+        lowered = [h.strip().lower() for h in self.header or ()]
         found = {}
         for name, aliases in wanted.items():
             hits = [i for i, h in enumerate(lowered) if h in aliases]
@@ -525,27 +620,61 @@ class _Table:
                     f"{n} (or {'/'.join(a for a in al if a != n)})" if len(al) > 1 else n
                     for n, al in wanted.items()
                 )
+                found_text = self.header if self.header else "no header row"
                 raise DataError(
                     f"{self.path}: missing column {name!r}; expected columns {expected}, "
-                    f"found {self.header}"
+                    f"found {found_text}"
                 )
             found[name] = hits[0]
         return found
 
-    def numeric(self, col: int, name: str) -> np.ndarray:
+    def has_columns(self, wanted: dict[str, Sequence[str]]) -> bool:
+        lowered = {h.strip().lower() for h in self.header or ()}
+        return all(lowered & set(aliases) for aliases in wanted.values())
+
+    def find(self, key) -> int:
+        """Index of a column given by header name (case-insensitive) or 0-based index."""
+        text = str(key).strip()
+        if self.header:
+            lowered = [h.strip().lower() for h in self.header]
+            if text.lower() in lowered:
+                return lowered.index(text.lower())
+        try:
+            index = int(text)
+        except ValueError:
+            index = None
+        if index is not None and -self.n_columns <= index < self.n_columns:
+            return index % self.n_columns
+        raise DataError(f"{self.path}: no column {text!r}; the columns are {self.listing()}")
+
+    def cells(self, col: int) -> list[str]:
+        if self.array is not None:
+            return [repr(float(v)) for v in self.array[:, col]]
+        return [row[col] for row in self.rows]
+
+    def is_numeric(self, col: int) -> bool:
+        if self.array is not None:
+            return True
+        return all(_is_number(row[col]) for row in self.rows)
+
+    def numeric(self, col: int, name: str | None = None) -> np.ndarray:
         """Column ``col`` as finite float64 values, or a DataError naming the row."""
-        values = np.empty(len(self.rows))
-        for i, row in enumerate(self.rows):
-            try:
-                values[i] = float(row[col])
-            except ValueError:
-                raise DataError(
-                    f"{self.where(i)}: {name} value {row[col]!r} is not numeric"
-                ) from None
+        name = name or self.label(col)
+        if self.array is not None:
+            values = np.asarray(self.array[:, col], dtype=np.float64)
+        else:
+            values = np.empty(len(self.rows))
+            for i, row in enumerate(self.rows):
+                try:
+                    values[i] = float(row[col])
+                except ValueError:
+                    raise DataError(
+                        f"{self.where(i)}: {name} value {row[col]!r} is not numeric"
+                    ) from None
         bad = ~np.isfinite(values)
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(f"{self.where(i)}: {name} value {self.rows[i][col]!r} is not finite")
+            raise DataError(f"{self.where(i)}: {name} value {self.cells(col)[i]!r} is not finite")
         return values
 
     def check_range(
@@ -558,57 +687,132 @@ class _Table:
             label = label or f"[{lo:g}, {hi:g}]"
             raise DataError(f"{self.where(i)}: {name} = {float(values[i])!r} outside {label}{hint}")
 
+    def filter(self, condition: str) -> "_Table":
+        """Rows whose column equals a value, from ``"COL=VALUE"`` (numbers compare as numbers)."""
+        key, sep, value = str(condition).partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"a row filter must read COL=VALUE (e.g. residue=P), got {condition!r}")
+        col, value = self.find(key), value.strip()
+        cells = self.cells(col)
+        if _is_number(value):
+            target = float(value)
+            keep = [_is_number(c) and float(c) == target for c in cells]
+        else:
+            keep = [c == value for c in cells]
+        if not any(keep):
+            seen = sorted(set(cells), key=lambda c: (not _is_number(c), _sort_key(c)))
+            shown = ", ".join(seen[:20]) + (f", ... ({len(seen)} values)" if len(seen) > 20 else "")
+            raise DataError(
+                f"{self.path}: no rows with {self.label(col)} = {value!r}; its values: {shown}"
+            )
+        pick = [i for i, k in enumerate(keep) if k]
+        return _Table(
+            self.path,
+            self.header,
+            None if self.rows is None else [self.rows[i] for i in pick],
+            None if self.lines is None else [self.lines[i] for i in pick],
+            [self.numbers[i] for i in pick],
+            None if self.array is None else self.array[pick],
+            self.n_columns,
+            self.filters + [f"{self.header[col] if self.header else col}={value}"],
+        )
+
+
+def _sort_key(cell: str):
+    return float(cell) if _is_number(cell) else cell
+
+
+def _split_lines(path: Path, text: str) -> tuple[list[list[str]], list[int]]:
+    """Non-blank, non-comment lines split into stripped cells, with their line numbers.
+
+    The delimiter is that of the first such line: a comma, else a tab, else a
+    semicolon, else runs of whitespace.
+    """
+    kept = [(i, line) for i, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    if not kept:
+        return [], []
+    first = kept[0][1]
+    delimiter = next((d for d in (",", "\t", ";") if d in first), None)
+    if delimiter is None:
+        cells = [line.split() for _, line in kept]
+    else:
+        try:
+            cells = list(csv.reader((line for _, line in kept), delimiter=delimiter))
+        except csv.Error as exc:
+            raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+    return [[c.strip() for c in row] for row in cells], [i for i, _ in kept]
+
 
 def _read_table(path) -> _Table:
-    """Read a CSV with optional leading '#' comment lines and a header row."""
+    """Read a text table: ``#`` comment lines anywhere, an optional header row.
+
+    The first row is a header when one of its cells is not a number while the
+    same column of the next row is (or, in a one-row file, when none of its
+    cells is a number): ``residue,phi,psi`` over ``G,-1.4,2.9`` is a header,
+    ``G,-1.4,2.9`` over ``G,-1.2,3.0`` is data.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
-    header, rows, lines = None, [], []
-    # csv.reader's line_num counts physical lines, which is what users see.
     try:
-        handle = open(path, newline="", encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a readable UTF-8 text file ({exc})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot open data file ({exc})") from None
-    with handle:
-        reader = csv.reader(handle)
-        try:
-            all_rows = [(row, reader.line_num) for row in reader]
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"{path}: not a readable UTF-8 CSV file ({exc})") from None
-        for row, line_num in all_rows:
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if header is None:
-                if row[0].lstrip().startswith("#"):
-                    continue
-                header = [cell.strip() for cell in row]
-                continue
-            if len(row) != len(header):
-                raise DataError(
-                    f"{path}: data row {len(rows) + 1} (line {line_num}) has "
-                    f"{len(row)} fields, expected {len(header)} ({', '.join(header)})"
-                )
-            rows.append([cell.strip() for cell in row])
-            lines.append(line_num)
-    if header is None:
-        raise DataError(f"{path}: file is empty (no header row)")
+    rows, lines = _split_lines(path, text)
     if not rows:
-        raise DataError(f"{path}: no data rows after the header {header}")
-    return _Table(path, header, rows, lines)
+        raise DataError(f"{path}: file is empty (no header or data rows)")
+    first = rows[0]
+    if len(rows) > 1:
+        header = any(not _is_number(a) and _is_number(b) for a, b in zip(first, rows[1]))
+    else:
+        header = not any(_is_number(c) for c in first)
+    names = first if header else None
+    width = len(first)
+    if header:
+        rows, lines = rows[1:], lines[1:]
+    for i, (row, line) in enumerate(zip(rows, lines)):
+        if len(row) != width:
+            expected = f" ({', '.join(names)})" if names else ""
+            raise DataError(
+                f"{path}: data row {i + 1} (line {line}) has {len(row)} fields, "
+                f"expected {width}{expected}"
+            )
+    if not rows:
+        raise DataError(f"{path}: no data rows after the header {names}")
+    return _Table(path, names, rows, lines, list(range(1, len(rows) + 1)), n_columns=width)
 
 
-_LATLON_COLUMNS = {
-    "latitude": ("latitude", "lat"),
-    "longitude": ("longitude", "lon", "long", "lng"),
-}
-_DIHEDRAL_COLUMNS = {"residue": ("residue",), "phi": ("phi",), "psi": ("psi",)}
+def _array_table(path) -> _Table:
+    """A ``.npy`` file as a headerless numeric table."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a plain numeric .npy array ({exc})") from None
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise DataError(f"{path}: expected a non-empty 2-d array, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise DataError(f"{path}: expected a numeric array, got dtype {array.dtype}")
+    return _Table(path, None, None, None, list(range(1, len(array) + 1)), array=array,
+                  n_columns=array.shape[1])
 
 
-def _latlon_from_table(table: _Table) -> tuple[np.ndarray, np.ndarray]:
-    cols = table.column_index(_LATLON_COLUMNS)
-    lat = table.numeric(cols["latitude"], "latitude")
-    lon = table.numeric(cols["longitude"], "longitude")
+def _latlon_from_table(table: _Table, cols=None) -> tuple[np.ndarray, np.ndarray]:
+    """Latitude and longitude (degrees) from columns ``cols``, their header names, or a
+    headerless two-column table; range-checked."""
+    if cols is None:
+        if table.header is None and table.n_columns == 2:
+            cols = (0, 1)
+        else:
+            found = table.column_index(_LATLON_COLUMNS)
+            cols = (found["latitude"], found["longitude"])
+    lat = table.numeric(cols[0], "latitude")
+    lon = table.numeric(cols[1], "longitude")
     table.check_range(lat, -90.0, 90.0, "latitude")
     if (lon > 180.0).any():
         # Longitudes above 180 mean the [0, 360] convention for the whole file.
@@ -620,13 +824,212 @@ def _latlon_from_table(table: _Table) -> tuple[np.ndarray, np.ndarray]:
     return lat, lon
 
 
-def load_earth(path) -> torch.Tensor:
-    """Load an earth-science CSV (latitude/longitude in degrees) as unit vectors.
+def _angles_from_table(table: _Table, cols, degrees: bool) -> list[np.ndarray]:
+    """Angle columns in radians: [-pi, pi] or [0, 2 pi] (or degrees, [-180, 180] or [0, 360])."""
+    out = []
+    for col in cols:
+        name = table.label(col)
+        values = table.numeric(col, name)
+        if degrees:
+            wide = (values > 180.0).any() and (values >= 0.0).all()
+            lo, hi, label = (0.0, 360.0, "[0, 360]") if wide else (-180.0, 180.0, "[-180, 180]")
+            table.check_range(values, lo, hi, name, label=f"{label} degrees")
+            values = np.radians(values)
+        else:
+            tol = _DIHEDRAL_TOL
+            # [0, 2 pi] when nothing is negative and something exceeds pi.
+            wide = (values > math.pi + tol).any() and (values >= -tol).all()
+            lo, hi, label = (-tol, 2 * math.pi + tol, "[0, 2 pi]") if wide else (
+                -math.pi - tol, math.pi + tol, "[-pi, pi]")
+            hint = (" (angles must be in radians; pass --degrees for degrees)"
+                    if np.abs(values).max() > 2 * math.pi + tol else "")
+            table.check_range(values, lo, hi, name, label=f"{label} (tolerance {tol:g})",
+                              hint=hint)
+        out.append(values)
+    return out
 
-    The file may start with ``#`` comment lines (the source); the header must
-    contain a latitude column (``latitude`` or ``lat``) and a longitude column
-    (``longitude``, ``lon``, ``long`` or ``lng``), case-insensitive. Longitudes
-    may use [-180, 180] or [0, 360].
+
+def _named_columns(table: _Table, keys) -> list[int]:
+    return [table.find(k) for k in keys]
+
+
+def _fits_latlon(table: _Table) -> bool:
+    """Whether a two-column numeric table reads as latitude/longitude in degrees.
+
+    Both columns must fit the ranges, and some value must exceed 2 pi in size:
+    values that small read as plain coordinates or radians (a lat/lon data set
+    within 6 degrees of (0, 0) needs ``coords="latlon"``).
+    """
+    lat, lon = table.numeric(0), table.numeric(1)
+    in_range = (np.abs(lat) <= 90).all() and (
+        (np.abs(lon) <= 180).all() or ((lon >= 0).all() and (lon <= 360).all()))
+    return bool(in_range and max(np.abs(lat).max(), np.abs(lon).max()) > 2 * math.pi)
+
+
+def _coordinates(table: _Table, coords: str, columns, degrees: bool):
+    """``(points, kind, intrinsic_dim, meta, reading)`` of a table under ``coords``."""
+    if coords not in COORDS:
+        raise DataError(f"unknown coords {coords!r}; expected one of {', '.join(COORDS)}")
+    cols = None if columns is None else _named_columns(table, columns)
+    names = None if cols is None else [table.header[c].strip().lower() if table.header else ""
+                                       for c in cols]
+    source = f"{len(table)} rows of {table.path}" + (
+        f" ({', '.join(table.filters)})" if table.filters else "")
+    note = ""
+    if coords == "auto":
+        lat_names, lon_names = _LATLON_COLUMNS["latitude"], _LATLON_COLUMNS["longitude"]
+        if cols is not None:
+            pair = len(cols) == 2
+            if pair and names[0] in lat_names and names[1] in lon_names:
+                coords = "latlon"
+            elif pair and (names[0], names[1]) == ("phi", "psi"):
+                coords = "angles"
+            else:
+                coords = "xyz"
+        elif table.has_columns(_LATLON_COLUMNS):
+            coords = "latlon"
+        elif table.has_columns(_ANGLE_COLUMNS):
+            coords = "angles"
+        else:
+            for j in range(table.n_columns):
+                if not table.is_numeric(j):
+                    bad = next(i for i, c in enumerate(table.cells(j)) if not _is_number(c))
+                    raise DataError(
+                        f"{table.where(bad)}: {table.label(j)} value {table.cells(j)[bad]!r} is "
+                        "not numeric; pick the coordinate columns with --columns (and rows with "
+                        "--where COL=VALUE), or say how to read them with --coords")
+            coords = "xyz"
+            if table.header is None and table.n_columns == 2:
+                if _fits_latlon(table):
+                    coords = "latlon"
+                    note = ("; no header, and the two columns fit latitude [-90, 90] and "
+                            "longitude ranges (pass --coords xyz to read plain 2-D points)")
+                else:
+                    note = ("; no header, and the two columns do not read as degrees of "
+                            "latitude/longitude (pass --coords latlon or --coords angles to "
+                            "read them so)")
+    if degrees and coords != "angles":
+        if coords == "latlon":
+            degrees = False  # latitude/longitude are degrees anyway
+        else:
+            raise DataError("--degrees applies to angle data (--coords angles); latitude and "
+                            "longitude are always read in degrees")
+    if coords in ("latlon", "angles") and cols is not None and len(cols) != 2:
+        what = "latitude, longitude" if coords == "latlon" else "two angles of the torus"
+        raise DataError(f"--coords {coords} needs 2 columns ({what}), got {len(cols)}")
+    if coords == "latlon":
+        lat, lon = _latlon_from_table(table, cols)
+        which = cols or ((0, 1) if table.header is None and table.n_columns == 2 else tuple(
+            table.column_index(_LATLON_COLUMNS).values()))
+        reading = (f"read {source} as latitude, longitude in degrees "
+                   f"({', '.join(table.label(c) for c in which)}) -> points on the sphere S^2")
+        meta = {"coords": "latlon", "columns": [table.label(c) for c in which]}
+        return sphere_embed(lat, lon), "sphere", 2, meta, reading + note
+    if coords == "angles":
+        if cols is None:
+            if table.has_columns(_ANGLE_COLUMNS):
+                found = table.column_index(_ANGLE_COLUMNS)
+                cols = [found["phi"], found["psi"]]
+            else:
+                numeric = [j for j in range(table.n_columns) if table.is_numeric(j)]
+                if len(numeric) != 2:
+                    raise DataError(
+                        f"{table.path}: cannot tell which two columns hold the angles (the "
+                        f"columns are {table.listing()}); pass --columns PHI,PSI")
+                cols = numeric
+        phi, psi = _angles_from_table(table, cols, degrees)
+        R, r = ANGLE_TORUS
+        unit = "degrees" if degrees else "radians"
+        reading = (f"read {source} as angles in {unit} "
+                   f"({', '.join(table.label(c) for c in cols)}) -> points on the torus "
+                   f"(R={R:g}, r={r:g})")
+        axes = [table.header[c] if table.header else f"angle {c}" for c in cols]
+        meta = {"coords": "angles", "columns": [table.label(c) for c in cols], "R": R, "r": r,
+                "axes": axes, "degrees": bool(degrees)}
+        return torus_embed(phi, psi, R, r), "torus", 2, meta, reading + note
+    # Plain coordinates.
+    cols = list(range(table.n_columns)) if cols is None else cols
+    if len(cols) < 2:
+        raise DataError(f"{table.path}: {len(cols)} coordinate column(s); a manifold needs "
+                        "points with at least 2 coordinates")
+    values = []
+    for c in cols:
+        try:
+            values.append(table.numeric(c))
+        except DataError as err:
+            raise DataError(f"{err}; pick numeric columns with --columns") from None
+    reading = (f"read {source} as plain {len(cols)}-D points "
+               f"({', '.join(table.label(c) for c in cols)})")
+    meta = {"coords": "xyz", "columns": [table.label(c) for c in cols]}
+    # A curve is the only proper submanifold of the plane: its dimension is known.
+    return _tensor(np.stack(values, axis=1)), "euclidean", 1 if len(cols) == 2 else None, meta, \
+        reading + note
+
+
+def load_table(path, coords: str = "auto", columns=None, where=None,
+               degrees: bool = False) -> "Dataset":
+    """Read a user's data file as points, choosing columns, rows and their meaning.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A text table (``.csv``, ``.tsv``, ``.txt``...: comma, tab, semicolon or
+        whitespace separated; ``#`` comment lines anywhere; header row
+        optional) or a ``.npy`` 2-d array.
+    coords : {"auto", "xyz", "latlon", "angles"}
+        How to read the chosen columns. ``"xyz"``: plain coordinates in R^n.
+        ``"latlon"``: latitude, longitude in degrees, mapped onto the unit
+        sphere S^2 (longitudes in [-180, 180] or [0, 360]). ``"angles"``: two
+        angles in radians (or degrees with ``degrees=True``), in [-pi, pi] or
+        [0, 2 pi], mapped onto the torus with radii :data:`ANGLE_TORUS`
+        (first angle around the axis, second around the tube). ``"auto"``:
+        latitude/longitude or phi/psi header names pick those readings;
+        without a header, two columns whose values fit latitude/longitude (and
+        exceed 2 pi somewhere) are read as degrees on S^2, anything else numeric
+        as plain points. The reading taken is described in ``meta["reading"]``.
+    columns : sequence of str or int, optional
+        The columns to use, by header name (case-insensitive) or 0-based index
+        (negative counts from the end), in order (latitude then longitude).
+    where : str or sequence of str, optional
+        Row filters ``"COL=VALUE"`` (all must hold), e.g. ``"residue=P"``;
+        numbers compare as numbers.
+    degrees : bool
+        Angles are in degrees (``coords="angles"``).
+
+    Returns
+    -------
+    Dataset
+        ``kind`` ``"sphere"``, ``"torus"`` or ``"euclidean"``; ``intrinsic_dim``
+        2 on the sphere and torus, 1 for plane points, else None (unknown).
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable file, unknown column, no row matching a filter,
+        non-numeric or non-finite values, angles out of range, or columns whose
+        reading cannot be told (the message says which option settles it).
+    """
+    path = Path(path)
+    table = _array_table(path) if path.suffix.lower() == ".npy" else _read_table(path)
+    for condition in [where] if isinstance(where, str) else (where or ()):
+        table = table.filter(condition)
+    if isinstance(columns, str):
+        columns = [c for c in columns.split(",") if c.strip()]
+    points, kind, dim, meta, reading = _coordinates(table, coords, columns, degrees)
+    meta = {"source": str(path), "reading": reading, **meta}
+    if table.filters:
+        meta["where"] = list(table.filters)
+    return _make(points, path.stem + "".join(f"[{f}]" for f in table.filters), kind, dim, meta)
+
+
+def load_earth(path) -> torch.Tensor:
+    """Load an earth-science file (latitude/longitude in degrees) as unit vectors.
+
+    The file may start with ``#`` comment lines (the source). With a header,
+    it must contain a latitude column (``latitude`` or ``lat``) and a
+    longitude column (``longitude``, ``lon``, ``long`` or ``lng``),
+    case-insensitive; without one it must have exactly two columns, latitude
+    then longitude. Longitudes may use [-180, 180] or [0, 360].
 
     Parameters
     ----------
@@ -715,33 +1118,51 @@ def load_protein(path, residue: str | None = "G", R: float = 3.0, r: float = 1.0
     return torus_embed(phi, psi, R, r)
 
 
-def _load_numeric_csv(path) -> tuple[torch.Tensor, str]:
-    """A user CSV: lat/lon columns give sphere points, otherwise all columns must be numeric."""
-    table = _read_table(path)
-    lowered = {h.strip().lower() for h in table.header}
-    if all(lowered & set(aliases) for aliases in _LATLON_COLUMNS.values()):
-        lat, lon = _latlon_from_table(table)
-        return sphere_embed(lat, lon), "sphere"
-    columns = [table.numeric(j, repr(h)) for j, h in enumerate(table.header)]
-    return _tensor(np.stack(columns, axis=1)), "euclidean"
+def estimate_intrinsic_dim(points, n_neighbors: int = 20, variance: float = 0.95,
+                           max_points: int = 2000, seed: SeedLike = 0) -> int:
+    """Manifold dimension of point data by local PCA.
 
+    Around each of up to ``max_points`` points, the smallest number of
+    principal directions of its ``n_neighbors`` nearest neighbours that
+    explains ``variance`` of their spread; the median over points (rounded
+    down).
 
-def _load_npy(path) -> torch.Tensor:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise DataError(f"{path}: not a plain numeric .npy array ({exc})") from None
-    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise DataError(f"{path}: expected a non-empty 2-d array, got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise DataError(f"{path}: expected a numeric array, got dtype {array.dtype}")
-    bad = ~np.isfinite(array).all(axis=1)
-    if bad.any():
-        raise DataError(f"{path}: data row {int(np.argmax(bad)) + 1} contains NaN or inf")
-    return _tensor(array)
+    Parameters
+    ----------
+    points : torch.Tensor, shape (N, n)
+    n_neighbors : int
+    variance : float
+        In (0, 1).
+    max_points : int
+        Neighbourhoods examined (a random subset of larger data).
+    seed : int or numpy.random.Generator
+
+    Returns
+    -------
+    int
+        In ``[1, n]``; ``n`` means no lower-dimensional structure was found.
+
+    Raises
+    ------
+    EmptyDataError
+        Fewer than 3 points.
+    """
+    from .exceptions import EmptyDataError
+
+    x = torch.as_tensor(points, dtype=DTYPE)
+    if x.ndim != 2 or x.shape[0] < 3:
+        raise EmptyDataError(f"need at least 3 points of shape (N, n), got {tuple(x.shape)}")
+    k = min(int(n_neighbors), x.shape[0] - 1)
+    centres = x
+    if x.shape[0] > max_points:
+        centres = x[torch.as_tensor(_rng(seed).choice(x.shape[0], max_points, replace=False))]
+    nearest = torch.cdist(centres, x).topk(k + 1, largest=False).indices
+    hood = x[nearest]
+    hood = hood - hood.mean(1, keepdim=True)
+    spread = torch.linalg.svdvals(hood).square()
+    share = spread.cumsum(-1) / spread.sum(-1, keepdim=True).clamp_min(1e-300)
+    dims = (share < variance).sum(-1) + 1
+    return int(dims.median())
 
 
 # ---------------------------------------------------------------------------
@@ -794,6 +1215,7 @@ _REAL = {
 }
 DATASET_NAMES = tuple(_SYNTHETIC) + tuple(_REAL)
 _DEFAULT_N_SAMPLES = 1000
+_TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".dat", ".xyz", ".npy")
 
 
 def default_data_dir() -> Path:
@@ -810,17 +1232,20 @@ def load_dataset(
     seed: SeedLike = 0,
     data_dir=None,
     intrinsic_dim: int | None = None,
+    coords: str = "auto",
+    columns=None,
+    where=None,
+    degrees: bool = False,
 ) -> Dataset:
-    """Load a built-in data set by name, or a ``.csv``/``.npy`` file.
+    """Load a built-in data set by name, or a data file (see :func:`load_table`).
 
     Parameters
     ----------
     name_or_path : str or os.PathLike
         One of ``DATASET_NAMES`` (``"circle"``, ``"two_circles"``,
         ``"sphere_mixture"``, ``"torus"``, ``"flood"``, ``"volcano"``,
-        ``"glycine"``) or a path. A CSV with latitude/longitude columns gives
-        sphere points; any other CSV must be all-numeric. A ``.npy`` file must
-        hold a 2-d numeric array.
+        ``"glycine"``) or the path of a text table or ``.npy`` array, read
+        by :func:`load_table`.
     n_samples : int, optional
         Synthetic data: number of samples (default 1000). Real data: size of a
         random subsample without replacement (default: all points).
@@ -830,8 +1255,10 @@ def load_dataset(
         Directory holding ``earth/`` and ``protein/`` (default
         :func:`default_data_dir`).
     intrinsic_dim : int, optional
-        Overrides the recorded manifold dimension (needed for user files,
-        where it is otherwise ``None``).
+        Overrides the recorded manifold dimension (``None`` for plain points
+        in more than 2 dimensions: see :func:`estimate_intrinsic_dim`).
+    coords, columns, where, degrees
+        How to read a file, see :func:`load_table` (files only).
 
     Returns
     -------
@@ -840,11 +1267,16 @@ def load_dataset(
     Raises
     ------
     ValueError
-        Unknown name, or ``n_samples`` larger than the real data set.
+        Unknown name, ``n_samples`` larger than the real data set, or file
+        options for a built-in data set.
     DataError
         Missing or malformed data file.
     """
     key = str(name_or_path)
+    builtin = key in _SYNTHETIC or key in _REAL
+    if builtin and (coords != "auto" or columns or where or degrees):
+        raise ValueError(f"coords, columns, where and degrees read data files; {key!r} is a "
+                         "built-in data set")
     if key in _SYNTHETIC:
         generator, kind, dim, kwargs = _SYNTHETIC[key]
         n = _DEFAULT_N_SAMPLES if n_samples is None else n_samples
@@ -861,19 +1293,14 @@ def load_dataset(
         dim = 2 if intrinsic_dim is None else intrinsic_dim
     else:
         path = Path(name_or_path)
-        suffix = path.suffix.lower()
-        if suffix == ".csv":
-            points, kind = _load_numeric_csv(path)
-        elif suffix == ".npy":
-            points, kind = _load_npy(path), "euclidean"
-        else:
+        if not path.exists() and path.suffix.lower() not in _TABLE_SUFFIXES:
             raise ValueError(
                 f"unknown data set {key!r}: expected one of {', '.join(DATASET_NAMES)} "
-                "or a path to a .csv or .npy file"
+                "or the path of a data file (.csv, .tsv, .txt, .npy...)"
             )
-        key = path.stem
-        meta = {"source": str(path)}
-        dim = intrinsic_dim if intrinsic_dim is not None else (2 if kind == "sphere" else None)
+        data = load_table(path, coords=coords, columns=columns, where=where, degrees=degrees)
+        points, kind, key, meta = data.points, data.kind, data.name, data.meta
+        dim = intrinsic_dim if intrinsic_dim is not None else data.intrinsic_dim
 
     if n_samples is not None:
         n = _check_n(n_samples)

@@ -78,3 +78,16 @@ class CheckpointError(ImplicitGeomError, ValueError):
 
 class DataError(ImplicitGeomError, ValueError):
     """A data file or array is malformed (bad rows, columns, values)."""
+
+
+class NormalizationError(ImplicitGeomError, RuntimeError):
+    """A normalising constant (log Z) could not be computed to a checked accuracy.
+
+    Raised when a quadrature cannot be built on a manifold (a curve that does
+    not close, a mesh whose vertices cannot be projected, no box to work in)
+    or when an estimate misses its requested tolerance.
+    """
+
+
+class TrainingDivergedError(ImplicitGeomError, FloatingPointError):
+    """A training loss became NaN or infinite (the parameters stay at the last finite step)."""

@@ -1,5 +1,9 @@
-"""Evaluation metrics: discretised Wasserstein distance, distance to a
-manifold and the effective sample size of MCMC chains."""
+"""Evaluation metrics: discretised Wasserstein distance and distance to a manifold.
+
+``effective_sample_size`` lives with the samplers
+(:mod:`implicit_geom.sampling.diagnostics`, which must not import this module)
+and is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,11 @@ import numpy as np
 import ot
 import torch
 
+from .sampling.diagnostics import effective_sample_size
+
 __all__ = [
     "discretized_wasserstein",
     "paper_wasserstein",
-    "balance_pieces",
-    "grid_mass",
     "DistanceStats",
     "distance_to_manifold",
     "effective_sample_size",
@@ -70,12 +74,13 @@ def _bin_means(values, inverse, counts):
     return np.bincount(inverse, weights=values, minlength=len(counts)) / counts
 
 
-def _bin_measure(points, density, lo, width, n_bins, support):
+def _bin_measure(points, density, lo, width, n_bins, support, aggregate="mean"):
     """Collapse points to (location, weight) per occupied grid bin.
 
     ``support`` is ``"centroid"`` (mean of the bin's points) or ``"centre"``
-    (the grid cell's centre). Returns the flat bin ids (sorted), the locations
-    and weights summing to 1.
+    (the grid cell's centre); ``aggregate`` weighs a bin by the mean (a
+    density) or the sum (a mass) of its points' values. Returns the flat bin
+    ids (sorted), the locations and weights summing to 1.
     """
     idx, bins, first, inverse, counts = _bin_points(points, lo, width, n_bins)
     if support == "centre":
@@ -85,6 +90,8 @@ def _bin_measure(points, density, lo, width, n_bins, support):
                               for j in range(points.shape[1])], axis=1)
     if density is None:
         weights = counts / counts.sum()
+    elif aggregate == "sum":
+        weights = np.bincount(inverse, weights=density, minlength=len(counts))
     else:
         weights = _bin_means(density, inverse, counts)
     return bins, locations, _normalise(weights)
@@ -124,6 +131,7 @@ def discretized_wasserstein(
     support: str = "centroid",
     cost_scale: str = "support",
     bin_b: bool = True,
+    aggregate: str = "mean",
 ) -> float:
     """Discretised Wasserstein distance between two point sets (Ross et al., 2023).
 
@@ -163,6 +171,10 @@ def discretized_wasserstein(
         Bin ``samples_b`` too (default) or keep its points as they are, each
         with weight 1/n_b or its normalised density (the paper's
         density-to-data comparison).
+    aggregate : {"mean", "sum"}
+        How per-point values weigh a bin: their mean (densities at points
+        covering a manifold, the paper) or their sum (probability masses of
+        quadrature nodes: the bin's exact mass).
 
     Returns
     -------
@@ -174,6 +186,8 @@ def discretized_wasserstein(
         raise ValueError(f"support must be 'centroid' or 'centre', got {support!r}")
     if cost_scale not in ("support", "grid"):
         raise ValueError(f"cost_scale must be 'support' or 'grid', got {cost_scale!r}")
+    if aggregate not in ("mean", "sum"):
+        raise ValueError(f"aggregate must be 'mean' or 'sum', got {aggregate!r}")
     a = _as_numpy(samples_a, "samples_a", 2)
     b = _as_numpy(samples_b, "samples_b", 2)
     if a.shape[1] != b.shape[1]:
@@ -197,9 +211,9 @@ def discretized_wasserstein(
                   np.maximum(a.max(axis=0), b.max(axis=0)))
     lo, width, n_bins = _grid(bins, bounds, d)
 
-    bins_a, loc_a, w_a = _bin_measure(a, densities[0], lo, width, n_bins, support)
+    bins_a, loc_a, w_a = _bin_measure(a, densities[0], lo, width, n_bins, support, aggregate)
     if bin_b:
-        bins_b, loc_b, w_b = _bin_measure(b, densities[1], lo, width, n_bins, support)
+        bins_b, loc_b, w_b = _bin_measure(b, densities[1], lo, width, n_bins, support, aggregate)
         if (
             np.array_equal(bins_a, bins_b)
             and np.array_equal(loc_a, loc_b)
@@ -257,67 +271,6 @@ def paper_wasserstein(model_points, model_density, target_points, target_density
         model_points, target_points, bins=bins, bounds=bounds, density_a=model_density,
         density_b=target_density, support="centre", cost_scale="grid",
         bin_b=target_density is not None)
-
-
-def grid_mass(points, density, *, bins, bounds) -> float:
-    """Total mass a density on points gets on the W grid: the sum of per-bin means.
-
-    This is the normaliser :func:`paper_wasserstein` divides by; scaling the
-    density of a piece by ``w / grid_mass`` gives it mass ``w`` there.
-    """
-    pts = _as_numpy(points, "points", 2)
-    dens = _as_numpy(density, "density", 1)
-    lo, width, n_bins = _grid(bins, bounds, pts.shape[1])
-    _, _, _, inverse, counts = _bin_points(pts, lo, width, n_bins)
-    return float(_bin_means(dens, inverse, counts).sum())
-
-
-def balance_pieces(points, density, data, *, bins, bounds, radius):
-    """Weight each connected piece of a covered manifold by its share of the data.
-
-    On a manifold with several components, persistent contrastive divergence
-    cannot set the energy offsets between them (local chains never cross),
-    so a constrained EBM's density is defined within each piece only. This
-    scales the density on each piece (points linked within ``radius``) so that
-    its binned mass on the W grid (sum of per-bin mean densities, as
-    :func:`paper_wasserstein` weighs it) equals the fraction of ``data`` whose
-    nearest covering point lies on it; pieces without data get none.
-
-    Parameters
-    ----------
-    points : array_like, shape (k, d)
-        Points covering the manifold.
-    density : array_like, shape (k,)
-    data : array_like, shape (N, d)
-    bins : int or sequence of int
-    bounds : array_like, shape (2, d)
-    radius : float
-        Linking radius (above the covering points' spacing, below the gaps
-        between pieces).
-
-    Returns
-    -------
-    torch.Tensor, shape (k,)
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
-    pts = _as_numpy(points, "points", 2)
-    dens = _as_numpy(density, "density", 1)
-    tree = cKDTree(pts)
-    pairs = tree.query_pairs(float(radius), output_type="ndarray")
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
-                       shape=(len(pts), len(pts)))
-    _, labels = connected_components(graph, directed=False)
-    share = np.bincount(labels[tree.query(_as_numpy(data, "data", 2))[1]],
-                        minlength=labels.max() + 1) / len(data)
-    out = np.zeros_like(dens)
-    for piece in np.flatnonzero(share > 0):
-        mask = labels == piece
-        out[mask] = dens[mask] * share[piece] / grid_mass(pts[mask], dens[mask], bins=bins,
-                                                          bounds=bounds)
-    return torch.as_tensor(out)
 
 
 @dataclass
@@ -379,69 +332,3 @@ def distance_to_manifold(points, manifold) -> DistanceStats:
         max=float(values.max()),
         distances=distances,
     )
-
-
-def _autocovariance(x: torch.Tensor) -> torch.Tensor:
-    """Biased autocovariance along dim 0 of every column, via FFT.
-
-    Zero-padding to at least 2n turns the FFT's circular correlation into the
-    linear one.
-    """
-    n = x.shape[0]
-    centred = x - x.mean(dim=0, keepdim=True)
-    size = 1 << (2 * n - 1).bit_length()
-    spectrum = torch.fft.rfft(centred, n=size, dim=0)
-    return torch.fft.irfft(spectrum * spectrum.conj(), n=size, dim=0)[:n] / n
-
-
-def effective_sample_size(chains) -> torch.Tensor:
-    """Effective sample size of the mean, per dimension, for MCMC chains.
-
-    Uses the multi-chain autocorrelation estimate of Stan (Vehtari et al.,
-    2021, eq. 10: within-chain autocovariances combined with the between-chain
-    variance) truncated with Geyer's (1992) initial monotone sequence: the
-    sums ``P_k = rho_2k + rho_2k+1`` are kept up to the first non-positive
-    one and made non-increasing, and ``tau = -1 + 2 sum_k P_k``. This is
-    ArviZ's ``ess(method="mean")`` without rank normalisation (Stan's extra
-    one-lag tail correction is omitted). As in Stan, ``tau`` is bounded below
-    by ``1 / log10(n_steps * n_chains)``.
-
-    Parameters
-    ----------
-    chains : torch.Tensor or array_like, shape (n_steps, n_chains, d) or (n_steps,)
-        A 1-d input is one chain of a scalar. Needs ``n_steps >= 4``.
-
-    Returns
-    -------
-    torch.Tensor, shape (d,)
-        ESS of each dimension (NaN for a dimension that is constant).
-    """
-    x = torch.as_tensor(chains, dtype=torch.float64)
-    if x.ndim == 1:
-        x = x[:, None, None]
-    if x.ndim != 3:
-        raise ValueError(f"chains must have shape (n_steps, n_chains, d), got {tuple(x.shape)}")
-    n, m, d = x.shape
-    if n < 4:
-        raise ValueError(f"need at least 4 steps per chain, got {n}")
-    if not torch.isfinite(x).all():
-        raise ValueError("chains contain NaN or inf")
-
-    acov = _autocovariance(x)  # (n, m, d)
-    chain_var = acov[0] * n / (n - 1)  # unbiased within-chain variances, (m, d)
-    within = chain_var.mean(dim=0)
-    var_plus = within * (n - 1) / n
-    if m > 1:
-        var_plus = var_plus + x.mean(dim=0).var(dim=0)
-    rho = 1.0 - (within - acov.mean(dim=1)) / var_plus  # (n, d); rho[0] == 1
-
-    n_pairs = n // 2
-    pairs = rho[: 2 * n_pairs].reshape(n_pairs, 2, d).sum(dim=1)  # P_k, (n_pairs, d)
-    # Initial positive sequence: keep P_k while all of P_0..P_k are positive.
-    positive = torch.cumprod((pairs > 0).to(torch.float64), dim=0)
-    # Initial monotone sequence: running minimum of the kept sums.
-    monotone = torch.cummin(pairs, dim=0).values
-    tau = -1.0 + 2.0 * (monotone * positive).sum(dim=0)
-    tau = torch.clamp(tau, min=1.0 / math.log10(n * m))
-    ess = n * m / tau
-    return torch.where(var_plus > 0, ess, torch.full_like(ess, float("nan")))

@@ -5,10 +5,16 @@ figure; :func:`save` writes a PNG atomically. Views by geometry:
 
 - ``euclidean`` (2-D ambient): scatter, the zero set of F as a contour, energy
   heat map;
-- ``sphere``: a Mollweide map of longitude/latitude (the globe view);
-- ``torus``: the (phi, psi) angle plane;
+- ``sphere``: a Mollweide map of longitude/latitude, and a shaded 3-D globe
+  (:func:`globe`);
+- ``torus``: the (phi, psi) angle plane (a Ramachandran plot for dihedrals);
 - anything else: the first three coordinates in 3-D.
+
+:func:`density_heatmap` draws a density over the whole angle chart of the
+sphere or the torus, per unit of chart area (steradian, radian squared).
 """
+
+import math
 
 import os
 import tempfile
@@ -21,7 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .datasets import sphere_latlon, torus_angles  # noqa: E402
+from ._io import usual_mode  # noqa: E402
+from .datasets import sphere_embed, sphere_latlon, torus_angles, torus_embed  # noqa: E402
 
 
 def _np(x):
@@ -34,6 +41,7 @@ def new_axes(kind, title=None):
     if kind == "sphere":
         ax = fig.add_subplot(projection="mollweide")
         ax.grid(True, alpha=0.3)
+        ax.set_xticks(np.radians(np.arange(-120, 121, 60)))
     elif kind == "ambient3d":
         ax = fig.add_subplot(projection="3d")
     else:
@@ -65,17 +73,178 @@ def scatter(points, kind, ax=None, meta=None, color=None, label=None, size=3, al
     else:
         fig = ax.figure
     u, v = _coords(points, kind, meta)
-    sc = ax.scatter(u, v, s=size, c=color, alpha=alpha, label=label, linewidths=0)
-    if kind == "torus":
-        ax.set_xlim(-np.pi, np.pi)
-        ax.set_ylim(-np.pi, np.pi)
-        ax.set_xlabel("phi")
-        ax.set_ylabel("psi")
-    elif kind == "euclidean":
+    if kind == "ambient3d":
+        pts = _np(points)
+        sc = ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=size, c=color, alpha=alpha,
+                        label=label, linewidths=0)
+        # Equal scales on the three axes: a learned sphere should look round.
+        ax.set_box_aspect(tuple(np.ptp(pts[:, :3], axis=0).clip(min=1e-9)))
+    else:
+        sc = ax.scatter(u, v, s=size, c=color, alpha=alpha, label=label, linewidths=0)
+    _label_axes(ax, kind, meta)
+    if kind == "euclidean":
         ax.set_aspect("equal")
     if color is not None and not isinstance(color, str):
         fig.colorbar(sc, ax=ax, shrink=0.7)
     return fig
+
+
+def _label_axes(ax, kind, meta=None):
+    meta = meta or {}
+    if kind == "torus":
+        names = meta.get("axes") or ["phi", "psi"]
+        ax.set_xlim(-np.pi, np.pi)
+        ax.set_ylim(-np.pi, np.pi)
+        ticks = [-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi]
+        ax.set_xticks(ticks, ["-π", "-π/2", "0", "π/2", "π"])
+        ax.set_yticks(ticks, ["-π", "-π/2", "0", "π/2", "π"])
+        ax.set_xlabel(f"{names[0]} (rad)")
+        ax.set_ylabel(f"{names[1]} (rad)")
+        ax.set_aspect("equal")
+    elif kind == "sphere":
+        ax.set_xlabel("longitude")
+        ax.set_ylabel("latitude")
+
+
+def _chart(kind, meta, resolution):
+    """Cell edges, cell-centre points on M, and the area of M per unit of chart area."""
+    meta = meta or {}
+    if kind == "sphere":
+        lon = np.linspace(-np.pi, np.pi, 2 * resolution + 1)
+        lat = np.linspace(-np.pi / 2, np.pi / 2, resolution + 1)
+        lat_c, lon_c = np.meshgrid(0.5 * (lat[1:] + lat[:-1]), 0.5 * (lon[1:] + lon[:-1]),
+                                   indexing="ij")
+        points = sphere_embed(np.degrees(lat_c), np.degrees(lon_c))
+        # The unit sphere's area is in steradians: density per steradian as is.
+        return lon, lat, points, np.ones_like(lat_c)
+    if kind == "torus":
+        R, r = meta.get("R", 3.0), meta.get("r", 1.0)
+        edges = np.linspace(-np.pi, np.pi, resolution + 1)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        psi_c, phi_c = np.meshgrid(centres, centres, indexing="ij")
+        points = torus_embed(phi_c, psi_c, R, r)
+        # dA = r (R + r cos psi) dphi dpsi: density per rad^2 of the angles.
+        return edges, edges, points, r * (R + r * np.cos(psi_c))
+    raise ValueError(f"density_heatmap draws the sphere or the torus, not {kind!r}")
+
+
+def density_heatmap(log_density, kind, meta=None, resolution=120, ax=None, title=None,
+                    normalized=True, cmap="viridis"):
+    """Density of a model over the angle chart of the sphere or the torus.
+
+    Parameters
+    ----------
+    log_density : callable
+        Points on M ``(B, 3) -> (B,)`` log density w.r.t. the area of M
+        (normalised or not).
+    kind : {"sphere", "torus"}
+        Drawn over longitude/latitude (Mollweide) or the (phi, psi) square.
+    meta : dict, optional
+        Torus radii ``R``, ``r`` and axis names ``axes``.
+    resolution : int
+        Cells along the latitude (sphere) or each angle (torus).
+    normalized : bool
+        Label the colour scale as a density per steradian / rad^2; else the
+        values are scaled to a maximum of 1.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if ax is None:
+        fig, ax = new_axes(kind, title)
+    else:
+        fig = ax.figure
+    u, v, points, area = _chart(kind, meta, int(resolution))
+    with torch.no_grad():
+        logp = _np(log_density(points.reshape(-1, points.shape[-1]))).reshape(area.shape)
+    values = np.exp(logp) * area if normalized else np.exp(logp - logp.max()) * area
+    if not normalized:
+        values = values / values.max()
+    mesh = ax.pcolormesh(u, v, values, cmap=cmap, shading="flat", rasterized=True)
+    unit = ("per steradian" if kind == "sphere" else "per rad²") if normalized else "(max 1)"
+    fig.colorbar(mesh, ax=ax, shrink=0.7, label=f"density {unit}")
+    _label_axes(ax, kind, meta)
+    return fig
+
+
+def globe(log_density, points=None, resolution=60, title=None, azimuths=(-60, 120),
+          cmap="viridis"):
+    """A density on the unit sphere as a shaded 3-D globe, seen from two sides.
+
+    Parameters
+    ----------
+    log_density : callable
+        ``(B, 3) -> (B,)`` on the unit sphere.
+    points : torch.Tensor, shape (N, 3), optional
+        Data drawn on the globe (those on the visible side).
+    resolution : int
+        Cells along the latitude.
+    azimuths : sequence of float
+        Viewing longitudes (degrees) of the panels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    lat = np.linspace(-math.pi / 2, math.pi / 2, resolution + 1)
+    lon = np.linspace(-math.pi, math.pi, 2 * resolution + 1)
+    lat_g, lon_g = np.meshgrid(lat, lon, indexing="ij")
+    xyz = sphere_embed(np.degrees(lat_g), np.degrees(lon_g)).numpy()
+    mid_lat, mid_lon = 0.5 * (lat[1:] + lat[:-1]), 0.5 * (lon[1:] + lon[:-1])
+    c_lat, c_lon = np.meshgrid(mid_lat, mid_lon, indexing="ij")
+    centres = sphere_embed(np.degrees(c_lat), np.degrees(c_lon))
+    with torch.no_grad():
+        logp = _np(log_density(centres.reshape(-1, 3))).reshape(c_lat.shape)
+    values = np.exp(logp - logp.max())
+    colours = plt.get_cmap(cmap)(values)
+    fig = plt.figure(figsize=(4.2 * len(azimuths) + 1, 4.5))
+    elev = 20.0
+    for i, azim in enumerate(azimuths):
+        ax = fig.add_subplot(1, len(azimuths), i + 1, projection="3d")
+        # Only the near side is drawn on top of the surface (below), so a
+        # fixed drawing order is right and depth sorting would only hide it.
+        ax.computed_zorder = False
+        ax.plot_surface(xyz[..., 0], xyz[..., 1], xyz[..., 2], facecolors=colours,
+                        rstride=1, cstride=1, linewidth=0, antialiased=False, shade=False,
+                        zorder=1)
+        # matplotlib does not hide what lies behind the sphere: draw only the
+        # near side of the graticule and of the data.
+        view = np.array(sphere_embed(elev, azim))
+        for g in range(-60, 61, 30):  # parallels
+            line = sphere_embed(np.full(181, g), np.linspace(-180, 180, 181)).numpy() * 1.005
+            _front_line(ax, line, view)
+        for g in range(-180, 180, 30):  # meridians
+            line = sphere_embed(np.linspace(-90, 90, 91), np.full(91, g)).numpy() * 1.005
+            _front_line(ax, line, view)
+        if points is not None:
+            pts = _np(points)
+            front = pts @ view > 0.05
+            ax.scatter(*(1.01 * pts[front]).T, s=4, c="white", alpha=0.9, linewidths=0,
+                       depthshade=False, zorder=3)
+        ax.view_init(elev=elev, azim=azim)
+        ax.set_box_aspect((1, 1, 1), zoom=1.35)
+        ax.set_axis_off()
+        ax.set_title(f"seen from longitude {(azim + 180) % 360 - 180:.0f}°", fontsize=9)
+    mappable = plt.cm.ScalarMappable(cmap=cmap)
+    mappable.set_array(values)
+    fig.colorbar(mappable, ax=fig.axes, shrink=0.6, label="density (max 1)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _front_line(ax, line, view):
+    """Plot the pieces of a polyline on the sphere that face ``view``."""
+    visible = line @ view > 0
+    start = None
+    for j in range(len(line) + 1):
+        if j < len(line) and visible[j]:
+            start = j if start is None else start
+        elif start is not None:
+            if j - start > 1:
+                ax.plot(*line[start:j].T, color="white", lw=0.4, alpha=0.5, zorder=2)
+            start = None
 
 
 def zero_set_2d(manifold, bounds, ax, resolution=300, color="k"):
@@ -143,6 +312,7 @@ def save(fig, path):
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        usual_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

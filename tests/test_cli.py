@@ -1,6 +1,8 @@
 """The implicit-geom command line: fit/sample/evaluate/plot, errors, atomic folders."""
 
 import json
+import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +25,16 @@ def learned_model(tmp_path_factory):
 
 def test_fit_writes_a_complete_model_folder(learned_model):
     names = {p.name for p in learned_model.iterdir()}
-    assert {"config.json", "manifold", "ebm.pt", "test.npy", "metrics.json"} <= names
+    assert {"config.json", "manifold", "ebm.pt", "test.npy", "samples.npy", "history.json",
+            "metrics.json"} <= names
+    history = json.loads((learned_model / "history.json").read_text())
+    assert len(history["EBM"]["loss"]) == 30 and len(history["manifold"]["loss"]) == 30
     metrics = json.loads((learned_model / "metrics.json").read_text())
     assert metrics["max_abs_F_samples"] <= 1e-9
-    assert metrics["W"] >= 0 and metrics["test_dist_median"] >= 0
-    assert 0 <= metrics["W_density"] <= 1
+    assert metrics["W_samples"] >= 0 and metrics["test_dist_median"] >= 0
+    # The evaluation module's protocols: the model's masses and its raw density.
+    assert 0 <= metrics["W_ours"] <= 1 and 0 <= metrics["W_reference"] <= 1
+    assert math.isfinite(metrics["test_nll"]) and metrics["log_z_error"] < 0.01
     config = json.loads((learned_model / "config.json").read_text())
     assert config["manifold"] == "learned" and config["n_test"] == 80
 
@@ -36,6 +43,12 @@ def test_sample_evaluate_plot(learned_model, tmp_path, capsys):
     out = tmp_path / "s.csv"
     assert main(["sample", str(learned_model), "--n", "50", "--out", str(out),
                  "--no-progress"]) == 0
+    # Written under a temporary name, published with the usual permissions
+    # (not mkstemp's private 0600), like the model folder itself (not 0700).
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert learned_model.stat().st_mode & 0o777 == 0o777 & ~mask
     pts = np.loadtxt(out, delimiter=",", skiprows=1)
     assert pts.shape == (50, 2)
     capsys.readouterr()
@@ -45,6 +58,7 @@ def test_sample_evaluate_plot(learned_model, tmp_path, capsys):
     pngs = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
     assert pngs == ["data.png", "density.png", "manifold.png", "samples.png", "training.png"]
     assert all((tmp_path / "fig" / p).stat().st_size > 5000 for p in pngs)
+    assert (tmp_path / "fig" / "data.png").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 @pytest.mark.skipif(not (default_data_dir() / "earth" / "volcano.csv").exists(),
@@ -82,3 +96,90 @@ def test_existing_folder_needs_overwrite(learned_model, capsys):
     assert main(["fit", "two_circles", "--out", str(learned_model), *FAST]) == 2
     assert "already exists" in capsys.readouterr().err
     assert Path(learned_model, "config.json").exists()
+
+
+# ------------------------------------------------------- users' own files
+def _png_names(folder):
+    return sorted(p.name for p in Path(folder).glob("*.png"))
+
+
+def test_headerless_latlon_file_fit_evaluate_plot(tmp_path, capsys):
+    # A '#' comment, then bare "lat,lon" rows: read as the sphere (and said
+    # so), evaluated with the reading it was fitted with, drawn as a globe.
+    from implicit_geom.datasets import sphere_latlon, vmf_sphere
+
+    lat, lon = sphere_latlon(vmf_sphere(300, [1.0, 1.0, 0.5], 8.0, seed=0))
+    path = tmp_path / "quakes.csv"
+    path.write_text("# source: a test\n" + "".join(f"{a:.4f},{o:.4f}\n" for a, o in zip(lat, lon)))
+    out = tmp_path / "model"
+    assert main(["fit", str(path), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "as latitude, longitude in degrees" in printed and "no header" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["manifold"] == "sphere" and config["n_train"] + config["n_test"] == 300
+    assert main(["evaluate", str(out), "--data", str(path), "--n-eval", "100"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["test_nll"] > 0
+    assert main(["plot", str(out), "--n", "100"]) == 0
+    assert _png_names(out / "figures") == ["data.png", "density.png", "globe.png", "samples.png",
+                                           "training.png"]
+
+
+def test_dihedral_csv_filtered_to_one_residue_reaches_the_torus(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = [f"{res},{rng.vonmises(-1.2, 4):.3f},{rng.vonmises(2.5, 4):.3f}"
+            for res in ["G", "P"] * 150]
+    path = tmp_path / "dihedrals.csv"
+    path.write_text("# phi, psi in radians\nresidue,phi,psi\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "model"
+    assert main(["fit", str(path), "--where", "residue=P", "--out", str(out), *FAST]) == 0
+    assert "150 rows" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["manifold"] == "torus" and config["n_train"] + config["n_test"] == 150
+    assert config["meta"]["axes"] == ["phi", "psi"]
+    assert main(["plot", str(out), "--n", "100"]) == 0
+    assert "density.png" in _png_names(out / "figures")
+
+
+def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys):
+    from implicit_geom.datasets import sphere_mixture
+
+    path = tmp_path / "cloud.xyz"
+    np.savetxt(path, (2.0 * sphere_mixture(300, seed=0) + 1.0).numpy())
+    out = tmp_path / "model"
+    assert main(["fit", str(path), "--out", str(out), "--mdf-epochs", "3", "--no-progress",
+                 "--n-eval", "100", "--ebm-iter", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "plain 3-D points" in printed and "intrinsic dimension 2, estimated" in printed
+    assert json.loads((out / "config.json").read_text())["manifold"] == "learned"
+    assert main(["plot", str(out), "--n", "50"]) == 0
+    assert _png_names(out / "figures") == ["data.png", "density.png", "samples.png",
+                                           "training.png"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "is not numeric; pick the coordinate columns with --columns"),
+    (["--where", "residue=Z"], "no rows with 'residue' = 'Z'; its values: G"),
+    (["--coords", "angles", "--columns", "phi"], "needs 2 columns"),
+])
+def test_file_reading_errors_are_one_line(tmp_path, capsys, extra, message):
+    path = tmp_path / "d.csv"
+    path.write_text("G,-1.4,2.9\nG,1.5,0.3\n" if not extra else "residue,phi,psi\nG,-1,2\nG,1,0\n")
+    out = tmp_path / "model"
+    assert main(["fit", str(path), "--out", str(out), *extra, *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("implicit-geom: error:") and "\n" not in err and message in err
+    assert not out.exists()
+
+
+def test_threads_option_sets_torch_threads(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        # An error after parsing still runs under the requested thread count.
+        assert main(["evaluate", str(tmp_path), "--threads", "2"]) == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path), "--threads", "0"])

@@ -412,3 +412,119 @@ def test_train_test_split():
     assert [len(s) for s in ds.train_test_split(points[:2], 0.01)] == [1, 1]
     with pytest.raises(ValueError):
         ds.train_test_split(points, test_fraction=1.0)
+
+
+# --------------------------------------------------------------------------
+# User tables: headers, comments, --coords, --columns, --where
+# --------------------------------------------------------------------------
+
+LATLON_NO_HEADER = "# quakes, degrees\n10.0,20.0\n-35.5,170.0\n60,-120\n"
+DIHEDRALS = "# phi, psi in radians\nresidue,phi,psi\nG,-1.4,2.9\nP,-1.2,2.6\nG,1.5,0.3\nP,-1.1,-0.5\n"
+
+
+def test_headerless_latlon_is_detected_and_said(tmp_path):
+    # Catches a header guessed from a data row (losing a point), a comment
+    # read as data, and a silent choice of reading.
+    data = ds.load_table(write(tmp_path, LATLON_NO_HEADER))
+    assert data.kind == "sphere" and data.intrinsic_dim == 2
+    assert torch.allclose(data.points, ds.sphere_embed([10, -35.5, 60], [20, 170, -120]),
+                          atol=1e-15)
+    assert "latitude, longitude" in data.meta["reading"] and "no header" in data.meta["reading"]
+    # The same file through load_earth and load_dataset (the CLI's path).
+    assert torch.equal(ds.load_earth(tmp_path / "data.csv"), data.points)
+    assert ds.load_dataset(tmp_path / "data.csv").kind == "sphere"
+    # Forced plain reading.
+    flat = ds.load_table(tmp_path / "data.csv", coords="xyz")
+    assert flat.kind == "euclidean" and flat.points.shape == (3, 2) and flat.intrinsic_dim == 1
+
+
+def test_small_headerless_values_stay_plain_points(tmp_path):
+    # Values that fit latitude/longitude but never exceed 2 pi read as plain
+    # coordinates (e.g. a curve near the origin), and the reading says why.
+    data = ds.load_table(write(tmp_path, "0.5 1.0\n-1.0 0.25\n1.5 -2.0\n", "pts.txt"))
+    assert data.kind == "euclidean" and data.points.shape == (3, 2)
+    assert "--coords latlon" in data.meta["reading"]
+    forced = ds.load_table(tmp_path / "pts.txt", coords="latlon")
+    assert forced.kind == "sphere"
+
+
+def test_dihedrals_filtered_by_residue_map_to_the_torus(tmp_path):
+    # Catches filters that keep the wrong rows, angle columns in the wrong
+    # order, and a residue column read as coordinates.
+    path = write(tmp_path, DIHEDRALS)
+    data = ds.load_table(path, where="residue=P")
+    assert data.kind == "torus" and data.intrinsic_dim == 2 and data.name == "data[residue=P]"
+    R, r = ds.ANGLE_TORUS
+    assert torch.allclose(data.points, ds.torus_embed([-1.2, -1.1], [2.6, -0.5], R, r),
+                          atol=1e-15)
+    assert data.meta["axes"] == ["phi", "psi"] and "residue=P" in data.meta["reading"]
+    # By index, reversed order, numeric filter value compared as a number.
+    swapped = ds.load_table(path, coords="angles", columns=["2", "1"], where=["residue=G"])
+    assert torch.allclose(swapped.points, ds.torus_embed([2.9, 0.3], [-1.4, 1.5], R, r))
+    nums = write(tmp_path, "k,a,b\n1,0.1,0.2\n2.0,0.3,0.4\n", "k.csv")
+    assert ds.load_table(nums, columns="a,b", coords="angles", where="k=2").points.shape == (1, 3)
+
+
+def test_angles_in_degrees_and_conventions(tmp_path):
+    path = write(tmp_path, "a,b\n-90,180\n45,-30\n")
+    deg = ds.load_table(path, coords="angles", degrees=True)
+    assert torch.allclose(deg.points, ds.torus_embed([-math.pi / 2, math.pi / 4],
+                                                     [math.pi, -math.pi / 6], *ds.ANGLE_TORUS))
+    with pytest.raises(DataError, match=r"outside \[-pi, pi\].*--degrees"):
+        ds.load_table(path, coords="angles")
+    # [0, 2 pi] is a convention of its own, not an error.
+    wide = ds.load_table(write(tmp_path, "a,b\n0.1,6.2\n3.5,1\n", "w.csv"), coords="angles")
+    assert wide.points.shape == (2, 3)
+    with pytest.raises(DataError, match="--degrees applies to angle data"):
+        ds.load_table(path, coords="xyz", degrees=True)
+
+
+def test_plain_xyz_files_whitespace_and_npy(tmp_path):
+    pts = ds.sphere_mixture(50, seed=1) * 2.0 + 1.0
+    np.savetxt(tmp_path / "cloud.xyz", pts.numpy())
+    data = ds.load_table(tmp_path / "cloud.xyz")
+    assert data.kind == "euclidean" and data.intrinsic_dim is None
+    assert torch.allclose(data.points, pts, atol=1e-12)
+    np.save(tmp_path / "ll.npy", np.array([[10.0, 20.0], [-35.5, 170.0]]))
+    assert ds.load_table(tmp_path / "ll.npy").kind == "sphere"  # auto-detected as on a file
+    with pytest.raises(DataError, match="1 coordinate column"):
+        ds.load_table(tmp_path / "ll.npy", coords="xyz", columns=[1])
+
+
+@pytest.mark.parametrize(
+    "text, kwargs, pattern",
+    [
+        (DIHEDRALS.split("\n", 2)[2], {}, r"column 0 value 'G' is not numeric; pick the coordinate "
+                                          r"columns with --columns"),
+        (DIHEDRALS, {"where": "residue=Z"}, r"no rows with 'residue' = 'Z'; its values: G, P"),
+        (DIHEDRALS, {"where": "residue"}, r"must read COL=VALUE"),
+        (DIHEDRALS, {"columns": "phi,omega"}, r"no column 'omega'; the columns are 0 'residue', "
+                                              r"1 'phi', 2 'psi'"),
+        (DIHEDRALS, {"columns": "phi", "coords": "xyz"}, r"1 coordinate column"),
+        (DIHEDRALS, {"columns": "0,1,2", "coords": "latlon"}, r"needs 2 columns"),
+        ("a,b,c\n1,2,3\n", {"coords": "latlon"}, r"missing column 'latitude'"),
+        ("a,b,c\n1,2,3\n", {"coords": "angles"}, r"cannot tell which two columns"),
+        ("a,b\n1,2\n", {"coords": "polar"}, r"unknown coords 'polar'"),
+        ("5,1\n95,2\n", {"coords": "latlon"}, r"data row 2 \(line 2\).*latitude = 95.0"),
+        ("1,2\n3\n", {}, r"data row 2 \(line 2\) has 1 fields, expected 2"),
+    ],
+)
+def test_table_errors_are_one_line_and_point_at_the_cause(tmp_path, text, kwargs, pattern):
+    path = write(tmp_path, text)
+    with pytest.raises(DataError, match=pattern) as info:
+        ds.load_table(path, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_file_options_are_refused_for_builtin_sets():
+    with pytest.raises(ValueError, match="built-in"):
+        ds.load_dataset("two_circles", where="residue=G")
+
+
+def test_estimate_intrinsic_dim():
+    # Catches an estimate that counts ambient axes or noise directions.
+    assert ds.estimate_intrinsic_dim(ds.two_circles(500)) == 1
+    assert ds.estimate_intrinsic_dim(ds.sphere_mixture(1000) * 3.0) == 2
+    assert ds.estimate_intrinsic_dim(ds.torus_density(2000)) == 2
+    noise = torch.as_tensor(np.random.default_rng(0).standard_normal((500, 3)))
+    assert ds.estimate_intrinsic_dim(noise) == 3

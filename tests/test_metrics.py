@@ -5,16 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.signal import lfilter
 
 from implicit_geom.metrics import (
     DistanceStats,
-    _autocovariance,
     discretized_wasserstein,
     distance_to_manifold,
-    balance_pieces,
-    effective_sample_size,
-    grid_mass,
     paper_wasserstein,
 )
 from implicit_geom.datasets import true_density
@@ -161,26 +156,6 @@ def test_paper_wasserstein_of_a_density_with_itself_and_shifted():
     assert w_true < 0.5 * w_uniform
 
 
-def test_balance_pieces_sets_each_piece_to_its_data_share():
-    box = ((-3.1, -1.3), (3.1, 1.3))
-    points, density = true_density("two_circles")
-    left = points[:, 0] < 0
-    # A model with the right shape on each circle but masses 0.8 / 0.2.
-    skewed = torch.where(left, 1.6 * density, 0.4 * density)
-    assert paper_wasserstein(points, skewed, points, density, bins=99, bounds=box) > 0.01
-    data = torch.cat([points[left][::40], points[~left][::40]])  # half on each circle
-    balanced = balance_pieces(points, skewed, data, bins=99, bounds=box, radius=0.1)
-    for piece in (left, ~left):
-        assert grid_mass(points[piece], balanced[piece], bins=99, bounds=box) \
-            == pytest.approx(0.5)
-    truth = balance_pieces(points, density, data, bins=99, bounds=box, radius=0.1)
-    assert paper_wasserstein(points, balanced, points, truth, bins=99, bounds=box) < 1e-12
-    # Pieces without data get no mass.
-    one_sided = balance_pieces(points, skewed, points[left][::40], bins=99, bounds=box,
-                               radius=0.1)
-    assert float(one_sided[~left].abs().max()) == 0.0
-
-
 def test_wasserstein_validates_options():
     a = gaussian(10)
     with pytest.raises(ValueError, match="support"):
@@ -217,59 +192,3 @@ def test_distance_to_manifold_checks_projection_shape():
 
     with pytest.raises(ValueError, match="projection returned shape"):
         distance_to_manifold(gaussian(5, d=3), Bad())
-
-
-# --------------------------------------------------------------------------
-# effective_sample_size
-# --------------------------------------------------------------------------
-
-
-def ar1_chains(rhos, n_steps, n_chains, seed=0):
-    """Stationary AR(1) chains x_t = rho x_{t-1} + eps_t, one rho per dimension."""
-    rhos = np.asarray(rhos)
-    eps = np.random.default_rng(seed).standard_normal((n_steps, n_chains, len(rhos)))
-    eps[0] /= np.sqrt(1 - rhos**2)  # start in the stationary distribution
-    x = np.stack([lfilter([1.0], [1.0, -r], eps[..., j], axis=0) for j, r in enumerate(rhos)], axis=-1)
-    return torch.from_numpy(x)
-
-
-def test_ess_of_ar1_matches_theory():
-    rhos = np.array([0.0, 0.5, 0.9, -0.5])
-    n_steps, n_chains = 50000, 4
-    ess = effective_sample_size(ar1_chains(rhos, n_steps, n_chains))
-    assert ess.shape == (4,) and ess.dtype == torch.float64
-    expected = n_steps * n_chains * (1 - rhos) / (1 + rhos)
-    np.testing.assert_allclose(ess.numpy(), expected, rtol=0.15)
-
-
-def test_ess_detects_chains_that_do_not_mix():
-    x = ar1_chains([0.0], 2000, 4, seed=1)
-    x[:, 1] += 3.0  # one chain stuck in a different mode
-    assert effective_sample_size(x)[0] < 0.05 * 2000 * 4
-
-
-def test_ess_single_chain_and_constant_dimension():
-    x = ar1_chains([0.5], 20000, 1, seed=2)
-    ess_1d = effective_sample_size(x[:, 0, 0])
-    assert ess_1d.shape == (1,)
-    assert ess_1d[0].item() == pytest.approx(20000 / 3, rel=0.15)
-    with_const = torch.cat([x, torch.ones_like(x)], dim=-1)
-    ess = effective_sample_size(with_const)
-    # The same chain alone or beside a constant coordinate (batched FFTs may
-    # sum in another order: equal to rounding).
-    assert ess[0].item() == pytest.approx(ess_1d[0].item(), rel=1e-12)
-    assert torch.isnan(ess[1])
-
-
-def test_ess_validates_shape():
-    with pytest.raises(ValueError, match="n_steps, n_chains, d"):
-        effective_sample_size(torch.zeros(10, 2))
-    with pytest.raises(ValueError, match="at least 4"):
-        effective_sample_size(torch.zeros(3, 1, 1))
-
-
-def test_fft_autocovariance_matches_direct_sum():
-    x = gaussian(50, d=3, seed=8)
-    c = x - x.mean(0)
-    direct = torch.stack([(c[: 50 - t] * c[t:]).sum(0) / 50 for t in range(50)])
-    assert torch.allclose(_autocovariance(x), direct, atol=1e-13)

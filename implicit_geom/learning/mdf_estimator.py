@@ -192,7 +192,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
 
     def _build_state(self, low, high):
         self.bounds = (low, high)
-        self._components = None  # a new fit: the components are to be found again
+        self.invalidate_caches()  # a new fit: components and curves are found again
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self._sampler = LangevinNegativeSampler(
             low.to(self.device), high.to(self.device), n_negatives=self.n_negatives,
@@ -215,7 +215,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
     def _loss(self, batch, normals=None):
         negatives = None
         if self.objective.w_neg > 0 or self.objective.beta > 0:
-            negatives = self._sampler.sample(self.net)
+            # The graph-free value-and-Jacobian hook drives the chains.
+            negatives = self._sampler.sample(self.net, self._value_and_jacobian)
             if self.neg_exclusion > 0:
                 # Negatives next to data are where the zero set belongs: only
                 # push F up elsewhere, so sparse arcs are not dissolved.
@@ -272,7 +273,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
                 self._trainer.run(self._loss, data, epochs, self.batch_size, self._generator)
         finally:
             del self._data
-            self._components = None  # the zero set moved
+            self.invalidate_caches()  # the zero set moved
         return self
 
     # ------------------------------------------------------------- persistence

@@ -12,7 +12,24 @@ import math
 import torch
 
 from ..exceptions import CheckpointError
+from ..sampling.ambient import BoxLangevin
 from .mdf import constraint_norm
+
+
+def _norm_gradient(values, norm):
+    """Gradient of :func:`constraint_norm` with respect to ``F``, shape ``(B, k)``.
+
+    The same as autograd's: ``F / |F|`` (0 at F = 0) for l2, ``sign F`` for l1,
+    ``2 F`` for the squared norm.
+    """
+    if norm == "l2":
+        size = torch.linalg.vector_norm(values, dim=-1, keepdim=True)
+        return torch.where(size > 0, values / size, torch.zeros_like(values))
+    if norm == "l1":
+        return values.sign()
+    if norm == "l2_squared":
+        return 2.0 * values
+    raise ValueError(f"unknown norm {norm!r}")
 
 
 class LangevinNegativeSampler:
@@ -68,12 +85,17 @@ class LangevinNegativeSampler:
                        device=self.low.device, generator=self.generator)
         return self.low + (self.high - self.low) * u
 
-    def sample(self, f):
+    def sample(self, f, value_and_jacobian=None):
         """Advance ``n_negatives`` buffer chains and return their new states.
 
         Parameters
         ----------
         f : callable, (B, n) -> (B, k)
+        value_and_jacobian : callable, optional
+            ``x (B, n) -> (F (B, k), J (B, k, n))`` without autograd (e.g. a
+            manifold's graph-free hook): the energy gradient ``J^T dN/dF`` is
+            then formed from it, several times cheaper than a backward pass on
+            these small batches. Default: autograd through ``f``.
 
         Returns
         -------
@@ -86,13 +108,18 @@ class LangevinNegativeSampler:
         restart = torch.rand(self.n_negatives, dtype=x.dtype, device=x.device,
                              generator=self.generator) < self.reinit_prob
         x = torch.where(restart[:, None], self.uniform(self.n_negatives), x)
-        for _ in range(self.steps):
-            with torch.enable_grad():
-                x = x.detach().requires_grad_(True)
-                energy = constraint_norm(f(x), self.norm).sum()
-                (grad,) = torch.autograd.grad(energy, x)
-            xi = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=self.generator)
-            x = (x.detach() - self.eps * grad + self.noise * xi).clamp(self.low, self.high)
+        energy = lambda y: constraint_norm(f(y), self.norm)  # noqa: E731
+        grad = None
+        if value_and_jacobian is not None:
+            def grad(y):
+                value, jac = value_and_jacobian(y)
+                if value.shape[-1] == 1 and self.norm != "l2_squared":
+                    # One constraint: d|F|/dF = sign F for both norms (two ops).
+                    return jac[:, 0, :] * value.sign()
+                return (jac * _norm_gradient(value, self.norm).unsqueeze(-1)).sum(-2)
+        chains = BoxLangevin(energy, self.low, self.high, self.eps, self.noise, self.generator,
+                             grad=grad)
+        x = chains.run(x, self.steps)
         self.buffer[idx] = x
         return x
 

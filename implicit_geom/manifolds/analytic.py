@@ -30,12 +30,17 @@ class ImplicitSphere(ImplicitManifold):
                   else torch.as_tensor(center, dtype=torch.float64))
         if center.shape != (n,):
             raise ValueError(f"center must have shape ({n},), got {tuple(center.shape)}")
+        auto = "bounds" not in kwargs
         kwargs.setdefault("bounds", (center - 1.5 * radius, center + 1.5 * radius))
         kwargs.setdefault("name", f"ImplicitSphere(dim={dim}, radius={radius:g})")
         super().__init__(None, ambient_dim=n, codim=1, **kwargs)
         # Buffers: they move with .to(device, dtype) and are the state_dict.
         self.register_buffer("center", center.clone())
         self.register_buffer("radius", torch.tensor(float(radius), dtype=torch.float64))
+        self._auto_bounds = auto
+
+    def _default_bounds(self):
+        return (self.center - 1.5 * self.radius, self.center + 1.5 * self.radius)
 
     def _value(self, x):
         y = x - self.center.to(x.dtype)
@@ -55,6 +60,10 @@ class ImplicitSphere(ImplicitManifold):
         eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
         return (lam[:, 0] / self.radius.to(x.dtype))[:, None, None] * eye
 
+    def _hessians(self, x):
+        eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+        return (eye / self.radius.to(x.dtype)).expand(x.shape[0], 1, *eye.shape)
+
     def _known_n_components(self):
         return 1
 
@@ -68,9 +77,8 @@ class ImplicitTorus(ImplicitManifold):
     def __init__(self, major_radius=2.0, minor_radius=1.0, **kwargs):
         if not 0 < minor_radius < major_radius:
             raise ValueError("need 0 < minor_radius < major_radius")
-        extent = major_radius + 1.5 * minor_radius
-        kwargs.setdefault("bounds", ([-extent, -extent, -1.5 * minor_radius],
-                                     [extent, extent, 1.5 * minor_radius]))
+        auto = "bounds" not in kwargs
+        kwargs.setdefault("bounds", _torus_box(major_radius, minor_radius))
         kwargs.setdefault(
             "name", f"ImplicitTorus(R={major_radius:g}, r={minor_radius:g})")
         super().__init__(None, ambient_dim=3, codim=1, **kwargs)
@@ -78,6 +86,10 @@ class ImplicitTorus(ImplicitManifold):
                                                           dtype=torch.float64))
         self.register_buffer("minor_radius", torch.tensor(float(minor_radius),
                                                           dtype=torch.float64))
+        self._auto_bounds = auto
+
+    def _default_bounds(self):
+        return _torus_box(float(self.major_radius), float(self.minor_radius))
 
     def _value(self, x):
         rho = torch.sqrt(x[..., 0] ** 2 + x[..., 1] ** 2)
@@ -86,6 +98,11 @@ class ImplicitTorus(ImplicitManifold):
 
     def _known_n_components(self):
         return 1
+
+
+def _torus_box(major, minor):
+    extent = major + 1.5 * minor
+    return ([-extent, -extent, -1.5 * minor], [extent, extent, 1.5 * minor])
 
 
 class SympyImplicitManifold(ImplicitManifold):

@@ -55,6 +55,9 @@ class IntersectionManifold(ImplicitManifold):
         return sum(c._lagrangian_hessian(x, part)
                    for c, part in zip(self.components, lam.split(sizes, dim=-1)))
 
+    def _hessians(self, x):
+        return torch.cat([c._hessians(x) for c in self.components], dim=1)
+
 
 def _common_bounds(comps, pick):
     """Box enclosing (``max``: intersecting, union) all components that have one."""
@@ -125,6 +128,10 @@ class UnionManifold(ImplicitManifold):
         idx = self.component_index(x)
         return self._select(torch.stack([c._lagrangian_hessian(x, lam)
                                          for c in self.components]), idx)
+
+    def _hessians(self, x):
+        idx = self.component_index(x)
+        return self._select(torch.stack([c._hessians(x) for c in self.components]), idx)
 
     # Components: the union of the pieces' components, numbered piece by piece
     # (the pieces are taken to be disjoint; where they meet the union is not a
@@ -274,6 +281,14 @@ class ProductImplicitManifold(ImplicitManifold):
         for c, sl, p, l in zip(self.components, self._slices, self._parts(x),
                                lam.split([c.codim for c in self.components], -1)):
             hess[:, sl, sl] = c._lagrangian_hessian(p, l)
+        return hess
+
+    def _hessians(self, x):
+        hess = x.new_zeros(x.shape[0], self.codim, self.ambient_dim, self.ambient_dim)
+        row = 0
+        for c, sl, p in zip(self.components, self._slices, self._parts(x)):
+            hess[:, row:row + c.codim, sl, sl] = c._hessians(p)
+            row += c.codim
         return hess
 
 

@@ -12,6 +12,7 @@ from ..numerics import autodiff
 from ..numerics.linalg import gram_solve, tangent_projector
 from ..numerics.newton import NewtonResult, newton_min_norm, solve_along_normals
 from ..numerics.validation import DTYPE, as_points
+from .ift import ClosestPoint, TangentProjection, needs_grad, trainable_tensors
 
 
 class ImplicitManifold(nn.Module, LevelSet):
@@ -40,10 +41,15 @@ class ImplicitManifold(nn.Module, LevelSet):
 
     Notes
     -----
-    Geometry calls never build autograd graphs through parameters of ``f``
-    (they run under ``torch.no_grad``; derivatives with respect to points use
-    ``torch.func``), so a trained network can be queried by geomstats' solvers
-    without touching its ``.grad``.
+    The solvers (Newton, geodesic integration, shooting) run without autograd.
+    :meth:`projection`, :meth:`to_tangent` and the metric's ``exp``, ``log``
+    and ``dist`` are nevertheless differentiable: when an input (or, for the
+    projection, a parameter or buffer of F) requires a gradient they attach
+    the implicit-function-theorem derivative of the converged result
+    (:mod:`implicit_geom.manifolds.ift`), never the unrolled iterations.
+    Parameters that do not require a gradient (a fitted
+    :class:`~implicit_geom.learning.NeuralImplicitManifold` outside ``fit``)
+    are never touched.
 
     The manifold is also a ``torch.nn.Module``: an ``f`` that is a module, and
     the parameters of closed forms (centres, radii) are its submodules and
@@ -76,7 +82,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         self.register_buffer("_low", None, persistent=False)
         self.register_buffer("_high", None, persistent=False)
         self.bounds = bounds
-        self._components = None
+        self._components = self._curves = None
         self.name = name or type(self).__name__
         LevelSet.__init__(self, dim=self.ambient_dim - self.codim, equip=equip)
 
@@ -130,13 +136,34 @@ class ImplicitManifold(nn.Module, LevelSet):
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        self._components = None  # cached samples live on the old device/dtype
+        self.invalidate_caches()  # cached samples live on the old device/dtype
         return out
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        """``nn.Module.load_state_dict``; also forgets cached components."""
-        self._components = None
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        """``nn.Module.load_state_dict``; also forgets cached components and
+        re-derives a default box from the new parameters."""
+        self.invalidate_caches()
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if getattr(self, "_auto_bounds", False):
+            self.bounds = self._default_bounds()
+        return out
+
+    def _default_bounds(self):
+        """Box derived from the parameters (closed forms), or None."""
+        return None
+
+    def invalidate_caches(self):
+        """Forget what was computed from F once (sampled components, curve
+        tables): call after changing F in place (e.g. training its weights)."""
+        self._components = self._curves = None
+
+    def _curve_tracer(self):
+        """Arc-length tables of a curve (dim 1), traced on demand and cached."""
+        from .curves import CurveTracer  # curves.py builds on this module
+
+        if self._curves is None:
+            self._curves = CurveTracer(self)
+        return self._curves
 
     @staticmethod
     def from_sympy(exprs, symbols, **kwargs):
@@ -162,9 +189,24 @@ class ImplicitManifold(nn.Module, LevelSet):
         """``D^2F(x)[v, v]``, shape (B, k)."""
         return autodiff.second_directional_derivative(self._value, x, v)
 
+    def _jacobian_and_second_derivative(self, x, v):
+        """``J(x)`` and ``D^2F(x)[v, v]`` together (the geodesic acceleration).
+
+        Subclasses whose hooks are closed forms combine them; a plain callable
+        gets both from one forward and two backward passes.
+        """
+        if type(self)._second_derivative is ImplicitManifold._second_derivative and \
+                type(self)._value_and_jacobian is ImplicitManifold._value_and_jacobian:
+            return autodiff.jacobian_and_second_derivative(self._value, x, v)
+        return self._jacobian(x), self._second_derivative(x, v)
+
     def _lagrangian_hessian(self, x, lam):
         """Hessian of ``lam . F`` at x, shape (B, n, n)."""
         return autodiff.lagrangian_hessian(self._value, x, lam)
+
+    def _hessians(self, x):
+        """Hessian of each constraint, shape (B, k, n, n) (curvature needs all k)."""
+        return autodiff.hessians(self._value, x)
 
     # ---------------------------------------------------------------- helpers
     def default_metric(self):
@@ -259,10 +301,12 @@ class ImplicitManifold(nn.Module, LevelSet):
             Where ``J`` is rank deficient (no tangent space).
         """
         x, v, batch = self._pair(base_point, vector, ("base_point", "vector"))
-        with torch.no_grad():
-            jac = self._jacobian(x)
-        return tangent_projector(jac, v).reshape(*batch, self.ambient_dim).to(
-            _dtype_of(vector, base_point))
+        if needs_grad(x, v):
+            out = TangentProjection.apply(self, x, v)
+        else:
+            with torch.no_grad():
+                out = tangent_projector(self._jacobian(x), v)
+        return out.reshape(*batch, self.ambient_dim).to(_dtype_of(vector, base_point))
 
     def random_tangent_vec(self, base_point, n_samples=1):
         """Gaussian ambient vectors projected onto the tangent space."""
@@ -446,13 +490,27 @@ class ImplicitManifold(nn.Module, LevelSet):
     def projection(self, point):
         """Closest point on M (Newton projection), shape ``(..., n)``.
 
+        Differentiable in ``point`` and in any parameter or buffer of F that
+        requires a gradient (implicit-function theorem on the closest-point
+        conditions; see :mod:`implicit_geom.manifolds.ift`).
+
         Raises
         ------
         ProjectionError
             If some point cannot be projected (Newton did not reach ``|F| <= tol``
             within ``max_iter``, e.g. far from M or at a critical point of F).
         """
-        res = self.solve_projection(point)
+        x, batch = self._flat(point)
+        params = trainable_tensors(self) if torch.is_grad_enabled() else []
+        if needs_grad(x) or params:
+            y = ClosestPoint.apply(self, x, *params)
+        else:
+            y = self._project_flat(x)
+        return y.reshape(*batch, self.ambient_dim).to(_dtype_of(point))
+
+    def _project_flat(self, x):
+        """Closest points of a flat batch (no autograd), or ProjectionError."""
+        res = self.solve_projection(x)
         if not bool(res.converged.all()):
             n_bad = int((~res.converged).sum())
             raise ProjectionError(

@@ -11,8 +11,8 @@ integrate the constrained equation with an extrapolation method and land the end
 point on M with Newton. ``log``, ``dist`` and ``dist_pairwise`` go through a
 pluggable geomstats ``LogSolver`` (:mod:`implicit_geom.manifolds.geodesics`):
 by default a global one (graph initial guess, spectral path straightening,
-shooting polish), or local Gauss-Newton shooting whose Jacobian comes from the
-variational (Jacobi-field) equations.
+polished by Gauss-Newton shooting whose Jacobian comes from the variational
+(Jacobi-field) equations), or that local shooting alone.
 
 This class deliberately does not subclass ``EuclideanMetric``: geomstats'
 FrechetMean would then silently switch to the linear mean (off M).
@@ -21,10 +21,14 @@ FrechetMean would then silently switch to the linear mean (off M).
 import torch
 from geomstats.geometry.riemannian_metric import RiemannianMetric
 
-from ..exceptions import DisconnectedError, GeodesicError, InvalidPointError
-from ..numerics.linalg import tangent_basis, tangent_projector
+from ..exceptions import CurvatureError, DisconnectedError, GeodesicError, InvalidPointError
+from ..numerics.linalg import gram_solve, tangent_basis, tangent_projector
 from ..numerics.newton import newton_min_norm
 from ..numerics.ode import GBSIntegrator, n_macro_steps
+from ..numerics.validation import as_points
+from . import ift
+from .curves import CurveTraceError
+from .ift import needs_grad
 from .implicit import _dtype_of
 
 
@@ -46,10 +50,12 @@ class ImplicitMetric(RiemannianMetric):
     on_manifold_atol : float
         ``log`` refuses targets with ``|F|`` above this.
     log_solver : {"global", "shooting"}, LogSolver or callable, optional
-        Solver behind ``log``/``dist``/``dist_pairwise``: ``"global"``
-        (default, :class:`~implicit_geom.manifolds.geodesics.GeodesicLogSolver`),
-        ``"shooting"`` (local shooting only), a solver instance, or a callable
-        ``space -> solver``.
+        Solver behind ``log``/``dist``/``dist_pairwise`` (geomstats' pluggable
+        ``log_solver``): ``"global"`` (default,
+        :class:`~implicit_geom.manifolds.geodesics.GeodesicLogSolver`: graph
+        initial guess, path straightening, shooting polish), ``"shooting"``
+        (local shooting from the circular-arc guess only), a solver instance,
+        or a callable ``space -> solver``.
     """
 
     def __init__(self, space, rtol=1e-10, log_tol=1e-9, log_max_iter=30,
@@ -100,14 +106,21 @@ class ImplicitMetric(RiemannianMetric):
     def _acceleration(self, x, v):
         """Normal acceleration keeping a curve with velocity v on M."""
         space = self._space
+        return _normal_response(*space._jacobian_and_second_derivative(x, v))
+
+    def _transport_rhs(self, z):
+        """Geodesic plus parallel transport: ``w' = -J^T G^{-1} D^2F[v, w]``, the
+        normal rate that keeps ``w`` tangent with no tangential change."""
+        space = self._space
+        n = space.ambient_dim
+        x, v, w = z[:, :n], z[:, n:2 * n], z[:, 2 * n:]
+        b = x.shape[0]
+        # D^2F[v, v], and D^2F[v, w] by polarisation, in one batched call.
+        second = space._second_derivative(x.repeat(3, 1), torch.cat([v, v + w, v - w]))
+        vv, plus, minus = second[:b], second[b:2 * b], second[2 * b:]
         jac = space._jacobian(x)
-        curv = space._second_derivative(x, v)
-        if space.codim == 1:  # the common case: a division instead of a solve
-            grad = jac[:, 0]
-            return -grad * (curv / (grad * grad).sum(-1, keepdim=True))
-        gram = jac @ jac.transpose(-1, -2)
-        lam = torch.linalg.solve(gram, curv.unsqueeze(-1))
-        return -(jac.transpose(-1, -2) @ lam).squeeze(-1)
+        acc = _normal_response(jac.repeat(2, 1, 1), torch.cat([vv, (plus - minus) / 4]))
+        return torch.cat([v, acc[:b], acc[b:]], dim=-1)
 
     def _rhs(self, z):
         n = self._space.ambient_dim
@@ -149,12 +162,21 @@ class ImplicitMetric(RiemannianMetric):
         """
         space = self._space
         x, v, batch = space._pair(base_point, tangent_vec, ("base_point", "tangent_vec"))
-        with torch.no_grad():
-            _, jac = space._value_and_jacobian(x)
-            v = tangent_projector(jac, v)
-            x1, v1 = self._flow(x, v)
-            x1, _ = self._land(x1, v1)
+        if needs_grad(x, v):  # derivative of the flow, not of the integrator's steps
+            x1 = ift.Exp.apply(self, x, v)
+        else:
+            with torch.no_grad():
+                x1 = self._exp_flat(x, self._project_tangent(x, v))
         return x1.reshape(*batch, space.ambient_dim).to(_dtype_of(tangent_vec, base_point))
+
+    def _project_tangent(self, x, v):
+        """``P_x v`` for flat batches."""
+        return tangent_projector(self._space._jacobian(x), v)
+
+    def _exp_flat(self, x, v):
+        """exp of flat batches with tangent ``v`` (no autograd)."""
+        x1, v1 = self._flow(x, v)
+        return self._land(x1, v1)[0]
 
     def _flow_jacobian(self, x, a, basis, eps=None):
         """``d x(1) / d a`` for ``v = basis a`` by central differences, shape (B, n, m).
@@ -179,9 +201,10 @@ class ImplicitMetric(RiemannianMetric):
     def log(self, point, base_point):
         """Riemannian logarithm, by the metric's ``log_solver``.
 
-        The default solver finds the minimising geodesic globally and polishes
-        its initial velocity with :meth:`_shoot`. Shooting alone
-        (``log_solver="shooting"``) starts from a circular-arc guess: the geodesic is the circular arc through both
+        The default solver finds the minimising geodesic globally (far pairs
+        start from a graph path) and polishes its initial velocity with
+        :meth:`_shoot`. Shooting alone (``log_solver="shooting"``) starts from
+        a circular-arc guess, which misses far targets: the guess assumes the geodesic is the circular arc through both
         points tangent to M at the base point: the chord's tangent direction,
         with length ``c * beta / sin(beta)`` where ``beta`` is the angle between
         the chord and the tangent space (exact on spheres). Each iteration
@@ -198,15 +221,44 @@ class ImplicitMetric(RiemannianMetric):
         """
         space = self._space
         x, y, batch = space._pair(base_point, point, ("base_point", "point"))
+        if space.dim != 1:  # (curves first ask their arc-length tables, see _solve_log)
+            self._raise_if_apart(x, y, batch)
+        try:
+            if needs_grad(x, y):  # implicit-function gradient of exp_x(v) = y
+                v = ift.Log.apply(self, x, y)
+            else:
+                with torch.no_grad():
+                    v = self._solve_log(x, y)
+        except DisconnectedError as err:  # from a curve's tables: mask over the batch
+            if err.mask is not None and err.mask.numel() == x.shape[0]:
+                err.mask = err.mask.reshape(batch)
+            raise
+        return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
+
+    def _raise_if_apart(self, x, y, batch=None):
         with torch.no_grad():
             apart = self._apart(x, y)
-            if apart is not None and bool(apart.any()):
-                raise DisconnectedError(
-                    f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
-                    f"connected components of {space.name}; no geodesic joins them "
-                    "(their distance is +inf).", mask=apart.reshape(batch))
-            v = self.log_solver.log(y, x)
-        return v.reshape(*batch, space.ambient_dim).to(_dtype_of(point, base_point))
+        if apart is not None and bool(apart.any()):
+            raise DisconnectedError(
+                f"log: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
+                f"connected components of {self._space.name}; no geodesic joins them "
+                "(their distance is +inf).",
+                mask=apart if batch is None else apart.reshape(batch))
+
+    def _solve_log(self, x, y):
+        """The log solve proper (flat batches, no autograd, same component).
+
+        Pluggable: gradients (:class:`~implicit_geom.manifolds.ift.Log`) need
+        only its converged result. Curves (dimension 1) use their arc-length
+        tables (:mod:`implicit_geom.manifolds.curves`), everything else the
+        ``log_solver``.
+        """
+        if self._space.dim == 1:
+            try:
+                return self._space._curve_tracer().log(x, y)
+            except CurveTraceError:  # e.g. pieces that leave the box: labels, then solve
+                self._raise_if_apart(x, y)
+        return self.log_solver.log(y, x)
 
     def _apart(self, x, y):
         """Which pairs of flat points lie on different components (None: not known).
@@ -294,23 +346,59 @@ class ImplicitMetric(RiemannianMetric):
         return (basis @ a.unsqueeze(-1)).squeeze(-1)
 
     def squared_dist(self, point_a, point_b):
-        """Squared geodesic distance, shape ``(...,)`` (+inf across components)."""
-        return self.dist(point_a, point_b) ** 2
+        """Squared geodesic distance, shape ``(...,)`` (+inf across components).
+
+        Differentiable (``2 log`` is smooth where the distance vanishes, unlike
+        the distance itself).
+        """
+        return self._dist(point_a, point_b, squared=True)
 
     def dist(self, point_a, point_b):
         """Geodesic distance, shape ``(...,)``; +inf between points on different
-        connected components."""
+        connected components. Differentiable: the gradient in ``point_a`` is
+        ``-log_a(b) / d`` (implicit-function gradient of the log solve)."""
+        return self._dist(point_a, point_b, squared=False)
+
+    def _dist(self, point_a, point_b, squared):
         space = self._space
         a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
         dtype = _dtype_of(point_a, point_b)
+        if space.dim == 1 and not needs_grad(a, b):
+            # Arc lengths from the curve's tables (+inf across closed curves).
+            within = self._curve_dist(a, b)
+            if within is not None:
+                within = within * within if squared else within
+                return within.reshape(batch).to(dtype)
         with torch.no_grad():
             apart = self._apart(a, b)
-        out = torch.full((a.shape[0],), torch.inf, dtype=a.dtype, device=a.device)
-        rows = (slice(None) if apart is None else (~apart).nonzero().squeeze(-1))
-        if apart is None or rows.numel():
+        if apart is not None and bool(apart.any()):
+            rows = (~apart).nonzero().squeeze(-1)
+            a_rows, b_rows = a[rows], b[rows]
+        else:
+            rows, a_rows, b_rows = None, a, b
+        if a_rows.shape[0] == 0:
+            within = a.new_zeros(0)
+        elif needs_grad(a_rows, b_rows):
+            v = ift.Log.apply(self, a_rows, b_rows)
+            within = (v * v).sum(-1) if squared else torch.linalg.vector_norm(v, dim=-1)
+        else:
             with torch.no_grad():
-                out[rows] = self.log_solver.dist(a[rows], b[rows])
-        return out.reshape(batch).to(dtype)
+                # The solver's length of the minimising path (no log polish).
+                within = self.log_solver.dist(a_rows, b_rows)
+            within = within * within if squared else within
+        if rows is not None:  # +inf across components (out of place: keeps the graph)
+            out = torch.full((a.shape[0],), torch.inf, dtype=a.dtype, device=a.device)
+            within = out.index_put((rows,), within)
+        return within.reshape(batch).to(dtype)
+
+    def _curve_dist(self, a, b):
+        """Arc lengths on a curve (+inf across its connected pieces), or None
+        when the curve cannot be tabulated (then: shooting)."""
+        try:
+            with torch.no_grad():
+                return self._space._curve_tracer().dist(a, b)
+        except CurveTraceError:
+            return None
 
     def dist_pairwise(self, points, n_jobs=1, **joblib_kwargs):
         """Matrix of geodesic distances between all points, shape ``(N, N)``.
@@ -333,6 +421,14 @@ class ImplicitMetric(RiemannianMetric):
         space = self._space
         pts, _ = space._flat(points)
         dtype = _dtype_of(points)
+        n = pts.shape[0]
+        if space.dim == 1:  # arc-length tables of curves
+            i, j = torch.triu_indices(n, n, 1, device=pts.device)
+            within = self._curve_dist(pts[i], pts[j])
+            if within is not None:
+                out = torch.zeros(n, n, dtype=pts.dtype, device=pts.device)
+                out[i, j] = out[j, i] = within
+                return out.to(dtype)
         labels = None
         if space._known_n_components() != 1 and space.components_known():
             with torch.no_grad():
@@ -373,6 +469,317 @@ class ImplicitMetric(RiemannianMetric):
     def squared_norm(self, vector, base_point=None):
         """Squared Euclidean norm of a tangent vector."""
         return (vector * vector).sum(-1)
+
+    # ---------------------------------------------------------------- curvature
+    # Extrinsic geometry of M = {F = 0} in flat R^n. With J the Jacobian,
+    # G = J J^T, P = I - J^T G^{-1} J the tangent projector and H_r the Hessian
+    # of F_r, the second fundamental form is
+    #     II(u, v) = -J^T G^{-1} h(u, v),   h_r(u, v) = u^T H_r v   (u, v tangent),
+    # the shape operator along a normal nu = J^T mu is A_nu u = -P (sum_r mu_r H_r) u,
+    # and the Gauss equation gives the curvature of the induced metric:
+    #     <R(X, Y)Z, W> = <II(Y, Z), II(X, W)> - <II(X, Z), II(Y, W)>
+    #                   = h(Y, Z)^T G^{-1} h(X, W) - h(X, Z)^T G^{-1} h(Y, W).
+    # Everything is invariant under rescaling F (the 1/|grad F|^2 of G^{-1}
+    # cancels the scale of H). Tensors are given in ambient coordinates,
+    # extended to all of R^n by the tangent projection (geomstats' index
+    # conventions; contractions with the identity metric matrix then trace over
+    # the tangent space only).
+    def _frame(self, x):
+        """``(J, G^{-1} (B, k, k), P (B, n, n), H (B, k, n, n))`` at flat points."""
+        space = self._space
+        jac = space._jacobian(x)
+        eye_k = torch.eye(space.codim, dtype=x.dtype, device=x.device)
+        gram_inv = gram_solve(jac, eye_k.expand(x.shape[0], -1, -1))
+        eye_n = torch.eye(space.ambient_dim, dtype=x.dtype, device=x.device)
+        proj = eye_n - jac.transpose(-1, -2) @ gram_inv @ jac
+        return jac, gram_inv, proj, space._hessians(x)
+
+    def _flat_args(self, base_point, *vectors, names=None):
+        """Broadcast a base point and vectors to flat (B, n) batches."""
+        space = self._space
+        n = space.ambient_dim
+        names = names or ("base_point", "tangent_vec_a", "tangent_vec_b", "tangent_vec_c",
+                          "tangent_vec_d")
+        arrays = [as_points(a, n, name) for a, name in zip((base_point, *vectors), names)]
+        arrays = torch.broadcast_tensors(*arrays)
+        batch = arrays[0].shape[:-1]
+        dtype = _dtype_of(base_point, *vectors)
+        return [a.reshape(-1, n).to(space.dtype) for a in arrays], batch, dtype
+
+    def second_fundamental_form(self, tangent_vec_a, tangent_vec_b, base_point):
+        """Second fundamental form ``II(a, b)``: a normal vector, shape ``(..., n)``.
+
+        The normal part of the derivative of a tangent field; ``II(v, v)`` is
+        the acceleration of the geodesic with velocity ``v``. Arguments are
+        projected onto the tangent space first.
+        """
+        (x, a, b), batch, dtype = self._flat_args(base_point, tangent_vec_a, tangent_vec_b)
+        with torch.no_grad():
+            jac, gram_inv, proj, hess = self._frame(x)
+            pa, pb = _apply(proj, a), _apply(proj, b)
+            h = torch.einsum("bi,bkij,bj->bk", pa, hess, pb)
+            out = -(jac.transpose(-1, -2) @ (gram_inv @ h.unsqueeze(-1))).squeeze(-1)
+        return out.reshape(*batch, -1).to(dtype)
+
+    def shape_operator(self, tangent_vec, normal_vec, base_point):
+        """Shape operator (Weingarten map) ``A_nu(v)``: tangent, shape ``(..., n)``.
+
+        ``<A_nu(u), w> = <II(u, w), nu>``. Only the normal part of ``normal_vec``
+        matters; ``tangent_vec`` is projected onto the tangent space.
+        """
+        (x, v, nu), batch, dtype = self._flat_args(base_point, tangent_vec, normal_vec)
+        with torch.no_grad():
+            jac, gram_inv, proj, hess = self._frame(x)
+            mu = (gram_inv @ (jac @ nu.unsqueeze(-1))).squeeze(-1)
+            weighted = torch.einsum("bk,bkij->bij", mu, hess)
+            out = -_apply(proj, _apply(weighted, _apply(proj, v)))
+        return out.reshape(*batch, -1).to(dtype)
+
+    def christoffels(self, base_point=None):
+        r"""Christoffel symbols of the geodesic spray in ambient coordinates.
+
+        ``Gamma^l_{ij} = (J^T G^{-1})_{lr} (H_r)_{ij}``, contravariant index
+        first (geomstats' convention): a curve on M with velocity ``v`` is a
+        geodesic iff ``x'' = -Gamma(v, v)``, which is exactly the constrained
+        geodesic equation. (Ambient coordinates are redundant, so these are not
+        the Koszul symbols of the identity metric matrix, which vanish.)
+
+        Returns
+        -------
+        christoffels : torch.Tensor, shape=[..., n, n, n]
+        """
+        base_point = self._require_point(base_point, "christoffels")
+        (x,), batch, dtype = self._flat_args(base_point)
+        with torch.no_grad():
+            jac, gram_inv, _, hess = self._frame(x)
+            out = torch.einsum("bkl,bkr,brij->blij", jac, gram_inv, hess)
+        n = self._space.ambient_dim
+        return out.reshape(*batch, n, n, n).to(dtype)
+
+    def inner_product_derivative_matrix(self, base_point=None):
+        """Not available: in redundant ambient coordinates the metric matrix is
+        constant, so its derivative carries no curvature (geomstats would build
+        flat Christoffel symbols from it). Use :meth:`christoffels`,
+        :meth:`riemann_tensor` and :meth:`curvature`, computed from F.
+
+        Raises
+        ------
+        CurvatureError
+        """
+        raise CurvatureError(
+            "inner_product_derivative_matrix is not defined for an implicit manifold in "
+            "ambient coordinates (the identity metric matrix is constant, and its "
+            "derivative would give the flat connection); christoffels, riemann_tensor, "
+            "curvature and the sectional/Ricci/scalar curvatures are computed from F.")
+
+    def _require_point(self, base_point, what):
+        if base_point is None:
+            raise CurvatureError(f"{what} of {self._space.name} depends on the point: "
+                                 "pass base_point")
+        return base_point
+
+    def _riemann_vector(self, x, a, b, c, frame=None):
+        """``R(a, b)c`` at flat points (Gauss equation), tangent, (B, n)."""
+        jac, gram_inv, proj, hess = self._frame(x) if frame is None else frame
+        pa, pb, pc = _apply(proj, a), _apply(proj, b), _apply(proj, c)
+        h_bc = torch.einsum("bi,bkij,bj->bk", pb, hess, pc)
+        h_ac = torch.einsum("bi,bkij,bj->bk", pa, hess, pc)
+        w_bc = (gram_inv @ h_bc.unsqueeze(-1)).squeeze(-1)
+        w_ac = (gram_inv @ h_ac.unsqueeze(-1)).squeeze(-1)
+        # sum_rs Ginv_rs [h_r(b, c) P H_s a - h_r(a, c) P H_s b]
+        out = torch.einsum("bk,bkij,bj->bi", w_bc, hess, pa) - \
+            torch.einsum("bk,bkij,bj->bi", w_ac, hess, pb)
+        return _apply(proj, out)
+
+    def curvature(self, tangent_vec_a, tangent_vec_b, tangent_vec_c, base_point=None):
+        """Riemann curvature ``R(a, b)c`` (geomstats' sign: ``<R(a, b)b, a> > 0`` on
+        spheres), shape ``(..., n)``; arguments projected onto the tangent space."""
+        base_point = self._require_point(base_point, "curvature")
+        (x, a, b, c), batch, dtype = self._flat_args(base_point, tangent_vec_a,
+                                                     tangent_vec_b, tangent_vec_c)
+        with torch.no_grad():
+            out = self._riemann_vector(x, a, b, c)
+        return out.reshape(*batch, -1).to(dtype)
+
+    def riemann_tensor(self, base_point=None):
+        """``R_{ijk}^l = dx^l(R(e_j, e_k) e_i)`` in ambient coordinates (tangent
+        projections of the coordinate vectors), shape ``(..., n, n, n, n)``."""
+        base_point = self._require_point(base_point, "riemann_tensor")
+        (x,), batch, dtype = self._flat_args(base_point)
+        with torch.no_grad():
+            _, gram_inv, proj, hess = self._frame(x)
+            hp = proj.unsqueeze(1) @ hess @ proj.unsqueeze(1)  # P H_r P, (B, k, n, n)
+            # T[x, y, z, w] = <R(e_x, e_y) e_z, e_w>
+            t = torch.einsum("brs,bryz,bsxw->bxyzw", gram_inv, hp, hp) - \
+                torch.einsum("brs,brxz,bsyw->bxyzw", gram_inv, hp, hp)
+            out = t.permute(0, 3, 1, 2, 4)  # [i, j, k, l] = T[j, k, i, l]
+        n = self._space.ambient_dim
+        return out.reshape(*batch, n, n, n, n).to(dtype)
+
+    def sectional_curvature(self, tangent_vec_a, tangent_vec_b, base_point=None):
+        """Sectional curvature of the plane spanned by ``a`` and ``b``, shape ``(...,)``.
+
+        Raises
+        ------
+        CurvatureError
+            Where ``a`` and ``b`` (projected onto the tangent space) span no
+            plane (parallel or zero vectors): the curvature is undefined there.
+        """
+        base_point = self._require_point(base_point, "sectional_curvature")
+        (x, a, b), batch, dtype = self._flat_args(base_point, tangent_vec_a, tangent_vec_b)
+        with torch.no_grad():
+            frame = self._frame(x)
+            proj = frame[2]
+            a, b = _apply(proj, a), _apply(proj, b)
+            num = (self._riemann_vector(x, a, b, b, frame) * a).sum(-1)
+            aa, bb, ab = (a * a).sum(-1), (b * b).sum(-1), (a * b).sum(-1)
+            area = aa * bb - ab * ab
+            degenerate = ~(area > 1e3 * torch.finfo(x.dtype).eps * aa * bb) | (aa * bb == 0)
+            if bool(degenerate.any()):
+                raise CurvatureError(
+                    f"sectional_curvature: {int(degenerate.sum())} pair(s) of tangent "
+                    "vectors span no plane (parallel or zero after projection onto the "
+                    "tangent space).")
+        return (num / area).reshape(batch).to(dtype)
+
+    def ricci_tensor(self, base_point=None):
+        """Ricci tensor ``Ric(e_i, e_k)`` in ambient coordinates, shape ``(..., n, n)``.
+
+        ``Ric = sum_rs G^{-1}_rs (tr(P H_s P) P H_r P - P H_s P H_r P)`` (trace of
+        the Gauss equation over the tangent space).
+        """
+        base_point = self._require_point(base_point, "ricci_tensor")
+        (x,), batch, dtype = self._flat_args(base_point)
+        with torch.no_grad():
+            out = self._ricci(x)
+        n = self._space.ambient_dim
+        return out.reshape(*batch, n, n).to(dtype)
+
+    def _ricci(self, x):
+        _, gram_inv, proj, hess = self._frame(x)
+        hp = proj.unsqueeze(1) @ hess @ proj.unsqueeze(1)
+        traces = hp.diagonal(dim1=-2, dim2=-1).sum(-1)  # (B, k)
+        return torch.einsum("brs,bs,brij->bij", gram_inv, traces, hp) - \
+            torch.einsum("brs,bsij,brjl->bil", gram_inv, hp, hp)
+
+    def scalar_curvature(self, base_point=None):
+        """Scalar curvature (trace of the Ricci tensor), shape ``(...,)``; twice
+        the Gaussian curvature on a surface."""
+        base_point = self._require_point(base_point, "scalar_curvature")
+        (x,), batch, dtype = self._flat_args(base_point)
+        with torch.no_grad():
+            out = self._ricci(x).diagonal(dim1=-2, dim2=-1).sum(-1)
+        return out.reshape(batch).to(dtype)
+
+    def curvature_derivative(self, tangent_vec_a, tangent_vec_b, tangent_vec_c,
+                             tangent_vec_d, base_point=None, step=1e-4):
+        r"""Covariant derivative of the curvature ``(\nabla_a R)(b, c) d``, shape ``(..., n)``.
+
+        Extending b, c, d by ``q -> P(q) b`` (fields whose covariant derivative
+        at the base point vanishes, since ``P dP P = 0``), it is the tangential
+        part of the directional derivative along ``a`` of ``q -> R_q(P_q b, P_q c)
+        P_q d``, taken by a central difference with ``step * |x|``-scaled
+        increments (error ~ step^2; about 1e-8 relative).
+        """
+        base_point = self._require_point(base_point, "curvature_derivative")
+        (x, h, b, c, d), batch, dtype = self._flat_args(
+            base_point, tangent_vec_a, tangent_vec_b, tangent_vec_c, tangent_vec_d)
+        with torch.no_grad():
+            proj = self._frame(x)[2]
+            h, b, c, d = (_apply(proj, t) for t in (h, b, c, d))
+            eps = step * (1 + x.norm(dim=-1, keepdim=True)) / h.norm(
+                dim=-1, keepdim=True).clamp_min(1e-300)
+            plus = self._riemann_vector(x + eps * h, b, c, d)
+            minus = self._riemann_vector(x - eps * h, b, c, d)
+            out = _apply(proj, (plus - minus) / (2 * eps))
+        return out.reshape(*batch, -1).to(dtype)
+
+    # ---------------------------------------------------------------- transport
+    def parallel_transport(self, tangent_vec, base_point, direction=None, end_point=None):
+        """Parallel transport along the geodesic ``t -> exp(t direction)``, t in [0, 1].
+
+        The transport equation (``w' = -J^T G^{-1} D^2F[x', w]``: the rate of
+        ``w`` is normal, so its covariant derivative vanishes) is integrated
+        together with the geodesic; at the end the point is landed on M and
+        the vector projected onto the tangent space there.
+
+        Parameters
+        ----------
+        tangent_vec : array-like, shape=[..., n]
+            At ``base_point`` (projected onto its tangent space first).
+        base_point : array-like, shape=[..., n]
+        direction : array-like, shape=[..., n], optional
+            Initial velocity of the geodesic.
+        end_point : array-like, shape=[..., n], optional
+            Instead of ``direction``: transport to this point along the
+            geodesic ``log`` finds.
+
+        Returns
+        -------
+        transported : torch.Tensor, shape=[..., n]
+            Tangent at ``exp(direction)`` (``end_point``).
+        """
+        space = self._space
+        if direction is None:
+            if end_point is None:
+                raise ValueError("parallel_transport needs a direction or an end_point")
+            direction = self.log(end_point, base_point)
+        ends = () if end_point is None else (end_point,)
+        (x, v, w, *ends), batch, dtype = self._flat_args(
+            base_point, direction, tangent_vec, *ends,
+            names=("base_point", "direction", "tangent_vec", "end_point"))
+        n = space.ambient_dim
+        with torch.no_grad():
+            jac = space._jacobian(x)
+            v, w = tangent_projector(jac, v), tangent_projector(jac, w)
+            steps = n_macro_steps(v.norm(dim=-1).max(), self.arc_per_step)
+            z = self._integrator(x.dtype).integrate(self._transport_rhs,
+                                                    torch.cat([x, v, w], -1), 1.0, steps)
+            # Given an end point, the vector is made tangent there exactly.
+            x1 = ends[0] if ends else self._land(z[:, :n], z[:, n:2 * n])[0]
+            w1 = tangent_projector(space._jacobian(x1), z[:, 2 * n:])
+        return w1.reshape(*batch, n).to(dtype)
+
+    def parallel_transport_along_curve(self, tangent_vec, curve):
+        """Parallel transport along a discrete curve (the piecewise geodesic
+        through its points), returning the vector at every point.
+
+        Parameters
+        ----------
+        tangent_vec : array-like, shape=[..., n]
+            Tangent at ``curve[..., 0, :]``.
+        curve : array-like, shape=[..., T, n]
+            Points on M, consecutive ones joined by their (minimising) geodesic.
+
+        Returns
+        -------
+        transported : torch.Tensor, shape=[..., T, n]
+        """
+        space = self._space
+        curve = as_points(curve, space.ambient_dim, "curve")
+        if curve.ndim < 2 or curve.shape[-2] < 1:
+            raise InvalidPointError(f"curve must have shape (..., T, {space.ambient_dim})")
+        w = space.to_tangent(tangent_vec, curve[..., 0, :])
+        out = [w]
+        for t in range(1, curve.shape[-2]):
+            w = self.parallel_transport(w, curve[..., t - 1, :], end_point=curve[..., t, :])
+            out.append(w)
+        return torch.stack(out, dim=-2)
+
+
+def _normal_response(jac, curv):
+    """``-J^T G^{-1} curv``: the normal vector whose J-image is ``-curv``, (B, n)."""
+    if jac.shape[-2] == 1:  # the common case: a division instead of a solve
+        grad = jac[:, 0]
+        return -grad * (curv / (grad * grad).sum(-1, keepdim=True))
+    gram = jac @ jac.transpose(-1, -2)
+    lam = torch.linalg.solve(gram, curv.unsqueeze(-1))
+    return -(jac.transpose(-1, -2) @ lam).squeeze(-1)
+
+
+def _apply(mat, vec):
+    """Batched matrix-vector product ``mat @ vec`` for (B, n, n) and (B, n)."""
+    return (mat @ vec.unsqueeze(-1)).squeeze(-1)
 
 
 def _make_log_solver(space, spec):

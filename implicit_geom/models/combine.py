@@ -56,6 +56,9 @@ class IntersectionEBM(ConstrainedEBM):
             # Noise for new chains: the box enclosing every model's data.
             self._box = (torch.stack([b[0] for b in boxes]).amin(0),
                          torch.stack([b[1] for b in boxes]).amax(0))
+        # Ready to use: the factors are fitted, log Z comes from the
+        # intersection's own quadrature (a traced curve) or AIS.
+        self._fitted = all(m._fitted for m in models)
 
 
 class UnionEBM:
@@ -68,9 +71,9 @@ class UnionEBM:
     weights : sequence of float, optional
         Mixture weights (normalised; default equal).
     log_partitions : sequence of float, optional
-        ``log Z_i`` of each model; by default from each model's quadrature
-        (:meth:`ConstrainedEBM.log_partition`), which exists for analytic
-        manifolds only; pass Monte Carlo estimates for learned ones.
+        ``log Z_i`` of each model's energy; by default each model's own
+        (:meth:`ConstrainedEBM.log_partition`: quadrature on curves and
+        surfaces, learned or analytic, AIS elsewhere).
     """
 
     def __init__(self, *models, weights=None, log_partitions=None):
@@ -83,11 +86,10 @@ class UnionEBM:
         if w.shape != (len(models),) or not bool((w > 0).all()) or not torch.isfinite(w).all():
             raise ValueError(f"weights must be {len(models)} positive numbers, got {weights}")
         self.weights = (w / w.sum()).to(torch.float64)
-        if log_partitions is None:
-            log_partitions = [m.log_partition() for m in models]
-        if len(log_partitions) != len(models):
+        if log_partitions is not None and len(log_partitions) != len(models):
             raise ValueError("need one log partition per model")
-        self.log_partitions = [float(v) for v in log_partitions]
+        self.log_partitions = (None if log_partitions is None
+                               else [float(v) for v in log_partitions])
 
     @property
     def dim(self):
@@ -102,9 +104,11 @@ class UnionEBM:
         flat = x.reshape(-1, self.dim)
         with torch.no_grad():
             idx = self.manifold.component_index(flat)
-        per_model = torch.stack([
-            math.log(float(w)) - m.energy(flat) - lz
-            for m, w, lz in zip(self.models, self.weights, self.log_partitions)])
+        if self.log_partitions is None:  # each model's own normalised density
+            parts = [m.log_prob(flat) for m in self.models]
+        else:
+            parts = [-m.energy(flat) - lz for m, lz in zip(self.models, self.log_partitions)]
+        per_model = torch.stack([math.log(float(w)) + p for w, p in zip(self.weights, parts)])
         out = per_model.gather(0, idx[None].to(per_model.device))[0]
         return out.reshape(x.shape[:-1])
 

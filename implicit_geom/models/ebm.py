@@ -11,23 +11,45 @@ by exact maximum likelihood (``method="mle"``).
 (:mod:`implicit_geom.models.ambient`).
 """
 
+import functools
 import itertools
+import math
+import warnings
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..exceptions import CheckpointError, EmptyDataError, InvalidPointError, ProjectionError
-from ..learning.topology import sample_in_box
-from ..learning.trainer import cosine_lr
+from ..manifolds.components import sample_in_box
+from ..learning.checkpoint import load_checkpoint, save_checkpoint
+from ..learning.trainer import Trainer
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, padded_box
-from .energy_nets import EnergyMLP
-from .normalization import has_quadrature, log_partition, manifold_quadrature
+from ..sampling.transitions import ComponentJump
+from .energy_nets import AnchoredVMFEnergy, EnergyMLP
+from .normalization import (
+    LogPartition,
+    ais_log_partition,
+    component_log_partitions,
+    has_quadrature,
+    log_partition,
+    log_partition_error,
+    manifold_quadrature,
+)
 
 __all__ = ["EnergyModel", "ConstrainedEBM", "contrastive_divergence_loss"]
 
 _SAMPLERS = ("langevin", "mala", "hmc")
+_CHECKPOINT_KIND = "ConstrainedEBM"
+_ENERGIES = {"EnergyMLP": EnergyMLP, "AnchoredVMFEnergy": AnchoredVMFEnergy}
+
+
+def _is_unit_sphere(manifold):
+    from .normalization import _sphere_params
+
+    params = _sphere_params(manifold)
+    return (params is not None and params[0] == 2 and manifold.ambient_dim == 3
+            and float(params[1]) == 1.0 and float(torch.as_tensor(params[2]).abs().max()) == 0.0)
 
 
 def contrastive_divergence_loss(e_pos, e_neg, beta):
@@ -80,14 +102,20 @@ class EnergyModel:
         from collapsing onto few modes).
     grad_clip : float
         Maximum gradient norm.
+    val_every : int
+        Steps between validation measurements (``fit(X, X_val)``).
+    patience : int, optional
+        Stop after this many validation measurements without improvement
+        (None: run all ``n_iter`` steps; the best weights are kept either way).
     seed : int
     progress : bool
-        Show a tqdm progress bar.
+        Report progress (a bar on a terminal, periodic lines otherwise).
     """
 
     def __init__(self, energy_net, *, beta=0.01, lr=3e-3, lr_floor=1.0, n_iter=1000,
                  batch_size=128, buffer_size=5000, n_mcmc_steps=20, step_size=0.1,
-                 reinit_prob=0.05, grad_clip=1.0, seed=0, progress=False):
+                 reinit_prob=0.05, grad_clip=1.0, val_every=25, patience=None, seed=0,
+                 progress=False):
         if not isinstance(energy_net, nn.Module):
             raise TypeError("energy_net must be a torch.nn.Module mapping (B, d) to (B,)")
         for name, value in (("n_iter", n_iter), ("batch_size", batch_size),
@@ -109,6 +137,12 @@ class EnergyModel:
         self.step_size = float(step_size)
         self.reinit_prob = float(reinit_prob)
         self.grad_clip = float(grad_clip)
+        if int(val_every) < 1 or (patience is not None and int(patience) < 1):
+            raise ValueError(f"need val_every >= 1 and patience >= 1 or None, got {val_every}, "
+                             f"{patience}")
+        self.val_every = int(val_every)
+        self.patience = None if patience is None else int(patience)
+        self.validation_history_ = None
         self.seed = int(seed)
         self.progress = bool(progress)
         self.buffer_ = None
@@ -160,12 +194,17 @@ class EnergyModel:
         # Called by samplers, which differentiate with respect to x only.
         return self.energy_net(x)
 
-    def fit(self, X):
+    def fit(self, X, X_val=None):
         """Fit the energy to data.
 
         Parameters
         ----------
         X : array-like, shape (n_samples, dim)
+        X_val : array-like, shape (n_val, dim), optional
+            Validation points: every ``val_every`` steps the validation loss
+            (:meth:`_validation_loss`) is measured, training stops after
+            ``patience`` measurements without improvement (if set), and the
+            energy ends with the weights of the best one.
 
         Returns
         -------
@@ -174,90 +213,134 @@ class EnergyModel:
         X = _check_data(X, self.dim)
         param = self._param()
         X = X.to(device=param.device, dtype=param.dtype)
+        if X_val is not None:
+            X_val = _check_data(X_val, self.dim, "X_val").to(device=param.device,
+                                                             dtype=param.dtype)
         # Seeded and reproducible, without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self._fit(X)
+            self._fit(X, X_val)
         return self
 
-    def _fit(self, X):
+    def _fit(self, X, X_val=None):
+        # The batch, buffer and restart draws share one generator, in this
+        # order per step (the trainer draws the batch first).
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         self._prepare(X)
-        use_pcd = self._uses_pcd()
-        if use_pcd:
+        if self._uses_pcd():
             self.buffer_ = self._init_chains(self.buffer_size)
-        opt = torch.optim.Adam(self.energy_net.parameters(), lr=self.lr)
-        history = {"loss": [], "e_pos": [], "e_neg": [], "grad_norm": [], "lr": []}
-        n, b = X.shape[0], min(self.batch_size, X.shape[0])
-        for it in tqdm(range(self.n_iter), disable=not self.progress,
-                       desc=type(self).__name__):
-            pos = X[torch.randint(n, (b,), generator=gen).to(X.device)]
-            if use_pcd:
-                idx = torch.randint(self.buffer_size, (b,), generator=gen).to(X.device)
-                x0 = self.buffer_[idx]
-                fresh = (torch.rand(b, generator=gen) < self.reinit_prob).to(X.device)
-                if bool(fresh.any()):
-                    x0[fresh] = self._init_chains(int(fresh.sum()))
-                neg = self._advance(x0, self.n_mcmc_steps).detach()
-                self.buffer_[idx] = neg
-                e_pos, e_neg = self.energy_net(pos), self.energy_net(neg)
-                loss = contrastive_divergence_loss(e_pos, e_neg, self.beta)
-            else:
-                e_pos = self.energy_net(pos)
-                e_neg = torch.zeros_like(e_pos)
-                loss = self._direct_loss(pos)
-            if not torch.isfinite(loss):
-                # Raised before the step, so the weights stay those of the last good one.
-                raise FloatingPointError(
-                    "training diverged (non-finite loss); lower lr or step_size, or raise beta")
-            opt.zero_grad()
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.energy_net.parameters(), self.grad_clip)
-            lr = cosine_lr(self.lr, it, self.n_iter, self.lr_floor)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            history["lr"].append(lr)
-            opt.step()
-            history["loss"].append(float(loss.detach()))
-            history["e_pos"].append(float(e_pos.detach().mean()))
-            history["e_neg"].append(float(e_neg.detach().mean()))
-            history["grad_norm"].append(float(grad_norm))
-        self.history_ = history
+            loss_fn = functools.partial(self._pcd_loss, generator=gen)
+        else:
+            loss_fn = self._mle_loss
+        validation = None
+        if X_val is not None:
+            validation = functools.partial(self._validation_loss, X_val)
+            validation()  # fails here, before training, if there is no validation loss
+        trainer = Trainer(self.energy_net.parameters(), lr=self.lr, total_epochs=self.n_iter,
+                          lr_floor=self.lr_floor, grad_clip=self.grad_clip,
+                          progress=self.progress, desc=type(self).__name__)
+        trainer.run(loss_fn, self._training_data(X), self.n_iter, self.batch_size, generator=gen,
+                    sampling="replacement", validation=validation, val_every=self.val_every,
+                    patience=self.patience)
+        self.history_ = trainer.history
+        self.validation_history_ = trainer.validation_history if X_val is not None else None
+
+    def _pcd_loss(self, pos, generator):
+        """The contrastive loss of one step; advances a random subset of the buffer."""
+        b, device = pos.shape[0], pos.device
+        idx = torch.randint(self.buffer_size, (b,), generator=generator).to(device)
+        x0 = self.buffer_[idx]
+        fresh = (torch.rand(b, generator=generator) < self.reinit_prob).to(device)
+        if bool(fresh.any()):
+            x0[fresh] = self._init_chains(int(fresh.sum()))
+        neg = self._advance(x0, self.n_mcmc_steps).detach()
+        self.buffer_[idx] = neg
+        e_pos, e_neg = self.energy_net(pos), self.energy_net(neg)
+        loss = contrastive_divergence_loss(e_pos, e_neg, self.beta)
+        return loss, {"e_pos": float(e_pos.detach().mean()),
+                      "e_neg": float(e_neg.detach().mean())}
+
+    def _training_data(self, X):
+        """What the trainer batches: ``X``, or ``(X, row indices)`` for a loss that needs them."""
+        return X
+
+    def _mle_loss(self, pos, rows=None):
+        loss = self._direct_loss(pos) if rows is None else self._direct_loss(pos, rows)
+        return loss, {"e_pos": float(self.energy_net(pos).detach().mean()), "e_neg": 0.0}
+
+    def _validation_loss(self, X_val):
+        """Loss on validation points (lower is better); by default the loss that is trained."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no validation loss: fit without X_val")
 
 
 class ConstrainedEBM(EnergyModel):
     """Energy-based density on an implicit manifold (Ross et al. 2023).
 
-    ``p(x) = exp(-E(x)) / Z`` for ``x`` on M, with respect to the induced
-    volume of M.
+    ``p(x) = exp(-E(x)) / Z`` for ``x`` on M, with respect to the Riemannian
+    volume (Hausdorff measure) of M; :meth:`log_prob` is normalised.
+
+    ``Z`` comes from a quadrature wherever one can be built
+    (:func:`~implicit_geom.models.normalization.manifold_quadrature`: exact
+    rules on analytic circles, spheres and tori; traced curves and projected
+    surface meshes on learned manifolds of dimension <= 2), else from annealed
+    importance sampling with error bars; :meth:`normalizer` reports the value,
+    its error and each connected component's mass.
+
+    Training is exact maximum likelihood (loss ``mean E(data) + log Z``) where
+    the quadrature exists, and persistent contrastive divergence with
+    constrained Langevin chains (the paper) elsewhere. On a manifold with
+    several connected components, maximum likelihood learns each piece's
+    mass directly; PCD chains and :meth:`sample` add Metropolis-Hastings jumps
+    between components (:class:`~implicit_geom.sampling.ComponentJump`), so
+    that mass flows to where the density puts it.
 
     Parameters
     ----------
     manifold : ImplicitManifold or geomstats LevelSet
         Learned (``NeuralImplicitManifold``), analytic, or e.g. ``Hypersphere``.
     energy_net : torch.nn.Module, optional
-        Default: :class:`EnergyMLP` with two hidden layers of 64.
-    method : {"pcd", "mle"}
-        Persistent contrastive divergence with constrained Langevin chains
-        (the paper), or exact maximum likelihood with a quadrature ``log Z``
-        (only where :func:`has_quadrature` holds).
+        Default: :class:`EnergyMLP` with ``hidden`` layers and ``fourier``
+        random Fourier features.
+    method : {"auto", "mle", "pcd"}
+        ``"auto"``: maximum likelihood where a quadrature exists, else PCD.
     sampler : {"langevin", "mala", "hmc"} or class
-        Chain dynamics during training: the paper's unadjusted
+        Chain dynamics during PCD training: the paper's unadjusted
         ``ConstrainedLangevin`` by default, or any class with the constructor
-        ``(manifold, energy, step_size=, seed=)`` and ``run(x0, n_steps)``.
+        ``(manifold, energy, step_size=, seed=, moves=)`` and ``run(x0, n_steps)``.
     quadrature_resolution : int
-        Nodes of the quadrature for ``method="mle"`` and :meth:`log_partition`.
+        Resolution of the quadrature (see ``manifold_quadrature``).
+    quadrature_bounds : pair of array_like, optional
+        Box in which learned manifolds are integrated; default the manifold's
+        box (``manifold.bounds``) widened by a quarter of its size per side.
+        The density lives on the part of M inside it.
     chain_init : {"noise", "data"}
         Where new persistent chains start: uniform noise in the padded data
         box projected onto M (the reference code), or training points jittered
-        by ``0.05`` of the data's spread and projected. With ``"data"`` chains
-        never reach components of a learned manifold that carry no data
-        (spurious pieces) and each component keeps the data's share of chains,
-        which local dynamics cannot transport between components.
+        by ``0.05`` of the data's spread and projected.
+    hidden : sequence of int
+        Hidden widths of the default energy network.
+    fourier : int
+        Random Fourier features of the default energy network (0: none).
+    max_frequency : float
+        Highest Fourier frequency of the default energy network.
+    jumps : {"auto", True, False}
+        Metropolis-Hastings jumps between connected components in PCD and
+        sampling (``"auto"``: when M has several components in its box).
+    jump_scale : float, optional
+        Tangent noise of a jump; default 5% of the box diagonal.
+    ais : dict, optional
+        Settings of :func:`~implicit_geom.models.normalization.ais_log_partition`
+        where no quadrature exists.
+    max_log_z_error : float
+        Largest estimated error of ``log Z`` (fine minus coarse rule) that
+        validation accepts: states beyond it are never selected by early
+        stopping, and :meth:`normalizer` warns about them (raise
+        ``quadrature_resolution``).
     **kwargs
-        PCD settings of :class:`EnergyModel` (``beta``, ``lr``, ``n_iter``,
+        Settings of :class:`EnergyModel` (``beta``, ``lr``, ``n_iter``,
         ``batch_size``, ``buffer_size``, ``n_mcmc_steps``, ``step_size``,
-        ``reinit_prob``, ``grad_clip``, ``seed``, ``progress``).
+        ``reinit_prob``, ``grad_clip``, ``seed``, ``progress``...).
 
     Attributes
     ----------
@@ -267,32 +350,303 @@ class ConstrainedEBM(EnergyModel):
         The replay buffer (points on M) after :meth:`fit` with PCD.
     """
 
-    def __init__(self, manifold, energy_net=None, *, method="pcd", sampler="langevin",
-                 quadrature_resolution=128, chain_init="noise", hidden=(64, 64), **kwargs):
+    def __init__(self, manifold, energy_net=None, *, method="auto", sampler="langevin",
+                 quadrature_resolution=128, quadrature_bounds=None, chain_init="noise",
+                 hidden=(64, 64), fourier=0, max_frequency=8.0, jumps="auto", jump_scale=None,
+                 ais=None, max_log_z_error=0.01, **kwargs):
         self.manifold = as_implicit(manifold)
         if energy_net is None:
             energy_net = EnergyMLP(self.manifold.ambient_dim, hidden=hidden,
-                                   seed=kwargs.get("seed", 0))
-        if method not in ("pcd", "mle"):
-            raise ValueError(f"method must be 'pcd' or 'mle', got {method!r}")
-        if method == "mle" and not has_quadrature(self.manifold):
-            raise NotImplementedError(
-                f"method='mle' needs an exact quadrature of {self.manifold!r} for log Z; "
-                "use method='pcd'")
+                                   seed=kwargs.get("seed", 0), fourier=fourier,
+                                   max_frequency=max_frequency)
+        if method not in ("auto", "pcd", "mle"):
+            raise ValueError(f"method must be 'auto', 'pcd' or 'mle', got {method!r}")
         if chain_init not in ("noise", "data"):
             raise ValueError(f"chain_init must be 'noise' or 'data', got {chain_init!r}")
+        if jumps not in ("auto", True, False):
+            raise ValueError(f"jumps must be 'auto', True or False, got {jumps!r}")
         self.method = method
         self.chain_init = chain_init
-        self._data = None
         self.sampler = sampler
         self.quadrature_resolution = int(quadrature_resolution)
+        self.quadrature_bounds = None if quadrature_bounds is None else tuple(
+            torch.as_tensor(b, dtype=DTYPE).reshape(-1) for b in quadrature_bounds)
+        self.jumps = jumps
+        self.jump_scale = None if jump_scale is None else float(jump_scale)
+        self.ais = dict(ais or {})
+        self.max_log_z_error = float(max_log_z_error)
+        self._data = None
         self._box = None
         self._quadrature = None
+        self._normalizer = None
+        self._components = None
+        self._label_tree = None
+        self.component_log_weights_ = None
+        self._train_labels = None
+        self._fitted = False
         super().__init__(energy_net, **kwargs)
+        if hasattr(self.energy_net, "set_anchors") and not _is_unit_sphere(self.manifold):
+            raise ValueError(f"{type(self.energy_net).__name__} lives on the unit 2-sphere, "
+                             f"not on {self.manifold!r}")
+        if method == "mle" and not self._has_quadrature():
+            raise NotImplementedError(
+                f"method='mle' needs a quadrature of {self.manifold!r} for log Z (dimension "
+                "<= 2 with a box, or an analytic space); use method='pcd' or 'auto'")
 
     @property
     def dim(self):
         return self.manifold.ambient_dim
+
+    # ----------------------------------------------------------- quadrature
+    def _quadrature_box(self):
+        """Box of the quadrature on a learned manifold (None: analytic rule or none)."""
+        if self.quadrature_bounds is not None:
+            return self.quadrature_bounds
+        if self.manifold.bounds is None:
+            return None
+        lo, hi = (torch.as_tensor(b, dtype=DTYPE) for b in self.manifold.bounds)
+        pad = 0.25 * (hi - lo)
+        return lo - pad, hi + pad
+
+    def _has_quadrature(self):
+        box = self._quadrature_box()
+        return has_quadrature(self.manifold, box)
+
+    def resolved_method(self):
+        """``"mle"`` or ``"pcd"``: what ``method`` means for this manifold."""
+        if self.method != "auto":
+            return self.method
+        return "mle" if self._has_quadrature() else "pcd"
+
+    def quadrature(self):
+        """The quadrature of M used for ``log Z`` (built once, labelled by component).
+
+        Raises
+        ------
+        NotImplementedError
+            Where no quadrature exists (see :meth:`normalizer` for the estimate).
+        """
+        if hasattr(self.energy_net, "adapted_quadrature"):
+            return self.energy_net.adapted_quadrature()  # it moves with the parameters
+        if self._quadrature is None:
+            if not self._has_quadrature():
+                raise NotImplementedError(
+                    f"no quadrature for {self.manifold!r}; log Z is estimated by annealed "
+                    "importance sampling (see normalizer())")
+            self._quadrature = manifold_quadrature(self.manifold, self.quadrature_resolution,
+                                                   bounds=self._quadrature_box())
+            if self._quadrature.n_open:
+                warnings.warn(
+                    f"{self._quadrature.n_open} component(s) of {self.manifold.name} leave the "
+                    "quadrature box; the density is normalised on the part inside it "
+                    "(pass quadrature_bounds to widen it)", RuntimeWarning, stacklevel=2)
+        return self._quadrature.to(self._param().device)
+
+    # -------------------------------------------------------- normalisation
+    def normalizer(self):
+        """``log Z`` of the energy network with its error and each component's share.
+
+        Quadrature (error: the difference from the half-resolution rule) where
+        one exists, else annealed importance sampling (error: one standard
+        error). Cached until the next :meth:`fit`.
+
+        Returns
+        -------
+        LogPartition
+        """
+        if self._normalizer is None:
+            energy = self.energy_net
+            with torch.no_grad():
+                if self._has_quadrature():
+                    rule = self.quadrature()
+                    comp = component_log_partitions(energy, rule)
+                    self._normalizer = LogPartition(
+                        float(torch.logsumexp(comp, 0)), log_partition_error(energy, rule),
+                        comp.cpu(), method=rule.method)
+                    if self._normalizer.error > self.max_log_z_error:
+                        warnings.warn(
+                            f"log Z of the energy is resolved only to "
+                            f"{self._normalizer.error:.2g} by the {rule.method} rule "
+                            f"({rule.points.shape[0]} nodes): the density is sharper than the "
+                            "nodes; raise quadrature_resolution", RuntimeWarning, stacklevel=2)
+                else:
+                    box = self._quadrature_box()
+                    if box is None:
+                        raise NotImplementedError(
+                            f"log Z on {self.manifold!r} needs a box: pass quadrature_bounds "
+                            "(or a manifold with bounds)")
+                    kwargs = dict(step_size=self.step_size, seed=self.seed)
+                    kwargs.update(self.ais)
+                    self._normalizer = ais_log_partition(self.manifold, energy, box, **kwargs)
+        return self._normalizer
+
+    def log_partition(self):
+        """``log Z`` of the energy network (float); see :meth:`normalizer` for its error."""
+        return self.normalizer().value
+
+    def component_mass(self):
+        """Probability mass of each connected component of M, shape (C,).
+
+        The learned component weights where maximum likelihood fitted them
+        (several components with a quadrature), else each component's share
+        of ``Z``.
+        """
+        if self.component_log_weights_ is not None:
+            return self.component_log_weights_.exp().cpu()
+        return self.normalizer().component_mass
+
+    def _offsets(self, x):
+        """``log Z_c - log w_c`` at the component ``c`` of each point (0 without weights)."""
+        if self.component_log_weights_ is None:
+            return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        comp = self.normalizer().component_log_z.to(x) - self.component_log_weights_.to(x)
+        return comp[self._label(x)]
+
+    def energy(self, x):
+        """The model's energy ``E(x)``, shape ``(...,)``: ``p = exp(-E)`` up to ``log Z``.
+
+        With learned component weights ``w_c`` it includes the offsets
+        ``log Z_c - log w_c`` of the energy network on each component, so that
+        ``exp(-E)`` is the normalised density itself.
+        """
+        x = as_points(x, self.dim, "x").to(self._param())
+        flat = x.reshape(-1, self.dim)
+        with torch.no_grad():
+            return (self.energy_net(flat) + self._offsets(flat)).reshape(x.shape[:-1])
+
+    def _energy_fn(self, x):
+        # Called by samplers, which differentiate with respect to x only (the
+        # offsets are constant on each component).
+        return self.energy_net(x) + self._offsets(x.detach())
+
+    def log_prob(self, x, normalized=True):
+        """Log density w.r.t. the volume of M: ``-E(x) - log Z`` (``-E(x)`` if not ``normalized``)."""
+        out = -self.energy(x)
+        if not normalized or self.component_log_weights_ is not None:
+            return out  # with component weights -E is normalised already
+        return out - self.log_partition()
+
+    def nll(self, X):
+        """Mean held-out negative log-likelihood (nats, w.r.t. the volume of M)."""
+        X = as_points(X, self.dim, "X")
+        return float(-self.log_prob(X).mean())
+
+    def _uses_pcd(self):
+        return self.resolved_method() == "pcd"
+
+    def _label(self, x):
+        """Component of points on M: that of the nearest quadrature node."""
+        if self._label_tree is None:
+            from scipy.spatial import cKDTree
+
+            rule = self.quadrature()
+            self._label_tree = (cKDTree(rule.points.detach().cpu().numpy()), rule.labels.cpu())
+        tree, labels = self._label_tree
+        idx = torch.as_tensor(tree.query(x.detach().cpu().numpy())[1])
+        return labels[idx].to(x.device)
+
+    def _setup_components(self, X):
+        """Maximum-likelihood component weights (Jeffreys-smoothed data shares).
+
+        The likelihood separates: ``sum_i log w_{c_i} + log p(x_i | c_i)``, so
+        the weights' estimate is closed-form (each component's data share, with
+        half a pseudo-count so that a piece without data keeps a little mass)
+        and the energy is fitted to the conditional likelihoods.
+        """
+        self.component_log_weights_ = self._train_labels = None
+        self._label_tree = None
+        if self._uses_pcd() or hasattr(self.energy_net, "loo_energy"):
+            return
+        rule = self.quadrature()
+        if rule.n_components < 2:
+            return
+        labels = self._label(X)
+        counts = torch.bincount(labels, minlength=rule.n_components).to(X.dtype) + 0.5
+        self.component_log_weights_ = (counts / counts.sum()).log()
+        self._train_labels = labels
+
+    def _log_z_tensor(self):
+        """Differentiable ``log Z``: the energy's own adapted rule, else the manifold's."""
+        if hasattr(self.energy_net, "log_partition"):
+            return self.energy_net.log_partition()
+        return log_partition(self.energy_net, self.quadrature())
+
+    def _training_data(self, X):
+        # Anchored energies are trained leave-one-out, component weights need
+        # each point's component: both look rows up.
+        if not self._uses_pcd() and (hasattr(self.energy_net, "loo_energy")
+                                     or self.component_log_weights_ is not None):
+            return X, torch.arange(X.shape[0], device=X.device)
+        return X
+
+    def _direct_loss(self, X, rows=None):
+        # Exact NLL: mean E(x+) + log Z(theta), log Z by differentiable quadrature;
+        # anchored energies see the training points without their own kernel;
+        # with component weights: sum_i E(x_i) + log Z_{c_i} - log w_{c_i}.
+        anchored = rows is not None and hasattr(self.energy_net, "loo_energy")
+        energy = self.energy_net.loo_energy(X, rows) if anchored else self.energy_net(X)
+        if self.component_log_weights_ is None:
+            return energy.mean() + self._log_z_tensor()
+        labels = self._train_labels[rows] if rows is not None else self._label(X)
+        comp = component_log_partitions(self.energy_net, self.quadrature())
+        return (energy.mean() + comp[labels].mean()
+                - self.component_log_weights_.to(comp)[labels].mean())
+
+    def _log_z_error(self):
+        """Current error estimate of ``log Z`` (fine minus coarse rule), no graph."""
+        with torch.no_grad():
+            if hasattr(self.energy_net, "log_partition"):
+                return abs(float(self.energy_net.log_partition())
+                           - float(self.energy_net.log_partition(coarse=True)))
+            return log_partition_error(self.energy_net, self.quadrature())
+
+    def _validation_loss(self, X_val):
+        # The held-out NLL, for PCD as well, wherever log Z has a quadrature.
+        # A state whose log Z the rule no longer resolves (an energy sharper
+        # than the node spacing lowers the quadrature's log Z: maximum
+        # likelihood can exploit that) scores inf, so early stopping never
+        # selects it.
+        if not self._has_quadrature():
+            raise NotImplementedError(
+                f"validation needs a quadrature of {self.manifold!r} for log Z")
+        if self._log_z_error() > self.max_log_z_error:
+            return math.inf
+        with torch.no_grad():
+            return float(self._direct_loss(X_val))
+
+    # ----------------------------------------------------------- components
+    def components(self):
+        """Points covering M inside the box and their connected component labels.
+
+        The quadrature's nodes where it exists, else projected box draws linked
+        within a few sample spacings (:class:`~implicit_geom.manifolds.components.ComponentMap`).
+        """
+        if self._components is None:
+            if self._has_quadrature():
+                rule = self.quadrature()
+                self._components = (rule.points, rule.labels)
+            else:
+                from ..manifolds.components import ComponentMap
+
+                box = self._quadrature_box()
+                if box is None:
+                    raise RuntimeError("call fit first (the box comes from the data)")
+                cmap = ComponentMap.sample(self.manifold, bounds=box, seed=self.seed)
+                self._components = (cmap.points, cmap.labels)
+        return self._components
+
+    def _moves(self):
+        """The component jumps to add to samplers (empty on a connected manifold)."""
+        if self.jumps is False or (self._quadrature_box() is None and not self._has_quadrature()):
+            return ()
+        points, labels = self.components()
+        if int(labels.max()) < 1:
+            return ()
+        scale = self.jump_scale
+        if scale is None:
+            lo, hi = points.min(0).values, points.max(0).values
+            scale = 0.05 * float(torch.linalg.vector_norm(hi - lo))
+        return (ComponentJump.from_cover(points, labels, scale=scale),)
 
     # -------------------------------------------------------------- sampling
     def _sampler_class(self, sampler):
@@ -300,25 +654,38 @@ class ConstrainedEBM(EnergyModel):
             return sampler
         if sampler not in _SAMPLERS:
             raise ValueError(f"sampler must be one of {_SAMPLERS} or a class, got {sampler!r}")
-        from .. import sampling  # the constrained samplers (issue 3)
+        from .. import sampling
 
         return {"langevin": sampling.ConstrainedLangevin, "mala": sampling.ConstrainedMALA,
                 "hmc": sampling.ConstrainedHMC}[sampler]
 
-    def _make_sampler(self, sampler, step_size, seed):
+    def _make_sampler(self, sampler, step_size, seed, moves=()):
         cls = self._sampler_class(sampler)
-        # An EnergyMLP hands its layers over, so that the samplers take the exact
-        # graph-free gradient (numerics.mlp); other networks go through autograd.
-        energy = self.energy_net.net if type(self.energy_net) is EnergyMLP else self._energy_fn
-        return cls(self.manifold, energy, step_size=step_size, seed=seed)
+        # A plain EnergyMLP hands its layers over, so that the samplers take the
+        # exact graph-free gradient (numerics.mlp); other networks use autograd.
+        plain = (type(self.energy_net) is EnergyMLP and self.energy_net.features is None
+                 and self.component_log_weights_ is None)
+        energy = self.energy_net.net if plain else self._energy_fn
+        kwargs = {"moves": moves} if moves else {}
+        return cls(self.manifold, energy, step_size=step_size, seed=seed, **kwargs)
 
     def _prepare(self, X):
         # Fresh chains start from uniform noise in the (padded) data box,
         # projected onto M, as in the paper's reference code.
         self._box = padded_box(X, 0.1, min_width=1e-3)
+        if hasattr(self.energy_net, "set_anchors"):
+            self.energy_net.set_anchors(X)
+        self._setup_components(X)
         self._data = X if self.chain_init == "data" else None
+        self._normalizer = None
         if self._uses_pcd():
-            self._chain_sampler = self._make_sampler(self.sampler, self.step_size, self.seed)
+            self._chain_sampler = self._make_sampler(self.sampler, self.step_size, self.seed,
+                                                     self._moves())
+
+    def _fit(self, X, X_val=None):
+        super()._fit(X, X_val)
+        self._normalizer = None  # the energy changed
+        self._fitted = True
 
     def _init_chains(self, n, max_rounds=50):
         if self._box is None:
@@ -341,27 +708,40 @@ class ConstrainedEBM(EnergyModel):
         x_new, _ = self._chain_sampler.run(x, n_steps)
         return x_new
 
+    def _quadrature_draws(self, n, generator):
+        """Quadrature nodes drawn with probability ``w_i exp(-E(x_i))``: a start at equilibrium."""
+        rule = self.quadrature()
+        with torch.no_grad():
+            logits = -self._energy_fn(rule.points) + rule.weights.log()
+        idx = torch.multinomial((logits - logits.max()).exp().cpu(), n, replacement=True,
+                                generator=generator)
+        return rule.points[idx.to(rule.points.device)]
+
     def sample(self, n_samples, n_steps=200, sampler=None, step_size=None, init=None,
                seed=None, progress=None):
         """Draw points on M from the fitted density.
 
-        Chains start from the replay buffer (with ``chain_init="data"``: from
-        jittered, projected training points; or from ``init``) and run
-        ``n_steps`` steps of the chosen constrained sampler; the final states
-        are returned.
+        Chains start at equilibrium where a quadrature exists (nodes drawn with
+        probability ``w_i exp(-E(x_i))``, which gives every component its
+        mass), else from the replay buffer (with ``chain_init="data"``: from
+        jittered, projected training points), or from ``init``; they run
+        ``n_steps`` steps of the chosen constrained sampler, with jumps
+        between connected components, and the final states are returned.
 
         Parameters
         ----------
         n_samples : int
         n_steps : int
         sampler : {"langevin", "mala", "hmc"} or class, optional
-            Default: the training sampler. ``"mala"``/``"hmc"`` are exact
+            Default: the training sampler of PCD models, constrained MALA for
+            maximum-likelihood ones. ``"mala"``/``"hmc"`` are exact
             (Metropolis-adjusted) and remove the step-size bias.
         step_size : float, optional
             Default: the training step size.
         init : torch.Tensor, shape (n_samples, n), optional
             Starting points on M.
         seed : int, optional
+        progress : bool, optional
 
         Returns
         -------
@@ -378,13 +758,12 @@ class ConstrainedEBM(EnergyModel):
         n_samples = int(n_samples)
         seed = self.seed + 1 if seed is None else int(seed)
         if init is None:
-            if self.buffer_ is None and self._box is None:
+            if not self._fitted and self.buffer_ is None:
                 raise RuntimeError("call fit first, or pass init points on the manifold")
             gen = torch.Generator().manual_seed(seed)
-            # With chain_init="data" fresh chains start at the data, so that each
-            # component gets the data's share, not the few-hundred-chain buffer's
-            # (two circles: 55% vs 50% on one circle).
-            if self.buffer_ is not None and self._data is None:
+            if self._has_quadrature():
+                init = self._quadrature_draws(n_samples, gen)
+            elif self.buffer_ is not None and self._data is None:
                 idx = torch.randint(self.buffer_.shape[0], (n_samples,), generator=gen)
                 init = self.buffer_[idx.to(self.buffer_.device)]
             else:
@@ -393,8 +772,11 @@ class ConstrainedEBM(EnergyModel):
                     init = self._init_chains(n_samples)
         else:
             init = as_points(init, self.dim, "init").reshape(-1, self.dim).to(self._param())
-        chain = self._make_sampler(self.sampler if sampler is None else sampler,
-                                   self.step_size if step_size is None else step_size, seed)
+        if sampler is None:
+            # Maximum-likelihood models have no training sampler: the exact one.
+            sampler = self.sampler if self._uses_pcd() else "mala"
+        chain = self._make_sampler(sampler, self.step_size if step_size is None else step_size,
+                                   seed, self._moves())
         kwargs = {} if progress is None else {"progress": progress}
         x = chain.run(init, int(n_steps), **kwargs)[0] if n_steps > 0 else init.clone()
         residual = self.manifold.submersion(x).norm(dim=-1)
@@ -405,7 +787,7 @@ class ConstrainedEBM(EnergyModel):
         return x.detach()
 
     def density_on_manifold(self, n_draws, bounds=None, seed=0):
-        """Points covering M inside a box and the model's log density there.
+        """Points covering M inside a box and the model's raw log density there.
 
         Uniform draws in the box are projected onto M (Newton landing); the
         converged ones that stay in the box are kept. The points are not
@@ -424,7 +806,8 @@ class ConstrainedEBM(EnergyModel):
         -------
         points : torch.Tensor, shape (k, n)
         log_prob : torch.Tensor, shape (k,)
-            Unnormalised: ``-E(x)`` (temperature 1).
+            ``-E(x)`` (temperature 1, unnormalised: the reference protocol's
+            raw density; subtract :meth:`log_partition` for the normalised one).
         """
         if bounds is None:
             if self._box is None:
@@ -434,66 +817,42 @@ class ConstrainedEBM(EnergyModel):
         gen = torch.Generator().manual_seed(int(seed))
         points, _ = sample_in_box(self.manifold, int(n_draws), low, high, generator=gen)
         with torch.no_grad():
-            return points, self.log_prob(points)
-
-    # ---------------------------------------------------------- normalisation
-    def quadrature(self):
-        """The exact quadrature of M used for ``log Z`` (cached)."""
-        if self._quadrature is None:
-            self._quadrature = manifold_quadrature(self.manifold, self.quadrature_resolution)
-        return self._quadrature.to(self._param().device)
-
-    def log_partition(self):
-        """``log Z`` by quadrature over M with the induced volume (no graph)."""
-        with torch.no_grad():
-            return float(log_partition(self.energy_net, self.quadrature()))
-
-    def log_prob(self, x, normalized=False):
-        """Log density ``-E(x)``, minus ``log Z`` when ``normalized`` (needs a quadrature)."""
-        out = -self.energy(x)
-        return out - self.log_partition() if normalized else out
-
-    def nll(self, X):
-        """Mean held-out negative log-likelihood (nats, w.r.t. the volume of M)."""
-        X = as_points(X, self.dim, "X")
-        return float(-self.log_prob(X, normalized=True).mean())
-
-    def _uses_pcd(self):
-        return self.method == "pcd"
-
-    def _direct_loss(self, X):
-        # Exact NLL: mean E(x+) + log Z(theta), log Z by differentiable quadrature.
-        return self.energy_net(X).mean() + log_partition(self.energy_net, self.quadrature())
+            return points, self.log_prob(points, normalized=False)
 
     # ----------------------------------------------------------- persistence
     def _hyper(self):
         return {"method": self.method, "chain_init": self.chain_init,
                 "sampler": self.sampler if isinstance(self.sampler, str) else "langevin",
                 "quadrature_resolution": self.quadrature_resolution,
+                "quadrature_bounds": None if self.quadrature_bounds is None else
+                [b.tolist() for b in self.quadrature_bounds],
+                "jumps": self.jumps, "jump_scale": self.jump_scale, "ais": self.ais,
+                "max_log_z_error": self.max_log_z_error,
                 "beta": self.beta, "lr": self.lr, "lr_floor": self.lr_floor,
                 "n_iter": self.n_iter,
                 "batch_size": self.batch_size, "buffer_size": self.buffer_size,
                 "n_mcmc_steps": self.n_mcmc_steps, "step_size": self.step_size,
                 "reinit_prob": self.reinit_prob, "grad_clip": self.grad_clip,
+                "val_every": self.val_every, "patience": self.patience,
                 "seed": self.seed}
 
     def save(self, path):
-        """Save the energy network, hyper-parameters, data box and buffer.
+        """Save the energy network, hyper-parameters, data box, buffer and component weights.
 
-        Only :class:`EnergyMLP` energies can be rebuilt by :meth:`load`.
+        The file is the library's atomic, weights-only checkpoint
+        (:mod:`implicit_geom.learning.checkpoint`). :class:`EnergyMLP` and
+        :class:`AnchoredVMFEnergy` energies can be rebuilt by :meth:`load`.
         """
-        if not isinstance(self.energy_net, EnergyMLP):
-            raise TypeError("save supports EnergyMLP energies only")
-        state = {
-            "format": "implicit_geom.ConstrainedEBM/1",
-            "ambient_dim": self.dim,
-            "net_config": self.energy_net.config(),
-            "state_dict": self.energy_net.state_dict(),
-            "hyper": self._hyper(),
-            "box": None if self._box is None else torch.stack(self._box),
-            "buffer": self.buffer_,
-        }
-        torch.save(state, path)
+        kind = type(self.energy_net).__name__
+        if kind not in _ENERGIES or type(self.energy_net) is not _ENERGIES[kind]:
+            raise TypeError(f"save supports {', '.join(_ENERGIES)} energies, not {kind}")
+        config = {"ambient_dim": self.dim, "energy": kind, "net": self.energy_net.config(),
+                  "hyper": self._hyper()}
+        payload = {"state_dict": self.energy_net.state_dict(),
+                   "box": None if self._box is None else torch.stack(self._box),
+                   "buffer": self.buffer_,
+                   "component_log_weights": self.component_log_weights_}
+        save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
 
     @classmethod
     def load(cls, path, manifold):
@@ -504,27 +863,30 @@ class ConstrainedEBM(EnergyModel):
         CheckpointError
             Missing, unreadable, corrupt or incompatible file.
         """
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: checkpoint not found") from None
-        except Exception as err:  # torch raises many types for corrupt files
-            raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
-        if not isinstance(state, dict) or state.get("format") != "implicit_geom.ConstrainedEBM/1":
-            raise CheckpointError(f"{path}: not a ConstrainedEBM checkpoint")
+        config, record = load_checkpoint(path, _CHECKPOINT_KIND,
+                                         required=("state_dict", "box", "buffer"))
         manifold = as_implicit(manifold)
-        if state["ambient_dim"] != manifold.ambient_dim:
+        if config.get("ambient_dim") != manifold.ambient_dim:
             raise CheckpointError(
-                f"{path}: saved for ambient dimension {state['ambient_dim']}, the manifold has "
-                f"{manifold.ambient_dim}")
+                f"{path}: saved for ambient dimension {config.get('ambient_dim')}, the manifold "
+                f"has {manifold.ambient_dim}")
         try:
-            cfg = state["net_config"]
-            net = EnergyMLP(cfg["dim"], hidden=tuple(cfg["hidden"]), activation=cfg["activation"])
-            net.load_state_dict(state["state_dict"])
-            model = cls(manifold, net, **state["hyper"])
+            cfg = dict(config["net"])
+            kind = config.get("energy", "EnergyMLP")
+            if kind == "EnergyMLP":
+                net = EnergyMLP(cfg.pop("dim"), hidden=tuple(cfg.pop("hidden")), **cfg)
+            else:
+                net = _ENERGIES[kind](**cfg)
+                state = record["state_dict"]
+                net.anchors, net.log_d, net.phase = (state["anchors"], state["log_d"],
+                                                     state["phase"])
+            net.load_state_dict(record["state_dict"])
+            model = cls(manifold, net, **config["hyper"])
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from err
-        if state["box"] is not None:
-            model._box = (state["box"][0], state["box"][1])
-        model.buffer_ = state["buffer"]
+        if record["box"] is not None:
+            model._box = (record["box"][0], record["box"][1])
+        model.buffer_ = record["buffer"]
+        model.component_log_weights_ = record.get("component_log_weights")
+        model._fitted = True
         return model

@@ -15,8 +15,7 @@ the affine map only adds ``sum(log scale)`` to the log density.
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
+from ..learning.trainer import Trainer
 from ..numerics import autodiff
 from ..numerics.mlp import build_mlp
 from ..numerics.validation import DTYPE, as_points
@@ -55,25 +54,24 @@ class Autoencoder(nn.Module):
     def fit(self, X, n_iter=2000, lr=3e-3, batch_size=256, seed=0, progress=False):
         """Minimise the mean squared reconstruction error with Adam.
 
+        One random batch (drawn with replacement) per step, the learning rate
+        decaying to zero along a cosine (:class:`~implicit_geom.learning.Trainer`).
+
         Returns
         -------
         list of float
             Loss per iteration.
         """
         gen = torch.Generator().manual_seed(int(seed))
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, int(n_iter))
-        losses = []
-        b = min(int(batch_size), X.shape[0])
-        for _ in tqdm(range(int(n_iter)), disable=not progress, desc="Autoencoder"):
-            batch = X[torch.randint(X.shape[0], (b,), generator=gen).to(X.device)]
-            loss = (self(batch) - batch).square().sum(-1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        return losses
+        trainer = Trainer(self.parameters(), lr=lr, total_epochs=int(n_iter), lr_floor=0.0,
+                          progress=progress, desc="Autoencoder")
+
+        def loss_fn(batch):
+            return (self(batch) - batch).square().sum(-1).mean(), {}
+
+        trainer.run(loss_fn, X, int(n_iter), int(batch_size), generator=gen,
+                    sampling="replacement")
+        return trainer.history["loss"]
 
 
 class PushforwardEBM:
@@ -119,8 +117,12 @@ class PushforwardEBM:
         self.history_ = None
         self.latent_shift_ = self.latent_scale_ = None
 
-    def fit(self, X):
-        """Train the autoencoder, then the latent EBM on the codes. Returns self."""
+    def fit(self, X, X_val=None):
+        """Train the autoencoder, then the latent EBM on the codes. Returns self.
+
+        With validation points, the latent EBM keeps the weights of its best
+        exact latent NLL on their codes (early stopping per its ``patience``).
+        """
         X = _check_data(X, self.ambient_dim)
         ae_loss = self.autoencoder.fit(X, self.ae_iter, self.ae_lr, self.ae_batch_size,
                                        self.seed, self.progress)
@@ -128,7 +130,12 @@ class PushforwardEBM:
             codes = self.autoencoder.encoder(X)
         self.latent_shift_ = codes.mean(0)
         self.latent_scale_ = codes.std(0).clamp_min(1e-12)
-        self.latent_ebm.fit((codes - self.latent_shift_) / self.latent_scale_)
+        val = None
+        if X_val is not None:
+            with torch.no_grad():
+                val = (self.autoencoder.encoder(_check_data(X_val, self.ambient_dim, "X_val"))
+                       - self.latent_shift_) / self.latent_scale_
+        self.latent_ebm.fit((codes - self.latent_shift_) / self.latent_scale_, val)
         self.history_ = {"ae_loss": ae_loss, **self.latent_ebm.history_}
         return self
 
@@ -170,14 +177,8 @@ class PushforwardEBM:
             return out
         return out - self.latent_ebm.log_partition() - float(self.latent_scale_.log().sum())
 
-    def density_on_manifold(self, resolution=None):
-        """Decoded points of a latent lattice and the model's log density there.
-
-        The lattice spans the latent chain box with ``resolution`` points per
-        axis and is decoded; the log density is that of :meth:`log_prob` at the decoded
-        point, evaluated at the lattice latent itself (no re-encoding), up to
-        the constant ``log Z``. The reference code evaluates its baseline the
-        same way.
+    def latent_lattice(self, resolution=None):
+        """A regular lattice over the latent chain box: standardised and raw latents.
 
         Parameters
         ----------
@@ -186,8 +187,10 @@ class PushforwardEBM:
 
         Returns
         -------
-        points : torch.Tensor, shape (resolution ** m, n)
-        log_prob : torch.Tensor, shape (resolution ** m,)
+        u : torch.Tensor, shape (resolution ** m, m)
+            Standardised latents (the latent EBM's coordinates); every point
+            stands for a cell of equal latent volume.
+        z : torch.Tensor, shape (resolution ** m, m)
         """
         if self.latent_ebm.box_ is None:
             raise RuntimeError("call fit first")
@@ -197,7 +200,23 @@ class PushforwardEBM:
         axes = [torch.linspace(float(lo[j]), float(hi[j]), int(resolution), dtype=DTYPE)
                 for j in range(self.latent_dim)]
         u = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.latent_dim)
-        z = u * self.latent_scale_ + self.latent_shift_
+        return u, u * self.latent_scale_ + self.latent_shift_
+
+    def density_on_manifold(self, resolution=None):
+        """Decoded points of a latent lattice and the model's log density there.
+
+        The lattice (:meth:`latent_lattice`) spans the latent chain box and is
+        decoded; the log density is that of :meth:`log_prob` at the decoded
+        point, evaluated at the lattice latent itself (no re-encoding), up to
+        the constant ``log Z``. The reference code evaluates its baseline the
+        same way.
+
+        Returns
+        -------
+        points : torch.Tensor, shape (resolution ** m, n)
+        log_prob : torch.Tensor, shape (resolution ** m,)
+        """
+        u, z = self.latent_lattice(resolution)
         with torch.no_grad():
             return self.decode(z), -self.latent_ebm.energy(u) - self.half_log_det(z)
 

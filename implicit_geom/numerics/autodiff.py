@@ -14,6 +14,26 @@ trained network must neither keep graphs through its weights nor touch their
 
 import torch
 
+try:  # the engine call behind torch.autograd.grad, without its argument checks
+    from torch.autograd.graph import _engine_run_backward
+except ImportError:  # pragma: no cover - other torch versions
+    _engine_run_backward = None
+
+
+def _grad(output, inputs, grad_output, create_graph=False, retain_graph=None):
+    """``torch.autograd.grad`` for one output and one input, the checks skipped.
+
+    The geodesic integrator differentiates F hundreds of times per geodesic
+    on small batches, where the Python-side validation of autograd.grad costs
+    as much as the backward pass itself. Unused inputs give None.
+    """
+    if _engine_run_backward is None:
+        return torch.autograd.grad(output, inputs, grad_output, create_graph=create_graph,
+                                   retain_graph=retain_graph, allow_unused=True)[0]
+    retain = create_graph if retain_graph is None else retain_graph
+    return _engine_run_backward((output,), (grad_output,), retain, create_graph, (inputs,),
+                                True, False)[0]
+
 
 def _leaf(x):
     return x.detach().requires_grad_(True)
@@ -71,10 +91,48 @@ def second_directional_derivative(f, x, v):
         out = []
         for i in range(k):
             grad = torch.autograd.grad(value[:, i].sum(), xg, create_graph=True)[0]
+            if not grad.requires_grad:  # F_i affine: no second derivative
+                out.append(torch.zeros_like(v[:, 0]))
+                continue
             hv = torch.autograd.grad((grad * v).sum(), xg, retain_graph=i < k - 1,
                                      allow_unused=True)[0]
             out.append(torch.zeros_like(v[:, 0]) if hv is None else (hv * v).sum(-1))
     return torch.stack(out, dim=-1)
+
+
+def jacobian_and_second_derivative(f, x, v):
+    """``J(x)`` (B, k, n) and ``D^2F(x)[v, v]`` (B, k) in one forward and two
+    backward passes (the geodesic acceleration needs both at the same point).
+
+    One constraint: the gradient with ``create_graph`` and one more backward
+    of ``grad . v``; several: all k rows at once by a batched backward, then
+    a batched second backward of the k directional derivatives.
+    """
+    with torch.enable_grad():
+        xg = _leaf(x)
+        value = f(xg)
+        k = value.shape[-1]
+        if k == 1:
+            grad = _grad(value, xg, torch.ones_like(value), create_graph=True)
+            if grad is None or not grad.requires_grad:  # constant or affine F
+                jac = torch.zeros_like(x) if grad is None else grad
+                return jac.detach().unsqueeze(-2), x.new_zeros(x.shape[0], 1)
+            directional = (grad * v).sum(-1)  # J v
+            hv = _grad(directional, xg, torch.ones_like(directional))
+            hv = torch.zeros_like(x) if hv is None else hv
+            return grad.detach().unsqueeze(-2), (hv * v).sum(-1, keepdim=True)
+        eye = torch.eye(k, dtype=value.dtype, device=value.device)
+        (rows,) = torch.autograd.grad(value, xg, eye[:, None, :].expand(k, *value.shape),
+                                      create_graph=True, is_grads_batched=True)
+        jac = rows.movedim(0, -2)
+        if not jac.requires_grad:  # affine F
+            return jac.detach(), x.new_zeros(x.shape[0], k)
+        directional = (jac * v.unsqueeze(-2)).sum(-1)  # (B, k) = J v
+        (hvs,) = torch.autograd.grad(directional, xg,
+                                     eye[:, None, :].expand(k, *directional.shape),
+                                     is_grads_batched=True, allow_unused=True)
+    hvs = torch.zeros(k, *x.shape, dtype=x.dtype, device=x.device) if hvs is None else hvs
+    return jac.detach(), (hvs * v).sum(-1).t()
 
 
 def lagrangian_hessian(f, x, lam):
@@ -83,9 +141,30 @@ def lagrangian_hessian(f, x, lam):
         xg = _leaf(x)
         grad = torch.autograd.grad((f(xg) * lam).sum(), xg, create_graph=True)[0]
         n = x.shape[-1]
-        if not grad.requires_grad:  # F affine in x: the Hessian is zero
-            return torch.zeros(*x.shape, n, dtype=x.dtype, device=x.device)
+        if not grad.requires_grad:  # affine F: zero Hessian
+            return x.new_zeros(x.shape[0], n, n)
         rows = [torch.autograd.grad(grad[:, j].sum(), xg, retain_graph=j < n - 1,
                                     allow_unused=True)[0] for j in range(n)]
     rows = [torch.zeros_like(x) if r is None else r for r in rows]
     return torch.stack(rows, dim=-2)
+
+
+def hessians(f, x):
+    """Per-constraint Hessians ``d^2 F_i / dx dx`` at each point, shape (B, k, n, n).
+
+    ``torch.func`` (``vmap(jacfwd(jacrev(f)))``: one vectorised forward-over-
+    reverse pass) for functions it can trace; others (in-place updates, data-
+    dependent Python control flow) fall back to a loop of double-backward passes.
+    """
+    def single(point):
+        return f(point.unsqueeze(0)).squeeze(0)
+
+    with torch.no_grad():
+        try:
+            return torch.func.vmap(torch.func.jacfwd(torch.func.jacrev(single)))(x)
+        except (RuntimeError, NotImplementedError, ValueError):
+            pass
+    k = f(x[:1]).shape[-1]
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    return torch.stack([lagrangian_hessian(f, x, eye[i].expand(x.shape[0], k))
+                        for i in range(k)], dim=1)

@@ -6,14 +6,16 @@
 """
 
 from .adaptation import DualAveragingStepSize
-from .diagnostics import SamplerInfo, monte_carlo_estimate
+from .diagnostics import SamplerInfo, effective_sample_size, monte_carlo_estimate
 from .integrators import SolverOptions, StepStatus, rattle_step
 from .samplers import EMIT_TOL, ConstrainedHMC, ConstrainedLangevin, ConstrainedMALA
 from .targets import ChainState, ConstrainedTarget
+from .transitions import ComponentJump
 
 __all__ = [
     "EMIT_TOL",
     "ChainState",
+    "ComponentJump",
     "ConstrainedHMC",
     "ConstrainedLangevin",
     "ConstrainedMALA",
@@ -21,6 +23,7 @@ __all__ = [
     "DualAveragingStepSize",
     "SamplerInfo",
     "SolverOptions",
+    "effective_sample_size",
     "StepStatus",
     "monte_carlo_estimate",
     "rattle_step",

@@ -15,14 +15,12 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
-
 from ..exceptions import InvalidPointError, ProjectionError
-from ..metrics import effective_sample_size
 from ..numerics.linalg import tangent_projector
 from ..numerics.validation import as_points
+from ..progress import Progress
 from .adaptation import DualAveragingStepSize
-from .diagnostics import SamplerInfo
+from .diagnostics import SamplerInfo, effective_sample_size
 from .integrators import SolverOptions, StepStatus, rattle_step
 from .targets import ConstrainedTarget
 
@@ -54,13 +52,20 @@ class _ConstrainedSampler:
         ``min(manifold.max_iter, 10)`` (see :class:`SolverOptions`).
     reverse_tol : float
         Tolerance of the reversibility check on ``|x_back - x|``.
+    moves : sequence of callable
+        Extra Metropolis-Hastings moves run after each transition (e.g.
+        :class:`~implicit_geom.sampling.ComponentJump` between connected
+        components); each maps ``(sampler, state)`` to the new state.
     """
 
     default_target_accept = None
     default_check_reversibility = True
 
     def __init__(self, manifold, energy=None, step_size=0.1, seed=None, *, tol=None,
-                 max_iter=None, reverse_tol=1e-8, check_reversibility=None):
+                 max_iter=None, reverse_tol=1e-8, check_reversibility=None, moves=()):
+        self.moves = tuple(moves)
+        if not all(callable(m) for m in self.moves):
+            raise TypeError("moves must be callables (sampler, state) -> state")
         self.target = ConstrainedTarget(manifold, energy)
         self.manifold = self.target.manifold
         if not (isinstance(step_size, (int, float)) and math.isfinite(step_size)
@@ -160,7 +165,7 @@ class _ConstrainedSampler:
             Target mean acceptance probability of the warm-up adaptation; default
             the sampler's ``default_target_accept``.
         progress : bool
-            Show a tqdm progress bar.
+            Report progress (a bar on a terminal, periodic lines otherwise).
 
         Returns
         -------
@@ -199,10 +204,11 @@ class _ConstrainedSampler:
         n_kept = n_steps // thin if keep else 0
         samples = state.x.new_empty(n_kept, n_chains, state.x.shape[1]) if keep else None
         h = self.step_size
-        with tqdm(total=n_warmup + n_steps, disable=not progress,
-                  desc=type(self).__name__) as bar:
+        with Progress(n_warmup + n_steps, type(self).__name__, enabled=progress) as bar:
             for it in range(n_warmup + n_steps):
                 state, accept_prob, accepted, status = self._transition(state, h)
+                for move in self.moves:
+                    state = move(self, state)
                 if it < n_warmup:
                     if adapter is not None:
                         h = adapter.update(float(accept_prob.mean()))

@@ -13,6 +13,7 @@ import torch
 from ..exceptions import InvalidPointError
 from ..manifolds.analytic import as_implicit
 from ..numerics import mlp
+from ..numerics.validation import as_points
 
 
 @dataclass
@@ -113,6 +114,42 @@ class ConstrainedTarget:
             return x.new_zeros(x.shape[0])
         with torch.no_grad():
             return self._check_energy(self.energy_fn(x), x.shape[0])
+
+    def log_density(self, x, project=False, atol=1e-6):
+        """Unnormalised log density ``-E(x)`` w.r.t. the volume of M, shape (...,),
+        differentiable (autograd through E).
+
+        Parameters
+        ----------
+        x : array-like, shape=[..., n]
+        project : bool
+            Evaluate at the closest points of M instead: differentiable in
+            ``x`` and in the trainable parameters of F (a learned manifold
+            moving under the density), by the implicit-function gradient of
+            :meth:`~implicit_geom.manifolds.ImplicitManifold.projection`.
+        atol : float
+            Without ``project``, points with ``|F| > atol`` raise (no density
+            off M).
+
+        Raises
+        ------
+        InvalidPointError
+            Points off M (without ``project``).
+        """
+        x = as_points(x, self.ambient_dim, "x")
+        if project:
+            x = self.manifold.projection(x)
+        else:
+            off = ~(self.manifold.submersion(x).norm(dim=-1) <= atol)
+            if bool(off.any()):
+                raise InvalidPointError(
+                    f"log_density: {int(off.sum())} point(s) are not on the manifold "
+                    f"(|F| > {atol:g}); pass project=True to evaluate at their projections.")
+        flat = x.reshape(-1, self.ambient_dim)
+        if self.energy_fn is None:
+            return 0 * x.sum(-1)  # uniform: zero, still attached to x's graph
+        energy = self._check_energy(self.energy_fn(flat), flat.shape[0])
+        return -energy.reshape(x.shape[:-1])
 
     def energy_and_grad(self, x):
         """``E(x)`` (B,) and the ambient gradient ``grad E(x)`` (B, n), both detached.

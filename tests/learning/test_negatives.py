@@ -59,3 +59,25 @@ def test_bad_settings():
         sampler(n_negatives=500)
     with pytest.raises(ValueError):
         sampler(reinit_prob=1.5)
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1", "l2_squared"])
+def test_graph_free_gradient_moves_chains_like_autograd(norm):
+    # Catches a wrong gradient of the norm (sign, factor 2, F/|F|) or a
+    # Jacobian used transposed in the graph-free path the MDF fit uses.
+    def two_constraints(x):
+        return torch.stack([x.square().sum(-1) - 1.0, x[:, 0] * x[:, 1] - 0.2], -1)
+
+    def value_and_jacobian(x):
+        jac = torch.stack([2 * x, torch.stack([x[:, 1], x[:, 0]], -1)], 1)
+        return two_constraints(x), jac
+
+    a, b = sampler(norm=norm, steps=5), sampler(norm=norm, steps=5)
+    xa = a.sample(two_constraints)
+    xb = b.sample(two_constraints, value_and_jacobian)
+    assert torch.allclose(xa, xb, atol=1e-12)
+    # One constraint (the MDF of a hypersurface) takes its own shortcut.
+    c, d = sampler(norm=norm, steps=5), sampler(norm=norm, steps=5)
+    xc = c.sample(circle_f)
+    xd = d.sample(circle_f, lambda x: (circle_f(x), 2 * x[:, None, :]))
+    assert torch.allclose(xc, xd, atol=1e-12)

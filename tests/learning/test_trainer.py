@@ -1,10 +1,15 @@
-"""Trainer: cosine schedule, history, resumable state, divergence detection."""
+"""Trainer: cosine schedule, history, resumable state, divergence detection,
+batches with replacement, clipping, validation with early stopping, progress lines."""
+
+import io
+import re
 
 import pytest
 import torch
 
-from implicit_geom import ImplicitGeomError
+from implicit_geom import ImplicitGeomError, TrainingDivergedError
 from implicit_geom.learning import Trainer, cosine_lr
+from implicit_geom.progress import Progress
 
 
 def test_cosine_schedule():
@@ -53,8 +58,11 @@ def test_state_dict_resumes_identically():
 def test_divergence_raises():
     w = torch.ones(1, dtype=torch.float64, requires_grad=True)
     trainer = Trainer([w], progress=False)
-    with pytest.raises(ImplicitGeomError, match="diverged"):
+    with pytest.raises(ImplicitGeomError, match="diverged") as info:
         trainer.run(lambda b: ((w * float("nan")).sum(), {}), torch.zeros(4, 1), 1, 4)
+    # Callers that catch floating-point trouble generically see it too.
+    assert isinstance(info.value, (TrainingDivergedError, FloatingPointError))
+    assert torch.equal(w, torch.ones(1, dtype=torch.float64))  # no step was taken
 
 
 def test_tuple_data_is_batched_together():
@@ -74,3 +82,81 @@ def test_tuple_data_is_batched_together():
     assert torch.equal(torch.sort(torch.cat(seen)).values, points[:, 0])
     with pytest.raises(ValueError, match="first dimension"):
         Trainer([w], progress=False).run(loss_fn, (points, labels[:3]), 1, 4)
+
+
+def test_replacement_sampling_is_one_seeded_batch_per_epoch():
+    # Catches an epoch that loops over the data, batches without replacement
+    # or larger than the data, or draws that ignore the generator.
+    points = torch.arange(5, dtype=torch.float64)[:, None]
+    w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+
+    def collect(seed):
+        seen = []
+
+        def loss_fn(x):
+            seen.append(x[:, 0].clone())
+            return (w * x).sum(), {}
+
+        Trainer([w], progress=False).run(loss_fn, points, 30, batch_size=8, sampling="replacement",
+                                         generator=torch.Generator().manual_seed(seed))
+        return torch.stack(seen)
+
+    batches = collect(0)
+    assert batches.shape == (30, 5)  # one step per epoch, min(batch_size, n) rows
+    assert any(len(set(b.tolist())) < 5 for b in batches)  # repeats: with replacement
+    assert torch.equal(batches, collect(0)) and not torch.equal(batches, collect(1))
+    with pytest.raises(ValueError, match="sampling"):
+        Trainer([w], progress=False).run(lambda x: ((w * x).sum(), {}), points, 1, 2,
+                                         sampling="bootstrap")
+
+
+def test_gradient_clipping_records_the_norm_and_clips():
+    # Catches clipping that is skipped or recorded after clipping.
+    w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([30.0, 40.0], dtype=torch.float64)  # gradient norm 50 at w = 0
+    trainer = Trainer([w], lr=1e-3, grad_clip=1.0, progress=False)
+    trainer.run(lambda x: (-(w * target).sum(), {}), torch.zeros(1, 1), 1, 1)
+    assert trainer.history["grad_norm"] == [pytest.approx(50.0)]
+    assert w.grad.norm() == pytest.approx(1.0)
+
+
+def test_validation_early_stopping_and_best_restore():
+    # Catches a validation that is not called on schedule, patience counted in
+    # epochs instead of validations, and ending with the last weights.
+    w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    scores = iter([5.0, 4.0, 3.0, 3.5, 4.0, 9.0, 9.0])
+    snapshots = []
+
+    def validation():
+        snapshots.append(w.detach().clone())
+        return next(scores)
+
+    trainer = Trainer([w], lr=0.1, total_epochs=100, progress=False)
+    trainer.run(lambda x: (-(w * x).sum(), {}), torch.ones(4, 1), 100, 4,
+                validation=validation, val_every=2, patience=2)
+    assert trainer.stopped_early and trainer.epoch == 10
+    assert trainer.validation_history == {"epoch": [2, 4, 6, 8, 10],
+                                          "loss": [5.0, 4.0, 3.0, 3.5, 4.0]}
+    assert trainer.best_epoch == 6
+    assert torch.equal(w.detach(), snapshots[2]) and not torch.equal(snapshots[2], snapshots[4])
+    state = trainer.state_dict()
+    again = Trainer([w], progress=False)
+    again.load_state_dict(state)
+    assert again.validation_history == trainer.validation_history and again.best_epoch == 6
+
+
+def test_progress_lines_when_not_a_terminal():
+    # Under pytest stdout is not a terminal: progress must come as whole lines
+    # (no carriage-return bars), with the step count and the reported values.
+    stream = io.StringIO()
+    with Progress(3, "fitting X", interval=0.0, stream=stream) as bar:
+        for _ in range(3):
+            bar.update(loss=0.5)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) == 3
+    assert re.fullmatch(r"fitting X: 1/3 \(33%\) loss=0\.5 \[\d+ s, ~\d+ s left\]", lines[0])
+    assert lines[-1].startswith("fitting X: 3/3 (100%) loss=0.5 [done in")
+    quiet = io.StringIO()
+    with Progress(3, "x", enabled=False, interval=0.0, stream=quiet) as bar:
+        bar.update()
+    assert quiet.getvalue() == ""

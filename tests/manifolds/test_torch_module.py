@@ -25,6 +25,10 @@ KINDS = {
     "torus": lambda: ig.ImplicitTorus(2.0, 1.0),
     "union": lambda: ig.union(ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[4.0, 0, 0])),
     "network": network_manifold,
+    # A curve: distances come from its arc-length table.
+    "curve": lambda: ig.ImplicitManifold(
+        lambda x: (x[..., :1] / 2) ** 2 + x[..., 1:] ** 2 - 1, 2, 1,
+        bounds=([-2.5, -1.5], [2.5, 1.5])),
 }
 
 
@@ -94,7 +98,7 @@ def test_moved_to_float32_computes_in_float32(kind):
     p = manifold.projection(p64.float() * 1.05)
     assert p.dtype == torch.float32
     assert float(manifold.submersion(p).abs().max()) <= manifold.tol_for() <= 1e-5
-    v = 0.3 * manifold.to_tangent(torch.randn(6, 3, dtype=torch.float32), p)
+    v = 0.3 * manifold.to_tangent(torch.randn(6, p.shape[-1], dtype=torch.float32), p)
     q = manifold.metric.exp(v, p)
     torch.testing.assert_close(manifold.metric.log(q, p), v, rtol=0, atol=1e-4)
 
@@ -107,7 +111,7 @@ def test_no_tensor_is_created_on_the_default_device_inside_computations(kind):
     # stand-in for "no tensor created on the CPU while the data is on the GPU".
     manifold = KINDS[kind]()
     p = start_points(manifold)
-    v = 0.3 * manifold.to_tangent(torch.randn(6, 3, dtype=torch.float64), p)
+    v = 0.3 * manifold.to_tangent(torch.randn(6, p.shape[-1], dtype=torch.float64), p)
     q = manifold.metric.exp(v, p)
     with torch.device("meta"):
         manifold.projection(p * 1.02)
@@ -147,7 +151,7 @@ def test_forward_is_the_differentiable_defining_function():
 def test_cuda_geometry_matches_cpu(kind):
     manifold = KINDS[kind]()
     p = start_points(manifold)
-    v = 0.3 * manifold.to_tangent(torch.randn(6, 3, dtype=torch.float64), p)
+    v = 0.3 * manifold.to_tangent(torch.randn(6, p.shape[-1], dtype=torch.float64), p)
     ref = {"exp": manifold.metric.exp(v, p), "proj": manifold.projection(p * 1.02)}
     ref["log"] = manifold.metric.log(ref["exp"], p)
     ref["labels"] = manifold.component_of(p)

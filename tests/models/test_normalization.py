@@ -8,14 +8,19 @@ from geomstats.geometry.hypersphere import Hypersphere
 
 from implicit_geom import ImplicitSphere, ImplicitTorus, union
 from implicit_geom.models.normalization import (
+    ais_log_partition,
     box_quadrature,
     circle_quadrature,
+    component_log_partitions,
     has_quadrature,
     log_partition,
+    log_partition_error,
     manifold_quadrature,
     monte_carlo_log_partition,
     sphere_quadrature,
+    surface_mesh_quadrature,
     torus_quadrature,
+    traced_curve_quadrature,
 )
 from implicit_geom.datasets import vmf_sphere
 
@@ -61,12 +66,17 @@ def test_dispatch_covers_geomstats_spheres_and_unions():
 
 
 def test_unsupported_manifold_and_bad_resolution():
-    from implicit_geom import ImplicitManifold
+    from implicit_geom import ImplicitManifold, NormalizationError
 
-    plane = ImplicitManifold(lambda x: x[:, :1], 2, 1)
-    assert not has_quadrature(plane)
-    with pytest.raises(NotImplementedError):
-        manifold_quadrature(plane)
+    line = ImplicitManifold(lambda x: x[:, :1], 2, 1)
+    assert not has_quadrature(line)  # no box: an unbounded curve has no finite rule
+    with pytest.raises(NormalizationError, match="no box"):
+        manifold_quadrature(line)
+    s3 = ImplicitManifold(lambda x: x.square().sum(-1, keepdim=True) - 1, 4, 1,
+                          bounds=([-2] * 4, [2] * 4))
+    assert not has_quadrature(s3)
+    with pytest.raises(NotImplementedError, match="ais_log_partition"):
+        manifold_quadrature(s3)
     with pytest.raises(ValueError):
         sphere_quadrature(1, 8)
 
@@ -95,3 +105,132 @@ def test_box_quadrature_gaussian():
         math.log(2 * math.pi), abs=1e-6)
     with pytest.raises(ValueError):
         box_quadrature([0.0], [-1.0])
+
+
+# ------------------------------------------------------------------ closed forms
+@pytest.mark.parametrize("kappa", [0.5, 4.0, 30.0])
+def test_von_mises_normaliser_on_a_circle(kappa):
+    # int exp(kappa cos t) r dt = 2 pi r I0(kappa) on a circle of radius r.
+    from scipy.special import i0e
+
+    rule = circle_quadrature(256, radius=1.7, center=(0.3, -0.2))
+    energy = lambda x: -kappa * (x[:, 0] - 0.3) / 1.7
+    exact = math.log(2 * math.pi * 1.7 * i0e(kappa)) + kappa
+    assert float(log_partition(energy, rule)) == pytest.approx(exact, abs=1e-10)
+
+
+def test_torus_area_element_is_exercised():
+    # int exp(k cos theta) r (R + r cos theta) dphi dtheta = 4 pi^2 r (R I0(k) + r I1(k)).
+    # A rule with the area element r R (no cos theta term) gives 4 pi^2 r R I0(k)
+    # and fails by far more than the tolerance.
+    from scipy.special import i0, i1
+
+    R, r, k = 3.0, 1.0, 2.0
+    rule = torus_quadrature(R, r, 64, 64)
+    energy = lambda x: -k * (torch.hypot(x[:, 0], x[:, 1]) - R) / r  # = -k cos(theta)
+    exact = math.log(4 * math.pi**2 * r * (R * i0(k) + r * i1(k)))
+    assert float(log_partition(energy, rule)) == pytest.approx(exact, abs=1e-10)
+    assert abs(math.log(4 * math.pi**2 * r * R * i0(k)) - exact) > 0.1
+
+
+# ------------------------------------------------------ learned curves and surfaces
+def _exact_network_sphere(dim, radius, center):
+    """A network-defined manifold whose zero set is exactly a sphere (radial term only)."""
+    from implicit_geom.manifolds.neural import MDFNetwork, NetworkImplicitManifold
+
+    net = MDFNetwork(dim + 1, 1, hidden=(8,), radial=1.0)
+    with torch.no_grad():
+        net.net[-1].weight.zero_()
+        net.net[-1].bias.zero_()
+        net.shift.copy_(torch.as_tensor(center, dtype=torch.float64))
+        net.scale.fill_(radius)
+    pad = radius + 0.3
+    c = torch.as_tensor(center, dtype=torch.float64)
+    return NetworkImplicitManifold(net, dim + 1, 1, bounds=(c - pad, c + pad))
+
+
+def test_traced_curves_give_exact_lengths_and_components():
+    # Two network circles (radii 1 and 0.5): each traced component has its
+    # length to 1e-8 and its own label; a vMF-type energy's per-component log Z
+    # matches the closed form. Catches chord-only weights (error ~1e-5), a
+    # component traced twice or missed, or a wrong closing segment.
+    from scipy.special import i0e
+
+    a = _exact_network_sphere(1, 1.0, (-1.8, 0.0))
+    b = _exact_network_sphere(1, 0.5, (1.5, 0.3))
+    rule = manifold_quadrature(union(a, b), 128)
+    assert rule.n_components == 2 and rule.n_open == 0
+    lengths = sorted(rule.component_volumes().tolist())
+    assert lengths == pytest.approx([math.pi, 2 * math.pi], abs=1e-8)
+    energy = lambda x: -2.0 * torch.where(x[:, 0] < 0, x[:, 0] + 1.8, (x[:, 0] - 1.5) / 0.5)
+    comp = component_log_partitions(energy, rule)
+    exact = [math.log(2 * math.pi * r * i0e(2.0)) + 2.0 for r in (0.5, 1.0)]
+    assert sorted(comp.tolist()) == pytest.approx(sorted(exact), abs=1e-8)
+    assert log_partition_error(energy, rule) < 1e-6
+
+
+def test_ellipse_perimeter_by_tracing():
+    # A non-circular curve: the perimeter against the complete elliptic integral.
+    from scipy.special import ellipe
+
+    from implicit_geom import ImplicitManifold
+
+    a, b = 2.0, 1.0
+    ellipse = ImplicitManifold(lambda x: (x[:, :1] / a) ** 2 + (x[:, 1:] / b) ** 2 - 1, 2, 1,
+                               bounds=([-2.5, -1.5], [2.5, 1.5]))
+    rule = traced_curve_quadrature(ellipse)
+    assert rule.volume == pytest.approx(4 * a * ellipe(1 - (b / a) ** 2), rel=1e-7)
+
+
+def test_projected_mesh_of_a_network_sphere():
+    # A network-defined sphere of radius 0.8: area and a vMF log Z within 1e-3
+    # relative (the goal), with an error estimate of the right size. Catches
+    # unprojected vertices (area error ~1e-2) and wrong vertex weights.
+    sphere = _exact_network_sphere(2, 0.8, (0.1, 0.0, -0.2))
+    rule = surface_mesh_quadrature(sphere, grid=20, n_refine=2)
+    assert rule.n_components == 1 and rule.n_open == 0
+    assert rule.volume == pytest.approx(4 * math.pi * 0.64, rel=1e-3)
+    c = torch.tensor([0.1, 0.0, -0.2], dtype=torch.float64)
+    energy = lambda x: -3.0 * (x - c)[:, 2] / 0.8
+    exact = math.log(4 * math.pi * 0.64 * math.sinh(3.0) / 3.0)
+    value = float(log_partition(energy, rule))
+    assert value == pytest.approx(exact, rel=1e-3)
+    err = log_partition_error(energy, rule)
+    assert abs(value - exact) < 3 * err < 3e-3
+
+
+def test_learned_circle_and_sphere_of_known_size():
+    # The issue's check: manifolds *learned from data* on a circle of radius
+    # 1.5 and a sphere of radius 0.8 give log Z within 1e-3 of the analytic
+    # value (the learning error included).
+    from scipy.special import i0
+
+    from implicit_geom.datasets import von_mises_circle, vmf_sphere
+    from implicit_geom.learning import NeuralImplicitManifold
+
+    X = 1.5 * von_mises_circle(500, kappa=0.5, seed=0)
+    circle = NeuralImplicitManifold(2, 1, hidden=(16, 16), epochs=60, progress=False).fit(X)
+    value = float(log_partition(lambda x: -2.0 * x[:, 0] / 1.5, manifold_quadrature(circle)))
+    assert value == pytest.approx(math.log(2 * math.pi * 1.5 * i0(2.0)), rel=1e-3)
+    S = 0.8 * vmf_sphere(800, [0, 0, 1.0], 0.5, seed=0)
+    sphere = NeuralImplicitManifold(3, 1, hidden=(16, 16), epochs=150, progress=False).fit(S)
+    value = float(log_partition(lambda x: -3.0 * x[:, 2] / 0.8, manifold_quadrature(sphere)))
+    assert value == pytest.approx(math.log(4 * math.pi * 0.64 * math.sinh(3.0) / 3.0), abs=1e-3)
+
+
+def test_ais_log_partition_on_a_three_sphere_has_honest_error_bars():
+    # S^3 in R^4 (no quadrature): AIS + tube volume against the closed form
+    # (2 pi)^2 I_1(k) / k, within 3 standard errors, and the standard error small.
+    from scipy.special import iv
+
+    from implicit_geom import ImplicitManifold
+
+    s3 = ImplicitManifold(lambda x: (x.square().sum(-1, keepdim=True) - 1) / 2, 4, 1,
+                          bounds=([-1.3] * 4, [1.3] * 4))
+    mu = torch.tensor([0.0, 0.0, 0.6, 0.8], dtype=torch.float64)
+    est = ais_log_partition(s3, lambda x: -3.0 * (x @ mu), n_chains=256, n_temps=40,
+                            n_burn=60, step_size=0.5, n_points=2**14, n_rep=4, n_cover=2000)
+    exact = math.log((2 * math.pi) ** 2 * iv(1, 3.0) / 3.0)
+    assert 0 < est.error < 0.06
+    assert abs(est.value - exact) < 3 * est.error
+    assert est.component_log_z.shape == (1,)

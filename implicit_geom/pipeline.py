@@ -1,0 +1,227 @@
+"""The library's default pipeline: a manifold for the data, then a constrained EBM on it.
+
+One definition, run by the command line (``implicit-geom fit`` and ``demo``)
+and by ``benchmarks/pipelines.py``, so that the benchmark measures what users
+run:
+
+1. the manifold: analytic where the data's manifold is known (latitude and
+   longitude on the sphere, angles on the torus), otherwise learned by a
+   :class:`~implicit_geom.learning.NeuralImplicitManifold` with the data set's
+   preset (:func:`~implicit_geom.learning.presets.mdf_preset`); the intrinsic
+   dimension of plain points comes from the data set or from local PCA;
+2. the density: :class:`~implicit_geom.models.ConstrainedEBM` with the data
+   set's settings (:func:`ebm_preset`).
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .datasets import estimate_intrinsic_dim
+from .manifolds import ImplicitSphere, ImplicitTorus
+
+__all__ = ["EBM_DEFAULTS", "EBM_PRESETS", "MLE_DEFAULTS", "Pipeline", "build_manifold",
+           "ebm_preset", "fit_pipeline"]
+
+#: Settings of every constrained EBM of the pipeline. A small buffer and 15
+#: steps per iteration keep the persistent chains near equilibrium in a short
+#: run; the cosine decay to lr / 10 damps the PCD noise in the final weights.
+EBM_DEFAULTS = dict(n_iter=400, n_mcmc_steps=15, batch_size=128, buffer_size=500, lr=3e-3,
+                    lr_floor=0.1, beta=0.01, hidden=(64, 64))
+
+#: Per data set: the Langevin step (absolute, for the data set's scale), the
+#: energy regulariser and where chains start (at the data on disconnected
+#: manifolds: local dynamics cannot move mass between components).
+EBM_PRESETS = {
+    "circle": dict(step_size=0.3),
+    "two_circles": dict(step_size=0.3, chain_init="data"),
+    "sphere_mixture": dict(step_size=0.2, beta=0.1),
+    "torus": dict(step_size=0.3, beta=0.1),
+    "flood": dict(step_size=0.15),
+    "volcano": dict(step_size=0.15),
+    "glycine": dict(step_size=0.3, beta=0.1),
+}
+
+
+#: Settings by the kind of manifold, for users' data on the analytic sphere
+#: (latitude/longitude, like flood) or torus (angles, like glycine).
+KIND_PRESETS = {"sphere": "flood", "torus": "glycine"}
+
+#: Exact maximum likelihood (where log Z has a quadrature: analytic spaces,
+#: learned curves and surfaces): exact gradients take large batches and steps,
+#: random Fourier features let the energy carve sharp peaks, and a tenth of the
+#: training data is held out for early stopping.
+MLE_DEFAULTS = dict(lr=1e-2, batch_size=512, n_iter=1000, fourier=32, max_frequency=8.0,
+                    val_every=10, patience=10)
+
+
+def ebm_preset(name, points=None, kind=None):
+    """Constrained-EBM settings for data set ``name`` (a copy).
+
+    Data without a preset of their own take that of their kind of manifold
+    (``kind`` "sphere" or "torus", whose scale is fixed), else a Langevin
+    step of 0.3 times the data's mean coordinate spread (the presets' ratio
+    on the built-in sets), so that the step suits data of any scale.
+    """
+    preset = dict(EBM_DEFAULTS)
+    name = name if name in EBM_PRESETS else KIND_PRESETS.get(kind, name)
+    if name in EBM_PRESETS:
+        preset.update(EBM_PRESETS[name])
+    elif points is not None:
+        spread = float(torch.as_tensor(points).std(0).mean())
+        preset["step_size"] = 0.3 * spread if spread > 0 else 0.1
+    return preset
+
+
+@dataclass
+class Pipeline:
+    """What :func:`fit_pipeline` fitted.
+
+    Attributes
+    ----------
+    kind : {"learned", "sphere", "torus"}
+    manifold : ImplicitManifold
+    ebm : ConstrainedEBM
+    geometry : dict
+        Parameters of an analytic manifold (torus radii).
+    timings : dict
+        ``manifold_s`` (learned manifolds) and ``ebm_s``, seconds.
+    notes : list of str
+        What was decided on the user's behalf (an estimated dimension).
+    """
+
+    kind: str
+    manifold: object
+    ebm: object
+    geometry: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=True,
+                   mdf_epochs=None, n_train=None):
+    """The (unfitted) manifold of the pipeline for ``dataset``.
+
+    Parameters
+    ----------
+    dataset : implicit_geom.datasets.Dataset
+    choice : {"auto", "learned", "sphere", "torus"}
+        ``"auto"``: analytic for sphere and torus data, else learned.
+    intrinsic_dim : int, optional
+        Dimension of a learned manifold (default: the data set's, else local
+        PCA).
+    seed : int
+    progress : bool
+    mdf_epochs : int, optional
+        Overrides the preset's epochs.
+    n_train : int, optional
+        Training points (sizes the MDF's batches, see
+        :func:`~implicit_geom.learning.presets.mdf_preset`).
+
+    Returns
+    -------
+    kind : str
+    manifold : ImplicitManifold
+    geometry : dict
+    notes : list of str
+
+    Raises
+    ------
+    ValueError
+        An unknown choice, a sphere or torus for points that are not 3-D, or
+        points without lower-dimensional structure.
+    """
+    if choice == "auto":
+        choice = {"sphere": "sphere", "torus": "torus"}.get(dataset.kind, "learned")
+    if choice in ("sphere", "torus") and dataset.ambient_dim != 3:
+        raise ValueError(f"--manifold {choice} needs 3-D points, the data has "
+                         f"{dataset.ambient_dim}")
+    if choice == "sphere":
+        return "sphere", ImplicitSphere(2), {}, []
+    if choice == "torus":
+        R, r = dataset.meta.get("R", 3.0), dataset.meta.get("r", 1.0)
+        return "torus", ImplicitTorus(R, r), {"R": R, "r": r}, []
+    if choice != "learned":
+        raise ValueError(f"unknown --manifold {choice!r}; use auto, learned, sphere or torus")
+    from .learning import NeuralImplicitManifold
+    from .learning.presets import mdf_preset
+
+    notes = []
+    intrinsic = intrinsic_dim or dataset.intrinsic_dim
+    if intrinsic is None:
+        intrinsic = estimate_intrinsic_dim(dataset.points, seed=seed)
+        if intrinsic >= dataset.ambient_dim:
+            raise ValueError(f"the {dataset.ambient_dim}-D points show no lower-dimensional "
+                             "structure (local PCA): pass --intrinsic-dim to fit one anyway")
+        notes.append(f"intrinsic dimension {intrinsic}, estimated by local PCA "
+                     "(pass --intrinsic-dim to set it)")
+    codim = dataset.ambient_dim - int(intrinsic)
+    if codim < 1:
+        raise ValueError(f"--intrinsic-dim must be below the ambient dimension "
+                         f"{dataset.ambient_dim}")
+    kwargs = dict(mdf_preset(dataset.name, n_train), seed=seed, progress=progress)
+    if mdf_epochs:
+        kwargs["epochs"] = int(mdf_epochs)
+    return "learned", NeuralImplicitManifold(dataset.ambient_dim, codim=codim, **kwargs), {}, \
+        notes
+
+
+def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, progress=True,
+                 mdf_epochs=None, ebm_iter=None, notify=None, **ebm_kwargs):
+    """Fit the default pipeline: a manifold for ``dataset``, then a constrained EBM.
+
+    Parameters
+    ----------
+    dataset : implicit_geom.datasets.Dataset
+        Says what the data are (name, kind, dimensions); the fit uses ``train``.
+    train : torch.Tensor, shape (N, n)
+    choice, intrinsic_dim, seed, progress, mdf_epochs
+        See :func:`build_manifold`.
+    ebm_iter : int, optional
+        Overrides the EBM's iterations.
+    notify : callable, optional
+        Called with each of :attr:`Pipeline.notes` as soon as it is decided
+        (before the long fits).
+    **ebm_kwargs
+        Override :func:`ebm_preset` settings.
+
+    Returns
+    -------
+    Pipeline
+    """
+    from .models import ConstrainedEBM
+
+    kind, manifold, geometry, notes = build_manifold(dataset, choice, intrinsic_dim, seed,
+                                                     progress, mdf_epochs, len(train))
+    for note in notes if notify is not None else ():
+        notify(note)
+    timings = {}
+    if kind == "learned":
+        t0 = time.perf_counter()
+        manifold.fit(train)
+        timings["manifold_s"] = time.perf_counter() - t0
+    # The kind's preset only where the fit is on that analytic manifold.
+    settings = dict(ebm_preset(dataset.name, train, kind if kind != "learned" else None),
+                    seed=seed, progress=progress)
+    fit_data, val = train, None
+    if ConstrainedEBM(manifold, **settings).resolved_method() == "mle":
+        settings.update(MLE_DEFAULTS)
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        k = max(len(train) // 10, 1)
+        fit_data, val = train[perm[k:]], train[perm[:k]]
+    settings.update(ebm_kwargs)
+    if ebm_iter:
+        settings["n_iter"] = int(ebm_iter)
+    energy = None
+    if kind == "sphere" and val is not None:
+        # Points on the globe are clustered far below any smooth scale (coasts,
+        # rivers, repeated sites): a learned vMF kernel mixture times a network,
+        # normalised exactly (benchmarks/likelihood.py: flood, volcano).
+        from .models import AnchoredVMFEnergy
+
+        energy = AnchoredVMFEnergy(k=5, hidden=(32, 32), fourier=32, seed=seed)
+    t0 = time.perf_counter()
+    ebm = ConstrainedEBM(manifold, energy, **settings).fit(fit_data, val)
+    timings["ebm_s"] = time.perf_counter() - t0
+    return Pipeline(kind, manifold, ebm, geometry, timings, notes)

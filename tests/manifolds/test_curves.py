@@ -1,0 +1,108 @@
+"""Curves (1-dimensional implicit manifolds): distances by arc-length tables
+against closed forms and against shooting."""
+
+import math
+
+import pytest
+import torch
+from scipy.special import ellipe
+
+import implicit_geom as ig
+from implicit_geom.exceptions import DisconnectedError
+from implicit_geom.manifolds.curves import CurveTraceError, _powers
+
+
+def ellipse(a=2.0, b=1.0):
+    # |grad F| varies along it and the curvature ranges over [b/a^2, a/b^2].
+    return ig.ImplicitManifold(lambda x: (x[..., :1] / a) ** 2 + (x[..., 1:] / b) ** 2 - 1,
+                               2, 1, bounds=([-1.3 * a, -1.3 * b], [1.3 * a, 1.3 * b]))
+
+
+def test_quintic_hermite_basis_interpolates_its_data():
+    # Catches a wrong basis coefficient: values, first and second derivatives
+    # at both ends of the segment must be the data.
+    from implicit_geom.manifolds.curves import _HERMITE
+
+    coef = torch.tensor(_HERMITE, dtype=torch.float64)
+    at = _powers(torch.tensor([0.0, 1.0], dtype=torch.float64)) @ coef  # (3, 2, 6)
+    expected = torch.zeros(3, 2, 6, dtype=torch.float64)
+    for order in range(3):
+        expected[order, 0, order] = 1.0
+        expected[order, 1, 3 + order] = 1.0
+    torch.testing.assert_close(at, expected)
+
+
+def test_ellipse_perimeter_and_arcs_against_elliptic_integrals():
+    curve = ellipse()
+    # Distance between the ends of the axes: a quarter of the perimeter
+    # 4 a E(1 - b^2/a^2); between opposite vertices: half.
+    quarter = 2.0 * ellipe(1 - 0.25)
+    x = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0, 1.0], [-2.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    d = curve.metric.dist(x, y)
+    torch.testing.assert_close(d, torch.tensor([quarter, 2 * quarter, 2 * quarter],
+                                               dtype=torch.float64), rtol=0, atol=1e-9)
+    table = curve._curve_tracer().tables[0]
+    assert table.closed and table.length == pytest.approx(4 * quarter, abs=1e-9)
+
+
+def test_log_points_along_the_shorter_arc_and_inverts_exp():
+    curve = ellipse()
+    gen = torch.Generator().manual_seed(0)
+    ang = 2 * math.pi * torch.rand(2, 8, generator=gen, dtype=torch.float64)
+    x = torch.stack([2 * ang[0].cos(), ang[0].sin()], -1)
+    y = torch.stack([2 * ang[1].cos(), ang[1].sin()], -1)
+    v = curve.metric.log(y, x)
+    torch.testing.assert_close(v.norm(dim=-1), curve.metric.dist(x, y))
+    torch.testing.assert_close(curve.metric.exp(v, x), y, rtol=0, atol=1e-8)
+    # Shooting (integrating the geodesic equation) agrees where it converges.
+    near = v.norm(dim=-1) < 1.5
+    torch.testing.assert_close(curve.metric._shoot(x[near], y[near]), v[near],
+                               rtol=0, atol=1e-8)
+
+
+def test_open_curve_arc_length():
+    # Parabola y = x^2 from (0, 0) to (1, 1): (2 sqrt 5 + asinh 2) / 4.
+    parabola = ig.ImplicitManifold(lambda x: x[..., 1:] - x[..., :1] ** 2, 2, 1,
+                                   bounds=([-1.2, -0.5], [1.2, 1.5]))
+    d = parabola.metric.dist(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0]))
+    assert float(d) == pytest.approx((2 * math.sqrt(5) + math.asinh(2)) / 4, abs=1e-10)
+    assert not parabola._curve_tracer().tables[0].closed
+
+
+def test_separate_closed_curves_are_disconnected_without_labels():
+    # Two circles as the zero set of one callable with no component map: the
+    # tables tell them apart (dist +inf, log raises), never a finite answer.
+    centres = torch.tensor([[-2.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+
+    def f(x):
+        sq = ((x[..., None, :] - centres) ** 2).sum(-1) - 1.0
+        return (sq[..., 0] * sq[..., 1]).unsqueeze(-1)
+
+    curves = ig.ImplicitManifold(f, 2, 1, bounds=([-3.5, -1.5], [3.5, 1.5]))
+    x = torch.tensor([[-1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([[-3.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    d = curves.metric.dist(x, y)
+    assert float(d[0]) == pytest.approx(math.pi, abs=1e-10) and math.isinf(float(d[1]))
+    with pytest.raises(DisconnectedError):
+        curves.metric.log(y, x)
+    assert len(curves._curve_tracer().tables) == 2
+
+
+def test_curves_that_cannot_be_tabulated_fall_back_to_shooting():
+    # An open curve with no box: tracing would never stop; shooting answers.
+    line = ig.ImplicitManifold(lambda x: x[..., 1:] - 0.5 * x[..., :1], 2, 1)
+    with pytest.raises(CurveTraceError):
+        line._curve_tracer().trace(torch.tensor([0.0, 0.0], dtype=torch.float64))
+    d = line.metric.dist(torch.tensor([0.0, 0.0]), torch.tensor([2.0, 1.0]))
+    assert float(d) == pytest.approx(math.sqrt(5), abs=1e-10)
+
+
+def test_curve_tables_follow_changes_of_F():
+    # The learned manifold's tables are rebuilt after load_state_dict/.to:
+    # catches a stale cache answering for the old curve.
+    small = ig.ImplicitSphere(1, radius=1.0)
+    x, y = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert float(small.metric.dist(x, y)) == pytest.approx(math.pi / 2, abs=1e-10)
+    small.load_state_dict(ig.ImplicitSphere(1, radius=2.0).state_dict())
+    assert float(small.metric.dist(2 * x, 2 * y)) == pytest.approx(math.pi, abs=1e-10)

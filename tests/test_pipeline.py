@@ -1,0 +1,52 @@
+"""The default pipeline shared by the CLI and benchmarks/pipelines.py."""
+
+import pytest
+import torch
+
+from implicit_geom import ImplicitSphere, ImplicitTorus
+from implicit_geom.datasets import Dataset, load_dataset, sphere_mixture, vmf_sphere
+from implicit_geom.learning import NeuralImplicitManifold
+from implicit_geom.pipeline import EBM_DEFAULTS, build_manifold, ebm_preset, fit_pipeline
+
+
+def test_presets_and_scale_of_unknown_data():
+    # Catches a preset that leaks between data sets (a shared dict) and a
+    # Langevin step that ignores the scale of users' data.
+    preset = ebm_preset("two_circles")
+    assert preset["chain_init"] == "data" and preset["n_iter"] == EBM_DEFAULTS["n_iter"]
+    preset["n_iter"] = 1
+    assert ebm_preset("two_circles")["n_iter"] == EBM_DEFAULTS["n_iter"]
+    small = ebm_preset("mine", torch.randn(200, 3, dtype=torch.float64))
+    large = ebm_preset("mine", 100.0 * torch.randn(200, 3, dtype=torch.float64))
+    assert large["step_size"] == pytest.approx(100.0 * small["step_size"], rel=0.2)
+    # Users' angles on the analytic torus take glycine's settings, not their spread's.
+    assert ebm_preset("dihedrals[residue=P]", large, "torus") == ebm_preset("glycine")
+
+
+def test_manifold_choice():
+    sphere = load_dataset("sphere_mixture", 50)
+    assert isinstance(build_manifold(sphere)[1], ImplicitSphere)
+    torus = load_dataset("torus", 50)
+    kind, manifold, geometry, _ = build_manifold(torus)
+    assert kind == "torus" and isinstance(manifold, ImplicitTorus)
+    assert geometry == {"R": torus.meta["R"], "r": torus.meta["r"]}
+    kind, manifold, _, notes = build_manifold(sphere, "learned")
+    assert kind == "learned" and isinstance(manifold, NeuralImplicitManifold) and not notes
+    plain = Dataset(2.0 * sphere_mixture(300) + 1.0, "cloud", "euclidean", 3, None)
+    kind, manifold, _, notes = build_manifold(plain)
+    assert manifold.codim == 1 and "estimated by local PCA" in notes[0]
+    with pytest.raises(ValueError, match="needs 3-D points"):
+        build_manifold(load_dataset("circle", 50), "sphere")
+    with pytest.raises(ValueError, match="unknown --manifold"):
+        build_manifold(sphere, "cube")
+    noise = Dataset(torch.randn(300, 3, dtype=torch.float64), "noise", "euclidean", 3, None)
+    with pytest.raises(ValueError, match="no lower-dimensional structure"):
+        build_manifold(noise)
+
+
+def test_fit_pipeline_on_the_sphere_reports_what_it_did():
+    data = Dataset(vmf_sphere(200, [0.0, 0.0, 1.0], 5.0), "quakes", "sphere", 3, 2)
+    said = []
+    fitted = fit_pipeline(data, data.points, progress=False, ebm_iter=3, notify=said.append)
+    assert fitted.kind == "sphere" and said == [] and set(fitted.timings) == {"ebm_s"}
+    assert len(fitted.ebm.history_["loss"]) == 3
