@@ -113,7 +113,8 @@ class _CoverGrid:
         while pred[out[-1]] >= 0:
             out.append(pred[out[-1]])
         out = np.array(out[::-1])
-        return np.stack([out // self.size - self.half, out % self.size - self.half], -1) * self.step
+        ij = np.stack([out // self.size - self.half, out % self.size - self.half], -1)
+        return ij * self.step
 
 
 def _solve_seeded(a, b, R, r, seed, tol):

@@ -8,24 +8,28 @@ curvature it misses. :class:`GeodesicLogSolver` instead
    graph over a dense sample of M (:class:`SampleGraph`, built once per
    manifold and rebuilt when the manifold changes), or the projected chord for
    pairs closer than ``near_radius``;
-2. collects the *candidate* routes of a pair: graph nodes ``z`` with
-   ``d(x, z) + d(z, y)`` within ``candidate_rtol`` of the graph distance and
-   ``d(x, z) ~ d(z, y)`` are near-midpoints of near-shortest paths; their
-   clusters are distinct routes (several clusters: the pair is near the cut
-   locus);
+2. collects the *candidate* routes of a pair: the near-shortest graph paths
+   (through nodes ``z`` with ``d(x, z) + d(z, y)`` within ``candidate_rtol``
+   of the graph distance) cross the level sets ``d(x, z) = f (d(x, z) +
+   d(z, y))`` in one cluster per distinct route; combinations of clusters,
+   joined by graph shortest paths, are the candidates (routes either side of
+   a hole or a bump, winding classes, the long way round);
 3. refines every candidate to a smooth geodesic by *spectral path
    straightening*: the curve is a polynomial through Legendre-Gauss-Lobatto
    nodes on M, and a batched Riemannian Newton method minimises its energy
    ``int |x'|^2`` with the nodes constrained to M (an exact quadrature, so the
    discrete problem converges spectrally in the number of nodes);
 4. checks the result: the Newton decrement, the decay of the curve's Legendre
-   coefficients (raising the degree until the length changes by less than
-   ``rtol``), and the curve's distance to M between nodes;
+   coefficients and the curve's distance to M between nodes, raising the
+   degree until the length changes by less than ``rtol``;
 5. returns the shortest candidate and reports the pairs whose second-best
    distinct geodesic is within ``ambiguity_rtol`` (ambiguous: near the cut
-   locus).
+   locus), or that have a continuum of near-minimal routes (antipodes);
+6. ``log`` polishes the initial velocity by a few Gauss-Newton shooting steps
+   (exp(log(y)) = y to the metric's ``log_tol``).
 
-Everything runs batched over pairs, with a per-pair exit from every loop.
+Everything runs batched over pairs (one tensor program per polynomial degree),
+with a per-pair exit from every loop. Near pairs never build the graph.
 """
 
 import hashlib
@@ -45,9 +49,6 @@ from ..numerics.linalg import normal_space_solve, tangent_basis, tangent_project
 from ..numerics.newton import solve_along_normals
 from ..numerics.validation import DTYPE, as_points
 
-
-_DEBUG = False
-_LOG = []
 
 # --------------------------------------------------------------------------- LGL rules
 @lru_cache(maxsize=64)
@@ -343,7 +344,8 @@ class SampleGraph:
         keep = np.isfinite(w) & (w > 0 if skip_self else np.ones_like(w, dtype=bool))
         rows, cols, w = rows[keep], cols[keep], w[keep]
         space = self.space
-        a, b = q[rows].to(space.device, space.dtype), self.points[cols].to(space.device, space.dtype)
+        a = q[rows].to(space.device, space.dtype)
+        b = self.points[cols].to(space.device, space.dtype)
         with torch.no_grad():
             value, jac = space._value_and_jacobian(0.5 * (a + b))
         # First-order distance of the midpoint to M: |F| / sigma_min(J) (exact
@@ -682,7 +684,7 @@ class GeodesicLogSolver(LogSolver):
             nodes[k] = torch.stack([a[k], b[k]])
         todo = ~conv
         near = todo & (chord <= self._near_radius(queries))
-        self.stats = {"near": int(near.sum()), "far": 0, "far_from_near": 0}
+        self.stats = {"near": int(near.sum()), "far": 0}
         if bool(near.any()):
             idx = near.nonzero().squeeze(-1)
             init = [torch.stack([a[k], 0.5 * (a[k] + b[k]), b[k]]) for k in idx.tolist()]
@@ -950,9 +952,6 @@ class GeodesicLogSolver(LogSolver):
             idx = pending[d]
             rule = _Rule.get(d, self._like)
             res = self._straighten(torch.stack([init(i, rule) for i in idx]), rule)
-            if _DEBUG:
-                print("degree", d, "paths", len(idx), "iters", int(res["iters"].max()),
-                      "conv", int(res["converged"].sum()), "resolved", int(res["resolved"].sum()))
             for r, i in enumerate(idx):
                 if not bool(res["converged"][r]):
                     out[i] = None
@@ -1139,7 +1138,8 @@ class GeodesicLogSolver(LogSolver):
                                 for i in range(c)], 1)  # (B, c, n, n)
             return basis.transpose(1, 2)[:, None] @ hess @ basis[:, None]
         eps = max(1e-7, torch.finfo(y.dtype).eps ** 0.5) * (1 + y.abs().amax(-1, keepdim=True))
-        shifted = (y.unsqueeze(1) + eps.unsqueeze(1) * basis.transpose(1, 2)).reshape(-1, y.shape[-1])
+        shifted = y.unsqueeze(1) + eps.unsqueeze(1) * basis.transpose(1, 2)
+        shifted = shifted.reshape(-1, y.shape[-1])
         with torch.no_grad():
             jac_s = space._jacobian(shifted).reshape(y.shape[0], m, *jac.shape[1:])
         djac = (jac_s - jac.unsqueeze(1)) / eps[:, :, None, None]  # (B, m, c, n)
@@ -1170,9 +1170,8 @@ class GeodesicLogSolver(LogSolver):
         tail = coef[:, -2:].amax(-1)
         scale = length.clamp_min(1e-300)
         resolved = (off <= 1e-3 * scale) & (tail <= 1e-3 * scale)
-        speed = (vel.norm(dim=-1) * 2)
         return {"nodes": x, "length": length, "tangent": v0, "converged": converged,
-                "resolved": resolved, "tail": tail / scale, "off": off / scale, "speed_spread": speed.std(-1) / scale}
+                "resolved": resolved, "tail": tail / scale, "off": off / scale}
 
 
 def _spd_solve(hess, rhs):
