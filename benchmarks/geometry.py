@@ -335,8 +335,9 @@ def table(rows, cols):
     head = " | ".join(cols)
     lines = [head, " | ".join("---" for _ in cols)]
     for r in rows:
-        lines.append(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])
-                                for c in cols))
+        lines.append(" | ".join(f"{r.get(c, float('nan')):.3g}"
+                                if isinstance(r.get(c, float("nan")), float)
+                                else str(r[c]) for c in cols))
     return "\n".join(lines)
 
 
