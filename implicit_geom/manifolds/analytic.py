@@ -8,6 +8,7 @@ then ``|F|`` approximates the distance to M near M, which makes tolerances on
 import torch
 from geomstats.geometry.base import LevelSet
 
+from ..numerics.linalg import rowdot
 from .implicit import ImplicitManifold
 
 
@@ -54,7 +55,7 @@ class ImplicitSphere(ImplicitManifold):
         return ((x - self.center.to(x.dtype)) / self.radius.to(x.dtype)).unsqueeze(-2)
 
     def _second_derivative(self, x, v):
-        return (v * v).sum(-1, keepdim=True) / self.radius.to(x.dtype)
+        return rowdot(v, v) / self.radius.to(x.dtype)
 
     def _lagrangian_hessian(self, x, lam):
         eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)

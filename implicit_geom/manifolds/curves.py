@@ -184,8 +184,12 @@ class CurveTracer:
     def _advance(self, x, h):
         """``x`` moved by arc length ``h`` (B,) along the oriented tangent, landed on M."""
         space = self.space
-        speed = h.unsqueeze(-1)  # signed arc length per unit time
-        z = self.integrator.integrate(lambda z: self._rhs(z) * speed, x, 1.0, 1)
+        # The signed arc length per unit time rides along as a constant last
+        # column: the right-hand side stays row-wise (the integrator stacks rows).
+        def rhs(z):
+            return torch.cat([self._rhs(z[:, :-1]) * z[:, -1:], torch.zeros_like(z[:, -1:])], -1)
+
+        z = self.integrator.integrate(rhs, torch.cat([x, h.unsqueeze(-1)], -1), 1.0, 1)[:, :-1]
         res = newton_min_norm(space._value_and_jacobian, z, space.tol_for(), space.max_iter)
         if not bool(res.converged.all()):
             raise CurveTraceError(f"tracing the curve of {space.name} left the manifold")

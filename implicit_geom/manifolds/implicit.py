@@ -85,6 +85,17 @@ class ImplicitManifold(nn.Module, LevelSet):
         self._components = self._curves = None
         self.name = name or type(self).__name__
         LevelSet.__init__(self, dim=self.ambient_dim - self.codim, equip=equip)
+        if isinstance(f, nn.Module):
+            self._adopt_precision(f)
+
+    def _adopt_precision(self, module):
+        """Work in the dtype and on the device of a module F's parameters."""
+        tensor = next((t for t in (*module.parameters(), *module.buffers())
+                       if t.is_floating_point()), None)
+        if tensor is not None:
+            self._probe = self._probe.to(tensor.device, tensor.dtype)
+            if self._low is not None:
+                self.bounds = (self._low, self._high)
 
     def __repr__(self):
         return (f"{self.name}(ambient_dim={self.ambient_dim}, codim={self.codim}, "

@@ -82,6 +82,7 @@ class NetworkImplicitManifold(ImplicitManifold):
     def __init__(self, net, ambient_dim, codim=1, **kwargs):
         super().__init__(None, ambient_dim, codim, **kwargs)
         self.net = net
+        self._adopt_precision(net)
 
     def _value(self, x):
         return self.net(x.to(self.device)).to(x.device)

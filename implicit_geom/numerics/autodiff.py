@@ -14,6 +14,8 @@ trained network must neither keep graphs through its weights nor touch their
 
 import torch
 
+from .linalg import rowdot
+
 try:  # the engine call behind torch.autograd.grad, without its argument checks
     from torch.autograd.graph import _engine_run_backward
 except ImportError:  # pragma: no cover - other torch versions
@@ -117,10 +119,10 @@ def jacobian_and_second_derivative(f, x, v):
             if grad is None or not grad.requires_grad:  # constant or affine F
                 jac = torch.zeros_like(x) if grad is None else grad
                 return jac.detach().unsqueeze(-2), x.new_zeros(x.shape[0], 1)
-            directional = (grad * v).sum(-1)  # J v
+            directional = rowdot(grad, v)  # J v
             hv = _grad(directional, xg, torch.ones_like(directional))
             hv = torch.zeros_like(x) if hv is None else hv
-            return grad.detach().unsqueeze(-2), (hv * v).sum(-1, keepdim=True)
+            return grad.detach().unsqueeze(-2), rowdot(hv, v)
         eye = torch.eye(k, dtype=value.dtype, device=value.device)
         (rows,) = torch.autograd.grad(value, xg, eye[:, None, :].expand(k, *value.shape),
                                       create_graph=True, is_grads_batched=True)

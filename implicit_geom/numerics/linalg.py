@@ -9,6 +9,17 @@ from ..exceptions import SingularJacobianError
 SINGULAR_RTOL = 1e-10
 
 
+def rowdot(a, b):
+    """Row-wise dot products ``sum_i a_i b_i`` over the last axis, shape (..., 1).
+
+    A matrix product with a column of ones: torch's reductions over a short
+    last axis (n = 2, 3) cost several times more on the batches of the
+    geodesic integrator.
+    """
+    ones = torch.ones(a.shape[-1], 1, dtype=a.dtype, device=a.device)
+    return (a * b) @ ones
+
+
 def gram_solve(jac, rhs, damping=None, check=True):
     """Solve ``(J J^T + damping I) y = rhs`` for each batch element.
 

@@ -126,6 +126,19 @@ def test_no_tensor_is_created_on_the_default_device_inside_computations(kind):
         manifold.belongs(p)
 
 
+def test_a_module_defining_function_sets_the_working_dtype():
+    # A float32 network: computations run in float32 (tolerances floored at
+    # what float32 resolves) instead of mixing float64 inputs with its weights.
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).float()
+    with torch.no_grad():
+        net[2].bias.fill_(-0.3)
+    manifold = ig.ImplicitManifold(net, 3, 1)
+    assert manifold.dtype == torch.float32
+    y = manifold.projection(torch.randn(5, 3, dtype=torch.float64))
+    assert y.dtype == torch.float64
+    assert float(manifold.submersion(y).abs().max()) <= manifold.tol_for()
+
+
 def test_belongs_is_false_for_wrong_shapes():
     # geomstats' LevelSetTestCase expects False (per batch entry), not an exception.
     sphere = ig.ImplicitSphere(2)

@@ -21,7 +21,9 @@ def test_harmonic_oscillator_to_high_accuracy_in_few_steps():
     exact = torch.tensor([[math.cos(t), -math.sin(t)], [2 * math.sin(t), 2 * math.cos(t)]],
                          dtype=torch.float64)
     torch.testing.assert_close(z, exact, rtol=0, atol=1e-11)
-    assert integ.n_rhs_evals < 400
+    assert integ.n_rhs_evals < 600
+    # The levels run side by side: far fewer sequential calls than evaluations.
+    assert integ.n_rhs_calls < integ.n_rhs_evals / 3
 
 
 def test_step_cap_raises_geodesic_error():
