@@ -850,10 +850,6 @@ def _angles_from_table(table: _Table, cols, degrees: bool) -> list[np.ndarray]:
     return out
 
 
-def _named_columns(table: _Table, keys) -> list[int]:
-    return [table.find(k) for k in keys]
-
-
 def _fits_latlon(table: _Table) -> bool:
     """Whether a two-column numeric table reads as latitude/longitude in degrees.
 
@@ -871,7 +867,7 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
     """``(points, kind, intrinsic_dim, meta, reading)`` of a table under ``coords``."""
     if coords not in COORDS:
         raise DataError(f"unknown coords {coords!r}; expected one of {', '.join(COORDS)}")
-    cols = None if columns is None else _named_columns(table, columns)
+    cols = None if columns is None else [table.find(c) for c in columns]
     names = None if cols is None else [table.header[c].strip().lower() if table.header else ""
                                        for c in cols]
     source = f"{len(table)} rows of {table.path}" + (
