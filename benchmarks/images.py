@@ -25,9 +25,9 @@ bundled digits (1,797 images of 8x8, no download) play MNIST:
 4. **Scale-out.** Seconds per MDF epoch and per EBM iteration with 1 and 2
    processes (``torchrun``, gloo on CPUs, NCCL with ``--device cuda``).
 
-Prints a table, writes ``benchmarks/results/images.json`` and the sample grids
-``benchmarks/results/images.png`` (with ``--docs`` also the README's
-``docs/digits_samples.png``).
+Prints a table, writes ``benchmarks/results/images_seed<S>.json`` and the
+sample grids ``benchmarks/results/images_seed<S>.png`` (with ``--docs`` also the
+README's ``docs/digits_samples.png``).
 
 Usage::
 
@@ -182,7 +182,11 @@ def density_section(mdf, pf, train, test, train_labels, args, device, report):
     times["ours, buffer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     start = mdf.project_draws(noise, n)  # noise projected onto M
-    samples["ours, fresh noise"] = ebm.sample(n, n_steps=steps, init=start, seed=args.seed)
+    # Another sampler seed than the buffer chains': with the same Langevin noise,
+    # chains from different starts couple and the two rows would not be two
+    # measurements.
+    samples["ours, fresh noise"] = ebm.sample(n, n_steps=steps, init=start,
+                                              seed=args.seed + 1000)
     times["ours, fresh noise"] = time.perf_counter() - t0
     samples["M at noise (no EBM)"] = start
     t0 = time.perf_counter()
@@ -192,7 +196,8 @@ def density_section(mdf, pf, train, test, train_labels, args, device, report):
     z = z_low + (z_high - z_low) * torch.rand(n, args.latent_dim, generator=gen, device=device,
                                               dtype=train.dtype)
     t0 = time.perf_counter()
-    samples["pushforward, fresh noise"] = pf.sample(n, n_steps=steps, init=z, seed=args.seed)
+    samples["pushforward, fresh noise"] = pf.sample(n, n_steps=steps, init=z,
+                                                    seed=args.seed + 1000)
     times["pushforward, fresh noise"] = time.perf_counter() - t0
     clf = ClassifierFeatures(seed=args.seed).fit(train.cpu().numpy(), train_labels)
     rows = {}
@@ -358,13 +363,15 @@ def main(argv=None):
               "pushforward (buffer)": samples["pushforward, buffer"],
               "pushforward (fresh noise)": samples["pushforward, fresh noise"]}
     fig = grid_figure({k: v.detach().cpu() for k, v in panels.items()}, SHAPE, n_images=64)
-    fig.savefig(RESULTS / "images.png", dpi=90)
+    fig.savefig(RESULTS / f"images_seed{args.seed}.png", dpi=90)
     if args.docs:  # the README's figure
         fig.savefig(Path(__file__).resolve().parents[1] / "docs" / "digits_samples.png", dpi=60)
-    (RESULTS / "images.json").write_text(json.dumps(report, indent=1, default=float))
+    (RESULTS / f"images_seed{args.seed}.json").write_text(json.dumps(report, indent=1,
+                                                                      default=float))
     print_table(report)
-    print(f"\ntotal {report['total_s'] / 60:.1f} min; results in {RESULTS / 'images.json'}, "
-          f"sample grids in {RESULTS / 'images.png'}")
+    print(f"\ntotal {report['total_s'] / 60:.1f} min; results in "
+          f"{RESULTS / f'images_seed{args.seed}.json'}, sample grids in "
+          f"{RESULTS / f'images_seed{args.seed}.png'}")
     return 0
 
 
