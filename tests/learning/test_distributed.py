@@ -54,6 +54,16 @@ def _worker(rank, world, port, folder):
         torch.save({"epoch": again._trainer.epoch,
                     "weights": [p.detach().clone() for p in again.net.parameters()]},
                    os.path.join(folder, f"resumed{rank}.pt"))
+        # A constrained EBM by PCD on the unit circle: sharded replay buffer.
+        from implicit_geom.manifolds import ImplicitSphere
+        from implicit_geom.models import ConstrainedEBM
+
+        ebm = ConstrainedEBM(ImplicitSphere(1), method="pcd", n_iter=8, n_mcmc_steps=2,
+                             batch_size=32, buffer_size=64, step_size=0.3, seed=0)
+        ebm.fit(_circle())
+        torch.save({"weights": [p.detach().clone() for p in ebm.energy_net.parameters()],
+                    "buffer": ebm.buffer_, "history": ebm.history_},
+                   os.path.join(folder, f"ebm{rank}.pt"))
     finally:
         shutdown_distributed()
 
@@ -137,3 +147,17 @@ def test_shards_cover_everything_once():
     assert [DistContext(r, 3).shard_size(11) for r in range(3)] == [len(p) for p in parts]
     assert len({DistContext(r, 3).seed(0) for r in range(3)}) == 3
     assert not dist.is_initialized()
+
+
+def test_two_processes_train_one_energy_model(two_process_run):
+    # PCD across ranks: identical energies (averaged gradients), every rank
+    # holding all 64 chains after training (32 advanced by each, with its own
+    # noise), the chain diagnostics averaged into one history.
+    a = torch.load(os.path.join(two_process_run, "ebm0.pt"), weights_only=True)
+    b = torch.load(os.path.join(two_process_run, "ebm1.pt"), weights_only=True)
+    for x, y in zip(a["weights"], b["weights"]):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert a["buffer"].shape == (64, 2)
+    torch.testing.assert_close(a["buffer"], b["buffer"], rtol=0, atol=0)
+    assert not torch.allclose(a["buffer"][:32], a["buffer"][32:])
+    assert a["history"] == b["history"] and "chain_rejected" in a["history"]
