@@ -139,6 +139,32 @@ def manifold_section(train, test, args, device, report):
     return mdf, pf
 
 
+def projection_section(mdf, test, report):
+    """Newton at codimension 56: projections of the held-out images, and the
+    constrained Langevin step with full Newton against chord position solves."""
+    from implicit_geom.sampling import ConstrainedLangevin
+
+    row = {}
+    for closest in (False, True):
+        t0 = time.perf_counter()
+        res = mdf.solve_projection(test, closest=closest)
+        row["closest" if closest else "landing"] = {
+            "s": time.perf_counter() - t0, "converged": float(res.converged.double().mean()),
+            "median_iterations": float(res.n_iter.double().median()),
+            "max_abs_F": float(res.residual[res.converged].max())}
+    landed = mdf.solve_projection(test[:300], closest=False)
+    start = landed.x[landed.converged].detach()
+    for newton in ("exact", "chord"):
+        sampler = ConstrainedLangevin(mdf, None, step_size=0.2, seed=0, newton=newton)
+        sampler.run(start, 1)  # warm-up
+        t0 = time.perf_counter()
+        _, info = sampler.run(start, 5)
+        row[f"langevin_step_{newton}_s"] = (time.perf_counter() - t0) / 5
+        row[f"langevin_rejected_{newton}"] = float(
+            (info.n_projection_failures.sum() + info.n_nonreversible.sum()) / (5 * len(start)))
+    report["projection"] = row
+
+
 def ood_section(images, labels, args, device, report):
     inside = np.flatnonzero(labels < 5)
     rows_train, rows_test = split(len(inside), args.seed)
@@ -291,6 +317,18 @@ def print_table(report):
         print(f"  closest-point projections that failed: {m['projection_failures']}")
         print(f"  fit: MDF {m['mdf_fit_s']:.0f} s ({m['epochs']} epochs), "
               f"pushforward (AE + latent EBM) {m['pushforward_fit_s']:.0f} s")
+    p = report.get("projection")
+    if p:
+        print("\nNewton at codimension "
+              f"{64 - report['latent_dim']} (held-out images; 300 chains for Langevin):")
+        for key in ("landing", "closest"):
+            r = p[key]
+            print(f"  {key:8s} {r['s']:.2f} s, converged {100 * r['converged']:.1f}%, median "
+                  f"{r['median_iterations']:.0f} iterations, max |F| {r['max_abs_F']:.1e}")
+        print(f"  constrained Langevin step: full Newton {1e3 * p['langevin_step_exact_s']:.0f} "
+              f"ms, chord {1e3 * p['langevin_step_chord_s']:.0f} ms (rejected "
+              f"{100 * p['langevin_rejected_exact']:.1f}% / "
+              f"{100 * p['langevin_rejected_chord']:.1f}%)")
     if o:
         print(f"\nOut of distribution (train 0-4: {o['n_train']}; held-out 0-4: {o['n_in']}, "
               f"5-9: {o['n_out']}): AUROC")
@@ -347,6 +385,7 @@ def main(argv=None):
     train, test = images[rows_train].to(device), images[rows_test].to(device)
     print("manifold ...", flush=True)
     mdf, pf = manifold_section(train, test, args, device, report)
+    projection_section(mdf, test, report)
     print("out of distribution ...", flush=True)
     ood_section(images.to(device), labels, args, device, report)
     print("densities ...", flush=True)
