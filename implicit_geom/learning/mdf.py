@@ -203,7 +203,10 @@ class MDFObjective:
         """
         orient = normals is not None and self.mu_orient > 0
         split = self.rank_batch if 0 < self.rank_batch < x_pos.shape[0] else x_pos.shape[0]
-        values, jac = autodiff.jacobian(f, x_pos[:split], create_graph=self.mu > 0 or orient)
+        graph = self.mu > 0 or orient
+        values, jac = autodiff.jacobian(f, x_pos[:split], create_graph=graph)
+        if not graph:  # the Jacobian's values come detached: the positive term needs F's graph
+            values = f(x_pos[:split])
         if split < x_pos.shape[0]:
             values = torch.cat([values, f(x_pos[split:])])
             normals = None if normals is None else normals[:split]
