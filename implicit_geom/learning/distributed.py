@@ -221,8 +221,9 @@ class DistributedTrainer(Trainer):
     Notes
     -----
     ``batch_size`` stays the *global* batch: rank 0 draws the batch rows (with
-    the generator the model passed, so the sequence of global batches is the
-    single-process one) and broadcasts them; rank r trains on its slice. In an
+    the generator the model passed, as a single process would) and broadcasts
+    them; rank r trains on its slice, so a step averages the same number of
+    rows as in one process and the learning rate needs no change. In an
     epoch of shuffled batches, a trailing batch with fewer rows than ranks is
     dropped (every rank needs at least one row).
     """
