@@ -200,7 +200,8 @@ def solve_along_normals(f_and_jac, y0, normals, tol=1e-10, max_iter=50, max_halv
     return _run(direction, f_and_jac, y0, tol, max_iter, max_halvings)
 
 
-def solve_along_normals_chord(f, f_and_jac, y0, normals, tol=1e-10, max_iter=50):
+def solve_along_normals_chord(f, f_and_jac, y0, normals, tol=1e-10, max_iter=50,
+                              newton_max_iter=None, max_halvings=0):
     """:func:`solve_along_normals` by the chord (simplified Newton) method.
 
     The normals are the Jacobian rows at the previous point, so the Newton
@@ -225,12 +226,34 @@ def solve_along_normals_chord(f, f_and_jac, y0, normals, tol=1e-10, max_iter=50)
     tol : float
     max_iter : int
         Iteration cap (cheap iterations: allow more than for full Newton).
+    newton_max_iter : int, optional
+        If given, the rows the chord method does not finish (a long step,
+        strong curvature, a stalled linear rate) are solved again from ``y0``
+        by :func:`solve_along_normals` with this cap and ``max_halvings``, so
+        that which rows fail is what full Newton decides: the chord method
+        then only saves time. Default: no second solve.
+    max_halvings : int
+        Backtracking cap of that second solve.
 
     Returns
     -------
     NewtonResult
         As :func:`solve_along_normals`, with ``value`` and ``jac`` at ``x``.
     """
+    res = _chord(f, f_and_jac, y0, normals, tol, max_iter)
+    failed = (~res.converged).nonzero().squeeze(-1)
+    if newton_max_iter is None or failed.numel() == 0:
+        return res
+    retry = solve_along_normals(f_and_jac, y0.index_select(0, failed),
+                                normals.index_select(0, failed), tol, newton_max_iter,
+                                max_halvings=max_halvings)
+    return NewtonResult(*(full.index_copy(0, failed, part) for full, part in (
+        (res.x, retry.x), (res.converged, retry.converged), (res.residual, retry.residual),
+        (res.n_iter, retry.n_iter), (res.value, retry.value), (res.jac, retry.jac))))
+
+
+def _chord(f, f_and_jac, y0, normals, tol, max_iter):
+    """The chord iterations of :func:`solve_along_normals_chord` (no second solve)."""
     n_rows = y0.shape[0]
     chol, info = torch.linalg.cholesky_ex(normals @ normals.transpose(-1, -2))
     usable = info == 0  # a degenerate normal space: the row fails

@@ -28,7 +28,7 @@ from enum import IntEnum
 import torch
 
 from ..numerics.linalg import tangent_projector
-from ..numerics.newton import NewtonResult, solve_along_normals, solve_along_normals_chord
+from ..numerics.newton import solve_along_normals, solve_along_normals_chord
 from .targets import ChainState
 
 
@@ -93,21 +93,12 @@ def position_step(target, state, p, h, opts):
     drift = tangent_projector(state.jac, torch.add(p, state.grad, alpha=-0.5 * h), check=False)
     y0 = torch.add(state.x, drift, alpha=h)
     if opts.newton == "chord":
-        res = solve_along_normals_chord(target.value, target.value_and_jacobian, y0,
-                                        state.jac, opts.tol, 3 * opts.max_iter)
-        failed = (~res.converged).nonzero().squeeze(-1)
-        if failed.numel():
-            # Rows the chord method cannot finish (a long step, strong
-            # curvature) get full Newton, so that rejections are those of
-            # Newton: the chord method only saves time.
-            retry = solve_along_normals(target.value_and_jacobian, y0[failed],
-                                        state.jac[failed], opts.tol, opts.max_iter,
-                                        max_halvings=opts.max_halvings)
-            res = NewtonResult(*(full.index_copy(0, failed, part) for full, part in (
-                (res.x, retry.x), (res.converged, retry.converged),
-                (res.residual, retry.residual), (res.n_iter, retry.n_iter),
-                (res.value, retry.value), (res.jac, retry.jac))))
-        return res
+        # Rows the chord method cannot finish get full Newton, so that
+        # rejections are those of Newton: the chord method only saves time.
+        return solve_along_normals_chord(target.value, target.value_and_jacobian, y0,
+                                         state.jac, opts.tol, 3 * opts.max_iter,
+                                         newton_max_iter=opts.max_iter,
+                                         max_halvings=opts.max_halvings)
     return solve_along_normals(target.value_and_jacobian, y0, state.jac, opts.tol,
                                opts.max_iter, max_halvings=opts.max_halvings)
 

@@ -140,7 +140,7 @@ def test_chord_solve_finds_the_newton_root_at_large_codimension():
                                           tol=1e-11, max_iter=60)
     assert bool(exact.converged.all()) and bool(chord.converged.all())
     torch.testing.assert_close(chord.x, exact.x, rtol=0, atol=1e-9)
-    assert float(net(chord.x).norm(dim=-1).max()) <= 1e-11
+    assert float(net(chord.x).detach().norm(dim=-1).max()) <= 1e-11
     # The result carries F and J at the returned point.
     value, jac_end = net.value_and_jacobian(chord.x)
     torch.testing.assert_close(chord.jac, jac_end)
@@ -150,3 +150,27 @@ def test_chord_solve_finds_the_newton_root_at_large_codimension():
                                         tol=1e-11, max_iter=5)
     assert not bool(far.converged.all())
     assert bool((far.residual[~far.converged] > 1e-11).all())
+
+
+def test_chord_rows_it_cannot_finish_get_full_newton():
+    # From the point (1, 0) of the unit circle (normal (1, 0)) two tangent
+    # steps: one with a root along the normal (1 - lam = sqrt(0.75)), which two
+    # linear chord iterations cannot reach to 1e-12, and one too long for any
+    # root (1.5 > 1). With the Newton fallback the outcome is full Newton's:
+    # the first row solved, the second reported failed. Catches a fallback
+    # that is skipped, that restarts from the chord's last iterate along other
+    # normals, or that turns a rootless row into a converged one.
+    from implicit_geom.numerics.newton import solve_along_normals_chord
+
+    y0 = torch.tensor([[1.0, 0.5], [1.0, 1.5]], dtype=torch.float64)
+    normals = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]], dtype=torch.float64)
+    newton = solve_along_normals(f_and_jac, y0, normals, tol=1e-12, max_iter=20)
+    chord_only = solve_along_normals_chord(circle, f_and_jac, y0, normals, tol=1e-12, max_iter=2)
+    both = solve_along_normals_chord(circle, f_and_jac, y0, normals, tol=1e-12, max_iter=2,
+                                     newton_max_iter=20)
+    assert newton.converged.tolist() == both.converged.tolist() == [True, False]
+    assert not bool(chord_only.converged[0])
+    torch.testing.assert_close(both.x[0], torch.tensor([0.75 ** 0.5, 0.5], dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(both.jac[0], both.x[0:1])  # J of the circle at x is x
+    assert float(both.residual[1]) > 1e-12
