@@ -1,7 +1,8 @@
 """Geometry benchmark: projection throughput, Newton iterations, Frechet mean, exp/log,
-curvature / transport / gradient accuracy, estimators on learned curves.
+curvature / transport / gradient accuracy, estimators on learned curves, geodesic
+distance matrices.
 
-Run:  python benchmarks/geometry.py [--quick] [--json PATH] [--threads N]
+Run:  python benchmarks/geometry.py [--quick] [--json PATH] [--threads N] [--no-distances]
 
 Every figure is measured in this run; ratios compare against geomstats'
 analytic ``Hypersphere`` measured in the same process (the machine may be
@@ -254,12 +255,89 @@ def exp_log_rows(n_pairs):
     return rows
 
 
+def distance_rows(n_points, threads, reference=True):
+    """Distance matrices (``metric.dist_pairwise``), all in this run.
+
+    - callable implicit sphere (a plain torch lambda, autograd derivatives) vs
+      geomstats' ``Hypersphere`` on the same points;
+    - the analytic torus (R=3, r=1) on ``n_points`` random glycine residues,
+      against the independent intrinsic-BVP reference of
+      ``benchmarks/torus_reference.py`` (computed and cached on first use);
+    - the torus learned from all glycine residues (as in tutorial 4) on the
+      same residues projected onto it, against the analytic torus.
+    """
+    import os
+
+    import numpy as np
+
+    import torus_reference
+
+    rows = []
+    load_before = os.getloadavg()[0]
+    gen = torch.Generator().manual_seed(3)
+    pts = torch.nn.functional.normalize(torch.randn(n_points, 3, generator=gen,
+                                                    dtype=torch.float64), dim=-1)
+    hyper = Hypersphere(2)
+    t_ref, d_ref = timed(lambda: hyper.metric.dist_pairwise(pts), 1)
+    sphere = ig.ImplicitManifold(lambda x: ((x * x).sum(-1, keepdim=True) - 1) / 2, 3, 1,
+                                 bounds=([-1.5] * 3, [1.5] * 3), name="callable sphere")
+    t_sph, d_sph = timed(lambda: sphere.metric.dist_pairwise(pts), 1)
+    rows.append({"manifold": "callable sphere (graph built in the call)", "points": n_points,
+                 "seconds": t_sph, "vs_Hypersphere": t_sph / t_ref,
+                 "failures": int(torch.isnan(d_sph).sum()),
+                 "max_err": float((d_sph - d_ref).abs().max()), "ambiguous": float("nan")})
+    rows.append({"manifold": "geomstats Hypersphere", "points": n_points, "seconds": t_ref,
+                 "vs_Hypersphere": 1.0, "failures": 0, "max_err": 0.0,
+                 "ambiguous": float("nan")})
+
+    data, ref, unresolved = (torus_reference.load_or_compute(n_points) if reference
+                             else (torus_reference.glycine_angles(n_points)[0], None, None))
+    torus = ig.ImplicitTorus(data.meta["R"], data.meta["r"])
+    iu = np.triu_indices(n_points, 1)
+    t_tor, res_tor = timed(lambda: torus.metric.log_solver.pairwise(data.points), 1)
+    d_tor = res_tor.dist.numpy()
+    row = {"manifold": "analytic torus R=3 r=1, glycine", "points": n_points, "seconds": t_tor,
+           "vs_Hypersphere": t_tor / t_ref, "failures": int(torch.triu(res_tor.failed, 1).sum()),
+           "ambiguous": float(torch.triu(res_tor.ambiguous, 1).sum())}
+    if ref is not None:
+        keep = ref[iu] > 0
+        rel = (d_tor[iu][keep] - ref[iu][keep]) / ref[iu][keep]
+        row.update(max_err=float(np.abs(rel).max()), max_excess=float(rel.max()),
+                   n_over_1e3=int((np.abs(rel) > 1e-3).sum()),
+                   zero_pairs_max=float(np.abs(d_tor[iu][~keep]).max()) if (~keep).any() else 0.0,
+                   reference_unresolved=int(np.triu(unresolved, 1).sum()))
+    rows.append(row)
+
+    from implicit_geom.datasets import load_dataset
+
+    glycine = load_dataset("glycine")
+    t_fit, learned = timed(lambda: ig.NeuralImplicitManifold(
+        3, 1, hidden=(64, 64, 64), epochs=400, seed=0, progress=False).fit(glycine.points), 1)
+    on_learned = learned.projection(data.points)
+    t_learn, res_learn = timed(lambda: learned.metric.log_solver.pairwise(on_learned), 1)
+    d_learn = res_learn.dist.numpy()
+    keep = d_tor[iu] > 1e-9
+    rel = np.abs(d_learn[iu][keep] - d_tor[iu][keep]) / d_tor[iu][keep]
+    rows.append({"manifold": "learned torus (64x3 MLP, 400 epochs), glycine", "points": n_points,
+                 "seconds": t_learn, "vs_Hypersphere": t_learn / t_ref,
+                 "failures": int(torch.triu(res_learn.failed, 1).sum()),
+                 "ambiguous": float(torch.triu(res_learn.ambiguous, 1).sum()),
+                 "max_err": float(rel.max()), "median_err": float(np.median(rel)),
+                 "within_1pct": float((rel <= 0.01).mean()), "fit_s": t_fit,
+                 "offset_median": float((on_learned - data.points).norm(dim=-1).median())})
+    load_after = os.getloadavg()[0]
+    for r in rows:
+        r.update(threads=threads, load_1min=max(load_before, load_after))
+    return rows
+
+
 def table(rows, cols):
     head = " | ".join(cols)
     lines = [head, " | ".join("---" for _ in cols)]
     for r in rows:
-        lines.append(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])
-                                for c in cols))
+        lines.append(" | ".join(f"{r.get(c, float('nan')):.3g}"
+                                if isinstance(r.get(c, float("nan")), float)
+                                else str(r[c]) for c in cols))
     return "\n".join(lines)
 
 
@@ -269,11 +347,25 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, default=RESULTS / "geometry.json")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads of torch and BLAS (1: small batched kernels)")
+    parser.add_argument("--distances", action=argparse.BooleanOptionalAction, default=True,
+                        help="distance matrices (200 points; a few minutes, plus the torus "
+                        "reference the first time)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the independent torus reference (accuracy columns)")
+    parser.add_argument("--distances-only", action="store_true",
+                        help="only the distance matrices")
     args = parser.parse_args(argv)
     ig.set_threads(args.threads)
     torch.manual_seed(0)
     n = 2000 if args.quick else 10_000
     repeat = 1 if args.quick else 3
+    if args.distances_only:
+        dist = distance_rows(200, args.threads, not args.no_reference)
+        print("## Distance matrices (dist_pairwise), 200 x 200")
+        print(table(dist, ["manifold", "seconds", "vs_Hypersphere", "failures", "ambiguous",
+                           "max_err", "threads", "load_1min"]))
+        print(json.dumps(dist, indent=1))
+        return
 
     gen = torch.Generator().manual_seed(0)
     sphere = ig.ImplicitSphere(2)
@@ -286,6 +378,7 @@ def main(argv=None):
             + projection_rows("MLP 3-32-32-1, uniform in [-2,2]^3", mlp, box, repeat))
     fm = frechet_rows(100, repeat)
     el = exp_log_rows(50 if args.quick else 100)
+    dist = distance_rows(200, args.threads, not args.no_reference) if args.distances else []
     kde = kde_rows(20)
     acc = accuracy_rows()
 
@@ -303,9 +396,24 @@ def main(argv=None):
                       "cpu_ratio", "accuracy_analytic", "accuracy_learned"]))
     print("\n## Accuracy of curvature, transport, gradients, regression")
     print(table(acc, ["quantity", "max_abs_error"]))
+    if dist:
+        print("\n## Distance matrices (dist_pairwise), 200 x 200")
+        print(table(dist, ["manifold", "seconds", "vs_Hypersphere", "failures", "ambiguous",
+                           "max_err", "threads", "load_1min"]))
+        tor, lrn = dist[2], dist[3]
+        if "n_over_1e3" in tor:
+            print(f"- analytic torus vs intrinsic-BVP reference: max rel. error "
+                  f"{tor['max_err']:.2e}, max excess {tor['max_excess']:.2e}, pairs > 1e-3: "
+                  f"{tor['n_over_1e3']}, reference classes unresolved: "
+                  f"{tor['reference_unresolved']}")
+        print(f"- learned vs analytic torus: max rel. diff {lrn['max_err']:.3g}, median "
+              f"{lrn['median_err']:.2e}, within 1%: {100 * lrn['within_1pct']:.1f}% of pairs "
+              f"(residues moved {lrn['offset_median']:.1e} by the projection; fit "
+              f"{lrn['fit_s']:.0f} s)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"projection": proj, "frechet_mean": fm, "exp_log": el,
-                                     "kde_learned_circle": kde, "accuracy": acc}, indent=2))
+                                     "kde_learned_circle": kde, "accuracy": acc,
+                                     "distances": dist}, indent=2))
     goals = {
         "MLP landing >= 1e5 points/s": proj[2]["points_per_s"] >= 1e5,
         "median Newton iterations <= 5 (landing)": max(
@@ -320,6 +428,16 @@ def main(argv=None):
             r["max_abs_error"] <= 1e-6 for r in acc[:-1]),
         "GeodesicRegression to 1e-3": acc[-1]["max_abs_error"] <= 1e-3,
     }
+    if dist:
+        goals.update({
+            "callable sphere 200x200 <= 20x Hypersphere": dist[0]["vs_Hypersphere"] <= 20,
+            "analytic torus: 0 failures": dist[2]["failures"] == 0,
+            "analytic torus: every distance within 1e-3 of the reference":
+                dist[2].get("n_over_1e3", 1) == 0,
+            "learned torus: 0 failures": dist[3]["failures"] == 0,
+            "learned torus within 1% of the analytic torus": dist[3]["max_err"] <= 0.01,
+            "learned torus 200x200 <= 60 s": dist[3]["seconds"] <= 60,
+        })
     print("\n## Goals")
     for goal, met in goals.items():
         print(f"- {goal}: {'met' if met else 'NOT met'}")

@@ -128,6 +128,18 @@ def _chart(kind, meta, resolution):
     raise ValueError(f"density_heatmap draws the sphere or the torus, not {kind!r}")
 
 
+def _colour_norm(values, spread=100.0, decades=3):
+    """A linear colour scale, or a logarithmic one over ``decades`` below the maximum
+    when the density is sharply peaked (maximum over ``spread`` times the median):
+    a linear scale would show such a density as one bright cell on black."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    top = float(np.max(values))
+    if top > 0 and top > spread * float(np.median(values)):
+        return LogNorm(vmin=top * 10.0 ** -decades, vmax=top, clip=True), " (log scale)"
+    return Normalize(vmin=0.0, vmax=top if top > 0 else 1.0), ""
+
+
 def density_heatmap(log_density, kind, meta=None, resolution=120, ax=None, title=None,
                     normalized=True, cmap="viridis"):
     """Density of a model over the angle chart of the sphere or the torus.
@@ -161,14 +173,15 @@ def density_heatmap(log_density, kind, meta=None, resolution=120, ax=None, title
     values = np.exp(logp) * area if normalized else np.exp(logp - logp.max()) * area
     if not normalized:
         values = values / values.max()
-    mesh = ax.pcolormesh(u, v, values, cmap=cmap, shading="flat", rasterized=True)
+    norm, scale = _colour_norm(values)
+    mesh = ax.pcolormesh(u, v, values, cmap=cmap, norm=norm, shading="flat", rasterized=True)
     unit = ("per steradian" if kind == "sphere" else "per rad²") if normalized else "(max 1)"
-    fig.colorbar(mesh, ax=ax, shrink=0.7, label=f"density {unit}")
+    fig.colorbar(mesh, ax=ax, shrink=0.7, label=f"density {unit}{scale}")
     _label_axes(ax, kind, meta)
     return fig
 
 
-def globe(log_density, points=None, resolution=60, title=None, azimuths=(-60, 120),
+def globe(log_density, points=None, resolution=90, title=None, azimuths=(-60, 120),
           cmap="viridis"):
     """A density on the unit sphere as a shaded 3-D globe, seen from two sides.
 
@@ -197,7 +210,8 @@ def globe(log_density, points=None, resolution=60, title=None, azimuths=(-60, 12
     with torch.no_grad():
         logp = _np(log_density(centres.reshape(-1, 3))).reshape(c_lat.shape)
     values = np.exp(logp - logp.max())
-    colours = plt.get_cmap(cmap)(values)
+    norm, scale = _colour_norm(values)
+    colours = plt.get_cmap(cmap)(norm(values))
     fig = plt.figure(figsize=(4.2 * len(azimuths) + 1, 4.5))
     elev = 20.0
     for i, azim in enumerate(azimuths):
@@ -226,9 +240,9 @@ def globe(log_density, points=None, resolution=60, title=None, azimuths=(-60, 12
         ax.set_box_aspect((1, 1, 1), zoom=1.35)
         ax.set_axis_off()
         ax.set_title(f"seen from longitude {(azim + 180) % 360 - 180:.0f}°", fontsize=9)
-    mappable = plt.cm.ScalarMappable(cmap=cmap)
+    mappable = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     mappable.set_array(values)
-    fig.colorbar(mappable, ax=fig.axes, shrink=0.6, label="density (max 1)")
+    fig.colorbar(mappable, ax=fig.axes, shrink=0.6, label=f"density (max 1){scale}")
     if title:
         fig.suptitle(title)
     return fig

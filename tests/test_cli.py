@@ -183,3 +183,13 @@ def test_threads_option_sets_torch_threads(tmp_path, capsys):
         torch.set_num_threads(before)
     with pytest.raises(SystemExit):
         main(["evaluate", str(tmp_path), "--threads", "0"])
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    # The README's main job through its own command (tiny settings): catches
+    # a demo path that breaks while fit and plot alone still work.
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--n-samples", "300", "--mdf-epochs", "3",
+                 "--ebm-iter", "3", "--n-eval", "100", "--no-progress"]) == 0
+    assert "manifold.png" in _png_names(out / "figures")
+    assert json.loads((out / "config.json").read_text())["data_name"] == "two_circles"

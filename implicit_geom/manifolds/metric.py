@@ -7,9 +7,12 @@ constant speed is a geodesic iff its acceleration is normal, which gives
 
 geomstats' generic level-set machinery uses the *ambient* geodesic equation
 (straight lines) and a chord initial guess for shooting; both fail here. We
-integrate the constrained equation with an extrapolation method, land the end
-point on M with Newton, and invert exp by Gauss-Newton shooting whose Jacobian
-comes from the variational (Jacobi-field) equations.
+integrate the constrained equation with an extrapolation method and land the end
+point on M with Newton. ``log``, ``dist`` and ``dist_pairwise`` go through a
+pluggable geomstats ``LogSolver`` (:mod:`implicit_geom.manifolds.geodesics`):
+by default a global one (graph initial guess, spectral path straightening,
+polished by Gauss-Newton shooting whose Jacobian comes from the variational
+(Jacobi-field) equations), or that local shooting alone.
 
 This class deliberately does not subclass ``EuclideanMetric``: geomstats'
 FrechetMean would then silently switch to the linear mean (off M).
@@ -48,11 +51,19 @@ class ImplicitMetric(RiemannianMetric):
         about 17 sequential right-hand sides however long it is).
     on_manifold_atol : float
         ``log`` refuses targets with ``|F|`` above this.
+    log_solver : {"global", "shooting"}, LogSolver or callable, optional
+        Solver behind ``log``/``dist``/``dist_pairwise`` (geomstats' pluggable
+        ``log_solver``): ``"global"`` (default,
+        :class:`~implicit_geom.manifolds.geodesics.GeodesicLogSolver`: graph
+        initial guess, path straightening, shooting polish), ``"shooting"``
+        (local shooting from the circular-arc guess only), a solver instance,
+        or a callable ``space -> solver``.
     """
 
     def __init__(self, space, rtol=1e-10, log_tol=1e-9, log_max_iter=30,
-                 arc_per_step=2.0, on_manifold_atol=1e-6):
+                 arc_per_step=2.0, on_manifold_atol=1e-6, log_solver=None):
         super().__init__(space=space)
+        self.log_solver = _make_log_solver(space, log_solver)
         self.on_manifold_atol = on_manifold_atol
         self.rtol = rtol
         self.integrator = GBSIntegrator(rtol=rtol, atol=rtol)
@@ -190,9 +201,12 @@ class ImplicitMetric(RiemannianMetric):
         return ((ends[:, 0] - ends[:, 1]) / (2 * h[:, None, None])).transpose(1, 2)
 
     def log(self, point, base_point):
-        """Riemannian logarithm by damped Gauss-Newton shooting.
+        """Riemannian logarithm, by the metric's ``log_solver``.
 
-        The initial guess assumes the geodesic is the circular arc through both
+        The default solver finds the minimising geodesic globally (far pairs
+        start from a graph path) and polishes its initial velocity with
+        :meth:`_shoot`. Shooting alone (``log_solver="shooting"``) starts from
+        a circular-arc guess, which misses far targets: the guess assumes the geodesic is the circular arc through both
         points tangent to M at the base point: the chord's tangent direction,
         with length ``c * beta / sin(beta)`` where ``beta`` is the angle between
         the chord and the tangent space (exact on spheres). Each iteration
@@ -238,14 +252,15 @@ class ImplicitMetric(RiemannianMetric):
 
         Pluggable: gradients (:class:`~implicit_geom.manifolds.ift.Log`) need
         only its converged result. Curves (dimension 1) use their arc-length
-        tables (:mod:`implicit_geom.manifolds.curves`), everything else shooting.
+        tables (:mod:`implicit_geom.manifolds.curves`), everything else the
+        ``log_solver``.
         """
         if self._space.dim == 1:
             try:
                 return self._space._curve_tracer().log(x, y)
-            except CurveTraceError:  # e.g. pieces that leave the box: labels, then shoot
+            except CurveTraceError:  # e.g. pieces that leave the box: labels, then solve
                 self._raise_if_apart(x, y)
-        return self._shoot(x, y)
+        return self.log_solver.log(y, x)
 
     def _apart(self, x, y):
         """Which pairs of flat points lie on different components (None: not known).
@@ -267,7 +282,12 @@ class ImplicitMetric(RiemannianMetric):
         arc = c * torch.where(beta > 1e-8, beta / torch.sin(beta), torch.ones_like(beta))
         return tangential * (arc / t.clamp_min(1e-300))
 
-    def _shoot(self, x, y, max_halvings=6):
+    def _shoot(self, x, y, max_halvings=6, guess=None, max_iter=None, report=False):
+        """Gauss-Newton shooting from ``x`` to ``y`` (flat batches), from the
+        circular-arc initial guess or from ``guess`` (tangent vectors at x).
+
+        With ``report`` the rows that missed are returned as a mask, ``(v,
+        hit)``, instead of raising."""
         space = self._space
         _, jac = space._value_and_jacobian(x)
         value_y, jac_y = space._value_and_jacobian(y)
@@ -279,7 +299,8 @@ class ImplicitMetric(RiemannianMetric):
                 f"(|F| up to {float(value_y.norm(dim=-1).max()):.3g} > "
                 f"{atol:g}); project them first.")
         basis = tangent_basis(jac)  # (B, n, m)
-        guess = self._initial_guess(jac, y - x)
+        if guess is None:
+            guess = self._initial_guess(jac, y - x)
         a = (basis.transpose(1, 2) @ guess.unsqueeze(-1)).squeeze(-1)
         tol = self._log_tol(y.dtype) * (1 + y.norm(dim=-1))
 
@@ -292,7 +313,7 @@ class ImplicitMetric(RiemannianMetric):
             return r, tangent_projector(jac_y[idx], r, check=False).norm(dim=-1)
 
         residual, miss = miss_of(slice(None), a)
-        for _ in range(self.log_max_iter):
+        for _ in range(self.log_max_iter if max_iter is None else max_iter):
             idx = (~(miss <= tol)).nonzero().squeeze(-1)
             if idx.numel() == 0:
                 break
@@ -316,6 +337,8 @@ class ImplicitMetric(RiemannianMetric):
         # The normal part of the miss is bounded by the targets' |F|: a large
         # one means the shot hit M elsewhere (another component, say).
         bad = ~(miss <= tol) | ~(residual.norm(dim=-1) <= 10 * atol)
+        if report:
+            return (basis @ a.unsqueeze(-1)).squeeze(-1), ~bad
         if bool(bad.any()):
             raise GeodesicError(
                 f"log: shooting missed {int(bad.sum())} of {bad.numel()} target(s) "
@@ -362,8 +385,9 @@ class ImplicitMetric(RiemannianMetric):
             within = (v * v).sum(-1) if squared else torch.linalg.vector_norm(v, dim=-1)
         else:
             with torch.no_grad():
-                v = self._solve_log(a_rows, b_rows)
-            within = (v * v).sum(-1) if squared else torch.linalg.vector_norm(v, dim=-1)
+                # The solver's length of the minimising path (no log polish).
+                within = self.log_solver.dist(a_rows, b_rows)
+            within = within * within if squared else within
         if rows is not None:  # +inf across components (out of place: keeps the graph)
             out = torch.full((a.shape[0],), torch.inf, dtype=a.dtype, device=a.device)
             within = out.index_put((rows,), within)
@@ -377,6 +401,56 @@ class ImplicitMetric(RiemannianMetric):
                 return self._space._curve_tracer().dist(a, b)
         except CurveTraceError:
             return None
+
+    def dist_pairwise(self, points, n_jobs=1, **joblib_kwargs):
+        """Matrix of geodesic distances between all points, shape ``(N, N)``.
+
+        Every pair is solved once, all of them in batched tensor programs (not
+        geomstats' loop over pairs); +inf between different components.
+
+        Parameters
+        ----------
+        points : array-like, shape=[N, n]
+        n_jobs, **joblib_kwargs
+            Ignored (geomstats' signature); the work is batched instead.
+
+        Raises
+        ------
+        GeodesicError
+            If some pair has no converged geodesic.
+        """
+        del n_jobs, joblib_kwargs
+        space = self._space
+        pts, _ = space._flat(points)
+        dtype = _dtype_of(points)
+        n = pts.shape[0]
+        if space.dim == 1:  # arc-length tables of curves
+            i, j = torch.triu_indices(n, n, 1, device=pts.device)
+            within = self._curve_dist(pts[i], pts[j])
+            if within is not None:
+                out = torch.zeros(n, n, dtype=pts.dtype, device=pts.device)
+                out[i, j] = out[j, i] = within
+                return out.to(dtype)
+        labels = None
+        if space._known_n_components() != 1 and space.components_known():
+            with torch.no_grad():
+                labels = space._component_labels(pts)
+        solver = self.log_solver
+        with torch.no_grad():
+            if hasattr(solver, "pairwise"):
+                res = solver.pairwise(pts, labels=labels)
+                if bool(res.failed.any()):
+                    raise GeodesicError(
+                        f"dist_pairwise: {int(torch.triu(res.failed, 1).sum())} pair(s) have "
+                        "no converged geodesic.")
+                out = res.dist
+            else:
+                out = solver.dist_pairwise(pts)
+                if labels is not None:
+                    apart = (labels[:, None] != labels[None, :]) & (labels[:, None] >= 0) \
+                        & (labels[None, :] >= 0)
+                    out = out.masked_fill(apart, torch.inf)
+        return out.to(dtype)
 
     def _geodesic_ivp(self, initial_point, initial_tangent_vec):
         """Geodesic ``t -> exp(t v)`` as a callable (geomstats convention)."""
@@ -708,3 +782,23 @@ def _normal_response(jac, curv):
 def _apply(mat, vec):
     """Batched matrix-vector product ``mat @ vec`` for (B, n, n) and (B, n)."""
     return (mat @ vec.unsqueeze(-1)).squeeze(-1)
+
+
+def _make_log_solver(space, spec):
+    """The log solver named or given by ``spec`` (see :class:`ImplicitMetric`)."""
+    from .arithmetic import ProductImplicitManifold
+    from .geodesics import GeodesicLogSolver, ProductLogSolver, ShootingLogSolver
+
+    if spec is None or spec == "global":
+        # A product's geodesics are products of its factors' geodesics.
+        if isinstance(space, ProductImplicitManifold):
+            return ProductLogSolver(space)
+        return GeodesicLogSolver(space)
+    if spec == "shooting":
+        return ShootingLogSolver(space)
+    if isinstance(spec, str):
+        raise ValueError(f"unknown log_solver {spec!r}; expected 'global', 'shooting', a "
+                         "LogSolver or a callable space -> LogSolver")
+    if hasattr(spec, "log"):
+        return spec
+    return spec(space)

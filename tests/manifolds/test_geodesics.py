@@ -1,0 +1,220 @@
+"""Global log / dist (GeodesicLogSolver): far pairs where shooting misses, the cut
+locus, distance matrices, and every manifold kind (callable, sympy, learned,
+product, intersection, union, intrinsic dimension 1 and 3)."""
+
+import math
+
+import pytest
+import sympy
+import torch
+from geomstats.geometry.hypersphere import Hypersphere
+from scipy.special import ellipe
+
+import implicit_geom as ig
+from implicit_geom.datasets import torus_embed
+from implicit_geom.exceptions import DisconnectedError, GeodesicError, InvalidPointError
+from implicit_geom.manifolds.geodesics import (
+    GeodesicLogSolver,
+    ProductLogSolver,
+    ShootingLogSolver,
+)
+
+
+def unit(n, d, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64),
+                                         dim=-1)
+
+
+def shooting_fails_or_is_longer(space, a, b, true_length):
+    """Shooting from the circular-arc guess either misses or lands on a
+    longer (non-minimising) geodesic."""
+    try:
+        d = ShootingLogSolver(space).dist(a, b)
+    except GeodesicError:
+        return True
+    return bool(d > true_length * (1 + 1e-3))
+
+
+def shooting_misses(space, a, b, true_length, max_iter=10):
+    """As above with a capped number of shooting iterations (a miss then is
+    the shooting's, not a lack of time: it stalls well before the cap)."""
+    v, hit = space.metric._shoot(a[None], b[None], max_iter=max_iter, report=True)
+    return not bool(hit[0]) or bool(v.norm() > true_length * (1 + 1e-3))
+
+
+def test_torus_far_pair_old_guess_misses_new_succeeds():
+    # Two glycine-like residues on the torus R=3, r=1 (angles phi, theta). The
+    # reference length is the minimum over winding classes of intrinsic
+    # boundary-value problems (benchmarks/torus_reference.py, scipy solve_bvp
+    # in (phi, theta)), an independent method. Catches a log that shoots from
+    # a local guess (misses or finds the 9.29 geodesic of the same class) or
+    # a graph guess that is not refined (the graph length is ~1% off).
+    torus = ig.ImplicitTorus(3.0, 1.0)
+    a = torus_embed(torch.tensor(1.5), torch.tensor(-0.89), 3.0, 1.0)
+    b = torus_embed(torch.tensor(-1.08), torch.tensor(-0.88), 3.0, 1.0)
+    ref = 7.566912997220399
+    assert shooting_misses(torus, a, b, ref)
+    d = torus.metric.dist(a, b)
+    assert abs(float(d) - ref) <= 1e-6 * ref
+    v = torus.metric.log(b, a)
+    assert abs(float(v.norm()) - ref) <= 1e-6 * ref
+    # exp(log) hits the target: the answer is a geodesic, checked independently.
+    assert float((torus.metric.exp(v, a) - b).norm()) <= 1e-7
+
+
+def test_ellipsoid_far_pair_and_cut_locus():
+    # Opposite vertices of the ellipsoid x^2 + y^2/4 + z^2/0.25 = 1: the two
+    # halves of the x-z principal ellipse (over +z and -z) are minimising,
+    # length = half its perimeter = 2 E(m = 0.75). The circular-arc guess is
+    # zero here (the chord is normal to M), so shooting cannot start. Catches
+    # a log through the long x-y ellipse (4.84) and a missing cut-locus flag.
+    x, y, z = sympy.symbols("x y z")
+    ell = ig.from_sympy([(x**2 + y**2 / 4 + z**2 / 0.25 - 1) / 2], [x, y, z],
+                        bounds=([-1.2, -2.2, -0.7], [1.2, 2.2, 0.7]))
+    a = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    b = -a
+    ref = 2 * float(ellipe(0.75))
+    assert shooting_misses(ell, a, b, ref)
+    res = ell.metric.log_solver.solve(b, a)
+    assert bool(res.converged.all())
+    assert abs(float(res.length[0]) - ref) <= 1e-6 * ref
+    assert bool(res.ambiguous[0]) and float(res.gap[0]) <= 1e-6
+    # A far pair without symmetry: the answer is a geodesic (exp hits it) and
+    # the same length is found from either end (a non-minimising geodesic from
+    # one side would break the symmetry).
+    p = ell.projection(torch.tensor([[0.6, 1.2, 0.3], [-0.7, -1.1, -0.2]], dtype=torch.float64))
+    v = ell.metric.log(p[1], p[0])
+    assert float((ell.metric.exp(v, p[0]) - p[1]).norm()) <= 1e-7
+    d_ab, d_ba = ell.metric.dist(p[0], p[1]), ell.metric.dist(p[1], p[0])
+    assert abs(float(d_ab - d_ba)) <= 1e-6 * float(d_ab)
+
+
+@pytest.fixture(scope="module")
+def learned_surface():
+    """A torus learned from 1000 points (a learned surface of varying curvature)."""
+    gen = torch.Generator().manual_seed(0)
+    angles = 2 * math.pi * torch.rand(1000, 2, generator=gen, dtype=torch.float64)
+    pts = torus_embed(angles[:, 0], angles[:, 1], 3.0, 1.0)
+    model = ig.NeuralImplicitManifold(3, 1, hidden=(64, 64, 64), epochs=150, seed=0,
+                                      progress=False).fit(pts)
+    return model, model.projection(pts[:40])
+
+
+def test_learned_surface_far_pair_old_guess_misses_new_succeeds(learned_surface):
+    # Far points of a learned torus. No closed form: the checks are that the
+    # path is a checked geodesic, the same length is found from either end (a
+    # non-minimising geodesic from one side breaks the symmetry), and the
+    # length is below that of curves on M from a to b (the projected analytic
+    # geodesic, and the projected chord).
+    model, _ = learned_surface
+    ends = torus_embed(torch.tensor([1.5, -1.08]), torch.tensor([-0.89, -0.88]), 3.0, 1.0)
+    a, b = model.projection(ends)
+    res = model.metric.log_solver.solve(torch.stack([b, a]), torch.stack([a, b]))
+    assert bool(res.converged.all())
+    length = float(res.length[0])
+    assert abs(float(res.length[1]) - length) <= 1e-6 * length
+    assert shooting_misses(model, a, b, length)
+    torus = ig.ImplicitTorus(3.0, 1.0)
+    for curve in (torus.metric.geodesic(initial_point=ends[0], end_point=ends[1])(
+            torch.linspace(0, 1, 400)), torch.stack([a + t * (b - a) for t in
+                                                      torch.linspace(0, 1, 400)])):
+        landed = model.solve_projection(curve, closest=False)
+        assert bool(landed.converged.all())
+        curve = landed.x
+        curve[0], curve[-1] = a, b
+        assert length <= float((curve[1:] - curve[:-1]).norm(dim=-1).sum()) + 1e-9
+    assert float(model.metric.dist(a, b)) == pytest.approx(length, rel=1e-9)
+
+
+def test_cache_is_rebuilt_when_the_manifold_changes(learned_surface):
+    # Catches a graph kept after the weights changed (distances of the old M).
+    model, pts = learned_surface
+    solver = GeodesicLogSolver(model, n_graph_nodes=800)
+    g1 = solver.graph(pts)
+    assert solver.graph(pts) is g1  # unchanged manifold: cached
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            next(model.parameters()).mul_(1.01)
+        assert solver.graph(pts) is not g1
+    finally:
+        model.load_state_dict(saved)
+    torus = ig.ImplicitTorus(3.0, 1.0)
+    s2 = GeodesicLogSolver(torus, n_graph_nodes=800)
+    g2 = s2.graph()
+    with torch.no_grad():
+        torus.minor_radius.fill_(0.9)  # a closed-form parameter (a buffer), changed in place
+    assert s2.graph() is not g2
+
+
+def test_sphere_pairwise_matches_hypersphere_and_flags_antipodes():
+    # A plain torch callable (autograd derivatives). Catches a pairwise matrix
+    # that differs from per-pair dist, is not symmetric, or misses antipodes.
+    sphere = ig.ImplicitManifold(lambda x: ((x * x).sum(-1, keepdim=True) - 1) / 2, 3, 1,
+                                 bounds=([-1.5] * 3, [1.5] * 3))
+    pole = unit(1, 3, seed=5)
+    pts = torch.cat([unit(12, 3), pole, -pole])  # the last two are antipodal
+    res = sphere.metric.log_solver.pairwise(pts)
+    ref = Hypersphere(2).metric.dist_pairwise(pts)
+    assert float((res.dist - ref).abs().max()) <= 1e-7
+    assert torch.equal(res.dist, res.dist.T) and float(res.dist.diagonal().abs().max()) == 0
+    assert bool(res.ambiguous[12, 13]) and abs(float(res.dist[12, 13]) - math.pi) <= 1e-7
+    assert int(torch.triu(res.ambiguous, 1).sum()) == 1
+    d = sphere.metric.dist(pts[:5], pts[5:10])
+    assert float((d - res.dist[torch.arange(5), torch.arange(5, 10)]).abs().max()) <= 1e-9
+    assert float((sphere.metric.dist_pairwise(pts) - res.dist).abs().max()) == 0
+
+
+def test_union_is_infinitely_far_across_components():
+    # Catches a graph edge or route bridging two disjoint spheres.
+    union = ig.union(ig.ImplicitSphere(2, 1.0), ig.ImplicitSphere(2, 1.0, center=[3.0, 0, 0]))
+    pts = torch.cat([unit(4, 3), unit(4, 3, seed=1) + torch.tensor([3.0, 0, 0])])
+    dist = union.metric.dist_pairwise(pts)
+    assert bool(torch.isinf(dist[:4, 4:]).all())
+    assert float((dist[:4, :4] - Hypersphere(2).metric.dist_pairwise(pts[:4])).abs().max()) <= 1e-7
+    with pytest.raises(DisconnectedError):
+        union.metric.log(pts[5], pts[0])
+
+
+def test_product_intersection_and_higher_dimension():
+    # Product: factor by factor (sqrt of the sum of squared factor distances).
+    prod = ig.product(ig.ImplicitTorus(3.0, 1.0), ig.ImplicitSphere(2))
+    assert isinstance(prod.metric.log_solver, ProductLogSolver)
+    torus = ig.ImplicitTorus(3.0, 1.0)
+    a, b = torus.random_point(4), unit(4, 3)
+    dist = prod.metric.dist_pairwise(torch.cat([a, b], -1))
+    ref = (torus.metric.dist_pairwise(a) ** 2 + Hypersphere(2).metric.dist_pairwise(b) ** 2).sqrt()
+    assert float((dist - ref).abs().max()) <= 1e-7
+    # Intersection sphere ∩ plane: a circle (intrinsic dimension 1), arcs in
+    # closed form; catches the long arc being returned.
+    plane = ig.ImplicitManifold(lambda x: x[..., 2:3] - 0.3, 3, 1, bounds=([-1.5] * 3, [1.5] * 3))
+    circle = ig.intersection(ig.ImplicitSphere(2), plane)
+    ang = torch.tensor([0.1, 1.9, 3.5, 5.0], dtype=torch.float64)
+    rad = math.sqrt(1 - 0.09)
+    pts = torch.stack([rad * ang.cos(), rad * ang.sin(), torch.full_like(ang, 0.3)], -1)
+    gap = (ang[:, None] - ang[None]).abs()
+    assert float((circle.metric.dist_pairwise(pts) - rad * torch.minimum(gap, 2 * math.pi - gap))
+                 .abs().max()) <= 1e-7
+    # S^3 in R^4 (intrinsic dimension 3: graph initialisation, no mesh).
+    s3 = ig.ImplicitSphere(3)
+    s3.equip_with_metric(ig.ImplicitMetric,
+                         log_solver=lambda space: GeodesicLogSolver(space, n_graph_nodes=3000))
+    pts = unit(5, 4)
+    assert float((s3.metric.dist_pairwise(pts) - Hypersphere(3).metric.dist_pairwise(pts))
+                 .abs().max()) <= 1e-7
+
+
+def test_geodesic_bvp_and_bad_input():
+    torus = ig.ImplicitTorus(3.0, 1.0)
+    a = torus_embed(torch.tensor(0.3), torch.tensor(2.0), 3.0, 1.0)
+    b = torus_embed(torch.tensor(-2.5), torch.tensor(-1.0), 3.0, 1.0)
+    path = torus.metric.geodesic(initial_point=a, end_point=b)(torch.linspace(0, 1, 7))
+    assert bool(torus.belongs(path, atol=1e-8).all())
+    assert float((path[0] - a).norm()) <= 1e-8 and float((path[-1] - b).norm()) <= 1e-8
+    # The path is the minimiser: its polygon is no longer than the distance.
+    assert float((path[1:] - path[:-1]).norm(dim=-1).sum()) <= float(torus.metric.dist(a, b))
+    with pytest.raises(InvalidPointError):
+        torus.metric.dist(a, 1.1 * b)  # off M
+    with pytest.raises(ValueError):
+        torus.equip_with_metric(ig.ImplicitMetric, log_solver="bogus")
