@@ -10,6 +10,7 @@ place, so an interrupted or failed command never leaves a half-written model.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import torch
 from . import ImplicitGeomError
 from ._io import usual_mode
 from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
+from .learning import distributed
 from .manifolds import ImplicitSphere, ImplicitTorus
 from .pipeline import fit_pipeline
 from .threads import set_threads
@@ -116,16 +118,22 @@ def fit(args):
     torch.manual_seed(args.seed)
     data = _load_data(args.data, args)
     train, test = train_test_split(data.points, test_fraction=args.test_fraction, seed=args.seed)
-    with _AtomicFolder(args.out, args.overwrite) as tmp:
+    # Under torchrun every rank trains (learning.distributed); rank 0 alone
+    # builds the model folder, the others write into a throwaway one.
+    ctx = distributed.context()
+    folder = _AtomicFolder(args.out, args.overwrite)  # every rank checks --out
+    with (folder if ctx.is_main else _scratch_folder()) as tmp:
         fitted = fit_pipeline(data, train, args.manifold, args.intrinsic_dim, args.seed,
-                              not args.no_progress, args.mdf_epochs, args.ebm_iter,
-                              notify=print)
+                              not args.no_progress and ctx.is_main, args.mdf_epochs,
+                              args.ebm_iter, notify=print if ctx.is_main else None)
         kind, manifold, ebm, geometry = (fitted.kind, fitted.manifold, fitted.ebm,
                                          fitted.geometry)
         timings = fitted.timings
         if kind == "learned":
             manifold.save(tmp / "manifold")
         ebm.save(tmp / "ebm.pt")
+        if not ctx.is_main:
+            return 0
         # The training curves, for `plot` (whatever the checkpoints keep).
         _write_json(tmp / "history.json", {
             "manifold": manifold.history_ if kind == "learned" else {},
@@ -247,6 +255,19 @@ def plot(args):
     else:
         samples = ebm.sample(args.n, seed=args.seed, progress=False)
     paths = []
+    if kind == "image":  # grids of images instead of scatter plots
+        from .images import grid_figure
+
+        shape = tuple(int(v) for v in str(meta.get("image_shape", "")).split("x") if v)
+        if len(shape) != 2 or shape[0] * shape[1] != manifold.ambient_dim:
+            raise CLIError(f"{args.model}: the image shape of the data is not recorded")
+        fig = grid_figure({"held-out data": test, "constrained EBM samples": samples}, shape,
+                          title=config["data_name"])
+        paths.append(plotting.save(fig, out / "samples.png"))
+        paths.append(_training_figure(args.model, config, manifold, ebm, out))
+        for p in paths:
+            print(p)
+        return 0
     size = 3 if len(test) > 2000 else 6
     fig = plotting.scatter(test, view, meta=meta, size=size,
                            title=f"held-out data: {config['data_name']}")
@@ -286,15 +307,22 @@ def plot(args):
         plotting.scatter(on_m, "euclidean", ax=ax, color=density, size=4)
         plotting.scatter(test, "euclidean", ax=ax, color="k", size=2, alpha=0.5)
         paths.append(plotting.save(fig, out / "manifold.png"))
-    stored = Path(args.model) / "history.json"
+    paths.append(_training_figure(args.model, config, manifold, ebm, out))
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _training_figure(model, config, manifold, ebm, out):
+    """``training.png``: the training curves kept in the model folder."""
+    from . import plotting
+
+    stored = Path(model) / "history.json"
     saved = json.loads(stored.read_text()) if stored.is_file() else {}
     histories = {"EBM": saved.get("EBM") or getattr(ebm, "history_", None) or {}}
     if config["manifold"] == "learned":
         histories = {"manifold": saved.get("manifold") or manifold.history_, **histories}
-    paths.append(plotting.save(plotting.training_curves(histories), out / "training.png"))
-    for p in paths:
-        print(p)
-    return 0
+    return plotting.save(plotting.training_curves(histories), out / "training.png")
 
 
 def demo(args):
@@ -404,13 +432,29 @@ def build_parser():
     return parser
 
 
+@contextlib.contextmanager
+def _scratch_folder():
+    """A temporary folder removed afterwards (what ranks other than 0 write to)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+
+
 def main(argv=None):
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status.
+
+    Started by ``torchrun`` with several processes, the command joins their
+    process group (gloo) and trains data-parallel (:mod:`implicit_geom.learning.distributed`).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    clean = False
     try:
-        return args.func(args)
+        if distributed.launched():
+            distributed.init_distributed("cpu")
+        status = args.func(args)
+        clean = True
+        return status
     except (CLIError, ImplicitGeomError, ValueError, OSError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"implicit-geom: error: {msg}", file=sys.stderr)
@@ -418,6 +462,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("implicit-geom: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # After a failure the other ranks may never arrive: leave without waiting.
+        distributed.shutdown_distributed(wait=clean)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ __all__ = [
     "fibonacci_sphere",
     "true_density",
     "true_log_density",
+    "load_digits",
     "load_earth",
     "load_protein",
     "load_protein_angles",
@@ -1018,6 +1019,35 @@ def load_table(path, coords: str = "auto", columns=None, where=None,
     return _make(points, path.stem + "".join(f"[{f}]" for f in table.filters), kind, dim, meta)
 
 
+def load_digits(classes=None, return_labels: bool = False):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download).
+
+    Parameters
+    ----------
+    classes : iterable of int, optional
+        Keep only these digits (e.g. ``range(5)`` for the paper's
+        out-of-distribution test); default all ten.
+    return_labels : bool
+        Also return the digit of each image.
+
+    Returns
+    -------
+    images : torch.Tensor, shape (N, 64)
+        Grey levels scaled to [0, 1] (the raw data are 0..16), rows of 8 pixels.
+    labels : numpy.ndarray of int, shape (N,)
+        With ``return_labels``.
+    """
+    from sklearn.datasets import load_digits as _sklearn_digits
+
+    bunch = _sklearn_digits()
+    images, labels = bunch.data / 16.0, bunch.target
+    if classes is not None:
+        keep = np.isin(labels, np.asarray(list(classes)))
+        images, labels = images[keep], labels[keep]
+    images = torch.as_tensor(images, dtype=DTYPE)
+    return (images, labels) if return_labels else images
+
+
 def load_earth(path) -> torch.Tensor:
     """Load an earth-science file (latitude/longitude in degrees) as unit vectors.
 
@@ -1174,9 +1204,11 @@ class Dataset:
     ----------
     points : torch.Tensor, shape (n, ambient_dim)
     name : str
-    kind : {"euclidean", "sphere", "torus"}
+    kind : {"euclidean", "sphere", "torus", "image"}
         The known constraint manifold: ``"euclidean"`` means none (e.g. the
-        circle data, whose manifold is to be learned).
+        circle data, whose manifold is to be learned); ``"image"``: flattened
+        images (``meta["image_shape"]``, e.g. ``"8x8"``), whose manifold is
+        learned too.
     ambient_dim : int
     intrinsic_dim : int or None
         Dimension of the data manifold, ``None`` when unknown (user files).
@@ -1209,7 +1241,11 @@ _REAL = {
     "volcano": ("earth/volcano.csv", "sphere", {}),
     "glycine": ("protein/dihedrals.csv", "torus", {"residue": "G", "R": 3.0, "r": 1.0}),
 }
-DATASET_NAMES = tuple(_SYNTHETIC) + tuple(_REAL)
+_IMAGES = {
+    # name: (loader, intrinsic_dim, image shape)
+    "digits": (load_digits, 8, (8, 8)),
+}
+DATASET_NAMES = tuple(_SYNTHETIC) + tuple(_REAL) + tuple(_IMAGES)
 _DEFAULT_N_SAMPLES = 1000
 _TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".dat", ".xyz", ".npy")
 
@@ -1240,7 +1276,7 @@ def load_dataset(
     name_or_path : str or os.PathLike
         One of ``DATASET_NAMES`` (``"circle"``, ``"two_circles"``,
         ``"sphere_mixture"``, ``"torus"``, ``"flood"``, ``"volcano"``,
-        ``"glycine"``) or the path of a text table or ``.npy`` array, read
+        ``"glycine"``, ``"digits"``: 8x8 images) or the path of a text table or ``.npy`` array, read
         by :func:`load_table`.
     n_samples : int, optional
         Synthetic data: number of samples (default 1000). Real data: size of a
@@ -1269,7 +1305,7 @@ def load_dataset(
         Missing or malformed data file.
     """
     key = str(name_or_path)
-    builtin = key in _SYNTHETIC or key in _REAL
+    builtin = key in _SYNTHETIC or key in _REAL or key in _IMAGES
     if builtin and (coords != "auto" or columns or where or degrees):
         raise ValueError(f"coords, columns, where and degrees read data files; {key!r} is a "
                          "built-in data set")
@@ -1280,7 +1316,13 @@ def load_dataset(
         meta = {"seed": seed, **kwargs}
         return _make(points, key, kind, dim if intrinsic_dim is None else intrinsic_dim, meta)
 
-    if key in _REAL:
+    if key in _IMAGES:
+        loader, dim, shape = _IMAGES[key]
+        points = loader()
+        meta = {"image_shape": "x".join(str(s) for s in shape)}
+        kind = "image"
+        dim = dim if intrinsic_dim is None else intrinsic_dim
+    elif key in _REAL:
         rel, kind, kwargs = _REAL[key]
         path = Path(data_dir) if data_dir is not None else default_data_dir()
         path = path / rel

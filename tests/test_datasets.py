@@ -528,3 +528,17 @@ def test_estimate_intrinsic_dim():
     assert ds.estimate_intrinsic_dim(ds.torus_density(2000)) == 2
     noise = torch.as_tensor(np.random.default_rng(0).standard_normal((500, 3)))
     assert ds.estimate_intrinsic_dim(noise) == 3
+
+
+def test_digits_are_bundled_images():
+    # scikit-learn's 8x8 digits, no download: 64-D points in [0, 1] of kind
+    # "image" with their shape recorded (plot draws image grids from it), and
+    # the class filter of the out-of-distribution test.
+    from implicit_geom.datasets import load_digits
+
+    data = ds.load_dataset("digits")
+    assert data.kind == "image" and data.points.shape == (1797, 64)
+    assert data.intrinsic_dim == 8 and data.meta["image_shape"] == "8x8"
+    assert float(data.points.min()) == 0.0 and float(data.points.max()) == 1.0
+    low, labels = load_digits(classes=range(5), return_labels=True)
+    assert set(labels.tolist()) == {0, 1, 2, 3, 4} and low.shape[0] == len(labels) < 1797

@@ -10,6 +10,7 @@ from implicit_geom.datasets import true_density, two_circles
 from implicit_geom.evaluation import (
     OUR_BOXES,
     REFERENCE_PROTOCOL,
+    evaluate_model,
     held_out_nll,
     mean_std,
     model_mass,
@@ -66,3 +67,35 @@ def test_nll_is_the_models_own(circles_model):
     assert held_out_nll(circles_model, X) == pytest.approx(circles_model.nll(X), abs=1e-12)
     kde = ManifoldKDE(circles_model.manifold).fit(two_circles(300, seed=1), X)
     assert held_out_nll(kde, X) == pytest.approx(kde.validation_nll_, abs=1e-9)
+
+
+def test_evaluation_above_three_dimensions():
+    # 16-D points on a (principal) 2-plane: no grid can be binned, so W is the
+    # exact OT distance between clouds; distances to M come from checked
+    # projections. Catches a 29^16-bin grid (memory blow-up) and distances
+    # computed from unconverged projections.
+    import numpy as np
+    import ot
+
+    from implicit_geom.manifolds.neural import NetworkImplicitManifold
+    from implicit_geom.manifolds.residual import ResidualMDFNetwork
+
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 2, generator=gen, dtype=torch.float64))[0].T
+    train = torch.randn(300, 2, generator=gen, dtype=torch.float64) @ basis
+    test = torch.randn(50, 2, generator=gen, dtype=torch.float64) @ basis \
+        + 0.1 * torch.randn(50, 16, generator=gen, dtype=torch.float64)
+    net = ResidualMDFNetwork(16, 14, hidden=(8,), init_gain=0.0).init_from_data(train)
+    manifold = NetworkImplicitManifold(net.requires_grad_(False), 16, 14)
+    model = ConstrainedEBM(manifold, n_iter=2, n_mcmc_steps=2, buffer_size=64, batch_size=32,
+                           step_size=0.1, seed=0).fit(train)
+    samples = model.sample(40, n_steps=3)
+    metrics = evaluate_model(model, test, samples=samples)
+    assert metrics["test_dist_failed"] == 0 and metrics["max_abs_F_samples"] < 1e-9
+    # M is the plane: the distance is the norm of the out-of-plane part.
+    off = test - test @ basis.T @ basis
+    assert metrics["test_dist_median"] == pytest.approx(float(np.median(off.norm(dim=-1))),
+                                                        rel=1e-8)
+    cost = torch.cdist(samples, test).square().numpy()
+    ref = ot.emd2(np.full(40, 1 / 40), np.full(50, 1 / 50), cost) ** 0.5
+    assert metrics["W_samples"] == pytest.approx(ref, rel=1e-10)

@@ -54,3 +54,18 @@ def test_the_checker_sees_relative_and_local_imports():
             source, names)
     assert imported_modules("from .implicit import X\n", "implicit_geom.manifolds") == [
         "implicit_geom.manifolds.implicit", "implicit_geom.manifolds.implicit.X"]
+
+
+def test_sampling_imports_no_metrics_models_or_training():
+    # Samplers sit below models and evaluation: catches sampling/ importing
+    # metrics (effective_sample_size lives in sampling.diagnostics), models,
+    # learning or evaluation.
+    banned = ("metrics", "models", "learning", "evaluation", "cli")
+    offenders = []
+    for path in sorted((PACKAGE / "sampling").rglob("*.py")):
+        package = ".".join(("implicit_geom", *path.relative_to(PACKAGE).parent.parts))
+        for name in imported_modules(path.read_text(), package):
+            parts = name.split(".")
+            if parts[0] == "implicit_geom" and len(parts) > 1 and parts[1] in banned:
+                offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert not offenders, "sampling imports upper layers:\n" + "\n".join(offenders)

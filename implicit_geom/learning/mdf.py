@@ -137,6 +137,13 @@ class MDFObjective:
         sign change. Fixing the side fixes the topology. Off (0) by default.
     norm : {"l1", "l2", "l2_squared"}
         Norm of the constraint vector in the positive and negative terms.
+    rank_batch : int
+        Rows of each data batch on which the Jacobian terms (rank and
+        orientation) are evaluated: the first ``rank_batch`` ones (batches are
+        shuffled, so a random subset); 0 uses the whole batch. The Jacobian of a
+        map with k outputs costs k backward passes, which dominates a step at
+        large codimension (images); the singular values are smooth in x, so a
+        subset of each batch keeps them in band over the data.
     """
 
     s_min: float = 1.0
@@ -148,6 +155,7 @@ class MDFObjective:
     box_s_min: float = 0.2
     mu_orient: float = 0.0
     norm: str = "l2"
+    rank_batch: int = 0
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -156,7 +164,7 @@ class MDFObjective:
             raise ValueError(f"need 0 <= box_s_min <= s_max, got {self.box_s_min}")
         if not 0 < self.s_min <= self.s_max:
             raise ValueError(f"need 0 < s_min <= s_max, got {self.s_min}, {self.s_max}")
-        for name in ("mu", "w_neg", "beta", "mu_box", "mu_orient"):
+        for name in ("mu", "w_neg", "beta", "mu_box", "mu_orient", "rank_batch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -194,7 +202,14 @@ class MDFObjective:
             Normals for a map with more than one output.
         """
         orient = normals is not None and self.mu_orient > 0
-        values, jac = autodiff.jacobian(f, x_pos, create_graph=self.mu > 0 or orient)
+        split = self.rank_batch if 0 < self.rank_batch < x_pos.shape[0] else x_pos.shape[0]
+        graph = self.mu > 0 or orient
+        values, jac = autodiff.jacobian(f, x_pos[:split], create_graph=graph)
+        if not graph:  # the Jacobian's values come detached: the positive term needs F's graph
+            values = f(x_pos[:split])
+        if split < x_pos.shape[0]:
+            values = torch.cat([values, f(x_pos[split:])])
+            normals = None if normals is None else normals[:split]
         sv = _svdvals(jac)
         positive = constraint_norm(values, self.norm).mean()
         rank = rank_penalty(sv, self.s_min, self.s_max)

@@ -7,17 +7,19 @@ orientation, the training loop and checkpoints.
 """
 
 import contextlib
+import dataclasses
 
 import torch
 
 from ..exceptions import CheckpointError, InvalidPointError
 from ..manifolds.neural import MDFNetwork, NetworkImplicitManifold
+from ..manifolds.residual import ResidualMDFNetwork
 from ..numerics.validation import DTYPE, as_points, padded_box
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import context, make_trainer
 from .mdf import MDFObjective
 from .negatives import LangevinNegativeSampler
 from .orientation import outward_normals
-from .trainer import Trainer
 
 class NeuralImplicitManifold(NetworkImplicitManifold):
     """Implicit manifold whose defining function is a trained network.
@@ -38,11 +40,20 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
     hidden : sequence of int
         Widths of the hidden layers.
     activation : {"silu", "softplus", "tanh", "gelu"}
+    architecture : {"mlp", "residual"}
+        ``"mlp"``: :class:`~implicit_geom.manifolds.neural.MDFNetwork`, for
+        low-dimensional data of any topology. ``"residual"``:
+        :class:`~implicit_geom.manifolds.residual.ResidualMDFNetwork`, the
+        data's principal normal coordinates plus an MLP, for high-dimensional
+        data at large codimension (images): training starts from the
+        principal subspace with every singular value at ``s_min`` instead of
+        from a random zero set.
     radial : float
         Weight of the compactness prior of :class:`MDFNetwork` (0: none). It
         makes every learned piece closed and bounded and turns a learned circle
-        from an open arc into a closed curve in a few hundred steps.
-    s_min, s_max, mu, w_neg, beta, mu_box, box_s_min, mu_orient, norm
+        from an open arc into a closed curve in a few hundred steps. Only used
+        by ``architecture="mlp"``.
+    s_min, s_max, mu, w_neg, beta, mu_box, box_s_min, mu_orient, norm, rank_batch
         Objective, see :class:`~implicit_geom.learning.MDFObjective`. With
         ``mu_orient > 0`` (codim 1) :meth:`fit` first orients the data's normals
         outwards (:func:`~implicit_geom.learning.outward_normals`) and F is
@@ -88,7 +99,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
 
     Attributes
     ----------
-    net : MDFNetwork
+    net : MDFNetwork or ResidualMDFNetwork
         ``F``.
     history_ : dict of list of float
         Per-epoch training curves (``loss``, ``positive``, ``negative``, ``rank``,
@@ -98,7 +109,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
     """
 
     _CONFIG_KEYS = (
-        "ambient_dim", "codim", "hidden", "activation", "radial", "s_min", "s_max", "mu",
+        "ambient_dim", "codim", "hidden", "activation", "architecture", "radial", "s_min",
+        "s_max", "mu", "rank_batch",
         "w_neg", "beta", "mu_box", "box_s_min", "mu_orient", "orient_radius", "norm", "lr",
         "lr_floor", "epochs", "batch_size", "n_negatives", "langevin_steps",
         "langevin_step_size", "langevin_temperature", "buffer_size", "reinit_prob",
@@ -106,19 +118,22 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
     )
 
     def __init__(self, ambient_dim, codim=1, hidden=(32, 32, 32), activation="silu", *,
-                 radial=1.0, s_min=1.0, s_max=10.0, mu=10.0, w_neg=0.1, beta=0.1,
+                 architecture="mlp", radial=1.0, s_min=1.0, s_max=10.0, mu=10.0, w_neg=0.1, beta=0.1,
                  mu_box=0.0, box_s_min=0.2, mu_orient=0.0, orient_radius=0.1, norm="l2", lr=1e-2,
                  lr_floor=0.01, epochs=400, batch_size=256, n_negatives=128, langevin_steps=5,
                  langevin_step_size=0.01, langevin_temperature=0.01, buffer_size=1000,
-                 reinit_prob=0.05, neg_exclusion=0.0, box_margin=0.1, tol=1e-10, max_iter=50,
-                 seed=0, device=None, progress=True):
+                 reinit_prob=0.05, neg_exclusion=0.0, box_margin=0.1, rank_batch=0, tol=1e-10,
+                 max_iter=50, seed=0, device=None, progress=True):
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
+        if architecture not in ("mlp", "residual"):
+            raise ValueError(f"architecture must be 'mlp' or 'residual', got {architecture!r}")
+        self.architecture = architecture
         self.radial = float(radial)
         self.objective = MDFObjective(s_min=s_min, s_max=s_max, mu=mu, w_neg=w_neg,
                                       beta=beta, mu_box=mu_box, box_s_min=box_s_min,
                                       mu_orient=mu_orient,
-                                      norm=norm)
+                                      norm=norm, rank_batch=int(rank_batch))
         self.lr, self.lr_floor, self.epochs = float(lr), float(lr_floor), int(epochs)
         self.batch_size, self.n_negatives = int(batch_size), int(n_negatives)
         self.langevin_steps = int(langevin_steps)
@@ -135,9 +150,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         device = torch.device(device) if device is not None else torch.device("cpu")
         if min(self.epochs, self.batch_size) < 1 or self.box_margin < 0:
             raise ValueError("epochs and batch_size must be >= 1 and box_margin >= 0")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            net = MDFNetwork(ambient_dim, codim, self.hidden, activation, self.radial)
+        net = self._make_net(ambient_dim, codim)
         net.requires_grad_(False)
         super().__init__(net, ambient_dim, codim, tol=tol, max_iter=max_iter)
         self.to(device)
@@ -154,6 +167,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
     box_s_min = property(lambda self: self.objective.box_s_min, doc="Box lower bound.")
     mu_orient = property(lambda self: self.objective.mu_orient, doc="Weight of the orientation.")
     norm = property(lambda self: self.objective.norm, doc="Norm of F in the objective.")
+    rank_batch = property(lambda self: self.objective.rank_batch,
+                          doc="Rows per batch of the Jacobian terms (0: all).")
 
     def get_config(self):
         """Constructor arguments (JSON-serialisable), enough to rebuild the model."""
@@ -177,32 +192,45 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
             for p in self.net.parameters():
                 p.grad = None
 
-    def _setup(self, data):
-        """Fresh weights, normalisation, box, sampler and optimizer for ``data``."""
+    def _make_net(self, ambient_dim, codim):
+        """A freshly initialised network of the chosen architecture (seeded)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            fresh = MDFNetwork(self.ambient_dim, self.codim, self.hidden, self.activation,
-                               self.radial)
+            if self.architecture == "residual":
+                return ResidualMDFNetwork(ambient_dim, codim, self.hidden, self.activation)
+            return MDFNetwork(ambient_dim, codim, self.hidden, self.activation, self.radial)
+
+    def _setup(self, data):
+        """Fresh weights, normalisation, box, sampler and optimizer for ``data``."""
+        fresh = self._make_net(self.ambient_dim, self.codim)
         self.net.load_state_dict(fresh.state_dict())
-        self.net.shift.copy_(data.mean(0))
-        # One scale for all axes keeps the geometry isotropic (per-axis scaling
-        # made the glycine torus markedly harder to fit).
-        self.net.scale.copy_(data.std(0).mean().clamp_min(1e-12))
+        if self.architecture == "residual":
+            self.net.init_from_data(data, slope=self.objective.s_min)
+        else:
+            self.net.shift.copy_(data.mean(0))
+            # One scale for all axes keeps the geometry isotropic (per-axis scaling
+            # made the glycine torus markedly harder to fit).
+            self.net.scale.copy_(data.std(0).mean().clamp_min(1e-12))
         self._build_state(*padded_box(data, self.box_margin, min_width=1e-12))
 
     def _build_state(self, low, high):
         self.bounds = (low, high)
         self.invalidate_caches()  # a new fit: components and curves are found again
-        self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        # Under torchrun each rank runs its own share of the negative chains
+        # with its own random stream (rank 0 keeps the single-process seed);
+        # the trainer averages the steps (learning.distributed).
+        ctx = context()
+        self._generator = torch.Generator(device=self.device).manual_seed(ctx.seed(self.seed + 1))
         self._sampler = LangevinNegativeSampler(
-            low.to(self.device), high.to(self.device), n_negatives=self.n_negatives,
-            buffer_size=self.buffer_size, steps=self.langevin_steps,
+            low.to(self.device), high.to(self.device),
+            n_negatives=max(1, ctx.shard_size(self.n_negatives)),
+            buffer_size=max(1, ctx.shard_size(self.buffer_size)), steps=self.langevin_steps,
             step_size=self.langevin_step_size, temperature=self.langevin_temperature,
             reinit_prob=self.reinit_prob, scale=float(self.net.scale), norm=self.norm,
             generator=self._generator)
-        self._trainer = Trainer(self.net.parameters(), lr=self.lr, total_epochs=self.epochs,
-                                lr_floor=self.lr_floor, progress=self.progress,
-                                desc=f"fitting {type(self).__name__}")
+        self._trainer = make_trainer(self.net.parameters(), lr=self.lr, total_epochs=self.epochs,
+                                     lr_floor=self.lr_floor, progress=self.progress,
+                                     desc=f"fitting {type(self).__name__}")
         self.history_ = self._trainer.history
 
     def _outward_normals(self, data):
@@ -227,7 +255,14 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         box = None
         if self.objective.mu_box > 0:
             box = self._sampler.uniform(self.n_negatives)
-        return self.objective(self.net, batch, negatives, box, normals)
+        objective = self.objective
+        ctx = context()
+        if ctx.active and objective.rank_batch > 0:
+            # rank_batch counts rows of the global batch, like batch_size: each
+            # rank takes its share, so the Jacobian work is split too.
+            objective = dataclasses.replace(
+                objective, rank_batch=max(1, ctx.shard_size(objective.rank_batch)))
+        return objective(self.net, batch, negatives, box, normals)
 
     def fit(self, X, y=None, epochs=None, resume=False):
         """Learn the manifold of the data ``X``.
@@ -281,18 +316,27 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         """Save configuration, weights, box, history, optimizer and sampler state.
 
         Written atomically (temporary file + rename): an existing checkpoint at
-        ``path`` is replaced whole or left untouched.
+        ``path`` is replaced whole or left untouched. In a distributed run every
+        rank must call it (the negative chains of all ranks are gathered into
+        one buffer) and rank 0 alone writes the file.
         """
+        ctx = context()
         payload = {"state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
                    "fitted": self.is_fitted}
         if self.is_fitted:
+            buffer = ctx.all_gather(self._sampler.state_dict()["buffer"])
+            rng = self._generator.get_state()
             payload.update(
                 bounds=[b.detach().cpu().clone() for b in self.bounds],
                 trainer=self._trainer.state_dict(),
-                sampler={k: v.cpu() for k, v in self._sampler.state_dict().items()},
-                rng=self._generator.get_state(),
+                sampler={"buffer": buffer.cpu()},
+                rng=rng,
+                # Every rank's stream, so that a resume on as many ranks continues each.
+                rng_ranks=[r.clone() for r in ctx.all_gather(rng[None]).unbind(0)],
             )
-        save_checkpoint(path, type(self).__name__, self.get_config(), payload)
+        if ctx.is_main:
+            save_checkpoint(path, type(self).__name__, self.get_config(), payload)
+        ctx.barrier()
 
     @classmethod
     def load(cls, path, device=None, progress=None):
@@ -318,8 +362,18 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
                 model._build_state(low.to(model.device), high.to(model.device))
                 model._trainer.load_state_dict(record["trainer"])
                 model.history_ = model._trainer.history
-                model._sampler.load_state_dict(record["sampler"])
-                model._generator.set_state(record["rng"])
+                # The saved buffer holds every rank's chains: this rank takes its share.
+                ctx = context()
+                buffer = record["sampler"]["buffer"]
+                model._sampler.load_state_dict({"buffer": ctx.shard(buffer)
+                                                if buffer.shape[0] == model.buffer_size
+                                                else buffer})
+                ranks = record.get("rng_ranks")
+                if ranks is not None and len(ranks) == ctx.world_size:
+                    # A copy: set_state reads the raw storage, which for a view may start elsewhere.
+                    model._generator.set_state(ranks[ctx.rank].clone().contiguous())
+                elif ctx.is_main:
+                    model._generator.set_state(record["rng"])
         except CheckpointError:
             raise
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as err:

@@ -20,11 +20,28 @@ MDF_PRESETS = {
 }
 
 
+#: High-dimensional data without a preset of their own (images, e.g. the
+#: digits): the residual architecture (the data's principal normals plus an
+#: MLP) starting from the principal subspace, the Jacobian terms on 64 rows of
+#: each batch (a Jacobian costs one backward pass per output), and no
+#: negatives: a global principal part leaves no spurious pieces to remove. On
+#: the 8x8 digits (64-D, dimension 8) this gives held-out distances about half
+#: PCA's and an out-of-distribution AUROC of 0.99 (benchmarks/images.py).
+HIGH_DIM = dict(architecture="residual", hidden=(256, 256), epochs=200, batch_size=128,
+                lr=1e-3, rank_batch=64, w_neg=0.0, beta=0.0)
+#: ``s_min`` and ``s_max`` of :data:`HIGH_DIM`, in units of 1 / (the data's
+#: mean coordinate spread): F grows at least twice as fast as the standardised
+#: distance from M, which separates held-out from foreign data by ``|F|``
+#: better than a slope of 1 (out-of-distribution AUROC 0.995 against 0.987).
+HIGH_DIM_SLOPES = (2.0, 20.0)
+#: Ambient dimension from which data without a preset get :data:`HIGH_DIM`.
+HIGH_DIM_FROM = 16
+
 #: Batches per epoch above which :func:`mdf_preset` enlarges the batch.
 STEPS_PER_EPOCH = 6
 
 
-def mdf_preset(name, n_points=None):
+def mdf_preset(name, n_points=None, points=None):
     """Settings for data set ``name`` (a copy; empty for unknown names).
 
     Parameters
@@ -37,8 +54,20 @@ def mdf_preset(name, n_points=None):
         at most 1024) instead of 256 fits 4000 two-circle points as closely
         (median distance of held-out points 1.9e-4 against 2.2e-4) in half the
         steps. Presets that set ``batch_size`` keep it.
+    points : array-like, shape (N, n), optional
+        The training data: data of at least :data:`HIGH_DIM_FROM` dimensions
+        without a preset get :data:`HIGH_DIM`, with slopes scaled to their
+        spread.
     """
     preset = dict(MDF_PRESETS.get(name, {}))
+    if name not in MDF_PRESETS and points is not None:
+        import torch
+
+        points = torch.as_tensor(points)
+        if points.shape[-1] >= HIGH_DIM_FROM:
+            spread = float(points.std(0).mean().clamp_min(1e-12))
+            preset = dict(HIGH_DIM, s_min=HIGH_DIM_SLOPES[0] / spread,
+                          s_max=HIGH_DIM_SLOPES[1] / spread)
     if n_points is not None and "batch_size" not in preset:
         wanted = -(-int(n_points) // STEPS_PER_EPOCH)
         preset["batch_size"] = min(max(256, -(-wanted // 64) * 64), 1024)

@@ -10,8 +10,10 @@ hands it ``loss_fn(batch) -> (loss, terms)``.
 Extension points for data-parallel training (e.g. ``torch.distributed``): a
 subclass overrides :meth:`Trainer.batch_indices` (shard each epoch's batches
 across ranks), :meth:`Trainer.sync_gradients` (all-reduce the gradients after
-``backward``), :meth:`Trainer.reduce_terms` (average the reported terms) and
-:attr:`Trainer.is_main` (only one rank reports progress).
+``backward``), :meth:`Trainer.reduce_terms` (average the reported terms),
+:meth:`Trainer.loss_is_finite` (all ranks stop together) and
+:attr:`Trainer.is_main` (only one rank reports progress); see
+:mod:`implicit_geom.learning.distributed`.
 """
 
 import copy
@@ -123,6 +125,11 @@ class Trainer:
         perm = torch.randperm(n, generator=generator, device=gen_device).to(device)
         return [perm[start:start + batch_size] for start in range(0, n, batch_size)]
 
+    def loss_is_finite(self, loss):
+        """Whether training may go on (a DDP subclass asks every rank, so that all
+        stop together)."""
+        return bool(torch.isfinite(loss))
+
     def sync_gradients(self):
         """Called after ``backward`` and before clipping: all-reduce point of a DDP subclass."""
 
@@ -216,7 +223,7 @@ class Trainer:
         for idx in self.batch_indices(tensors[0].shape[0], batch_size, sampling, generator,
                                       tensors[0].device):
             loss, terms = loss_fn(*(t[idx] for t in tensors))
-            if not torch.isfinite(loss):
+            if not self.loss_is_finite(loss):
                 raise TrainingDivergedError(
                     f"training diverged at epoch {self.epoch}: the loss is "
                     f"{float(loss.detach())}; lower the learning rate or the weights.")

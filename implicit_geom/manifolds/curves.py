@@ -158,21 +158,24 @@ class CurveTracer:
     turn : float
         Largest turning angle of the tangent between nodes (radians): the
         spacing shrinks where the curve bends.
+    bounds : pair of torch.Tensor, optional
+        The box that stops open curves; default the manifold's ``bounds``.
     """
 
     def __init__(self, space, rtol=1e-12, step=None, check_tol=1e-10, max_nodes=None,
-                 turn=0.1):
+                 turn=0.1, bounds=None):
         if space.dim != 1:
             raise ValueError("curve tables are for 1-dimensional manifolds")
         self.space = space
+        self.bounds = space.bounds if bounds is None else tuple(bounds)
         self.integrator = GBSIntegrator(rtol=rtol, atol=rtol)
         if step is None:
-            step = 0.05 if space.bounds is None else float(
-                torch.linalg.vector_norm(space.bounds[1] - space.bounds[0])) / 40
+            step = 0.05 if self.bounds is None else float(
+                torch.linalg.vector_norm(self.bounds[1] - self.bounds[0])) / 40
         self.step = float(step)
         self.check_tol = float(check_tol)
         if max_nodes is None:
-            max_nodes = 2000 if space.bounds is None else 20000
+            max_nodes = 2000 if self.bounds is None else 20000
         self.max_nodes = int(max_nodes)
         self.turn = float(turn)
         self.tables = []
@@ -200,7 +203,7 @@ class CurveTracer:
         return metric._acceleration(x, tangent)
 
     def _inside(self, x, p0=None):
-        bounds = self.space.bounds
+        bounds = self.bounds
         if bounds is None:  # no box: stay within 50 steps of the start
             if p0 is not None and float((x - p0).norm()) > 50 * self.step:
                 raise CurveTraceError(

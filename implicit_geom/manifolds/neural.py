@@ -93,8 +93,30 @@ class MDFNetwork(nn.Module):
         return second
 
 
+def _defining_class(cls, name):
+    """The first class in ``cls``'s MRO that defines attribute ``name``."""
+    return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+
+def _exact_hook(net):
+    """``net.value_and_jacobian`` if it belongs to ``net``'s own ``forward``, else None.
+
+    A subclass that overrides ``forward`` but inherits the hook (e.g. an
+    MDFNetwork plus an extra term) would get the parent's Jacobian: the hook
+    is trusted only when the class that defines ``forward`` also defines it.
+    """
+    hook = getattr(net, "value_and_jacobian", None)
+    if not callable(hook):
+        return None
+    cls = type(net)
+    if _defining_class(cls, "forward") is not _defining_class(cls, "value_and_jacobian"):
+        return None
+    return hook
+
+
 class NetworkImplicitManifold(ImplicitManifold):
-    """The zero set of a network ``F: R^n -> R^k`` (an :class:`MDFNetwork` or any
+    """The zero set of a network ``F: R^n -> R^k`` (an :class:`MDFNetwork`, a
+    :class:`~implicit_geom.manifolds.residual.ResidualMDFNetwork` or any
     ``nn.Module`` mapping ``(..., n)`` to ``(..., k)``).
 
     The network is a submodule: ``.to(device, dtype)`` moves it, its weights
@@ -120,8 +142,10 @@ class NetworkImplicitManifold(ImplicitManifold):
     def _value_and_jacobian(self, x):
         # The Jacobian propagated by hand through the MLP (exact, no autograd
         # graph): several times cheaper on the batches samplers and Newton use.
-        net = self.net
-        out = net.value_and_jacobian(x.to(self.device)) if type(net) is MDFNetwork else None
+        # Any network with an exact ``value_and_jacobian`` hook (MDFNetwork,
+        # ResidualMDFNetwork) answers it; None means "use autograd".
+        hook = _exact_hook(self.net)
+        out = hook(x.to(self.device)) if hook is not None else None
         if out is None:  # a replaced or customised network
             return super()._value_and_jacobian(x)
         value, jac = out

@@ -7,6 +7,7 @@ with the manifold models through samples (W, distance to M), not likelihoods.
 
 import torch
 
+from ..learning.distributed import context
 from ..numerics.validation import as_points, padded_box
 from ..sampling.ambient import BoxLangevin
 from .ebm import EnergyModel
@@ -48,7 +49,7 @@ class AmbientEBM(EnergyModel):
 
     def _prepare(self, X):
         self.box_ = padded_box(X, self.pad, min_width=1e-3)
-        self._gen = torch.Generator().manual_seed(self.seed)
+        self._gen = torch.Generator().manual_seed(context().seed(self.seed))  # per rank
 
     def _init_chains(self, n):
         lo, hi = self.box_
@@ -59,13 +60,20 @@ class AmbientEBM(EnergyModel):
         return BoxLangevin.from_step(self._energy_fn, *self.box_, self.step_size,
                                      self._gen).run(x, n_steps)
 
-    def sample(self, n_samples, n_steps=200, step_size=None, seed=None):
-        """Samples from the buffer advanced by ``n_steps`` Langevin steps, shape (n, d)."""
+    def sample(self, n_samples, n_steps=200, step_size=None, seed=None, init=None):
+        """Samples advanced by ``n_steps`` Langevin steps, shape (n, d).
+
+        Chains start from the replay buffer, or from ``init`` (shape (n, d),
+        e.g. uniform noise in :attr:`box_`).
+        """
         if self.buffer_ is None:
             raise RuntimeError("call fit first")
         gen = torch.Generator().manual_seed(self.seed + 1 if seed is None else int(seed))
-        idx = torch.randint(self.buffer_.shape[0], (int(n_samples),), generator=gen)
-        x0 = self.buffer_[idx.to(self.buffer_.device)]
+        if init is None:
+            idx = torch.randint(self.buffer_.shape[0], (int(n_samples),), generator=gen)
+            x0 = self.buffer_[idx.to(self.buffer_.device)]
+        else:
+            x0 = as_points(init, self.dim, "init").reshape(-1, self.dim).to(self.buffer_)
         return BoxLangevin.from_step(self._energy_fn, *self.box_,
                                      self.step_size if step_size is None else step_size,
                                      gen).run(x0, n_steps)

@@ -1,14 +1,18 @@
-"""Constrained energy-based models: densities ``p(x) ~ exp(-E(x))`` on a manifold.
+"""Constrained energy-based models: normalised densities ``p = exp(-E) / Z`` on a manifold.
 
 :class:`ConstrainedEBM` follows Ross et al. (2023, Sec. 4): an energy network
-on the ambient space, restricted to the manifold M, trained by persistent
-contrastive divergence (PCD) whose negative samples come from constrained
-Langevin chains on M kept in a replay buffer. Where ``log Z`` has an exact
-quadrature (circle, sphere, torus and their unions) it can instead be trained
-by exact maximum likelihood (``method="mle"``).
+on the ambient space, restricted to the manifold M. ``log Z`` (w.r.t. the
+Riemannian volume of M) comes with a checked error from
+:mod:`~implicit_geom.models.normalization`: quadrature on analytic spaces and
+on learned curves and surfaces, per connected component, annealed importance
+sampling in higher dimensions. Where the quadrature exists the model is fitted
+by exact maximum likelihood (each component's mass included); elsewhere by the
+paper's persistent contrastive divergence with constrained Langevin chains,
+which jump between components with a Metropolis-Hastings correction.
 
-:class:`EnergyModel` holds the PCD loop shared with the ambient baseline
-(:mod:`implicit_geom.models.ambient`).
+:class:`EnergyModel` holds what is shared with the ambient baseline
+(:mod:`implicit_geom.models.ambient`): the fit through the library's one
+training loop, validation and the PCD loss.
 """
 
 import functools
@@ -22,7 +26,7 @@ from torch import nn
 from ..exceptions import CheckpointError, EmptyDataError, InvalidPointError, ProjectionError
 from ..manifolds.components import sample_in_box
 from ..learning.checkpoint import load_checkpoint, save_checkpoint
-from ..learning.trainer import Trainer
+from ..learning.distributed import context, make_trainer
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, padded_box
 from ..sampling.transitions import ComponentJump
@@ -147,6 +151,7 @@ class EnergyModel:
         self.progress = bool(progress)
         self.buffer_ = None
         self.history_ = None
+        self._chain_stats = {}  # per-step chain diagnostics reported with the loss
 
     # ------------------------------------------------------------ subclass API
     @property
@@ -216,19 +221,23 @@ class EnergyModel:
         if X_val is not None:
             X_val = _check_data(X_val, self.dim, "X_val").to(device=param.device,
                                                              dtype=param.dtype)
-        # Seeded and reproducible, without disturbing the caller's global RNG.
+        # Seeded and reproducible, without disturbing the caller's global RNG
+        # (under torchrun each rank draws its own chains: rank-specific seeds).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(context().seed(self.seed))
             self._fit(X, X_val)
         return self
 
     def _fit(self, X, X_val=None):
         # The batch, buffer and restart draws share one generator, in this
         # order per step (the trainer draws the batch first).
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        # Under torchrun (learning.distributed) every rank keeps and advances
+        # its own share of the replay buffer; the steps are averaged over ranks.
+        ctx = context()
+        gen = torch.Generator(device="cpu").manual_seed(ctx.seed(self.seed))
         self._prepare(X)
         if self._uses_pcd():
-            self.buffer_ = self._init_chains(self.buffer_size)
+            self.buffer_ = self._init_chains(max(1, ctx.shard_size(self.buffer_size)))
             loss_fn = functools.partial(self._pcd_loss, generator=gen)
         else:
             loss_fn = self._mle_loss
@@ -236,19 +245,22 @@ class EnergyModel:
         if X_val is not None:
             validation = functools.partial(self._validation_loss, X_val)
             validation()  # fails here, before training, if there is no validation loss
-        trainer = Trainer(self.energy_net.parameters(), lr=self.lr, total_epochs=self.n_iter,
-                          lr_floor=self.lr_floor, grad_clip=self.grad_clip,
-                          progress=self.progress, desc=type(self).__name__)
+        trainer = make_trainer(self.energy_net.parameters(), lr=self.lr,
+                               total_epochs=self.n_iter, lr_floor=self.lr_floor,
+                               grad_clip=self.grad_clip, progress=self.progress,
+                               desc=type(self).__name__)
         trainer.run(loss_fn, self._training_data(X), self.n_iter, self.batch_size, generator=gen,
                     sampling="replacement", validation=validation, val_every=self.val_every,
                     patience=self.patience)
+        if self.buffer_ is not None:
+            self.buffer_ = ctx.all_gather(self.buffer_)  # every rank's chains, on every rank
         self.history_ = trainer.history
         self.validation_history_ = trainer.validation_history if X_val is not None else None
 
     def _pcd_loss(self, pos, generator):
         """The contrastive loss of one step; advances a random subset of the buffer."""
         b, device = pos.shape[0], pos.device
-        idx = torch.randint(self.buffer_size, (b,), generator=generator).to(device)
+        idx = torch.randint(self.buffer_.shape[0], (b,), generator=generator).to(device)
         x0 = self.buffer_[idx]
         fresh = (torch.rand(b, generator=generator) < self.reinit_prob).to(device)
         if bool(fresh.any()):
@@ -258,7 +270,7 @@ class EnergyModel:
         e_pos, e_neg = self.energy_net(pos), self.energy_net(neg)
         loss = contrastive_divergence_loss(e_pos, e_neg, self.beta)
         return loss, {"e_pos": float(e_pos.detach().mean()),
-                      "e_neg": float(e_neg.detach().mean())}
+                      "e_neg": float(e_neg.detach().mean()), **self._chain_stats}
 
     def _training_data(self, X):
         """What the trainer batches: ``X``, or ``(X, row indices)`` for a loss that needs them."""
@@ -326,7 +338,9 @@ class ConstrainedEBM(EnergyModel):
         Highest Fourier frequency of the default energy network.
     jumps : {"auto", True, False}
         Metropolis-Hastings jumps between connected components in PCD and
-        sampling (``"auto"``: when M has several components in its box).
+        sampling (``"auto"``: when M has several components in its box, found by
+        quadrature or by sampling; not sought by sampling on manifolds of
+        dimension above 2).
     jump_scale : float, optional
         Tangent noise of a jump; default 5% of the box diagonal.
     ais : dict, optional
@@ -348,6 +362,11 @@ class ConstrainedEBM(EnergyModel):
         Per-iteration loss, mean positive/negative energies, gradient norm.
     buffer_ : torch.Tensor, shape (buffer_size, n)
         The replay buffer (points on M) after :meth:`fit` with PCD.
+    component_log_weights_ : torch.Tensor, shape (C,) or None
+        Log mass of each connected component, fitted by maximum likelihood on
+        a manifold with several components (None otherwise).
+    validation_history_ : dict or None
+        Validation NLL per measurement when fitted with ``X_val``.
     """
 
     def __init__(self, manifold, energy_net=None, *, method="auto", sampler="langevin",
@@ -639,6 +658,12 @@ class ConstrainedEBM(EnergyModel):
         """The component jumps to add to samplers (empty on a connected manifold)."""
         if self.jumps is False or (self._quadrature_box() is None and not self._has_quadrature()):
             return ()
+        if self.jumps == "auto" and self.manifold.dim > 2 and not self._has_quadrature():
+            # Components found by sampling are reliable on curves and surfaces;
+            # on higher-dimensional manifolds (images) a few thousand projected
+            # draws do not link up, and jumps between such "components" would
+            # be wrong. Pass jumps=True to have them anyway.
+            return ()
         points, labels = self.components()
         if int(labels.max()) < 1:
             return ()
@@ -679,8 +704,8 @@ class ConstrainedEBM(EnergyModel):
         self._data = X if self.chain_init == "data" else None
         self._normalizer = None
         if self._uses_pcd():
-            self._chain_sampler = self._make_sampler(self.sampler, self.step_size, self.seed,
-                                                     self._moves())
+            self._chain_sampler = self._make_sampler(self.sampler, self.step_size,
+                                                     context().seed(self.seed), self._moves())
 
     def _fit(self, X, X_val=None):
         super()._fit(X, X_val)
@@ -705,7 +730,11 @@ class ConstrainedEBM(EnergyModel):
     def _advance(self, x, n_steps):
         if n_steps == 0:
             return x
-        x_new, _ = self._chain_sampler.run(x, n_steps)
+        x_new, info = self._chain_sampler.run(x, n_steps)
+        # Share of proposals rejected (failed projections, non-reversible
+        # steps): reported per step, averaged over ranks in a distributed run.
+        failed = info.n_projection_failures + info.n_nonreversible
+        self._chain_stats = {"chain_rejected": float(failed.sum()) / (x.shape[0] * n_steps)}
         return x_new
 
     def _quadrature_draws(self, n, generator):

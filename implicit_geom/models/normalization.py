@@ -7,9 +7,10 @@ Hausdorff measure. Every manifold the library makes gets a rule:
   (Gauss-Legendre x trapezoid, spectrally accurate), tori of revolution (area
   element ``r (R + r cos theta)``) and their unions;
 * **learned curves** (dimension 1, any codimension): each connected component
-  is traced by arc-length continuation (tangent predictor, Newton corrector
-  along the normals) until it closes or leaves the box, and the nodes get
-  arc-length trapezoid weights with a curvature correction of the chords;
+  is traced into an arc-length table until it closes or leaves the box
+  (:class:`~implicit_geom.manifolds.curves.CurveTracer`, shared with the
+  curves' exact distances), and nodes uniform in arc length get trapezoid
+  weights (spectrally accurate on closed curves);
 * **learned surfaces** in R^3: a marching-tetrahedra mesh of ``F = 0`` whose
   vertices are projected onto M, refined by midpoint subdivision with every
   new vertex projected (the mesh converges to M), vertex weights one third of
@@ -37,7 +38,6 @@ import torch
 from ..exceptions import InvalidPointError, NormalizationError
 from ..manifolds.analytic import GeomstatsLevelSet, ImplicitSphere, ImplicitTorus, as_implicit
 from ..manifolds.arithmetic import UnionManifold
-from ..numerics.newton import solve_along_normals
 from ..numerics.validation import DTYPE, as_points
 
 __all__ = [
@@ -80,10 +80,13 @@ class Quadrature:
     n_open : int
         Components that reach the box instead of closing inside it (the rule
         then integrates over their part inside the box).
+    min_error : float
+        Floor of the error estimate of ``log Z`` (the accuracy of the nodes
+        themselves, e.g. of a traced curve's arc length).
     """
 
     def __init__(self, points, weights, labels=None, coarse=None, order=None, method="",
-                 n_open=0):
+                 n_open=0, min_error=0.0):
         self.points = points
         self.weights = weights
         if labels is None:
@@ -93,6 +96,7 @@ class Quadrature:
         self.order = order
         self.method = method
         self.n_open = int(n_open)
+        self.min_error = float(min_error)
 
     def __repr__(self):
         return (f"Quadrature({self.method or 'rule'}: {self.points.shape[0]} nodes, "
@@ -118,7 +122,7 @@ class Quadrature:
         return Quadrature(self.points.to(device), self.weights.to(device),
                           self.labels.to(device),
                           None if self.coarse is None else self.coarse.to(device),
-                          self.order, self.method, self.n_open)
+                          self.order, self.method, self.n_open, self.min_error)
 
     def __add__(self, other):
         """Concatenation: the rule of a union of pieces that overlap on a null set.
@@ -133,7 +137,8 @@ class Quadrature:
                           torch.cat([self.weights, other.weights]),
                           torch.cat([self.labels, other.labels + self.n_components]),
                           coarse, min(orders) if orders else None,
-                          " + ".join(dict.fromkeys(methods)), self.n_open + other.n_open)
+                          " + ".join(dict.fromkeys(methods)), self.n_open + other.n_open,
+                          max(self.min_error, other.min_error))
 
 
 @dataclass
@@ -261,108 +266,34 @@ def _exact_rule(manifold, resolution):
 
 
 # ------------------------------------------------------------ traced curves
-def _unit_tangent(jac):
-    """Unit vector spanning ``ker J`` for ``(B, n-1, n)`` Jacobians (sign arbitrary)."""
-    n = jac.shape[-1]
-    if n == 2:
-        t = torch.stack([-jac[:, 0, 1], jac[:, 0, 0]], -1)
-    else:
-        q, _ = torch.linalg.qr(jac.transpose(-1, -2), mode="complete")
-        t = q[..., :, -1]
-    return t / torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+def _arc_rule(table, step):
+    """Nodes uniform in arc length on a traced curve, with their weights.
 
-
-def _inside(x, low, high):
-    return ((x >= low) & (x <= high)).all(-1)
-
-
-def _trace(manifold, seeds, sign, step, low, high, max_steps):
-    """Follow the curves through ``seeds`` in direction ``sign`` (B,).
-
-    Returns the node lists (each starting at its seed) and a status per trace:
-    1 closed (returned to its seed), 2 left the box.
+    Closed curves: the trapezoid rule in the arc-length parameter, spectrally
+    accurate for smooth periodic integrands (an even node count, so the rule
+    on every other node is the half-resolution one). Open pieces: the
+    trapezoid rule on ``[0, L]``. Positions come from the table's quintic
+    Hermite interpolant (within ``check_tol`` of M) and are landed on M.
     """
-    f_and_jac = manifold._value_and_jacobian
-    tol, max_iter = min(manifold.tol, 1e-10), 30
-    x = seeds.clone()
-    _, jac = f_and_jac(x)
-    t = _unit_tangent(jac) * sign[:, None]
-    nodes = [[x[b].clone()] for b in range(x.shape[0])]
-    status = torch.zeros(x.shape[0], dtype=torch.long)
-    travelled = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for _ in range(max_steps):
-        idx = (status == 0).nonzero().squeeze(-1)
-        if idx.numel() == 0:
-            return nodes, status
-        xr, tr, jr = x[idx], t[idx], jac[idx]
-        to_seed = seeds[idx] - xr
-        along = (to_seed * tr).sum(-1)
-        # The seed lies within the next step ahead: the loop is complete.
-        close = (travelled[idx] > 3 * step) & (along > 0) & (
-            torch.linalg.vector_norm(to_seed, dim=-1) < 1.5 * step)
-        status[idx[close]] = 1
-        keep = ~close
-        idx, xr, tr, jr = idx[keep], xr[keep], tr[keep], jr[keep]
-        if idx.numel() == 0:
-            continue
-        h = torch.full((idx.numel(),), float(step), dtype=x.dtype, device=x.device)
-        new_x, new_jac = xr.clone(), jr.clone()
-        pending = torch.ones(idx.numel(), dtype=torch.bool, device=x.device)
-        for _ in range(8):  # halve the step where Newton fails or jumps to another branch
-            p = pending.nonzero().squeeze(-1)
-            pred = xr[p] + h[p, None] * tr[p]
-            res = solve_along_normals(f_and_jac, pred, jr[p], tol, max_iter, max_halvings=4)
-            ok = res.converged & (torch.linalg.vector_norm(res.x - pred, dim=-1) <= 0.5 * h[p])
-            new_x[p[ok]], new_jac[p[ok]] = res.x[ok], res.jac[ok]
-            pending[p[ok]] = False
-            if not bool(pending.any()):
-                break
-            h[pending] = h[pending] / 2
-        if bool(pending.any()):
-            raise NormalizationError(
-                f"curve tracing stalled at {int(pending.sum())} point(s) (Newton fails even "
-                f"with the step {float(step) / 256:.2e}); the curve may be singular there")
-        t_new = _unit_tangent(new_jac)
-        t_new = torch.where(((t_new * tr).sum(-1) < 0)[:, None], -t_new, t_new)
-        inside = _inside(new_x, low, high)
-        status[idx[~inside]] = 2
-        travelled[idx] += torch.linalg.vector_norm(new_x - xr, dim=-1)
-        x[idx], t[idx], jac[idx] = new_x, t_new, new_jac
-        for j in inside.nonzero().squeeze(-1).tolist():
-            nodes[int(idx[j])].append(new_x[j])
-    raise NormalizationError(
-        f"a traced curve did not close or leave the box within {max_steps} steps of "
-        f"{step:.3g}; raise max_nodes or the step")
-
-
-def _arc_weights(nodes, closed):
-    """Trapezoid weights with chords corrected to arc length by the turning angles.
-
-    A chord ``c`` of a curve of curvature ``k`` spans the arc ``c (1 + (k c)^2 / 24)``;
-    ``k`` at a node is its turning angle over the mean adjacent chord.
-    """
-    seg = (torch.roll(nodes, -1, 0) - nodes) if closed else (nodes[1:] - nodes[:-1])
-    chord = torch.linalg.vector_norm(seg, dim=-1)
-    unit = seg / chord.clamp_min(1e-300)[:, None]
-    prev_unit = torch.roll(unit, 1, 0) if closed else unit[:-1]
-    next_unit = unit if closed else unit[1:]
-    cos = (prev_unit * next_unit).sum(-1).clamp(-1.0, 1.0)
-    mean_chord = (0.5 * ((torch.roll(chord, 1, 0) if closed else chord[:-1])
-                         + (chord if closed else chord[1:]))).clamp_min(1e-300)
-    kappa = torch.arccos(cos) / mean_chord  # at nodes (closed) / interior nodes (open)
-    if closed:
-        k_seg = 0.5 * (kappa + torch.roll(kappa, -1, 0))
+    n = max(int(math.ceil(table.length / step)), 8)
+    n += n % 2
+    if table.closed:
+        s = table.s[0] + table.length * torch.arange(n, dtype=table.s.dtype) / n
+        weights = torch.full((n,), table.length / n, dtype=table.s.dtype)
     else:
-        k_nodes = torch.cat([kappa[:1], kappa, kappa[-1:]]) if kappa.numel() else \
-            torch.zeros(nodes.shape[0], dtype=nodes.dtype)
-        k_seg = 0.5 * (k_nodes[:-1] + k_nodes[1:])
-    arc = chord * (1 + (k_seg * chord).square() / 24)
+        s = table.s[0] + table.length * torch.arange(n + 1, dtype=table.s.dtype) / n
+        weights = torch.full((n + 1,), table.length / n, dtype=table.s.dtype)
+        weights[[0, -1]] /= 2
+    points = table.evaluate(s.to(table.s.device))[0]
+    return points, weights.to(points.device)
+
+
+def _coarse_arc_rule(points, weights, closed):
     if closed:
-        return 0.5 * (arc + torch.roll(arc, 1, 0))
-    w = torch.zeros(nodes.shape[0], dtype=nodes.dtype, device=nodes.device)
-    w[:-1] += 0.5 * arc
-    w[1:] += 0.5 * arc
-    return w
+        return points[::2], 2 * weights[::2]
+    w = 2 * weights[::2].clone()
+    w[[0, -1]] /= 2
+    return points[::2], w
 
 
 def _cover(manifold, low, high, n_cover, seed):
@@ -390,19 +321,18 @@ def _box(manifold, bounds):
     return low, high
 
 
-def traced_curve_quadrature(manifold, bounds=None, step=None, n_cover=4000, seed=0,
-                            max_nodes=200_000):
+def traced_curve_quadrature(manifold, bounds=None, step=None, n_cover=4000, seed=0):
     """Quadrature on a curve (1-manifold in R^n) by tracing each connected component.
 
     Box draws projected onto M find every component inside the box; from one
-    seed per component the curve is followed by arc-length continuation (a
-    tangent step of length ``step``, then Newton along the normals of the last
-    node) until it returns to its seed or leaves the box (then it is traced
-    the other way too). A component is traced once: further seeds come only
-    from cover points farther than ``0.75 step`` from every node so far.
-    Weights are trapezoidal in arc length with curvature-corrected chords
-    (length error O(step^4)). The coarse rule (every other node) estimates
-    the error.
+    of them at a time the curve is traced into an arc-length table
+    (:class:`~implicit_geom.manifolds.curves.CurveTracer`: the unit tangent
+    field integrated with Newton landing, a quintic Hermite interpolant checked
+    against F) until it closes or leaves the box both ways. Nodes uniform in
+    arc length get trapezoid weights: spectrally accurate on closed curves.
+    Cover points farther than ``0.75 step`` from every node seed the next
+    component, so each is traced once and none is missed. The rule on every
+    other node estimates the error.
 
     Parameters
     ----------
@@ -415,8 +345,6 @@ def traced_curve_quadrature(manifold, bounds=None, step=None, n_cover=4000, seed
     n_cover : int
         Box draws that find the components.
     seed : int
-    max_nodes : int
-        Cap on the nodes of one curve.
 
     Returns
     -------
@@ -426,59 +354,55 @@ def traced_curve_quadrature(manifold, bounds=None, step=None, n_cover=4000, seed
     Raises
     ------
     NormalizationError
-        Tracing stalls (singular curve) or does not close within ``max_nodes``.
+        A curve that cannot be traced (it leaves M, or does not close within
+        the tracer's node cap).
     """
+    from ..manifolds.curves import CurveTraceError, CurveTracer
+
     manifold = as_implicit(manifold)
     if manifold.dim != 1:
         raise ValueError(f"traced_curve_quadrature needs a curve, {manifold!r} has dim "
                          f"{manifold.dim}")
     low, high = _box(manifold, bounds)
-    diag = float(torch.linalg.vector_norm(high - low))
-    step = diag / 512 if step is None else float(step)
+    step = float(torch.linalg.vector_norm(high - low)) / 512 if step is None else float(step)
     if not step > 0:
         raise ValueError(f"step must be positive, got {step}")
+    tracer = CurveTracer(manifold, bounds=(low, high))
+    curves = []
     with torch.no_grad():
-        cover = _cover(manifold, low, high, n_cover, seed)
-        curves, closed_flags = [], []
-        remaining = cover
+        remaining = _cover(manifold, low, high, n_cover, seed)
         for _ in range(64):
             if remaining.shape[0] == 0:
                 break
-            seeds = _spread_seeds(remaining, 4 * step)
-            sign = torch.ones(seeds.shape[0], dtype=seeds.dtype, device=seeds.device)
-            fwd, status = _trace(manifold, seeds, sign, step, low, high, max_nodes)
-            open_rows = (status == 2).nonzero().squeeze(-1)
-            if open_rows.numel():
-                back, _ = _trace(manifold, seeds[open_rows], -sign[open_rows], step, low, high,
-                                 max_nodes)
-            for b in range(seeds.shape[0]):
-                path = torch.stack(fwd[b])
-                if status[b] == 2:
-                    j = int((open_rows == b).nonzero()[0, 0])
-                    path = torch.cat([torch.stack(back[j][1:]).flip(0), path]) \
-                        if len(back[j]) > 1 else path
-                if curves and _near(seeds[b:b + 1], torch.cat([c for c in curves]), 0.75 * step):
-                    continue  # a second seed on a curve already traced this round
-                curves.append(path)
-                closed_flags.append(bool(status[b] == 1))
-            remaining = remaining[~_near(remaining, torch.cat(curves), 0.75 * step)]
+            try:
+                table = tracer.trace(remaining[0])
+            except CurveTraceError as err:
+                raise NormalizationError(f"cannot trace a component of {manifold.name}: "
+                                         f"{err}") from err
+            points, weights = _arc_rule(table, step)
+            curves.append((points, weights, table.closed))
+            remaining = remaining[~_near(remaining, points, 0.75 * step)]
         else:
             raise NormalizationError("curve tracing did not cover every component in 64 rounds")
 
-    def rule(take):
+    def rule(coarse):
         pts, wts, lab = [], [], []
-        for c, (path, closed) in enumerate(zip(curves, closed_flags)):
-            path = path[::take]
-            if path.shape[0] < 2:
-                continue
-            pts.append(path)
-            wts.append(_arc_weights(path, closed))
-            lab.append(torch.full((path.shape[0],), c, dtype=torch.long))
+        for c, (points, weights, closed) in enumerate(curves):
+            if coarse:
+                points, weights = _coarse_arc_rule(points, weights, closed)
+            pts.append(points)
+            wts.append(weights)
+            lab.append(torch.full((points.shape[0],), c, dtype=torch.long,
+                                  device=points.device))
         return torch.cat(pts), torch.cat(wts), torch.cat(lab)
 
-    n_open = sum(not c for c in closed_flags)
-    coarse = Quadrature(*rule(2), order=2, method="traced curves", n_open=n_open)
-    return Quadrature(*rule(1), coarse=coarse, order=2, method="traced curves", n_open=n_open)
+    n_open = sum(not closed for _, _, closed in curves)
+    order = 2 if n_open else None
+    # The tables' arc lengths are integrated to ~1e-10 relative: the floor of the error.
+    coarse = Quadrature(*rule(True), order=order, method="traced curves", n_open=n_open,
+                        min_error=1e-9)
+    return Quadrature(*rule(False), coarse=coarse, order=order, method="traced curves",
+                      n_open=n_open, min_error=1e-9)
 
 
 def _near(points, nodes, radius):
@@ -487,18 +411,6 @@ def _near(points, nodes, radius):
 
     dist, _ = cKDTree(nodes.detach().cpu().numpy()).query(points.detach().cpu().numpy())
     return torch.as_tensor(dist <= radius, device=points.device)
-
-
-def _spread_seeds(points, radius):
-    """One point per cluster of ``points`` linked within ``radius`` (graph components)."""
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
-    pts = points.detach().cpu().numpy()
-    graph = cKDTree(pts).sparse_distance_matrix(cKDTree(pts), radius, output_type="coo_matrix")
-    _, labels = connected_components(graph, directed=False)
-    first = np.unique(labels, return_index=True)[1]
-    return points[torch.as_tensor(first, device=points.device)]
 
 
 # ------------------------------------------------------------ surface meshes
@@ -801,7 +713,8 @@ def log_partition_error(energy, quadrature):
 
     The difference from the rule's half-resolution ``coarse`` rule, divided by
     ``2^order - 1`` (Richardson) for rules with an algebraic order; unscaled
-    (an upper bound) for spectrally accurate rules. NaN without a coarse rule.
+    (an upper bound) for spectrally accurate rules; at least the rule's
+    ``min_error``. NaN without a coarse rule.
     """
     if quadrature.coarse is None:
         return math.nan
@@ -809,7 +722,7 @@ def log_partition_error(energy, quadrature):
         fine = float(log_partition(energy, quadrature))
         coarse = float(log_partition(energy, quadrature.coarse))
     scale = 1.0 if quadrature.order is None else 2.0 ** quadrature.order - 1.0
-    return abs(fine - coarse) / scale
+    return max(abs(fine - coarse) / scale, quadrature.min_error)
 
 
 def monte_carlo_log_partition(energy, uniform_points, volume):
@@ -892,7 +805,7 @@ def tube_volumes(manifold, bounds, label, n_components, eps, n_points=2**16, n_r
 
 def ais_log_partition(manifold, energy, bounds=None, *, n_chains=256, n_temps=100,
                       n_mcmc=2, n_burn=200, step_size=0.3, eps=None, n_points=2**16,
-                      n_rep=4, n_cover=4000, seed=0):
+                      n_rep=8, n_cover=4000, seed=0):
     """``log Z`` and its standard error by annealed importance sampling on M.
 
     For each connected component ``c`` (:class:`~implicit_geom.manifolds.components.ComponentMap`:

@@ -15,7 +15,7 @@ the affine map only adds ``sum(log scale)`` to the log density.
 
 import torch
 from torch import nn
-from ..learning.trainer import Trainer
+from ..learning.distributed import make_trainer
 from ..numerics import autodiff
 from ..numerics.mlp import build_mlp
 from ..numerics.validation import DTYPE, as_points
@@ -55,7 +55,7 @@ class Autoencoder(nn.Module):
         """Minimise the mean squared reconstruction error with Adam.
 
         One random batch (drawn with replacement) per step, the learning rate
-        decaying to zero along a cosine (:class:`~implicit_geom.learning.Trainer`).
+        decaying to zero along a cosine (:class:`~implicit_geom.learning.Trainer`, or its distributed subclass under torchrun).
 
         Returns
         -------
@@ -63,8 +63,9 @@ class Autoencoder(nn.Module):
             Loss per iteration.
         """
         gen = torch.Generator().manual_seed(int(seed))
-        trainer = Trainer(self.parameters(), lr=lr, total_epochs=int(n_iter), lr_floor=0.0,
-                          progress=progress, desc="Autoencoder")
+        # Data-parallel under torchrun (learning.distributed), like every model.
+        trainer = make_trainer(self.parameters(), lr=lr, total_epochs=int(n_iter), lr_floor=0.0,
+                               progress=progress, desc="Autoencoder")
 
         def loss_fn(batch):
             return (self(batch) - batch).square().sum(-1).mean(), {}
@@ -84,6 +85,9 @@ class PushforwardEBM:
         Manifold dimension ``m``.
     hidden : sequence of int
         Autoencoder hidden widths.
+    energy_hidden : sequence of int, optional
+        Hidden widths of the latent energy network (default: the
+        :class:`~implicit_geom.models.ambient.AmbientEBM` default).
     ae_iter, ae_lr, ae_batch_size : int, float, int
         Autoencoder training.
     latent_pad : float
@@ -95,8 +99,7 @@ class PushforwardEBM:
     progress : bool
     **ebm_kwargs
         Passed to the latent :class:`~implicit_geom.models.ambient.AmbientEBM`
-        (``hidden``, ``beta``, ``lr``, ``n_iter``, ``n_mcmc_steps``,
-        ``step_size``...).
+        (``beta``, ``lr``, ``n_iter``, ``n_mcmc_steps``, ``step_size``...).
 
     Attributes
     ----------
@@ -106,12 +109,15 @@ class PushforwardEBM:
         ``"ae_loss"`` and the latent EBM's history.
     """
 
-    def __init__(self, ambient_dim, latent_dim, *, hidden=(64, 64), ae_iter=2000, ae_lr=3e-3,
-                 ae_batch_size=256, latent_pad=0.1, seed=0, progress=False, **ebm_kwargs):
+    def __init__(self, ambient_dim, latent_dim, *, hidden=(64, 64), energy_hidden=None,
+                 ae_iter=2000, ae_lr=3e-3, ae_batch_size=256, latent_pad=0.1, seed=0,
+                 progress=False, **ebm_kwargs):
         self.ambient_dim, self.latent_dim = int(ambient_dim), int(latent_dim)
         self.autoencoder = Autoencoder(ambient_dim, latent_dim, hidden, seed)
         self.ae_iter, self.ae_lr, self.ae_batch_size = int(ae_iter), float(ae_lr), int(ae_batch_size)
         self.seed, self.progress = int(seed), bool(progress)
+        if energy_hidden is not None:
+            ebm_kwargs["hidden"] = tuple(energy_hidden)
         self.latent_ebm = AmbientEBM(latent_dim, pad=latent_pad, seed=seed, progress=progress,
                                      **ebm_kwargs)
         self.history_ = None
@@ -151,10 +157,25 @@ class PushforwardEBM:
         with torch.no_grad():
             return self.autoencoder.decoder(z)
 
-    def sample(self, n_samples, n_steps=200, step_size=None, seed=None):
-        """Decoded latent Langevin samples, shape (n_samples, n)."""
-        u = self.latent_ebm.sample(n_samples, n_steps, step_size, seed)
+    def sample(self, n_samples, n_steps=200, step_size=None, seed=None, init=None):
+        """Decoded latent Langevin samples, shape (n_samples, n).
+
+        Latent chains start from the replay buffer, or from the latent codes
+        ``init`` (shape (n_samples, m), in the coordinates of :meth:`encode`).
+        """
+        if init is not None:
+            init = (as_points(init, self.latent_dim, "init").to(self.latent_shift_)
+                    - self.latent_shift_) / self.latent_scale_
+        u = self.latent_ebm.sample(n_samples, n_steps, step_size, seed, init=init)
         return self.decode(u * self.latent_scale_ + self.latent_shift_)
+
+    def latent_box(self):
+        """``(low, high)`` of the latent chains' box, in the coordinates of :meth:`encode`."""
+        if self.latent_ebm.box_ is None:
+            raise RuntimeError("call fit first")
+        low, high = self.latent_ebm.box_
+        return (low * self.latent_scale_ + self.latent_shift_,
+                high * self.latent_scale_ + self.latent_shift_)
 
     def half_log_det(self, z):
         """``0.5 log det(J^T J)`` of the decoder at latents ``z`` (B, m), shape (B,)."""

@@ -28,7 +28,7 @@ from enum import IntEnum
 import torch
 
 from ..numerics.linalg import tangent_projector
-from ..numerics.newton import solve_along_normals
+from ..numerics.newton import solve_along_normals, solve_along_normals_chord
 from .targets import ChainState
 
 
@@ -60,6 +60,14 @@ class SolverOptions:
     reverse_tol : float
         Largest ``|x_back - x|`` accepted by the reversibility check.
     check_reversibility : bool
+    newton : {"exact", "chord"}
+        Full Newton (a Jacobian per iteration), or the chord method
+        (:func:`~implicit_geom.numerics.newton.solve_along_normals_chord`: the
+        Newton matrix frozen at the previous point, one Jacobian per solve),
+        which is cheaper when F has many outputs. The chord method converges
+        linearly, so it gets ``3 * max_iter`` (cheap) iterations; rows it does
+        not finish are solved again by full Newton (same rejections as
+        ``"exact"``).
     """
 
     tol: float = 1e-10
@@ -67,6 +75,11 @@ class SolverOptions:
     max_halvings: int = 0
     reverse_tol: float = 1e-8
     check_reversibility: bool = True
+    newton: str = "exact"
+
+    def __post_init__(self):
+        if self.newton not in ("exact", "chord"):
+            raise ValueError(f"newton must be 'exact' or 'chord', got {self.newton!r}")
 
 
 def position_step(target, state, p, h, opts):
@@ -78,9 +91,16 @@ def position_step(target, state, p, h, opts):
         ``x`` on M where ``converged``.
     """
     drift = tangent_projector(state.jac, torch.add(p, state.grad, alpha=-0.5 * h), check=False)
-    return solve_along_normals(target.value_and_jacobian, torch.add(state.x, drift, alpha=h),
-                               state.jac, opts.tol, opts.max_iter,
-                               max_halvings=opts.max_halvings)
+    y0 = torch.add(state.x, drift, alpha=h)
+    if opts.newton == "chord":
+        # Rows the chord method cannot finish get full Newton, so that
+        # rejections are those of Newton: the chord method only saves time.
+        return solve_along_normals_chord(target.value, target.value_and_jacobian, y0,
+                                         state.jac, opts.tol, 3 * opts.max_iter,
+                                         newton_max_iter=opts.max_iter,
+                                         max_halvings=opts.max_halvings)
+    return solve_along_normals(target.value_and_jacobian, y0, state.jac, opts.tol,
+                               opts.max_iter, max_halvings=opts.max_halvings)
 
 
 def _state_at(target, state, res, moved):

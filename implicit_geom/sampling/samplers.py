@@ -28,6 +28,9 @@ from .targets import ConstrainedTarget
 EMIT_TOL = 1e-9
 #: Default Newton cap of the position solves (see SolverOptions.max_iter).
 MAX_ITER = 10
+#: From this codimension on, position solves use the chord method by default:
+#: a Jacobian costs about ``codim`` evaluations of F, the chord method needs one.
+CHORD_CODIM = 8
 
 
 class _ConstrainedSampler:
@@ -52,6 +55,9 @@ class _ConstrainedSampler:
         ``min(manifold.max_iter, 10)`` (see :class:`SolverOptions`).
     reverse_tol : float
         Tolerance of the reversibility check on ``|x_back - x|``.
+    newton : {"exact", "chord"}, optional
+        Position-solve method (:class:`SolverOptions`); default ``"chord"``
+        from codimension :data:`CHORD_CODIM` on (images), else ``"exact"``.
     moves : sequence of callable
         Extra Metropolis-Hastings moves run after each transition (e.g.
         :class:`~implicit_geom.sampling.ComponentJump` between connected
@@ -62,7 +68,8 @@ class _ConstrainedSampler:
     default_check_reversibility = True
 
     def __init__(self, manifold, energy=None, step_size=0.1, seed=None, *, tol=None,
-                 max_iter=None, reverse_tol=1e-8, check_reversibility=None, moves=()):
+                 max_iter=None, reverse_tol=1e-8, check_reversibility=None, newton=None,
+                 moves=()):
         self.moves = tuple(moves)
         if not all(callable(m) for m in self.moves):
             raise TypeError("moves must be callables (sampler, state) -> state")
@@ -78,9 +85,12 @@ class _ConstrainedSampler:
                              f"satisfy |F| <= {EMIT_TOL:g}; got {tol}")
         if check_reversibility is None:
             check_reversibility = self.default_check_reversibility
+        if newton is None:
+            newton = "chord" if self.manifold.codim >= CHORD_CODIM else "exact"
         self.options = SolverOptions(
             tol=tol, max_iter=int(max_iter or min(self.manifold.max_iter, MAX_ITER)),
-            reverse_tol=float(reverse_tol), check_reversibility=bool(check_reversibility))
+            reverse_tol=float(reverse_tol), check_reversibility=bool(check_reversibility),
+            newton=newton)
         if seed is not None and not isinstance(seed, (int, torch.Generator)):
             raise TypeError(f"seed must be an int, a torch.Generator or None, got "
                             f"{type(seed).__name__}")

@@ -96,6 +96,11 @@ class ConstrainedTarget:
         self.ambient_dim = self.manifold.ambient_dim
         self.codim = self.manifold.codim
 
+    def value(self, x):
+        """``F(x)`` (B, k) alone (no Jacobian)."""
+        with torch.no_grad():
+            return self.manifold._value(x)
+
     def value_and_jacobian(self, x):
         """``F(x)`` (B, k) and ``J(x)`` (B, k, n) through the manifold's fast hook."""
         with torch.no_grad():

@@ -122,3 +122,24 @@ def test_batched_jacobian_matches_singular_values():
     assert torch.allclose(values, x @ a.T) and torch.allclose(jac, a.expand(5, 2, 3))
     _, sv = jacobian_singular_values(linear_map(a), x)
     assert torch.allclose(sv, torch.linalg.svdvals(a).expand(5, 2))
+
+
+def test_positive_term_trains_without_the_rank_penalty():
+    # With mu = 0 (and no orientation) the Jacobian is taken without a graph;
+    # the positive term must still pull F towards 0 on the data. Catches a
+    # positive term built on the detached values of that Jacobian (its
+    # gradient was silently zero). Also: rank_batch evaluates the Jacobian
+    # terms on the first rows only, the positive term on all.
+    from implicit_geom.learning.mdf import MDFObjective
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8, dtype=torch.float64), torch.nn.Tanh(),
+                              torch.nn.Linear(8, 1, dtype=torch.float64))
+    x = torch.randn(16, 2, dtype=torch.float64)
+    loss, _ = MDFObjective(mu=0.0, w_neg=0.0, beta=0.0)(net, x)
+    loss.backward()
+    assert any(float(p.grad.abs().sum()) > 0 for p in net.parameters())
+    full, terms_full = MDFObjective(w_neg=0.0, beta=0.0)(net, x)
+    sub, terms_sub = MDFObjective(w_neg=0.0, beta=0.0, rank_batch=4)(net, x)
+    assert terms_sub["positive"] == pytest.approx(terms_full["positive"], rel=1e-12)
+    assert terms_sub["rank"] != pytest.approx(terms_full["rank"], rel=1e-6)

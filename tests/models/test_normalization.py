@@ -152,8 +152,8 @@ def _exact_network_sphere(dim, radius, center):
 def test_traced_curves_give_exact_lengths_and_components():
     # Two network circles (radii 1 and 0.5): each traced component has its
     # length to 1e-8 and its own label; a vMF-type energy's per-component log Z
-    # matches the closed form. Catches chord-only weights (error ~1e-5), a
-    # component traced twice or missed, or a wrong closing segment.
+    # matches the closed form. Catches chord-length weights (error ~1e-5), a
+    # component traced twice or missed, or a wrong closing arc.
     from scipy.special import i0e
 
     a = _exact_network_sphere(1, 1.0, (-1.8, 0.0))

@@ -40,6 +40,19 @@ def test_fit_reconstructs_and_samples_near_the_circle(fitted):
     assert math.isfinite(model.nll(X[:200]))
 
 
+def test_sample_from_given_latent_starts(fitted):
+    # Fresh-noise chains (benchmarks/images.py): with zero steps the samples
+    # are the decoded starts; with steps they move, stay in the latent box and
+    # near the circle. Catches init codes used unstandardised (off the box).
+    model, _ = fitted
+    low, high = model.latent_box()
+    z = low + (high - low) * torch.rand(300, 1, dtype=torch.float64)
+    torch.testing.assert_close(model.sample(300, n_steps=0, init=z), model.decode(z))
+    moved = model.sample(300, n_steps=30, init=z)
+    assert not torch.allclose(moved, model.decode(z))
+    assert float((moved.norm(dim=-1) - 1).abs().median()) < 0.1
+
+
 def test_projection_onto_decoder_image(fitted):
     model, X = fitted
     pts = 1.2 * X[:50]

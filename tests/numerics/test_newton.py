@@ -114,3 +114,63 @@ def test_solve_along_two_normals():
     # x - y0 lies in the span of the two normals: its tangent part vanishes.
     torch.testing.assert_close(tangent_projector(normals, res.x - y0),
                                torch.zeros_like(y0), rtol=0, atol=1e-12)
+
+
+def test_chord_solve_finds_the_newton_root_at_large_codimension():
+    # The chord method (Newton matrix frozen at the previous point) must land
+    # on the same point of M as full Newton along the same normals, to the
+    # tolerance, on a curved 8-dimensional zero set in R^64; and a step too
+    # long to converge is reported, not emitted. Catches a chord step that
+    # uses the wrong operator (e.g. J^T instead of J^T (J J^T)^-1) or that
+    # declares convergence without re-evaluating F.
+    from implicit_geom.manifolds.residual import ResidualMDFNetwork
+    from implicit_geom.numerics.newton import solve_along_normals_chord
+
+    gen = torch.Generator().manual_seed(0)
+    data = torch.sin(3 * torch.rand(300, 8, generator=gen, dtype=torch.float64)) @ \
+        torch.randn(8, 64, generator=gen, dtype=torch.float64)
+    torch.manual_seed(0)
+    net = ResidualMDFNetwork(64, 56, hidden=(32,), init_gain=0.5).init_from_data(data)
+    with torch.no_grad():
+        start = newton_min_norm(net.value_and_jacobian, data[:50], tol=1e-12).x
+        _, jac = net.value_and_jacobian(start)
+        kick = 0.05 * torch.randn(50, 64, generator=gen, dtype=torch.float64)
+        exact = solve_along_normals(net.value_and_jacobian, start + kick, jac, tol=1e-11)
+        chord = solve_along_normals_chord(net, net.value_and_jacobian, start + kick, jac,
+                                          tol=1e-11, max_iter=60)
+    assert bool(exact.converged.all()) and bool(chord.converged.all())
+    torch.testing.assert_close(chord.x, exact.x, rtol=0, atol=1e-9)
+    assert float(net(chord.x).detach().norm(dim=-1).max()) <= 1e-11
+    # The result carries F and J at the returned point.
+    value, jac_end = net.value_and_jacobian(chord.x)
+    torch.testing.assert_close(chord.jac, jac_end)
+    # Far too long a step: no root along those normals within reach.
+    with torch.no_grad():
+        far = solve_along_normals_chord(net, net.value_and_jacobian, start + 50 * kick, jac,
+                                        tol=1e-11, max_iter=5)
+    assert not bool(far.converged.all())
+    assert bool((far.residual[~far.converged] > 1e-11).all())
+
+
+def test_chord_rows_it_cannot_finish_get_full_newton():
+    # From the point (1, 0) of the unit circle (normal (1, 0)) two tangent
+    # steps: one with a root along the normal (1 - lam = sqrt(0.75)), which two
+    # linear chord iterations cannot reach to 1e-12, and one too long for any
+    # root (1.5 > 1). With the Newton fallback the outcome is full Newton's:
+    # the first row solved, the second reported failed. Catches a fallback
+    # that is skipped, that restarts from the chord's last iterate along other
+    # normals, or that turns a rootless row into a converged one.
+    from implicit_geom.numerics.newton import solve_along_normals_chord
+
+    y0 = torch.tensor([[1.0, 0.5], [1.0, 1.5]], dtype=torch.float64)
+    normals = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]], dtype=torch.float64)
+    newton = solve_along_normals(f_and_jac, y0, normals, tol=1e-12, max_iter=20)
+    chord_only = solve_along_normals_chord(circle, f_and_jac, y0, normals, tol=1e-12, max_iter=2)
+    both = solve_along_normals_chord(circle, f_and_jac, y0, normals, tol=1e-12, max_iter=2,
+                                     newton_max_iter=20)
+    assert newton.converged.tolist() == both.converged.tolist() == [True, False]
+    assert not bool(chord_only.converged[0])
+    torch.testing.assert_close(both.x[0], torch.tensor([0.75 ** 0.5, 0.5], dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(both.jac[0], both.x[0:1])  # J of the circle at x is x
+    assert float(both.residual[1]) > 1e-12

@@ -58,6 +58,19 @@ def test_mala_vmf_on_implicit_sphere():
     assert info.ess is not None and info.ess.shape == (3,)
 
 
+def test_mala_with_chord_solves_stays_exact():
+    # The chord position solve (default from codimension 8, forced here) must
+    # keep MALA exact: same roots as Newton, reversibility checked. Catches a
+    # chord solve that lands elsewhere than Newton (a biased mean).
+    sphere = ImplicitSphere(2)
+    sampler = ConstrainedMALA(sphere, vmf_energy, step_size=0.3, seed=0, newton="chord")
+    assert sampler.options.newton == "chord"
+    samples, info = sampler.sample(start(sphere, n=300), n_steps=150, n_warmup=50)
+    assert_on_manifold(sphere, samples)
+    assert_mean(samples[..., 2], VMF_MEAN_Z)
+    assert ConstrainedMALA(sphere, vmf_energy).options.newton == "exact"
+
+
 def test_hmc_vmf_on_geomstats_hypersphere():
     space = Hypersphere(2)
     sampler = ConstrainedHMC(space, vmf_energy, step_size=0.25, n_leapfrog=2, seed=1)

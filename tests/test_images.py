@@ -1,0 +1,77 @@
+"""Sample-quality and OOD metrics for images (implicit_geom.images)."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from implicit_geom.exceptions import EmptyDataError, InvalidPointError
+from implicit_geom.images import ClassifierFeatures, auroc, frechet_distance, image_grid
+
+
+def test_frechet_distance_matches_the_matrix_square_root_formula():
+    # Catches a wrong trace term (e.g. sqrt of the product's entries, or a
+    # missing factor 2): compared with scipy's sqrtm of S_a S_b, computed
+    # independently of the symmetric form used by the implementation.
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5)) + 0.7
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(ca) + np.trace(cb)
+           - 2 * np.trace(scipy.linalg.sqrtm(ca @ cb)).real)
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-8)
+
+
+def test_frechet_distance_one_dimensional_closed_form_and_identity():
+    # In 1-D the distance is (m1 - m2)^2 + (s1 - s2)^2; a set against itself is 0.
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(1000, 1)), 3.0 + 2.0 * rng.normal(size=(800, 1))
+    m1, m2, s1, s2 = a.mean(), b.mean(), a.std(ddof=1), b.std(ddof=1)
+    assert frechet_distance(a, b) == pytest.approx((m1 - m2) ** 2 + (s1 - s2) ** 2, rel=1e-10)
+    assert abs(frechet_distance(a, a)) < 1e-10
+
+
+def test_frechet_distance_rejects_bad_input():
+    with pytest.raises(InvalidPointError):
+        frechet_distance(np.zeros((3, 2)), np.zeros((3, 4)))
+    with pytest.raises(EmptyDataError):
+        frechet_distance(np.zeros((1, 2)), np.zeros((3, 2)))
+    with pytest.raises(InvalidPointError):
+        frechet_distance(np.full((3, 2), np.nan), np.zeros((3, 2)))
+
+
+def test_auroc_orders_scores():
+    # Catches a flipped label convention (larger score = out of distribution).
+    assert auroc([0.1, 0.2, 0.3], [0.4, 0.5]) == 1.0
+    assert auroc([0.4, 0.5], [0.1, 0.2, 0.3]) == 0.0
+    assert auroc([1.0, 1.0], [1.0, 1.0]) == 0.5
+
+
+def test_classifier_features_on_digits():
+    # A classifier trained on part of the digits must classify the rest
+    # (features that ignore the class would make the Fréchet distance blind
+    # to it), and a set of real digits must be closer to other real digits
+    # than to the same digits with half their pixels set to noise.
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = digits.data / 16.0, digits.target
+    clf = ClassifierFeatures(hidden=64, max_iter=200, seed=0).fit(x[:900], y[:900])
+    assert clf.accuracy(x[900:1300], y[900:1300]) > 0.9
+    assert clf.features(x[:5]).shape == (5, 64)
+    rng = np.random.default_rng(0)
+    noisy = x[1300:1700].copy()
+    mask = rng.random(noisy.shape) < 0.5
+    noisy[mask] = rng.random(mask.sum())
+    real = clf.frechet_distance(x[900:1300], x[1300:1700])
+    assert real < 0.5 * clf.frechet_distance(x[900:1300], noisy)
+    assert clf.confidence(x[1300:1700]) > clf.confidence(noisy)
+
+
+def test_image_grid_layout():
+    images = np.arange(5 * 6, dtype=float).reshape(5, 6) / 30
+    grid = image_grid(images, (2, 3), n_rows=2, pad=1)
+    assert grid.shape == (2 * 3 - 1, 3 * 4 - 1)
+    np.testing.assert_allclose(grid[:2, :3], images[0].reshape(2, 3))
+    np.testing.assert_allclose(grid[3:5, 4:7], images[4].reshape(2, 3))
+    with pytest.raises(InvalidPointError):
+        image_grid(images, (4, 4))
