@@ -665,20 +665,28 @@ class GeodesicLogSolver(LogSolver):
         A box derived from the queries (neither the solver nor the space has
         ``bounds``) is doubled (at most twice) until the sample does not reach
         its faces: a compact M is then sampled whole (routes around its far
-        side exist, and the curvature bound is global).
+        side exist, and the curvature bound is global). Where it still
+        reaches them, the first box is kept.
         """
         key = _state_fingerprint(self._space)
         if self._graph is None or key != self._graph_key:
             box, auto = self._box(queries if queries is not None
                                   else self._space.random_point(2))
+            first = None
             for attempt in range(3):
                 graph = SampleGraph(self._space, self.n_graph_nodes, self.n_neighbors, box,
                                     seed=self.seed)
-                if graph.encloses or not auto or attempt == 2:
+                graph.box = tuple(b.detach().cpu().double().numpy() for b in box)
+                first = graph if first is None else first
+                if graph.encloses or not auto:
                     break
                 centre, half = 0.5 * (box[0] + box[1]), 0.5 * (box[1] - box[0])
                 box = (centre - 2 * half, centre + 2 * half)
-            graph.box = tuple(b.detach().cpu().double().numpy() for b in box)
+            else:
+                # M does not close within 4x the box (unbounded, or an
+                # untrained F's spurious sheets): a larger box only spreads
+                # the same number of nodes thinner; keep the first one.
+                graph = first
             self._graph, self._graph_key = graph, key
         return self._graph
 
@@ -952,7 +960,11 @@ class GeodesicLogSolver(LogSolver):
         kappa = graph.curvature() * self.curvature_margin
         if graph.encloses:
             return torch.full_like(length, math.pi / max(float(kappa.max()), 1e-300))
-        # Only the ball B(x, L) matters, and it must lie in the sampled box.
+        # Only the ball B(x, L) matters (a geodesic of length L stays in it),
+        # and its part of M must have been sampled: the ball lies in the box,
+        # or no sample in the ball comes within half a spacing of a face (M
+        # does not leave the box there: where it is cut by a face, the
+        # farthest-point sample takes points on the cut, extremes first).
         x = queries[ia].detach().cpu().double().numpy()
         ell = length.detach().cpu().double().numpy()
         src, row = np.unique(x, axis=0, return_inverse=True)
@@ -965,7 +977,17 @@ class GeodesicLogSolver(LogSolver):
                         for r, e in zip(row, ell)])
         k_ball = run[row, np.maximum(pos, 1) - 1]
         low, high = graph.box
+        pts = graph.points.numpy()
+        margin = 0.5 * graph.spacing
+        at_face = ((pts - low <= margin) | (high - pts <= margin)).any(-1)
+        face_run = np.maximum.accumulate(at_face[order], axis=1)
+        # (Searched a margin beyond the ball: a crossing at its rim has its
+        # nearest samples just outside.)
+        pos_f = np.array([np.searchsorted(sorted_d[r], e + 2 * graph.spacing, side="right")
+                          for r, e in zip(row, ell)])
+        reaches_face = (pos_f > 0) & face_run[row, np.maximum(pos_f, 1) - 1]
         inside = ((x - ell[:, None] >= low) & (x + ell[:, None] <= high)).all(-1)
+        inside |= ~reaches_face
         radius = np.where(inside, math.pi / (2 * np.maximum(k_ball, 1e-300)), 0.0)
         return torch.as_tensor(radius, dtype=length.dtype, device=length.device)
 
