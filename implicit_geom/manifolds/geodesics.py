@@ -287,6 +287,21 @@ def _farthest_points(points, n_keep, seed=0):
     return torch.as_tensor(keep, device=points.device)
 
 
+def _copy_labels(table, shape, which, node):
+    """Component label of each member ``(which[i], node[i])`` of node sets of
+    ``shape`` (K, N), in one graph holding a copy of each set (edges of the
+    neighbour ``table`` within a set only)."""
+    ids = np.full(shape, -1, dtype=np.int64)
+    ids[which, node] = np.arange(which.size)
+    nb = table[node]
+    dst = np.where(nb >= 0, ids[which[:, None], np.maximum(nb, 0)], -1)
+    src = np.broadcast_to(np.arange(which.size)[:, None], dst.shape)
+    keep = dst >= 0
+    graph = coo_matrix((np.ones(int(keep.sum())), (src[keep], dst[keep])),
+                       shape=(which.size, which.size))
+    return connected_components(graph, directed=False)[1]
+
+
 def _count_clusters(table, masks, chunk=128):
     """Number of connected clusters of each node set ``masks`` (K, N) in the
     graph with neighbour ``table`` (N, D): all sets at once, as the
@@ -295,15 +310,7 @@ def _count_clusters(table, masks, chunk=128):
     for start in range(0, len(masks), chunk):
         part = masks[start:start + chunk]
         which, node = np.nonzero(part)
-        ids = np.full(part.shape, -1, dtype=np.int64)
-        ids[which, node] = np.arange(which.size)
-        nb = table[node]
-        dst = np.where(nb >= 0, ids[which[:, None], np.maximum(nb, 0)], -1)
-        src = np.broadcast_to(np.arange(which.size)[:, None], dst.shape)
-        keep = dst >= 0
-        graph = coo_matrix((np.ones(int(keep.sum())), (src[keep], dst[keep])),
-                           shape=(which.size, which.size))
-        n_comp, labels = connected_components(graph, directed=False)
+        labels = _copy_labels(table, part.shape, which, node)
         first = np.unique(labels, return_index=True)[1]
         out[start:start + chunk] = np.bincount(which[first], minlength=len(part))
     return out
@@ -345,15 +352,7 @@ def _cluster_tops(table, pts, masks, totals, reach):
     if not sel.any():
         return out
     which, node, tot = which[sel], node[sel], tot[sel]
-    ids = np.full(masks.shape, -1, dtype=np.int64)
-    ids[which, node] = np.arange(which.size)
-    nb = table[node]
-    dst = np.where(nb >= 0, ids[which[:, None], np.maximum(nb, 0)], -1)
-    src = np.broadcast_to(np.arange(which.size)[:, None], dst.shape)
-    keep = dst >= 0
-    graph = coo_matrix((np.ones(int(keep.sum())), (src[keep], dst[keep])),
-                       shape=(which.size, which.size))
-    _, labels = connected_components(graph, directed=False)
+    labels = _copy_labels(table, masks.shape, which, node)
     order = np.lexsort((tot, labels))
     head = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
     for k, z in zip(which[head].tolist(), node[head].tolist()):
