@@ -132,6 +132,12 @@ def fit(args):
         if kind == "learned":
             manifold.save(tmp / "manifold")
         ebm.save(tmp / "ebm.pt")
+        # The samples the metrics use are kept: `plot` shows the same ones.
+        # Under torchrun each rank draws its share (its own stream), gathered:
+        # at codimension 56 these chains cost more than training, and rank 0
+        # alone would run them while the others wait.
+        samples = _sample_sharded(ebm, args.n_eval, args.seed, ctx,
+                                  not args.no_progress and ctx.is_main)
         if not ctx.is_main:
             return 0
         # The training curves, for `plot` (whatever the checkpoints keep).
@@ -149,10 +155,8 @@ def fit(args):
             "n_train": len(train), "n_test": len(test), "reading": _reading(args),
         }
         _write_json(tmp / "config.json", config)
-        # The samples the metrics use are kept: `plot` shows the same ones.
-        samples = ebm.sample(args.n_eval, seed=args.seed, progress=False)
         np.save(tmp / "samples.npy", samples.numpy())
-        config["samples"] = {"n": args.n_eval, "seed": args.seed}
+        config["samples"] = {"n": args.n_eval, "seed": args.seed, "processes": ctx.world_size}
         _write_json(tmp / "config.json", config)
         metrics = _evaluate(manifold, ebm, test, data.kind, kind, args.n_eval, args.seed,
                             samples)
@@ -162,6 +166,21 @@ def fit(args):
     print(json.dumps(metrics, indent=2, default=float))
     print(f"model written to {args.out}")
     return 0
+
+
+def _sample_sharded(ebm, n, seed, ctx, progress):
+    """``n`` model samples, split between the ranks of a distributed run.
+
+    Rank r draws its :meth:`~DistContext.shard_size` with seed ``ctx.seed(seed)``
+    (rank 0 keeps ``seed``: one process draws exactly ``ebm.sample(n, seed)``);
+    every rank gets all ``n``, in rank order.
+    """
+    share = ctx.shard_size(n)
+    if share > 0:
+        part = ebm.sample(share, seed=ctx.seed(seed), progress=progress)
+    else:  # fewer samples than ranks
+        part = next(ebm.energy_net.parameters()).new_empty((0, ebm.dim))
+    return ctx.all_gather(part)
 
 
 # ------------------------------------------------------------------ loading
@@ -250,7 +269,8 @@ def plot(args):
     view = kind if kind in ("sphere", "torus") else ("euclidean" if manifold.ambient_dim == 2
                                                      else "ambient3d")
     meta = dict(config.get("meta", {}), **config.get("geometry", {}))
-    if config.get("samples") == {"n": args.n, "seed": args.seed}:
+    kept = config.get("samples") or {}
+    if (kept.get("n"), kept.get("seed")) == (args.n, args.seed):  # fit's own draw
         samples = torch.as_tensor(np.load(Path(args.model) / "samples.npy"))
     else:
         samples = ebm.sample(args.n, seed=args.seed, progress=False)

@@ -707,7 +707,42 @@ class ConstrainedEBM(EnergyModel):
             self._chain_sampler = self._make_sampler(self.sampler, self.step_size,
                                                      context().seed(self.seed), self._moves())
 
+    def on_manifold(self, X, what="points"):
+        """Closest points of ``X`` on M, checked against the quadrature where there is one.
+
+        How the model sees data: the density lives on M, so a point off M (a
+        learned manifold fits its data only approximately) stands for its
+        closest point.
+
+        Raises
+        ------
+        ProjectionError
+            Points that cannot be projected onto M.
+        QuadratureCoverageError
+            Projections where the quadrature of ``log Z`` has no nodes (a part
+            of M outside its box, or missed by its mesh): the normalised
+            density says nothing there.
+        """
+        X = as_points(X, self.dim, what).to(self._param())
+        with torch.no_grad():
+            try:
+                X = self.manifold.projection(X)
+            except ProjectionError as err:
+                raise ProjectionError(f"{what}: {err}", err.failed, err.residual) from err
+        # (An energy's own adapted rule covers its whole sphere.)
+        if self._has_quadrature() and not hasattr(self.energy_net, "adapted_quadrature"):
+            self.quadrature().check_covered(X, what)
+        return X
+
     def _fit(self, X, X_val=None):
+        # Maximum likelihood sees the data's closest points on M: at points
+        # off M (on a learned manifold) the energy could be lowered without
+        # log Z, whose nodes lie on M, noticing: an unbounded likelihood that
+        # validation points beside the training points would reward too.
+        if self.resolved_method() == "mle" or X_val is not None:
+            X = self.on_manifold(X, "training points")
+            if X_val is not None:
+                X_val = self.on_manifold(X_val, "validation points")
         super()._fit(X, X_val)
         self._normalizer = None  # the energy changed
         self._fitted = True

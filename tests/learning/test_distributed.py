@@ -20,6 +20,9 @@ from implicit_geom.learning.trainer import Trainer
 FAST = dict(hidden=(16, 16), epochs=30, batch_size=300, n_negatives=64, buffer_size=256,
             langevin_steps=3, progress=False, seed=0)
 
+CLI_FAST = ["--n-samples", "400", "--mdf-epochs", "30", "--ebm-iter", "20", "--n-eval", "20",
+            "--no-progress"]
+
 
 def _free_port():
     with socket.socket() as sock:
@@ -64,6 +67,12 @@ def _worker(rank, world, port, folder):
         torch.save({"weights": [p.detach().clone() for p in ebm.energy_net.parameters()],
                     "buffer": ebm.buffer_, "history": ebm.history_},
                    os.path.join(folder, f"ebm{rank}.pt"))
+        # What `torchrun ... implicit-geom fit two_circles --out DIR` runs on
+        # each rank (last: main() leaves the process group when done).
+        from implicit_geom.cli import main
+
+        assert main(["fit", "two_circles", "--out", os.path.join(folder, "cli"),
+                     *CLI_FAST]) == 0
     finally:
         shutdown_distributed()
 
@@ -161,3 +170,28 @@ def test_two_processes_train_one_energy_model(two_process_run):
     torch.testing.assert_close(a["buffer"], b["buffer"], rtol=0, atol=0)
     assert not torch.allclose(a["buffer"][:32], a["buffer"][32:])
     assert a["history"] == b["history"] and "chain_rejected" in a["history"]
+
+
+def test_cli_fit_on_two_processes(two_process_run):
+    # The torchrun path of `implicit-geom fit`: one model folder written (by
+    # rank 0; rank 1's scratch copy gone, no temporary left), both ranks'
+    # training in one history, the evaluation samples drawn half by each rank
+    # (10 + 10, distinct streams) and all on M. Catches a rank writing the
+    # folder twice or racing rank 0 for it, and ranks drawing the same chains
+    # (with one seed both halves would be identical).
+    import json
+
+    import numpy as np
+
+    out = os.path.join(two_process_run, "cli")
+    assert sorted(f for f in os.listdir(two_process_run) if "cli" in f) == ["cli"]
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["samples"] == {"n": 20, "seed": 0, "processes": 2}
+    samples = np.load(os.path.join(out, "samples.npy"))
+    assert samples.shape == (20, 2)
+    gaps = np.linalg.norm(samples[:10, None] - samples[None, 10:], axis=-1)
+    assert gaps.min() > 1e-6
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["max_abs_F_samples"] <= 1e-9 and metrics["test_dist_median"] < 0.05
+    history = json.load(open(os.path.join(out, "history.json")))
+    assert len(history["manifold"]["loss"]) == 30 and len(history["EBM"]["loss"]) == 20
