@@ -17,6 +17,7 @@ from .exceptions import (  # noqa: E402
     InvalidPointError,
     NormalizationError,
     ProjectionError,
+    QuadratureCoverageError,
     SingularJacobianError,
     TrainingDivergedError,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "InvalidPointError",
     "NormalizationError",
     "ProjectionError",
+    "QuadratureCoverageError",
     "SingularJacobianError",
     "TrainingDivergedError",
     "set_threads",

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .exceptions import ProjectionError, QuadratureCoverageError
 from .metrics import discretized_wasserstein, paper_wasserstein
 from .numerics.validation import DTYPE, padded_box
 
@@ -138,10 +139,24 @@ def log_density(model, X):
     """The model's normalised log density at ``X`` (what a user gets), shape (n,).
 
     Models with ``log_prob`` (constrained, union and pushforward EBMs: their
-    normalised density) or ``score_samples`` (the baselines).
+    normalised density) or ``score_samples`` (the baselines). Constrained
+    EBMs score the points' projections onto their manifold
+    (:meth:`~implicit_geom.models.ConstrainedEBM.on_manifold`).
+
+    Raises
+    ------
+    ProjectionError, QuadratureCoverageError
+        From a constrained EBM: points that cannot be projected, or whose
+        projections lie where its quadrature has no nodes.
     """
     if hasattr(model, "score_samples"):
         out = model.score_samples(X)
+    elif hasattr(model, "on_manifold"):
+        # A constrained EBM's density lives on its manifold: held-out points
+        # (off a learned M) are scored at their closest points, as in
+        # training, and points the quadrature of log Z does not cover raise
+        # QuadratureCoverageError instead of getting a number.
+        out = model.log_prob(model.on_manifold(X, "held-out points"))
     else:
         out = model.log_prob(X)
     return torch.as_tensor(out, dtype=DTYPE).reshape(-1)
@@ -278,8 +293,10 @@ def evaluate_model(model, test, *, n_samples=2000, seed=0, manifold=None, sample
     in 3-D): ``W_ours`` (the model's masses, where it has a quadrature),
     ``W_reference`` (raw ``exp(-E)`` on points covering its manifold, T = 1),
     ``W_samples`` (``n_samples`` model samples, or the given ``samples``);
-    ``test_nll`` and its
-    ``log_z_error`` where ``log Z`` has a quadrature; each component's mass;
+    ``test_nll`` (at the held-out points' projections onto M; NaN with the
+    reason in ``test_nll_error`` where they cannot be projected or the
+    quadrature does not cover them) and its ``log_z_error`` where ``log Z``
+    has a quadrature; each component's mass;
     the samples' ``|F|`` and the held-out points' distances to the manifold.
 
     Returns
@@ -301,9 +318,14 @@ def evaluate_model(model, test, *, n_samples=2000, seed=0, manifold=None, sample
                "max_abs_F_samples": float(manifold.submersion(samples).abs().max())}
     if model._has_quadrature():
         norm = model.normalizer()
-        metrics.update({"W_ours": w_mass(model, test, grid=grid),
-                        "test_nll": held_out_nll(model, test), "log_z_error": norm.error,
+        metrics.update({"W_ours": w_mass(model, test, grid=grid), "log_z_error": norm.error,
                         "component_mass": [float(v) for v in model.component_mass()]})
+        try:
+            metrics["test_nll"] = held_out_nll(model, test)
+        except (ProjectionError, QuadratureCoverageError) as err:
+            # Flagged, never a number the density cannot back.
+            metrics["test_nll"] = math.nan
+            metrics["test_nll_error"] = f"{type(err).__name__}: {err}"
     dist = distance_to_manifold(test, manifold).as_dict()
     metrics.update({f"test_dist_{k}": v for k, v in dist.items()})
     return metrics

@@ -89,5 +89,25 @@ class NormalizationError(ImplicitGeomError, RuntimeError):
     """
 
 
+class QuadratureCoverageError(NormalizationError):
+    """Points of the manifold lie where a quadrature has no nodes.
+
+    A lattice too coarse for a piece of M, or points outside the box the rule
+    integrates over: a density normalised by that rule says nothing there
+    (maximum likelihood could make it as large as it likes without changing
+    ``log Z``).
+
+    Attributes
+    ----------
+    uncovered : torch.Tensor of bool or None
+        Mask over the checked points of those farther than the rule's
+        ``coverage_radius`` from every node.
+    """
+
+    def __init__(self, message, uncovered=None):
+        super().__init__(message)
+        self.uncovered = uncovered
+
+
 class TrainingDivergedError(ImplicitGeomError, FloatingPointError):
     """A training loss became NaN or infinite (the parameters stay at the last finite step)."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..exceptions import InvalidPointError, NormalizationError
+from ..exceptions import InvalidPointError, NormalizationError, QuadratureCoverageError
 from ..manifolds.analytic import GeomstatsLevelSet, ImplicitSphere, ImplicitTorus, as_implicit
 from ..manifolds.arithmetic import UnionManifold
 from ..numerics.validation import DTYPE, as_points
@@ -83,10 +83,15 @@ class Quadrature:
     min_error : float
         Floor of the error estimate of ``log Z`` (the accuracy of the nodes
         themselves, e.g. of a traced curve's arc length).
+    coverage_radius : float, optional
+        Every point of the part of M the rule integrates lies within this
+        distance of a node (about the node spacing); a point of M farther from
+        every node is one the rule does not cover (:meth:`check_covered`).
+        None: not known (no check).
     """
 
     def __init__(self, points, weights, labels=None, coarse=None, order=None, method="",
-                 n_open=0, min_error=0.0):
+                 n_open=0, min_error=0.0, coverage_radius=None):
         self.points = points
         self.weights = weights
         if labels is None:
@@ -97,6 +102,8 @@ class Quadrature:
         self.method = method
         self.n_open = int(n_open)
         self.min_error = float(min_error)
+        self.coverage_radius = None if coverage_radius is None else float(coverage_radius)
+        self._tree = None
 
     def __repr__(self):
         return (f"Quadrature({self.method or 'rule'}: {self.points.shape[0]} nodes, "
@@ -122,7 +129,89 @@ class Quadrature:
         return Quadrature(self.points.to(device), self.weights.to(device),
                           self.labels.to(device),
                           None if self.coarse is None else self.coarse.to(device),
-                          self.order, self.method, self.n_open, self.min_error)
+                          self.order, self.method, self.n_open, self.min_error,
+                          self.coverage_radius)
+
+    def node_distance(self, x):
+        """Distance of each point to its nearest node, shape (N,) (KD-tree, CPU)."""
+        from scipy.spatial import cKDTree
+
+        if self._tree is None:
+            self._tree = cKDTree(self.points.detach().cpu().numpy())
+        x = torch.as_tensor(x)
+        dist, _ = self._tree.query(x.detach().cpu().reshape(-1, self.points.shape[1]).numpy())
+        return torch.as_tensor(dist, dtype=self.points.dtype, device=x.device)
+
+    def uncovered(self, x):
+        """Mask of the points farther than ``coverage_radius`` from every node.
+
+        Meant for points on M (project first): a point off M is also as far
+        from the nodes as it is from M. All False where the radius is unknown.
+        """
+        x = torch.as_tensor(x)
+        if self.coverage_radius is None:
+            return torch.zeros(x.reshape(-1, self.points.shape[1]).shape[0], dtype=torch.bool,
+                               device=x.device)
+        return self.node_distance(x) > self.coverage_radius
+
+    def check_covered(self, x, what="points"):
+        """Raise :class:`QuadratureCoverageError` unless every point of M in ``x`` has a node nearby.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (N, n)
+            Points on M.
+        what : str
+            What the points are (for the message).
+        """
+        bad = self.uncovered(x)
+        if bool(bad.any()):
+            far = float(self.node_distance(x).max())
+            raise QuadratureCoverageError(
+                f"{int(bad.sum())} of {bad.numel()} {what} lie where the {self.method or 'rule'} "
+                f"has no nodes (up to {far:.3g} from the nearest, coverage radius "
+                f"{self.coverage_radius:.3g}): the rule misses that part of the manifold, or "
+                "the points are outside its box; a density normalised by it says nothing "
+                "there (refine the rule or widen its box)", uncovered=bad)
+
+    def peak_excess(self, energy, x, k=8):
+        """How far the density at ``x`` rises above the rule's nodes around it (nats).
+
+        ``-E(x) - max -E(node)`` over the ``k`` nodes nearest each point. A
+        density the nodes resolve varies little between neighbouring nodes,
+        so this is about 0 or negative; a peak narrower than the node spacing
+        shows as a large positive excess at the points it sits on. The
+        fine-minus-coarse error cannot see such a peak (the coarse nodes are a
+        subset of the fine ones), and maximum likelihood makes them where the
+        data are: ``log Z`` misses their mass while ``E(data)`` counts it.
+
+        Parameters
+        ----------
+        energy : callable
+            ``(N, n) -> (N,)``.
+        x : torch.Tensor, shape (N, n)
+            Points on (or within the data's distance of) M, e.g. the data.
+        k : int
+            Neighbouring nodes compared with each point.
+
+        Returns
+        -------
+        torch.Tensor, shape (N,)
+        """
+        from scipy.spatial import cKDTree
+
+        x = torch.as_tensor(x).reshape(-1, self.points.shape[1])
+        if x.shape[0] == 0:
+            return x.new_zeros(0)
+        if getattr(self, "_tree", None) is None:
+            self._tree = cKDTree(self.points.detach().cpu().numpy())
+        k = min(int(k), self.points.shape[0])
+        _, idx = self._tree.query(x.detach().cpu().numpy(), k=k)
+        idx = torch.as_tensor(idx, device=self.points.device).reshape(x.shape[0], k)
+        with torch.no_grad():
+            at_x = -energy(x.to(self.points)).reshape(-1)
+            at_nodes = -energy(self.points[idx.reshape(-1)]).reshape(x.shape[0], k)
+        return at_x - at_nodes.max(1).values
 
     def __add__(self, other):
         """Concatenation: the rule of a union of pieces that overlap on a null set.
@@ -131,6 +220,8 @@ class Quadrature:
         """
         coarse = (self.coarse + other.coarse
                   if self.coarse is not None and other.coarse is not None else None)
+        radii = [r for r in (self.coverage_radius, other.coverage_radius) if r is not None]
+        radius = max(radii) if len(radii) == 2 else None
         orders = [o for o in (self.order, other.order) if o is not None]
         methods = [m for m in (self.method, other.method) if m]
         return Quadrature(torch.cat([self.points, other.points]),
@@ -138,7 +229,7 @@ class Quadrature:
                           torch.cat([self.labels, other.labels + self.n_components]),
                           coarse, min(orders) if orders else None,
                           " + ".join(dict.fromkeys(methods)), self.n_open + other.n_open,
-                          max(self.min_error, other.min_error))
+                          max(self.min_error, other.min_error), radius)
 
 
 @dataclass
@@ -182,7 +273,7 @@ def circle_quadrature(n=512, radius=1.0, center=(0.0, 0.0)):
     angle = torch.arange(n, dtype=DTYPE) * (2 * math.pi / n)
     points = center + radius * torch.stack([angle.cos(), angle.sin()], -1)
     return Quadrature(points, torch.full((n,), 2 * math.pi * radius / n, dtype=DTYPE),
-                      method="trapezoid (circle)")
+                      method="trapezoid (circle)", coverage_radius=2 * math.pi * radius / n)
 
 
 def sphere_quadrature(n_lat=96, n_lon=192, radius=1.0, center=(0.0, 0.0, 0.0)):
@@ -201,8 +292,10 @@ def sphere_quadrature(n_lat=96, n_lon=192, radius=1.0, center=(0.0, 0.0, 0.0)):
     rho = torch.sqrt(1 - zz**2)
     points = center + radius * torch.stack([rho * ll.cos(), rho * ll.sin(), zz], -1)
     weights = (radius**2 * wz[:, None] * (2 * math.pi / n_lon)).expand(n_lat, n_lon)
+    # Gauss-Legendre gaps in colatitude (and the polar caps) are below pi / n_lat.
     return Quadrature(points.reshape(-1, 3), weights.reshape(-1).clone(),
-                      method="Gauss-Legendre x trapezoid (sphere)")
+                      method="Gauss-Legendre x trapezoid (sphere)",
+                      coverage_radius=radius * (2 * math.pi / n_lon + math.pi / n_lat))
 
 
 def torus_quadrature(major_radius=2.0, minor_radius=1.0, n_phi=128, n_theta=96):
@@ -219,7 +312,8 @@ def torus_quadrature(major_radius=2.0, minor_radius=1.0, n_phi=128, n_theta=96):
     rho = R + r * tt.cos()
     points = torch.stack([rho * pp.cos(), rho * pp.sin(), r * tt.sin()], -1)
     weights = r * rho * (2 * math.pi / n_phi) * (2 * math.pi / n_theta)
-    return Quadrature(points.reshape(-1, 3), weights.reshape(-1), method="trapezoid (torus)")
+    return Quadrature(points.reshape(-1, 3), weights.reshape(-1), method="trapezoid (torus)",
+                      coverage_radius=2 * math.pi * ((R + r) / n_phi + r / n_theta))
 
 
 def box_quadrature(low, high, resolution=256):
@@ -240,7 +334,8 @@ def box_quadrature(low, high, resolution=256):
     axes = [low[j] + width[j] * (torch.arange(resolution, dtype=DTYPE) + 0.5) for j in range(d)]
     points = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
     return Quadrature(points, torch.full((points.shape[0],), float(width.prod()), dtype=DTYPE),
-                      order=2, method="midpoint (box)")
+                      order=2, method="midpoint (box)",
+                      coverage_radius=float(torch.linalg.vector_norm(width)))
 
 
 def _sphere_params(manifold):
@@ -399,10 +494,11 @@ def traced_curve_quadrature(manifold, bounds=None, step=None, n_cover=4000, seed
     n_open = sum(not closed for _, _, closed in curves)
     order = 2 if n_open else None
     # The tables' arc lengths are integrated to ~1e-10 relative: the floor of the error.
+    # Nodes are at most ``step`` apart along each traced curve.
     coarse = Quadrature(*rule(True), order=order, method="traced curves", n_open=n_open,
-                        min_error=1e-9)
+                        min_error=1e-9, coverage_radius=2 * step)
     return Quadrature(*rule(False), coarse=coarse, order=order, method="traced curves",
-                      n_open=n_open, min_error=1e-9)
+                      n_open=n_open, min_error=1e-9, coverage_radius=step)
 
 
 def _near(points, nodes, radius):
@@ -484,14 +580,15 @@ def _project_vertices(manifold, x):
     return res.x
 
 
-def _mesh_rule(vertices, triangles, labels, n_open):
+def _mesh_rule(vertices, triangles, labels, n_open, coverage_radius):
     a, b, c = (vertices[triangles[:, j]] for j in range(3))
     area = 0.5 * torch.linalg.vector_norm(torch.linalg.cross(b - a, c - a), dim=-1)
     weights = torch.zeros(vertices.shape[0], dtype=vertices.dtype, device=vertices.device)
     weights.index_add_(0, triangles.reshape(-1), (area / 3).repeat_interleave(3))
     used = weights > 0
     return Quadrature(vertices[used], weights[used], labels[used], order=2,
-                      method="projected surface mesh", n_open=n_open)
+                      method="projected surface mesh", n_open=n_open,
+                      coverage_radius=coverage_radius)
 
 
 def _subdivide(manifold, vertices, triangles, labels):
@@ -515,7 +612,8 @@ def _subdivide(manifold, vertices, triangles, labels):
     return torch.cat([vertices, mid]), new, torch.cat([labels, labels[keys // n]])
 
 
-def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2):
+def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2, *, n_cover=4000,
+                            max_grid=None, seed=0):
     """Quadrature on a surface ``{F = 0}`` in R^3 from a projected, refined mesh.
 
     ``F`` on a ``grid^3`` lattice over the box gives a marching-tetrahedra
@@ -525,6 +623,13 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2):
     converges to M and its area with O(h^2) error. Node weights are one third
     of the adjacent triangles' areas; components are those of the mesh graph.
     The rule one subdivision coarser estimates the error.
+
+    Refinement cannot add what the lattice missed (a piece of M thinner than
+    a lattice cell, a fold between lattice points): ``n_cover`` box draws
+    projected onto M check that every point of M in the box has a node within
+    the rule's ``coverage_radius`` (a refined cell's diagonal). Where some
+    have none, the lattice is doubled (with one subdivision fewer, down to
+    one) up to ``max_grid``; a rule that still misses part of M raises.
 
     Parameters
     ----------
@@ -536,6 +641,12 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2):
         Lattice points per axis.
     n_refine : int
         Subdivisions (>= 1).
+    n_cover : int
+        Box draws projected onto M that check the coverage (0: no check).
+    max_grid : int, optional
+        Finest lattice tried; default ``4 * grid``.
+    seed : int
+        Seed of the cover draws.
 
     Returns
     -------
@@ -543,19 +654,35 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2):
 
     Raises
     ------
+    QuadratureCoverageError
+        Points of M in the box without a node nearby on the finest lattice.
     NormalizationError
         No sign change of F in the box, or vertices that cannot be projected.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     manifold = as_implicit(manifold)
     if manifold.ambient_dim != 3 or manifold.codim != 1:
         raise ValueError(f"surface_mesh_quadrature needs a surface in R^3, got {manifold!r}")
     grid = _check_resolution(grid, "grid")
     if int(n_refine) < 1:
         raise ValueError(f"n_refine must be >= 1, got {n_refine}")
+    max_grid = 4 * grid if max_grid is None else _check_resolution(max_grid, "max_grid")
     low, high = _box(manifold, bounds)
+    cover = _cover(manifold, low, high, n_cover, seed) if n_cover > 0 else None
+    n_refine = int(n_refine)
+    while True:
+        rule = _surface_mesh(manifold, low, high, grid, n_refine)
+        if cover is None or not bool(rule.uncovered(cover).any()):
+            return rule
+        if 2 * grid - 1 > max_grid:
+            rule.check_covered(cover, f"projected box draws (on a {grid}^3 lattice)")
+        grid, n_refine = 2 * grid - 1, max(n_refine - 1, 1)  # the old lattice points stay
+
+
+def _surface_mesh(manifold, low, high, grid, n_refine):
+    """The projected, refined marching-tetrahedra rule on one lattice (no coverage check)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     spacing = (high - low) / (grid - 1)
     axes = [low[j] + spacing[j] * torch.arange(grid, dtype=DTYPE) for j in range(3)]
     lattice = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
@@ -576,11 +703,15 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2):
         n_comp, comp = connected_components(graph, directed=False)
         n_open = len(np.unique(comp[on_face.numpy()])) if bool(on_face.any()) else 0
         labels = torch.as_tensor(comp, dtype=torch.long)
+        # A point of M inside a projected triangle is within the triangle's
+        # longest edge of a vertex, and an edge is at most a cell's diagonal,
+        # halved by each subdivision.
+        cell = float(torch.linalg.vector_norm(spacing))
         rules = []
-        for _ in range(int(n_refine)):
-            rules.append(_mesh_rule(vertices, triangles, labels, n_open))
+        for k in range(n_refine):
+            rules.append(_mesh_rule(vertices, triangles, labels, n_open, cell / 2**k))
             vertices, triangles, labels = _subdivide(manifold, vertices, triangles, labels)
-        fine = _mesh_rule(vertices, triangles, labels, n_open)
+        fine = _mesh_rule(vertices, triangles, labels, n_open, cell / 2**n_refine)
     fine.coarse = rules[-1]
     _relabel(fine)
     return fine

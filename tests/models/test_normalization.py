@@ -234,3 +234,60 @@ def test_ais_log_partition_on_a_three_sphere_has_honest_error_bars():
     assert 0 < est.error < 0.06
     assert abs(est.value - exact) < 3 * est.error
     assert est.component_log_z.shape == (1,)
+
+
+class _Spike(torch.nn.Module):
+    """A smooth vMF energy plus a peak of ``height`` nats and width ``sigma`` at ``p``."""
+
+    def __init__(self, p, height, sigma, kappa=2.0):
+        super().__init__()
+        self.register_buffer("p", p)
+        self.height, self.sigma, self.kappa = height, sigma, kappa
+        self.scale = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def forward(self, x):
+        bump = torch.exp(-((x - self.p) ** 2).sum(-1) / (2 * self.sigma ** 2))
+        return self.scale * (-self.kappa * x[..., 2] - self.height * bump)
+
+
+def _farthest_from_nodes(rule):
+    """The point of the unit sphere farthest from every node (among 4000 draws), and its gap."""
+    draws = torch.randn(4000, 3, generator=torch.Generator().manual_seed(0),
+                        dtype=torch.float64)
+    draws = draws / torch.linalg.vector_norm(draws, dim=-1, keepdim=True)
+    gap = rule.node_distance(draws)
+    return draws[int(gap.argmax())], float(gap.max())
+
+
+def test_peak_between_nodes_is_caught_where_the_coarse_rule_cannot_see_it():
+    # Catches: a log Z that misses a density's peak narrower than the node
+    # spacing, the state maximum likelihood drifts to on a fixed rule (learned
+    # flood, 2026-12-02: log Z 2.11 by the mesh, 4.37 by Monte Carlo). The
+    # fine-minus-coarse error is blind to it (nested nodes); peak_excess and
+    # the model's normalizer are not.
+    from implicit_geom.exceptions import NormalizationError
+    from implicit_geom.models import ConstrainedEBM
+
+    rule = surface_mesh_quadrature(ImplicitSphere(), grid=16, n_refine=1)
+    p, gap = _farthest_from_nodes(rule)
+    spike = _Spike(p, height=8.0, sigma=gap / 5)
+    assert log_partition_error(spike, rule) < 1e-2  # the old check passes it
+    assert float(rule.peak_excess(spike, p[None])[0]) > 7.0
+    smooth = _Spike(p, height=0.0, sigma=gap / 5)
+    data = vmf_sphere(200, mu=(0.0, 0.0, 1.0), kappa=2.0, seed=0)
+    assert float(rule.peak_excess(smooth, data).max()) < 0.05  # a resolved density passes
+    # The model refuses a log Z for the spiked energy (peak at a training
+    # point, between the nodes of its own rule) and gives one for the smooth one.
+    for height in (8.0, 0.0):
+        model = ConstrainedEBM(ImplicitSphere(), _Spike(p, height, 1.0), method="mle",
+                               n_iter=1, lr=1e-12, progress=False)
+        q, gap = _farthest_from_nodes(model.quadrature())
+        model.energy_net.p.copy_(q)
+        model.energy_net.sigma = gap / 5
+        model.fit(torch.cat([data, q[None]]))
+        if height:
+            with pytest.raises(NormalizationError, match="peaks"):
+                model.normalizer()
+        else:
+            exact = math.log(4 * math.pi * math.sinh(2.0) / 2.0)
+            assert model.normalizer().value == pytest.approx(exact, abs=1e-6)
