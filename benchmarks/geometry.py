@@ -326,6 +326,14 @@ def distance_rows(n_points, threads, reference=True):
                  "within_1pct": float((rel <= 0.01).mean()), "fit_s": t_fit,
                  "offset_median": float((on_learned - data.points).norm(dim=-1).median())})
     load_after = os.getloadavg()[0]
+    # How the pairs were solved (see GeodesicLogSolver): shot geodesics
+    # certified minimising (near / injectivity / graph corridor), and pairs
+    # that took the graph and path straightening.
+    for r, space in ((rows[0], sphere), (rows[2], torus), (rows[3], learned)):
+        st = space.metric.log_solver.stats
+        r["solved_by"] = (f"near {st.get('certified_near', 0)}, inj "
+                          f"{st.get('certified_injectivity', 0)}, corridor "
+                          f"{st.get('certified_graph', 0)}, graph {st.get('far', 0)}")
     for r in rows:
         r.update(threads=threads, load_1min=max(load_before, load_after))
     return rows
@@ -363,7 +371,7 @@ def main(argv=None):
         dist = distance_rows(200, args.threads, not args.no_reference)
         print("## Distance matrices (dist_pairwise), 200 x 200")
         print(table(dist, ["manifold", "seconds", "vs_Hypersphere", "failures", "ambiguous",
-                           "max_err", "threads", "load_1min"]))
+                           "max_err", "threads", "load_1min", "solved_by"]))
         print(json.dumps(dist, indent=1))
         return
 

@@ -65,6 +65,9 @@ class ImplicitSphere(ImplicitManifold):
         eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
         return (eye / self.radius.to(x.dtype)).expand(x.shape[0], 1, *eye.shape)
 
+    def _curvature_bound(self):
+        return 1.0 / float(self.radius)
+
     def _known_n_components(self):
         return 1
 
@@ -96,6 +99,11 @@ class ImplicitTorus(ImplicitManifold):
         rho = torch.sqrt(x[..., 0] ** 2 + x[..., 1] ** 2)
         big, r = self.major_radius.to(x.dtype), self.minor_radius.to(x.dtype)
         return (((rho - big) ** 2 + x[..., 2] ** 2 - r * r) / (2 * r))[..., None]
+
+    def _curvature_bound(self):
+        # Principal curvatures 1/r and cos(theta) / (R + r cos(theta)).
+        big, r = float(self.major_radius), float(self.minor_radius)
+        return max(1.0 / r, 1.0 / (big - r))
 
     def _known_n_components(self):
         return 1

@@ -33,6 +33,7 @@ with a per-pair exit from every loop. Near pairs never build the graph.
 """
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,6 +48,7 @@ from scipy.spatial import cKDTree
 from ..exceptions import DisconnectedError, GeodesicError, InvalidPointError
 from ..numerics.linalg import normal_space_solve, tangent_basis, tangent_projector
 from ..numerics.newton import solve_along_normals
+from ..numerics.ode import n_macro_steps
 from ..numerics.validation import DTYPE, as_points
 
 
@@ -181,7 +183,11 @@ class GeodesicResult:
         Relative excess length of the second-best distinct geodesic found
         (``inf`` when only one was found).
     nodes : list of torch.Tensor
-        Per pair, the LGL nodes ``(N + 1, n)`` of the geodesic (on M).
+        Per pair, the LGL nodes ``(N + 1, n)`` of the geodesic (on M); None
+        for geodesics found by shooting (see ``shot``).
+    shot : torch.Tensor of bool, shape=[P]
+        Found by shooting and certified minimising: ``tangent_vec`` hits the
+        target to the metric's ``log_tol``.
     """
 
     tangent_vec: torch.Tensor
@@ -191,6 +197,7 @@ class GeodesicResult:
     n_candidates: torch.Tensor
     gap: torch.Tensor
     nodes: list
+    shot: torch.Tensor = None
 
 
 @dataclass
@@ -264,16 +271,93 @@ def _farthest_points(points, n_keep, seed=0):
     n_all = points.shape[0]
     if n_all <= n_keep:
         return torch.arange(n_all, device=points.device)
-    gen = torch.Generator().manual_seed(seed)
-    first = int(torch.randint(n_all, (1,), generator=gen, device="cpu"))
-    keep = torch.empty(n_keep, dtype=torch.long, device=points.device)
-    keep[0] = first
-    gap = (points - points[first]).norm(dim=-1)
+    pts = points.detach().cpu().double().numpy()
+    sq = (pts * pts).sum(-1)
+    rng = np.random.default_rng(seed)
+    keep = np.empty(n_keep, dtype=np.int64)
+    keep[0] = int(rng.integers(n_all))
+    # Squared gaps (the argmax is the same), each update one matrix-vector
+    # product; numpy, not torch: 1e4 tiny steps, where torch's per-call
+    # overhead would dominate.
+    gap = sq - 2 * pts @ pts[keep[0]] + sq[keep[0]]
     for i in range(1, n_keep):
         nxt = int(gap.argmax())
         keep[i] = nxt
-        gap = torch.minimum(gap, (points - points[nxt]).norm(dim=-1))
-    return keep
+        np.minimum(gap, sq - 2 * pts @ pts[nxt] + sq[nxt], out=gap)
+    return torch.as_tensor(keep, device=points.device)
+
+
+def _copy_labels(table, shape, which, node):
+    """Component label of each member ``(which[i], node[i])`` of node sets of
+    ``shape`` (K, N), in one graph holding a copy of each set (edges of the
+    neighbour ``table`` within a set only)."""
+    ids = np.full(shape, -1, dtype=np.int64)
+    ids[which, node] = np.arange(which.size)
+    nb = table[node]
+    dst = np.where(nb >= 0, ids[which[:, None], np.maximum(nb, 0)], -1)
+    src = np.broadcast_to(np.arange(which.size)[:, None], dst.shape)
+    keep = dst >= 0
+    graph = coo_matrix((np.ones(int(keep.sum())), (src[keep], dst[keep])),
+                       shape=(which.size, which.size))
+    return connected_components(graph, directed=False)[1]
+
+
+def _count_clusters(table, masks, chunk=128):
+    """Number of connected clusters of each node set ``masks`` (K, N) in the
+    graph with neighbour ``table`` (N, D): all sets at once, as the
+    components of one graph that holds a copy of each set."""
+    out = np.zeros(len(masks), dtype=np.int64)
+    for start in range(0, len(masks), chunk):
+        part = masks[start:start + chunk]
+        which, node = np.nonzero(part)
+        labels = _copy_labels(table, part.shape, which, node)
+        first = np.unique(labels, return_index=True)[1]
+        out[start:start + chunk] = np.bincount(which[first], minlength=len(part))
+    return out
+
+
+def _cluster_tops(table, pts, masks, totals, reach):
+    """Best node (least ``totals``) of each connected cluster of each node set.
+
+    Parameters
+    ----------
+    table : numpy.ndarray, shape=[N, D]
+        Graph neighbours (-1 padded).
+    pts : numpy.ndarray, shape=[N, n]
+    masks : numpy.ndarray of bool, shape=[K, N]
+    totals : numpy.ndarray, shape=[K, N]
+    reach : float
+        A set within this distance of its best node is one cluster (no search).
+
+    Returns
+    -------
+    list of list of int
+        Per set, the best node of each cluster (empty for an empty set).
+    """
+    out = [[] for _ in range(len(masks))]
+    which, node = np.nonzero(masks)
+    if which.size == 0:
+        return out
+    tot = totals[which, node]
+    order = np.lexsort((tot, which))
+    head = order[np.r_[True, which[order][1:] != which[order][:-1]]]
+    top = np.full(len(masks), -1, dtype=np.int64)
+    top[which[head]] = node[head]
+    gap = ((pts[node] - pts[top[which]]) ** 2).sum(-1)
+    wide = np.zeros(len(masks), dtype=bool)
+    wide[which[gap > reach * reach]] = True
+    for k in np.flatnonzero((top >= 0) & ~wide):
+        out[k] = [int(top[k])]
+    sel = wide[which]
+    if not sel.any():
+        return out
+    which, node, tot = which[sel], node[sel], tot[sel]
+    labels = _copy_labels(table, masks.shape, which, node)
+    order = np.lexsort((tot, labels))
+    head = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
+    for k, z in zip(which[head].tolist(), node[head].tolist()):
+        out[k].append(z)
+    return out
 
 
 class SampleGraph:
@@ -284,7 +368,9 @@ class SampleGraph:
     its midpoint lies within ``max_sagitta`` times its length of M (a chord of
     a smooth curve on M bends away by about ``kappa l^2 / 8``; an edge that
     bridges a gap between sheets or components does not), and, on unions, only
-    between points of the same component.
+    between points of the same component. The edges are built on first use
+    (the curvature certificate of :class:`GeodesicLogSolver` needs only the
+    sample).
 
     Parameters
     ----------
@@ -295,6 +381,12 @@ class SampleGraph:
         Box to sample.
     max_sagitta : float
     seed : int
+
+    Attributes
+    ----------
+    encloses : bool
+        No sample lies within two spacings of a face of the box: M (where it
+        meets the box) lies inside it, so the sample covers whole components.
     """
 
     def __init__(self, space, n_nodes, n_neighbors, bounds, max_sagitta=0.2, seed=0):
@@ -321,11 +413,68 @@ class SampleGraph:
         self.tree = cKDTree(pts)
         nn_dist = self.tree.query(pts, k=2)[0][:, 1]
         self.spacing = float(np.median(nn_dist))
-        rows, cols, w = self._edges(self.points, self.points, self.n_neighbors + 1, skip_self=True)
-        n = len(pts)
-        self.matrix = coo_matrix((w, (rows, cols)), shape=(n, n)).tocsr()
-        self.matrix = self.matrix.maximum(self.matrix.T)
-        self.n_components, self.labels = connected_components(self.matrix, directed=False)
+        lo = low.detach().cpu().double().numpy()
+        hi = high.detach().cpu().double().numpy()
+        margin = 2 * self.spacing
+        self.encloses = bool(((pts - lo > margin) & (hi - pts > margin)).all())
+        self._matrix = self._labels = self._curvature = self._neighbors = None
+
+    @property
+    def matrix(self):
+        """Symmetric sparse matrix of the checked edges (CSR), built on first use."""
+        if self._matrix is None:
+            rows, cols, w = self._edges(self.points, self.points, self.n_neighbors + 1,
+                                        skip_self=True)
+            n = len(self.points)
+            matrix = coo_matrix((w, (rows, cols)), shape=(n, n)).tocsr()
+            self._matrix = matrix.maximum(matrix.T).tocsr()
+            self.n_components, self._labels = connected_components(self._matrix,
+                                                                   directed=False)
+        return self._matrix
+
+    @property
+    def labels(self):
+        """Connected component of each node in the graph."""
+        self.matrix  # noqa: B018 (builds the edges and labels)
+        return self._labels
+
+    def neighbor_table(self):
+        """Graph neighbours of each node, (N, max degree), padded with -1 (cached)."""
+        if self._neighbors is None:
+            csr = self.matrix
+            deg = np.diff(csr.indptr)
+            table = np.full((csr.shape[0], max(int(deg.max()), 1)), -1, dtype=np.int64)
+            slot = np.arange(csr.nnz) - np.repeat(csr.indptr[:-1], deg)
+            table[np.repeat(np.arange(csr.shape[0]), deg), slot] = csr.indices
+            self._neighbors = table
+        return self._neighbors
+
+    def curvature(self):
+        """Per node, an upper bound of the normal curvature ``|II(u, u)|`` over
+        unit tangent vectors u (cached): ``|B^T H B|_2 / |grad F|`` for one
+        constraint, ``sqrt(sum_r |B^T H_r B|_2^2) / sigma_min(J)`` for several."""
+        if self._curvature is None:
+            space = self.space
+            out = []
+            for start in range(0, len(self.points), 2048):
+                x = self.points[start:start + 2048].to(space.device, space.dtype)
+                with torch.no_grad():
+                    jac = space._jacobian(x)
+                    basis = tangent_basis(jac)
+                    shape = space._second_forms(x, basis.transpose(1, 2))
+                    if shape is None:
+                        # Hessian of each constraint (closed forms, or
+                        # autograd's double backward: no torch.func start-up).
+                        eye = torch.eye(space.codim, dtype=x.dtype, device=x.device)
+                        hess = torch.stack([space._lagrangian_hessian(
+                            x, eye[i].expand(x.shape[0], -1)) for i in range(space.codim)], 1)
+                        shape = basis.transpose(1, 2)[:, None] @ hess @ basis[:, None]
+                norms = torch.linalg.eigvalsh(0.5 * (shape + shape.transpose(-1, -2))).abs()
+                top = norms.amax(-1).square().sum(-1).sqrt()
+                sigma = torch.linalg.svdvals(jac)[:, -1].clamp_min(1e-300)
+                out.append((top / sigma).cpu().double())
+            self._curvature = torch.cat(out).numpy()
+        return self._curvature
 
     def _component(self, x):
         """Labels of components known by construction (unions), else None."""
@@ -407,7 +556,8 @@ class GeodesicLogSolver(LogSolver):
         Newton iterations per degree.
     bounds : tuple, optional
         Box sampled by the graph (default: the space's ``bounds``, else the box
-        of the query points widened by half its size).
+        of the query points widened by half its size and grown until it
+        encloses the manifold where that takes at most two doublings).
     route_fractions : tuple of float
         Level sets of ``d(x, z) / d(x, y)`` where distinct routes are told
         apart (see :meth:`_candidates`).
@@ -426,17 +576,46 @@ class GeodesicLogSolver(LogSolver):
         metric's ``log_tol``; rows that do not get there keep the velocity of
         the checked path (``stats["unpolished"]`` counts them).
     polish_iter : int
+    shoot : bool
+        First shoot every pair from the circular-arc guess (batched
+        Gauss-Newton, at most ``shoot_iter`` steps) and keep the geodesics
+        that are certified minimising (see :meth:`_certify`); only the others
+        take the graph and path straightening.
+    shoot_iter : int
+    curvature_margin : float
+        Factor on the largest normal curvature sampled on M (a safety margin
+        for the curvature between samples) in the injectivity certificate.
     seed : int
     chunk : int
         Pairs per batched tensor program (memory).
+
+    Notes
+    -----
+    A shot geodesic of length ``L`` from ``x`` is certified minimising when
+    (any of)
+
+    - *near*: the pair is near and ``L <= (1 + near_excess) |x - y|``;
+    - *injectivity*: ``L`` is below the injectivity radius at ``x``. A
+      geodesic of M is a space curve of curvature ``|II(v, v)| <= kappa``, so
+      (Gauss equation) the sectional curvature is at most ``kappa^2`` and
+      conjugate points are ``pi / kappa`` apart; a closed geodesic has total
+      curvature at least ``2 pi`` (Fenchel), so it is ``2 pi / kappa`` long.
+      By Klingenberg's lemma, ``inj(M) >= pi / kappa`` when kappa bounds the
+      normal curvature on all of M (a closed form, or a sample whose box
+      encloses M); otherwise ``inj(x) >= pi / (2 kappa)`` with kappa the
+      bound on the ball ``B(x, L)`` (a geodesic loop at x has one corner);
+    - *graph*: the pair's near-shortest graph paths form a single corridor,
+      the geodesic runs through it and is no longer than the graph distance
+      (plus a quarter of ``candidate_rtol``): path straightening would start
+      from that corridor's route and converge to this geodesic.
     """
 
     def __init__(self, space, rtol=1e-6, near_radius=None, near_excess=0.1,
                  candidate_rtol=0.04, ambiguity_rtol=1e-3, n_graph_nodes=None,
                  n_neighbors=None, min_degree=6, max_degree=160, max_iter=40, bounds=None,
                  route_fractions=(0.25, 0.5, 0.75), route_separation=4.0, prune_rtol=0.01,
-                 max_move=2.0, polish=True, polish_iter=4, seed=0,
-                 chunk=2000):
+                 max_move=2.0, polish=True, polish_iter=4, shoot=True, shoot_iter=6,
+                 curvature_margin=1.25, seed=0, chunk=2000):
         super().__init__(solves_bvp=True)
         self._space = space
         self.rtol = float(rtol)
@@ -457,36 +636,63 @@ class GeodesicLogSolver(LogSolver):
         self.max_move = float(max_move)
         self.route_separation = float(route_separation)
         self.polish, self.polish_iter = bool(polish), int(polish_iter)
+        self.shoot, self.shoot_iter = bool(shoot), int(shoot_iter)
+        self.curvature_margin = float(curvature_margin)
         self.nodes_per_spacing = 4.0
         self._graph, self._graph_key = None, None
         self.stats = {}
 
     # ------------------------------------------------------------------ graph
     def _box(self, queries):
+        """The box to sample and whether it was derived from the queries."""
         space = self._space
         if self.bounds is not None:
             return tuple(torch.as_tensor(b, dtype=DTYPE, device=space.device)
-                         .expand(space.ambient_dim) for b in self.bounds)
+                         .expand(space.ambient_dim) for b in self.bounds), False
         if space.bounds is not None:
-            return space.bounds
+            # A space's own box (a learned manifold's training box) is kept:
+            # outside it a learned F is untrained and its zero set spurious,
+            # and a larger box would spread the sample thin over those sheets.
+            return space.bounds, False
         lo, hi = queries.min(0).values, queries.max(0).values
         pad = 0.5 * (hi - lo).clamp_min(1e-3)
-        return lo - pad, hi + pad
+        return (lo - pad, hi + pad), True
 
     def graph(self, queries=None):
-        """The cached :class:`SampleGraph`, rebuilt when the manifold changed."""
+        """The cached :class:`SampleGraph`, rebuilt when the manifold changed.
+
+        A box derived from the queries (neither the solver nor the space has
+        ``bounds``) is doubled (at most twice) until the sample does not reach
+        its faces: a compact M is then sampled whole (routes around its far
+        side exist, and the curvature bound is global). Where it still
+        reaches them, the first box is kept.
+        """
         key = _state_fingerprint(self._space)
         if self._graph is None or key != self._graph_key:
-            box = self._box(queries if queries is not None else self._space.random_point(2))
-            self._graph = SampleGraph(self._space, self.n_graph_nodes, self.n_neighbors,
-                                      box, seed=self.seed)
-            self._graph_key = key
+            box, auto = self._box(queries if queries is not None
+                                  else self._space.random_point(2))
+            first = None
+            for attempt in range(3):
+                graph = SampleGraph(self._space, self.n_graph_nodes, self.n_neighbors, box,
+                                    seed=self.seed)
+                graph.box = tuple(b.detach().cpu().double().numpy() for b in box)
+                first = graph if first is None else first
+                if graph.encloses or not auto:
+                    break
+                centre, half = 0.5 * (box[0] + box[1]), 0.5 * (box[1] - box[0])
+                box = (centre - 2 * half, centre + 2 * half)
+            else:
+                # M does not close within 4x the box (unbounded, or an
+                # untrained F's spurious sheets): a larger box only spreads
+                # the same number of nodes thinner; keep the first one.
+                graph = first
+            self._graph, self._graph_key = graph, key
         return self._graph
 
     def _near_radius(self, queries):
         if self.near_radius is not None:
             return float(self.near_radius)
-        low, high = self._box(queries)
+        low, high = self._box(queries)[0]
         return 0.05 * float((high - low).norm())
 
     # --------------------------------------------------------- public interface
@@ -495,7 +701,8 @@ class GeodesicLogSolver(LogSolver):
 
         The initial velocity of the minimising path is polished by shooting
         (:meth:`ImplicitMetric._shoot`: one or two Gauss-Newton steps from
-        there), so that ``exp(log(y)) = y`` to the metric's ``log_tol``.
+        there), so that ``exp(log(y)) = y`` to the metric's ``log_tol``
+        (geodesics found by shooting already are).
 
         Raises
         ------
@@ -512,7 +719,7 @@ class GeodesicLogSolver(LogSolver):
         metric = getattr(space, "metric", None)
         self.stats["unpolished"] = 0
         if self.polish and hasattr(metric, "_shoot"):
-            moving = (res.length > 0).nonzero().squeeze(-1)
+            moving = ((res.length > 0) & ~res.shot).nonzero().squeeze(-1)
             if moving.numel():
                 vec = vec.clone()
                 with torch.no_grad():
@@ -566,7 +773,8 @@ class GeodesicLogSolver(LogSolver):
         """Minimising geodesic ``t -> gamma(t)``, ``t`` in [0, 1], as a callable.
 
         The returned points are the geodesic's polynomial at ``t`` projected
-        onto M (closest point), shape ``(n_times, n)`` or ``(P, n_times, n)``.
+        onto M (closest point), or, for geodesics found by shooting,
+        ``exp(t v)``; shape ``(n_times, n)`` or ``(P, n_times, n)``.
         """
         space = self._space
         x, y, batch = space._pair(base_point, point, ("base_point", "point"))
@@ -576,10 +784,13 @@ class GeodesicLogSolver(LogSolver):
         def path(t):
             t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)
             out = []
-            for nodes in res.nodes:
+            for k, nodes in enumerate(res.nodes):
+                if nodes is None:  # a shot geodesic: integrate it
+                    out.append(space.metric.exp(t[:, None] * res.tangent_vec[k], x[k]))
+                    continue
                 rule = _Rule.get(nodes.shape[0] - 1, nodes)
-                out.append(rule.interp_to(2 * t.cpu().numpy() - 1, nodes))
-            pts = space.projection(torch.stack(out))
+                out.append(space.projection(rule.interp_to(2 * t.cpu().numpy() - 1, nodes)))
+            pts = torch.stack(out)
             return pts[0] if len(batch) == 0 else pts.reshape(*batch, len(t), space.ambient_dim)
 
         return path
@@ -609,9 +820,11 @@ class GeodesicLogSolver(LogSolver):
         x = as_points(base_point, space.ambient_dim, "base_point").reshape(-1, space.ambient_dim)
         y = as_points(point, space.ambient_dim, "point").reshape(-1, space.ambient_dim)
         x, y = torch.broadcast_tensors(x, y)
-        queries, inverse = torch.unique(torch.cat([x, y]), dim=0, return_inverse=True)
+        # Repeated points (one base point for many targets) are merged where
+        # it matters, in the graph search (:meth:`_solve_far`).
         p = x.shape[0]
-        return self._solve_indexed(queries, inverse[:p], inverse[p:])
+        idx = torch.arange(p, device=x.device)
+        return self._solve_indexed(torch.cat([x, y]), idx, idx + p)
 
     def pairwise(self, points, labels=None):
         """All pairwise geodesics of ``points`` (N, n), each pair solved once.
@@ -668,65 +881,264 @@ class GeodesicLogSolver(LogSolver):
         self._check_on_manifold(queries)
         p, n = ia.shape[0], space.ambient_dim
         dt = dict(dtype=queries.dtype, device=queries.device)
-        out_v = torch.zeros(p, n, **dt)
-        out_len = torch.full((p,), torch.nan, **dt)
-        conv = torch.zeros(p, dtype=torch.bool, device=queries.device)
-        amb = torch.zeros_like(conv)
-        n_cand = torch.ones(p, dtype=torch.long, device=queries.device)
-        gap = torch.full((p,), math.inf, **dt)
-        nodes = [None] * p
+        out = _Out(p, n, dt)
         self._like = queries
         a, b = queries[ia], queries[ib]
         chord = (b - a).norm(dim=-1)
         same = chord <= 10 * space.tol_for(queries.dtype)
-        out_len[same], conv[same] = 0.0, True
+        out.length[same], out.conv[same] = 0.0, True
         for k in same.nonzero().squeeze(-1).tolist():
-            nodes[k] = torch.stack([a[k], b[k]])
-        todo = ~conv
-        near = todo & (chord <= self._near_radius(queries))
-        self.stats = {"near": int(near.sum()), "far": 0}
-        if bool(near.any()):
-            idx = near.nonzero().squeeze(-1)
-            init = [torch.stack([a[k], 0.5 * (a[k] + b[k]), b[k]]) for k in idx.tolist()]
-            paths = self._refine(init)["routes"]
+            out.nodes[k] = torch.stack([a[k], b[k]])
+        near = ~same & (chord <= self._near_radius(queries))
+        self.stats = {"near": int(near.sum()), "far": 0, "shot": 0, "certified_near": 0,
+                      "certified_injectivity": 0, "certified_graph": 0}
+        shots = None
+        if self.shoot and hasattr(space, "metric") and bool((~same).any()):
+            shots = self._shoot_certify(queries, ia, ib, ~same, near, chord, out)
+        todo = near & ~out.conv
+        if bool(todo.any()):
+            idx = todo.nonzero().squeeze(-1)
+            init = torch.stack([a[idx], 0.5 * (a[idx] + b[idx]), b[idx]], 1)
+            paths = self._refine(list(init))["routes"]
             for r, k in enumerate(idx.tolist()):
                 path = paths[r]
                 if path is None or not (path["length"] <= (1 + self.near_excess) * chord[k]):
                     continue  # goes global
-                self._store(k, path, out_v, out_len, conv, nodes)
-        far = (~conv).nonzero().squeeze(-1)
+                out.store(k, path)
+        far = (~out.conv).nonzero().squeeze(-1)
         self.stats["far"] = int(far.numel())
         if far.numel():
-            self._solve_far(queries, ia[far], ib[far], far, out_v, out_len, conv, amb,
-                            n_cand, gap, nodes)
-        return GeodesicResult(tangent_vec=out_v, length=out_len, converged=conv, ambiguous=amb,
-                              n_candidates=n_cand, gap=gap, nodes=nodes)
+            self._solve_far(queries, ia[far], ib[far], far, out, shots)
+        return GeodesicResult(tangent_vec=out.vec, length=out.length, converged=out.conv,
+                              ambiguous=out.amb, n_candidates=out.n_cand, gap=out.gap,
+                              nodes=out.nodes, shot=out.shot)
 
-    def _store(self, k, path, out_v, out_len, conv, nodes):
-        out_v[k], out_len[k], conv[k] = path["tangent"], path["length"], True
-        nodes[k] = path["nodes"]
+    # ------------------------------------------------------- shooting first
+    def _shoot_certify(self, queries, ia, ib, todo, near, chord, out):
+        """Shoot the pairs ``todo`` and store those certified by the near or
+        the injectivity rule; return the converged, uncertified shots (for the
+        graph certificate) as ``(hit mask, tangent, length)`` over all pairs."""
+        idx = todo.nonzero().squeeze(-1)
+        # Only pairs that a certificate could accept are worth shooting: near
+        # ones, and those whose chord (a lower bound of the length) is below
+        # the injectivity radius. Shooting far across a curved surface mostly
+        # misses, at the price of many long integrations.
+        radius = self._injectivity_radius(queries, ia[idx], chord[idx])
+        idx = idx[near[idx] | (chord[idx] * (1 + self.ambiguity_rtol) < radius)]
+        p = ia.shape[0]
+        hit_all = torch.zeros(p, dtype=torch.bool, device=queries.device)
+        vec_all = torch.zeros(p, queries.shape[-1], dtype=queries.dtype, device=queries.device)
+        if idx.numel() == 0:
+            return hit_all, vec_all
+        a, b = queries[ia[idx]], queries[ib[idx]]
+        vec, hit = self._shoot_pairs(a, b)
+        length = vec.norm(dim=-1)
+        self.stats["shot"] = int(hit.sum())
+        ok_near = hit & near[idx] & (length <= (1 + self.near_excess) * chord[idx])
+        ok_inj = torch.zeros_like(hit)
+        rest = (hit & ~ok_near).nonzero().squeeze(-1)
+        if rest.numel():
+            radius = self._injectivity_radius(queries, ia[idx[rest]], length[rest])
+            ok_inj[rest] = length[rest] * (1 + self.ambiguity_rtol) < radius
+        good = ok_near | ok_inj
+        self.stats["certified_near"] = int(ok_near.sum())
+        self.stats["certified_injectivity"] = int(ok_inj.sum())
+        out.store_shots(idx[good], vec[good], length[good])
+        hit_all[idx] = hit & ~good
+        vec_all[idx] = vec
+        return hit_all, vec_all
+
+    def _injectivity_radius(self, queries, ia, length):
+        """Per pair, a radius below which every geodesic from ``queries[ia]``
+        is the unique minimiser (see the class notes); 0 where none is known."""
+        space = self._space
+        bound = space._curvature_bound()
+        if bound is not None:
+            return torch.full_like(length, math.pi / bound if bound > 0 else math.inf)
+        graph = self.graph(queries)
+        kappa = graph.curvature() * self.curvature_margin
+        if graph.encloses:
+            return torch.full_like(length, math.pi / max(float(kappa.max()), 1e-300))
+        # Only the ball B(x, L) matters (a geodesic of length L stays in it),
+        # and its part of M must have been sampled: the ball lies in the box,
+        # or no sample in the ball comes within half a spacing of a face (M
+        # does not leave the box there: where it is cut by a face, the
+        # farthest-point sample takes points on the cut, extremes first).
+        x = queries[ia].detach().cpu().double().numpy()
+        ell = length.detach().cpu().double().numpy()
+        src, row = np.unique(x, axis=0, return_inverse=True)
+        row = row.reshape(-1)
+        dist = np.linalg.norm(graph.points.numpy()[None] - src[:, None], axis=-1)
+        order = np.argsort(dist, axis=1)
+        sorted_d = np.take_along_axis(dist, order, 1)
+        run = np.maximum.accumulate(kappa[order], axis=1)
+        pos = np.array([np.searchsorted(sorted_d[r], e, side="right")
+                        for r, e in zip(row, ell)])
+        k_ball = run[row, np.maximum(pos, 1) - 1]
+        low, high = graph.box
+        pts = graph.points.numpy()
+        margin = 0.5 * graph.spacing
+        at_face = ((pts - low <= margin) | (high - pts <= margin)).any(-1)
+        face_run = np.maximum.accumulate(at_face[order], axis=1)
+        # (Searched a margin beyond the ball: a crossing at its rim has its
+        # nearest samples just outside.)
+        pos_f = np.array([np.searchsorted(sorted_d[r], e + 2 * graph.spacing, side="right")
+                          for r, e in zip(row, ell)])
+        reaches_face = (pos_f > 0) & face_run[row, np.maximum(pos_f, 1) - 1]
+        inside = ((x - ell[:, None] >= low) & (x + ell[:, None] <= high)).all(-1)
+        inside |= ~reaches_face
+        radius = np.where(inside, math.pi / (2 * np.maximum(k_ball, 1e-300)), 0.0)
+        return torch.as_tensor(radius, dtype=length.dtype, device=length.device)
+
+    def _shoot_pairs(self, x, y):
+        """Gauss-Newton shooting from the circular-arc guess, batched.
+
+        A row gives up when a step (and its half) does not reduce its miss:
+        far targets of a curved surface are left to the graph instead of
+        paying for long, failing iterations. Returns ``(v, hit)``.
+        """
+        space = self._space
+        metric = space.metric
+        dtype = x.dtype
+        with torch.no_grad():
+            _, jac_xy = space._value_and_jacobian(torch.cat([x, y]))
+            jac, jac_y = jac_xy[:x.shape[0]], jac_xy[x.shape[0]:]
+            basis = tangent_basis(jac)
+            guess = metric._initial_guess(jac, y - x)
+            coef = (basis.transpose(1, 2) @ guess.unsqueeze(-1)).squeeze(-1)
+            tol = metric._log_tol(dtype) * (1 + y.norm(dim=-1))
+            atol = metric._on_manifold_atol(dtype)
+            chord = (y - x).norm(dim=-1)
+
+            def miss_of(rows, c):
+                ends = _rowwise_safe(lambda xs, vs: metric._flow(xs, vs)[0], x[rows],
+                                     (basis[rows] @ c.unsqueeze(-1)).squeeze(-1))
+                if ends is None:
+                    ends = torch.full_like(x[rows], torch.nan)
+                r = ends - y[rows]
+                return r, tangent_projector(jac_y[rows], r, check=False).norm(dim=-1)
+
+            everything = torch.arange(x.shape[0], device=x.device)
+            resid, miss = miss_of(everything, coef)
+            alive = torch.isfinite(miss)
+            miss = torch.where(alive, miss, torch.inf)
+            # The Jacobian of exp (central differences: 2m flows) is computed
+            # once per row and then updated by Broyden's rank-one rule from
+            # each step's change of the miss (no flows); it is recomputed only
+            # where an updated one fails to give a better step.
+            p, n, m = basis.shape
+            dexp = torch.full((p, n, m), torch.nan, dtype=dtype, device=x.device)
+            fresh = torch.zeros(p, dtype=torch.bool, device=x.device)
+            have = torch.zeros_like(fresh)
+            for it in range(self.shoot_iter):
+                act = (alive & ~(miss <= tol)).nonzero().squeeze(-1)
+                if act.numel() == 0:
+                    break
+                need = act[~have[act]]
+                if need.numel():
+                    new = _rowwise_safe(metric._flow_jacobian, x[need], coef[need], basis[need])
+                    dexp[need] = new if new is not None else torch.nan
+                    have[need] = fresh[need] = torch.isfinite(dexp[need]).flatten(1).all(-1)
+                    alive[need[~have[need]]] = False
+                    act = act[alive[act]]
+                    if act.numel() == 0:
+                        break
+                step = torch.linalg.lstsq(dexp[act], -resid[act].unsqueeze(-1)).solution.squeeze(-1)
+                # Steps that would more than double the path, or land far
+                # beyond the chord, are cut back (long wild flows are costly).
+                cap = 2 * coef[act].norm(dim=-1) + 2 * chord[act]
+                size = step.norm(dim=-1)
+                step = step * (cap / size.clamp_min(1e-300)).clamp(max=1.0)[:, None]
+                improved = torch.zeros(act.numel(), dtype=torch.bool, device=x.device)
+                for scale in (1.0, 0.5):
+                    sub = (~improved).nonzero().squeeze(-1)
+                    if scale < 1.0:  # halving only for steps from a fresh Jacobian
+                        sub = sub[fresh[act[sub]]]
+                    if sub.numel() == 0:
+                        break
+                    rows = act[sub]
+                    trial = coef[rows] + scale * step[sub]
+                    r, mi = miss_of(rows, trial)
+                    # Newton converges fast near a solution: after the first
+                    # step, a row whose fresh Jacobian does not halve its
+                    # miss gives up.
+                    need_ratio = torch.where(fresh[rows] & (it > 0), 0.5, 1.0)
+                    better = torch.isfinite(mi) & (mi < miss[rows] * need_ratio)
+                    good = rows[better]
+                    da = trial[better] - coef[good]
+                    dr = r[better] - resid[good]
+                    upd = (dr - (dexp[good] @ da.unsqueeze(-1)).squeeze(-1))
+                    dexp[good] += upd.unsqueeze(-1) * (da / (da * da).sum(-1, keepdim=True)
+                                                       .clamp_min(1e-300)).unsqueeze(1)
+                    coef[good], resid[good], miss[good] = trial[better], r[better], mi[better]
+                    fresh[good] = False
+                    improved[sub[better]] = True
+                failed = act[~improved]
+                # A fresh Jacobian that gives no better step: give up; an
+                # updated one: recompute it.
+                alive[failed[fresh[failed]]] = False
+                have[failed] = False
+            hit = (miss <= tol) & (resid.norm(dim=-1) <= 10 * atol)
+        return (basis @ coef.unsqueeze(-1)).squeeze(-1), hit
+
+    def _flow_samples(self, x, v, fractions):
+        """Points ``exp(t v)`` at the given increasing times in (0, 1), (P, T, n)."""
+        metric = self._space.metric
+        integ = metric._integrator(x.dtype)
+        n = x.shape[-1]
+        z, t, out = torch.cat([x, v], -1), 0.0, []
+        speed = float(v.norm(dim=-1).max())
+        with torch.no_grad():
+            for f in fractions:
+                dt = float(f) - t
+                z = integ.integrate(metric._rhs, z, dt, n_macro_steps(speed * dt,
+                                                                      metric.arc_per_step))
+                out.append(z[:, :n])
+                t = float(f)
+        return torch.stack(out, 1)
 
     # ---------------------------------------------------------- global guesses
-    def _solve_far(self, queries, ia, ib, where, out_v, out_len, conv, amb, n_cand, gap, nodes):
+    def _solve_far(self, queries, ia, ib, where, out, shots):
         graph = self.graph(queries)
         n_nodes = len(graph.points)
-        matrix = graph.attach(queries)
-        ia_np, ib_np = ia.cpu().numpy(), ib.cpu().numpy()
-        sources, src_row = np.unique(ia_np, return_inverse=True)
-        targets, tgt_row = np.unique(ib_np, return_inverse=True)
-        dist_a, pred_a = dijkstra(matrix, indices=n_nodes + sources, return_predecessors=True)
-        dist_b, pred_b = dijkstra(matrix, indices=n_nodes + targets, return_predecessors=True)
-        all_pts = torch.cat([graph.points.to(queries), queries])
-        best = dist_a[src_row, n_nodes + ib_np]
+        ends = torch.cat([ia, ib])
+        # One graph node per distinct point (by coordinates).
+        q_used, inv = torch.unique(queries[ends], dim=0, return_inverse=True)
+        inv = inv.reshape(-1).cpu().numpy()
+        ra, rb = inv[:len(ia)], inv[len(ia):]
+        matrix = graph.attach(q_used)
+        # One Dijkstra per point (pairwise: every point is a source and a target).
+        dist, pred = dijkstra(matrix, indices=n_nodes + np.arange(len(q_used)),
+                              return_predecessors=True)
+        all_pts = torch.cat([graph.points.to(queries), q_used])
+        best = dist[ra, n_nodes + rb]
         joined = np.isfinite(best)
         # Not joined in the graph: different components of M.
         apart = where[torch.as_tensor(~joined, device=where.device)]
-        out_len[apart], conv[apart] = math.inf, True
+        out.length[apart], out.conv[apart] = math.inf, True
         rows = np.flatnonzero(joined)
         if rows.size == 0:
             return
-        cand_pair, cand_route, wide = self._candidates(
-            matrix, (dist_a, pred_a, src_row), (dist_b, pred_b, tgt_row), best, rows, n_nodes)
+        tree = (dist, pred, ra, rb)
+        single, wide, first, limits = self._corridors(tree, best, rows, n_nodes)
+        if shots is not None:
+            certified = self._certify_graph(tree, best, rows, queries[ia], where, single,
+                                            limits, shots, out)
+            self.stats["certified_graph"] = int(certified.sum())
+            for r in rows[certified]:
+                k = int(where[r])
+                if wide[r]:
+                    out.gap[k], out.amb[k] = 0.0, True
+            keep = ~certified
+            rows, single_rows = rows[keep], single[keep]
+            first = [f for f, k in zip(first, keep) if k]
+            limits = limits[keep]
+        else:
+            single_rows = single
+        if rows.size == 0:
+            return
+        cand_pair, cand_route = self._candidates(matrix, tree, best, rows, n_nodes,
+                                                 single_rows, first, limits)
         routes = [all_pts[torch.as_tensor(route, device=all_pts.device)] for route in cand_route]
         cand_pair, routes = _distinct_routes(cand_pair, routes,
                                              self.route_separation * graph.spacing)
@@ -735,19 +1147,101 @@ class GeodesicLogSolver(LogSolver):
         for r in rows:
             k = int(where[r])
             mine = found["by_group"].get(int(r), [])
-            n_cand[k] = int(counts[r])
+            out.n_cand[k] = int(counts[r])
             if not mine:
                 continue
             mine.sort(key=lambda f: float(f["length"]))
-            self._store(k, mine[0], out_v, out_len, conv, nodes)
+            out.store(k, mine[0])
             if wide[r]:
-                gap[k], amb[k] = 0.0, True
+                out.gap[k], out.amb[k] = 0.0, True
             elif len(mine) > 1:
                 g = float(mine[1]["length"] / mine[0]["length"] - 1)
-                gap[k] = g
-                amb[k] = g <= self.ambiguity_rtol
+                out.gap[k] = g
+                out.amb[k] = g <= self.ambiguity_rtol
 
-    def _candidates(self, matrix, tree_a, tree_b, best, rows, n_nodes, block=256):
+    def _corridors(self, tree, best, rows, n_nodes, block=256):
+        """Vectorised first look at the near-shortest graph paths of each pair.
+
+        Returns, per row of ``rows``: whether every level set (see
+        :meth:`_candidates`) is one compact cluster at both depths (then the
+        pair has a single corridor of near-shortest routes); whether a
+        continuum of near-minimal routes exists (antipodes); the graph's
+        shortest route; and the loose depth limit.
+        """
+        dist, pred, ra, rb = tree
+        graph = self._graph
+        band = 2.5 * graph.spacing
+        pts = graph.points.numpy()
+        sq = (pts * pts).sum(-1)
+        single = np.ones(len(best), dtype=bool)
+        wide = np.zeros(len(best), dtype=bool)
+        limits = (1 + self.candidate_rtol) * best + band
+        first = []
+        reach = (10 * graph.spacing) ** 2
+
+        def spread(mask, total):
+            """Squared distance from the best masked node to the farthest one."""
+            top = np.argmin(np.where(mask, total, np.inf), axis=1)
+            d2 = sq[None] - 2 * pts[top] @ pts.T + sq[top][:, None]
+            return np.where(mask, d2, 0.0).max(1)
+
+        for start in range(0, len(rows), block):
+            r = rows[start:start + block]
+            da = dist[ra[r], :n_nodes]
+            db = dist[rb[r], :n_nodes]
+            with np.errstate(invalid="ignore"):  # inf - inf on unreachable nodes
+                total = da + db
+                z0 = np.argmin(total, axis=1)
+                ha = _backtrack_many(pred, ra[r], z0)
+                hb = _backtrack_many(pred, rb[r], z0)
+                first += [np.concatenate([ha[q], hb[q][::-1][1:]]) for q in range(len(r))]
+                depths = [total <= limits[r, None],
+                          total <= (1 + 0.25 * self.candidate_rtol) * best[r, None]
+                          + 0.25 * band]
+                ok = np.ones(len(r), dtype=bool)
+                for f in self.route_fractions:
+                    level = np.abs(da - f * total) <= band
+                    for near in depths:
+                        mask = near & level
+                        loose = ~(spread(mask, total) <= reach)
+                        if loose.any():  # wide sets: count their clusters exactly
+                            loose[loose] = _count_clusters(graph.neighbor_table(),
+                                                           mask[loose]) > 1
+                        ok &= ~loose
+                mid = depths[1] & (np.abs(da - 0.5 * total) <= band)
+            s_mid = np.sqrt(spread(mid, total))
+            wide[r] = (s_mid > 0.35 * best[r]) & (s_mid > 8 * graph.spacing)
+            single[r] = ok
+        return single[rows], wide, first, limits[rows]
+
+    def _certify_graph(self, tree, best, rows, base, where, single, limits, shots, out):
+        """Store the converged shots of single-corridor pairs that run through
+        their corridor and are no longer than the graph distance allows;
+        returns the mask of certified rows."""
+        dist, _, ra, rb = tree
+        hit, vec = shots
+        idx_t = where[torch.as_tensor(rows, device=where.device)]
+        length = vec[idx_t].norm(dim=-1).cpu().numpy()
+        cand = single & hit[idx_t].cpu().numpy()
+        cand &= length <= (1 + 0.25 * self.candidate_rtol) * best[rows]
+        certified = np.zeros(len(rows), dtype=bool)
+        sel = np.flatnonzero(cand)
+        if sel.size == 0:
+            return certified
+        k = idx_t[torch.as_tensor(sel, device=where.device)]
+        samples = self._flow_samples(base[torch.as_tensor(rows[sel], device=base.device)],
+                                     vec[k], self.route_fractions)
+        _, node = self._graph.tree.query(samples.reshape(-1, samples.shape[-1]).cpu().numpy())
+        node = node.reshape(len(sel), -1)
+        r = rows[sel]
+        total = dist[ra[r][:, None], node] + dist[rb[r][:, None], node]
+        inside = (total <= limits[sel][:, None]).all(1)
+        certified[sel[inside]] = True
+        k = k[torch.as_tensor(inside, device=k.device)]
+        out.store_shots(k, vec[k], vec[k].norm(dim=-1))
+        return certified
+
+    def _candidates(self, matrix, tree, best, rows, n_nodes, single, first, limits):
         """Distinct near-shortest graph routes of each pair.
 
         The first route is the graph's shortest path. A pair's near-shortest
@@ -757,119 +1251,109 @@ class GeodesicLogSolver(LogSolver):
         (routes passing on either side of a hole or bump separate at some
         fraction even where they meet elsewhere). Where some level set has
         several clusters, every near-shortest combination of clusters (one
-        node per cluster, joined by graph shortest paths) is a route.
+        node per cluster, joined by graph shortest paths) is a route. Pairs
+        whose level sets are all compact (``single``, see :meth:`_corridors`)
+        have the first route only.
 
         Returns
         -------
         pair : numpy.ndarray of int
             Row of ``rows``' pair for each route.
         routes : list of numpy.ndarray of int
-            Node indices (graph nodes, then queries at ``n_nodes + i``).
-        wide : numpy.ndarray of bool
-            Per pair (indexed like ``best``): a continuum of near-minimal routes.
+            Node indices (graph nodes, then attached queries).
         """
-        dist_a, pred_a, src_row = tree_a
-        dist_b, pred_b, tgt_row = tree_b
+        dist, _, ra, rb = tree
         graph = self._graph
         band = 2.5 * graph.spacing
-        out_pair, out_route = [], []
-        wide = np.zeros(len(best), dtype=bool)
-        for start in range(0, len(rows), block):
-            r = rows[start:start + block]
-            da = dist_a[src_row[r], :n_nodes]
-            db = dist_b[tgt_row[r], :n_nodes]
-            total = da + db
-            z0 = np.argmin(total, axis=1)
-            ha = _backtrack_many(pred_a, src_row[r], z0)
-            hb = _backtrack_many(pred_b, tgt_row[r], z0)
-            for q in range(len(r)):
-                out_pair.append(r[q])
-                out_route.append(np.concatenate([ha[q], hb[q][::-1][1:]]))
-            with np.errstate(invalid="ignore"):  # inf - inf on unreachable nodes
-                limit = (1 + self.candidate_rtol) * best[r, None] + band
+        out_pair, out_route = list(rows), list(first)
+        table, pts = graph.neighbor_table(), graph.points.numpy()
+        n_levels = len(self.route_fractions)
+        multi = np.flatnonzero(~single)
+        # Blocks of pairs of similar length share one search for their legs.
+        multi = multi[np.argsort(best[rows[multi]], kind="stable")]
+        for start in range(0, multi.size, 64):
+            qs = multi[start:start + 64]
+            r = rows[qs]
+            da = dist[ra[r], :n_nodes]
+            db = dist[rb[r], :n_nodes]
+            with np.errstate(invalid="ignore"):
+                total = da + db
                 # Two depths: the loose one reaches routes the graph makes too
                 # long; the tight one separates routes whose near-shortest
                 # sets merge at the loose depth (when the ridge between them
                 # is low, e.g. either way around a thin tube).
-                depths = [total <= limit,
+                depths = [total <= limits[qs, None],
                           total <= (1 + 0.25 * self.candidate_rtol) * best[r, None]
                           + 0.25 * band]
                 # A node on a near-shortest path of length `total` is at
                 # fraction da / total along it.
                 at = [np.abs(da - f * total) <= band for f in self.route_fractions]
-                # A continuum of near-minimal routes (antipodes of a sphere):
-                # the tight near-midpoints spread far around the best one.
-                mid = depths[1] & (np.abs(da - 0.5 * total) <= band)
-            pts = graph.points.numpy()
-            top = np.argmin(np.where(mid, total, np.inf), axis=1)
-            spread = np.where(mid, np.linalg.norm(pts[None] - pts[top][:, None], axis=-1),
-                              0.0).max(1)
-            wide[r] = (spread > 0.35 * best[r]) & (spread > 8 * graph.spacing)
-            first_routes = out_route[-len(r):]
-            for q in range(len(r)):
-                for near in depths:
-                    clusters = [self._clusters(matrix, near[q] & level[q], total[q])
-                                for level in at]
-                    if all(len(c) <= 1 for c in clusters):
+            masks = np.stack([near & level for near in depths for level in at], 1)
+            clusters = _cluster_tops(table, pts, masks.reshape(-1, n_nodes),
+                                     np.repeat(total, 2 * n_levels, 0), 10 * graph.spacing)
+            jobs, budget = [], {}
+            for i, q in enumerate(qs):
+                for d in range(2):
+                    at_depth = clusters[(2 * i + d) * n_levels:(2 * i + d + 1) * n_levels]
+                    if all(len(c) <= 1 for c in at_depth):
                         continue
-                    for route in self._combine(clusters, r[q], (dist_a, pred_a, src_row),
-                                               (dist_b, pred_b, tgt_row), matrix,
-                                               float(limit[q, 0]), first_routes[q]):
-                        out_pair.append(r[q])
-                        out_route.append(route)
-        return np.asarray(out_pair, dtype=int), out_route, wide
+                    combos, need = self._combos(at_depth, rows[q], tree, float(limits[q]))
+                    jobs.append((q, combos))
+                    for u, b in need.items():
+                        budget[u] = max(budget.get(u, 0.0), b)
+            hops = {}
+            if budget:
+                # The legs of the whole block in one multi-source call (scipy
+                # validates the graph once per call), each search stopped at
+                # the longest leg any route may still afford.
+                starts = sorted(budget)
+                d, p = dijkstra(matrix, indices=starts, return_predecessors=True,
+                                limit=max(budget.values()))
+                hops = {u: (d[k], p[k]) for k, u in enumerate(starts)}
+            for q, combos in jobs:
+                for route in self._assemble(combos, rows[q], tree, hops, float(limits[q]),
+                                            first[q]):
+                    out_pair.append(rows[q])
+                    out_route.append(route)
+        return np.asarray(out_pair, dtype=int), out_route
 
-    def _clusters(self, matrix, mask, total):
-        """Best node of each connected cluster of the masked graph nodes."""
-        members = np.flatnonzero(mask)
-        if members.size <= 1:
-            return [int(m) for m in members]
-        top = members[np.argmin(total[members])]
-        pts = self._graph.points.numpy()
-        # Within a few spacings of its best node a set is one cluster (the
-        # common case): no graph search needed.
-        if np.linalg.norm(pts[members] - pts[top], axis=-1).max() <= 10 * self._graph.spacing:
-            return [int(top)]
-        n_comp, labels = connected_components(matrix[members][:, members], directed=False)
-        return [int(members[labels == c][np.argmin(total[members[labels == c]])])
-                for c in range(n_comp)]
-
-    def _combine(self, clusters, row, tree_a, tree_b, matrix, limit, first):
-        """Routes through one cluster node per level set, within ``limit``."""
-        dist_a, pred_a, src_row = tree_a
-        dist_b, pred_b, tgt_row = tree_b
-        sa, sb = src_row[row], tgt_row[row]
+    def _combos(self, clusters, row, tree, limit):
+        """Waypoint sequences through one cluster node per level set (or none
+        at a level) that may fit within ``limit``, and per leg start the
+        length its legs may have (``limit - d(x, u) - d(v, y)``)."""
+        dist, _, ra, rb = tree
+        sa, sb = ra[row], rb[row]
         # A level may also be left free (no waypoint there): a route that
         # separates from the others at one fraction only must not be forced
         # through another route's cluster at the remaining ones.
         levels = [list(c) + [None] if len(c) > 1 else [None] + list(c) for c in clusters]
-        seen = {tuple(first)}
-        out = []
-
-        import itertools
-
         pts = self._graph.points.numpy()
-        combos = []
+        combos, budget = [], {}
         for combo in itertools.product(*levels):
             waypoints = [z for z in combo if z is not None]
             if not waypoints:
                 continue
             # Chords bound the legs from below: skip hopeless combinations
             # before running any Dijkstra.
-            bound = dist_a[sa, waypoints[0]] + dist_b[sb, waypoints[-1]] + sum(
-                float(np.linalg.norm(pts[u] - pts[v])) for u, v in
-                zip(waypoints[:-1], waypoints[1:]))
+            legs = list(zip(waypoints[:-1], waypoints[1:]))
+            bound = dist[sa, waypoints[0]] + dist[sb, waypoints[-1]] + sum(
+                float(np.linalg.norm(pts[u] - pts[v])) for u, v in legs)
             if bound <= limit:
                 combos.append(waypoints)
-        starts = sorted({u for w in combos for u in w[:-1]})
-        hops = {}
-        if starts:
-            # One multi-source call: scipy validates the graph once per call.
-            d, p = dijkstra(matrix, indices=starts, return_predecessors=True, limit=limit)
-            hops = {u: (d[i], p[i]) for i, u in enumerate(starts)}
+                for u, v in legs:
+                    budget[u] = max(budget.get(u, 0.0), limit - dist[sa, u] - dist[sb, v])
+        return combos, budget
+
+    def _assemble(self, combos, row, tree, hops, limit, first):
+        """The graph routes of waypoint sequences, legs from ``hops`` (Dijkstra
+        rows from the leg starts); those longer than ``limit`` are dropped."""
+        dist, pred, ra, rb = tree
+        sa, sb = ra[row], rb[row]
+        seen = {tuple(first)}
+        out = []
         for waypoints in combos:
-            length = dist_a[sa, waypoints[0]] + dist_b[sb, waypoints[-1]]
-            parts = [_backtrack_one(pred_a[sa], waypoints[0])]
+            length = dist[sa, waypoints[0]] + dist[sb, waypoints[-1]]
+            parts = [_backtrack_one(pred[sa], waypoints[0])]
             for u, v in zip(waypoints[:-1], waypoints[1:]):
                 d, p = hops[u]
                 length += d[v]
@@ -879,7 +1363,7 @@ class GeodesicLogSolver(LogSolver):
             else:
                 if length > limit:
                     continue
-                parts.append(_backtrack_one(pred_b[sb], waypoints[-1])[::-1][1:])
+                parts.append(_backtrack_one(pred[sb], waypoints[-1])[::-1][1:])
                 route = np.concatenate(parts)
                 if tuple(route) not in seen:
                     seen.add(tuple(route))
@@ -902,11 +1386,11 @@ class GeodesicLogSolver(LogSolver):
             ``"routes"``: per route a dict (nodes, length, tangent) or None;
             ``"by_group"``: per group the settled, distinct geodesics.
         """
-        like = routes[0]
         n_routes = len(routes)
+        degrees = self._initial_degrees(routes)
         first = self._solve_degrees(
-            {i: self._initial_degree(r) for i, r in enumerate(routes)},
-            lambda i, rule: _resample(routes[i], rule.t))
+            dict(enumerate(degrees.tolist())),
+            lambda idx, rule: _resample_many([routes[i] for i in idx], rule.t))
         alive = [i for i in range(n_routes) if first[i] is not None]
         if groups is not None and alive:
             alive = self._prune(first, alive, groups, self.prune_rtol)
@@ -921,8 +1405,10 @@ class GeodesicLogSolver(LogSolver):
                 nxt = int(math.ceil(1.5 * (cur["nodes"].shape[0] - 1)))
                 if nxt <= self.max_degree:
                     degrees[i] = nxt
+            # Routes raised to the same degree come from the same degree.
             new = self._solve_degrees(
-                degrees, lambda i, rule: _interp(previous[i]["nodes"], rule.n))
+                degrees, lambda idx, rule: _interp(
+                    torch.stack([previous[i]["nodes"] for i in idx]), rule.n))
             nxt_prev = {}
             for i, cur in new.items():
                 if cur is None:
@@ -943,7 +1429,8 @@ class GeodesicLogSolver(LogSolver):
         return {"routes": results, "by_group": by_group}
 
     def _solve_degrees(self, degrees, init):
-        """Straighten route ``i`` at ``degrees[i]`` from ``init(i, rule)``, grouped by degree."""
+        """Straighten route ``i`` at ``degrees[i]`` from ``init(indices, rule)``
+        (the stacked initial nodes of those routes), grouped by degree."""
         pending = {}
         for i, d in degrees.items():
             pending.setdefault(d, []).append(i)
@@ -951,13 +1438,15 @@ class GeodesicLogSolver(LogSolver):
         for d in sorted(pending):
             idx = pending[d]
             rule = _Rule.get(d, self._like)
-            res = self._straighten(torch.stack([init(i, rule) for i in idx]), rule)
+            res = self._straighten(init(idx, rule), rule)
+            conv = res["converged"].tolist()
+            resolved = res["resolved"].tolist()
             for r, i in enumerate(idx):
-                if not bool(res["converged"][r]):
+                if not conv[r]:
                     out[i] = None
                     continue
                 out[i] = {"nodes": res["nodes"][r], "length": res["length"][r],
-                          "tangent": res["tangent"][r], "resolved": bool(res["resolved"][r])}
+                          "tangent": res["tangent"][r], "resolved": resolved[r]}
         return out
 
     def _prune(self, found, alive, groups, rtol):
@@ -965,7 +1454,7 @@ class GeodesicLogSolver(LogSolver):
         distinct curves (the same geodesic reached from two seeds counts once)."""
         alive = np.asarray(alive)
         grp = np.asarray(groups)[alive]
-        length = np.array([float(found[i]["length"]) for i in alive])
+        length = torch.stack([found[i]["length"] for i in alive]).cpu().numpy()
         order = np.lexsort((length, grp))
         alive, grp, length = alive[order], grp[order], length[order]
         head = np.r_[True, grp[1:] != grp[:-1]]
@@ -981,22 +1470,36 @@ class GeodesicLogSolver(LogSolver):
             keep[cand[sep > tol]] = True
         return [int(i) for i in alive[keep]]
 
-    def _initial_degree(self, route):
-        """Degree for a route: about 3 nodes per radian of turning (measured
-        on a scale of a few graph spacings, above the route's zigzag), so that
-        the first solve resolves the path; the check raises it if needed."""
-        seg = (route[1:] - route[:-1]).norm(dim=-1)
-        length = float(seg.sum())
-        if length <= 0 or len(route) < 3:
-            return self.min_degree
-        spacing = self._graph.spacing if self._graph is not None else length / 8
-        n_seg = int(min(32, max(2, length / (4 * spacing))))
-        t = torch.linspace(-1.0, 1.0, n_seg + 1, dtype=route.dtype, device=route.device)
-        pts = _resample(route, t)
-        d = torch.nn.functional.normalize(pts[1:] - pts[:-1], dim=-1)
-        turning = float(torch.arccos((d[1:] * d[:-1]).sum(-1).clamp(-1, 1)).sum())
-        return int(min(max(self.min_degree, self.min_degree + math.ceil(3 * turning)),
-                       self.max_degree))
+    def _initial_degrees(self, routes):
+        """Degree per route: about 3 nodes per radian of turning (measured on
+        a scale of a few graph spacings, above the route's zigzag), so that the
+        first solve resolves the path; the check raises it if needed."""
+        out = np.full(len(routes), self.min_degree, dtype=np.int64)
+        idx = [i for i, r in enumerate(routes) if len(r) >= 3]
+        for start in range(0, len(idx), 4096):
+            part = idx[start:start + 4096]
+            pad = _pad_routes([routes[i] for i in part])
+            seg = (pad[:, 1:] - pad[:, :-1]).norm(dim=-1)
+            length = seg.sum(-1)
+            if self._graph is not None:
+                spacing = torch.full_like(length, self._graph.spacing)
+            else:
+                spacing = length / 8
+            n_seg = (length / (4 * spacing.clamp_min(1e-300))).clamp(2, 32).floor().long()
+            # Resample at n_seg + 1 equal arc-length fractions (padded to 33
+            # by repeating the end).
+            k = torch.arange(33, device=pad.device)
+            frac = (k[None] / n_seg[:, None]).clamp(max=1.0).to(pad.dtype)
+            pts = _resample_padded(pad, seg, 2 * frac - 1)
+            d = torch.nn.functional.normalize(pts[:, 1:] - pts[:, :-1], dim=-1)
+            cos = (d[:, 1:] * d[:, :-1]).sum(-1).clamp(-1, 1)
+            valid = k[None, 1:32] < n_seg[:, None]
+            turning = torch.where(valid, torch.arccos(cos), torch.zeros_like(cos)).sum(-1)
+            deg = (self.min_degree + torch.ceil(3 * turning)).clamp(self.min_degree,
+                                                                    self.max_degree)
+            deg = torch.where(length > 0, deg, torch.full_like(deg, self.min_degree))
+            out[np.asarray(part)] = deg.long().cpu().numpy()
+        return out
 
     def _straighten(self, x0, rule):
         """Batched Riemannian Newton for the LGL path energy (chunks of pairs)."""
@@ -1132,7 +1635,8 @@ class GeodesicLogSolver(LogSolver):
         from .implicit import ImplicitManifold
 
         c, m = jac.shape[1], basis.shape[-1]
-        if type(space)._lagrangian_hessian is not ImplicitManifold._lagrangian_hessian:
+        exact = type(space)._lagrangian_hessian is not ImplicitManifold._lagrangian_hessian
+        if exact and not getattr(space, "_hessian_by_differences", False):
             eye = torch.eye(c, dtype=y.dtype, device=y.device)
             hess = torch.stack([space._lagrangian_hessian(y, eye[i].expand(y.shape[0], c))
                                 for i in range(c)], 1)  # (B, c, n, n)
@@ -1194,7 +1698,7 @@ def _distinct_routes(pair, routes, tol, n_samples=17):
     if len(routes) < 2:
         return pair, routes
     t = torch.linspace(-1.0, 1.0, n_samples, dtype=routes[0].dtype, device=routes[0].device)
-    samples = torch.stack([_resample(r, t) for r in routes])
+    samples = _resample_many(routes, t)
     keep = np.ones(len(routes), dtype=bool)
     order = np.argsort(pair, kind="stable")
     bounds = np.flatnonzero(np.r_[True, pair[order][1:] != pair[order][:-1], True])
@@ -1240,18 +1744,81 @@ def _backtrack_many(pred, rows, nodes):
     return out
 
 
-def _resample(route, t):
-    """Points at arc-length fractions ``(t + 1) / 2`` along a polyline (route)."""
-    seg = (route[1:] - route[:-1]).norm(dim=-1)
-    cum = torch.cat([seg.new_zeros(1), seg.cumsum(0)])
-    if float(cum[-1]) <= 0:
-        return route[:1].expand(len(t), -1).clone()
-    s = 0.5 * (t + 1) * cum[-1]
-    j = torch.searchsorted(cum, s.contiguous()).clamp(1, len(route) - 1)
-    frac = ((s - cum[j - 1]) / seg[j - 1].clamp_min(1e-300)).clamp(0, 1)[:, None]
-    out = route[j - 1] + frac * (route[j] - route[j - 1])
-    out[0], out[-1] = route[0], route[-1]
-    return out
+def _pad_routes(routes):
+    """Polylines (L_i, n) stacked as (R, max L_i, n), each padded with its end."""
+    size = max(len(r) for r in routes)
+    return torch.stack([r if len(r) == size else
+                        torch.cat([r, r[-1:].expand(size - len(r), -1)]) for r in routes])
+
+
+def _resample_padded(pad, seg, t):
+    """Points at arc-length fractions ``(t + 1) / 2`` (R, T) along padded
+    polylines ``pad`` (R, L, n) with segment lengths ``seg`` (R, L - 1)."""
+    cum = torch.cat([seg.new_zeros(seg.shape[0], 1), seg.cumsum(-1)], -1)
+    s = (0.5 * (t + 1) * cum[:, -1:]).contiguous()
+    j = torch.searchsorted(cum.contiguous(), s).clamp(1, pad.shape[1] - 1)
+    seg_j = seg.gather(1, j - 1)
+    frac = ((s - cum.gather(1, j - 1)) / seg_j.clamp_min(1e-300)).clamp(0, 1)[..., None]
+    idx = (j - 1)[..., None].expand(-1, -1, pad.shape[-1])
+    lo, hi = pad.gather(1, idx), pad.gather(1, idx + 1)
+    out = lo + frac * (hi - lo)
+    out[:, 0], out[:, -1] = pad[:, 0], pad[:, -1]
+    # A route of zero length: every point is its start.
+    return torch.where((cum[:, -1] > 0)[:, None, None], out, pad[:, :1].expand_as(out))
+
+
+def _resample_many(routes, t):
+    """Points at arc-length fractions ``(t + 1) / 2`` along each polyline, (R, T, n)."""
+    out = []
+    for start in range(0, len(routes), 4096):
+        pad = _pad_routes(routes[start:start + 4096])
+        seg = (pad[:, 1:] - pad[:, :-1]).norm(dim=-1)
+        out.append(_resample_padded(pad, seg, t.expand(pad.shape[0], -1)))
+    return torch.cat(out)
+
+
+def _rowwise_safe(fn, *rows):
+    """``fn(*rows)`` for row-wise batched work that may raise
+    :class:`GeodesicError` (an integration that blows up on some row): the
+    batch is split until the failing rows are isolated; their output is NaN."""
+    try:
+        return fn(*rows)
+    except GeodesicError:
+        size = rows[0].shape[0]
+        if size == 1:
+            return None
+    half = size // 2
+    parts = [_rowwise_safe(fn, *(r[:half] for r in rows)),
+             _rowwise_safe(fn, *(r[half:] for r in rows))]
+    like = next((p for p in parts if p is not None), None)
+    if like is None:
+        return None
+    fill = [p if p is not None else torch.full((n,) + tuple(like.shape[1:]), torch.nan,
+                                               dtype=like.dtype, device=like.device)
+            for p, n in zip(parts, (half, size - half))]
+    return torch.cat(fill)
+
+
+class _Out:
+    """Per-pair outputs of a solve, filled in place."""
+
+    def __init__(self, p, n, dt):
+        self.vec = torch.zeros(p, n, **dt)
+        self.length = torch.full((p,), torch.nan, **dt)
+        self.conv = torch.zeros(p, dtype=torch.bool, device=dt["device"])
+        self.amb = torch.zeros_like(self.conv)
+        self.shot = torch.zeros_like(self.conv)
+        self.n_cand = torch.ones(p, dtype=torch.long, device=dt["device"])
+        self.gap = torch.full((p,), math.inf, **dt)
+        self.nodes = [None] * p
+
+    def store(self, k, path):
+        self.vec[k], self.length[k], self.conv[k] = path["tangent"], path["length"], True
+        self.nodes[k] = path["nodes"]
+
+    def store_shots(self, idx, vec, length):
+        self.vec[idx], self.length[idx] = vec, length
+        self.conv[idx] = self.shot[idx] = True
 
 
 class ShootingLogSolver(LogSolver):

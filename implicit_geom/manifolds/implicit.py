@@ -219,6 +219,17 @@ class ImplicitManifold(nn.Module, LevelSet):
         """Hessian of each constraint, shape (B, k, n, n) (curvature needs all k)."""
         return autodiff.hessians(self._value, x)
 
+    def _second_forms(self, x, dirs):
+        """``D^2F(x)[d_i, d_j]`` (B, k, m, m) for directions ``dirs`` (B, m, n)
+        where the space has them in closed form and cheaper than a Hessian,
+        else None."""
+        return None
+
+    def _curvature_bound(self):
+        """A bound on the normal curvature ``|II(u, u)|`` (unit u) over all of
+        M in closed form, or None (then it is sampled where needed)."""
+        return None
+
     # ---------------------------------------------------------------- helpers
     def default_metric(self):
         """Induced (pull-back of the Euclidean) metric."""

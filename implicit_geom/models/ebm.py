@@ -23,7 +23,8 @@ import warnings
 import torch
 from torch import nn
 
-from ..exceptions import CheckpointError, EmptyDataError, InvalidPointError, ProjectionError
+from ..exceptions import (CheckpointError, EmptyDataError, InvalidPointError, NormalizationError,
+                          ProjectionError)
 from ..manifolds.components import sample_in_box
 from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.distributed import context, make_trainer
@@ -351,6 +352,14 @@ class ConstrainedEBM(EnergyModel):
         validation accepts: states beyond it are never selected by early
         stopping, and :meth:`normalizer` warns about them (raise
         ``quadrature_resolution``).
+    max_peak_excess : float
+        Largest rise (nats) of ``-E`` at a training or validation point above
+        the quadrature nodes around it
+        (:meth:`~implicit_geom.models.normalization.Quadrature.peak_excess`).
+        Above it the density has peaks between the nodes whose mass ``log Z``
+        misses (maximum likelihood on a fixed rule drifts there): validation
+        never selects such a state, and :meth:`normalizer` raises
+        :class:`~implicit_geom.exceptions.NormalizationError` for it.
     **kwargs
         Settings of :class:`EnergyModel` (``beta``, ``lr``, ``n_iter``,
         ``batch_size``, ``buffer_size``, ``n_mcmc_steps``, ``step_size``,
@@ -372,7 +381,7 @@ class ConstrainedEBM(EnergyModel):
     def __init__(self, manifold, energy_net=None, *, method="auto", sampler="langevin",
                  quadrature_resolution=128, quadrature_bounds=None, chain_init="noise",
                  hidden=(64, 64), fourier=0, max_frequency=8.0, jumps="auto", jump_scale=None,
-                 ais=None, max_log_z_error=0.01, **kwargs):
+                 ais=None, max_log_z_error=0.01, max_peak_excess=1.0, **kwargs):
         self.manifold = as_implicit(manifold)
         if energy_net is None:
             energy_net = EnergyMLP(self.manifold.ambient_dim, hidden=hidden,
@@ -394,6 +403,8 @@ class ConstrainedEBM(EnergyModel):
         self.jump_scale = None if jump_scale is None else float(jump_scale)
         self.ais = dict(ais or {})
         self.max_log_z_error = float(max_log_z_error)
+        self.max_peak_excess = float(max_peak_excess)
+        self._probe = None
         self._data = None
         self._box = None
         self._quadrature = None
@@ -482,6 +493,16 @@ class ConstrainedEBM(EnergyModel):
                     self._normalizer = LogPartition(
                         float(torch.logsumexp(comp, 0)), log_partition_error(energy, rule),
                         comp.cpu(), method=rule.method)
+                    excess = self._peak_excess()
+                    if excess > self.max_peak_excess:
+                        self._normalizer = None
+                        raise NormalizationError(
+                            f"the density rises {excess:.3g} nats above the {rule.method} "
+                            f"rule's nodes at training points ({rule.points.shape[0]} nodes; "
+                            f"max_peak_excess {self.max_peak_excess:g}): it has peaks "
+                            "narrower than the node spacing, whose mass log Z misses. Fit "
+                            "with validation data (early stopping then keeps a resolved "
+                            "state), raise quadrature_resolution, or use a smoother energy")
                     if self._normalizer.error > self.max_log_z_error:
                         warnings.warn(
                             f"log Z of the energy is resolved only to "
@@ -619,6 +640,16 @@ class ConstrainedEBM(EnergyModel):
                            - float(self.energy_net.log_partition(coarse=True)))
             return log_partition_error(self.energy_net, self.quadrature())
 
+    def _peak_excess(self, extra=None):
+        """Largest rise of ``-E`` above the quadrature nodes around the probe
+        points (the training data) and ``extra``; -inf without probes."""
+        probe = self._probe
+        if extra is not None:
+            probe = extra if probe is None else torch.cat([probe, extra.to(probe)])
+        if probe is None or probe.shape[0] == 0:
+            return -math.inf
+        return float(self.quadrature().peak_excess(self.energy_net, probe).max())
+
     def _validation_loss(self, X_val):
         # The held-out NLL, for PCD as well, wherever log Z has a quadrature.
         # A state whose log Z the rule no longer resolves (an energy sharper
@@ -629,6 +660,8 @@ class ConstrainedEBM(EnergyModel):
             raise NotImplementedError(
                 f"validation needs a quadrature of {self.manifold!r} for log Z")
         if self._log_z_error() > self.max_log_z_error:
+            return math.inf
+        if self._peak_excess(X_val) > self.max_peak_excess:
             return math.inf
         with torch.no_grad():
             return float(self._direct_loss(X_val))
@@ -701,6 +734,9 @@ class ConstrainedEBM(EnergyModel):
         if hasattr(self.energy_net, "set_anchors"):
             self.energy_net.set_anchors(X)
         self._setup_components(X)
+        # Where the density is checked against the rule's nodes: the data
+        # (at most 4096 of them, evenly strided), where likelihood puts peaks.
+        self._probe = X[:: max(1, X.shape[0] // 4096)].detach()
         self._data = X if self.chain_init == "data" else None
         self._normalizer = None
         if self._uses_pcd():

@@ -174,6 +174,45 @@ class Quadrature:
                 "the points are outside its box; a density normalised by it says nothing "
                 "there (refine the rule or widen its box)", uncovered=bad)
 
+    def peak_excess(self, energy, x, k=8):
+        """How far the density at ``x`` rises above the rule's nodes around it (nats).
+
+        ``-E(x) - max -E(node)`` over the ``k`` nodes nearest each point. A
+        density the nodes resolve varies little between neighbouring nodes,
+        so this is about 0 or negative; a peak narrower than the node spacing
+        shows as a large positive excess at the points it sits on. The
+        fine-minus-coarse error cannot see such a peak (the coarse nodes are a
+        subset of the fine ones), and maximum likelihood makes them where the
+        data are: ``log Z`` misses their mass while ``E(data)`` counts it.
+
+        Parameters
+        ----------
+        energy : callable
+            ``(N, n) -> (N,)``.
+        x : torch.Tensor, shape (N, n)
+            Points on (or within the data's distance of) M, e.g. the data.
+        k : int
+            Neighbouring nodes compared with each point.
+
+        Returns
+        -------
+        torch.Tensor, shape (N,)
+        """
+        from scipy.spatial import cKDTree
+
+        x = torch.as_tensor(x).reshape(-1, self.points.shape[1])
+        if x.shape[0] == 0:
+            return x.new_zeros(0)
+        if getattr(self, "_tree", None) is None:
+            self._tree = cKDTree(self.points.detach().cpu().numpy())
+        k = min(int(k), self.points.shape[0])
+        _, idx = self._tree.query(x.detach().cpu().numpy(), k=k)
+        idx = torch.as_tensor(idx, device=self.points.device).reshape(x.shape[0], k)
+        with torch.no_grad():
+            at_x = -energy(x.to(self.points)).reshape(-1)
+            at_nodes = -energy(self.points[idx.reshape(-1)]).reshape(x.shape[0], k)
+        return at_x - at_nodes.max(1).values
+
     def __add__(self, other):
         """Concatenation: the rule of a union of pieces that overlap on a null set.
 

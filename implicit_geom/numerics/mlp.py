@@ -230,3 +230,142 @@ def _eye(a):
     if m == 1:
         return torch.ones(1, 1, dtype=a.dtype, device=a.device)
     return torch.eye(m, dtype=a.dtype, device=a.device)[:, :, None]
+
+
+# --------------------------------------------------------------- second order
+def _curvatures(layer, h, a):
+    """``(act'(h), act''(h))`` in closed form, or None (then autograd)."""
+    kind = type(layer)
+    if kind is nn.SiLU:
+        # act' = s + h s (1 - s), act'' = s (1 - s) (2 + h - 2 h s): fused ops,
+        # these elementwise passes dominate the cost on large batches.
+        s = torch.sigmoid(h)
+        q = torch.addcmul(s, s, s, value=-1.0)  # s (1 - s)
+        d2 = torch.addcmul(h + 2.0, h, s, value=-2.0).mul_(q)
+        return torch.addcmul(s, h, q), d2
+    if kind is nn.Tanh:
+        d1 = 1 - a * a
+        return d1, -2 * a * d1
+    if kind is nn.Sigmoid:
+        d1 = a * (1 - a)
+        return d1, d1 * (1 - 2 * a)
+    if kind is nn.Softplus:
+        beta = layer.beta
+        s = torch.sigmoid(beta * h)
+        linear = beta * h > layer.threshold  # torch's softplus is the identity there
+        return (torch.where(linear, torch.ones_like(s), s),
+                torch.where(linear, torch.zeros_like(s), beta * s * (1 - s)))
+    if kind is nn.GELU and layer.approximate == "none":
+        phi = torch.exp(-0.5 * h * h) * (2 * torch.pi) ** -0.5
+        cdf = 0.5 * (1 + torch.erf(h * 0.5 ** 0.5))
+        return cdf + h * phi, phi * (2 - h * h)
+    return None
+
+
+def second_order_supported(layers):
+    """Whether :func:`value_and_second_forms` has closed forms for ``layers``."""
+    return all(type(m) is nn.Linear or type(m) in (nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus)
+               or (type(m) is nn.GELU and m.approximate == "none") for m in layers)
+
+
+def value_and_second_forms(layers, x, dirs):
+    """``F(x)``, the directional derivatives ``DF(x)[d_i]`` and the second
+    derivatives ``D^2F(x)[d_i, d_j]`` along given directions, by forward-mode
+    propagation of first- and second-order tangents through the MLP.
+
+    Through a Linear layer every tangent is multiplied by W; through an
+    activation, ``dA = act'(h) dH`` and ``d^2A[i, j] = act''(h) dH_i dH_j +
+    act'(h) d^2H[i, j]``. One pass costs about ``m + m (m + 1) / 2`` forward
+    passes for m directions, without any autograd graph.
+
+    Parameters
+    ----------
+    layers : tuple of nn.Module
+        As returned by :func:`mlp_layers`, with :func:`second_order_supported`.
+    x : torch.Tensor, shape=[B, n]
+    dirs : torch.Tensor, shape=[B, m, n]
+
+    Returns
+    -------
+    value : torch.Tensor, shape=[B, k]
+    first : torch.Tensor, shape=[B, k, m]
+    second : torch.Tensor, shape=[B, k, m, m]
+        Symmetric in the last two axes.
+    """
+    with torch.no_grad():
+        m = dirs.shape[1]
+        iu, ju = torch.triu_indices(m, m, device=x.device)
+        a = x.t()  # (width, B), feature-major as in value_and_jacobian
+        tan = dirs.permute(2, 1, 0)  # (width, m, B)
+        sec = None  # (width, pairs, B); zero until the first activation
+        for layer in layers:
+            if type(layer) is nn.Linear:
+                a = _linear(layer, a)
+                tan = _left_mul(layer.weight, tan)
+                if sec is not None:
+                    sec = _left_mul(layer.weight, sec)
+            else:
+                h, a = a, _ACTIVATIONS[type(layer)][0](layer, a)
+                d1, d2 = _curvatures(layer, h, a)
+                outer = tan[:, iu] * tan[:, ju]
+                sec = d2.unsqueeze(1) * outer + (d1.unsqueeze(1) * sec if sec is not None
+                                                 else 0)
+                tan = d1.unsqueeze(1) * tan
+        k, b = a.shape
+        second = x.new_zeros(b, k, m, m)
+        if sec is not None:
+            pairs = sec.permute(2, 0, 1)  # (B, k, pairs)
+            second[:, :, iu, ju] = pairs
+            second[:, :, ju, iu] = pairs
+        return a.t(), tan.permute(2, 0, 1), second
+
+
+def value_jacobian_and_second(layers, x, v):
+    """``F(x)``, its Jacobian and ``D^2F(x)[v, v]`` from one forward pass: the
+    tangent and second-order tangent along ``v`` ride with the values (see
+    :func:`value_and_second_forms`), and the Jacobian comes from the saved
+    activations by the reverse chain of :func:`value_and_jacobian`.
+
+    Returns
+    -------
+    value : torch.Tensor, shape=[B, k]
+    jac : torch.Tensor, shape=[B, k, n]
+    second : torch.Tensor, shape=[B, k]
+    """
+    with torch.no_grad():
+        n, n_rows = x.shape[-1], x.shape[0]
+        a, t, s = x.t(), v.t(), None
+        saved = []
+        for layer in layers:
+            if type(layer) is nn.Linear:
+                a = _linear(layer, a)
+                t = torch.mm(layer.weight, t)
+                if s is not None:
+                    s = torch.mm(layer.weight, s)
+            else:
+                h, a = a, _ACTIVATIONS[type(layer)][0](layer, a)
+                d1, d2 = _curvatures(layer, h, a)
+                # s' = act'' t^2 + act' s, t' = act' t (fused, in place on
+                # the tensors this pass made).
+                s = (d2.mul_(t).mul_(t) if s is None else s.mul_(d1).addcmul_(d2, t.square()))
+                t = d1 * t
+                saved.append((h, a))
+        k = a.shape[0]
+        if n <= k or len(layers) == 1:  # forward mode is the cheaper Jacobian there
+            _, jac = value_and_jacobian(layers, x)
+        else:
+            cot = None
+            for layer in reversed(layers):
+                if type(layer) is nn.Linear:
+                    w_t = layer.weight.t()
+                    cot = (w_t if k == 1 else w_t[:, :, None]) if cot is None else \
+                        _left_mul(w_t, cot)
+                else:
+                    if cot is None:
+                        cot = _eye(a)
+                    cot = _through(layer, cot, *saved.pop())
+            if cot.shape[-1] != n_rows:
+                cot = cot.expand(*cot.shape[:-1], n_rows).clone()
+            jac = cot.t().unsqueeze(1) if cot.dim() == 2 else cot.permute(2, 1, 0)
+        second = s.t() if s is not None else x.new_zeros(n_rows, k)
+        return a.t(), jac, second

@@ -47,19 +47,18 @@ class GBSIntegrator:
         self.max_macro_steps = max_macro_steps
         self.n_rhs_evals = 0  # right-hand sides evaluated (rows / batch size)
         self.n_rhs_calls = 0  # sequential calls of rhs (each on stacked levels)
-        self._top = len(self.sequence)
+        self._tops = {}  # levels needed last time, by step size (see integrate)
+        self._ratio_cache = {}
 
-    def _macro_step(self, rhs, z, H, top):
-        """One extrapolated step with levels ``0 .. top-1`` run side by side.
+    def _macro_step(self, rhs, z, H, top, f0):
+        """One extrapolated step with levels ``0 .. top-1`` run side by side,
+        from ``z`` with ``f0 = rhs(z)``.
 
         Returns ``(z_new, converged, level)``; ``level`` is the first level
         whose extrapolation error estimate is within tolerance.
         """
         ns = self.sequence[:top]
         b, d = z.shape
-        f0 = rhs(z)
-        self.n_rhs_evals += 1
-        self.n_rhs_calls += 1
         h = torch.tensor([H / n for n in ns], dtype=z.dtype, device=z.device)[:, None, None]
         prev = z.expand(top, b, d).clone()  # (levels, B, D)
         cur = prev + h * f0
@@ -80,19 +79,31 @@ class GBSIntegrator:
                 new = prev[lo:] + 2 * h[lo:] * f
                 prev[lo:] = cur[lo:]
                 cur[lo:] = new
-        table = []
-        for j in range(top):
-            row = [finals[j]]
-            for q in range(1, j + 1):
-                ratio = (ns[j] / ns[j - q]) ** 2 - 1.0
-                row.append(row[q - 1] + (row[q - 1] - table[-1][q - 1]) / ratio)
-            if j >= 1:
-                scale = self.atol + self.rtol * row[-1].abs()
-                err = ((row[-1] - row[-2]).abs() / scale).amax()
-                if bool(err <= 1.0):
-                    return row[-1], True, j
-            table.append(row)
-        return row[-1], False, top - 1
+        # Aitken-Neville extrapolation in h^2, one column of the table at a
+        # time for all levels at once (the same arithmetic as entry by entry,
+        # in a few batched operations).
+        col = torch.stack(finals)  # T_{j,0}, j = 0 .. top-1
+        diag, below = [col[0]], [None]  # T_{j,j} and T_{j,j-1}
+        for q in range(1, top):
+            below.append(col[1])
+            col = col[1:] + (col[1:] - col[:-1]) / self._ratios(top, q, z)
+            diag.append(col[0])
+        for j in range(1, top):
+            scale = self.atol + self.rtol * diag[j].abs()
+            if bool(((diag[j] - below[j]).abs() / scale).amax() <= 1.0):
+                return diag[j], True, j
+        return diag[-1], False, top - 1
+
+    def _ratios(self, top, q, like):
+        """``(n_j / n_{j-q})^2 - 1`` for j = q .. top-1, shaped to divide a column."""
+        key = (top, q, like.dtype, like.device)
+        out = self._ratio_cache.get(key)
+        if out is None:
+            ns = self.sequence
+            out = torch.tensor([(ns[j] / ns[j - q]) ** 2 - 1.0 for j in range(q, top)],
+                               dtype=like.dtype, device=like.device)[:, None, None]
+            self._ratio_cache[key] = out
+        return out
 
     def integrate(self, rhs, z0, t_final=1.0, n_steps=1):
         """Integrate from 0 to ``t_final`` starting with ``n_steps`` equal macro steps.
@@ -106,27 +117,35 @@ class GBSIntegrator:
         t = 0.0
         H = t_final / max(int(n_steps), 1)
         n_levels = len(self.sequence)
-        # Start from the levels the previous integration needed (geodesics
-        # of one manifold are alike); a step that needs more reruns with all.
-        top = self._top
+        # Start from the levels a step of this size (H times the state's
+        # rate, in half octaves) needed last time: geodesics of one manifold
+        # are alike, but short and long steps (an exp of a small update, a
+        # log's long shots) need different levels, and one remembered level
+        # for both would make every other step a retry.
+        top = f0 = None
         for _ in range(self.max_macro_steps):
             if t >= t_final * (1 - 1e-14):
-                self._top = top
                 return z
             H = min(H, t_final - t)
-            z_new, ok, level = self._macro_step(rhs, z, H, top)
+            if f0 is None:  # (a retried step starts from the same state)
+                f0 = rhs(z)
+                self.n_rhs_evals += 1
+                self.n_rhs_calls += 1
+            key = _size_key(H, f0)
+            top = self._tops.get(key, n_levels if top is None else top)
+            z_new, ok, level = self._macro_step(rhs, z, H, top, f0)
             if ok and bool(torch.isfinite(z_new).all()):
-                z, t = z_new, t + H
+                z, t, f0 = z_new, t + H, None
+                # One level above the one that converged is run next time.
+                top = self._tops[key] = min(n_levels, level + 2)
                 # Converging at a low level means the step can grow; at the
-                # top, that it should shrink. One level above the one that
-                # converged is run next time.
+                # top, that it should shrink.
                 if level <= 3:
                     H *= 2.0
                 elif level >= n_levels - 2:
                     H *= 0.7
-                top = min(n_levels, level + 2)
             elif top < n_levels:
-                top = n_levels  # retry the same step with every level
+                top = self._tops[key] = n_levels  # retry the same step with every level
             else:
                 H *= 0.25
         raise GeodesicError(
@@ -139,3 +158,9 @@ class GBSIntegrator:
 def n_macro_steps(speed, arc_per_step=1.0):
     """Initial number of macro steps for paths of the given (max) speed."""
     return max(1, math.ceil(float(speed) / arc_per_step))
+
+
+def _size_key(H, rate):
+    """Half-octave class of a macro step: ``H`` times the largest rate."""
+    size = abs(H) * float(rate.abs().amax()) if rate.numel() else 0.0
+    return math.floor(2 * math.log2(size)) if size > 0 else None

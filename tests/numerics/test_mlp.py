@@ -128,3 +128,73 @@ def test_learned_manifold_falls_back_to_autograd_for_a_custom_network():
     x = torch.randn(25, 2, dtype=torch.float64)
     value, jac = model._value_and_jacobian(x)
     assert_matches_autograd(custom, value, jac, x)  # the sin term included
+
+
+# ------------------------------------------------------------- second order
+def hessian_reference(f, x):
+    """Per-row Hessians of each output, (B, k, n, n), by torch.func (independent
+    of the forward-mode second-order tangents under test)."""
+    def one(xi):
+        return torch.func.hessian(lambda z: f(z[None])[0])(xi)
+    return torch.stack([one(xi) for xi in x])
+
+
+# Catches a wrong act'' for any activation (e.g. SiLU's s(1-s)(2+h-2hs) with a
+# sign slip, softplus' second derivative kept beyond its linear threshold), a
+# dropped act' * d2H term (exact for one hidden layer, wrong from two on) and a
+# wrong symmetric fill of the pair (i, j) table.
+@pytest.mark.parametrize("act", ["silu", "tanh", "sigmoid", "softplus", "softplus_b2_t3",
+                                 "gelu"])
+@pytest.mark.parametrize("n, k, m", [(1, 1, 1), (3, 1, 2), (3, 2, 3), (4, 3, 2)])
+def test_second_forms_match_torch_func_hessian(act, n, k, m):
+    torch.manual_seed(7 * n + k + 31 * m)
+    for depth, (lead, trail) in itertools.product((0, 1, 3), ((False, False), (True, True))):
+        net = sequential([n] + [6] * depth + [k], ACTIVATIONS[act], lead, trail)
+        layers = mlp.mlp_layers(net)
+        assert mlp.second_order_supported(layers)
+        x = 2.0 * torch.randn(5, n, dtype=torch.float64)
+        dirs = torch.randn(5, m, n, dtype=torch.float64)
+        value, first, second = mlp.value_and_second_forms(layers, x, dirs)
+        _, ref_jac = autodiff.jacobian(net, x)
+        hess = hessian_reference(net, x)
+        torch.testing.assert_close(value, net(x).detach(), rtol=0, atol=1e-12)
+        torch.testing.assert_close(first, ref_jac @ dirs.transpose(1, 2), rtol=0, atol=1e-11)
+        ref = dirs[:, None] @ hess @ dirs.transpose(1, 2)[:, None]
+        torch.testing.assert_close(second, ref, rtol=0, atol=1e-10)
+        # The one-direction pass (value, Jacobian, D^2F[v, v]) agrees too;
+        # it runs the reverse chain for n > k and forward mode otherwise.
+        v = dirs[:, 0]
+        val2, jac2, sec2 = mlp.value_jacobian_and_second(layers, x, v)
+        torch.testing.assert_close(val2, value, rtol=0, atol=1e-12)
+        torch.testing.assert_close(jac2, ref_jac, rtol=0, atol=1e-11)
+        torch.testing.assert_close(sec2, ref[:, :, 0, 0], rtol=0, atol=1e-10)
+
+
+def test_second_order_support_is_reported():
+    # The tanh approximation of GELU has no closed form here: callers must
+    # fall back to autograd instead of getting exact-GELU curvatures.
+    assert not mlp.second_order_supported(
+        mlp.mlp_layers(sequential([2, 3, 1], ACTIVATIONS["gelu_tanh"])))
+    assert mlp.second_order_supported(mlp.mlp_layers(sequential([2, 3, 1], nn.SiLU)))
+
+
+@pytest.mark.parametrize("activation", ["silu", "tanh"])
+def test_learned_manifold_second_derivatives_match_autograd(activation):
+    # The MDF's own second derivatives (input standardisation, radial term):
+    # catches a missing 1/scale^2, a dropped radial |w|^2 term, and a
+    # Hessian hook that drifts from the geodesic equation's D^2F[v, v].
+    x = 2.0 * torch.randn(6, 3, dtype=torch.float64)
+    v = torch.randn(6, 3, dtype=torch.float64)
+    for seed, radial in enumerate((0.0, 1.3)):
+        model = mdf_model(3, 2, (8, 8), activation, radial, seed)
+        hess = hessian_reference(model._value, x)  # (B, k, n, n)
+        torch.testing.assert_close(model._hessians(x), hess, rtol=0, atol=1e-10)
+        ref = torch.einsum("bi,bkij,bj->bk", v, hess, v)
+        torch.testing.assert_close(model._second_derivative(x, v), ref, rtol=0, atol=1e-10)
+        jac, sec = model._jacobian_and_second_derivative(x, v)
+        torch.testing.assert_close(jac, autodiff.jacobian(model._value, x)[1], rtol=0,
+                                   atol=1e-11)
+        torch.testing.assert_close(sec, ref, rtol=0, atol=1e-10)
+        lam = torch.randn(6, 2, dtype=torch.float64)
+        torch.testing.assert_close(model._lagrangian_hessian(x, lam),
+                                   torch.einsum("bk,bkij->bij", lam, hess), rtol=0, atol=1e-10)
