@@ -278,26 +278,29 @@ def distance_rows(n_points, threads, reference=True):
     pts = torch.nn.functional.normalize(torch.randn(n_points, 3, generator=gen,
                                                     dtype=torch.float64), dim=-1)
     hyper = Hypersphere(2)
-    t_ref, d_ref = timed(lambda: hyper.metric.dist_pairwise(pts), 1)
+    t_ref, c_ref, d_ref = timed_cpu(lambda: hyper.metric.dist_pairwise(pts), 1)
     sphere = ig.ImplicitManifold(lambda x: ((x * x).sum(-1, keepdim=True) - 1) / 2, 3, 1,
                                  bounds=([-1.5] * 3, [1.5] * 3), name="callable sphere")
-    t_sph, d_sph = timed(lambda: sphere.metric.dist_pairwise(pts), 1)
+    t_sph, c_sph, d_sph = timed_cpu(lambda: sphere.metric.dist_pairwise(pts), 1)
     rows.append({"manifold": "callable sphere (graph built in the call)", "points": n_points,
-                 "seconds": t_sph, "vs_Hypersphere": t_sph / t_ref,
+                 "seconds": t_sph, "vs_Hypersphere": t_sph / t_ref, "cpu_seconds": c_sph,
+                 "cpu_vs_Hypersphere": c_sph / c_ref,
                  "failures": int(torch.isnan(d_sph).sum()),
                  "max_err": float((d_sph - d_ref).abs().max()), "ambiguous": float("nan")})
     rows.append({"manifold": "geomstats Hypersphere", "points": n_points, "seconds": t_ref,
-                 "vs_Hypersphere": 1.0, "failures": 0, "max_err": 0.0,
+                 "vs_Hypersphere": 1.0, "cpu_seconds": c_ref, "cpu_vs_Hypersphere": 1.0,
+                 "failures": 0, "max_err": 0.0,
                  "ambiguous": float("nan")})
 
     data, ref, unresolved = (torus_reference.load_or_compute(n_points) if reference
                              else (torus_reference.glycine_angles(n_points)[0], None, None))
     torus = ig.ImplicitTorus(data.meta["R"], data.meta["r"])
     iu = np.triu_indices(n_points, 1)
-    t_tor, res_tor = timed(lambda: torus.metric.log_solver.pairwise(data.points), 1)
+    t_tor, c_tor, res_tor = timed_cpu(lambda: torus.metric.log_solver.pairwise(data.points), 1)
     d_tor = res_tor.dist.numpy()
     row = {"manifold": "analytic torus R=3 r=1, glycine", "points": n_points, "seconds": t_tor,
-           "vs_Hypersphere": t_tor / t_ref, "failures": int(torch.triu(res_tor.failed, 1).sum()),
+           "vs_Hypersphere": t_tor / t_ref, "cpu_seconds": c_tor,
+           "cpu_vs_Hypersphere": c_tor / c_ref, "failures": int(torch.triu(res_tor.failed, 1).sum()),
            "ambiguous": float(torch.triu(res_tor.ambiguous, 1).sum())}
     if ref is not None:
         keep = ref[iu] > 0
@@ -314,12 +317,14 @@ def distance_rows(n_points, threads, reference=True):
     t_fit, learned = timed(lambda: ig.NeuralImplicitManifold(
         3, 1, hidden=(64, 64, 64), epochs=400, seed=0, progress=False).fit(glycine.points), 1)
     on_learned = learned.projection(data.points)
-    t_learn, res_learn = timed(lambda: learned.metric.log_solver.pairwise(on_learned), 1)
+    t_learn, c_learn, res_learn = timed_cpu(
+        lambda: learned.metric.log_solver.pairwise(on_learned), 1)
     d_learn = res_learn.dist.numpy()
     keep = d_tor[iu] > 1e-9
     rel = np.abs(d_learn[iu][keep] - d_tor[iu][keep]) / d_tor[iu][keep]
     rows.append({"manifold": "learned torus (64x3 MLP, 400 epochs), glycine", "points": n_points,
                  "seconds": t_learn, "vs_Hypersphere": t_learn / t_ref,
+                 "cpu_seconds": c_learn, "cpu_vs_Hypersphere": c_learn / c_ref,
                  "failures": int(torch.triu(res_learn.failed, 1).sum()),
                  "ambiguous": float(torch.triu(res_learn.ambiguous, 1).sum()),
                  "max_err": float(rel.max()), "median_err": float(np.median(rel)),
@@ -370,8 +375,9 @@ def main(argv=None):
     if args.distances_only:
         dist = distance_rows(200, args.threads, not args.no_reference)
         print("## Distance matrices (dist_pairwise), 200 x 200")
-        print(table(dist, ["manifold", "seconds", "vs_Hypersphere", "failures", "ambiguous",
-                           "max_err", "threads", "load_1min", "solved_by"]))
+        print(table(dist, ["manifold", "seconds", "vs_Hypersphere", "cpu_seconds",
+                           "cpu_vs_Hypersphere", "failures", "ambiguous", "max_err", "threads",
+                           "load_1min", "solved_by"]))
         print(json.dumps(dist, indent=1))
         return
 
@@ -406,8 +412,9 @@ def main(argv=None):
     print(table(acc, ["quantity", "max_abs_error"]))
     if dist:
         print("\n## Distance matrices (dist_pairwise), 200 x 200")
-        print(table(dist, ["manifold", "seconds", "vs_Hypersphere", "failures", "ambiguous",
-                           "max_err", "threads", "load_1min"]))
+        print(table(dist, ["manifold", "seconds", "vs_Hypersphere", "cpu_seconds",
+                           "cpu_vs_Hypersphere", "failures", "ambiguous", "max_err", "threads",
+                           "load_1min", "solved_by"]))
         tor, lrn = dist[2], dist[3]
         if "n_over_1e3" in tor:
             print(f"- analytic torus vs intrinsic-BVP reference: max rel. error "

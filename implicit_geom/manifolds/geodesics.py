@@ -576,11 +576,13 @@ class GeodesicLogSolver(LogSolver):
         metric's ``log_tol``; rows that do not get there keep the velocity of
         the checked path (``stats["unpolished"]`` counts them).
     polish_iter : int
-    shoot : bool
+    shoot : bool, optional
         First shoot every pair from the circular-arc guess (batched
         Gauss-Newton, at most ``shoot_iter`` steps) and keep the geodesics
-        that are certified minimising (see :meth:`_certify`); only the others
-        take the graph and path straightening.
+        that are certified minimising (see the notes); only the others take
+        the graph and path straightening. Default: the space's
+        ``_shoot_first`` (True unless its geodesic equation is costly, as for
+        network-defined manifolds).
     shoot_iter : int
     curvature_margin : float
         Factor on the largest normal curvature sampled on M (a safety margin
@@ -614,7 +616,7 @@ class GeodesicLogSolver(LogSolver):
                  candidate_rtol=0.04, ambiguity_rtol=1e-3, n_graph_nodes=None,
                  n_neighbors=None, min_degree=6, max_degree=160, max_iter=40, bounds=None,
                  route_fractions=(0.25, 0.5, 0.75), route_separation=4.0, prune_rtol=0.01,
-                 max_move=2.0, polish=True, polish_iter=4, shoot=True, shoot_iter=6,
+                 max_move=2.0, polish=True, polish_iter=4, shoot=None, shoot_iter=6,
                  curvature_margin=1.25, seed=0, chunk=2000):
         super().__init__(solves_bvp=True)
         self._space = space
@@ -636,7 +638,8 @@ class GeodesicLogSolver(LogSolver):
         self.max_move = float(max_move)
         self.route_separation = float(route_separation)
         self.polish, self.polish_iter = bool(polish), int(polish_iter)
-        self.shoot, self.shoot_iter = bool(shoot), int(shoot_iter)
+        self.shoot = None if shoot is None else bool(shoot)
+        self.shoot_iter = int(shoot_iter)
         self.curvature_margin = float(curvature_margin)
         self.nodes_per_spacing = 4.0
         self._graph, self._graph_key = None, None
@@ -893,7 +896,8 @@ class GeodesicLogSolver(LogSolver):
         self.stats = {"near": int(near.sum()), "far": 0, "shot": 0, "certified_near": 0,
                       "certified_injectivity": 0, "certified_graph": 0}
         shots = None
-        if self.shoot and hasattr(space, "metric") and bool((~same).any()):
+        shoot = getattr(space, "_shoot_first", True) if self.shoot is None else self.shoot
+        if shoot and hasattr(space, "metric") and bool((~same).any()):
             shots = self._shoot_certify(queries, ia, ib, ~same, near, chord, out)
         todo = near & ~out.conv
         if bool(todo.any()):

@@ -158,6 +158,13 @@ class NetworkImplicitManifold(ImplicitManifold):
     # a tangent basis are cheaper as differences of the (hand-propagated)
     # Jacobian, accurate to ~1e-7, ample for Newton.
     _hessian_by_differences = True
+    # Distance matrices skip the shoot-first stage (GeodesicLogSolver): each
+    # right-hand side of the geodesic ODE is a pass with second-order
+    # tangents through the network and one shot needs hundreds of them plus
+    # 2m more flows for d exp, more than a pair's share of the graph routes'
+    # Newton steps (200 x 200 on the learned glycine torus, one thread: 75 s
+    # CPU shooting first, 50 s without).
+    _shoot_first = False
 
     def _second_forms(self, x, dirs):
         if type(self.net) is not MDFNetwork:

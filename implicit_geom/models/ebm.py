@@ -771,14 +771,14 @@ class ConstrainedEBM(EnergyModel):
         return X
 
     def _fit(self, X, X_val=None):
-        # Maximum likelihood sees the data's closest points on M: at points
-        # off M (on a learned manifold) the energy could be lowered without
-        # log Z, whose nodes lie on M, noticing: an unbounded likelihood that
-        # validation points beside the training points would reward too.
-        if self.resolved_method() == "mle" or X_val is not None:
-            X = self.on_manifold(X, "training points")
-            if X_val is not None:
-                X_val = self.on_manifold(X_val, "validation points")
+        # Training sees the data's closest points on M: at points off M (on a
+        # learned manifold) the energy could be lowered without log Z (whose
+        # nodes lie on M) or the chains (which stay on M) noticing: an
+        # unbounded likelihood that validation points beside the training
+        # points would reward too.
+        X = self.on_manifold(X, "training points")
+        if X_val is not None:
+            X_val = self.on_manifold(X_val, "validation points")
         super()._fit(X, X_val)
         self._normalizer = None  # the energy changed
         self._fitted = True

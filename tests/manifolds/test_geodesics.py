@@ -222,7 +222,7 @@ def test_geodesic_bvp_and_bad_input():
 
 # ----------------------------------------------------- shooting certificates
 def _shoot_vs_graph(space, pts, **kw):
-    shot = GeodesicLogSolver(space, **kw)
+    shot = GeodesicLogSolver(space, shoot=True, **kw)
     res = shot.pairwise(pts)
     ref = GeodesicLogSolver(space, shoot=False, **kw).pairwise(pts)
     return res, ref, shot.stats
