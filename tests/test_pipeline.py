@@ -6,7 +6,8 @@ import torch
 from implicit_geom import ImplicitSphere, ImplicitTorus
 from implicit_geom.datasets import Dataset, load_dataset, sphere_mixture, vmf_sphere
 from implicit_geom.learning import NeuralImplicitManifold
-from implicit_geom.pipeline import EBM_DEFAULTS, build_manifold, ebm_preset, fit_pipeline
+from implicit_geom.pipeline import (EBM_DEFAULTS, MLE_DEFAULTS, MLE_PRESETS, build_manifold,
+                                   ebm_preset, fit_pipeline, mle_preset)
 
 
 def test_presets_and_scale_of_unknown_data():
@@ -21,6 +22,25 @@ def test_presets_and_scale_of_unknown_data():
     assert large["step_size"] == pytest.approx(100.0 * small["step_size"], rel=0.2)
     # Users' angles on the analytic torus take glycine's settings, not their spread's.
     assert ebm_preset("dihedrals[residue=P]", large, "torus") == ebm_preset("glycine")
+
+
+def test_maximum_likelihood_presets():
+    # Catches a data set's maximum-likelihood settings that leak into others
+    # (a shared dict), that are lost for users' angle data on the torus, or
+    # that fit_pipeline does not apply (the glycine fit's lower frequencies
+    # and shorter patience).
+    assert mle_preset("circle") == MLE_DEFAULTS
+    glycine = mle_preset("glycine")
+    assert glycine == {**MLE_DEFAULTS, **MLE_PRESETS["glycine"]} != MLE_DEFAULTS
+    glycine["patience"] = 99
+    assert mle_preset("glycine")["patience"] == MLE_PRESETS["glycine"]["patience"]
+    assert mle_preset("dihedrals[residue=P]", "torus") == mle_preset("glycine")
+    assert mle_preset("quakes", "sphere") == MLE_DEFAULTS
+    angles = load_dataset("torus", 60)
+    angles = Dataset(angles.points, "glycine", "torus", 3, 2, dict(angles.meta))
+    fitted = fit_pipeline(angles, angles.points, progress=False, ebm_iter=2)
+    assert fitted.ebm.energy_net.max_frequency == MLE_PRESETS["glycine"]["max_frequency"]
+    assert fitted.ebm.patience == MLE_PRESETS["glycine"]["patience"]
 
 
 def test_manifold_choice():
