@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/pipelines.py                       # 4 data sets, 3 seeds
     python benchmarks/pipelines.py --datasets circle --seeds 1
+    python benchmarks/pipelines.py --datasets glycine --first-seed 10 --seeds 5  # tuning seeds
 """
 
 import argparse
