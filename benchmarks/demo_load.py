@@ -4,12 +4,15 @@ Each run is the full demo in a fresh process, as a user starts it. Loaded runs
 start ``--busy`` CPU-bound processes (pure Python busy loops, one core each)
 first and stop them afterwards, in two ways:
 
-- ``loaded``: in a session of their own, like other users' work (on Linux with
+- ``loaded``: each in a session of its own, like other users' work (on Linux with
   autogroup scheduling, ``/proc/sys/kernel/sched_autogroup_enabled``, the
   kernel shares the CPUs between sessions first, then between their threads);
 - ``loaded-same-session``: in the demo's own session, where every runnable
-  thread gets an equal share: with 2 busy processes on 2 cores a one-thread
-  demo gets 2/3 of a core, a floor of 1.5x its quiet time.
+  thread gets an equal share.
+
+Either way a one-thread demo competes with two busy loops on 2 cores and gets
+2/3 of a core: 1.5x its quiet time is the floor, and any other work on the
+machine shows directly in the ratio.
 
 The thread policy under test is the command line's: one thread (``--threads
 1``, the default) against as many threads as cores (torch's own default, what

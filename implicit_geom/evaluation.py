@@ -149,17 +149,9 @@ def log_density(model, X):
         From a constrained EBM: points that cannot be projected, or whose
         projections lie where its quadrature has no nodes.
     """
-    if hasattr(model, "score_samples"):
-        out = model.score_samples(X)
-    elif hasattr(model, "on_manifold"):
-        # A constrained EBM's density lives on its manifold: held-out points
-        # (off a learned M) are scored at their closest points, as in
-        # training, and points the quadrature of log Z does not cover raise
-        # QuadratureCoverageError instead of getting a number.
-        out = model.log_prob(model.on_manifold(X, "held-out points"))
-    else:
-        out = model.log_prob(X)
-    return torch.as_tensor(out, dtype=DTYPE).reshape(-1)
+    from .models.mixture import normalized_log_density
+
+    return normalized_log_density(model, X)
 
 
 def held_out_nll(model, X):

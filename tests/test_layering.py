@@ -30,18 +30,24 @@ def imported_modules(source, package):
     return names
 
 
-def test_geometry_imports_no_training_code():
-    # Catches e.g. manifolds/neural.py importing learning.trainer (as it once
-    # did), also through a relative or a function-local import.
-    offenders = []
-    for layer in LOWER:
+def offenders(layers, banned):
+    """``"path imports name"`` for every import from ``layers`` of a package in ``banned``."""
+    found = []
+    for layer in layers:
         for path in sorted((PACKAGE / layer).rglob("*.py")):
             package = ".".join(("implicit_geom", *path.relative_to(PACKAGE).parent.parts))
             for name in imported_modules(path.read_text(), package):
                 parts = name.split(".")
-                if parts[0] == "implicit_geom" and len(parts) > 1 and parts[1] in UPPER:
-                    offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
-    assert not offenders, "geometry imports upper layers:\n" + "\n".join(offenders)
+                if parts[0] == "implicit_geom" and len(parts) > 1 and parts[1] in banned:
+                    found.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    return found
+
+
+def test_geometry_imports_no_training_code():
+    # Catches e.g. manifolds/neural.py importing learning.trainer (as it once
+    # did), also through a relative or a function-local import.
+    found = offenders(LOWER, UPPER)
+    assert not found, "geometry imports upper layers:\n" + "\n".join(found)
 
 
 def test_the_checker_sees_relative_and_local_imports():
@@ -60,12 +66,5 @@ def test_sampling_imports_no_metrics_models_or_training():
     # Samplers sit below models and evaluation: catches sampling/ importing
     # metrics (effective_sample_size lives in sampling.diagnostics), models,
     # learning or evaluation.
-    banned = ("metrics", "models", "learning", "evaluation", "cli")
-    offenders = []
-    for path in sorted((PACKAGE / "sampling").rglob("*.py")):
-        package = ".".join(("implicit_geom", *path.relative_to(PACKAGE).parent.parts))
-        for name in imported_modules(path.read_text(), package):
-            parts = name.split(".")
-            if parts[0] == "implicit_geom" and len(parts) > 1 and parts[1] in banned:
-                offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
-    assert not offenders, "sampling imports upper layers:\n" + "\n".join(offenders)
+    found = offenders(("sampling",), ("metrics", "models", "learning", "evaluation", "cli"))
+    assert not found, "sampling imports upper layers:\n" + "\n".join(found)

@@ -6,7 +6,8 @@ import torch
 from implicit_geom import ImplicitSphere, ImplicitTorus
 from implicit_geom.datasets import Dataset, load_dataset, sphere_mixture, vmf_sphere
 from implicit_geom.learning import NeuralImplicitManifold
-from implicit_geom.pipeline import EBM_DEFAULTS, build_manifold, ebm_preset, fit_pipeline
+from implicit_geom.pipeline import (EBM_DEFAULTS, LEARNED_MLE_PRESETS, MLE_DEFAULTS,
+                                   build_manifold, ebm_preset, fit_pipeline, mle_preset)
 
 
 def test_presets_and_scale_of_unknown_data():
@@ -21,6 +22,30 @@ def test_presets_and_scale_of_unknown_data():
     assert large["step_size"] == pytest.approx(100.0 * small["step_size"], rel=0.2)
     # Users' angles on the analytic torus take glycine's settings, not their spread's.
     assert ebm_preset("dihedrals[residue=P]", large, "torus") == ebm_preset("glycine")
+
+
+def test_maximum_likelihood_presets():
+    # Catches a data set's maximum-likelihood settings that leak into others
+    # (a shared dict), that reach the analytic torus (where they made W worse),
+    # or that fit_pipeline does not apply on the learned manifold (glycine's
+    # lower frequencies, shorter patience and narrower energy).
+    assert mle_preset("circle") == MLE_DEFAULTS
+    glycine = mle_preset("glycine")
+    assert glycine == {**MLE_DEFAULTS, **LEARNED_MLE_PRESETS["glycine"]} != MLE_DEFAULTS
+    glycine["patience"] = 99
+    assert mle_preset("glycine")["patience"] == LEARNED_MLE_PRESETS["glycine"]["patience"]
+    assert mle_preset("glycine", learned=False) == MLE_DEFAULTS
+    torus = load_dataset("torus", 60)
+    angles = Dataset(torus.points, "glycine", "torus", 3, 2, dict(torus.meta))
+    preset = LEARNED_MLE_PRESETS["glycine"]
+    learned = fit_pipeline(angles, angles.points, "learned", progress=False, mdf_epochs=2,
+                           ebm_iter=2)
+    assert learned.ebm.energy_net.max_frequency == preset["max_frequency"]
+    assert learned.ebm.patience == preset["patience"]
+    assert learned.ebm.energy_net.hidden == preset["hidden"]
+    analytic = fit_pipeline(angles, angles.points, progress=False, ebm_iter=2)
+    assert analytic.kind == "torus"
+    assert analytic.ebm.energy_net.max_frequency == MLE_DEFAULTS["max_frequency"]
 
 
 def test_manifold_choice():

@@ -501,13 +501,43 @@ class ImplicitManifold(nn.Module, LevelSet):
             # Fall back to the plain tangential correction where the KKT matrix
             # is singular (a degenerate critical point of the distance).
             step = torch.where((info == 0)[:, None] & torch.isfinite(step), step, tangential)
-            sub = newton_min_norm(self._value_and_jacobian, y[idx] + step, tol, self.max_iter)
+            sub = self._safeguarded_landing(x0[idx], y[idx], step, tangential, tol)
             y[idx], residual[idx] = sub.x, sub.residual
             n_iter[idx] += sub.n_iter
             converged[idx] &= sub.converged
             pending[idx] &= sub.converged
         converged &= ~pending
         return NewtonResult(x=y, converged=converged, residual=residual, n_iter=n_iter)
+
+    def _safeguarded_landing(self, x0, y, step, fallback, tol, max_halvings=8):
+        """Re-land ``y + step`` on M where that brings the point closer to ``x0``,
+        else ``y`` plus the halved Newton step, then the (halved) ``fallback``.
+
+        The closest point lies within ``|x0 - y|`` of ``x0`` for any ``y`` on M,
+        so an iterate that lands farther away is rejected. The KKT Newton step
+        is not a descent direction where ``I + lam . D^2F`` is indefinite on
+        the tangent space (``x0`` beyond a focal point of M, about a radius of
+        curvature away): undamped, it crept uphill forever or ran off to a far
+        part of the zero set. ``fallback`` is the tangential displacement, a
+        descent direction, so small enough multiples of it always decrease the
+        distance.
+        """
+        trials = [0.5] + [2.0 ** -j for j in range(max_halvings)]
+        sub = newton_min_norm(self._value_and_jacobian, y + step, tol, self.max_iter)
+        x, residual, n_iter, conv = sub.x.clone(), sub.residual.clone(), sub.n_iter, \
+            sub.converged.clone()
+        before = torch.linalg.vector_norm(x0 - y, dim=-1)
+        for j, factor in enumerate(trials):
+            after = torch.linalg.vector_norm(x0 - x, dim=-1)
+            bad = (~conv | ~(after <= before * (1 + 1e-9) + 1e-15)).nonzero().squeeze(-1)
+            if bad.numel() == 0:
+                break
+            direction = step if j == 0 else fallback
+            retry = newton_min_norm(self._value_and_jacobian, y[bad] + factor * direction[bad],
+                                    tol, self.max_iter)
+            x[bad], residual[bad], conv[bad] = retry.x, retry.residual, retry.converged
+            n_iter = n_iter + torch.zeros_like(n_iter).index_add_(0, bad, retry.n_iter)
+        return NewtonResult(x=x, converged=conv, residual=residual, n_iter=n_iter)
 
     def projection(self, point):
         """Closest point on M (Newton projection), shape ``(..., n)``.

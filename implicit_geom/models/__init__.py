@@ -5,6 +5,7 @@ from .baselines import ManifoldKDE, VonMisesFisherMixture
 from .combine import IntersectionEBM, UnionEBM, combine_densities
 from .ebm import ConstrainedEBM, EnergyModel, contrastive_divergence_loss
 from .energy_nets import AnchoredVMFEnergy, EnergyMLP, FourierFeatures
+from .mixture import DensityMixture, normalized_log_density
 from .normalization import (
     LogPartition,
     Quadrature,
@@ -30,6 +31,7 @@ __all__ = [
     "AnchoredVMFEnergy",
     "Autoencoder",
     "ConstrainedEBM",
+    "DensityMixture",
     "EnergyMLP",
     "EnergyModel",
     "FourierFeatures",
@@ -51,6 +53,7 @@ __all__ = [
     "log_partition_error",
     "manifold_quadrature",
     "monte_carlo_log_partition",
+    "normalized_log_density",
     "sphere_quadrature",
     "surface_mesh_quadrature",
     "torus_quadrature",

@@ -8,6 +8,7 @@ high frequencies from the start, on analytic and learned manifolds alike.
 """
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -45,10 +46,48 @@ class FourierFeatures(nn.Module):
                            * math.log(max_frequency))
         self.register_buffer("frequencies", direction * length)
         self.out_dim = int(dim) + 2 * int(n_features)
+        self._cache = OrderedDict()
+
+    #: Inputs of at least this many rows have their features cached.
+    CACHE_MIN_ROWS = 4096
+    #: Cached inputs kept (least recently used dropped).
+    CACHE_SIZE = 4
 
     def forward(self, x):
+        key = self._cache_key(x)
+        if key is not None:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit[1]
         proj = x @ self.frequencies.T
-        return torch.cat([x, proj.sin(), proj.cos()], dim=-1)
+        out = torch.cat([x, proj.sin(), proj.cos()], dim=-1)
+        if key is not None:
+            # The entry holds x itself: its storage cannot be freed and reused
+            # by other data while the key (address, layout, versions) is kept.
+            self._cache[key] = (x, out)
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return out
+
+    def _cache_key(self, x):
+        """Key of a large fixed input (e.g. a quadrature's nodes, evaluated at
+        every step of maximum likelihood: the features, half the cost of a
+        step, are computed once), None for anything not to cache.
+
+        Address, layout and in-place version counters of both ``x`` and the
+        frequencies: an input edited in place, or new frequencies (loaded
+        state, another device), miss the cache.
+        """
+        if (x.requires_grad or x.dim() != 2 or x.shape[0] < self.CACHE_MIN_ROWS
+                or torch.is_inference_mode_enabled() or x.is_inference()):
+            # (inference tensors cannot enter a later autograd graph)
+            return None
+        try:
+            return (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device, x._version,
+                    self.frequencies.data_ptr(), self.frequencies._version)
+        except RuntimeError:  # functorch-wrapped and other storage-less tensors
+            return None
 
 
 class EnergyMLP(nn.Module):

@@ -129,6 +129,26 @@ def test_projection_on_torus_is_closest_point():
     torch.testing.assert_close(proj, expected, rtol=0, atol=1e-8)
 
 
+def test_projection_beyond_a_focal_point_is_closest_point():
+    # Points of y = sin(3x) about a radius of curvature from the curve, where
+    # I + lam * D^2F is indefinite: the undamped KKT Newton step crept uphill
+    # (or ran off) and the projection of a training point failed with
+    # "could not be projected" (the glycine pipeline's learned torus, seed 11).
+    # Catches a refinement whose steps may move a point away from x0.
+    wavy = ig.ImplicitManifold(lambda x: x[..., 1:] - torch.sin(3 * x[..., :1]), 2, 1)
+    x = torch.tensor([[-0.5357534549155782, -0.342696141024492],
+                      [1.5537179247390764, -0.4330406198214858],
+                      [0.5198993996148544, -0.24789721017380928]], dtype=torch.float64)
+    res = wavy.solve_projection(x)
+    assert bool(res.converged.all())
+    t = torch.linspace(-4.0, 4.0, 400_001, dtype=torch.float64)
+    curve = torch.stack([t, torch.sin(3 * t)], -1)
+    brute = torch.cdist(x, curve).amin(-1)
+    got = torch.linalg.vector_norm(res.x - x, dim=-1)
+    assert torch.all(got <= brute + 1e-8), (got, brute)
+    assert float(wavy.submersion(res.x).abs().max()) < 1e-9
+
+
 def test_to_tangent_is_orthogonal_projection():
     torus = ig.ImplicitTorus(2.0, 1.0)
     base = torus.random_point(10)

@@ -23,3 +23,33 @@ def test_invalid_arguments():
         EnergyMLP(0)
     with pytest.raises(ValueError):
         EnergyMLP(2, activation="relu6")
+
+
+def test_fourier_feature_cache_is_exact_and_never_stale():
+    # Large fixed inputs (quadrature nodes) get their features cached.
+    # Catches a cache that returns stale features after the input is edited
+    # in place or the frequencies change (loaded state), or that swallows the
+    # graph of an input that needs gradients (samplers differentiate in x).
+    from implicit_geom.models.energy_nets import FourierFeatures
+
+    feats = FourierFeatures(3, 16, max_frequency=4.0, seed=0)
+    x = torch.randn(FourierFeatures.CACHE_MIN_ROWS, 3, dtype=torch.float64)
+
+    def fresh(x, freq):
+        proj = x @ freq.T
+        return torch.cat([x, proj.sin(), proj.cos()], -1)
+
+    first = feats(x)
+    assert feats(x) is first  # cached
+    assert feats(x[:]) is first  # a view of the same data hits too
+    torch.testing.assert_close(first, fresh(x, feats.frequencies), rtol=0, atol=0)
+    x[0, 0] += 1.0  # in place: a new version
+    torch.testing.assert_close(feats(x), fresh(x, feats.frequencies), rtol=0, atol=0)
+    other = FourierFeatures(3, 16, max_frequency=4.0, seed=1)
+    feats.load_state_dict(other.state_dict())  # new frequencies, copied in place
+    torch.testing.assert_close(feats(x), fresh(x, other.frequencies), rtol=0, atol=0)
+    xg = x.clone().requires_grad_(True)
+    feats(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    small = x[:10]
+    assert feats(small) is not feats(small)  # small batches are not cached
