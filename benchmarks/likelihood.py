@@ -8,7 +8,8 @@ seed is the run's seed, ``--first-seed`` + 0, 1, ...), the same run fits:
   on the validation part, with several energies (a plain MLP, MLPs with
   random Fourier features of maximum frequency 4 and 16 and, on spheres, a
   learned vMF kernel mixture times such a network,
-  :class:`~implicit_geom.models.AnchoredVMFEnergy`, normalised by its adapted
+  :class:`~implicit_geom.models.AnchoredVMFEnergy` with a learned
+  concentration per kernel (``adapt_kernels``), normalised by its adapted
   rule); a state whose log Z the quadrature does not resolve to 0.01 is never
   kept. Ours is their convex mixture
   (:class:`~implicit_geom.models.DensityMixture`, normalised because each
@@ -164,9 +165,12 @@ def energy_candidates(kind, dim, seed):
             lambda: EnergyMLP(dim, hidden=(64, 64), seed=seed, fourier=64, max_frequency=16.0),
             2048)]
     if kind == "sphere":
-        out.append(("vMF kernel mixture x MLP",
+        # Per-kernel concentrations start at the k-NN rule and are learned by
+        # leave-one-out likelihood (stopped early on validation like the rest).
+        out.append(("vMF kernel mixture (per-kernel concentrations) x MLP",
                     lambda: AnchoredVMFEnergy(k=5, min_distance=MIN_DISTANCE, hidden=(32, 32),
-                                              fourier=32, max_frequency=8.0, seed=seed), 512))
+                                              fourier=32, max_frequency=8.0, seed=seed,
+                                              adapt_kernels=True), 512))
     return out
 
 

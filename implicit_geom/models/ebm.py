@@ -980,6 +980,7 @@ class ConstrainedEBM(EnergyModel):
                 state = record["state_dict"]
                 net.anchors, net.log_d, net.phase = (state["anchors"], state["log_d"],
                                                      state["phase"])
+                net._resize_kernels(state["anchors"].shape[0])
             net.load_state_dict(record["state_dict"])
             model = cls(manifold, net, **config["hyper"])
         except (KeyError, RuntimeError, TypeError, ValueError) as err:

@@ -156,9 +156,13 @@ class AnchoredVMFEnergy(nn.Module):
 
     * ``q = (1 - f) (1/N) sum_j vMF(x; a_j, kappa_j) + f / (4 pi)``: one kernel
       per anchor ``a_j`` (the training points, set by :meth:`set_anchors`),
-      concentrations ``kappa_j = c / d_j^2`` from each anchor's distance
+      concentrations ``kappa_j = c s_j / d_j^2`` from each anchor's distance
       ``d_j`` to its k-th nearest other anchor (floored at ``min_distance``),
-      and a uniform floor ``f``; ``c`` and ``f`` are learned;
+      and a uniform floor ``f``; ``c`` and ``f`` are learned, and with
+      ``adapt_kernels`` so is every kernel's own factor ``s_j`` (starting at
+      1): the k-nearest-neighbour rule only guesses how sharp the density is
+      at each anchor, leave-one-out likelihood on the other training points
+      measures it (kernels along a dense river narrow, isolated ones widen);
     * ``g``: an :class:`EnergyMLP` with Fourier features, zero at the start.
 
     ``Z = int q exp(-g) dA`` is computed exactly for ``g = 0`` (``Z = 1``) and
@@ -179,12 +183,16 @@ class AnchoredVMFEnergy(nn.Module):
     n_u, n_phi : int
         Nodes per kernel of the adapted rule (the error estimate halves both).
     seed : int
+    adapt_kernels : bool
+        Learn a concentration factor per kernel (``log s_j``, the parameter
+        ``log_kappa_shift``) besides the shared ``c``.
     """
 
     def __init__(self, k=5, min_distance=1e-4, hidden=(32, 32), fourier=32, max_frequency=8.0,
-                 n_u=4, n_phi=4, seed=0):
+                 n_u=4, n_phi=4, seed=0, adapt_kernels=False):
         super().__init__()
         self.k, self.min_distance = int(k), float(min_distance)
+        self.adapt_kernels = bool(adapt_kernels)
         self.n_u, self.n_phi = int(n_u), int(n_phi)
         self.net = EnergyMLP(3, hidden=hidden, seed=seed, fourier=fourier,
                              max_frequency=max_frequency)
@@ -196,13 +204,21 @@ class AnchoredVMFEnergy(nn.Module):
         self.register_buffer("anchors", torch.zeros(0, 3, dtype=torch.float64))
         self.register_buffer("log_d", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("phase", torch.zeros(0, dtype=torch.float64))
+        self._resize_kernels(0)
         self.seed = int(seed)
+
+    def _resize_kernels(self, n, device=None):
+        # One log-factor per anchor, zero (s_j = 1) at the start; frozen
+        # unless adapt_kernels (then it is the plain k-NN rule).
+        self.log_kappa_shift = nn.Parameter(torch.zeros(n, dtype=torch.float64, device=device),
+                                            requires_grad=self.adapt_kernels)
 
     def config(self):
         """Constructor arguments."""
         return {"k": self.k, "min_distance": self.min_distance, "hidden": list(self.net.hidden),
                 "fourier": self.net.fourier, "max_frequency": self.net.max_frequency,
-                "n_u": self.n_u, "n_phi": self.n_phi, "seed": self.seed}
+                "n_u": self.n_u, "n_phi": self.n_phi, "seed": self.seed,
+                "adapt_kernels": self.adapt_kernels}
 
     def set_anchors(self, X, init=True):
         """Use the points ``X`` (on the unit sphere) as kernel centres.
@@ -222,6 +238,7 @@ class AnchoredVMFEnergy(nn.Module):
         gen = torch.Generator().manual_seed(self.seed)
         self.phase = (2 * math.pi * torch.rand(X.shape[0], generator=gen,
                                                dtype=torch.float64)).to(X.device)
+        self._resize_kernels(X.shape[0], X.device)
         if init:
             idx = torch.arange(X.shape[0], device=X.device)
             best = None
@@ -235,7 +252,7 @@ class AnchoredVMFEnergy(nn.Module):
         return self
 
     def _kappa(self):
-        return torch.exp(self.log_c - 2 * self.log_d)
+        return torch.exp(self.log_c - 2 * self.log_d + self.log_kappa_shift)
 
     def floor(self):
         """Weight ``f`` of the uniform floor."""

@@ -238,39 +238,76 @@ def test_pcd_chains_jump_between_components():
     assert float(circles.submersion(model.buffer_).abs().max()) <= 1e-9
 
 
-def test_anchored_vmf_energy_is_normalised_exactly(vmf_data):
+@pytest.mark.parametrize("adapt", [False, True])
+def test_anchored_vmf_energy_is_normalised_exactly(vmf_data, adapt, tmp_path):
     # The kernel mixture x network energy: its adapted-rule log Z agrees with a
     # fine sphere quadrature of exp(-E) (catches a wrong kernel normaliser or
-    # quantile map), leave-one-out drops exactly the point's own kernel, and
-    # a fit improves the held-out NLL over the initial kernel mixture.
+    # quantile map, or, with per-kernel concentrations, nodes that ignore a
+    # kernel's own factor), leave-one-out drops exactly the point's own kernel,
+    # and a fit improves the held-out NLL over the initial kernel mixture.
     from implicit_geom.models.normalization import log_partition, sphere_quadrature
 
-    energy = AnchoredVMFEnergy(hidden=(8,), fourier=4, seed=0)
+    energy = AnchoredVMFEnergy(hidden=(8,), fourier=4, seed=0, adapt_kernels=adapt)
     energy.set_anchors(vmf_data[:300])
     with torch.no_grad():
         energy.net.net[-1].weight.normal_(0, 0.3)
         energy.floor_logit.fill_(-2.0)
+        if adapt:  # factors 1/4 .. 4 per kernel
+            shift = torch.linspace(-1.4, 1.4, 300, dtype=torch.float64)
+            order = torch.randperm(300, generator=torch.Generator().manual_seed(0))
+            energy.log_kappa_shift.copy_(shift[order])
         exact = float(log_partition(energy, sphere_quadrature(400, 800)))
+        # A sharp kernel's own (Gauss-Laguerre) nodes give exactly its vMF mean
+        # of mu.x, coth(kappa) - 1/kappa, with its own concentration (catches
+        # nodes placed for another kappa, e.g. without the per-kernel factor).
+        pts, mass = energy._nodes(energy.n_u, energy.n_phi)
+        n_kernel = 300 * energy.n_u * energy.n_phi
+        kappa = energy._kappa()
+        share = (1 - energy.floor()) / 300
+        got = ((pts[:n_kernel].reshape(300, -1, 3) * vmf_data[:300, None]).sum(-1)
+               * mass[:n_kernel].reshape(300, -1)).sum(1) / share
+        sharp = kappa > 10
+        assert int(sharp.sum()) > 100
+        assert torch.allclose(got[sharp], 1 / torch.tanh(kappa[sharp]) - 1 / kappa[sharp],
+                              rtol=1e-7, atol=0)
         fine, coarse = float(energy.log_partition()), float(energy.log_partition(coarse=True))
         # The reported error (fine minus coarse rule) bounds the actual one.
         assert abs(fine - exact) <= abs(fine - coarse) < 5e-3
         idx = torch.tensor([3, 7])
         loo = energy.loo_energy(vmf_data[idx], idx)
-        alone = AnchoredVMFEnergy(hidden=(8,), fourier=4, seed=0)
+        alone = AnchoredVMFEnergy(hidden=(8,), fourier=4, seed=0, adapt_kernels=adapt)
         keep = torch.tensor([i for i in range(300) if i != 3])
         alone.set_anchors(vmf_data[keep], init=False)
+        per_kernel = ("anchors", "log_d", "phase", "log_kappa_shift")
         alone.load_state_dict({k: v for k, v in energy.state_dict().items()
-                               if k not in ("anchors", "log_d", "phase")}, strict=False)
+                               if k not in per_kernel}, strict=False)
         alone.log_d = energy.log_d[keep]
+        alone.log_kappa_shift.copy_(energy.log_kappa_shift[keep])
         assert float(loo[0]) == pytest.approx(float(alone(vmf_data[3:4])[0]), abs=1e-9)
-    model = ConstrainedEBM(ImplicitSphere(2), AnchoredVMFEnergy(hidden=(8,), fourier=4, seed=0),
+    model = ConstrainedEBM(ImplicitSphere(2), AnchoredVMFEnergy(hidden=(8,), fourier=4, seed=0,
+                                                                adapt_kernels=adapt),
                            n_iter=40, lr=1e-2, seed=0)
     val = vmf_sphere(300, MU, KAPPA, seed=11)
     model.fit(vmf_data[:300], X_val=val)
     rule = model.quadrature()
     assert float((model.log_prob(rule.points).exp() * rule.weights).sum()) == pytest.approx(
         1.0, abs=1e-6)
-    assert model.validation_history_["loss"][-1] <= model.validation_history_["loss"][0] + 1e-9
+    history = model.validation_history_["loss"]
+    if not adapt:
+        assert history[-1] <= history[0] + 1e-9
+    # The leave-one-out training loss falls (catches gradients that do not
+    # reach the kernels), and the kept state is the best on validation.
+    assert model.history_["loss"][-1] < model.history_["loss"][0]
+    assert float(model._validation_loss(val)) == pytest.approx(min(history), abs=1e-9)
+    # The per-kernel factors are trained only when asked for (catches them
+    # frozen, or trained in the plain k-NN rule).
+    moved = float(model.energy_net.log_kappa_shift.abs().max())
+    assert (moved > 1e-4) if adapt else (moved == 0.0)
+    # The checkpoint restores every kernel's factor (catches a reload that
+    # resets them to the k-NN rule).
+    model.save(tmp_path / "anchored.pt")
+    back = ConstrainedEBM.load(tmp_path / "anchored.pt", ImplicitSphere(2))
+    assert torch.equal(back.energy(val[:20]), model.energy(val[:20]))
 
 
 def test_save_load_roundtrip_and_corrupt_file(tmp_path, vmf_data):
