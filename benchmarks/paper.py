@@ -308,7 +308,7 @@ def fit_factor(manifold, X, seed, quick, n_folds=5):
     fit varies a lot with the training draws, and the choice between the two
     energies on one validation tenth (100 points) is noise: over all 1000
     points plain beat Fourier on all 20 spheres of tuning seeds 10-19, by
-    0.01-0.02 nats, while the tenth picked Fourier on one of them. On those
+    0.01-0.03 nats, while the tenth picked Fourier on one of them. On those
     seeds the ∩ W went from 0.000145 (mean; median 0.000141) to 0.000136
     (median 0.000109).
     """
