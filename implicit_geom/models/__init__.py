@@ -2,7 +2,8 @@
 
 from .ambient import AmbientEBM
 from .baselines import ManifoldKDE, VonMisesFisherMixture
-from .combine import IntersectionEBM, UnionEBM, combine_densities
+from .combine import IntersectionEBM, SumEnergy, UnionEBM, combine_densities
+from .crossfit import cross_fit_ebm
 from .ebm import ConstrainedEBM, EnergyModel, contrastive_divergence_loss
 from .energy_nets import AnchoredVMFEnergy, EnergyMLP, FourierFeatures
 from .mixture import DensityMixture, normalized_log_density
@@ -40,6 +41,7 @@ __all__ = [
     "ManifoldKDE",
     "PushforwardEBM",
     "Quadrature",
+    "SumEnergy",
     "UnionEBM",
     "VonMisesFisherMixture",
     "ais_log_partition",
@@ -48,6 +50,7 @@ __all__ = [
     "combine_densities",
     "component_log_partitions",
     "contrastive_divergence_loss",
+    "cross_fit_ebm",
     "has_quadrature",
     "log_partition",
     "log_partition_error",

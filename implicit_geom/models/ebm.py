@@ -783,6 +783,16 @@ class ConstrainedEBM(EnergyModel):
         self._normalizer = None  # the energy changed
         self._fitted = True
 
+    def _adopt(self, X):
+        """Take the data-dependent state (box, probes, component weights) from ``X``
+        without training: for an energy fitted elsewhere (cross-fitted members)."""
+        X = _check_data(X, self.dim).to(self._param())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context().seed(self.seed))
+            self._prepare(self.on_manifold(X, "training points"))
+        self._normalizer = None
+        self._fitted = True
+
     def _init_chains(self, n, max_rounds=50):
         if self._box is None:
             raise RuntimeError("call fit first (the noise box comes from the data)")
