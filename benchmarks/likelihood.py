@@ -345,6 +345,11 @@ def table(rows, args):
     return "\n".join(lines) + "\n"
 
 
+def run_task(task):
+    """``run_split(*task)``, picklable for a process pool."""
+    return run_split(*task)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=DATASETS)
@@ -398,7 +403,8 @@ def main(argv=None):
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(args.jobs) as pool:
-            for done in pool.starmap(run_split, tasks, chunksize=1):
+            # As each split finishes (not at the end), so a partial run still reports.
+            for done in pool.imap_unordered(run_task, tasks, chunksize=1):
                 text = record(*done)
     else:
         for task in tasks:

@@ -991,6 +991,11 @@ class ConstrainedEBM(EnergyModel):
                 net.anchors, net.log_d, net.phase = (state["anchors"], state["log_d"],
                                                      state["phase"])
                 net._resize_kernels(state["anchors"].shape[0])
+                if "log_kappa_shift" not in state and not net.adapt_kernels:
+                    # Saved before per-kernel factors existed: the k-NN rule is a
+                    # factor of 1 (log 0) for every kernel.
+                    state = {**state, "log_kappa_shift": torch.zeros_like(state["log_d"])}
+                record = {**record, "state_dict": state}
             net.load_state_dict(record["state_dict"])
             model = cls(manifold, net, **config["hyper"])
         except (KeyError, RuntimeError, TypeError, ValueError) as err:

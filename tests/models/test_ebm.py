@@ -308,6 +308,15 @@ def test_anchored_vmf_energy_is_normalised_exactly(vmf_data, adapt, tmp_path):
     model.save(tmp_path / "anchored.pt")
     back = ConstrainedEBM.load(tmp_path / "anchored.pt", ImplicitSphere(2))
     assert torch.equal(back.energy(val[:20]), model.energy(val[:20]))
+    if not adapt:
+        # A checkpoint written before per-kernel factors existed (no
+        # log_kappa_shift) still loads as the same k-NN-rule density (catches
+        # old files rejected, or their kernels given non-unit factors).
+        record = torch.load(tmp_path / "anchored.pt", weights_only=True)
+        del record["state_dict"]["log_kappa_shift"]
+        torch.save(record, tmp_path / "old.pt")
+        old = ConstrainedEBM.load(tmp_path / "old.pt", ImplicitSphere(2))
+        assert torch.equal(old.energy(val[:20]), model.energy(val[:20]))
 
 
 def test_save_load_roundtrip_and_corrupt_file(tmp_path, vmf_data):
