@@ -90,7 +90,7 @@ def cross_fit_ebm(manifold, X, candidates, *, n_folds=5, seed=0, **ebm_kwargs):
             fits.append(model)
         # A non-finite score (NaN included) never wins.
         scores[name], members[name] = (total / n if math.isfinite(total) else math.inf), fits
-    choice = min(scores, key=lambda name: (scores[name], list(candidates).index(name)))
+    choice = min(scores, key=scores.get)  # ties: the first candidate listed
     if not math.isfinite(scores[choice]):
         raise ValueError(f"no candidate has a finite cross-validated NLL: {scores}")
     chosen = members[choice]

@@ -15,6 +15,7 @@ which jump between components with a Metropolis-Hastings correction.
 training loop, validation and the PCD loss.
 """
 
+import contextlib
 import functools
 import itertools
 import math
@@ -70,6 +71,14 @@ def _check_data(X, dim, name="X"):
     if X.shape[0] < 2:
         raise EmptyDataError(f"{name} needs at least 2 points to fit a density, got {X.shape[0]}")
     return X
+
+
+@contextlib.contextmanager
+def _forked_rng(seed):
+    """Seeded CPU RNG for the block, leaving the caller's global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class EnergyModel:
@@ -224,8 +233,7 @@ class EnergyModel:
                                                              dtype=param.dtype)
         # Seeded and reproducible, without disturbing the caller's global RNG
         # (under torchrun each rank draws its own chains: rank-specific seeds).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(context().seed(self.seed))
+        with _forked_rng(context().seed(self.seed)):
             self._fit(X, X_val)
         return self
 
@@ -787,8 +795,7 @@ class ConstrainedEBM(EnergyModel):
         """Take the data-dependent state (box, probes, component weights) from ``X``
         without training: for an energy fitted elsewhere (cross-fitted members)."""
         X = _check_data(X, self.dim).to(self._param())
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(context().seed(self.seed))
+        with _forked_rng(context().seed(self.seed)):
             self._prepare(self.on_manifold(X, "training points"))
         self._normalizer = None
         self._fitted = True
@@ -877,8 +884,7 @@ class ConstrainedEBM(EnergyModel):
                 idx = torch.randint(self.buffer_.shape[0], (n_samples,), generator=gen)
                 init = self.buffer_[idx.to(self.buffer_.device)]
             else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
+                with _forked_rng(seed):
                     init = self._init_chains(n_samples)
         else:
             init = as_points(init, self.dim, "init").reshape(-1, self.dim).to(self._param())
@@ -982,12 +988,12 @@ class ConstrainedEBM(EnergyModel):
                 f"has {manifold.ambient_dim}")
         try:
             cfg = dict(config["net"])
+            state = record["state_dict"]
             kind = config.get("energy", "EnergyMLP")
             if kind == "EnergyMLP":
                 net = EnergyMLP(cfg.pop("dim"), hidden=tuple(cfg.pop("hidden")), **cfg)
             else:
                 net = _ENERGIES[kind](**cfg)
-                state = record["state_dict"]
                 net.anchors, net.log_d, net.phase = (state["anchors"], state["log_d"],
                                                      state["phase"])
                 net._resize_kernels(state["anchors"].shape[0])
@@ -995,8 +1001,7 @@ class ConstrainedEBM(EnergyModel):
                     # Saved before per-kernel factors existed: the k-NN rule is a
                     # factor of 1 (log 0) for every kernel.
                     state = {**state, "log_kappa_shift": torch.zeros_like(state["log_d"])}
-                record = {**record, "state_dict": state}
-            net.load_state_dict(record["state_dict"])
+            net.load_state_dict(state)
             model = cls(manifold, net, **config["hyper"])
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from err
