@@ -2,10 +2,10 @@
 
 from .ambient import AmbientEBM
 from .baselines import ManifoldKDE, VonMisesFisherMixture
-from .combine import IntersectionEBM, SumEnergy, UnionEBM, combine_densities
+from .combine import IntersectionEBM, UnionEBM, combine_densities
 from .crossfit import cross_fit_ebm
 from .ebm import ConstrainedEBM, EnergyModel, contrastive_divergence_loss
-from .energy_nets import AnchoredVMFEnergy, EnergyMLP, FourierFeatures
+from .energy_nets import AnchoredVMFEnergy, EnergyMLP, FourierFeatures, SumEnergy
 from .mixture import DensityMixture, normalized_log_density
 from .normalization import (
     LogPartition,

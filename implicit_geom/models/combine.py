@@ -9,38 +9,13 @@ intersection; on a union ``M1 ∪ M2`` it is a mixture
 import math
 
 import torch
-from torch import nn
 
 from ..manifolds.arithmetic import intersection, union
 from ..numerics.validation import as_points
 from .ebm import ConstrainedEBM
+from .energy_nets import SumEnergy
 
-__all__ = ["SumEnergy", "IntersectionEBM", "UnionEBM", "combine_densities"]
-
-
-class SumEnergy(nn.Module):
-    """``E(x) = sum_i w_i E_i(x)``: the energy of a product of densities ``prod_i p_i^w_i``.
-
-    Parameters
-    ----------
-    nets : sequence of torch.nn.Module
-        Energies mapping (B, n) to (B,).
-    weights : sequence of float, optional
-        Exponents ``w_i``; default all 1 (the product, for intersections).
-        All ``1/K`` give the geometric mean of K densities (cross-fitted
-        ensembles, :func:`~implicit_geom.models.cross_fit_ebm`).
-    """
-
-    def __init__(self, nets, weights=None):
-        super().__init__()
-        self.nets = nn.ModuleList(nets)
-        weights = [1.0] * len(self.nets) if weights is None else [float(w) for w in weights]
-        if len(weights) != len(self.nets) or not all(math.isfinite(w) for w in weights):
-            raise ValueError(f"need {len(self.nets)} finite weights, got {weights}")
-        self.weights = tuple(weights)
-
-    def forward(self, x):
-        return sum(w * net(x) for w, net in zip(self.weights, self.nets))
+__all__ = ["IntersectionEBM", "UnionEBM", "combine_densities"]
 
 
 class IntersectionEBM(ConstrainedEBM):

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ..manifolds.analytic import as_implicit
-from .combine import SumEnergy
 from .ebm import ConstrainedEBM, _check_data
+from .energy_nets import SumEnergy
 from .mixture import normalized_log_density
 
 __all__ = ["cross_fit_ebm"]

@@ -32,7 +32,7 @@ from ..learning.distributed import context, make_trainer
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, padded_box
 from ..sampling.transitions import ComponentJump
-from .energy_nets import AnchoredVMFEnergy, EnergyMLP
+from .energy_nets import AnchoredVMFEnergy, EnergyMLP, SumEnergy
 from .normalization import (
     LogPartition,
     ais_log_partition,
@@ -48,6 +48,46 @@ __all__ = ["EnergyModel", "ConstrainedEBM", "contrastive_divergence_loss"]
 _SAMPLERS = ("langevin", "mala", "hmc")
 _CHECKPOINT_KIND = "ConstrainedEBM"
 _ENERGIES = {"EnergyMLP": EnergyMLP, "AnchoredVMFEnergy": AnchoredVMFEnergy}
+
+
+def _energy_spec(net):
+    """JSON description of an energy network, enough for :func:`_build_energy`.
+
+    A :class:`SumEnergy` (products on intersections, cross-fitted ensembles)
+    is described by its weights and its members' descriptions.
+    """
+    if type(net) is SumEnergy:
+        return {"energy": "SumEnergy", "weights": list(net.weights),
+                "members": [_energy_spec(member) for member in net.nets]}
+    kind = type(net).__name__
+    if kind not in _ENERGIES or type(net) is not _ENERGIES[kind]:
+        raise TypeError(f"save supports {', '.join(_ENERGIES)} energies and SumEnergy of them, "
+                        f"not {kind}")
+    return {"energy": kind, "net": net.config()}
+
+
+def _build_energy(spec, state, prefix=""):
+    """The (untrained) network of ``spec`` with its data-sized buffers from ``state``.
+
+    ``state`` is the saved state dict (entries of this network under
+    ``prefix``); it is completed in place where an older format lacks an entry.
+    """
+    kind = spec.get("energy", "EnergyMLP")
+    if kind == "SumEnergy":
+        return SumEnergy([_build_energy(member, state, f"{prefix}nets.{i}.")
+                          for i, member in enumerate(spec["members"])], spec["weights"])
+    cfg = dict(spec["net"])
+    if kind == "EnergyMLP":
+        return EnergyMLP(cfg.pop("dim"), hidden=tuple(cfg.pop("hidden")), **cfg)
+    net = _ENERGIES[kind](**cfg)
+    net.anchors, net.log_d, net.phase = (state[prefix + name]
+                                         for name in ("anchors", "log_d", "phase"))
+    net._resize_kernels(net.anchors.shape[0])
+    if prefix + "log_kappa_shift" not in state and not net.adapt_kernels:
+        # Saved before per-kernel factors existed: the k-NN rule is a factor
+        # of 1 (log 0) for every kernel.
+        state[prefix + "log_kappa_shift"] = torch.zeros_like(net.log_d)
+    return net
 
 
 def _is_unit_sphere(manifold):
@@ -735,11 +775,11 @@ class ConstrainedEBM(EnergyModel):
         kwargs = {"moves": moves} if moves else {}
         return cls(self.manifold, energy, step_size=step_size, seed=seed, **kwargs)
 
-    def _prepare(self, X):
+    def _prepare(self, X, anchor=True):
         # Fresh chains start from uniform noise in the (padded) data box,
         # projected onto M, as in the paper's reference code.
         self._box = padded_box(X, 0.1, min_width=1e-3)
-        if hasattr(self.energy_net, "set_anchors"):
+        if anchor and hasattr(self.energy_net, "set_anchors"):
             self.energy_net.set_anchors(X)
         self._setup_components(X)
         # Where the density is checked against the rule's nodes: the data
@@ -796,7 +836,8 @@ class ConstrainedEBM(EnergyModel):
         without training: for an energy fitted elsewhere (cross-fitted members)."""
         X = _check_data(X, self.dim).to(self._param())
         with _forked_rng(context().seed(self.seed)):
-            self._prepare(self.on_manifold(X, "training points"))
+            # A fitted kernel energy keeps its kernels (re-anchoring resets them).
+            self._prepare(self.on_manifold(X, "training points"), anchor=False)
         self._normalizer = None
         self._fitted = True
 
@@ -957,12 +998,16 @@ class ConstrainedEBM(EnergyModel):
 
         The file is the library's atomic, weights-only checkpoint
         (:mod:`implicit_geom.learning.checkpoint`). :class:`EnergyMLP` and
-        :class:`AnchoredVMFEnergy` energies can be rebuilt by :meth:`load`.
+        :class:`AnchoredVMFEnergy` energies, and :class:`SumEnergy` of them
+        (cross-fitted ensembles, products), can be rebuilt by :meth:`load`.
+
+        Raises
+        ------
+        TypeError
+            An energy network of another type (its architecture cannot be
+            rebuilt from the file).
         """
-        kind = type(self.energy_net).__name__
-        if kind not in _ENERGIES or type(self.energy_net) is not _ENERGIES[kind]:
-            raise TypeError(f"save supports {', '.join(_ENERGIES)} energies, not {kind}")
-        config = {"ambient_dim": self.dim, "energy": kind, "net": self.energy_net.config(),
+        config = {"ambient_dim": self.dim, **_energy_spec(self.energy_net),
                   "hyper": self._hyper()}
         payload = {"state_dict": self.energy_net.state_dict(),
                    "box": None if self._box is None else torch.stack(self._box),
@@ -987,20 +1032,8 @@ class ConstrainedEBM(EnergyModel):
                 f"{path}: saved for ambient dimension {config.get('ambient_dim')}, the manifold "
                 f"has {manifold.ambient_dim}")
         try:
-            cfg = dict(config["net"])
-            state = record["state_dict"]
-            kind = config.get("energy", "EnergyMLP")
-            if kind == "EnergyMLP":
-                net = EnergyMLP(cfg.pop("dim"), hidden=tuple(cfg.pop("hidden")), **cfg)
-            else:
-                net = _ENERGIES[kind](**cfg)
-                net.anchors, net.log_d, net.phase = (state["anchors"], state["log_d"],
-                                                     state["phase"])
-                net._resize_kernels(state["anchors"].shape[0])
-                if "log_kappa_shift" not in state and not net.adapt_kernels:
-                    # Saved before per-kernel factors existed: the k-NN rule is a
-                    # factor of 1 (log 0) for every kernel.
-                    state = {**state, "log_kappa_shift": torch.zeros_like(state["log_d"])}
+            state = dict(record["state_dict"])
+            net = _build_energy(config, state)
             net.load_state_dict(state)
             model = cls(manifold, net, **config["hyper"])
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
