@@ -49,6 +49,15 @@ class IntersectionEBM(ConstrainedEBM):
         # intersection's own quadrature (a traced curve) or AIS.
         self._fitted = all(m._fitted for m in models)
 
+    @classmethod
+    def load(cls, path, manifold):
+        """A saved product density, rebuilt on ``manifold`` (the intersection).
+
+        The factors themselves are not stored, only their summed energy: the
+        result is a :class:`ConstrainedEBM` with that energy.
+        """
+        return ConstrainedEBM.load(path, manifold)
+
 
 class UnionEBM:
     """Mixture ``sum_i w_i p_i`` of normalised densities on the union of their manifolds.

@@ -81,3 +81,25 @@ def test_errors():
         IntersectionEBM(a)
     with pytest.raises(ValueError):
         UnionEBM(a, vmf_model([3.0, 0.0], [1.0, 0.0], 1.0, dim=1), weights=[1.0, -1.0])
+
+
+def test_intersection_saves_and_loads_on_the_intersection(tmp_path):
+    # Catches IntersectionEBM.load going through the factor-taking constructor
+    # (an "incompatible checkpoint" error), the product's members reloaded in
+    # another order or with lost weights (energies differ), and a loaded model
+    # not normalised on the intersection circle (its mass there != 1).
+    from implicit_geom.manifolds.arithmetic import intersection
+    from implicit_geom.models import EnergyMLP
+
+    sa, sb = ImplicitSphere(2), ImplicitSphere(2, center=[1.0, 0.0, 0.0])
+    a = ConstrainedEBM(sa, EnergyMLP(3, hidden=(8,), seed=0), seed=0)
+    b = ConstrainedEBM(sb, EnergyMLP(3, hidden=(8,), seed=1), seed=0)
+    model = IntersectionEBM(a, b)
+    model.save(tmp_path / "cap.pt")
+    back = IntersectionEBM.load(tmp_path / "cap.pt", intersection(sa, sb))
+    rho = math.sqrt(3) / 2
+    t = torch.linspace(0, 2 * math.pi, 4001, dtype=torch.float64)[:-1]
+    circle = torch.stack([torch.full_like(t, 0.5), rho * t.cos(), rho * t.sin()], -1)
+    assert torch.equal(back.energy(circle), a.energy(circle) + b.energy(circle))
+    mass = float(back.log_prob(circle).exp().mean()) * 2 * math.pi * rho
+    assert mass == pytest.approx(1.0, abs=1e-6)
