@@ -80,6 +80,7 @@ from implicit_geom import (
     NormalizationError,
     ProjectionError,
     QuadratureCoverageError,
+    TrainingDivergedError,
     union,
 )
 from implicit_geom.datasets import TWO_CIRCLE_CENTRES, load_dataset, load_table, true_log_density
@@ -177,14 +178,18 @@ def energy_candidates(kind, dim, seed):
 def fit_candidates(manifold, candidates, train, val, seed, settings):
     """Fit every candidate energy, each stopped early on validation.
 
-    Returns ``[(label, model, validation NLL)]`` of the candidates whose kept
-    state has a certified log Z (quadrature error <= 0.01 and no peak between
+    Returns ``[(label, model, validation NLL)]`` of the candidates whose
+    training did not diverge and whose kept state has a certified log Z (quadrature error <= 0.01 and no peak between
     the nodes; early stopping never keeps any other state).
     """
     fitted = []
     for label, make, batch in candidates:
         model = ConstrainedEBM(manifold, make(), seed=seed, batch_size=batch, **settings)
-        model.fit(train, val)
+        try:
+            model.fit(train, val)
+        except TrainingDivergedError as err:
+            log(f"    [{label}]: dropped, {err}")
+            continue
         score = min(model.validation_history_["loss"])
         try:
             error = model.normalizer().error

@@ -149,6 +149,13 @@ def _log_vmf_norm(kappa):
     return torch.log(kappa) - math.log(2 * math.pi) - torch.log(-torch.expm1(-2 * kappa))
 
 
+#: Largest kernel concentration of :class:`AnchoredVMFEnergy`. ``1 - a.x`` is
+#: resolved to ~1e-16 in float64, so beyond 1e12 a kernel's log density at
+#: its own anchor carries rounding errors above 1e-4 nats; its width, 1e-6 rad
+#: (6 m on the Earth), is below the precision of any data it models.
+KAPPA_MAX = 1e12
+
+
 class AnchoredVMFEnergy(nn.Module):
     """Energy of a learned von Mises-Fisher kernel mixture times a network, on the unit 2-sphere.
 
@@ -156,8 +163,9 @@ class AnchoredVMFEnergy(nn.Module):
 
     * ``q = (1 - f) (1/N) sum_j vMF(x; a_j, kappa_j) + f / (4 pi)``: one kernel
       per anchor ``a_j`` (the training points, set by :meth:`set_anchors`),
-      concentrations ``kappa_j = c s_j / d_j^2`` from each anchor's distance
-      ``d_j`` to its k-th nearest other anchor (floored at ``min_distance``),
+      concentrations ``kappa_j = c s_j / d_j^2`` (at most :data:`KAPPA_MAX`)
+      from each anchor's distance ``d_j`` to its k-th nearest other anchor
+      (floored at ``min_distance``),
       and a uniform floor ``f``; ``c`` and ``f`` are learned, and with
       ``adapt_kernels`` so is every kernel's own factor ``s_j`` (starting at
       1): the k-nearest-neighbour rule only guesses how sharp the density is
@@ -252,7 +260,11 @@ class AnchoredVMFEnergy(nn.Module):
         return self
 
     def _kappa(self):
-        return torch.exp(self.log_c - 2 * self.log_d + self.log_kappa_shift)
+        # Capped at KAPPA_MAX: at repeated points leave-one-out and validation
+        # likelihoods grow without bound as kernels narrow, and past ~1e16 the
+        # concentration overflows the kernel arithmetic into NaN.
+        log_kappa = self.log_c - 2 * self.log_d + self.log_kappa_shift
+        return torch.exp(log_kappa.clamp(max=math.log(KAPPA_MAX)))
 
     def floor(self):
         """Weight ``f`` of the uniform floor."""

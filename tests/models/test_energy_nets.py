@@ -53,3 +53,26 @@ def test_fourier_feature_cache_is_exact_and_never_stale():
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
     small = x[:10]
     assert feats(small) is not feats(small)  # small batches are not cached
+
+
+def test_kernel_concentrations_are_capped_at_repeated_points():
+    # Repeated points put k-NN distances at the floor, and leave-one-out
+    # likelihood then drives their concentrations up without bound (volcano:
+    # NaN loss after 512 steps). Catches a missing cap: at c = e^20 the
+    # uncapped kernels (kappa ~ 5e16) give non-finite gradients.
+    import math
+
+    from implicit_geom.datasets import vmf_sphere
+    from implicit_geom.models.energy_nets import KAPPA_MAX, AnchoredVMFEnergy
+
+    X = vmf_sphere(40, [0.0, 0.0, 1.0], 6.0, seed=1)
+    X = torch.cat([X, X[:10]])
+    energy = AnchoredVMFEnergy(hidden=(8,), fourier=4, seed=0, adapt_kernels=True, k=1)
+    energy.set_anchors(X, init=False)
+    with torch.no_grad():
+        energy.log_c.fill_(20.0)
+    assert float(energy._kappa().max()) == pytest.approx(KAPPA_MAX)
+    loss = energy.loo_energy(X, torch.arange(50)).mean() + energy.log_partition()
+    loss.backward()
+    assert math.isfinite(float(loss))
+    assert all(torch.isfinite(p.grad).all() for p in energy.parameters() if p.grad is not None)
