@@ -154,6 +154,12 @@ def _log_vmf_norm(kappa):
 #: its own anchor carries rounding errors above 1e-4 nats; its width, 1e-6 rad
 #: (6 m on the Earth), is below the precision of any data it models.
 KAPPA_MAX = 1e12
+#: :class:`AnchoredVMFEnergy` sums a point's kernels densely up to this many
+#: point-kernel pairs (on the CPU), over the kernels within reach beyond.
+DENSE_PAIRS = 1 << 21
+#: A kernel whose log density at a point is below ``-KERNEL_TAIL - log(2 pi)``
+#: is left out of that point's sum (the sparse path's only approximation).
+KERNEL_TAIL = 60.0
 
 
 class AnchoredVMFEnergy(nn.Module):
@@ -270,17 +276,89 @@ class AnchoredVMFEnergy(nn.Module):
         """Weight ``f`` of the uniform floor."""
         return torch.sigmoid(self.floor_logit)
 
-    def _log_q(self, x, exclude=None):
+    def _log_q(self, x, exclude=None, sparse=None):
+        """``log q(x)``; ``exclude[i]``: an anchor left out of row ``i``'s mixture.
+
+        ``sparse`` (default: on the CPU when there are more than
+        :data:`DENSE_PAIRS` point-kernel pairs) sums each point's kernels
+        within reach only (:meth:`_kernel_pairs`), a pair count that grows
+        like the points instead of points x kernels.
+        """
         kappa = self._kappa()
-        logits = (x @ self.anchors.T - 1) * kappa + _log_vmf_norm(kappa)
-        n = self.anchors.shape[0]
-        if exclude is not None:
-            logits = logits.clone()
-            logits[torch.arange(x.shape[0], device=x.device), exclude] = -math.inf
-            n = n - 1
-        mix = torch.logsumexp(logits, -1) - math.log(n)
+        log_norm = _log_vmf_norm(kappa)
+        n = self.anchors.shape[0] - (exclude is not None)
+        if sparse is None:
+            sparse = x.device.type == "cpu" and x.shape[0] * self.anchors.shape[0] > DENSE_PAIRS
+        if sparse:
+            mix = self._sparse_log_mix(x, kappa, log_norm, exclude)
+        else:
+            logits = (x @ self.anchors.T - 1) * kappa + log_norm
+            if exclude is not None:
+                logits = logits.clone()
+                logits[torch.arange(x.shape[0], device=x.device), exclude] = -math.inf
+            mix = torch.logsumexp(logits, -1)
         f = self.floor()
-        return torch.logaddexp(torch.log1p(-f) + mix, torch.log(f) - math.log(4 * math.pi))
+        return torch.logaddexp(torch.log1p(-f) + mix - math.log(n),
+                               torch.log(f) - math.log(4 * math.pi))
+
+    def _kernel_pairs(self, x, kappa, log_norm):
+        """Indices ``(rows, kernels)`` of the point-kernel pairs that matter, and the broad kernels.
+
+        Kernel ``j`` is left out at points with ``1 - a_j.x > tau_j``, where its
+        log density is below ``-KERNEL_TAIL - log(2 pi)``: the sum left out is
+        at most ``exp(-KERNEL_TAIL) / (2 pi)`` per steradian however many
+        kernels there are. Kernels that reach everywhere (``tau_j >= 2``) are
+        returned apart and summed densely; the others are found by k-d trees
+        over kernels grouped by reach (within a factor of two), so that each
+        query radius fits its group.
+        """
+        from scipy.spatial import cKDTree
+
+        tau = ((log_norm + math.log(2 * math.pi) + KERNEL_TAIL) / kappa).detach().cpu().numpy()
+        broad = np.flatnonzero(tau >= 2.0)
+        sharp = np.flatnonzero(tau < 2.0)
+        xs = x.detach().cpu().numpy()
+        xs = xs / np.maximum(np.linalg.norm(xs, axis=-1, keepdims=True), 1e-300)
+        rows, cols = [], []
+        if sharp.size:
+            reach = np.sqrt(2.0 * np.maximum(tau[sharp], 0.0))  # chord radius of each kernel
+            anchors = self.anchors.detach().cpu().numpy()
+            queries = cKDTree(xs)
+            group = np.floor(np.log2(reach / reach.min())).astype(np.int64)
+            for g in np.unique(group):
+                members = sharp[group == g]
+                radius = reach[group == g]
+                found = queries.sparse_distance_matrix(cKDTree(anchors[members]),
+                                                       float(radius.max()), output_type="ndarray")
+                keep = found["v"] <= radius[found["j"]]
+                rows.append(found["i"][keep])
+                cols.append(members[found["j"][keep]])
+        rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        cols = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+        as_index = lambda a: torch.as_tensor(a, dtype=torch.long).to(x.device)  # noqa: E731
+        return as_index(rows), as_index(cols), as_index(broad)
+
+    def _sparse_log_mix(self, x, kappa, log_norm, exclude):
+        """``log sum_j vMF(x; a_j, kappa_j)`` over the pairs of :meth:`_kernel_pairs`."""
+        rows, cols, broad = self._kernel_pairs(x, kappa, log_norm)
+        a = self.anchors
+        pair_logits = ((x[rows] * a[cols]).sum(-1) - 1) * kappa[cols] + log_norm[cols]
+        dense = (x @ a[broad].T - 1) * kappa[broad] + log_norm[broad]
+        if exclude is not None:
+            exclude = torch.as_tensor(exclude, device=x.device)
+            pair_logits = pair_logits.masked_fill(cols == exclude[rows], -math.inf)
+            dense = dense.masked_fill(broad[None] == exclude[:, None], -math.inf)
+        # Per-row logsumexp over a ragged set: shift by the (detached) row
+        # maximum, add up, shift back.
+        top = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
+        top = top.scatter_reduce(0, rows, pair_logits.detach(), "amax")
+        if broad.numel():
+            top = torch.maximum(top, dense.detach().amax(-1))
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        total = torch.zeros_like(top).index_add(0, rows, (pair_logits - top[rows]).exp())
+        total = total + (dense - top[:, None]).exp().sum(-1)
+        # A row with no kernel within reach gives log 0 = -inf: q is the floor.
+        return top + total.log()
 
     def forward(self, x):
         if self.anchors.shape[0] == 0:

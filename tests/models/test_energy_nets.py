@@ -71,8 +71,62 @@ def test_kernel_concentrations_are_capped_at_repeated_points():
     energy.set_anchors(X, init=False)
     with torch.no_grad():
         energy.log_c.fill_(20.0)
-    assert float(energy._kappa().max()) == pytest.approx(KAPPA_MAX)
+    assert float(energy._kappa().detach().max()) == pytest.approx(KAPPA_MAX)
     loss = energy.loo_energy(X, torch.arange(50)).mean() + energy.log_partition()
     loss.backward()
-    assert math.isfinite(float(loss))
+    assert math.isfinite(float(loss.detach()))
     assert all(torch.isfinite(p.grad).all() for p in energy.parameters() if p.grad is not None)
+
+
+def test_sparse_kernel_sums_match_the_dense_ones():
+    # The sparse path (kernels within reach of each point, found by k-d trees
+    # grouped by reach) against the dense sum: catches kernels that are left
+    # out although they matter (wrong reach or group radius), a wrong
+    # leave-one-out exclusion, broad kernels (reaching everywhere) dropped,
+    # points beyond every kernel (only the floor left), and gradients that
+    # do not flow to the concentrations or to the points.
+    from implicit_geom.datasets import vmf_sphere
+    from implicit_geom.models.energy_nets import AnchoredVMFEnergy
+    from implicit_geom.models.normalization import sphere_quadrature
+
+    X = vmf_sphere(600, [0.0, 0.0, 1.0], 20.0, seed=3)
+    X = torch.cat([X, X[:40]])  # repeated points: kernels at the distance floor
+    energy = AnchoredVMFEnergy(hidden=(8,), fourier=4, seed=0, adapt_kernels=True)
+    energy.set_anchors(X, init=False)
+    with torch.no_grad():
+        energy.log_c.fill_(1.0)
+        shift = 3.0 * torch.randn(640, generator=torch.Generator().manual_seed(1),
+                                  dtype=torch.float64)
+        shift[:25] = -25.0  # broad kernels: kappa << 1
+        energy.log_kappa_shift.copy_(shift)
+        energy.floor_logit.fill_(-8.0)
+    assert int((energy._kappa() < 0.1).sum()) >= 20
+    pts, _ = energy._nodes(4, 4)
+    south = torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64)  # beyond the sharp kernels
+    queries = torch.cat([pts.detach()[::7], sphere_quadrature(20, 40).points, south]).requires_grad_()
+    dense = energy._log_q(queries, sparse=False)
+    sparse = energy._log_q(queries, sparse=True)
+    assert torch.allclose(sparse, dense, rtol=0, atol=1e-9)
+    grads = [torch.autograd.grad(v.sum(), [queries, energy.log_c, energy.log_kappa_shift])
+             for v in (dense, sparse)]
+    for g_dense, g_sparse in zip(*grads):
+        assert torch.allclose(g_sparse, g_dense, rtol=1e-7, atol=1e-9)
+    idx = torch.arange(0, 640, 3)
+    loo = [energy._log_q(X[idx], exclude=idx, sparse=s) for s in (False, True)]
+    assert torch.allclose(loo[1], loo[0], rtol=0, atol=1e-9)
+    with torch.no_grad():  # no broad kernel left: points far from all see the floor only
+        energy.log_kappa_shift[:25] = 3.0
+    assert torch.allclose(energy._log_q(south, sparse=True), energy._log_q(south, sparse=False),
+                          rtol=0, atol=1e-12)
+    # An anchor beyond every other kernel's reach: its leave-one-out row is
+    # empty (catches a NaN gradient from log 0).
+    lone = AnchoredVMFEnergy(hidden=(8,), fourier=4, seed=0, adapt_kernels=True)
+    lone.set_anchors(torch.cat([X, south]), init=False)
+    with torch.no_grad():
+        lone.log_c.fill_(1.0)
+        lone.log_kappa_shift.fill_(3.0)
+    own = torch.tensor([640])
+    values = [lone._log_q(south, exclude=own, sparse=s) for s in (False, True)]
+    assert torch.allclose(values[1], values[0], rtol=0, atol=1e-12)
+    grad = torch.autograd.grad(values[1].sum(), [lone.log_c, lone.log_kappa_shift])
+    assert all(torch.isfinite(g).all() for g in grad)
