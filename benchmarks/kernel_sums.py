@@ -37,6 +37,7 @@ from implicit_geom.models import ConstrainedEBM  # noqa: E402
 from implicit_geom.models import energy_nets  # noqa: E402
 
 SPLIT_SEED = 100
+DEFAULT_PAIRS = energy_nets.DENSE_PAIRS
 
 
 def timed(fn):
@@ -45,10 +46,9 @@ def timed(fn):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
-def run(mode, train, val, steps):
+def run(mode, manifold, kind, train, val, steps):
     """One way of summing (``dense`` or ``sparse``): times and the fit's validation NLLs."""
     energy_nets.DENSE_PAIRS = float("inf") if mode == "dense" else DEFAULT_PAIRS
-    points, manifold, kind = likelihood.load("flood")
     label, make, batch = likelihood.energy_candidates(kind, 3, SPLIT_SEED)[-1]
     row = {"mode": mode}
     energy = make()
@@ -74,12 +74,12 @@ def main(argv=None):
     parser.add_argument("--json", default=None, metavar="PATH")
     args = parser.parse_args(argv)
     implicit_geom.set_threads(args.threads)
-    points, _, _ = likelihood.load("flood")
+    points, manifold, kind = likelihood.load("flood")
     tr, va, _ = likelihood.random_split(points.shape[0], SPLIT_SEED)
     train, val = points[tr], points[va]
     rows, values = [], []
     for mode in ("dense", "sparse"):
-        row, log_q = run(mode, train, val, args.steps)
+        row, log_q = run(mode, manifold, kind, train, val, args.steps)
         rows.append(row)
         values.append(log_q)
         print(f"{mode}: fit {row['fit_s']:.1f} s", flush=True)
@@ -90,7 +90,8 @@ def main(argv=None):
           f"nodes; {args.steps} fit steps, {args.threads} thread(s)\n")
     print("| | dense | sparse | ratio |")
     print("|---|---|---|---|")
-    for key, name in (("set_anchors_s", "set_anchors (s)"), ("log_q_nodes_s", "log q at the nodes (s)"),
+    for key, name in (("set_anchors_s", "set_anchors (s)"),
+                      ("log_q_nodes_s", "log q at the nodes (s)"),
                       ("fit_s", "fit (s, wall)"), ("fit_cpu_s", "fit (s, CPU)")):
         print(f"| {name} | {dense[key]:.2f} | {sparse[key]:.2f} | "
               f"{dense[key] / sparse[key]:.1f}x |")
@@ -102,8 +103,6 @@ def main(argv=None):
             json.dump({"rows": rows, "max_log_q_diff": diff_q, "max_val_nll_diff": diff_val,
                        "steps": args.steps, "threads": args.threads}, fh, indent=1)
 
-
-DEFAULT_PAIRS = energy_nets.DENSE_PAIRS
 
 if __name__ == "__main__":
     main()

@@ -179,8 +179,9 @@ def fit_candidates(manifold, candidates, train, val, seed, settings):
     """Fit every candidate energy, each stopped early on validation.
 
     Returns ``[(label, model, validation NLL)]`` of the candidates whose
-    training did not diverge and whose kept state has a certified log Z (quadrature error <= 0.01 and no peak between
-    the nodes; early stopping never keeps any other state).
+    training did not diverge and whose kept state has a certified log Z
+    (quadrature error <= 0.01 and no peak between the nodes; early stopping
+    never keeps any other state).
     """
     fitted = []
     for label, make, batch in candidates:

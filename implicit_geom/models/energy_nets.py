@@ -316,12 +316,12 @@ class AnchoredVMFEnergy(nn.Module):
 
         tau = ((log_norm + math.log(2 * math.pi) + KERNEL_TAIL) / kappa).detach().cpu().numpy()
         broad = np.flatnonzero(tau >= 2.0)
-        sharp = np.flatnonzero(tau < 2.0)
+        sharp = np.flatnonzero((tau > 0.0) & (tau < 2.0))  # tau <= 0: nowhere within reach
         xs = x.detach().cpu().numpy()
         xs = xs / np.maximum(np.linalg.norm(xs, axis=-1, keepdims=True), 1e-300)
         rows, cols = [], []
         if sharp.size:
-            reach = np.sqrt(2.0 * np.maximum(tau[sharp], 0.0))  # chord radius of each kernel
+            reach = np.sqrt(2.0 * tau[sharp])  # chord radius of each kernel
             anchors = self.anchors.detach().cpu().numpy()
             queries = cKDTree(xs)
             group = np.floor(np.log2(reach / reach.min())).astype(np.int64)
