@@ -5,7 +5,13 @@ from .baselines import ManifoldKDE, VonMisesFisherMixture
 from .combine import IntersectionEBM, UnionEBM, combine_densities
 from .crossfit import cross_fit_ebm
 from .ebm import ConstrainedEBM, EnergyModel, contrastive_divergence_loss
-from .energy_nets import AnchoredVMFEnergy, EnergyMLP, FourierFeatures, SumEnergy
+from .energy_nets import (
+    AnchoredVMFEnergy,
+    EnergyMLP,
+    FourierFeatures,
+    PolynomialEnergy,
+    SumEnergy,
+)
 from .mixture import DensityMixture, normalized_log_density
 from .normalization import (
     LogPartition,
@@ -39,6 +45,7 @@ __all__ = [
     "IntersectionEBM",
     "LogPartition",
     "ManifoldKDE",
+    "PolynomialEnergy",
     "PushforwardEBM",
     "Quadrature",
     "SumEnergy",

@@ -32,7 +32,7 @@ from ..learning.distributed import context, make_trainer
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, padded_box
 from ..sampling.transitions import ComponentJump
-from .energy_nets import AnchoredVMFEnergy, EnergyMLP, SumEnergy
+from .energy_nets import AnchoredVMFEnergy, EnergyMLP, PolynomialEnergy, SumEnergy
 from .normalization import (
     LogPartition,
     ais_log_partition,
@@ -47,7 +47,8 @@ __all__ = ["EnergyModel", "ConstrainedEBM", "contrastive_divergence_loss"]
 
 _SAMPLERS = ("langevin", "mala", "hmc")
 _CHECKPOINT_KIND = "ConstrainedEBM"
-_ENERGIES = {"EnergyMLP": EnergyMLP, "AnchoredVMFEnergy": AnchoredVMFEnergy}
+_ENERGIES = {"EnergyMLP": EnergyMLP, "AnchoredVMFEnergy": AnchoredVMFEnergy,
+             "PolynomialEnergy": PolynomialEnergy}
 
 
 def _energy_spec(net):
@@ -79,7 +80,9 @@ def _build_energy(spec, state, prefix=""):
     cfg = dict(spec["net"])
     if kind == "EnergyMLP":
         return EnergyMLP(cfg.pop("dim"), hidden=tuple(cfg.pop("hidden")), **cfg)
-    net = _ENERGIES[kind](**cfg)
+    if kind != "AnchoredVMFEnergy":
+        return _ENERGIES[kind](**cfg)
+    net = AnchoredVMFEnergy(**cfg)
     net.anchors, net.log_d, net.phase = (state[prefix + name]
                                          for name in ("anchors", "log_d", "phase"))
     net._resize_kernels(net.anchors.shape[0])

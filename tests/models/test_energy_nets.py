@@ -1,4 +1,6 @@
-"""EnergyMLP shapes, dtype, seeding and validation."""
+"""Energy networks: EnergyMLP, PolynomialEnergy and AnchoredVMFEnergy (shapes, dtype, seeding, sums)."""
+
+import math
 
 import pytest
 import torch
@@ -130,3 +132,60 @@ def test_sparse_kernel_sums_match_the_dense_ones():
     assert torch.allclose(values[1], values[0], rtol=0, atol=1e-12)
     grad = torch.autograd.grad(values[1].sum(), [lone.log_c, lone.log_kappa_shift])
     assert all(torch.isfinite(g).all() for g in grad)
+
+
+def test_polynomial_features_are_every_monomial_once():
+    # Catches a missing or repeated monomial (the family would not be all
+    # polynomials of the degree) and non-finite gradients at zero coordinates
+    # (a pow-based feature map gives 0 * inf there).
+    import itertools
+
+    from implicit_geom.models import PolynomialEnergy
+
+    net = PolynomialEnergy(3, 3, center=[0.5, 0.0, -1.0], scale=2.0)
+    assert net.n_features == math.comb(3 + 3, 3) - 1
+    x = torch.randn(7, 3, dtype=torch.float64)
+    u = (x - torch.tensor([0.5, 0.0, -1.0], dtype=torch.float64)) / 2.0
+    exps = [a for a in itertools.product(range(4), repeat=3) if 1 <= sum(a) <= 3]
+    ref = torch.stack([(u ** torch.tensor(a)).prod(-1) for a in exps], -1)
+    feats = net.features(x)
+    assert torch.allclose(feats.sort(-1).values, ref.sort(-1).values, atol=1e-14)
+    # Each reference monomial is matched by exactly one feature column.
+    match = (feats[:, :, None] - ref[:, None, :]).abs().amax(0) < 1e-12
+    assert bool((match.sum(0) == 1).all()) and bool((match.sum(1) == 1).all())
+    assert net(torch.randn(4, 5, 3, dtype=torch.float64)).shape == (4, 5)
+    torch.nn.init.normal_(net.coef, generator=torch.Generator().manual_seed(0))
+    z = torch.tensor([[0.5, 0.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    net(z).sum().backward()
+    assert bool(torch.isfinite(z.grad).all())
+    with pytest.raises(ValueError):
+        PolynomialEnergy(3, 0)
+    with pytest.raises(ValueError):
+        PolynomialEnergy(3, 2, scale=0.0)
+    with pytest.raises(ValueError):
+        net(torch.zeros(2, 2, dtype=torch.float64))
+
+
+def test_degree_one_polynomial_mle_is_the_closed_form_vmf_fit(tmp_path):
+    # Exact maximum likelihood of the degree-1 energy on S^2 is the vMF MLE,
+    # whose closed form solves coth(kappa) - 1/kappa = |mean(x)| along
+    # mean(x). Catches a wrong sign or normalisation of the polynomial energy
+    # in the likelihood, and a save/load that loses its settings.
+    from implicit_geom.datasets import vmf_sphere
+    from implicit_geom.manifolds import ImplicitSphere
+    from implicit_geom.models import ConstrainedEBM, PolynomialEnergy
+
+    X = vmf_sphere(3000, [0.0, 0.6, 0.8], 3.0, seed=0)
+    model = ConstrainedEBM(ImplicitSphere(2), PolynomialEnergy(3, 1), method="mle",
+                           n_iter=1500, lr=1e-2, batch_size=2048, seed=0).fit(X)
+    mean = X.mean(0)
+    rbar, kappa = float(mean.norm()), 3.0
+    for _ in range(50):  # Newton on coth(k) - 1/k = rbar
+        kappa -= ((1 / math.tanh(kappa) - 1 / kappa - rbar)
+                  / (1 / kappa ** 2 - 1 / math.sinh(kappa) ** 2))
+    closed = kappa * mean / rbar
+    assert torch.allclose(-model.energy_net.coef.detach(), closed, rtol=0, atol=0.02 * kappa)
+    model.save(tmp_path / "poly.pt")
+    back = ConstrainedEBM.load(tmp_path / "poly.pt", ImplicitSphere(2))
+    assert isinstance(back.energy_net, PolynomialEnergy) and back.energy_net.degree == 1
+    assert torch.equal(back.log_prob(X[:10]), model.log_prob(X[:10]))
