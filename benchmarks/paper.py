@@ -114,14 +114,23 @@ def log(msg):
     print(msg, flush=True)
 
 
+#: The two energy families of the maximum-likelihood EBMs: a plain MLP and one
+#: with random Fourier features (sharp peaks).
+FOURIER_FEATURES = (0, 32)
+
+
+def energy_mlp(n, seed, fourier=0):
+    """The benchmark's energy network (64x64 MLP) on ``fourier`` Fourier features."""
+    return EnergyMLP(n, hidden=(64, 64), seed=seed, fourier=fourier, max_frequency=8.0)
+
+
 def fit_ebm(manifold, fit, val, n, m, step, seed, quick):
-    """The maximum-likelihood constrained EBM: a plain MLP and one with Fourier
-    features (sharp peaks) compete on the validation tenth."""
+    """The maximum-likelihood constrained EBM: the two families compete on the
+    validation tenth."""
     best = None
-    for features in (0, 32):
-        model = ConstrainedEBM(manifold, EnergyMLP(n, hidden=(64, 64), seed=seed,
-                                                   fourier=features, max_frequency=8.0),
-                               seed=seed, step_size=step, **mle_kwargs(quick, m)).fit(fit, val)
+    for features in FOURIER_FEATURES:
+        model = ConstrainedEBM(manifold, energy_mlp(n, seed, features), seed=seed,
+                               step_size=step, **mle_kwargs(quick, m)).fit(fit, val)
         score = min(model.validation_history_["loss"])
         if best is None or score < best[0]:
             best = (score, model)
@@ -227,7 +236,7 @@ def run_standard(name, seed, quick):
     if name == "two_circles":
         # The paper's PCD, with jumps between the circles setting their masses.
         t0 = time.perf_counter()
-        pcd = ConstrainedEBM(manifold, EnergyMLP(cfg["n"], hidden=(64, 64), seed=seed),
+        pcd = ConstrainedEBM(manifold, energy_mlp(cfg["n"], seed),
                              seed=seed, **pcd_kwargs(cfg, quick)).fit(train)
         t_pcd = time.perf_counter() - t0
         s = pcd.sample(N_MODEL_SAMPLES, n_steps=100, sampler="mala")
@@ -312,9 +321,8 @@ def fit_factor(manifold, X, seed, quick, n_folds=5):
     seeds the ∩ W went from 0.000145 (mean; median 0.000141) to 0.000136
     (median 0.000109).
     """
-    cands = {f"fourier={f}": (lambda k, f=f: EnergyMLP(3, hidden=(64, 64), seed=seed + 97 * k,
-                                                        fourier=f, max_frequency=8.0))
-             for f in (0, 32)}
+    cands = {f"fourier={f}": (lambda k, f=f: energy_mlp(3, seed + 97 * k, f))
+             for f in FOURIER_FEATURES}
     return cross_fit_ebm(manifold, X, cands, n_folds=n_folds, seed=1000 + seed, step_size=0.2,
                          **mle_kwargs(quick, 2))
 

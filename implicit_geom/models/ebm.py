@@ -67,30 +67,14 @@ def _energy_spec(net):
     return {"energy": kind, "net": net.config()}
 
 
-def _build_energy(spec, state, prefix=""):
-    """The (untrained) network of ``spec`` with its data-sized buffers from ``state``.
-
-    ``state`` is the saved state dict (entries of this network under
-    ``prefix``); it is completed in place where an older format lacks an entry.
-    """
+def _build_energy(spec):
+    """The untrained network of ``spec``; its ``load_state_dict`` takes the saved
+    state (data-sized kernel buffers included)."""
     kind = spec.get("energy", "EnergyMLP")
     if kind == "SumEnergy":
-        return SumEnergy([_build_energy(member, state, f"{prefix}nets.{i}.")
-                          for i, member in enumerate(spec["members"])], spec["weights"])
-    cfg = dict(spec["net"])
-    if kind == "EnergyMLP":
-        return EnergyMLP(cfg.pop("dim"), hidden=tuple(cfg.pop("hidden")), **cfg)
-    if kind != "AnchoredVMFEnergy":
-        return _ENERGIES[kind](**cfg)
-    net = AnchoredVMFEnergy(**cfg)
-    net.anchors, net.log_d, net.phase = (state[prefix + name]
-                                         for name in ("anchors", "log_d", "phase"))
-    net._resize_kernels(net.anchors.shape[0])
-    if prefix + "log_kappa_shift" not in state and not net.adapt_kernels:
-        # Saved before per-kernel factors existed: the k-NN rule is a factor
-        # of 1 (log 0) for every kernel.
-        state[prefix + "log_kappa_shift"] = torch.zeros_like(net.log_d)
-    return net
+        return SumEnergy([_build_energy(member) for member in spec["members"]],
+                         spec["weights"])
+    return _ENERGIES[kind](**spec["net"])
 
 
 def _is_unit_sphere(manifold):
@@ -1035,9 +1019,8 @@ class ConstrainedEBM(EnergyModel):
                 f"{path}: saved for ambient dimension {config.get('ambient_dim')}, the manifold "
                 f"has {manifold.ambient_dim}")
         try:
-            state = dict(record["state_dict"])
-            net = _build_energy(config, state)
-            net.load_state_dict(state)
+            net = _build_energy(config)
+            net.load_state_dict(record["state_dict"])
             model = cls(manifold, net, **config["hyper"])
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from err

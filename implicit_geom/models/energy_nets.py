@@ -200,8 +200,12 @@ class PolynomialEnergy(nn.Module):
             self.register_buffer(f"_variable{k}", torch.tensor([i for _, i in pairs]),
                                  persistent=False)
         self._n_blocks = len(blocks)
-        self.n_features = self.dim + sum(len(pairs) for pairs in blocks)
-        self.coef = nn.Parameter(torch.zeros(self.n_features, dtype=dtype))
+        self.coef = nn.Parameter(torch.zeros(self.dim + sum(map(len, blocks)), dtype=dtype))
+
+    @property
+    def n_features(self):
+        """Number of monomials (and coefficients)."""
+        return self.coef.shape[0]
 
     def config(self):
         """Constructor arguments, enough to rebuild the energy."""
@@ -213,11 +217,11 @@ class PolynomialEnergy(nn.Module):
         if x.shape[-1] != self.dim:
             raise ValueError(f"expected points of dimension {self.dim}, got shape "
                              f"{tuple(x.shape)}")
-        block = (x - self.center) / self.scale
-        out = [block]
+        u = block = (x - self.center) / self.scale
+        out = [u]
         for k in range(self._n_blocks):
-            block = (block[..., getattr(self, f"_parent{k}")]
-                     * out[0][..., getattr(self, f"_variable{k}")])
+            parent, variable = getattr(self, f"_parent{k}"), getattr(self, f"_variable{k}")
+            block = block[..., parent] * u[..., variable]
             out.append(block)
         return torch.cat(out, -1)
 
@@ -308,6 +312,21 @@ class AnchoredVMFEnergy(nn.Module):
         # unless adapt_kernels (then it is the plain k-NN rule).
         self.log_kappa_shift = nn.Parameter(torch.zeros(n, dtype=torch.float64, device=device),
                                             requires_grad=self.adapt_kernels)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The kernel buffers are sized by the points the energy was anchored
+        # on: take the saved size before torch copies the values in.
+        saved = state_dict.get(prefix + "anchors")
+        if saved is not None:
+            n, like = saved.shape[0], self.anchors
+            self.anchors = like.new_zeros((n, like.shape[-1]))
+            self.log_d, self.phase = like.new_zeros(n), like.new_zeros(n)
+            self._resize_kernels(n, like.device)
+            if prefix + "log_kappa_shift" not in state_dict and not self.adapt_kernels:
+                # Saved before per-kernel factors existed: the k-NN rule is a
+                # factor of 1 (log 0) for every kernel. (torch loads from a copy.)
+                state_dict[prefix + "log_kappa_shift"] = like.new_zeros(n)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def config(self):
         """Constructor arguments."""

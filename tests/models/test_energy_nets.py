@@ -189,3 +189,21 @@ def test_degree_one_polynomial_mle_is_the_closed_form_vmf_fit(tmp_path):
     back = ConstrainedEBM.load(tmp_path / "poly.pt", ImplicitSphere(2))
     assert isinstance(back.energy_net, PolynomialEnergy) and back.energy_net.degree == 1
     assert torch.equal(back.log_prob(X[:10]), model.log_prob(X[:10]))
+
+
+def test_anchored_energy_loads_a_state_of_another_size():
+    # The kernel buffers are sized by the anchoring data: a fresh energy must
+    # take the saved size in load_state_dict. Catches a size mismatch error,
+    # or kernels left at the fresh energy's (empty) size.
+    from implicit_geom.models import AnchoredVMFEnergy
+
+    x = torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = x / x.norm(dim=-1, keepdim=True)
+    fitted = AnchoredVMFEnergy(k=3, hidden=(8,), seed=0, adapt_kernels=True)
+    fitted.set_anchors(x[:30])
+    with torch.no_grad():
+        fitted.log_kappa_shift.normal_(generator=torch.Generator().manual_seed(1))
+    fresh = AnchoredVMFEnergy(k=3, hidden=(8,), seed=0, adapt_kernels=True)
+    fresh.load_state_dict(fitted.state_dict())
+    assert fresh.anchors.shape == (30, 3) and fresh.log_kappa_shift.requires_grad
+    assert torch.equal(fresh(x), fitted(x))
