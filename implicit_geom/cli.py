@@ -125,7 +125,8 @@ def fit(args):
     with (folder if ctx.is_main else _scratch_folder()) as tmp:
         fitted = fit_pipeline(data, train, args.manifold, args.intrinsic_dim, args.seed,
                               not args.no_progress and ctx.is_main, args.mdf_epochs,
-                              args.ebm_iter, notify=print if ctx.is_main else None)
+                              args.ebm_iter, notify=print if ctx.is_main else None,
+                              mdf_restarts=args.mdf_restarts)
         kind, manifold, ebm, geometry = (fitted.kind, fitted.manifold, fitted.ebm,
                                          fitted.geometry)
         timings = fitted.timings
@@ -405,6 +406,10 @@ def build_parser():
         p.add_argument("--n-samples", type=int, default=None, help="subsample the data")
         p.add_argument("--test-fraction", type=float, default=0.2)
         p.add_argument("--mdf-epochs", type=int, default=None)
+        p.add_argument("--mdf-restarts", type=int, default=1,
+                       help="fits of a learned manifold; the one whose zero set is best "
+                            "conditioned is kept (guards against near-singular folds where "
+                            "the data leave gaps)")
         p.add_argument("--ebm-iter", type=int, default=None)
         p.add_argument("--n-eval", type=int, default=2000, help="model samples for W")
 

@@ -130,7 +130,7 @@ class Pipeline:
 
 
 def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=True,
-                   mdf_epochs=None, n_train=None):
+                   mdf_epochs=None, n_train=None, mdf_restarts=1):
     """The (unfitted) manifold of the pipeline for ``dataset``.
 
     Parameters
@@ -148,6 +148,9 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     n_train : int, optional
         Training points (sizes the MDF's batches, see
         :func:`~implicit_geom.learning.presets.mdf_preset`).
+    mdf_restarts : int
+        Fits of a learned manifold, the best-conditioned kept
+        (``NeuralImplicitManifold``'s ``n_restarts``).
 
     Returns
     -------
@@ -194,12 +197,13 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
                   progress=progress)
     if mdf_epochs:
         kwargs["epochs"] = int(mdf_epochs)
+    kwargs["n_restarts"] = int(mdf_restarts)
     return "learned", NeuralImplicitManifold(dataset.ambient_dim, codim=codim, **kwargs), {}, \
         notes
 
 
 def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, progress=True,
-                 mdf_epochs=None, ebm_iter=None, notify=None, **ebm_kwargs):
+                 mdf_epochs=None, ebm_iter=None, notify=None, mdf_restarts=1, **ebm_kwargs):
     """Fit the default pipeline: a manifold for ``dataset``, then a constrained EBM.
 
     Parameters
@@ -207,7 +211,7 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
     dataset : implicit_geom.datasets.Dataset
         Says what the data are (name, kind, dimensions); the fit uses ``train``.
     train : torch.Tensor, shape (N, n)
-    choice, intrinsic_dim, seed, progress, mdf_epochs
+    choice, intrinsic_dim, seed, progress, mdf_epochs, mdf_restarts
         See :func:`build_manifold`.
     ebm_iter : int, optional
         Overrides the EBM's iterations.
@@ -224,7 +228,8 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
     from .models import ConstrainedEBM
 
     kind, manifold, geometry, notes = build_manifold(dataset, choice, intrinsic_dim, seed,
-                                                     progress, mdf_epochs, len(train))
+                                                     progress, mdf_epochs, len(train),
+                                                     mdf_restarts)
     for note in notes if notify is not None else ():
         notify(note)
     timings = {}

@@ -8,10 +8,11 @@ orientation, the training loop and checkpoints.
 
 import contextlib
 import dataclasses
+import math
 
 import torch
 
-from ..exceptions import CheckpointError, InvalidPointError
+from ..exceptions import CheckpointError, InvalidPointError, ProjectionError
 from ..manifolds.neural import MDFNetwork, NetworkImplicitManifold
 from ..manifolds.residual import ResidualMDFNetwork
 from ..numerics.validation import DTYPE, as_points, padded_box
@@ -89,6 +90,16 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
     box_margin : float
         The box is the data's bounding box widened by this fraction of its size
         on every side.
+    n_restarts : int
+        Fits from this many initialisations (seeds ``seed``, ``seed + RESTART_STRIDE``,
+        ...), keeping the one whose zero set is best conditioned in the box
+        (largest :meth:`zero_set_conditioning`). Where the data leave regions
+        of the manifold empty, some initialisations fill them with
+        near-singular folds (on the glycine torus 4 of 12 seeds tried:
+        conditioning 0.24-0.38 against 0.69-0.99), where projection and
+        geodesics fail; the data cannot tell these fits apart, the conditioning
+        can. Costs ``n_restarts`` fits and a projection of 20 000 box points
+        each.
     tol, max_iter
         Projection tolerance and Newton cap, see :class:`ImplicitManifold`.
     seed : int
@@ -106,7 +117,14 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         ``neg_sq``, ``box_rank``, ``orientation``, ``sv_min``, ``lr``).
     bounds : tuple of torch.Tensor or None
         The box around the training data, after fit.
+    restart_scores_ : list of float
+        :meth:`zero_set_conditioning` of each restart (``n_restarts > 1``).
+    restart_ : int
+        Index of the kept restart.
     """
+
+    #: Seed offset between restarts (restart 0 is the plain fit of ``seed``).
+    RESTART_STRIDE = 1000
 
     _CONFIG_KEYS = (
         "ambient_dim", "codim", "hidden", "activation", "architecture", "radial", "s_min",
@@ -114,7 +132,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         "w_neg", "beta", "mu_box", "box_s_min", "mu_orient", "orient_radius", "norm", "lr",
         "lr_floor", "epochs", "batch_size", "n_negatives", "langevin_steps",
         "langevin_step_size", "langevin_temperature", "buffer_size", "reinit_prob",
-        "neg_exclusion", "box_margin", "tol", "max_iter", "seed", "progress",
+        "neg_exclusion", "box_margin", "n_restarts", "tol", "max_iter", "seed", "progress",
     )
 
     def __init__(self, ambient_dim, codim=1, hidden=(32, 32, 32), activation="silu", *,
@@ -122,8 +140,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
                  mu_box=0.0, box_s_min=0.2, mu_orient=0.0, orient_radius=0.1, norm="l2", lr=1e-2,
                  lr_floor=0.01, epochs=400, batch_size=256, n_negatives=128, langevin_steps=5,
                  langevin_step_size=0.01, langevin_temperature=0.01, buffer_size=1000,
-                 reinit_prob=0.05, neg_exclusion=0.0, box_margin=0.1, rank_batch=0, tol=1e-10,
-                 max_iter=50, seed=0, device=None, progress=True):
+                 reinit_prob=0.05, neg_exclusion=0.0, box_margin=0.1, rank_batch=0,
+                 n_restarts=1, tol=1e-10, max_iter=50, seed=0, device=None, progress=True):
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
         if architecture not in ("mlp", "residual"):
@@ -147,6 +165,9 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         if self.orient_radius <= 0:
             raise ValueError(f"orient_radius must be > 0, got {orient_radius}")
         self.box_margin, self.seed, self.progress = float(box_margin), int(seed), bool(progress)
+        self.n_restarts = int(n_restarts)
+        if self.n_restarts < 1:
+            raise ValueError(f"n_restarts must be >= 1, got {n_restarts}")
         device = torch.device(device) if device is not None else torch.device("cpu")
         if min(self.epochs, self.batch_size) < 1 or self.box_margin < 0:
             raise ValueError("epochs and batch_size must be >= 1 and box_margin >= 0")
@@ -298,8 +319,14 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         if X.shape[0] < 2:
             raise InvalidPointError(f"fit needs at least 2 points, got {X.shape[0]}")
         X = X.to(self.device)
+        if self.n_restarts > 1 and not (resume and self.is_fitted):
+            return self._fit_restarts(X, epochs)
         if not (resume and self.is_fitted):
             self._setup(X)
+        self._train(X, epochs)
+        return self
+
+    def _train(self, X, epochs):
         epochs = self.epochs if epochs is None else int(epochs)
         self._data = X
         try:
@@ -309,7 +336,63 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         finally:
             del self._data
             self.invalidate_caches()  # the zero set moved
+
+    def _fit_restarts(self, X, epochs):
+        """``n_restarts`` fresh fits; the best-conditioned one is kept (see ``n_restarts``)."""
+        base, best, scores = self.seed, None, []
+        try:
+            for i in range(self.n_restarts):
+                self.seed = base + self.RESTART_STRIDE * i
+                self._setup(X)
+                self._train(X, epochs)
+                try:
+                    scores.append(self.zero_set_conditioning(seed=base))
+                except ProjectionError:  # no zero set in the box: the worst fit
+                    scores.append(-math.inf)
+                if best is None or scores[-1] > scores[best[0]]:
+                    # Each restart builds its own trainer, sampler and generator:
+                    # keeping references keeps the restart resumable.
+                    best = (i, {k: v.clone() for k, v in self.net.state_dict().items()},
+                            self.bounds, self._trainer, self._sampler, self._generator)
+        finally:
+            self.seed = base
+        i, state, self.bounds, self._trainer, self._sampler, self._generator = best
+        self.net.load_state_dict(state)
+        self.history_ = self._trainer.history
+        self.restart_scores_, self.restart_ = scores, i
+        self.invalidate_caches()
         return self
+
+    def zero_set_conditioning(self, n_samples=20000, seed=0):
+        """Smallest Jacobian singular value of F over its zero set in the box.
+
+        Uniform points of the box are projected onto the zero set (Newton's
+        failures are left out, like points projected out of the box); the
+        minimum over them of the smallest singular value of ``J_F``. A small
+        value flags a near-singular fold, where projection, tangent spaces and
+        geodesics break down. The sample is seeded: the same model gives the
+        same value.
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`fit`.
+        ProjectionError
+            No sample reached the zero set in the box.
+        """
+        if not self.is_fitted:
+            raise RuntimeError("call fit first")
+        low, high = self.bounds
+        gen = torch.Generator(device=low.device).manual_seed(int(seed))
+        x = low + (high - low) * torch.rand(n_samples, self.ambient_dim, generator=gen,
+                                            dtype=low.dtype, device=low.device)
+        res = self.solve_projection(x)
+        y = res.x[res.converged]
+        y = y[((y >= low) & (y <= high)).all(-1)]
+        if y.shape[0] == 0:
+            raise ProjectionError("no box sample reached the zero set in the box",
+                                  failed=~res.converged)
+        return float(self.singular_values(y)[..., -1].min())
 
     # ------------------------------------------------------------- persistence
     def save(self, path):

@@ -213,3 +213,39 @@ def test_codim_two_trains_exact_singular_values():
     sv = model.singular_values(data)
     assert sv.shape == (100, 2) and float(sv.min()) > 0.3
     assert model.history_["rank"][-1] < model.history_["rank"][0]
+
+
+def test_zero_set_conditioning_matches_closed_form():
+    # With the MLP zeroed, F = (|u|^2 - 1) / 2 with u = x / scale: the zero set is
+    # the circle of radius scale and |grad F| = 1 / scale on it. Catches a
+    # conditioning taken off the zero set, or the largest singular value.
+    model = NeuralImplicitManifold(2, **dict(FAST, epochs=1)).fit(von_mises_circle(200, seed=3))
+    last = [m for m in model.net.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    last.weight.zero_()
+    last.bias.zero_()
+    model.net.shift.zero_()
+    model.net.scale.fill_(0.5)
+    model.invalidate_caches()
+    assert model.zero_set_conditioning() == pytest.approx(2.0, rel=1e-9)
+    with pytest.raises(RuntimeError, match="fit first"):
+        NeuralImplicitManifold(2, **FAST).zero_set_conditioning()
+
+
+def test_restarts_keep_the_best_conditioned_fit():
+    # Each restart must be the plain fit of its seed, scored like that fit, and
+    # the kept one the best scored: catches a wrong seed, restoring another
+    # restart's weights, or keeping the last instead of the best.
+    data = von_mises_circle(200, seed=3)
+    cfg = dict(FAST, epochs=4)
+    model = NeuralImplicitManifold(2, **cfg, n_restarts=3).fit(data)
+    plain = [NeuralImplicitManifold(2, **cfg, seed=NeuralImplicitManifold.RESTART_STRIDE * i)
+             .fit(data) for i in range(3)]
+    scores = [p.zero_set_conditioning(seed=0) for p in plain]
+    assert model.restart_scores_ == pytest.approx(scores, rel=1e-12)
+    assert model.restart_ == max(range(3), key=scores.__getitem__)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    assert torch.equal(model.submersion(x), plain[model.restart_].submersion(x))
+    assert model.history_["loss"] == plain[model.restart_].history_["loss"]
+    assert model.seed == 0 and model.get_config()["n_restarts"] == 3
+    with pytest.raises(ValueError, match="n_restarts"):
+        NeuralImplicitManifold(2, n_restarts=0)
