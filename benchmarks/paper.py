@@ -6,9 +6,9 @@ likelihood: log Z by quadrature on the learned curve or surface, per
 connected component, each fit early-stopped on held-out points), and the
 pushforward EBM baseline (autoencoder + latent EBM) on the same data. On two
 circles the paper's PCD training is run too, with Metropolis-Hastings jumps
-between the circles. Reported per data set, as mean
-± std (ddof = 1) over seeds; every figure comes from
-:mod:`implicit_geom.evaluation` (the CLI's evaluation too):
+between the circles. Reported per data set, as mean ± std (ddof = 1) over
+seeds; every figure comes from :mod:`implicit_geom.evaluation` (the CLI's
+evaluation too):
 
 The maximum-likelihood EBMs choose between a plain MLP energy and one with
 random Fourier features, either by 5-fold cross-validation, averaging the

@@ -298,7 +298,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         resume : bool
             Continue the previous fit (weights, optimizer, schedule, negatives,
             random state) instead of starting afresh; the box and the input
-            standardisation stay those of the first fit.
+            standardisation stay those of the first fit. After a fit with
+            ``n_restarts > 1`` it continues the kept restart.
 
         Returns
         -------
@@ -319,9 +320,9 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         if X.shape[0] < 2:
             raise InvalidPointError(f"fit needs at least 2 points, got {X.shape[0]}")
         X = X.to(self.device)
-        if self.n_restarts > 1 and not (resume and self.is_fitted):
-            return self._fit_restarts(X, epochs)
         if not (resume and self.is_fitted):
+            if self.n_restarts > 1:
+                return self._fit_restarts(X, epochs)
             self._setup(X)
         self._train(X, epochs)
         return self
