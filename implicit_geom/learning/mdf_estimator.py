@@ -63,10 +63,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         parts of it are sampled. It helps closed surfaces in 3-D too: the
         rest of the loss sees only ``|F|``, and on a torus sampled all over
         (1000 points) unoriented fits joined the tube's inside to its hole
-        through a channel on each of 5 seeds, oriented ones on none. It needs
-        data that spread over the surface locally (the normals come from
-        local PCA): on the volcano sites, which lie along arcs, it made the
-        learned sphere worse, so it is not a default.
+        through a channel on each of 5 seeds, oriented ones on none. The
+        normals come from local PCA, so points whose neighbours lie along a
+        curve (volcano sites on arcs) are left unoriented
+        (:func:`~implicit_geom.learning.outward_normals`'s ``min_spread``).
     orient_radius : float
         Absorbing radius of the orienting random walks, relative to the data's
         length scale; below the size of the features to tell apart (gaps

@@ -29,11 +29,23 @@ def pca_normals(points, neighbours=10):
     return _least_variance_directions(pts, _neighbourhoods(cKDTree(pts), pts, neighbours))
 
 
-def _least_variance_directions(pts, idx):
-    """Per row of ``idx``, the unit direction of least variance of those points."""
+def _least_variance_directions(pts, idx, with_spread=False):
+    """Per row of ``idx``, the unit direction of least variance of those points.
+
+    With ``with_spread`` also the spread of each neighbourhood over the
+    hypersurface's tangent directions: the smallest tangent variance over the
+    largest, ``lambda_2 / lambda_n`` (0 for points along a curve in 3-D or
+    repeated points, where the least-variance direction is arbitrary; 1 for
+    any neighbourhood in 2-D).
+    """
     local = pts[idx] - pts[idx].mean(1, keepdims=True)
-    _, vectors = np.linalg.eigh(np.einsum("nki,nkj->nij", local, local))
-    return vectors[:, :, 0]
+    values, vectors = np.linalg.eigh(np.einsum("nki,nkj->nij", local, local))
+    if not with_spread:
+        return vectors[:, :, 0]
+    top = values[:, -1]
+    spread = np.where(top > 0, np.clip(values[:, 1], 0.0, None) / np.where(top > 0, top, 1.0),
+                      0.0)
+    return vectors[:, :, 0], spread
 
 
 def _neighbourhoods(tree, pts, neighbours):
@@ -82,7 +94,8 @@ def escape_probability(starts, tree, low, high, radius, walks, rng, max_steps=10
     return escaped.reshape(len(starts), walks).mean(-1)
 
 
-def outward_normals(points, low, high, radius, walks=32, neighbours=10, seed=0):
+def outward_normals(points, low, high, radius, walks=32, neighbours=10, seed=0,
+                    min_spread=0.05):
     """Normals of the hypersurface sampled by ``points``, pointing away from what it encloses.
 
     Parameters
@@ -100,30 +113,46 @@ def outward_normals(points, low, high, radius, walks=32, neighbours=10, seed=0):
     neighbours : int
         Neighbourhood size of the PCA normals.
     seed : int
+    min_spread : float
+        Points whose neighbourhood does not spread over the surface get no
+        normal (zero row, contrast 0) and lend no evidence to their
+        neighbours: the spread is the smallest tangent variance of the
+        neighbourhood over the largest (``lambda_2 / lambda_n``, always 1 in
+        2-D). Along a curve of points in 3-D (volcanoes on arcs, repeated
+        sites) the direction of least variance is arbitrary: on the volcano
+        sites 21% of the normals with contrast >= 0.2 point inwards, none of
+        those with spread >= 0.05 (40 of 827 points); on glycine and a sampled
+        torus every point has a spread above 0.1, on flood 97%.
 
     Returns
     -------
     normals : torch.Tensor, shape=[N, n]
-        Unit normals, or zero where both sides escaped equally often (no
-        orientation); on the device of ``points``.
+        Unit normals, or zero where both sides escaped equally often or the
+        neighbourhood is not spread (no orientation); on the device of
+        ``points``.
     contrast : torch.Tensor, shape=[N]
         Escape probability outside minus inside, averaged over the point and
-        its neighbours, in [0, 1].
+        its spread neighbours, in [0, 1].
     """
     pts = points.detach().cpu().numpy().astype(np.float64)
     lo, hi = (b.detach().cpu().numpy().astype(np.float64) for b in (low, high))
     tree = cKDTree(pts)
     idx = _neighbourhoods(tree, pts, neighbours)  # one query: PCA and pooling share it
-    normals = _least_variance_directions(pts, idx)
+    normals, spread = _least_variance_directions(pts, idx, with_spread=True)
+    spread_ok = spread >= min_spread
     rng = np.random.default_rng(seed)
     offset = 2.0 * radius * normals
     plus = escape_probability(pts + offset, tree, lo, hi, radius, walks, rng)
     minus = escape_probability(pts - offset, tree, lo, hi, radius, walks, rng)
     # Next to densely sampled data most walks from either side are absorbed at
     # once, so one point's contrast is mostly noise; its neighbours share its
-    # sides, so their evidence (flipped to its normal's sign) is pooled.
+    # sides, so their evidence (flipped to its normal's sign) is pooled, that
+    # of neighbours without a normal left out.
     aligned = np.sign(np.einsum("ni,nki->nk", normals, normals[idx]))
-    evidence = (aligned * (plus - minus)[idx]).mean(-1)
+    weight = spread_ok[idx].astype(np.float64)
+    evidence = ((weight * aligned * (plus - minus)[idx]).sum(-1)
+                / np.maximum(weight.sum(-1), 1.0))
+    evidence = np.where(spread_ok, evidence, 0.0)
     sign = np.sign(evidence)
     oriented = torch.as_tensor(sign[:, None] * normals, dtype=DTYPE).to(points.device)
     contrast = torch.as_tensor(np.abs(evidence), dtype=DTYPE).to(points.device)

@@ -161,3 +161,26 @@ def test_oriented_fit_of_a_sampled_torus_is_the_torus():
     iu = torch.triu_indices(25, 25, 1)
     rel = (res.dist - ref.dist)[iu[0], iu[1]].abs() / ref.dist[iu[0], iu[1]]
     assert float(rel.max()) < 0.01
+
+
+def test_points_along_a_curve_in_3d_get_no_normal():
+    # A patch of the unit sphere (a surface locally) and an arc on it (a
+    # curve: like the volcano sites on ridges). Along the arc the direction of
+    # least variance is arbitrary, so it must get no normal and lend no
+    # evidence; the patch must keep outward normals. With min_spread=0 the
+    # arc would be oriented (catches a filter that never fires).
+    gen = torch.Generator().manual_seed(0)
+    lat = 0.5 * (2 * torch.rand(400, generator=gen, dtype=torch.float64) - 1)
+    lon = 1.5 * torch.rand(400, generator=gen, dtype=torch.float64)
+    arc_lon = torch.linspace(2.5, 4.0, 150, dtype=torch.float64)
+    lat = torch.cat([lat, torch.full_like(arc_lon, 1.0)])
+    lon = torch.cat([lon, arc_lon])
+    x = torch.stack([lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()], -1)
+    arc = torch.arange(len(x)) >= 400
+    normals, contrast = outward_normals(x, *box(x), radius=0.05, seed=0)
+    assert torch.equal(normals[arc], torch.zeros_like(normals[arc]))
+    assert bool((contrast[arc] == 0).all())
+    outward = (normals[~arc] * x[~arc]).sum(-1)
+    assert float((outward > 0.9).double().mean()) > 0.9 and int((outward < 0).sum()) == 0
+    unfiltered, _ = outward_normals(x, *box(x), radius=0.05, seed=0, min_spread=0.0)
+    assert bool((unfiltered[arc] != 0).any(-1).all())
