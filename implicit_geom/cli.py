@@ -126,7 +126,7 @@ def fit(args):
         fitted = fit_pipeline(data, train, args.manifold, args.intrinsic_dim, args.seed,
                               not args.no_progress and ctx.is_main, args.mdf_epochs,
                               args.ebm_iter, notify=print if ctx.is_main else None,
-                              mdf_restarts=args.mdf_restarts)
+                              mdf_restarts=args.mdf_restarts, mdf_orient=args.mdf_orient)
         kind, manifold, ebm, geometry = (fitted.kind, fitted.manifold, fitted.ebm,
                                          fitted.geometry)
         timings = fitted.timings
@@ -410,6 +410,12 @@ def build_parser():
                        help="fits of a learned manifold; the one whose zero set is best "
                             "conditioned is kept (guards against near-singular folds where "
                             "the data leave gaps)")
+        p.add_argument("--mdf-orient", action="store_true",
+                       help="orient a learned hypersurface (codimension 1): F grows outwards "
+                            "through the data, which fixes its sign, hence its topology "
+                            "(NeuralImplicitManifold's mu_orient=10, orient_min_contrast=0.2; "
+                            "a closed surface sampled all over otherwise may come out with a "
+                            "channel through it)")
         p.add_argument("--ebm-iter", type=int, default=None)
         p.add_argument("--n-eval", type=int, default=2000, help="model samples for W")
 

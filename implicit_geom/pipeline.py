@@ -130,7 +130,7 @@ class Pipeline:
 
 
 def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=True,
-                   mdf_epochs=None, n_train=None, mdf_restarts=1):
+                   mdf_epochs=None, n_train=None, mdf_restarts=1, mdf_orient=False):
     """The (unfitted) manifold of the pipeline for ``dataset``.
 
     Parameters
@@ -151,6 +151,10 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     mdf_restarts : int
         Fits of a learned manifold, the best-conditioned kept
         (``NeuralImplicitManifold``'s ``n_restarts``).
+    mdf_orient : bool
+        Orient a learned hypersurface:
+        :data:`~implicit_geom.learning.presets.ORIENTED` over the preset
+        (``NeuralImplicitManifold``'s ``mu_orient``, ``orient_min_contrast``).
 
     Returns
     -------
@@ -178,7 +182,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     if choice != "learned":
         raise ValueError(f"unknown --manifold {choice!r}; use auto, learned, sphere or torus")
     from .learning import NeuralImplicitManifold
-    from .learning.presets import mdf_preset
+    from .learning.presets import ORIENTED, mdf_preset
 
     notes = []
     intrinsic = intrinsic_dim or dataset.intrinsic_dim
@@ -198,12 +202,18 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     if mdf_epochs:
         kwargs["epochs"] = int(mdf_epochs)
     kwargs["n_restarts"] = int(mdf_restarts)
+    if mdf_orient:
+        if codim != 1:
+            raise ValueError(f"--mdf-orient needs a hypersurface (codimension 1); this "
+                             f"manifold has dimension {intrinsic} in {dataset.ambient_dim}-D")
+        kwargs.update(ORIENTED)
     return "learned", NeuralImplicitManifold(dataset.ambient_dim, codim=codim, **kwargs), {}, \
         notes
 
 
 def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, progress=True,
-                 mdf_epochs=None, ebm_iter=None, notify=None, mdf_restarts=1, **ebm_kwargs):
+                 mdf_epochs=None, ebm_iter=None, notify=None, mdf_restarts=1, mdf_orient=False,
+                 **ebm_kwargs):
     """Fit the default pipeline: a manifold for ``dataset``, then a constrained EBM.
 
     Parameters
@@ -211,7 +221,7 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
     dataset : implicit_geom.datasets.Dataset
         Says what the data are (name, kind, dimensions); the fit uses ``train``.
     train : torch.Tensor, shape (N, n)
-    choice, intrinsic_dim, seed, progress, mdf_epochs, mdf_restarts
+    choice, intrinsic_dim, seed, progress, mdf_epochs, mdf_restarts, mdf_orient
         See :func:`build_manifold`.
     ebm_iter : int, optional
         Overrides the EBM's iterations.
@@ -229,7 +239,7 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
 
     kind, manifold, geometry, notes = build_manifold(dataset, choice, intrinsic_dim, seed,
                                                      progress, mdf_epochs, len(train),
-                                                     mdf_restarts)
+                                                     mdf_restarts, mdf_orient)
     for note in notes if notify is not None else ():
         notify(note)
     timings = {}

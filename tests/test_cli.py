@@ -147,7 +147,8 @@ def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys
     np.savetxt(path, (2.0 * sphere_mixture(300, seed=0) + 1.0).numpy())
     out = tmp_path / "model"
     assert main(["fit", str(path), "--out", str(out), "--mdf-epochs", "3", "--no-progress",
-                 "--n-eval", "100", "--ebm-iter", "5", "--mdf-restarts", "2"]) == 0
+                 "--n-eval", "100", "--ebm-iter", "5", "--mdf-restarts", "2",
+                 "--mdf-orient"]) == 0
     printed = capsys.readouterr().out
     assert "plain 3-D points" in printed and "intrinsic dimension 2, estimated" in printed
     assert json.loads((out / "config.json").read_text())["manifold"] == "learned"
@@ -156,6 +157,8 @@ def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys
 
     saved = NeuralImplicitManifold.load(out / "manifold")
     assert saved.n_restarts == 2 and saved.get_config()["n_restarts"] == 2
+    # So does --mdf-orient (the orientation settings of learning.presets.ORIENTED).
+    assert (saved.mu_orient, saved.orient_min_contrast) == (10.0, 0.2)
     assert main(["plot", str(out), "--n", "50"]) == 0
     assert _png_names(out / "figures") == ["data.png", "density.png", "samples.png",
                                            "training.png"]

@@ -67,6 +67,13 @@ def test_manifold_choice():
     noise = Dataset(torch.randn(300, 3, dtype=torch.float64), "noise", "euclidean", 3, None)
     with pytest.raises(ValueError, match="no lower-dimensional structure"):
         build_manifold(noise)
+    # --mdf-orient: the orientation settings on a hypersurface, a named error
+    # for a curve in 3-D (the orientation term needs codimension 1).
+    oriented = build_manifold(plain, mdf_orient=True)[1]
+    assert (oriented.mu_orient, oriented.orient_min_contrast) == (10.0, 0.2)
+    assert build_manifold(plain)[1].mu_orient == 0.0
+    with pytest.raises(ValueError, match="--mdf-orient needs a hypersurface"):
+        build_manifold(plain, "learned", intrinsic_dim=1, mdf_orient=True)
 
 
 def test_fit_pipeline_on_the_sphere_reports_what_it_did():
