@@ -73,13 +73,11 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         between components, radii of curvature).
     orient_min_contrast : float
         Only training points whose orientation evidence (the pooled escape
-        contrast of :func:`~implicit_geom.learning.outward_normals`, in [0, 1])
-        reaches this are oriented; the others are left to the rank and
-        negative terms. Where large parts of a closed surface carry no data,
-        walks from its inside escape through the gaps almost as often as from
-        its outside and the weakest evidence is wrong: on the glycine torus 9%
-        of all normals point inwards, none of those with contrast >= 0.2, and
-        forcing the wrong ones folds the fit. 0 orients every point.
+        contrast, in [0, 1]) reaches this are oriented; the others are left to
+        the rank and negative terms (``min_contrast`` of
+        :func:`~implicit_geom.learning.outward_normals`: on the glycine torus
+        the weakest evidence is wrong, and forcing it folds the fit). 0
+        orients every point.
     lr : float
         Adam's initial learning rate (cosine decay to ``lr_floor * lr``).
     lr_floor : float
@@ -113,8 +111,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         near-singular folds (on the glycine torus without ``mu_orient``, 4 of
         12 seeds tried: conditioning 0.24-0.38 against 0.69-0.99), where
         projection and geodesics fail; the data cannot tell these fits apart,
-        the conditioning can. Costs ``n_restarts`` fits and a projection of 20 000 box points
-        each.
+        the conditioning can. Costs ``n_restarts`` fits and a projection of
+        20 000 box points each.
     tol, max_iter
         Projection tolerance and Newton cap, see :class:`ImplicitManifold`.
     seed : int
@@ -277,12 +275,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
     def _outward_normals(self, data):
         """Outward normals of the training points, for the orientation term."""
         low, high = (b.to(data) for b in self.bounds)
-        normals, contrast = outward_normals(data, low, high,
-                                            self.orient_radius * float(self.net.scale),
-                                            seed=self.seed)
-        # Zero rows are left out of the orientation term.
-        return torch.where((contrast >= self.orient_min_contrast)[:, None], normals,
-                           torch.zeros_like(normals))
+        # Zero rows (no orientation known) are left out of the orientation term.
+        normals, _ = outward_normals(data, low, high, self.orient_radius * float(self.net.scale),
+                                     seed=self.seed, min_contrast=self.orient_min_contrast)
+        return normals
 
     def _loss(self, batch, normals=None):
         negatives = None

@@ -114,6 +114,9 @@ def test_orient_min_contrast_leaves_weak_points_unoriented():
     assert 0 < int(weak.sum()) < len(x)
     assert torch.equal(normals[weak], torch.zeros_like(normals[weak]))
     assert torch.equal(normals[~weak], full[~weak])
+    direct, _ = outward_normals(x, *model.bounds, radius=0.1 * float(model.net.scale), seed=0,
+                                min_contrast=0.3)
+    assert torch.equal(direct, normals)
     assert model.get_config()["orient_min_contrast"] == 0.3
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="orient_min_contrast"):
