@@ -102,7 +102,14 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         manifold; excluding the data's neighbourhood weakens that.
     box_margin : float
         The box is the data's bounding box widened by this fraction of its size
-        on every side.
+        on every side. Negatives live in it, and it is the learned manifold's
+        ``bounds`` (global geodesics sample their graph there). Where the data
+        leave parts of a closed manifold empty, the default box may cut it:
+        F is never trained beyond the box and the surface there is pure
+        extrapolation (the glycine residues span x in [-2.6, 2.5] of a torus
+        reaching +-4: with 0.35, whose box encloses it, learned distances on
+        tuning seeds 4-9 came within 1.5% of the analytic torus's, against up
+        to 3.7% and 72% of pairs within 1% on seed 5 with 0.1).
     n_restarts : int
         Fits from this many initialisations (seeds ``seed``, ``seed + RESTART_STRIDE``,
         ...), keeping the one whose zero set is best conditioned in the box

@@ -249,3 +249,25 @@ def test_restarts_keep_the_best_conditioned_fit():
     assert model.seed == 0 and model.get_config()["n_restarts"] == 3
     with pytest.raises(ValueError, match="n_restarts"):
         NeuralImplicitManifold(2, n_restarts=0)
+
+
+def test_box_margin_decides_whether_the_glycine_box_encloses_the_torus():
+    # The learned glycine torus (benchmarks/geometry.py, tutorial 4) is trained
+    # with box_margin=0.35 because the residues leave the torus's far ends
+    # empty: the default box cuts the torus (F untrained beyond it), 0.35
+    # encloses it. Catches a change of the data or of the box arithmetic that
+    # breaks that premise, and a fit that ignores box_margin.
+    from implicit_geom.datasets import load_dataset
+    from implicit_geom.numerics.validation import padded_box
+
+    data = load_dataset("glycine")
+    R, r = data.meta["R"], data.meta["r"]
+    reach = torch.tensor([R + r, R + r, r], dtype=torch.float64)
+    lo, hi = padded_box(data.points, 0.1)
+    assert not ((lo < -reach).all() and (hi > reach).all())
+    lo, hi = padded_box(data.points, 0.35)
+    assert (lo < -reach).all() and (hi > reach).all()
+    model = NeuralImplicitManifold(3, 1, hidden=(8,), epochs=1, batch_size=1000, box_margin=0.35,
+                                   n_negatives=8, buffer_size=16, langevin_steps=1,
+                                   progress=False).fit(data.points)
+    assert all(torch.allclose(a, b) for a, b in zip(model.bounds, (lo, hi)))
