@@ -519,8 +519,8 @@ def main(argv=None):
     parser.add_argument("--mdf-seed", type=int, default=0,
                         help="seed of the learned torus's fit (reported: 0)")
     parser.add_argument("--unoriented", action="store_true",
-                        help="learned torus without the orientation term, 400 epochs (the "
-                        "recipe before 2026-12-03)")
+                        help="learned torus without the orientation term, 400 epochs, the "
+                        "default box (the recipe before 2026-12-03)")
     parser.add_argument("--mdf-restarts", type=int, default=1,
                         help="fits of the learned torus, the best-conditioned kept "
                         "(NeuralImplicitManifold's n_restarts)")

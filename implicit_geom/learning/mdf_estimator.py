@@ -13,6 +13,7 @@ import math
 import torch
 
 from ..exceptions import CheckpointError, InvalidPointError, ProjectionError
+from ..manifolds.components import sample_in_box
 from ..manifolds.neural import MDFNetwork, NetworkImplicitManifold
 from ..manifolds.residual import ResidualMDFNetwork
 from ..numerics.validation import DTYPE, as_points, padded_box
@@ -194,7 +195,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         if self.n_restarts < 1:
             raise ValueError(f"n_restarts must be >= 1, got {n_restarts}")
         device = torch.device(device) if device is not None else torch.device("cpu")
-        if min(self.epochs, self.batch_size) < 1 or self.box_margin < 0:
+        if min(self.epochs, self.batch_size) < 1 or not self.box_margin >= 0:  # NaN too
             raise ValueError("epochs and batch_size must be >= 1 and box_margin >= 0")
         net = self._make_net(ambient_dim, codim)
         net.requires_grad_(False)
@@ -409,16 +410,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         """
         if not self.is_fitted:
             raise RuntimeError("call fit first")
-        low, high = self.bounds
-        gen = torch.Generator(device=low.device).manual_seed(int(seed))
-        x = low + (high - low) * torch.rand(n_samples, self.ambient_dim, generator=gen,
-                                            dtype=low.dtype, device=low.device)
-        res = self.solve_projection(x)
-        y = res.x[res.converged]
-        y = y[((y >= low) & (y <= high)).all(-1)]
+        gen = torch.Generator().manual_seed(int(seed))
+        y, _ = sample_in_box(self, n_samples, *self.bounds, generator=gen, closest=True)
         if y.shape[0] == 0:
-            raise ProjectionError("no box sample reached the zero set in the box",
-                                  failed=~res.converged)
+            raise ProjectionError("no box sample reached the zero set in the box")
         return float(self.singular_values(y)[..., -1].min())
 
     # ------------------------------------------------------------- persistence

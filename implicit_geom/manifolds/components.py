@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 from ..exceptions import ComponentError
 
 
-def sample_in_box(manifold, n_samples, low, high, generator=None):
+def sample_in_box(manifold, n_samples, low, high, generator=None, closest=False):
     """Project uniform box points onto the manifold; keep converged ones inside the box.
 
     Parameters
@@ -29,6 +29,9 @@ def sample_in_box(manifold, n_samples, low, high, generator=None):
     low, high : torch.Tensor, shape=[n]
     generator : torch.Generator, optional
         A CPU generator (the draws are moved to the box's device).
+    closest : bool
+        Refine each landing point to the closest point of the box point (see
+        :meth:`ImplicitManifold.solve_projection`); the Newton foot otherwise.
 
     Returns
     -------
@@ -39,7 +42,7 @@ def sample_in_box(manifold, n_samples, low, high, generator=None):
     # every device.
     u = torch.rand(n_samples, low.shape[-1], dtype=low.dtype, generator=generator,
                    device="cpu").to(low.device)
-    res = manifold.solve_projection(low + (high - low) * u, closest=False)
+    res = manifold.solve_projection(low + (high - low) * u, closest=closest)
     inside = ((res.x >= low) & (res.x <= high)).all(-1)
     keep = res.converged & inside
     return res.x[keep], int((~keep).sum())

@@ -17,9 +17,10 @@ from implicit_geom import (
     InvalidPointError,
     NeuralImplicitManifold,
 )
-from implicit_geom.datasets import sphere_mixture, two_circles, von_mises_circle
+from implicit_geom.datasets import load_dataset, sphere_mixture, two_circles, von_mises_circle
 from implicit_geom.learning import count_components
 from implicit_geom.metrics import distance_to_manifold
+from implicit_geom.numerics.validation import padded_box
 
 FAST = dict(hidden=(32, 32), epochs=150, batch_size=400, n_negatives=64, buffer_size=256,
             langevin_steps=3, progress=False)
@@ -257,9 +258,6 @@ def test_box_margin_decides_whether_the_glycine_box_encloses_the_torus():
     # empty: the default box cuts the torus (F untrained beyond it), 0.35
     # encloses it. Catches a change of the data or of the box arithmetic that
     # breaks that premise, and a fit that ignores box_margin.
-    from implicit_geom.datasets import load_dataset
-    from implicit_geom.numerics.validation import padded_box
-
     data = load_dataset("glycine")
     R, r = data.meta["R"], data.meta["r"]
     reach = torch.tensor([R + r, R + r, r], dtype=torch.float64)
@@ -271,3 +269,5 @@ def test_box_margin_decides_whether_the_glycine_box_encloses_the_torus():
                                    n_negatives=8, buffer_size=16, langevin_steps=1,
                                    progress=False).fit(data.points)
     assert all(torch.allclose(a, b) for a, b in zip(model.bounds, (lo, hi)))
+    with pytest.raises(ValueError, match="box_margin"):  # NaN would give a NaN box
+        NeuralImplicitManifold(3, 1, box_margin=float("nan"))
