@@ -2,7 +2,8 @@
 curvature / transport / gradient accuracy, estimators on learned curves, geodesic
 distance matrices.
 
-Run:  python benchmarks/geometry.py [--quick] [--json PATH] [--threads N] [--no-distances]
+Run:  python benchmarks/geometry.py [--quick] [--json PATH] [--threads N] [--jobs N]
+      [--no-distances | --distances-only] [--malloc-default]
 
 Every figure is measured in this run; ratios compare against geomstats'
 analytic ``Hypersphere`` measured in the same process (the machine may be
@@ -12,6 +13,7 @@ shared: the ratios, not the absolute times, are the figures to compare).
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from geomstats.learning.frechet_mean import FrechetMean
 
 from implicit_geom.datasets import vmf_sphere
 from implicit_geom.learning.presets import ORIENTED
+from implicit_geom.threads import reuse_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,8 +39,16 @@ def timed(fn, repeat=3):
     return best, out
 
 
+def _cpu_now():
+    """CPU seconds of this process and of its finished children (the worker
+    processes of ``n_jobs`` are joined before a call returns)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def timed_cpu(fn, repeat=3):
-    """Best-of-``repeat`` wall time and process CPU time, and the last result.
+    """Best-of-``repeat`` wall time and CPU time (this process and its
+    workers), and the last result.
 
     On a shared machine the wall time of a single-threaded run includes the
     time it waits for a core; the CPU time is the work it did, and ratios of
@@ -46,10 +57,10 @@ def timed_cpu(fn, repeat=3):
     best_wall = best_cpu = float("inf")
     out = None
     for _ in range(repeat):
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), _cpu_now()
         out = fn()
         best_wall = min(best_wall, time.perf_counter() - wall)
-        best_cpu = min(best_cpu, time.process_time() - cpu)
+        best_cpu = min(best_cpu, _cpu_now() - cpu)
     return best_wall, best_cpu, out
 
 
@@ -364,8 +375,12 @@ def attribute_learned_errors(torus, learned, points, on_learned, d_tor, d_learn,
 
 
 def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=1,
-                  unoriented=False, box_margin=None):
+                  unoriented=False, box_margin=None, jobs=1):
     """Distance matrices (``metric.dist_pairwise``), all in this run.
+
+    The two torus matrices use ``jobs`` processes (``n_jobs``; the issue's
+    goal is on 2 cores); the sphere and ``Hypersphere`` run in one process,
+    for their ratio.
 
     - callable implicit sphere (a plain torch lambda, autograd derivatives) vs
       geomstats' ``Hypersphere`` on the same points;
@@ -375,8 +390,6 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=1,
     - the torus learned from all glycine residues (as in tutorial 4) on the
       same residues projected onto it, against the analytic torus.
     """
-    import os
-
     import numpy as np
 
     import torus_reference
@@ -405,7 +418,8 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=1,
                              else (torus_reference.glycine_angles(n_points)[0], None, None))
     torus = ig.ImplicitTorus(data.meta["R"], data.meta["r"])
     iu = np.triu_indices(n_points, 1)
-    t_tor, c_tor, res_tor = timed_cpu(lambda: torus.metric.log_solver.pairwise(data.points), 1)
+    t_tor, c_tor, res_tor = timed_cpu(
+        lambda: torus.metric.log_solver.pairwise(data.points, n_jobs=jobs), 1)
     d_tor = res_tor.dist.numpy()
     row = {"manifold": "analytic torus R=3 r=1, glycine", "points": n_points, "seconds": t_tor,
            "vs_Hypersphere": t_tor / t_ref, "cpu_seconds": c_tor,
@@ -433,7 +447,7 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=1,
         .fit(glycine.points), 1)
     on_learned = learned.projection(data.points)
     t_learn, c_learn, res_learn = timed_cpu(
-        lambda: learned.metric.log_solver.pairwise(on_learned), 1)
+        lambda: learned.metric.log_solver.pairwise(on_learned, n_jobs=jobs), 1)
     d_learn = res_learn.dist.numpy()
     keep = d_tor[iu] > 1e-9
     # Failed pairs (NaN) count as not within 1%; the max and median are over the others.
@@ -465,8 +479,9 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=1,
     # After reading the solvers' stats: this solves on the analytic torus again.
     rows[3].update(attribute_learned_errors(torus, learned, data.points, on_learned, d_tor,
                                             d_learn, glycine.points, mdf_seed))
-    for r in rows:
-        r.update(threads=threads, load_1min=max(load_before, load_after))
+    for i, r in enumerate(rows):
+        r.update(threads=threads, jobs=jobs if i >= 2 else 1,
+                 load_1min=max(load_before, load_after))
     return rows
 
 
@@ -524,6 +539,12 @@ def main(argv=None):
     parser.add_argument("--mdf-restarts", type=int, default=1,
                         help="fits of the learned torus, the best-conditioned kept "
                         "(NeuralImplicitManifold's n_restarts)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="processes for the torus distance matrices (n_jobs; default 2: "
+                        "the goal is on 2 cores; 1: one process)")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="keep glibc's default malloc settings (default: "
+                        "implicit_geom.threads.reuse_freed_memory)")
     parser.add_argument("--mdf-box-margin", type=float, default=None,
                         help="box margin of the learned torus's fit (default: the recipe's "
                         "0.35, whose box encloses the torus; 0.1, the class default and the "
@@ -531,17 +552,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.mdf_box_margin is not None and not args.mdf_box_margin >= 0:
         parser.error(f"--mdf-box-margin must be >= 0, got {args.mdf_box_margin}")
+    if not (args.jobs >= 1 or args.jobs == -1):
+        parser.error(f"--jobs must be >= 1 or -1, got {args.jobs}")
     ig.set_threads(args.threads)
+    allocator = ("glibc default" if args.malloc_default or not reuse_freed_memory()
+                 else "reuse_freed_memory")
+    print(f"threads {args.threads}, jobs {args.jobs} (torus matrices), malloc: {allocator}")
     torch.manual_seed(0)
     n = 2000 if args.quick else 10_000
     repeat = 1 if args.quick else 3
     if args.distances_only:
         dist = distance_rows(200, args.threads, not args.no_reference, args.mdf_seed,
-                             args.mdf_restarts, args.unoriented, args.mdf_box_margin)
+                             args.mdf_restarts, args.unoriented, args.mdf_box_margin, args.jobs)
         print("## Distance matrices (dist_pairwise), 200 x 200")
         print(table(dist, ["manifold", "seconds", "vs_Hypersphere", "cpu_seconds",
                            "cpu_vs_Hypersphere", "failures", "ambiguous", "max_err", "threads",
-                           "load_1min", "solved_by"]))
+                           "jobs", "load_1min", "solved_by"]))
         print_attribution(dist[3])
         print(json.dumps(dist, indent=1))
         return
@@ -558,7 +584,7 @@ def main(argv=None):
     fm = frechet_rows(100, repeat)
     el = exp_log_rows(50 if args.quick else 100)
     dist = (distance_rows(200, args.threads, not args.no_reference, args.mdf_seed,
-                          args.mdf_restarts, args.unoriented, args.mdf_box_margin)
+                          args.mdf_restarts, args.unoriented, args.mdf_box_margin, args.jobs)
             if args.distances else [])
     kde = kde_rows(20)
     acc = accuracy_rows()
@@ -581,7 +607,7 @@ def main(argv=None):
         print("\n## Distance matrices (dist_pairwise), 200 x 200")
         print(table(dist, ["manifold", "seconds", "vs_Hypersphere", "cpu_seconds",
                            "cpu_vs_Hypersphere", "failures", "ambiguous", "max_err", "threads",
-                           "load_1min", "solved_by"]))
+                           "jobs", "load_1min", "solved_by"]))
         tor, lrn = dist[2], dist[3]
         if "n_over_1e3" in tor:
             print(f"- analytic torus vs intrinsic-BVP reference: max rel. error "
@@ -615,7 +641,8 @@ def main(argv=None):
                 dist[2].get("n_over_1e3", 1) == 0,
             "learned torus: 0 failures": dist[3]["failures"] == 0,
             "learned torus within 1% of the analytic torus": dist[3]["max_err"] <= 0.01,
-            "learned torus 200x200 <= 60 s": dist[3]["seconds"] <= 60,
+            f"learned torus 200x200 <= 60 s on 2 cores (this run: {dist[3]['jobs']} "
+            "process(es))": dist[3]["seconds"] <= 60,
         })
     print("\n## Goals")
     for goal, met in goals.items():

@@ -28,7 +28,7 @@ from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
 from .learning import distributed
 from .manifolds import ImplicitSphere, ImplicitTorus
 from .pipeline import fit_pipeline
-from .threads import set_threads
+from .threads import reuse_freed_memory, set_threads
 
 FORMAT = "implicit_geom.model/1"
 
@@ -479,6 +479,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    reuse_freed_memory()  # freed tensor blocks stay mapped (see its docstring)
     clean = False
     try:
         if distributed.launched():

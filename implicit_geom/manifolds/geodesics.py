@@ -35,6 +35,7 @@ with a per-pair exit from every loop. Near pairs never build the graph.
 import hashlib
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -50,6 +51,7 @@ from ..numerics.linalg import normal_space_solve, tangent_basis, tangent_project
 from ..numerics.newton import solve_along_normals
 from ..numerics.ode import n_macro_steps
 from ..numerics.validation import DTYPE, as_points
+from ..threads import fork_map
 
 
 # --------------------------------------------------------------------------- LGL rules
@@ -590,6 +592,16 @@ class GeodesicLogSolver(LogSolver):
     seed : int
     chunk : int
         Pairs per batched tensor program (memory).
+    n_jobs : int
+        Processes for the far pairs' graph routes and refinement (``-1``: one
+        per CPU): the pairs are split among this process and ``n_jobs - 1``
+        forked children of one thread each (:func:`~implicit_geom.threads.fork_map`;
+        on Linux with CUDA not initialised, else the parts run here in turn).
+        The distances are the same as with one process, to rounding. Each
+        child holds a copy-on-write view of this process, so memory grows
+        with what the children write; with ``n_jobs > 1`` run torch on one
+        thread (:func:`~implicit_geom.set_threads`), or the cores are
+        oversubscribed.
 
     Notes
     -----
@@ -617,7 +629,7 @@ class GeodesicLogSolver(LogSolver):
                  n_neighbors=None, min_degree=6, max_degree=160, max_iter=40, bounds=None,
                  route_fractions=(0.25, 0.5, 0.75), route_separation=4.0, prune_rtol=0.01,
                  max_move=2.0, polish=True, polish_iter=4, shoot=None, shoot_iter=6,
-                 curvature_margin=1.25, seed=0, chunk=2000):
+                 curvature_margin=1.25, seed=0, chunk=2000, n_jobs=1):
         super().__init__(solves_bvp=True)
         self._space = space
         self.rtol = float(rtol)
@@ -633,6 +645,7 @@ class GeodesicLogSolver(LogSolver):
         self.bounds = bounds
         self.seed = int(seed)
         self.chunk = int(chunk)
+        self.n_jobs = _check_jobs(n_jobs)
         self.route_fractions = tuple(float(f) for f in route_fractions)
         self.prune_rtol = float(prune_rtol)
         self.max_move = float(max_move)
@@ -829,7 +842,7 @@ class GeodesicLogSolver(LogSolver):
         idx = torch.arange(p, device=x.device)
         return self._solve_indexed(torch.cat([x, y]), idx, idx + p)
 
-    def pairwise(self, points, labels=None):
+    def pairwise(self, points, labels=None, n_jobs=None):
         """All pairwise geodesics of ``points`` (N, n), each pair solved once.
 
         Parameters
@@ -838,12 +851,16 @@ class GeodesicLogSolver(LogSolver):
         labels : torch.Tensor of int, shape=[N], optional
             Known component labels (-1: unknown); pairs with two different
             known labels are set to ``inf`` without solving.
+        n_jobs : int, optional
+            Processes for this call (default: the solver's ``n_jobs``).
 
         Returns
         -------
         PairwiseResult
         """
         space = self._space
+        if n_jobs is not None:
+            _check_jobs(n_jobs)
         pts = as_points(points, space.ambient_dim, "points").reshape(-1, space.ambient_dim)
         n = pts.shape[0]
         i, j = torch.triu_indices(n, n, 1, device=pts.device)
@@ -858,7 +875,7 @@ class GeodesicLogSolver(LogSolver):
         self.stats = {"near": 0, "far": 0}
         if i.numel() == 0:
             return PairwiseResult(dist=dist, ambiguous=amb, failed=failed, n_near=0, n_far=0)
-        res = self._solve_indexed(pts, i, j)
+        res = self._solve_indexed(pts, i, j, n_jobs)
         length = torch.where(res.converged, res.length, torch.nan)
         dist[i, j] = dist[j, i] = length
         amb[i, j] = amb[j, i] = res.ambiguous
@@ -878,7 +895,7 @@ class GeodesicLogSolver(LogSolver):
                 f"{int(off.sum())} point(s) are not on {space.name} (|F| up to "
                 f"{float(value.norm(dim=-1).max()):.3g}); project them first.")
 
-    def _solve_indexed(self, queries, ia, ib):
+    def _solve_indexed(self, queries, ia, ib, n_jobs=None):
         """Geodesics from ``queries[ia]`` to ``queries[ib]``."""
         space = self._space
         self._check_on_manifold(queries)
@@ -912,7 +929,7 @@ class GeodesicLogSolver(LogSolver):
         far = (~out.conv).nonzero().squeeze(-1)
         self.stats["far"] = int(far.numel())
         if far.numel():
-            self._solve_far(queries, ia[far], ib[far], far, out, shots)
+            self._solve_far(queries, ia[far], ib[far], far, out, shots, n_jobs)
         return GeodesicResult(tangent_vec=out.vec, length=out.length, converged=out.conv,
                               ambiguous=out.amb, n_candidates=out.n_cand, gap=out.gap,
                               nodes=out.nodes, shot=out.shot)
@@ -1102,7 +1119,7 @@ class GeodesicLogSolver(LogSolver):
         return torch.stack(out, 1)
 
     # ---------------------------------------------------------- global guesses
-    def _solve_far(self, queries, ia, ib, where, out, shots):
+    def _solve_far(self, queries, ia, ib, where, out, shots, n_jobs=None):
         graph = self.graph(queries)
         n_nodes = len(graph.points)
         ends = torch.cat([ia, ib])
@@ -1124,11 +1141,45 @@ class GeodesicLogSolver(LogSolver):
         if rows.size == 0:
             return
         tree = (dist, pred, ra, rb)
+        ctx = (queries, ia, where, shots, matrix, tree, best, n_nodes, all_pts)
+        n_jobs = self._jobs(len(rows), n_jobs)
+        if n_jobs == 1:
+            self.stats["certified_graph"] = self._far_rows(ctx, rows, out)
+            return
+        graph.neighbor_table()  # built once, before the fork
+        # Interleaved by graph distance, so that every part gets pairs of all
+        # lengths (the cost of a pair grows with its length).
+        order = rows[np.argsort(best[rows], kind="stable")]
+        parts = [order[j::n_jobs] for j in range(n_jobs)]
+
+        def work(part):
+            certified = self._far_rows(ctx, part, out)
+            return certified, out.take(where[torch.as_tensor(part, device=where.device)])
+
+        for part, (certified, taken) in zip(parts, fork_map(work, parts)):
+            self.stats["certified_graph"] += certified
+            out.put(where[torch.as_tensor(part, device=where.device)], taken)
+
+    def _jobs(self, n_rows, n_jobs=None):
+        """Processes for ``n_rows`` far pairs: ``n_jobs`` (default the
+        solver's; ``-1``: every CPU), at most one per 64 pairs (a fork costs
+        more than a few pairs)."""
+        n_jobs = _check_jobs(self.n_jobs if n_jobs is None else n_jobs)
+        n_jobs = n_jobs if n_jobs > 0 else (os.cpu_count() or 1)
+        return max(1, min(n_jobs, n_rows // 64))
+
+    def _far_rows(self, ctx, rows, out):
+        """Corridors, certificates, candidates and refinement of the far pairs
+        ``rows`` (indices into ``ia``); results go into ``out``. Returns the
+        number of pairs certified by the graph rule."""
+        queries, ia, where, shots, matrix, tree, best, n_nodes, all_pts = ctx
+        graph = self._graph
         single, wide, first, limits = self._corridors(tree, best, rows, n_nodes)
+        n_certified = 0
         if shots is not None:
             certified = self._certify_graph(tree, best, rows, queries[ia], where, single,
                                             limits, shots, out)
-            self.stats["certified_graph"] = int(certified.sum())
+            n_certified = int(certified.sum())
             for r in rows[certified]:
                 k = int(where[r])
                 if wide[r]:
@@ -1140,7 +1191,7 @@ class GeodesicLogSolver(LogSolver):
         else:
             single_rows = single
         if rows.size == 0:
-            return
+            return n_certified
         cand_pair, cand_route = self._candidates(matrix, tree, best, rows, n_nodes,
                                                  single_rows, first, limits)
         routes = [all_pts[torch.as_tensor(route, device=all_pts.device)] for route in cand_route]
@@ -1162,6 +1213,7 @@ class GeodesicLogSolver(LogSolver):
                 g = float(mine[1]["length"] / mine[0]["length"] - 1)
                 out.gap[k] = g
                 out.amb[k] = g <= self.ambiguity_rtol
+        return n_certified
 
     def _corridors(self, tree, best, rows, n_nodes, block=256):
         """Vectorised first look at the near-shortest graph paths of each pair.
@@ -1682,6 +1734,14 @@ class GeodesicLogSolver(LogSolver):
                 "resolved": resolved, "tail": tail / scale, "off": off / scale}
 
 
+def _check_jobs(n_jobs):
+    """``n_jobs`` as an int: a positive count or -1 (every CPU)."""
+    if (isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer))
+            or not (n_jobs >= 1 or n_jobs == -1)):
+        raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}")
+    return int(n_jobs)
+
+
 def _spd_solve(hess, rhs):
     """Solve ``H u = rhs`` with a shift where H is not positive definite."""
     eye = torch.eye(hess.shape[-1], dtype=hess.dtype, device=hess.device)
@@ -1824,6 +1884,32 @@ class _Out:
         self.vec[idx], self.length[idx] = vec, length
         self.conv[idx] = self.shot[idx] = True
 
+    _FIELDS = ("vec", "length", "conv", "amb", "shot", "n_cand", "gap")
+
+    def take(self, idx):
+        """The outputs of pairs ``idx`` (to send from a worker process)."""
+        taken = {name: getattr(self, name)[idx].cpu() for name in self._FIELDS}
+        # The paths' nodes in one tensor (not one per path: pickling a path,
+        # a view of its whole batch, would copy the batch along, and
+        # thousands of small tensors pickle slowly), with each path's length
+        # in nodes (0: no path).
+        nodes = [self.nodes[k] for k in idx.tolist()]
+        taken["sizes"] = [0 if x is None else x.shape[0] for x in nodes]
+        kept = [x for x in nodes if x is not None]
+        taken["nodes"] = torch.cat(kept).cpu() if kept else None
+        return taken
+
+    def put(self, idx, taken):
+        """Write outputs :meth:`take` returned back at pairs ``idx``."""
+        for name in self._FIELDS:
+            field = getattr(self, name)
+            field[idx] = taken[name].to(field.device)
+        sizes = taken["sizes"]
+        paths = iter(torch.split(taken["nodes"].to(self.vec.device), [s for s in sizes if s])
+                     if taken["nodes"] is not None else ())
+        for k, size in zip(idx.tolist(), sizes):
+            self.nodes[k] = next(paths) if size else None
+
 
 class ShootingLogSolver(LogSolver):
     """Local log: damped Gauss-Newton shooting from the circular-arc guess.
@@ -1897,9 +1983,9 @@ class ProductLogSolver(LogSolver):
                  zip(space.components, self._split(a), self._split(b)))
         return sq.sqrt().reshape(batch)
 
-    def pairwise(self, points, labels=None):
+    def pairwise(self, points, labels=None, n_jobs=None):
         """Factor distance matrices combined; a pair is ambiguous or failed if
-        it is in some factor.
+        it is in some factor. ``n_jobs`` goes to the factors' solvers.
 
         Returns
         -------
@@ -1912,7 +1998,7 @@ class ProductLogSolver(LogSolver):
         for c, part in zip(space.components, self._split(pts)):
             solver = c.metric.log_solver
             if hasattr(solver, "pairwise"):
-                res = solver.pairwise(part)
+                res = solver.pairwise(part, **({} if n_jobs is None else {"n_jobs": n_jobs}))
                 d, a, f = res.dist, res.ambiguous, res.failed
                 n_near, n_far = n_near + res.n_near, n_far + res.n_far
             else:

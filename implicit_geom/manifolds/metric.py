@@ -402,7 +402,7 @@ class ImplicitMetric(RiemannianMetric):
         except CurveTraceError:
             return None
 
-    def dist_pairwise(self, points, n_jobs=1, **joblib_kwargs):
+    def dist_pairwise(self, points, n_jobs=None, **joblib_kwargs):
         """Matrix of geodesic distances between all points, shape ``(N, N)``.
 
         Every pair is solved once, all of them in batched tensor programs (not
@@ -411,15 +411,20 @@ class ImplicitMetric(RiemannianMetric):
         Parameters
         ----------
         points : array-like, shape=[N, n]
-        n_jobs, **joblib_kwargs
-            Ignored (geomstats' signature); the work is batched instead.
+        n_jobs : int, optional
+            Processes for the far pairs of the global log solver (see
+            :class:`~implicit_geom.manifolds.geodesics.GeodesicLogSolver`;
+            ``-1``: one per CPU); default: the solver's own ``n_jobs`` (1).
+            Other solvers ignore it.
+        **joblib_kwargs
+            Ignored (geomstats' signature): there is no joblib loop over pairs.
 
         Raises
         ------
         GeodesicError
             If some pair has no converged geodesic.
         """
-        del n_jobs, joblib_kwargs
+        del joblib_kwargs
         space = self._space
         pts, _ = space._flat(points)
         dtype = _dtype_of(points)
@@ -438,7 +443,9 @@ class ImplicitMetric(RiemannianMetric):
         solver = self.log_solver
         with torch.no_grad():
             if hasattr(solver, "pairwise"):
-                res = solver.pairwise(pts, labels=labels)
+                # (A custom solver's pairwise need not take n_jobs.)
+                jobs = {} if n_jobs is None else {"n_jobs": n_jobs}
+                res = solver.pairwise(pts, labels=labels, **jobs)
                 if bool(res.failed.any()):
                     raise GeodesicError(
                         f"dist_pairwise: {int(torch.triu(res.failed, 1).sum())} pair(s) have "

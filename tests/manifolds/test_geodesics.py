@@ -319,3 +319,60 @@ def test_cluster_counts_match_connected_components():
         best = {int(members[labels == c][np.argmin(totals[k, members[labels == c]])])
                 for c in range(n_comp)}
         assert set(tops[k]) == best
+
+
+# ------------------------------------------------------------ worker processes
+@pytest.mark.parametrize("shoot", [False, True])
+def test_distance_matrix_in_worker_processes_equals_one_process(monkeypatch, shoot):
+    # n_jobs splits the far pairs among this process and forked children.
+    # Catches a part's results written to the wrong pairs or lost (they come
+    # back from the children), certificates counted in one part only, and an
+    # n_jobs that is ignored (the parts must run in distinct processes).
+    import os
+
+    from implicit_geom.manifolds import geodesics
+    from implicit_geom.threads import can_fork, fork_map
+
+    if not can_fork():
+        pytest.skip("fork_map runs serially here")
+    pids = []
+
+    def recording_fork_map(fn, parts):
+        out = fork_map(lambda part: (os.getpid(), fn(part)), parts)
+        pids.extend(pid for pid, _ in out)
+        return [res for _, res in out]
+
+    monkeypatch.setattr(geodesics, "fork_map", recording_fork_map)
+    torus = ig.ImplicitTorus(3.0, 1.0)
+    gen = torch.Generator().manual_seed(2)
+    ang = 2 * math.pi * torch.rand(24, 2, generator=gen, dtype=torch.float64)
+    pts = torus_embed(ang[:, 0], ang[:, 1], 3.0, 1.0)
+    one = GeodesicLogSolver(torus, n_graph_nodes=800, shoot=shoot)
+    ref = one.pairwise(pts)
+    assert not pids  # n_jobs=1 never forks
+    two = GeodesicLogSolver(torus, n_graph_nodes=800, shoot=shoot, n_jobs=2)
+    res = two.pairwise(pts)
+    assert len(pids) == 2 and len(set(pids)) == 2 and pids[0] == os.getpid()
+    assert not bool(res.failed.any())
+    # Batches of other sizes round differently: equal to well below rtol (1e-6).
+    assert float(((res.dist - ref.dist).abs() / ref.dist.clamp_min(1e-12)).max()) <= 1e-8
+    assert torch.equal(res.ambiguous, ref.ambiguous)
+    assert two.stats == one.stats and one.stats["far"] >= 128
+    if shoot:
+        assert one.stats["certified_graph"] > 0
+    # The metric's dist_pairwise takes n_jobs per call (geomstats' signature).
+    pids.clear()
+    torus.equip_with_metric(ig.ImplicitMetric, log_solver=lambda space: GeodesicLogSolver(
+        space, n_graph_nodes=800, shoot=shoot))
+    d = torus.metric.dist_pairwise(pts, n_jobs=2)
+    assert len(pids) == 2
+    assert float(((d - ref.dist).abs() / ref.dist.clamp_min(1e-12)).max()) <= 1e-8
+
+
+def test_n_jobs_is_checked():
+    torus = ig.ImplicitTorus(3.0, 1.0)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_jobs"):
+            GeodesicLogSolver(torus, n_jobs=bad)
+    with pytest.raises(ValueError, match="n_jobs"):
+        GeodesicLogSolver(torus).pairwise(torus.random_point(3), n_jobs=0)
