@@ -101,8 +101,10 @@ def reuse_freed_memory(mmap_threshold=512 * _MIB, trim_threshold=1024 * _MIB,
     ValueError
         A value that is not a positive integer, or one glibc refuses.
     """
-    values = {-3: mmap_threshold, -1: trim_threshold, -2: top_pad}  # M_* codes of malloc.h
-    for name, v in zip(("mmap_threshold", "trim_threshold", "top_pad"), values.values()):
+    # (name, malloc.h's M_* code, value)
+    settings = (("mmap_threshold", -3, mmap_threshold), ("trim_threshold", -1, trim_threshold),
+                ("top_pad", -2, top_pad))
+    for name, _, v in settings:
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < 2 ** 31:
             # (mallopt takes a C int: a larger value would wrap around.)
             raise ValueError(f"{name} must be a positive integer below 2**31 (bytes), "
@@ -110,9 +112,9 @@ def reuse_freed_memory(mmap_threshold=512 * _MIB, trim_threshold=1024 * _MIB,
     libc = _glibc()
     if libc is None:
         return False
-    for code, v in values.items():
+    for name, code, v in settings:
         if libc.mallopt(code, v) != 1:
-            raise ValueError(f"glibc refused mallopt({code}, {v})")
+            raise ValueError(f"glibc refused {name}={v} (mallopt)")
     return True
 
 
@@ -221,14 +223,14 @@ def fork_map(fn, parts):
     outcomes = [("ok", first)]
     for proc, recv in children:
         try:
-            outcomes.append(pickle.loads(recv.recv_bytes()))
-        except EOFError:
-            proc.join()
-            outcomes.append(("error", ChildProcessError(
-                f"a fork_map worker died without a result (exit code {proc.exitcode})")))
+            outcome = pickle.loads(recv.recv_bytes())
+        except EOFError:  # the child exited without sending
+            outcome = None
         finally:
             recv.close()
             proc.join()
+        outcomes.append(outcome or ("error", ChildProcessError(
+            f"a fork_map worker died without a result (exit code {proc.exitcode})")))
     for kind, value in outcomes:
         if kind == "error":
             raise value

@@ -1150,15 +1150,19 @@ class GeodesicLogSolver(LogSolver):
         # Interleaved by graph distance, so that every part gets pairs of all
         # lengths (the cost of a pair grows with its length).
         order = rows[np.argsort(best[rows], kind="stable")]
-        parts = [order[j::n_jobs] for j in range(n_jobs)]
+        parts = [(order[j::n_jobs], j) for j in range(n_jobs)]
+        targets = [where[torch.as_tensor(part, device=where.device)] for part, _ in parts]
 
-        def work(part):
+        def work(part_and_index):
+            part, j = part_and_index
             certified = self._far_rows(ctx, part, out)
-            return certified, out.take(where[torch.as_tensor(part, device=where.device)])
+            # Part 0 runs in this process (fork_map), its results already in `out`.
+            return certified, (out.take(targets[j]) if j else None)
 
-        for part, (certified, taken) in zip(parts, fork_map(work, parts)):
+        for target, (certified, taken) in zip(targets, fork_map(work, parts)):
             self.stats["certified_graph"] += certified
-            out.put(where[torch.as_tensor(part, device=where.device)], taken)
+            if taken is not None:
+                out.put(target, taken)
 
     def _jobs(self, n_rows, n_jobs=None):
         """Processes for ``n_rows`` far pairs: ``n_jobs`` (default the
