@@ -117,10 +117,11 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         (largest :meth:`zero_set_conditioning`). Where the data leave regions
         of the manifold empty, some initialisations fill them with
         near-singular folds (on the glycine torus without ``mu_orient``, 4 of
-        12 seeds tried: conditioning 0.24-0.38 against 0.69-0.99), where
-        projection and geodesics fail; the data cannot tell these fits apart,
-        the conditioning can. Costs ``n_restarts`` fits and a projection of
-        20 000 box points each.
+        12 seeds tried: conditioning 0.24-0.38 against 0.69-0.99; with it and
+        ``box_margin=0.35``, 2 of seeds 4-13: 0.45 and 0.32 against
+        0.80-1.06), where projection and geodesics fail or crawl; the data
+        cannot tell these fits apart, the conditioning can. Costs
+        ``n_restarts`` fits and a projection of 20 000 box points each.
     tol, max_iter
         Projection tolerance and Newton cap, see :class:`ImplicitManifold`.
     seed : int
