@@ -28,7 +28,7 @@ from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
 from .learning import distributed
 from .manifolds import ImplicitSphere, ImplicitTorus
 from .pipeline import fit_pipeline
-from .threads import reuse_freed_memory, set_threads
+from .threads import check_jobs, reuse_freed_memory, set_threads
 
 FORMAT = "implicit_geom.model/1"
 
@@ -45,6 +45,13 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _jobs(text):
+    try:
+        return check_jobs(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or -1, got {text!r}")
 
 
 # ----------------------------------------------------------------- building
@@ -126,7 +133,8 @@ def fit(args):
         fitted = fit_pipeline(data, train, args.manifold, args.intrinsic_dim, args.seed,
                               not args.no_progress and ctx.is_main, args.mdf_epochs,
                               args.ebm_iter, notify=print if ctx.is_main else None,
-                              mdf_restarts=args.mdf_restarts, mdf_orient=args.mdf_orient)
+                              mdf_restarts=args.mdf_restarts, mdf_orient=args.mdf_orient,
+                              mdf_jobs=args.mdf_jobs)
         kind, manifold, ebm, geometry = (fitted.kind, fitted.manifold, fitted.ebm,
                                          fitted.geometry)
         timings = fitted.timings
@@ -410,6 +418,9 @@ def build_parser():
                        help="fits of a learned manifold; the one whose zero set is best "
                             "conditioned is kept (guards against near-singular folds where "
                             "the data leave gaps)")
+        p.add_argument("--mdf-jobs", type=_jobs, default=1, metavar="N",
+                       help="processes for the restarts (default 1: one after another; -1: "
+                            "one per CPU; the forked ones run one thread each)")
         p.add_argument("--mdf-orient", action="store_true",
                        help="orient a learned hypersurface (codimension 1): F grows outwards "
                             "through the data, which fixes its sign, hence its topology "

@@ -111,3 +111,8 @@ class QuadratureCoverageError(NormalizationError):
 
 class TrainingDivergedError(ImplicitGeomError, FloatingPointError):
     """A training loss became NaN or infinite (the parameters stay at the last finite step)."""
+
+
+class ConditioningWarning(UserWarning):
+    """A learned zero set is near-singular somewhere in its box (a fold):
+    projection and geodesics may fail or crawl there."""

@@ -130,7 +130,7 @@ class Pipeline:
 
 
 def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=True,
-                   mdf_epochs=None, n_train=None, mdf_restarts=1, mdf_orient=False):
+                   mdf_epochs=None, n_train=None, mdf_restarts=1, mdf_orient=False, mdf_jobs=1):
     """The (unfitted) manifold of the pipeline for ``dataset``.
 
     Parameters
@@ -151,6 +151,8 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     mdf_restarts : int
         Fits of a learned manifold, the best-conditioned kept
         (``NeuralImplicitManifold``'s ``n_restarts``).
+    mdf_jobs : int
+        Processes for those fits (``NeuralImplicitManifold``'s ``n_jobs``).
     mdf_orient : bool
         Orient a learned hypersurface:
         :data:`~implicit_geom.learning.presets.ORIENTED` over the preset
@@ -201,7 +203,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
                   progress=progress)
     if mdf_epochs:
         kwargs["epochs"] = int(mdf_epochs)
-    kwargs["n_restarts"] = int(mdf_restarts)
+    kwargs["n_restarts"], kwargs["n_jobs"] = int(mdf_restarts), mdf_jobs
     if mdf_orient:
         if codim != 1:
             raise ValueError(f"--mdf-orient needs a hypersurface (codimension 1); this "
@@ -213,7 +215,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
 
 def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, progress=True,
                  mdf_epochs=None, ebm_iter=None, notify=None, mdf_restarts=1, mdf_orient=False,
-                 **ebm_kwargs):
+                 mdf_jobs=1, **ebm_kwargs):
     """Fit the default pipeline: a manifold for ``dataset``, then a constrained EBM.
 
     Parameters
@@ -221,7 +223,7 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
     dataset : implicit_geom.datasets.Dataset
         Says what the data are (name, kind, dimensions); the fit uses ``train``.
     train : torch.Tensor, shape (N, n)
-    choice, intrinsic_dim, seed, progress, mdf_epochs, mdf_restarts, mdf_orient
+    choice, intrinsic_dim, seed, progress, mdf_epochs, mdf_restarts, mdf_orient, mdf_jobs
         See :func:`build_manifold`.
     ebm_iter : int, optional
         Overrides the EBM's iterations.
@@ -239,7 +241,7 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
 
     kind, manifold, geometry, notes = build_manifold(dataset, choice, intrinsic_dim, seed,
                                                      progress, mdf_epochs, len(train),
-                                                     mdf_restarts, mdf_orient)
+                                                     mdf_restarts, mdf_orient, mdf_jobs)
     for note in notes if notify is not None else ():
         notify(note)
     timings = {}

@@ -8,18 +8,23 @@ spin-wait for each other turn a two-minute job into twenty. So the command
 line and the benchmarks run on one thread unless told otherwise
 (``--threads N``); library users call :func:`set_threads` themselves.
 
-Work made of many independent, Python-heavy parts (the graph searches and
-per-pair bookkeeping of distance matrices) gains more from processes than from
-threads: :func:`fork_map` runs parts in forked children, one thread each.
+Work made of independent, Python-heavy parts (the graph searches and per-pair
+bookkeeping of distance matrices, the restarts of a learned manifold's fit)
+gains more from processes than from threads: :func:`fork_map` runs parts in
+forked children, one thread each; ``n_jobs`` arguments (:func:`check_jobs`)
+say how many.
 """
 
 import multiprocessing
+import numbers
+import os
 import pickle
 import sys
 
 import torch
 
-__all__ = ["set_threads", "thread_info", "fork_map", "can_fork", "reuse_freed_memory"]
+__all__ = ["set_threads", "thread_info", "fork_map", "can_fork", "check_jobs", "resolve_jobs",
+           "reuse_freed_memory"]
 
 _MIB = 1 << 20
 
@@ -165,6 +170,31 @@ def _child(fn, part, conn):
         conn.send_bytes(payload)
     finally:
         conn.close()
+
+
+def check_jobs(n_jobs):
+    """``n_jobs`` as an int, checked: a positive process count or -1 (every CPU).
+
+    Raises
+    ------
+    ValueError
+        Anything else (booleans, floats, 0, -2, ...).
+    """
+    if (isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral)
+            or not (n_jobs >= 1 or n_jobs == -1)):
+        raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}")
+    return int(n_jobs)
+
+
+def resolve_jobs(n_jobs):
+    """The processes ``n_jobs`` asks for (checked; -1: the CPUs this process may run on)."""
+    n_jobs = check_jobs(n_jobs)
+    if n_jobs > 0:
+        return n_jobs
+    try:  # the CPUs this process may use (a container or taskset may allow fewer)
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
 
 
 def fork_map(fn, parts):

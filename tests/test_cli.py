@@ -148,7 +148,7 @@ def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys
     out = tmp_path / "model"
     assert main(["fit", str(path), "--out", str(out), "--mdf-epochs", "3", "--no-progress",
                  "--n-eval", "100", "--ebm-iter", "5", "--mdf-restarts", "2",
-                 "--mdf-orient"]) == 0
+                 "--mdf-jobs", "2", "--mdf-orient"]) == 0
     printed = capsys.readouterr().out
     assert "plain 3-D points" in printed and "intrinsic dimension 2, estimated" in printed
     assert json.loads((out / "config.json").read_text())["manifold"] == "learned"
@@ -157,6 +157,7 @@ def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys
 
     saved = NeuralImplicitManifold.load(out / "manifold")
     assert saved.n_restarts == 2 and saved.get_config()["n_restarts"] == 2
+    assert saved.n_jobs == 2  # and so does --mdf-jobs
     # So does --mdf-orient (the orientation settings of learning.presets.ORIENTED).
     assert (saved.mu_orient, saved.orient_min_contrast) == (10.0, 0.2)
     assert main(["plot", str(out), "--n", "50"]) == 0
@@ -191,6 +192,10 @@ def test_threads_option_sets_torch_threads(tmp_path, capsys):
         torch.set_num_threads(before)
     with pytest.raises(SystemExit):
         main(["evaluate", str(tmp_path), "--threads", "0"])
+    for bad in ("0", "-2", "x"):  # --mdf-jobs: a positive count or -1
+        with pytest.raises(SystemExit):
+            main(["fit", "glycine", "--out", str(tmp_path / "m"), "--mdf-jobs", bad])
+    assert "got '-2'" in capsys.readouterr().err
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

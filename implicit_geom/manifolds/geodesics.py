@@ -35,7 +35,6 @@ with a per-pair exit from every loop. Near pairs never build the graph.
 import hashlib
 import itertools
 import math
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -51,7 +50,7 @@ from ..numerics.linalg import normal_space_solve, tangent_basis, tangent_project
 from ..numerics.newton import solve_along_normals
 from ..numerics.ode import n_macro_steps
 from ..numerics.validation import DTYPE, as_points
-from ..threads import fork_map
+from ..threads import check_jobs, fork_map, resolve_jobs
 
 
 # --------------------------------------------------------------------------- LGL rules
@@ -645,7 +644,7 @@ class GeodesicLogSolver(LogSolver):
         self.bounds = bounds
         self.seed = int(seed)
         self.chunk = int(chunk)
-        self.n_jobs = _check_jobs(n_jobs)
+        self.n_jobs = check_jobs(n_jobs)
         self.route_fractions = tuple(float(f) for f in route_fractions)
         self.prune_rtol = float(prune_rtol)
         self.max_move = float(max_move)
@@ -860,7 +859,7 @@ class GeodesicLogSolver(LogSolver):
         """
         space = self._space
         if n_jobs is not None:
-            _check_jobs(n_jobs)
+            check_jobs(n_jobs)
         pts = as_points(points, space.ambient_dim, "points").reshape(-1, space.ambient_dim)
         n = pts.shape[0]
         i, j = torch.triu_indices(n, n, 1, device=pts.device)
@@ -1168,8 +1167,7 @@ class GeodesicLogSolver(LogSolver):
         """Processes for ``n_rows`` far pairs: ``n_jobs`` (default the
         solver's; ``-1``: every CPU), at most one per 64 pairs (a fork costs
         more than a few pairs)."""
-        n_jobs = _check_jobs(self.n_jobs if n_jobs is None else n_jobs)
-        n_jobs = n_jobs if n_jobs > 0 else (os.cpu_count() or 1)
+        n_jobs = resolve_jobs(self.n_jobs if n_jobs is None else n_jobs)
         return max(1, min(n_jobs, n_rows // 64))
 
     def _far_rows(self, ctx, rows, out):
@@ -1736,14 +1734,6 @@ class GeodesicLogSolver(LogSolver):
         resolved = (off <= 1e-3 * scale) & (tail <= 1e-3 * scale)
         return {"nodes": x, "length": length, "tangent": v0, "converged": converged,
                 "resolved": resolved, "tail": tail / scale, "off": off / scale}
-
-
-def _check_jobs(n_jobs):
-    """``n_jobs`` as an int: a positive count or -1 (every CPU)."""
-    if (isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer))
-            or not (n_jobs >= 1 or n_jobs == -1)):
-        raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}")
-    return int(n_jobs)
 
 
 def _spd_solve(hess, rhs):

@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
 
 from implicit_geom import (
     CheckpointError,
+    ConditioningWarning,
     EmptyDataError,
     ImplicitManifold,
     InvalidPointError,
@@ -250,6 +252,86 @@ def test_restarts_keep_the_best_conditioned_fit():
     assert model.seed == 0 and model.get_config()["n_restarts"] == 3
     with pytest.raises(ValueError, match="n_restarts"):
         NeuralImplicitManifold(2, n_restarts=0)
+
+
+def test_fit_warns_when_the_zero_set_is_near_singular():
+    # fit scores its zero set (conditioning_) and warns below FOLD_FRACTION *
+    # s_min. Catches a fit that never checks, a check against the wrong bound
+    # or in the wrong direction, and restarts that keep a fold silently. Four
+    # epochs cannot lift F's singular values to s_min=50: below 0.6 * 50.
+    data = von_mises_circle(200, seed=3)
+    cfg = dict(FAST, epochs=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConditioningWarning)
+        sound = NeuralImplicitManifold(2, **cfg).fit(data)
+    assert sound.conditioning_ == sound.zero_set_conditioning(seed=0)
+    assert sound.conditioning_ >= NeuralImplicitManifold.FOLD_FRACTION * sound.s_min
+    with pytest.warns(ConditioningWarning, match=r"refit with n_restarts=3"):
+        weak = NeuralImplicitManifold(2, **cfg, s_min=50.0, s_max=100.0).fit(data)
+    assert weak.conditioning_ < 30.0
+    with pytest.warns(ConditioningWarning, match=r"even the best of 2 restarts"):
+        best = NeuralImplicitManifold(2, **cfg, s_min=50.0, s_max=100.0, n_restarts=2).fit(data)
+    assert best.conditioning_ == max(best.restart_scores_)
+    # Beyond CHECK_MAX_DIM a single fit is not checked (a box sample is costly
+    # there and rarely reaches the whole zero set): no score, no warning.
+    high = torch.randn(100, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConditioningWarning)
+        unchecked = NeuralImplicitManifold(4, 2, **dict(cfg, epochs=1, s_min=50.0,
+                                                        s_max=100.0)).fit(high)
+    assert unchecked.conditioning_ is None
+
+
+def test_restarts_in_worker_processes_equal_one_after_another(monkeypatch, tmp_path):
+    # n_jobs forks the restarts (threads.fork_map) and takes the kept fit's
+    # state back from its process. Catches restarts that do not run in their
+    # own processes, a restart's score or state attributed to another, and a
+    # kept fit that comes back incomplete (weights, box, optimizer, negatives,
+    # random stream: resuming it must continue exactly as the serial fit does,
+    # and a checkpoint of it must reload).
+    import os
+
+    from implicit_geom.learning import mdf_estimator
+    from implicit_geom.threads import can_fork, fork_map
+
+    if not can_fork():
+        pytest.skip("fork_map runs serially here")
+    pids = []
+
+    def recording_fork_map(fn, parts):
+        out = fork_map(lambda part: (os.getpid(), fn(part)), parts)
+        pids.extend(pid for pid, _ in out)
+        return [res for _, res in out]
+
+    monkeypatch.setattr(mdf_estimator, "fork_map", recording_fork_map)
+    data = von_mises_circle(200, seed=3)
+    cfg = dict(FAST, epochs=4, n_restarts=3)
+    serial = NeuralImplicitManifold(2, **cfg).fit(data)
+    assert len(pids) == 1  # n_jobs=1: one part, run here
+    pids.clear()
+    forked = NeuralImplicitManifold(2, **cfg, n_jobs=2).fit(data)
+    assert len(pids) == 2 and len(set(pids)) == 2 and pids[0] == os.getpid()
+    assert forked.restart_scores_ == serial.restart_scores_
+    assert forked.restart_ == serial.restart_
+    for a, b in zip(forked.net.state_dict().values(), serial.net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(forked.bounds, serial.bounds))
+    assert forked.history_ == serial.history_
+    # The kept restart resumes as the plain fit of its seed does.
+    plain = NeuralImplicitManifold(2, **dict(cfg, n_restarts=1),
+                                   seed=NeuralImplicitManifold.RESTART_STRIDE * forked.restart_)
+    plain.fit(data).fit(data, epochs=2, resume=True)
+    forked.fit(data, epochs=2, resume=True)
+    serial.fit(data, epochs=2, resume=True)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    assert torch.equal(forked.submersion(x), plain.submersion(x))
+    assert torch.equal(serial.submersion(x), plain.submersion(x))
+    forked.save(tmp_path / "m")
+    again = NeuralImplicitManifold.load(tmp_path / "m")
+    assert again.n_jobs == 2 and torch.equal(again.submersion(x), serial.submersion(x))
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="n_jobs"):
+            NeuralImplicitManifold(2, n_jobs=bad)
 
 
 def test_box_margin_decides_whether_the_glycine_box_encloses_the_torus():
