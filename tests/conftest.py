@@ -20,3 +20,27 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def record_forks(monkeypatch):
+    """``record_forks(module)`` makes that module's ``fork_map`` record the
+    process id of each part it runs (for real) and returns that list; the test
+    is skipped where ``fork_map`` cannot fork."""
+    from implicit_geom.threads import can_fork, fork_map
+
+    if not can_fork():
+        pytest.skip("fork_map runs serially here")
+
+    def patch(module):
+        pids = []
+
+        def recording_fork_map(fn, parts):
+            out = fork_map(lambda part: (os.getpid(), fn(part)), parts)
+            pids.extend(pid for pid, _ in out)
+            return [res for _, res in out]
+
+        monkeypatch.setattr(module, "fork_map", recording_fork_map)
+        return pids
+
+    return patch

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from implicit_geom.exceptions import GeodesicError
-from implicit_geom.threads import can_fork, fork_map, reuse_freed_memory
+from implicit_geom.threads import (can_fork, check_jobs, fork_map, resolve_jobs,
+                                   reuse_freed_memory)
 
 needs_fork = pytest.mark.skipif(not can_fork(), reason="fork_map runs serially here")
 
@@ -115,3 +116,18 @@ def test_reuse_freed_memory_applies_and_rejects_bad_values():
                 dict(mmap_threshold=True)):
         with pytest.raises(ValueError, match="positive integer"):
             reuse_freed_memory(**bad)
+
+
+def test_jobs_are_checked_and_resolved(monkeypatch):
+    # n_jobs is a positive count or -1; -1 means the CPUs this process may use
+    # (its affinity mask, which a container or taskset narrows), not the
+    # machine's. Catches a -1 resolved to the wrong count and bad values let
+    # through (a bool is an int to Python; 0 would run nothing).
+    assert check_jobs(3) == 3 and check_jobs(-1) == -1 and resolve_jobs(2) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
+    assert resolve_jobs(-1) == 3
+    for bad in (0, -2, 1.5, True, "2", None):
+        with pytest.raises(ValueError, match="n_jobs"):
+            check_jobs(bad)
+        with pytest.raises(ValueError, match="n_jobs"):
+            resolve_jobs(bad)

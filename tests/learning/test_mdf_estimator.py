@@ -282,28 +282,16 @@ def test_fit_warns_when_the_zero_set_is_near_singular():
     assert unchecked.conditioning_ is None
 
 
-def test_restarts_in_worker_processes_equal_one_after_another(monkeypatch, tmp_path):
+def test_restarts_in_worker_processes_equal_one_after_another(record_forks, tmp_path):
     # n_jobs forks the restarts (threads.fork_map) and takes the kept fit's
     # state back from its process. Catches restarts that do not run in their
     # own processes, a restart's score or state attributed to another, and a
     # kept fit that comes back incomplete (weights, box, optimizer, negatives,
     # random stream: resuming it must continue exactly as the serial fit does,
     # and a checkpoint of it must reload).
-    import os
-
     from implicit_geom.learning import mdf_estimator
-    from implicit_geom.threads import can_fork, fork_map
 
-    if not can_fork():
-        pytest.skip("fork_map runs serially here")
-    pids = []
-
-    def recording_fork_map(fn, parts):
-        out = fork_map(lambda part: (os.getpid(), fn(part)), parts)
-        pids.extend(pid for pid, _ in out)
-        return [res for _, res in out]
-
-    monkeypatch.setattr(mdf_estimator, "fork_map", recording_fork_map)
+    pids = record_forks(mdf_estimator)
     data = von_mises_circle(200, seed=3)
     cfg = dict(FAST, epochs=4, n_restarts=3)
     serial = NeuralImplicitManifold(2, **cfg).fit(data)

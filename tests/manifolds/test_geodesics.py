@@ -323,7 +323,7 @@ def test_cluster_counts_match_connected_components():
 
 # ------------------------------------------------------------ worker processes
 @pytest.mark.parametrize("shoot", [False, True])
-def test_distance_matrix_in_worker_processes_equals_one_process(monkeypatch, shoot):
+def test_distance_matrix_in_worker_processes_equals_one_process(record_forks, shoot):
     # n_jobs splits the far pairs among this process and forked children.
     # Catches a part's results written to the wrong pairs or lost (they come
     # back from the children), certificates counted in one part only, and an
@@ -331,18 +331,8 @@ def test_distance_matrix_in_worker_processes_equals_one_process(monkeypatch, sho
     import os
 
     from implicit_geom.manifolds import geodesics
-    from implicit_geom.threads import can_fork, fork_map
 
-    if not can_fork():
-        pytest.skip("fork_map runs serially here")
-    pids = []
-
-    def recording_fork_map(fn, parts):
-        out = fork_map(lambda part: (os.getpid(), fn(part)), parts)
-        pids.extend(pid for pid, _ in out)
-        return [res for _, res in out]
-
-    monkeypatch.setattr(geodesics, "fork_map", recording_fork_map)
+    pids = record_forks(geodesics)
     torus = ig.ImplicitTorus(3.0, 1.0)
     gen = torch.Generator().manual_seed(2)
     ang = 2 * math.pi * torch.rand(24, 2, generator=gen, dtype=torch.float64)
