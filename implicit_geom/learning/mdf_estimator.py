@@ -404,14 +404,17 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         limit = self.FOLD_FRACTION * self.s_min
         if self.conditioning_ is None or self.conditioning_ >= limit:
             return
-        found = ("no box point reached the zero set" if self.conditioning_ == -math.inf else
-                 f"its smallest Jacobian singular value is {self.conditioning_:.3g} < "
-                 f"{self.FOLD_FRACTION} * s_min = {limit:.3g}")
-        fix = (f"even the best of {self.n_restarts} restarts; try more" if self.n_restarts > 1
-               else "refit with n_restarts=3 (the best-conditioned fit is kept)")
-        warnings.warn(f"the learned zero set is near-singular in its box ({found}): projection "
-                      f"and geodesics may fail or crawl there, e.g. a fold where the data leave "
-                      f"gaps; {fix} or another seed", ConditioningWarning, stacklevel=3)
+        fix = (f"even the best of {self.n_restarts} restarts; try more restarts" if
+               self.n_restarts > 1 else "refit with n_restarts=3 (the best-conditioned fit is kept)")
+        if self.conditioning_ == -math.inf:
+            message = ("no box point reached the learned zero set inside the box: the fit may "
+                       "have no zero set there (or the box is flat)")
+        else:
+            message = (f"the learned zero set is near-singular in its box (smallest Jacobian "
+                       f"singular value {self.conditioning_:.3g} < {self.FOLD_FRACTION} * s_min "
+                       f"= {limit:.3g}): projection and geodesics may fail or crawl there, e.g. "
+                       f"at a fold where the data leave gaps")
+        warnings.warn(f"{message}; {fix} or another seed", ConditioningWarning, stacklevel=3)
 
     def _train(self, X, epochs):
         epochs = self.epochs if epochs is None else int(epochs)
