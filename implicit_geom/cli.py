@@ -51,7 +51,8 @@ def _jobs(text):
     try:
         return check_jobs(int(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or -1, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or -1, got {text!r}") from None
 
 
 # ----------------------------------------------------------------- building

@@ -1165,8 +1165,8 @@ class GeodesicLogSolver(LogSolver):
 
     def _jobs(self, n_rows, n_jobs=None):
         """Processes for ``n_rows`` far pairs: ``n_jobs`` (default the
-        solver's; ``-1``: every CPU), at most one per 64 pairs (a fork costs
-        more than a few pairs)."""
+        solver's; ``-1``: every CPU this process may use), at most one per 64
+        pairs (a fork costs more than a few pairs)."""
         n_jobs = resolve_jobs(self.n_jobs if n_jobs is None else n_jobs)
         return max(1, min(n_jobs, n_rows // 64))
 
