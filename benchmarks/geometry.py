@@ -24,7 +24,7 @@ from geomstats.learning.frechet_mean import FrechetMean
 
 from implicit_geom.datasets import vmf_sphere
 from implicit_geom.learning.presets import ORIENTED
-from implicit_geom.threads import reuse_freed_memory
+from implicit_geom.threads import check_jobs, reuse_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -565,8 +565,10 @@ def main(argv=None):
         parser.error(f"--mdf-box-margin must be >= 0, got {args.mdf_box_margin}")
     if args.mdf_restarts is not None and not args.mdf_restarts >= 1:
         parser.error(f"--mdf-restarts must be >= 1, got {args.mdf_restarts}")
-    if not (args.jobs >= 1 or args.jobs == -1):
-        parser.error(f"--jobs must be >= 1 or -1, got {args.jobs}")
+    try:
+        check_jobs(args.jobs)
+    except ValueError as err:
+        parser.error(f"--jobs: {err}")
     ig.set_threads(args.threads)
     allocator = ("glibc default" if args.malloc_default or not reuse_freed_memory()
                  else "reuse_freed_memory")

@@ -387,15 +387,15 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
             self._train(X, epochs)
             # Beyond 3-D a box sample rarely reaches every part of the zero set,
             # and projecting 20 000 points costs more than many fits (34 s in 16-D).
-            self.conditioning_ = (self._conditioning(20000, self.seed)
+            self.conditioning_ = (self._conditioning(self.seed)
                                   if self.ambient_dim <= self.CHECK_MAX_DIM else None)
         self._warn_if_folded()
         return self
 
-    def _conditioning(self, n_samples, seed):
+    def _conditioning(self, seed):
         """:meth:`zero_set_conditioning`, ``-inf`` where nothing reaches the zero set (or NaN)."""
         try:
-            score = self.zero_set_conditioning(n_samples, seed=seed)
+            score = self.zero_set_conditioning(seed=seed)
         except ProjectionError:  # no zero set in the box: the worst fit
             return -math.inf
         return score if score == score else -math.inf
@@ -443,7 +443,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
                     self.progress = progress and j == 0  # one bar: this process's
                     self._setup(X)
                     self._train(X, epochs)
-                    done.append((i, self._conditioning(20000, base), self._fit_state()))
+                    done.append((i, self._conditioning(base), self._fit_state()))
             finally:
                 self.seed, self.progress = base, progress
             return done
