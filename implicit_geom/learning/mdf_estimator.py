@@ -85,6 +85,11 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
     lr : float
         Adam's initial learning rate (cosine decay to ``lr_floor * lr``).
     lr_floor : float
+    weight_decay : float
+        Decoupled weight decay (``AdamW``; 0 is plain Adam). It favours the
+        simplest continuation of F where there are no data, which decides the
+        surface in the gaps between sparse samples (see
+        :data:`~implicit_geom.learning.presets.ORIENTED`).
     epochs : int
         Epochs of a fit (and length of the schedule).
     batch_size : int
@@ -181,7 +186,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
         "s_max", "mu", "rank_batch",
         "w_neg", "beta", "mu_box", "box_s_min", "mu_orient", "orient_radius",
         "orient_min_contrast", "norm", "lr",
-        "lr_floor", "epochs", "batch_size", "n_negatives", "langevin_steps",
+        "lr_floor", "weight_decay", "epochs", "batch_size", "n_negatives", "langevin_steps",
         "langevin_step_size", "langevin_temperature", "buffer_size", "reinit_prob",
         "neg_exclusion", "box_margin", "n_restarts", "n_jobs", "tol", "max_iter", "seed",
         "progress",
@@ -190,8 +195,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
     def __init__(self, ambient_dim, codim=1, hidden=(32, 32, 32), activation="silu", *,
                  architecture="mlp", radial=1.0, s_min=1.0, s_max=10.0, mu=10.0, w_neg=0.1, beta=0.1,
                  mu_box=0.0, box_s_min=0.2, mu_orient=0.0, orient_radius=0.1,
-                 orient_min_contrast=0.0, norm="l2", lr=1e-2,
-                 lr_floor=0.01, epochs=400, batch_size=256, n_negatives=128, langevin_steps=5,
+                 orient_min_contrast=0.0, norm="l2", lr=1e-2, lr_floor=0.01, weight_decay=0.0,
+                 epochs=400, batch_size=256, n_negatives=128, langevin_steps=5,
                  langevin_step_size=0.01, langevin_temperature=0.01, buffer_size=1000,
                  reinit_prob=0.05, neg_exclusion=0.0, box_margin=0.1, rank_batch=0,
                  n_restarts=1, n_jobs=1, tol=1e-10, max_iter=50, seed=0, device=None,
@@ -207,6 +212,9 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
                                       mu_orient=mu_orient,
                                       norm=norm, rank_batch=int(rank_batch))
         self.lr, self.lr_floor, self.epochs = float(lr), float(lr_floor), int(epochs)
+        self.weight_decay = float(weight_decay)
+        if not self.weight_decay >= 0:  # NaN too
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         self.batch_size, self.n_negatives = int(batch_size), int(n_negatives)
         self.langevin_steps = int(langevin_steps)
         self.langevin_step_size = float(langevin_step_size)
@@ -308,7 +316,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold):
             reinit_prob=self.reinit_prob, scale=float(self.net.scale), norm=self.norm,
             generator=self._generator)
         self._trainer = make_trainer(self.net.parameters(), lr=self.lr, total_epochs=self.epochs,
-                                     lr_floor=self.lr_floor, progress=self.progress,
+                                     lr_floor=self.lr_floor, weight_decay=self.weight_decay,
+                                     progress=self.progress,
                                      desc=f"fitting {type(self).__name__}")
         self.history_ = self._trainer.history
 

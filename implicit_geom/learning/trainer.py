@@ -42,7 +42,7 @@ def cosine_lr(base_lr, epoch, total_epochs, floor=0.01):
 
 
 class Trainer:
-    """Adam on a parameter list, epoch by epoch.
+    """Adam (AdamW with weight decay) on a parameter list, epoch by epoch.
 
     Parameters
     ----------
@@ -54,6 +54,9 @@ class Trainer:
     lr_floor : float
         Final learning rate as a fraction of ``lr`` (1 keeps it constant, 0
         decays to zero).
+    weight_decay : float
+        Decoupled weight decay (torch's ``AdamW``); 0 (the default) is plain
+        Adam.
     grad_clip : float, optional
         Largest gradient norm (the norm before clipping is recorded as
         ``grad_norm``); None: no clipping.
@@ -79,13 +82,15 @@ class Trainer:
         Whether the last :meth:`run` ended by early stopping.
     """
 
-    def __init__(self, params, lr=1e-2, total_epochs=100, lr_floor=0.01, grad_clip=None,
-                 progress=True, desc="training"):
+    def __init__(self, params, lr=1e-2, total_epochs=100, lr_floor=0.01, weight_decay=0.0,
+                 grad_clip=None, progress=True, desc="training"):
         self.params = list(params)
         if not self.params:
             raise ValueError("the trainer needs at least one parameter")
         if not 0 <= lr_floor <= 1:
             raise ValueError(f"lr_floor must be in [0, 1], got {lr_floor}")
+        if not weight_decay >= 0:  # NaN too
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
         # The fused kernel updates all parameters in one call: on the small
@@ -93,7 +98,11 @@ class Trainer:
         # than the arithmetic (a third of a millisecond per step).
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
                     for p in self.params)
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=fused or None)
+        if weight_decay > 0:
+            self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay,
+                                               fused=fused or None)
+        else:
+            self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=fused or None)
         self.lr, self.total_epochs, self.lr_floor = float(lr), int(total_epochs), float(lr_floor)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.progress, self.desc = bool(progress), desc

@@ -138,9 +138,12 @@ def test_save_load_in_fresh_process_is_bit_identical(circle, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(again.bounds, model.bounds))
 
 
-def test_resumed_training_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("weight_decay", [0.0, 0.03])
+def test_resumed_training_equals_uninterrupted(tmp_path, weight_decay):
+    # With weight decay this also catches a checkpoint that drops it (the
+    # resumed half would then step with plain Adam).
     data = von_mises_circle(200, seed=4)
-    cfg = dict(FAST, epochs=6)
+    cfg = dict(FAST, epochs=6, weight_decay=weight_decay)
     full = NeuralImplicitManifold(2, **cfg).fit(data)
     half = NeuralImplicitManifold(2, **cfg).fit(data, epochs=3)
     half.save(tmp_path / "half.pt")
@@ -148,6 +151,12 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     for a, b in zip(full.net.state_dict().values(), resumed.net.state_dict().values()):
         assert torch.equal(a, b)
     assert resumed.history_["loss"] == full.history_["loss"]
+    assert resumed.weight_decay == weight_decay
+    if weight_decay:
+        plain = NeuralImplicitManifold(2, **dict(cfg, weight_decay=0.0)).fit(data)
+        assert not torch.equal(plain.submersion(data), full.submersion(data))
+    with pytest.raises(ValueError, match="weight_decay"):
+        NeuralImplicitManifold(2, weight_decay=float("nan"))
 
 
 def test_corrupt_missing_and_foreign_checkpoints(circle, tmp_path):

@@ -55,6 +55,20 @@ def test_state_dict_resumes_identically():
     assert torch.equal(w1, w2) and t1.history == t2.history and t2.epoch == 7
 
 
+def test_weight_decay_is_decoupled():
+    # With a zero loss gradient AdamW only shrinks the weights, by (1 - lr*wd)
+    # per step; coupled L2 (Adam's weight_decay) would move them by ~lr per
+    # step instead, and a decay that is not passed on would not move them.
+    w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    trainer = Trainer([w], lr=0.1, total_epochs=1, lr_floor=1.0, weight_decay=0.5,
+                      progress=False)
+    trainer.run(lambda b: ((w * 0.0).sum(), {}), torch.zeros(32, 1), 1, batch_size=8)
+    assert torch.allclose(w.detach(), torch.full((3,), 0.95 ** 4, dtype=torch.float64),
+                          rtol=1e-12)
+    with pytest.raises(ValueError, match="weight_decay"):
+        Trainer([w], weight_decay=-1.0)
+
+
 def test_divergence_raises():
     w = torch.ones(1, dtype=torch.float64, requires_grad=True)
     trainer = Trainer([w], progress=False)
