@@ -21,6 +21,7 @@ import implicit_geom as ig  # selects the pytorch backend before geomstats
 import torch
 from geomstats.geometry.hypersphere import Hypersphere
 from geomstats.learning.frechet_mean import FrechetMean
+from tqdm import tqdm
 
 from implicit_geom.datasets import vmf_sphere
 from implicit_geom.learning.presets import ORIENTED
@@ -379,8 +380,68 @@ def attribute_learned_errors(torus, learned, points, on_learned, d_tor, d_learn,
     return out
 
 
+def learned_matrix(train, points, d_tor, recipe, seed, jobs):
+    """Fit the learned torus (``recipe``, fit seed ``seed``) and time its 200x200 matrix.
+
+    The restarts and the matrix run in ``jobs`` processes (one thread each:
+    the same fits and distances as one after another). Returns the model, the
+    points projected onto it, the solver's result, the relative differences
+    from the analytic torus's distances ``d_tor`` over the pairs of distinct
+    points (failed pairs NaN: they count as not within 1%), the fit's wall
+    time and the matrix's wall and CPU times.
+    """
+    import numpy as np
+
+    t_fit, learned = timed(lambda: ig.NeuralImplicitManifold(
+        3, 1, **recipe, seed=seed, n_jobs=jobs, progress=False).fit(train), 1)
+    on_learned = learned.projection(points)
+    t_learn, c_learn, res = timed_cpu(
+        lambda: learned.metric.log_solver.pairwise(on_learned, n_jobs=jobs), 1)
+    iu = np.triu_indices(len(points), 1)
+    keep = d_tor[iu] > 1e-9
+    rel = np.abs(res.dist.numpy()[iu][keep] - d_tor[iu][keep]) / d_tor[iu][keep]
+    return learned, on_learned, res, rel, t_fit, t_learn, c_learn
+
+
+def seed_rows(train, points, d_tor, recipe, seeds, jobs):
+    """The learned torus of :func:`distance_rows` refitted with other fit seeds,
+    on the same points: how much the issue-15 figures depend on the seed."""
+    import numpy as np
+
+    rows = []
+    for seed in tqdm(seeds, desc="learned torus, other fit seeds"):
+        learned, _, res, rel, t_fit, t_learn, c_learn = learned_matrix(
+            train, points, d_tor, recipe, seed, jobs)
+        rows.append({"seed": seed, "kept": getattr(learned, "restart_", 0),
+                     "conditioning": learned.conditioning_,
+                     "failures": int(torch.triu(res.failed, 1).sum()),
+                     "within_1pct": float((rel <= 0.01).mean()),
+                     "max_err": float(np.nanmax(rel)), "median_err": float(np.nanmedian(rel)),
+                     "seconds": t_learn, "cpu_seconds": c_learn, "fit_s": t_fit})
+    return rows
+
+
+def print_seed_rows(rows, seed0):
+    """The per-seed table and its summary (std with ddof=1), seed 0's row first."""
+    import numpy as np
+
+    rows = [seed0] + rows
+    print("\n## Learned torus distance matrix by fit seed (same points, same recipe)")
+    shown = [{"seed": r["seed"], "kept restart": r["kept"],
+              "conditioning": f"{r['conditioning']:.3f}" if r["conditioning"] else "-",
+              "failures": r["failures"], "within 1%": f"{100 * r['within_1pct']:.3f}%",
+              "max err": f"{100 * r['max_err']:.2f}%", "median err": f"{r['median_err']:.1e}",
+              "matrix s": f"{r['seconds']:.1f}", "fit s": f"{r['fit_s']:.0f}"} for r in rows]
+    print(table(shown, list(shown[0])))
+    within = np.array([r["within_1pct"] for r in rows])
+    print(f"- within 1% over {len(rows)} seeds: mean {100 * within.mean():.3f}%, std "
+          f"{100 * within.std(ddof=1):.3f} pp, min {100 * within.min():.3f}%; every pair "
+          f"within 1% on {sum(r['max_err'] <= 0.01 for r in rows)}, 0 failures on "
+          f"{sum(r['failures'] == 0 for r in rows)}")
+
+
 def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=None,
-                  unoriented=False, box_margin=None, jobs=1):
+                  unoriented=False, box_margin=None, jobs=1, other_seeds=()):
     """Distance matrices (``metric.dist_pairwise``), all in this run.
 
     The two torus matrices and the learned torus's restarts use ``jobs``
@@ -393,7 +454,9 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=No
       against the independent intrinsic-BVP reference of
       ``benchmarks/torus_reference.py`` (computed and cached on first use);
     - the torus learned from all glycine residues (as in tutorial 4) on the
-      same residues projected onto it, against the analytic torus.
+      same residues projected onto it, against the analytic torus; and, for
+      each of ``other_seeds``, the same with that fit seed (its row's
+      ``other_seeds``).
     """
     import numpy as np
 
@@ -449,18 +512,9 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=No
         recipe = dict(recipe, n_restarts=mdf_restarts)
     if box_margin is not None:  # --mdf-box-margin (see the README's issue-15 row)
         recipe = dict(recipe, box_margin=box_margin)
-    # The restarts run in ``jobs`` processes too (one thread each: the same
-    # fits as one after another).
-    t_fit, learned = timed(lambda: ig.NeuralImplicitManifold(
-        3, 1, **recipe, seed=mdf_seed, n_jobs=jobs, progress=False)
-        .fit(glycine.points), 1)
-    on_learned = learned.projection(data.points)
-    t_learn, c_learn, res_learn = timed_cpu(
-        lambda: learned.metric.log_solver.pairwise(on_learned, n_jobs=jobs), 1)
+    learned, on_learned, res_learn, rel, t_fit, t_learn, c_learn = learned_matrix(
+        glycine.points, data.points, d_tor, recipe, mdf_seed, jobs)
     d_learn = res_learn.dist.numpy()
-    keep = d_tor[iu] > 1e-9
-    # Failed pairs (NaN) count as not within 1%; the max and median are over the others.
-    rel = np.abs(d_learn[iu][keep] - d_tor[iu][keep]) / d_tor[iu][keep]
     restarts = (f", best-conditioned of {recipe['n_restarts']} restarts (kept {learned.restart_}, "
                 f"scores {', '.join(f'{v:.3g}' for v in learned.restart_scores_)})"
                 if recipe['n_restarts'] > 1 else "")
@@ -475,7 +529,9 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=No
                  "ambiguous": float(torch.triu(res_learn.ambiguous, 1).sum()),
                  "max_err": float(np.nanmax(rel)), "median_err": float(np.nanmedian(rel)),
                  "within_1pct": float((rel <= 0.01).mean()), "fit_s": t_fit,
-                 "offset_median": float((on_learned - data.points).norm(dim=-1).median())})
+                 "offset_median": float((on_learned - data.points).norm(dim=-1).median()),
+                 "seed": mdf_seed, "kept": getattr(learned, "restart_", 0),
+                 "conditioning": learned.conditioning_})
     load_after = os.getloadavg()[0]
     # How the pairs were solved (see GeodesicLogSolver): shot geodesics
     # certified minimising (near / injectivity / graph corridor), and pairs
@@ -491,6 +547,9 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=No
     for i, r in enumerate(rows):
         r.update(threads=threads, jobs=jobs if i >= 2 else 1,
                  load_1min=max(load_before, load_after))
+    if other_seeds:
+        rows[3]["other_seeds"] = seed_rows(glycine.points, data.points, d_tor, recipe,
+                                           other_seeds, jobs)
     return rows
 
 
@@ -542,6 +601,10 @@ def main(argv=None):
                         help="only the distance matrices")
     parser.add_argument("--mdf-seed", type=int, default=0,
                         help="seed of the learned torus's fit (reported: 0)")
+    parser.add_argument("--mdf-seeds", type=int, nargs="+", default=[], metavar="SEED",
+                        help="also refit the learned torus with these fit seeds (same points, "
+                        "same recipe) and summarise within 1%% over all seeds (about 4 min "
+                        "each at --jobs 2)")
     parser.add_argument("--unoriented", action="store_true",
                         help="learned torus without the orientation term, 400 epochs, the "
                         "default box (the recipe before 2026-12-03)")
@@ -579,12 +642,15 @@ def main(argv=None):
     repeat = 1 if args.quick else 3
     if args.distances_only:
         dist = distance_rows(200, args.threads, not args.no_reference, args.mdf_seed,
-                             args.mdf_restarts, args.unoriented, args.mdf_box_margin, args.jobs)
+                             args.mdf_restarts, args.unoriented, args.mdf_box_margin, args.jobs,
+                             args.mdf_seeds)
         print("## Distance matrices (dist_pairwise), 200 x 200")
         print(table(dist, ["manifold", "seconds", "vs_Hypersphere", "cpu_seconds",
                            "cpu_vs_Hypersphere", "failures", "ambiguous", "max_err", "threads",
                            "jobs", "load_1min", "solved_by"]))
         print_attribution(dist[3])
+        if args.mdf_seeds:
+            print_seed_rows(dist[3]["other_seeds"], dist[3])
         print(json.dumps(dist, indent=1))
         return
 
@@ -600,7 +666,8 @@ def main(argv=None):
     fm = frechet_rows(100, repeat)
     el = exp_log_rows(50 if args.quick else 100)
     dist = (distance_rows(200, args.threads, not args.no_reference, args.mdf_seed,
-                          args.mdf_restarts, args.unoriented, args.mdf_box_margin, args.jobs)
+                          args.mdf_restarts, args.unoriented, args.mdf_box_margin, args.jobs,
+                          args.mdf_seeds)
             if args.distances else [])
     kde = kde_rows(20)
     acc = accuracy_rows()
@@ -631,6 +698,8 @@ def main(argv=None):
                   f"{tor['n_over_1e3']}, reference classes unresolved: "
                   f"{tor['reference_unresolved']}")
         print_attribution(lrn)
+        if args.mdf_seeds:
+            print_seed_rows(lrn["other_seeds"], lrn)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"projection": proj, "frechet_mean": fm, "exp_log": el,
                                      "kde_learned_circle": kde, "accuracy": acc,
