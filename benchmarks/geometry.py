@@ -428,7 +428,8 @@ def print_seed_rows(rows, seed0):
     rows = [seed0] + rows
     print("\n## Learned torus distance matrix by fit seed (same points, same recipe)")
     shown = [{"seed": r["seed"], "kept restart": r["kept"],
-              "conditioning": f"{r['conditioning']:.3f}" if r["conditioning"] else "-",
+              "conditioning": ("-" if r["conditioning"] is None
+                               else f"{r['conditioning']:.3f}"),
               "failures": r["failures"], "within 1%": f"{100 * r['within_1pct']:.3f}%",
               "max err": f"{100 * r['max_err']:.2f}%", "median err": f"{r['median_err']:.1e}",
               "matrix s": f"{r['seconds']:.1f}", "fit s": f"{r['fit_s']:.0f}"} for r in rows]
