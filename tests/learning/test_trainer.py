@@ -1,4 +1,4 @@
-"""Trainer: cosine schedule, history, resumable state, divergence detection,
+"""Trainer: cosine schedule, history, resumable state, weight decay, divergence detection,
 batches with replacement, clipping, validation with early stopping, progress lines."""
 
 import io
