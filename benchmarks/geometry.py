@@ -381,14 +381,14 @@ def attribute_learned_errors(torus, learned, points, on_learned, d_tor, d_learn,
 
 
 def learned_matrix(train, points, d_tor, recipe, seed, jobs):
-    """Fit the learned torus (``recipe``, fit seed ``seed``) and time its 200x200 matrix.
+    """Fit the learned torus (``recipe``, fit seed ``seed``) and time its matrix.
 
     The restarts and the matrix run in ``jobs`` processes (one thread each:
     the same fits and distances as one after another). Returns the model, the
-    points projected onto it, the solver's result, the relative differences
-    from the analytic torus's distances ``d_tor`` over the pairs of distinct
-    points (failed pairs NaN: they count as not within 1%), the fit's wall
-    time and the matrix's wall and CPU times.
+    points projected onto it, the solver's result and the row fields every
+    fit seed reports: against the analytic torus's distances ``d_tor``, over
+    the pairs of distinct points (failed pairs count as not within 1%; the
+    max and median are over the others), and the fit's and matrix's times.
     """
     import numpy as np
 
@@ -400,29 +400,24 @@ def learned_matrix(train, points, d_tor, recipe, seed, jobs):
     iu = np.triu_indices(len(points), 1)
     keep = d_tor[iu] > 1e-9
     rel = np.abs(res.dist.numpy()[iu][keep] - d_tor[iu][keep]) / d_tor[iu][keep]
-    return learned, on_learned, res, rel, t_fit, t_learn, c_learn
+    fields = {"seed": seed, "kept": getattr(learned, "restart_", 0),
+              "conditioning": learned.conditioning_,
+              "failures": int(torch.triu(res.failed, 1).sum()),
+              "within_1pct": float((rel <= 0.01).mean()),
+              "max_err": float(np.nanmax(rel)), "median_err": float(np.nanmedian(rel)),
+              "seconds": t_learn, "cpu_seconds": c_learn, "fit_s": t_fit}
+    return learned, on_learned, res, fields
 
 
 def seed_rows(train, points, d_tor, recipe, seeds, jobs):
     """The learned torus of :func:`distance_rows` refitted with other fit seeds,
     on the same points: how much the issue-15 figures depend on the seed."""
-    import numpy as np
-
-    rows = []
-    for seed in tqdm(seeds, desc="learned torus, other fit seeds"):
-        learned, _, res, rel, t_fit, t_learn, c_learn = learned_matrix(
-            train, points, d_tor, recipe, seed, jobs)
-        rows.append({"seed": seed, "kept": getattr(learned, "restart_", 0),
-                     "conditioning": learned.conditioning_,
-                     "failures": int(torch.triu(res.failed, 1).sum()),
-                     "within_1pct": float((rel <= 0.01).mean()),
-                     "max_err": float(np.nanmax(rel)), "median_err": float(np.nanmedian(rel)),
-                     "seconds": t_learn, "cpu_seconds": c_learn, "fit_s": t_fit})
-    return rows
+    return [learned_matrix(train, points, d_tor, recipe, seed, jobs)[3]
+            for seed in tqdm(seeds, desc="learned torus, other fit seeds")]
 
 
 def print_seed_rows(rows, seed0):
-    """The per-seed table and its summary (std with ddof=1), seed 0's row first."""
+    """The per-seed table and its summary (std with ddof=1), the main fit's row first."""
     import numpy as np
 
     rows = [seed0] + rows
@@ -513,7 +508,7 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=No
         recipe = dict(recipe, n_restarts=mdf_restarts)
     if box_margin is not None:  # --mdf-box-margin (see the README's issue-15 row)
         recipe = dict(recipe, box_margin=box_margin)
-    learned, on_learned, res_learn, rel, t_fit, t_learn, c_learn = learned_matrix(
+    learned, on_learned, res_learn, fields = learned_matrix(
         glycine.points, data.points, d_tor, recipe, mdf_seed, jobs)
     d_learn = res_learn.dist.numpy()
     restarts = (f", best-conditioned of {recipe['n_restarts']} restarts (kept {learned.restart_}, "
@@ -523,16 +518,11 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=No
               f"oriented where contrast >= {recipe['orient_min_contrast']}")
     rows.append({"manifold": f"learned torus (64x3 MLP, {recipe['epochs']} epochs, {orient}, "
                              f"box margin {recipe['box_margin']}, seed {mdf_seed}{restarts}), glycine",
-                 "points": n_points,
-                 "seconds": t_learn, "vs_Hypersphere": t_learn / t_ref,
-                 "cpu_seconds": c_learn, "cpu_vs_Hypersphere": c_learn / c_ref,
-                 "failures": int(torch.triu(res_learn.failed, 1).sum()),
+                 "points": n_points, **fields,
+                 "vs_Hypersphere": fields["seconds"] / t_ref,
+                 "cpu_vs_Hypersphere": fields["cpu_seconds"] / c_ref,
                  "ambiguous": float(torch.triu(res_learn.ambiguous, 1).sum()),
-                 "max_err": float(np.nanmax(rel)), "median_err": float(np.nanmedian(rel)),
-                 "within_1pct": float((rel <= 0.01).mean()), "fit_s": t_fit,
-                 "offset_median": float((on_learned - data.points).norm(dim=-1).median()),
-                 "seed": mdf_seed, "kept": getattr(learned, "restart_", 0),
-                 "conditioning": learned.conditioning_})
+                 "offset_median": float((on_learned - data.points).norm(dim=-1).median())})
     load_after = os.getloadavg()[0]
     # How the pairs were solved (see GeodesicLogSolver): shot geodesics
     # certified minimising (near / injectivity / graph corridor), and pairs
