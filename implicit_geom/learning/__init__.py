@@ -9,6 +9,7 @@ from .mdf import (
     orientation_penalty,
     rank_penalty,
 )
+from .estimator import EstimatorMixin
 from .mdf_estimator import NeuralImplicitManifold
 from .negatives import LangevinNegativeSampler
 from .orientation import outward_normals, pca_normals
@@ -17,6 +18,7 @@ from .trainer import Trainer, cosine_lr
 
 __all__ = [
     "ComponentReport",
+    "EstimatorMixin",
     "LangevinNegativeSampler",
     "MDFObjective",
     "NeuralImplicitManifold",

@@ -22,11 +22,12 @@ from ..numerics.validation import DTYPE, as_points, padded_box
 from ..threads import check_jobs, fork_map, resolve_jobs
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import context, make_trainer
+from .estimator import EstimatorMixin
 from .mdf import MDFObjective
 from .negatives import LangevinNegativeSampler
 from .orientation import outward_normals
 
-class NeuralImplicitManifold(NetworkImplicitManifold):
+class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     """Implicit manifold whose defining function is a trained network.
 
     ``fit(X)`` trains the network so that its zero set passes through the data

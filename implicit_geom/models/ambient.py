@@ -99,3 +99,7 @@ class AmbientEBM(EnergyModel):
         x = as_points(x, self.dim, "x")
         out = -self.energy(x)
         return out - self.log_partition() if normalized else out
+
+    def score_samples(self, X):
+        """Normalised log density at points ``X``, shape (n,) (sklearn's convention)."""
+        return self.log_prob(as_points(X, self.dim, "X").reshape(-1, self.dim), normalized=True)

@@ -27,6 +27,7 @@ import torch
 from scipy.special import logsumexp
 
 from ..exceptions import EmptyDataError, InvalidPointError
+from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import ImplicitSphere, ImplicitTorus, as_implicit
 from ..manifolds.arithmetic import UnionManifold
 from ..numerics.validation import DTYPE, as_points
@@ -117,7 +118,7 @@ def _check(X, manifold, name="X"):
     return _numpy(X)
 
 
-class ManifoldKDE:
+class ManifoldKDE(EstimatorMixin):
     """Kernel density estimate on a manifold, every kernel normalised on M.
 
     Parameters
@@ -310,7 +311,7 @@ class ManifoldKDE:
         return float(-self.score_samples(X).mean())
 
 
-class VonMisesFisherMixture:
+class VonMisesFisherMixture(EstimatorMixin):
     """Mixture of von Mises-Fisher distributions fitted by EM.
 
     On a circle or 2-sphere (any radius and centre) the components are von

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ..learning.estimator import EstimatorMixin
 from ..manifolds.arithmetic import intersection, union
 from ..numerics.validation import as_points
 from .ebm import ConstrainedEBM
@@ -59,7 +60,7 @@ class IntersectionEBM(ConstrainedEBM):
         return ConstrainedEBM.load(path, manifold)
 
 
-class UnionEBM:
+class UnionEBM(EstimatorMixin):
     """Mixture ``sum_i w_i p_i`` of normalised densities on the union of their manifolds.
 
     Parameters
@@ -109,6 +110,10 @@ class UnionEBM:
         per_model = torch.stack([math.log(float(w)) + p for w, p in zip(self.weights, parts)])
         out = per_model.gather(0, idx[None].to(per_model.device))[0]
         return out.reshape(x.shape[:-1])
+
+    def score_samples(self, X):
+        """Normalised log density at points ``X`` of the union, shape (n,)."""
+        return self.log_prob(as_points(X, self.dim, "X").reshape(-1, self.dim))
 
     def energy(self, x):
         """``-log p(x)`` of the normalised mixture."""

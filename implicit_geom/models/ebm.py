@@ -29,6 +29,7 @@ from ..exceptions import (CheckpointError, EmptyDataError, InvalidPointError, No
 from ..manifolds.components import sample_in_box
 from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.distributed import context, make_trainer
+from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, padded_box
 from ..sampling.transitions import ComponentJump
@@ -108,7 +109,7 @@ def _forked_rng(seed):
         yield
 
 
-class EnergyModel:
+class EnergyModel(EstimatorMixin):
     """Persistent contrastive divergence for an energy network (base class).
 
     Subclasses say where chains start (:meth:`_init_chains`) and how they move
@@ -600,6 +601,19 @@ class ConstrainedEBM(EnergyModel):
         if not normalized or self.component_log_weights_ is not None:
             return out  # with component weights -E is normalised already
         return out - self.log_partition()
+
+    def score_samples(self, X):
+        """Normalised log density (w.r.t. the volume of M) at the closest
+        points of ``X`` on M (:meth:`on_manifold`), shape (n,): what a held-out
+        point off a learned M scores (sklearn's convention).
+
+        Raises
+        ------
+        ProjectionError, QuadratureCoverageError
+            See :meth:`on_manifold`.
+        """
+        X = as_points(X, self.dim, "X").reshape(-1, self.dim)
+        return self.log_prob(self.on_manifold(X, "held-out points"))
 
     def nll(self, X):
         """Mean held-out negative log-likelihood (nats, w.r.t. the volume of M)."""

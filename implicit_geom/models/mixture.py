@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from ..learning.estimator import EstimatorMixin
 from ..numerics.validation import DTYPE, as_points
 
 __all__ = ["DensityMixture", "normalized_log_density"]
@@ -24,24 +25,22 @@ __all__ = ["DensityMixture", "normalized_log_density"]
 def normalized_log_density(model, X):
     """A fitted model's normalised log density at ``X`` (what a user gets), shape (n,).
 
-    Models with ``score_samples`` (the baselines, mixtures) are asked
-    directly; constrained EBMs score the points' projections onto their
-    manifold (:meth:`~implicit_geom.models.ConstrainedEBM.on_manifold`: held-out
+    Models with ``score_samples`` (ours all have it) are asked directly: a
+    constrained EBM scores the points' projections onto its manifold
+    (:meth:`~implicit_geom.models.ConstrainedEBM.score_samples`: held-out
     points off a learned M are scored at their closest points, and points
     the quadrature of ``log Z`` does not cover raise
-    :class:`~implicit_geom.exceptions.QuadratureCoverageError`); other models
-    by ``log_prob``.
+    :class:`~implicit_geom.exceptions.QuadratureCoverageError`); other
+    models by ``log_prob``.
     """
     if hasattr(model, "score_samples"):
         out = model.score_samples(X)
-    elif hasattr(model, "on_manifold"):
-        out = model.log_prob(model.on_manifold(X, "held-out points"))
     else:
         out = model.log_prob(X)
     return torch.as_tensor(out, dtype=DTYPE).reshape(-1)
 
 
-class DensityMixture:
+class DensityMixture(EstimatorMixin):
     """``p(x) = sum_k w_k p_k(x)`` of fitted normalised densities on one manifold.
 
     Parameters

@@ -16,6 +16,7 @@ the affine map only adds ``sum(log scale)`` to the log density.
 import torch
 from torch import nn
 from ..learning.distributed import make_trainer
+from ..learning.estimator import EstimatorMixin
 from ..numerics import autodiff
 from ..numerics.mlp import build_mlp
 from ..numerics.validation import DTYPE, as_points
@@ -25,7 +26,7 @@ from .ebm import _check_data
 __all__ = ["Autoencoder", "PushforwardEBM"]
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(nn.Module, EstimatorMixin):
     """MLP encoder ``R^n -> R^m`` and decoder ``R^m -> R^n`` (SiLU).
 
     Parameters
@@ -75,7 +76,7 @@ class Autoencoder(nn.Module):
         return trainer.history["loss"]
 
 
-class PushforwardEBM:
+class PushforwardEBM(EstimatorMixin):
     """Autoencoder plus latent EBM (the paper's pushforward baseline).
 
     Parameters
@@ -240,6 +241,10 @@ class PushforwardEBM:
         u, z = self.latent_lattice(resolution)
         with torch.no_grad():
             return self.decode(z), -self.latent_ebm.energy(u) - self.half_log_det(z)
+
+    def score_samples(self, X):
+        """Normalised log density at points ``X`` (see :meth:`log_prob`), shape (n,)."""
+        return self.log_prob(X)
 
     def nll(self, X):
         """Mean negative log-likelihood of held-out points (nats)."""

@@ -1,0 +1,119 @@
+"""scikit-learn conventions on every model: get_params, set_params, clone, score."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold
+
+from implicit_geom import ImplicitSphere, NeuralImplicitManifold
+from implicit_geom.datasets import load_dataset
+from implicit_geom.models import (
+    AmbientEBM,
+    ConstrainedEBM,
+    DensityMixture,
+    ManifoldKDE,
+    PushforwardEBM,
+    UnionEBM,
+    VonMisesFisherMixture,
+)
+
+
+def models():
+    sphere = ImplicitSphere(2)
+    kde = ManifoldKDE(sphere, kappa=10.0)
+    return {
+        "mdf": NeuralImplicitManifold(3, 1, hidden=[16, 16], epochs=3, progress=False),
+        "constrained": ConstrainedEBM(sphere, hidden=[8], n_iter=2),
+        "ambient": AmbientEBM(2, hidden=[4], n_iter=1),
+        "kde": kde,
+        "vmf": VonMisesFisherMixture(sphere, n_components=[1, 2], n_iter=5),
+        "mixture": DensityMixture([kde], prior=0.5),
+        "pushforward": PushforwardEBM(3, 2, hidden=[8]),
+    }
+
+
+@pytest.mark.parametrize("name", list(models()))
+def test_clone_rebuilds_from_the_arguments_as_given(name):
+    # Catches a constructor argument that get_params cannot return as passed
+    # (sklearn.clone raises then: hidden=[16, 16] kept only as a tuple), or a
+    # parameter missing from get_params (the clone would differ).
+    model = models()[name]
+    params = model.get_params(deep=False)
+    twin = clone(model)
+    assert twin is not model and type(twin) is type(model)
+    assert set(twin.get_params(deep=False)) == set(params)
+    for key, value in params.items():
+        if not isinstance(value, (torch.nn.Module, list, ManifoldKDE)):
+            assert twin.get_params(deep=False)[key] == value, key
+
+
+def test_set_params_rebuilds_and_rejects_bad_values_atomically():
+    # Catches set_params that only sets an attribute (the network keeps its old
+    # width, the objective its old s_min), that swaps in another object (the
+    # metric would point at it), or that half-applies a rejected change.
+    model = NeuralImplicitManifold(2, 1, hidden=(16, 16), epochs=3, progress=False)
+    data = load_dataset("circle", 64, seed=0).points
+    model.fit(data)
+    weights = [p.clone() for p in model.net.parameters()]
+    with pytest.raises(ValueError, match="invalid parameter 'hiden'"):
+        model.set_params(hiden=(8,))
+    with pytest.raises(ValueError, match="epochs"):
+        model.set_params(s_min=0.5, epochs=0)
+    assert model.is_fitted and model.s_min == 1.0 and model.epochs == 3
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.net.parameters()))
+
+    assert model.set_params(hidden=(8,), s_min=0.5) is model
+    assert not model.is_fitted  # the fit is discarded: the next fit starts afresh
+    assert model.s_min == 0.5 and model.get_params()["hidden"] == (8,)
+    assert [p.shape[0] for p in model.net.parameters() if p.ndim == 2][0] == 8
+    assert model.metric._space is model
+    model.fit(data)
+    assert model.belongs(model.projection(data[:5])).all()
+
+
+def test_nested_parameters_reach_the_manifold():
+    # Catches deep get_params missing an argument's own parameters, and
+    # set_params not routing manifold__x to the manifold.
+    manifold = NeuralImplicitManifold(3, 1, hidden=(8,), epochs=2, progress=False)
+    ebm = ConstrainedEBM(manifold, hidden=(4,), n_iter=1)
+    deep = ebm.get_params(deep=True)
+    assert deep["manifold__hidden"] == (8,) and deep["manifold"] is manifold
+    ebm.set_params(manifold__s_min=0.25, n_iter=3)
+    assert manifold.s_min == 0.25 and ebm.n_iter == 3 and ebm.manifold is manifold
+    with pytest.raises(ValueError, match="invalid parameter 'n_iter__x'"):
+        ebm.set_params(n_iter__x=1)
+
+
+def test_varargs_models_keep_their_models():
+    # Catches set_params dropping the *models of a union (rebuilt empty).
+    a = ConstrainedEBM(ImplicitSphere(1, center=[-2.0, 0.0]), hidden=(4,), n_iter=1)
+    b = ConstrainedEBM(ImplicitSphere(1, center=[2.0, 0.0]), hidden=(4,), n_iter=1)
+    union = UnionEBM(a, b, weights=[0.5, 0.5])
+    assert union.get_params(deep=False)["models"] == (a, b)
+    union.set_params(weights=[0.25, 0.75])
+    assert union.models[0] is a and union.models[1] is b
+    assert [float(w) for w in union.weights] == [0.25, 0.75]
+
+
+def test_score_is_the_mean_log_likelihood():
+    # Catches score returning the NLL (GridSearchCV would then pick the worst
+    # kappa) or a score on models without score_samples.
+    sphere = ImplicitSphere(2)
+    train = load_dataset("sphere_mixture", 300, seed=0).points
+    test = load_dataset("sphere_mixture", 100, seed=1).points
+    kde = ManifoldKDE(sphere, kappa=20.0).fit(train)
+    assert kde.score(test) == pytest.approx(float(kde.score_samples(test).mean()), rel=1e-12)
+    assert kde.score(test) == pytest.approx(-kde.nll(test), rel=1e-12)
+    assert not hasattr(NeuralImplicitManifold(3, 1), "score")
+
+    kappas = [2.0, 20.0, 500.0]
+    folds = KFold(3, shuffle=True, random_state=0)
+    search = GridSearchCV(ManifoldKDE(sphere, kappa=1.0), {"kappa": kappas}, cv=folds)
+    search.fit(train.numpy())
+    # The same choice made by hand from held-out log densities.
+    held_out = [np.mean([float(ManifoldKDE(sphere, kappa=k).fit(train[tr])
+                               .score_samples(train[te]).mean())
+                         for tr, te in folds.split(train.numpy())]) for k in kappas]
+    assert search.best_params_["kappa"] == kappas[int(np.argmax(held_out))]
+    assert search.best_score_ == pytest.approx(max(held_out), rel=1e-9)
