@@ -249,7 +249,8 @@ def test_restarts_keep_the_best_conditioned_fit():
     # restart's weights, or keeping the last instead of the best.
     data = von_mises_circle(200, seed=3)
     cfg = dict(FAST, epochs=4)
-    model = NeuralImplicitManifold(2, **cfg, n_restarts=3).fit(data)
+    model = NeuralImplicitManifold(2, **cfg, n_restarts=3,
+                                   restart_selection="conditioning").fit(data)
     plain = [NeuralImplicitManifold(2, **cfg, seed=NeuralImplicitManifold.RESTART_STRIDE * i)
              .fit(data) for i in range(3)]
     scores = [p.zero_set_conditioning(seed=0) for p in plain]
@@ -350,3 +351,34 @@ def test_box_margin_decides_whether_the_glycine_box_encloses_the_torus():
     assert all(torch.allclose(a, b) for a, b in zip(model.bounds, (lo, hi)))
     with pytest.raises(ValueError, match="box_margin"):  # NaN would give a NaN box
         NeuralImplicitManifold(3, 1, box_margin=float("nan"))
+
+
+def test_agreement_keeps_the_restart_closest_to_the_others():
+    # restart_gaps_ must be distances between *different* restarts' zero sets
+    # (catches measuring a restart against itself: every gap would be 0) and
+    # close to the true ones: the mean distance from points of one learned
+    # curve to their closest points on the other, by projection; the kept
+    # restart is the sound one with the smallest mean gap (catches argmax).
+    data = von_mises_circle(200, seed=3)
+    cfg = dict(FAST, epochs=6)
+    model = NeuralImplicitManifold(2, **cfg, n_restarts=3).fit(data)  # the default
+    plain = [NeuralImplicitManifold(2, **cfg, seed=NeuralImplicitManifold.RESTART_STRIDE * i)
+             .fit(data) for i in range(3)]
+    gaps = model.restart_gaps_
+    assert gaps.shape == (3, 3) and torch.equal(gaps, gaps.T)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            on_i = plain[i]._zero_set_sample(20000, 0)[:NeuralImplicitManifold.AGREEMENT_SAMPLES]
+            on_j = plain[j]._zero_set_sample(20000, 0)[:NeuralImplicitManifold.AGREEMENT_SAMPLES]
+            true = ((on_i - plain[j].projection(on_i)).norm(dim=-1).mean()
+                    + (on_j - plain[i].projection(on_j)).norm(dim=-1).mean()) / 2
+            assert float(gaps[i, j]) == pytest.approx(float(true), rel=0.05)
+    assert float(gaps[~torch.eye(3, dtype=torch.bool)].min()) > 0
+    assert model.restart_ == int(gaps.nansum(1).argmin())
+    x = torch.randn(10, 2, dtype=torch.float64)
+    assert torch.equal(model.submersion(x), plain[model.restart_].submersion(x))
+    # The zero-set samples come back from forked restarts intact.
+    forked = NeuralImplicitManifold(2, **cfg, n_restarts=3, n_jobs=2).fit(data)
+    assert torch.equal(forked.restart_gaps_, gaps) and forked.restart_ == model.restart_
+    with pytest.raises(ValueError, match="restart_selection"):
+        NeuralImplicitManifold(2, restart_selection="best")
