@@ -416,9 +416,9 @@ def build_parser():
         p.add_argument("--test-fraction", type=float, default=0.2)
         p.add_argument("--mdf-epochs", type=int, default=None)
         p.add_argument("--mdf-restarts", type=int, default=1,
-                       help="fits of a learned manifold; the one whose zero set is best "
-                            "conditioned is kept (guards against near-singular folds where "
-                            "the data leave gaps)")
+                       help="fits of a learned manifold; of those whose zero set is not "
+                            "folded (near-singular where the data leave gaps), the one agreeing "
+                            "most with the others is kept")
         p.add_argument("--mdf-jobs", type=_jobs, default=1, metavar="N",
                        help="processes for the restarts (default 1: one after another; -1: "
                             "one per CPU; the forked ones run one thread each)")

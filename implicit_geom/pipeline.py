@@ -149,8 +149,9 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
         Training points (sizes the MDF's batches, see
         :func:`~implicit_geom.learning.presets.mdf_preset`).
     mdf_restarts : int
-        Fits of a learned manifold, the best-conditioned kept
-        (``NeuralImplicitManifold``'s ``n_restarts``).
+        Fits of a learned manifold; one that is not folded is kept, the one
+        agreeing most with the others (``NeuralImplicitManifold``'s
+        ``n_restarts`` and ``restart_selection``).
     mdf_jobs : int
         Processes for those fits (``NeuralImplicitManifold``'s ``n_jobs``).
     mdf_orient : bool

@@ -217,8 +217,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         "orient_min_contrast", "norm", "lr",
         "lr_floor", "weight_decay", "epochs", "batch_size", "n_negatives", "langevin_steps",
         "langevin_step_size", "langevin_temperature", "buffer_size", "reinit_prob",
-        "neg_exclusion", "box_margin", "n_restarts", "restart_selection", "n_jobs", "tol", "max_iter", "seed",
-        "progress",
+        "neg_exclusion", "box_margin", "n_restarts", "restart_selection", "n_jobs", "tol",
+        "max_iter", "seed", "progress",
     )
 
     def __init__(self, ambient_dim, codim=1, hidden=(32, 32, 32), activation="silu", *,
@@ -266,6 +266,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             raise ValueError(f"restart_selection must be 'conditioning' or 'agreement', got "
                              f"{restart_selection!r}")
         self.restart_selection = restart_selection
+        self.restart_gaps_ = None
         self.n_jobs = check_jobs(n_jobs)
         device = torch.device(device) if device is not None else torch.device("cpu")
         if min(self.epochs, self.batch_size) < 1 or not self.box_margin >= 0:  # NaN too
