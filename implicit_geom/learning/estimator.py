@@ -102,6 +102,12 @@ class EstimatorMixin:
                 own[name] = value
         signature = inspect.signature(type(self).__init__)
 
+        kinds = [p.kind for p in signature.parameters.values()]
+        # Arguments before a *args must be passed by position.
+        positional = {inspect.Parameter.POSITIONAL_ONLY}
+        if inspect.Parameter.VAR_POSITIONAL in kinds:
+            positional.add(inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
         def call(values):
             args, kwargs = [], {}
             for name, parameter in list(signature.parameters.items())[1:]:
@@ -109,7 +115,7 @@ class EstimatorMixin:
                     args.extend(values[name])
                 elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
                     kwargs.update({k: values[k] for k in set(values) - set(signature.parameters)})
-                elif parameter.kind is inspect.Parameter.POSITIONAL_ONLY:
+                elif parameter.kind in positional:
                     args.append(values[name])
                 else:
                     kwargs[name] = values[name]

@@ -117,3 +117,18 @@ def test_score_is_the_mean_log_likelihood():
                          for tr, te in folds.split(train.numpy())]) for k in kappas]
     assert search.best_params_["kappa"] == kappas[int(np.argmax(held_out))]
     assert search.best_score_ == pytest.approx(max(held_out), rel=1e-9)
+
+
+def test_set_params_passes_arguments_before_varargs_by_position():
+    # Catches rebuilding f(a, *models) as f(*models, a=...) (a given twice),
+    # and forwarded **keywords lost.
+    from implicit_geom.learning import EstimatorMixin
+
+    class Model(EstimatorMixin):
+        def __init__(self, a, *models, w=1, **extra):
+            self.a, self.models, self.w, self.extra = a, models, w, extra
+
+    model = Model(1, "m1", "m2", w=3, depth=5)
+    assert model.get_params() == {"a": 1, "models": ("m1", "m2"), "w": 3, "depth": 5}
+    model.set_params(a=2, depth=7)
+    assert (model.a, model.models, model.w, model.extra) == (2, ("m1", "m2"), 3, {"depth": 7})
