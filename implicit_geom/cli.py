@@ -135,7 +135,7 @@ def fit(args):
                               not args.no_progress and ctx.is_main, args.mdf_epochs,
                               args.ebm_iter, notify=print if ctx.is_main else None,
                               mdf_restarts=args.mdf_restarts, mdf_orient=args.mdf_orient,
-                              mdf_jobs=args.mdf_jobs)
+                              mdf_jobs=args.mdf_jobs, mdf_selection=args.mdf_selection)
         kind, manifold, ebm, geometry = (fitted.kind, fitted.manifold, fitted.ebm,
                                          fitted.geometry)
         timings = fitted.timings
@@ -419,6 +419,10 @@ def build_parser():
                        help="fits of a learned manifold; of those whose zero set is not "
                             "folded (near-singular where the data leave gaps), the one agreeing "
                             "most with the others is kept")
+        p.add_argument("--mdf-selection", choices=("agreement", "conditioning"),
+                       default="agreement",
+                       help="which restart is kept: the unfolded one agreeing most with the "
+                            "others (default) or the best conditioned")
         p.add_argument("--mdf-jobs", type=_jobs, default=1, metavar="N",
                        help="processes for the restarts (default 1: one after another; -1: "
                             "one per CPU; the forked ones run one thread each)")

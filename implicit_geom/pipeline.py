@@ -130,7 +130,8 @@ class Pipeline:
 
 
 def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=True,
-                   mdf_epochs=None, n_train=None, mdf_restarts=1, mdf_orient=False, mdf_jobs=1):
+                   mdf_epochs=None, n_train=None, mdf_restarts=1, mdf_orient=False, mdf_jobs=1,
+                   mdf_selection="agreement"):
     """The (unfitted) manifold of the pipeline for ``dataset``.
 
     Parameters
@@ -154,6 +155,9 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
         ``n_restarts`` and ``restart_selection``).
     mdf_jobs : int
         Processes for those fits (``NeuralImplicitManifold``'s ``n_jobs``).
+    mdf_selection : {"agreement", "conditioning"}
+        Which of those fits is kept (``NeuralImplicitManifold``'s
+        ``restart_selection``).
     mdf_orient : bool
         Orient a learned hypersurface:
         :data:`~implicit_geom.learning.presets.ORIENTED` over the preset
@@ -205,6 +209,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     if mdf_epochs:
         kwargs["epochs"] = int(mdf_epochs)
     kwargs["n_restarts"], kwargs["n_jobs"] = int(mdf_restarts), mdf_jobs
+    kwargs["restart_selection"] = mdf_selection
     if mdf_orient:
         if codim != 1:
             raise ValueError(f"--mdf-orient needs a hypersurface (codimension 1); this "
@@ -216,7 +221,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
 
 def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, progress=True,
                  mdf_epochs=None, ebm_iter=None, notify=None, mdf_restarts=1, mdf_orient=False,
-                 mdf_jobs=1, **ebm_kwargs):
+                 mdf_jobs=1, mdf_selection="agreement", **ebm_kwargs):
     """Fit the default pipeline: a manifold for ``dataset``, then a constrained EBM.
 
     Parameters
@@ -224,7 +229,8 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
     dataset : implicit_geom.datasets.Dataset
         Says what the data are (name, kind, dimensions); the fit uses ``train``.
     train : torch.Tensor, shape (N, n)
-    choice, intrinsic_dim, seed, progress, mdf_epochs, mdf_restarts, mdf_orient, mdf_jobs
+    choice, intrinsic_dim, seed, progress, mdf_epochs, mdf_restarts, mdf_orient, mdf_jobs, \
+    mdf_selection
         See :func:`build_manifold`.
     ebm_iter : int, optional
         Overrides the EBM's iterations.
@@ -242,7 +248,8 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
 
     kind, manifold, geometry, notes = build_manifold(dataset, choice, intrinsic_dim, seed,
                                                      progress, mdf_epochs, len(train),
-                                                     mdf_restarts, mdf_orient, mdf_jobs)
+                                                     mdf_restarts, mdf_orient, mdf_jobs,
+                                                     mdf_selection)
     for note in notes if notify is not None else ():
         notify(note)
     timings = {}

@@ -148,7 +148,7 @@ def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys
     out = tmp_path / "model"
     assert main(["fit", str(path), "--out", str(out), "--mdf-epochs", "3", "--no-progress",
                  "--n-eval", "100", "--ebm-iter", "5", "--mdf-restarts", "2",
-                 "--mdf-jobs", "2", "--mdf-orient"]) == 0
+                 "--mdf-jobs", "2", "--mdf-orient", "--mdf-selection", "conditioning"]) == 0
     printed = capsys.readouterr().out
     assert "plain 3-D points" in printed and "intrinsic dimension 2, estimated" in printed
     assert json.loads((out / "config.json").read_text())["manifold"] == "learned"
@@ -158,6 +158,7 @@ def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys
     saved = NeuralImplicitManifold.load(out / "manifold")
     assert saved.n_restarts == 2 and saved.get_config()["n_restarts"] == 2
     assert saved.n_jobs == 2  # and so does --mdf-jobs
+    assert saved.restart_selection == "conditioning"  # and --mdf-selection
     # So does --mdf-orient (the orientation settings of learning.presets.ORIENTED).
     assert (saved.mu_orient, saved.orient_min_contrast) == (10.0, 0.2)
     assert main(["plot", str(out), "--n", "50"]) == 0
