@@ -517,7 +517,7 @@ def distance_rows(n_points, threads, reference=True, mdf_seed=0, mdf_restarts=No
     learned, on_learned, res_learn, fields = learned_matrix(
         glycine.points, data.points, d_tor, recipe, mdf_seed, jobs)
     d_learn = res_learn.dist.numpy()
-    kind = ("most agreeing" if recipe.get("restart_selection") == "agreement"
+    kind = ("most agreeing" if learned.restart_selection == "agreement"
             else "best-conditioned")
     restarts = (f", {kind} of {recipe['n_restarts']} restarts (kept {learned.restart_}, "
                 f"scores {', '.join(f'{v:.3g}' for v in learned.restart_scores_)})"

@@ -419,10 +419,9 @@ def build_parser():
                        help="fits of a learned manifold; of those whose zero set is not "
                             "folded (near-singular where the data leave gaps), the one agreeing "
                             "most with the others is kept")
-        p.add_argument("--mdf-selection", choices=("agreement", "conditioning"),
-                       default="agreement",
+        p.add_argument("--mdf-selection", choices=("agreement", "conditioning"), default=None,
                        help="which restart is kept: the unfolded one agreeing most with the "
-                            "others (default) or the best conditioned")
+                            "others (agreement, the default) or the best conditioned")
         p.add_argument("--mdf-jobs", type=_jobs, default=1, metavar="N",
                        help="processes for the restarts (default 1: one after another; -1: "
                             "one per CPU; the forked ones run one thread each)")

@@ -131,7 +131,7 @@ class Pipeline:
 
 def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=True,
                    mdf_epochs=None, n_train=None, mdf_restarts=1, mdf_orient=False, mdf_jobs=1,
-                   mdf_selection="agreement"):
+                   mdf_selection=None):
     """The (unfitted) manifold of the pipeline for ``dataset``.
 
     Parameters
@@ -157,7 +157,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
         Processes for those fits (``NeuralImplicitManifold``'s ``n_jobs``).
     mdf_selection : {"agreement", "conditioning"}
         Which of those fits is kept (``NeuralImplicitManifold``'s
-        ``restart_selection``).
+        ``restart_selection``; None: its default).
     mdf_orient : bool
         Orient a learned hypersurface:
         :data:`~implicit_geom.learning.presets.ORIENTED` over the preset
@@ -209,7 +209,8 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     if mdf_epochs:
         kwargs["epochs"] = int(mdf_epochs)
     kwargs["n_restarts"], kwargs["n_jobs"] = int(mdf_restarts), mdf_jobs
-    kwargs["restart_selection"] = mdf_selection
+    if mdf_selection is not None:
+        kwargs["restart_selection"] = mdf_selection
     if mdf_orient:
         if codim != 1:
             raise ValueError(f"--mdf-orient needs a hypersurface (codimension 1); this "
@@ -221,7 +222,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
 
 def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, progress=True,
                  mdf_epochs=None, ebm_iter=None, notify=None, mdf_restarts=1, mdf_orient=False,
-                 mdf_jobs=1, mdf_selection="agreement", **ebm_kwargs):
+                 mdf_jobs=1, mdf_selection=None, **ebm_kwargs):
     """Fit the default pipeline: a manifold for ``dataset``, then a constrained EBM.
 
     Parameters

@@ -101,27 +101,21 @@ class EstimatorMixin:
             else:
                 own[name] = value
         signature = inspect.signature(type(self).__init__)
-
-        kinds = [p.kind for p in signature.parameters.values()]
+        kind = inspect.Parameter
         # Arguments before a *args must be passed by position.
-        positional = {inspect.Parameter.POSITIONAL_ONLY}
-        if inspect.Parameter.VAR_POSITIONAL in kinds:
-            positional.add(inspect.Parameter.POSITIONAL_OR_KEYWORD)
-
-        def call(values):
-            args, kwargs = [], {}
-            for name, parameter in list(signature.parameters.items())[1:]:
-                if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-                    args.extend(values[name])
-                elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
-                    kwargs.update({k: values[k] for k in set(values) - set(signature.parameters)})
-                elif parameter.kind in positional:
-                    args.append(values[name])
-                else:
-                    kwargs[name] = values[name]
-            return args, kwargs
-
-        args, kwargs = call({**current, **own})
+        positional = {kind.POSITIONAL_ONLY}
+        if any(p.kind is kind.VAR_POSITIONAL for p in signature.parameters.values()):
+            positional.add(kind.POSITIONAL_OR_KEYWORD)
+        values, args, kwargs = {**current, **own}, [], {}
+        for name, parameter in list(signature.parameters.items())[1:]:
+            if parameter.kind is kind.VAR_POSITIONAL:
+                args.extend(values[name])
+            elif parameter.kind is kind.VAR_KEYWORD:
+                kwargs.update({k: values[k] for k in set(values) - set(signature.parameters)})
+            elif parameter.kind in positional:
+                args.append(values[name])
+            else:
+                kwargs[name] = values[name]
         # Validated on a throwaway object first: a rejected value leaves self
         # as it was. Then self is rebuilt in place (not swapped for the
         # throwaway: objects built with it, such as its metric, point at it).

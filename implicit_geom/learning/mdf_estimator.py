@@ -430,21 +430,20 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             self._train(X, epochs)
             # Beyond 3-D a box sample rarely reaches every part of the zero set,
             # and projecting 20 000 points costs more than many fits (34 s in 16-D).
-            self.conditioning_ = (self._conditioning(self.seed)
+            self.conditioning_ = (self._conditioning(self.seed)[0]
                                   if self.ambient_dim <= self.CHECK_MAX_DIM else None)
         self._warn_if_folded()
         return self
 
-    def _conditioning(self, seed, keep=0):
-        """:meth:`zero_set_conditioning`, ``-inf`` where nothing reaches the zero set (or NaN);
-        with ``keep``, also the first ``keep`` points of its sample of the zero set."""
+    def _conditioning(self, seed):
+        """:meth:`zero_set_conditioning` (``-inf`` where nothing reaches the zero set, or
+        NaN) and the sample of the zero set it was taken on (None then)."""
         try:
             points = self._zero_set_sample(self.CONDITIONING_SAMPLES, seed)
-            score = float(self.singular_values(points)[..., -1].min())
         except ProjectionError:  # no zero set in the box: the worst fit
-            points, score = None, -math.inf
-        score = score if score == score else -math.inf
-        return (score, None if points is None else points[:keep]) if keep else score
+            return -math.inf, None
+        score = float(self.singular_values(points)[..., -1].min())
+        return (score if score == score else -math.inf), points
 
     def _warn_if_folded(self):
         limit = self.FOLD_FRACTION * self.s_min
@@ -489,9 +488,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
                     self.progress = progress and j == 0  # one bar: this process's
                     self._setup(X)
                     self._train(X, epochs)
-                    score, points = self._conditioning(base, keep=self.AGREEMENT_SAMPLES)
+                    score, points = self._conditioning(base)
+                    keep = self.restart_selection == "agreement" and points is not None
                     done.append((i, score, self._fit_state(),
-                                 points if self.restart_selection == "agreement" else None))
+                                 points[:self.AGREEMENT_SAMPLES] if keep else None))
             finally:
                 self.seed, self.progress = base, progress
             return done
@@ -555,7 +555,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             # A copy: set_state reads the raw storage, which for a view may start elsewhere.
             self._generator.set_state(state["rng"].clone().contiguous())
 
-    def zero_set_conditioning(self, n_samples=20000, seed=0):
+    def zero_set_conditioning(self, n_samples=CONDITIONING_SAMPLES, seed=0):
         """Smallest Jacobian singular value of F over its zero set in the box.
 
         Uniform points of the box are projected onto the zero set (Newton's
