@@ -50,6 +50,7 @@ from ..numerics.linalg import normal_space_solve, tangent_basis, tangent_project
 from ..numerics.newton import solve_along_normals
 from ..numerics.ode import n_macro_steps
 from ..numerics.validation import DTYPE, as_points
+from ..progress import Progress
 from ..threads import check_jobs, fork_map, resolve_jobs
 
 
@@ -591,6 +592,11 @@ class GeodesicLogSolver(LogSolver):
     seed : int
     chunk : int
         Pairs per batched tensor program (memory).
+    progress : bool
+        Show the straightening of candidate geodesics (a bar on a terminal,
+        log lines elsewhere) when a call has at least
+        :attr:`PROGRESS_MIN_ROUTES` of them (a 200 x 200 matrix on a learned
+        surface: tens of seconds); forked workers stay silent.
     n_jobs : int
         Processes for the far pairs' graph routes and refinement (``-1``: one
         per CPU): the pairs are split among this process and ``n_jobs - 1``
@@ -623,13 +629,18 @@ class GeodesicLogSolver(LogSolver):
       from that corridor's route and converge to this geodesic.
     """
 
+    #: Candidate routes from which :meth:`_refine` shows progress (fewer are
+    #: solved in a few seconds, and a bar per ``dist`` call would be noise).
+    PROGRESS_MIN_ROUTES = 256
+
     def __init__(self, space, rtol=1e-6, near_radius=None, near_excess=0.1,
                  candidate_rtol=0.04, ambiguity_rtol=1e-3, n_graph_nodes=None,
                  n_neighbors=None, min_degree=6, max_degree=160, max_iter=40, bounds=None,
                  route_fractions=(0.25, 0.5, 0.75), route_separation=4.0, prune_rtol=0.01,
                  max_move=2.0, polish=True, polish_iter=4, shoot=None, shoot_iter=6,
-                 curvature_margin=1.25, seed=0, chunk=2000, n_jobs=1):
+                 curvature_margin=1.25, seed=0, chunk=2000, progress=True, n_jobs=1):
         super().__init__(solves_bvp=True)
+        self.progress = bool(progress)
         self._space = space
         self.rtol = float(rtol)
         self.near_radius = near_radius
@@ -1154,7 +1165,12 @@ class GeodesicLogSolver(LogSolver):
 
         def work(part_and_index):
             part, j = part_and_index
-            certified = self._far_rows(ctx, part, out)
+            shown = self.progress
+            self.progress = shown and not j  # one bar: this process's part
+            try:
+                certified = self._far_rows(ctx, part, out)
+            finally:
+                self.progress = shown
             # Part 0 runs in this process (fork_map), its results already in `out`.
             return certified, (out.take(targets[j]) if j else None)
 
@@ -1445,6 +1461,22 @@ class GeodesicLogSolver(LogSolver):
             ``"by_group"``: per group the settled, distinct geodesics.
         """
         n_routes = len(routes)
+        with Progress(n_routes, "straightening geodesics",
+                      enabled=self.progress and n_routes >= self.PROGRESS_MIN_ROUTES) as bar:
+            results = self._refine_rounds(routes, groups, bar)
+        by_group = {}
+        if groups is not None:
+            done = [i for i in range(n_routes) if results[i] is not None]
+            if done:
+                done = self._prune(results, done, groups, self.ambiguity_rtol * 10)
+            for i in done:
+                by_group.setdefault(int(groups[i]), []).append(results[i])
+        return {"routes": results, "by_group": by_group}
+
+    def _refine_rounds(self, routes, groups, bar):
+        """:meth:`_refine`'s rounds of rising degree; ``bar`` counts the routes
+        that are settled, failed or pruned."""
+        n_routes = len(routes)
         degrees = self._initial_degrees(routes)
         first = self._solve_degrees(
             dict(enumerate(degrees.tolist())),
@@ -1452,6 +1484,7 @@ class GeodesicLogSolver(LogSolver):
         alive = [i for i in range(n_routes) if first[i] is not None]
         if groups is not None and alive:
             alive = self._prune(first, alive, groups, self.prune_rtol)
+        bar.update(n_routes - len(alive), degree=int(degrees.max()) if n_routes else 0)
         results = [None] * n_routes
         previous = {i: first[i] for i in alive}
         while previous:
@@ -1476,15 +1509,10 @@ class GeodesicLogSolver(LogSolver):
                 cur["settled"] = (abs(float(cur["length"] - old["length"]))
                                   <= rtol * float(cur["length"]) and cur["resolved"])
                 nxt_prev[i] = cur
+            bar.update(len(previous) - len(nxt_prev),
+                       degree=max(degrees.values()) if degrees else 0)
             previous = nxt_prev
-        by_group = {}
-        if groups is not None:
-            done = [i for i in range(n_routes) if results[i] is not None]
-            if done:
-                done = self._prune(results, done, groups, self.ambiguity_rtol * 10)
-            for i in done:
-                by_group.setdefault(int(groups[i]), []).append(results[i])
-        return {"routes": results, "by_group": by_group}
+        return results
 
     def _solve_degrees(self, degrees, init):
         """Straighten route ``i`` at ``degrees[i]`` from ``init(indices, rule)``

@@ -243,7 +243,7 @@ def test_zero_set_conditioning_matches_closed_form():
         NeuralImplicitManifold(2, **FAST).zero_set_conditioning()
 
 
-def test_restarts_keep_the_best_conditioned_fit():
+def test_restarts_keep_the_best_conditioned_fit(tmp_path):
     # Each restart must be the plain fit of its seed, scored like that fit, and
     # the kept one the best scored: catches a wrong seed, restoring another
     # restart's weights, or keeping the last instead of the best.
@@ -260,6 +260,11 @@ def test_restarts_keep_the_best_conditioned_fit():
     assert torch.equal(model.submersion(x), plain[model.restart_].submersion(x))
     assert model.history_["loss"] == plain[model.restart_].history_["loss"]
     assert model.seed == 0 and model.get_config()["n_restarts"] == 3
+    # The checkpoint keeps how the fit was chosen (a reload had none of it).
+    model.save(tmp_path / "restarts.pt")
+    again = NeuralImplicitManifold.load(tmp_path / "restarts.pt")
+    assert again.restart_scores_ == model.restart_scores_ and again.restart_ == model.restart_
+    assert again.conditioning_ == model.conditioning_ and again.restart_gaps_ is None
     with pytest.raises(ValueError, match="n_restarts"):
         NeuralImplicitManifold(2, n_restarts=0)
 
@@ -353,7 +358,7 @@ def test_box_margin_decides_whether_the_glycine_box_encloses_the_torus():
         NeuralImplicitManifold(3, 1, box_margin=float("nan"))
 
 
-def test_agreement_keeps_the_restart_closest_to_the_others():
+def test_agreement_keeps_the_restart_closest_to_the_others(tmp_path):
     # restart_gaps_ must be distances between *different* restarts' zero sets
     # (catches measuring a restart against itself: every gap would be 0) and
     # close to the true ones: the mean distance from points of one learned
@@ -380,5 +385,8 @@ def test_agreement_keeps_the_restart_closest_to_the_others():
     # The zero-set samples come back from forked restarts intact.
     forked = NeuralImplicitManifold(2, **cfg, n_restarts=3, n_jobs=2).fit(data)
     assert torch.equal(forked.restart_gaps_, gaps) and forked.restart_ == model.restart_
+    model.save(tmp_path / "agreement.pt")  # the gaps survive a checkpoint
+    again = NeuralImplicitManifold.load(tmp_path / "agreement.pt")
+    assert torch.allclose(again.restart_gaps_, gaps, rtol=0, atol=0, equal_nan=True)
     with pytest.raises(ValueError, match="restart_selection"):
         NeuralImplicitManifold(2, restart_selection="best")

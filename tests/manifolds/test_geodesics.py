@@ -359,6 +359,45 @@ def test_distance_matrix_in_worker_processes_equals_one_process(record_forks, sh
     assert float(((d - ref.dist).abs() / ref.dist.clamp_min(1e-12)).max()) <= 1e-8
 
 
+def test_distance_matrix_shows_progress_of_the_straightening(monkeypatch):
+    # Catches a bar that never reaches its total (routes that settle, fail or
+    # are pruned left uncounted, or counted twice) and a progress flag that is
+    # ignored; below PROGRESS_MIN_ROUTES a call stays silent.
+    from implicit_geom.manifolds import geodesics
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, total, desc, enabled=True):
+            self.total, self.enabled, self.count = total, enabled, 0
+            bars.append(self)
+
+        def update(self, n=1, **postfix):
+            assert n >= 0
+            self.count += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(geodesics, "Progress", Recorder)
+    torus = ig.ImplicitTorus(3.0, 1.0)
+    gen = torch.Generator().manual_seed(2)
+    ang = 2 * math.pi * torch.rand(24, 2, generator=gen, dtype=torch.float64)
+    pts = torus_embed(ang[:, 0], ang[:, 1], 3.0, 1.0)
+    solver = GeodesicLogSolver(torus, n_graph_nodes=800, shoot=False)
+    monkeypatch.setattr(solver, "PROGRESS_MIN_ROUTES", 64)
+    solver.pairwise(pts)
+    shown = [b for b in bars if b.enabled]
+    assert len(shown) == 1 and shown[0].total >= 64
+    assert shown[0].count == shown[0].total
+    bars.clear()
+    GeodesicLogSolver(torus, n_graph_nodes=800, shoot=False, progress=False).pairwise(pts)
+    assert bars and not any(b.enabled for b in bars)
+
+
 def test_n_jobs_is_checked():
     torus = ig.ImplicitTorus(3.0, 1.0)
     for bad in (0, -2, 1.5, True, "2"):
