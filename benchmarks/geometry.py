@@ -376,8 +376,13 @@ def attribute_learned_errors(torus, learned, points, on_learned, d_tor, d_learn,
         <= R + r * torch.cos(theta)
     sample = torus_embed(phi[accept], theta[accept], R, r)
     empty = nearest(sample) > gap
-    off = (project(sample) - sample).norm(dim=-1)
+    on = project(sample)
+    off = (on - sample).norm(dim=-1)
+    # Signed: the torus's signed distance of the learned point (negative inside
+    # the tube), so a bias to one side shows (the mean over a side cancels noise).
+    inside = torch.hypot(torch.hypot(on[:, 0], on[:, 1]) - R, on[:, 2]) - r
     out.update(gap=gap, area_share_empty=float(empty.double().mean()),
+               offset_empty_signed_mean=float(inside[empty].nanmean()),
                offset_empty_median=float(off[empty].nanmedian()),
                offset_empty_max=float(off[empty][~off[empty].isnan()].max()),
                offset_covered_median=float(off[~empty].nanmedian()))
@@ -571,7 +576,8 @@ def print_attribution(lrn):
               f"of them (pairs within 1%: {100 * lrn['gap_share_good']:.0f}%)")
     print(f"- torus area with no residue within {lrn['gap']}: "
           f"{100 * lrn['area_share_empty']:.0f}%; learned surface's offset there median "
-          f"{lrn['offset_empty_median']:.3f}, max {lrn['offset_empty_max']:.3f} (elsewhere "
+          f"{lrn['offset_empty_median']:.3f}, max {lrn['offset_empty_max']:.3f}, signed mean "
+          f"{lrn['offset_empty_signed_mean']:+.3f} (negative: inside the tube; elsewhere "
           f"median {lrn['offset_covered_median']:.4f})")
 
 

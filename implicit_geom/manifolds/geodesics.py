@@ -1510,7 +1510,7 @@ class GeodesicLogSolver(LogSolver):
                                   <= rtol * float(cur["length"]) and cur["resolved"])
                 nxt_prev[i] = cur
             bar.update(len(previous) - len(nxt_prev),
-                       degree=max(degrees.values()) if degrees else 0)
+                       **({"degree": max(degrees.values())} if degrees else {}))
             previous = nxt_prev
         return results
 
