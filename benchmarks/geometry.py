@@ -378,8 +378,8 @@ def attribute_learned_errors(torus, learned, points, on_learned, d_tor, d_learn,
     empty = nearest(sample) > gap
     on = project(sample)
     off = (on - sample).norm(dim=-1)
-    # Signed: the torus's signed distance of the learned point (negative inside
-    # the tube), so a bias to one side shows (the mean over a side cancels noise).
+    # Signed (the torus's signed distance of the learned point, negative inside
+    # the tube): a bias to one side shows in its mean; the unsigned median hides it.
     inside = torch.hypot(torch.hypot(on[:, 0], on[:, 1]) - R, on[:, 2]) - r
     out.update(gap=gap, area_share_empty=float(empty.double().mean()),
                offset_empty_signed_mean=float(inside[empty].nanmean()),

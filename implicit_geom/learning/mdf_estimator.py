@@ -641,7 +641,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
                 rng = (ranks[ctx.rank] if ranks is not None and len(ranks) == ctx.world_size
                        else record["rng"] if ctx.is_main else None)
                 model._restore_fit_state(dict(record, sampler={"buffer": buffer}, rng=rng))
-                for name, value in record.get("report", {}).items():
+                report = record.get("report", {})  # absent in older checkpoints
+                if not isinstance(report, dict):
+                    raise CheckpointError(f"checkpoint {path} has a corrupt fit report")
+                for name, value in report.items():
                     if name in cls.REPORT and value is not None:
                         setattr(model, name, value)
             else:

@@ -177,6 +177,12 @@ def test_corrupt_missing_and_foreign_checkpoints(circle, tmp_path):
     torch.save(record, tmp_path / "shape.pt")
     with pytest.raises(CheckpointError, match="incompatible"):
         NeuralImplicitManifold.load(tmp_path / "shape.pt")
+    record = torch.load(path, weights_only=True)
+    assert record["report"]["conditioning_"] == model.conditioning_
+    record["report"] = [1.0]  # a report that is not a mapping: named, not an AttributeError
+    torch.save(record, tmp_path / "report.pt")
+    with pytest.raises(CheckpointError, match="fit report"):
+        NeuralImplicitManifold.load(tmp_path / "report.pt")
 
 
 def test_save_is_atomic(circle, tmp_path, monkeypatch):
