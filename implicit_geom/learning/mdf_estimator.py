@@ -268,7 +268,6 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             raise ValueError(f"restart_selection must be 'conditioning' or 'agreement', got "
                              f"{restart_selection!r}")
         self.restart_selection = restart_selection
-        self.restart_gaps_ = None
         self.n_jobs = check_jobs(n_jobs)
         device = torch.device(device) if device is not None else torch.device("cpu")
         if min(self.epochs, self.batch_size) < 1 or not self.box_margin >= 0:  # NaN too
@@ -303,6 +302,11 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     def is_fitted(self):
         """Whether :meth:`fit` has run (or a fitted model was loaded)."""
         return self._trainer is not None
+
+    def __sklearn_is_fitted__(self):
+        # sklearn's check_is_fitted otherwise counts any attribute ending in
+        # "_" (history_ exists from construction) and calls a new model fitted.
+        return self.is_fitted
 
     # ---------------------------------------------------------------- training
     @contextlib.contextmanager
@@ -608,7 +612,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
                                                            .to(self.device)).cpu()}
             payload["rng_ranks"] = [r.clone() for r in ctx.all_gather(rng[None]).unbind(0)]
             # How the fit was scored and chosen: a reloaded model answers as the fitted one.
-            payload["report"] = {name: getattr(self, name, None) for name in self.REPORT}
+            payload["report"] = {name: getattr(self, name) for name in self.REPORT
+                                 if hasattr(self, name)}
         if ctx.is_main:
             save_checkpoint(path, type(self).__name__, self.get_config(), payload)
         ctx.barrier()
@@ -645,7 +650,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
                 if not isinstance(report, dict):
                     raise CheckpointError(f"checkpoint {path} has a corrupt fit report")
                 for name, value in report.items():
-                    if name in cls.REPORT and value is not None:
+                    if name in cls.REPORT:
                         setattr(model, name, value)
             else:
                 model.net.load_state_dict(record["state_dict"])
