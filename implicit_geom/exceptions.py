@@ -14,6 +14,15 @@ class BackendError(ImplicitGeomError, RuntimeError):
     """geomstats is not running on the pytorch backend."""
 
 
+class NotFittedError(ImplicitGeomError, RuntimeError):
+    """A model was used before :meth:`fit` (or loading) gave it what it needs.
+
+    scikit-learn's ``check_is_fitted`` asks the model's ``is_fitted`` (and raises
+    its own ``NotFittedError``); this one is not a subclass of it, so that
+    importing implicit_geom does not import scikit-learn, a slow import.
+    """
+
+
 class InvalidPointError(ImplicitGeomError, ValueError):
     """An input array has NaN/inf entries, the wrong shape or the wrong dimension."""
 

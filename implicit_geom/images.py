@@ -13,7 +13,7 @@
 import numpy as np
 import torch
 
-from .exceptions import EmptyDataError, InvalidPointError
+from .exceptions import EmptyDataError, InvalidPointError, NotFittedError
 
 __all__ = ["ClassifierFeatures", "auroc", "frechet_distance", "grid_figure", "image_grid"]
 
@@ -123,7 +123,7 @@ class ClassifierFeatures:
 
     def _check(self):
         if self.classifier_ is None:
-            raise RuntimeError("call fit first")
+            raise NotFittedError("call fit first: no classifier trained yet")
 
     def features(self, images):
         """Hidden-layer (ReLU) activations, shape ``(N, hidden)``."""

@@ -18,8 +18,9 @@ __all__ = ["EstimatorMixin"]
 
 
 class EstimatorMixin:
-    """``get_params`` / ``set_params`` from the constructor's arguments, and
-    ``score`` (mean of ``score_samples``) where a model has ``score_samples``.
+    """``get_params`` / ``set_params`` from the constructor's arguments,
+    ``score`` (mean of ``score_samples``) where a model has ``score_samples``,
+    and ``is_fitted``, which scikit-learn's ``check_is_fitted`` asks.
 
     ``set_params`` rebuilds the model with the new arguments, in place: any
     fit is discarded (the next :meth:`fit` starts afresh, as it would
@@ -125,6 +126,16 @@ class EstimatorMixin:
         self.__dict__.clear()
         type(self).__init__(self, *args, **kwargs)
         return self
+
+    @property
+    def is_fitted(self):
+        """Whether the model holds a fit (from :meth:`fit`, loading, or fitted parts)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say whether it is fitted")
+
+    def __sklearn_is_fitted__(self):
+        # sklearn's check_is_fitted otherwise counts attributes ending in "_",
+        # and ours exist (as None) from construction: a new model looked fitted.
+        return bool(self.is_fitted)
 
     @property
     def score(self):

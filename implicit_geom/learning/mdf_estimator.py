@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from ..exceptions import (CheckpointError, ConditioningWarning, InvalidPointError,
-                          ProjectionError)
+                          NotFittedError, ProjectionError)
 from ..manifolds.components import sample_in_box
 from ..manifolds.neural import MDFNetwork, NetworkImplicitManifold
 from ..manifolds.residual import ResidualMDFNetwork
@@ -303,11 +303,6 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         """Whether :meth:`fit` has run (or a fitted model was loaded)."""
         return self._trainer is not None
 
-    def __sklearn_is_fitted__(self):
-        # sklearn's check_is_fitted otherwise counts any attribute ending in
-        # "_" (history_ exists from construction) and calls a new model fitted.
-        return self.is_fitted
-
     # ---------------------------------------------------------------- training
     @contextlib.contextmanager
     def _trainable(self):
@@ -579,7 +574,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             No sample reached the zero set in the box.
         """
         if not self.is_fitted:
-            raise RuntimeError("call fit first")
+            raise NotFittedError("call fit first: the box to sample comes from the data")
         return float(self.singular_values(self._zero_set_sample(n_samples, seed))[..., -1].min())
 
     def _zero_set_sample(self, n_samples, seed):

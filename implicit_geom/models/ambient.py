@@ -7,6 +7,7 @@ with the manifold models through samples (W, distance to M), not likelihoods.
 
 import torch
 
+from ..exceptions import NotFittedError
 from ..learning.distributed import context
 from ..numerics.validation import as_points, padded_box
 from ..sampling.ambient import BoxLangevin
@@ -67,7 +68,7 @@ class AmbientEBM(EnergyModel):
         e.g. uniform noise in :attr:`box_`).
         """
         if self.buffer_ is None:
-            raise RuntimeError("call fit first")
+            raise NotFittedError("call fit first: the chains' box comes from the data")
         gen = torch.Generator().manual_seed(self.seed + 1 if seed is None else int(seed))
         if init is None:
             idx = torch.randint(self.buffer_.shape[0], (int(n_samples),), generator=gen)
@@ -81,7 +82,7 @@ class AmbientEBM(EnergyModel):
     def log_partition(self, resolution=256):
         """``log Z`` over the chain box by a midpoint grid (``dim <= 3``)."""
         if self.box_ is None:
-            raise RuntimeError("call fit first")
+            raise NotFittedError("call fit first: the chains' box comes from the data")
         rule = box_quadrature(*(b.cpu() for b in self.box_), resolution).to(self._param().device)
         with torch.no_grad():
             return float(log_partition(self.energy_net, rule))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from ..exceptions import EmptyDataError, InvalidPointError
+from ..exceptions import EmptyDataError, InvalidPointError, NotFittedError
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import ImplicitSphere, ImplicitTorus, as_implicit
 from ..manifolds.arithmetic import UnionManifold
@@ -285,13 +285,18 @@ class ManifoldKDE(EstimatorMixin):
         return self
 
     @property
+    def is_fitted(self):
+        """Whether :meth:`fit` has run."""
+        return self.params_ is not None
+
+    @property
     def kappa_(self):
         return self.params_["kappa"] if not self.adaptive else self.params_["c"]
 
     def score_samples(self, X):
         """Log density of points on M w.r.t. its volume, shape (n,)."""
         if self.params_ is None:
-            raise RuntimeError("call fit first")
+            raise NotFittedError(f"call fit first: {type(self).__name__} has no kernels yet")
         x = _numpy(as_points(X, self.manifold.ambient_dim, "X").reshape(-1, self.manifold.ambient_dim))
         if not self.adaptive:
             kappa = self.params_["kappa"]
@@ -449,8 +454,15 @@ class VonMisesFisherMixture(EstimatorMixin):
         return logsumexp(self._component_logpdf(self._blocks(X), means, kappas) + log_w[None],
                          axis=1) + self._log_base(X)
 
+    @property
+    def is_fitted(self):
+        """Whether :meth:`fit` has run."""
+        return getattr(self, "means_", None) is not None
+
     def score_samples(self, X):
         """Log density of points on M w.r.t. its volume, shape (n,)."""
+        if not self.is_fitted:
+            raise NotFittedError(f"call fit first: {type(self).__name__} has no components yet")
         x = _numpy(as_points(X, self.manifold.ambient_dim, "X").reshape(-1, self.manifold.ambient_dim))
         return torch.as_tensor(self._logpdf(x, (self.log_weights_, self.means_, self.kappas_)),
                                dtype=DTYPE)

@@ -94,6 +94,11 @@ class UnionEBM(EstimatorMixin):
     def dim(self):
         return self.manifold.ambient_dim
 
+    @property
+    def is_fitted(self):
+        """Whether every model of the union is ready (a union has no fit of its own)."""
+        return all(m.is_fitted for m in self.models)
+
     def log_prob(self, x):
         """Normalised log density of the mixture at points of the union.
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..exceptions import (CheckpointError, EmptyDataError, InvalidPointError, NormalizationError,
-                          ProjectionError)
+                          NotFittedError, ProjectionError)
 from ..manifolds.components import sample_in_box
 from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.distributed import context, make_trainer
@@ -196,6 +196,11 @@ class EnergyModel(EstimatorMixin):
     def dim(self):
         """Dimension of the points the density lives on."""
         raise NotImplementedError
+
+    @property
+    def is_fitted(self):
+        """Whether :meth:`fit` has run."""
+        return self.history_ is not None
 
     def _prepare(self, X):
         """Set data-dependent state (boxes, samplers) before training."""
@@ -462,6 +467,12 @@ class ConstrainedEBM(EnergyModel):
     @property
     def dim(self):
         return self.manifold.ambient_dim
+
+    @property
+    def is_fitted(self):
+        """Whether the model is ready: fitted, loaded, adopted from a cross-fit, or
+        built from fitted factors (:class:`IntersectionEBM`)."""
+        return self._fitted
 
     # ----------------------------------------------------------- quadrature
     def _quadrature_box(self):
@@ -731,7 +742,7 @@ class ConstrainedEBM(EnergyModel):
 
                 box = self._quadrature_box()
                 if box is None:
-                    raise RuntimeError("call fit first (the box comes from the data)")
+                    raise NotFittedError("call fit first (the box comes from the data)")
                 cmap = ComponentMap.sample(self.manifold, bounds=box, seed=self.seed)
                 self._components = (cmap.points, cmap.labels)
         return self._components
@@ -844,7 +855,7 @@ class ConstrainedEBM(EnergyModel):
 
     def _init_chains(self, n, max_rounds=50):
         if self._box is None:
-            raise RuntimeError("call fit first (the noise box comes from the data)")
+            raise NotFittedError("call fit first (the noise box comes from the data)")
         lo, hi = self._box
 
         def draw(k):
@@ -918,7 +929,7 @@ class ConstrainedEBM(EnergyModel):
         seed = self.seed + 1 if seed is None else int(seed)
         if init is None:
             if not self._fitted and self.buffer_ is None:
-                raise RuntimeError("call fit first, or pass init points on the manifold")
+                raise NotFittedError("call fit first, or pass init points on the manifold")
             gen = torch.Generator().manual_seed(seed)
             if self._has_quadrature():
                 init = self._quadrature_draws(n_samples, gen)
@@ -969,7 +980,7 @@ class ConstrainedEBM(EnergyModel):
         """
         if bounds is None:
             if self._box is None:
-                raise RuntimeError("call fit first, or pass bounds")
+                raise NotFittedError("call fit first, or pass bounds")
             bounds = self._box
         low, high = (torch.as_tensor(b, dtype=DTYPE).reshape(self.dim) for b in bounds)
         gen = torch.Generator().manual_seed(int(seed))

@@ -15,6 +15,7 @@ the affine map only adds ``sum(log scale)`` to the log density.
 
 import torch
 from torch import nn
+from ..exceptions import NotFittedError
 from ..learning.distributed import make_trainer
 from ..learning.estimator import EstimatorMixin
 from ..numerics import autodiff
@@ -47,6 +48,7 @@ class Autoencoder(nn.Module, EstimatorMixin):
                                  DTYPE, gen)
         self.decoder = build_mlp(self.latent_dim, self.ambient_dim, tuple(reversed(hidden)),
                                  "silu", DTYPE, gen)
+        self._trained = False
 
     def forward(self, x):
         """Reconstruction ``dec(enc(x))``."""
@@ -73,7 +75,13 @@ class Autoencoder(nn.Module, EstimatorMixin):
 
         trainer.run(loss_fn, X, int(n_iter), int(batch_size), generator=gen,
                     sampling="replacement")
+        self._trained = True
         return trainer.history["loss"]
+
+    @property
+    def is_fitted(self):
+        """Whether :meth:`fit` has run."""
+        return self._trained
 
 
 class PushforwardEBM(EstimatorMixin):
@@ -124,6 +132,11 @@ class PushforwardEBM(EstimatorMixin):
         self.history_ = None
         self.latent_shift_ = self.latent_scale_ = None
 
+    @property
+    def is_fitted(self):
+        """Whether :meth:`fit` has run."""
+        return self.history_ is not None
+
     def fit(self, X, X_val=None):
         """Train the autoencoder, then the latent EBM on the codes. Returns self.
 
@@ -173,7 +186,7 @@ class PushforwardEBM(EstimatorMixin):
     def latent_box(self):
         """``(low, high)`` of the latent chains' box, in the coordinates of :meth:`encode`."""
         if self.latent_ebm.box_ is None:
-            raise RuntimeError("call fit first")
+            raise NotFittedError("call fit first: the latent box comes from the data")
         low, high = self.latent_ebm.box_
         return (low * self.latent_scale_ + self.latent_shift_,
                 high * self.latent_scale_ + self.latent_shift_)
@@ -215,7 +228,7 @@ class PushforwardEBM(EstimatorMixin):
         z : torch.Tensor, shape (resolution ** m, m)
         """
         if self.latent_ebm.box_ is None:
-            raise RuntimeError("call fit first")
+            raise NotFittedError("call fit first: the latent box comes from the data")
         if resolution is None:
             resolution = {1: 4000, 2: 300}.get(self.latent_dim, 40)
         lo, hi = self.latent_ebm.box_

@@ -29,7 +29,7 @@ def models():
         "kde": kde,
         "vmf": VonMisesFisherMixture(sphere, n_components=[1, 2], n_iter=5),
         "mixture": DensityMixture([kde], prior=0.5),
-        "pushforward": PushforwardEBM(3, 2, hidden=[8]),
+        "pushforward": PushforwardEBM(3, 2, hidden=[8], n_iter=2),
     }
 
 
@@ -132,3 +132,61 @@ def test_set_params_passes_arguments_before_varargs_by_position():
     assert model.get_params() == {"a": 1, "models": ("m1", "m2"), "w": 3, "depth": 5}
     model.set_params(a=2, depth=7)
     assert (model.a, model.models, model.w, model.extra) == (2, ("m1", "m2"), 3, {"depth": 7})
+
+
+def _fit(name, model):
+    """Fit a model of ``models()`` on a little data (a few steps: only the state matters)."""
+    points = load_dataset("sphere_mixture", 60, seed=0).points
+    if name == "ambient":
+        return model.fit(points[:, :2])
+    if name == "mixture":
+        model.models[0].fit(points[:40])
+        return model.fit(points[40:])
+    if name == "pushforward":
+        return model.set_params(ae_iter=3).fit(points)
+    if name == "vmf":
+        return model.fit(points[:40], points[40:])
+    return model.fit(points)
+
+
+@pytest.mark.parametrize("name", list(models()))
+def test_check_is_fitted_tells_new_from_fitted_models(name):
+    # Catches sklearn's check_is_fitted calling a new model fitted: it counts
+    # attributes ending in "_", and ours exist (as None) from construction, so
+    # meta-estimators and pipelines would use an untrained model.
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    model = models()[name]
+    assert not model.is_fitted
+    with pytest.raises(SklearnNotFittedError):
+        check_is_fitted(model)
+    with torch.random.fork_rng():
+        _fit(name, model)
+    assert model.is_fitted
+    check_is_fitted(model)
+
+
+def test_unfitted_models_raise_not_fitted_error():
+    # Catches a bare RuntimeError or an AttributeError (vMF mixture: its
+    # parameters do not exist yet) instead of the named error.
+    from implicit_geom import NotFittedError
+
+    sphere = ImplicitSphere(2)
+    points = load_dataset("sphere_mixture", 10, seed=0).points
+    with pytest.raises(NotFittedError, match="fit first"):
+        ManifoldKDE(sphere, kappa=10.0).score_samples(points)
+    with pytest.raises(NotFittedError, match="fit first"):
+        VonMisesFisherMixture(sphere, n_components=[1]).score_samples(points)
+    with pytest.raises(NotFittedError, match="fit first"):
+        AmbientEBM(2, hidden=[4]).sample(3)
+    with pytest.raises(NotFittedError, match="fit first"):
+        PushforwardEBM(3, 2, hidden=[8]).latent_box()
+    # A union is ready exactly when its models are: it has no fit of its own.
+    a = ConstrainedEBM(ImplicitSphere(1, center=[-2.0, 0.0]), hidden=(4,), n_iter=1)
+    b = ConstrainedEBM(ImplicitSphere(1, center=[2.0, 0.0]), hidden=(4,), n_iter=1)
+    assert not UnionEBM(a, b).is_fitted
+    circle = torch.stack([torch.cos(torch.arange(8.0)), torch.sin(torch.arange(8.0))], -1)
+    a.fit(circle + torch.tensor([-2.0, 0.0]))
+    b.fit(circle + torch.tensor([2.0, 0.0]))
+    assert UnionEBM(a, b).is_fitted
