@@ -15,6 +15,7 @@ the affine map only adds ``sum(log scale)`` to the log density.
 
 import torch
 from torch import nn
+
 from ..exceptions import NotFittedError
 from ..learning.distributed import make_trainer
 from ..learning.estimator import EstimatorMixin
