@@ -97,13 +97,13 @@ class DensityMixture(EstimatorMixin):
                              f"got {weights}")
         self.weights_ = w / w.sum()
         self.n_iter_, self.fit_nll_ = 0, None
-        self._weights_given = weights is not None
 
     @property
     def is_fitted(self):
         """Whether the mixture is ready: its models fitted, and its weights given or
         fitted by :meth:`fit` (uniform ones before a fit are a placeholder)."""
-        return ((self._weights_given or self.fit_nll_ is not None)
+        given = self.get_params(deep=False)["weights"] is not None
+        return ((given or self.fit_nll_ is not None)
                 and all(getattr(m, "is_fitted", True) for m in self.models))
 
     @property

@@ -182,6 +182,11 @@ def test_unfitted_models_raise_not_fitted_error():
         AmbientEBM(2, hidden=[4]).sample(3)
     with pytest.raises(NotFittedError, match="fit first"):
         PushforwardEBM(3, 2, hidden=[8]).latent_box()
+    # A mixture with given weights is ready once its models are; uniform
+    # placeholder weights wait for fit.
+    kde = ManifoldKDE(sphere, kappa=10.0).fit(points)
+    assert DensityMixture([kde], weights=[1.0]).is_fitted
+    assert not DensityMixture([kde]).is_fitted
     # A union is ready exactly when its models are: it has no fit of its own.
     a = ConstrainedEBM(ImplicitSphere(1, center=[-2.0, 0.0]), hidden=(4,), n_iter=1)
     b = ConstrainedEBM(ImplicitSphere(1, center=[2.0, 0.0]), hidden=(4,), n_iter=1)

@@ -396,14 +396,3 @@ def test_agreement_keeps_the_restart_closest_to_the_others(tmp_path):
     assert torch.allclose(again.restart_gaps_, gaps, rtol=0, atol=0, equal_nan=True)
     with pytest.raises(ValueError, match="restart_selection"):
         NeuralImplicitManifold(2, restart_selection="best")
-
-
-def test_sklearn_sees_whether_the_model_is_fitted(circle):
-    # Catches check_is_fitted calling a new model fitted (it counts attributes
-    # ending in "_", and history_ exists from construction).
-    from sklearn.exceptions import NotFittedError
-    from sklearn.utils.validation import check_is_fitted
-
-    with pytest.raises(NotFittedError):
-        check_is_fitted(NeuralImplicitManifold(2, **FAST))
-    check_is_fitted(circle[0])
