@@ -49,7 +49,7 @@ from ..exceptions import DisconnectedError, GeodesicError, InvalidPointError
 from ..numerics.linalg import normal_space_solve, tangent_basis, tangent_projector
 from ..numerics.newton import solve_along_normals
 from ..numerics.ode import n_macro_steps
-from ..numerics.validation import DTYPE, as_points
+from ..numerics.validation import DTYPE, as_point_list, as_points, broadcast_points
 from ..progress import Progress
 from ..threads import check_jobs, fork_map, resolve_jobs
 
@@ -845,7 +845,7 @@ class GeodesicLogSolver(LogSolver):
         space = self._space
         x = as_points(base_point, space.ambient_dim, "base_point").reshape(-1, space.ambient_dim)
         y = as_points(point, space.ambient_dim, "point").reshape(-1, space.ambient_dim)
-        x, y = torch.broadcast_tensors(x, y)
+        x, y = broadcast_points(x, y, names=("base_point", "point"))
         # Repeated points (one base point for many targets) are merged where
         # it matters, in the graph search (:meth:`_solve_far`).
         p = x.shape[0]
@@ -871,7 +871,7 @@ class GeodesicLogSolver(LogSolver):
         space = self._space
         if n_jobs is not None:
             check_jobs(n_jobs)
-        pts = as_points(points, space.ambient_dim, "points").reshape(-1, space.ambient_dim)
+        pts = as_point_list(points, space.ambient_dim)
         n = pts.shape[0]
         i, j = torch.triu_indices(n, n, 1, device=pts.device)
         dist = torch.zeros(n, n, dtype=pts.dtype, device=pts.device)
@@ -2015,7 +2015,7 @@ class ProductLogSolver(LogSolver):
         """
         del labels  # a product is connected iff its factors are: the factors decide
         space = self._space
-        pts = as_points(points, space.ambient_dim, "points").reshape(-1, space.ambient_dim)
+        pts = as_point_list(points, space.ambient_dim)
         sq, amb, failed, n_near, n_far = 0.0, None, None, 0, 0
         for c, part in zip(space.components, self._split(pts)):
             solver = c.metric.log_solver

@@ -11,7 +11,7 @@ from ..exceptions import ComponentError, InvalidPointError, ProjectionError
 from ..numerics import autodiff
 from ..numerics.linalg import gram_solve, tangent_projector
 from ..numerics.newton import NewtonResult, newton_min_norm, solve_along_normals
-from ..numerics.validation import DTYPE, as_points
+from ..numerics.validation import DTYPE, as_points, broadcast_points
 from .ift import ClosestPoint, TangentProjection, needs_grad, trainable_tensors
 
 
@@ -291,7 +291,7 @@ class ImplicitManifold(nn.Module, LevelSet):
     def _pair(self, point, vector, names=("point", "vector")):
         point = as_points(point, self.ambient_dim, names[0])
         vector = as_points(vector, self.ambient_dim, names[1])
-        point, vector = torch.broadcast_tensors(point, vector)
+        point, vector = broadcast_points(point, vector, names=names)
         batch = point.shape[:-1]
         return (point.reshape(-1, self.ambient_dim).to(self.dtype),
                 vector.reshape(-1, self.ambient_dim).to(self.dtype), batch)

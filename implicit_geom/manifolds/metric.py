@@ -25,7 +25,7 @@ from ..exceptions import CurvatureError, DisconnectedError, GeodesicError, Inval
 from ..numerics.linalg import gram_solve, rowdot, tangent_basis, tangent_projector
 from ..numerics.newton import newton_min_norm
 from ..numerics.ode import GBSIntegrator, n_macro_steps
-from ..numerics.validation import as_points
+from ..numerics.validation import as_point_list, as_points, broadcast_points
 from . import ift
 from .curves import CurveTraceError
 from .ift import needs_grad
@@ -102,7 +102,19 @@ class ImplicitMetric(RiemannianMetric):
 
     def inner_product(self, tangent_vec_a, tangent_vec_b, base_point=None):
         """Euclidean inner product of tangent vectors, shape ``(...,)``."""
-        return (tangent_vec_a * tangent_vec_b).sum(-1)
+        a, b = self._vectors(base_point, tangent_vec_a, tangent_vec_b,
+                             names=("tangent_vec_a", "tangent_vec_b"))
+        return (a * b).sum(-1)
+
+    def _vectors(self, base_point, *vectors, names):
+        """Checked vectors (shape, finiteness, broadcasting with the base point).
+        The ambient inner product ignores the base point; a wrong one still raises."""
+        n = self._space.ambient_dim
+        arrays = [as_points(v, n, name, allow_empty=True) for v, name in zip(vectors, names)]
+        if base_point is not None:
+            base = as_points(base_point, n, "base_point", allow_empty=True)
+            return broadcast_points(*arrays, base, names=(*names, "base_point"))[:-1]
+        return broadcast_points(*arrays, names=names)
 
     # ---------------------------------------------------------------- geodesics
     def _acceleration(self, x, v):
@@ -426,7 +438,7 @@ class ImplicitMetric(RiemannianMetric):
         """
         del joblib_kwargs
         space = self._space
-        pts, _ = space._flat(points)
+        pts, _ = space._flat(as_point_list(points, space.ambient_dim))
         dtype = _dtype_of(points)
         n = pts.shape[0]
         if space.dim == 1:  # arc-length tables of curves
@@ -469,7 +481,7 @@ class ImplicitMetric(RiemannianMetric):
             t = torch.as_tensor(t, dtype=dtype).to(base.device).reshape(-1)
             if vec.ndim == 1 and base.ndim == 1:
                 return self.exp(t[:, None] * vec, base)
-            b, v = torch.broadcast_tensors(base, vec)
+            b, v = broadcast_points(base, vec, names=("initial_point", "initial_tangent_vec"))
             out = self.exp(t[None, :, None] * v[:, None, :], b[:, None, :])
             return out
 
@@ -477,6 +489,7 @@ class ImplicitMetric(RiemannianMetric):
 
     def squared_norm(self, vector, base_point=None):
         """Squared Euclidean norm of a tangent vector."""
+        (vector,) = self._vectors(base_point, vector, names=("vector",))
         return (vector * vector).sum(-1)
 
     # ---------------------------------------------------------------- curvature
@@ -510,7 +523,7 @@ class ImplicitMetric(RiemannianMetric):
         names = names or ("base_point", "tangent_vec_a", "tangent_vec_b", "tangent_vec_c",
                           "tangent_vec_d")
         arrays = [as_points(a, n, name) for a, name in zip((base_point, *vectors), names)]
-        arrays = torch.broadcast_tensors(*arrays)
+        arrays = broadcast_points(*arrays, names=names)
         batch = arrays[0].shape[:-1]
         dtype = _dtype_of(base_point, *vectors)
         return [a.reshape(-1, n).to(space.dtype) for a in arrays], batch, dtype

@@ -55,6 +55,33 @@ def as_points(point, ambient_dim, name="point", allow_empty=False, dtype=None):
     return check_finite(point, name)
 
 
+def as_point_list(points, ambient_dim, name="points"):
+    """:func:`as_points` for a list of points, shape ``(N, ambient_dim)`` exactly:
+    a pairwise matrix of a batch of batches would otherwise be the matrix of
+    its flattened points, silently."""
+    points = as_points(points, ambient_dim, name)
+    if points.ndim != 2:
+        raise InvalidPointError(
+            f"{name} must have shape (N, {ambient_dim}); got {tuple(points.shape)}."
+        )
+    return points
+
+
+def broadcast_points(*tensors, names=None):
+    """``torch.broadcast_tensors`` for user inputs: incompatible batch shapes
+    raise :class:`InvalidPointError` naming the arguments, not torch's
+    ``RuntimeError``."""
+    try:
+        return torch.broadcast_tensors(*tensors)
+    except RuntimeError as err:
+        names = names or [f"argument {i}" for i in range(len(tensors))]
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in zip(names, tensors))
+        raise InvalidPointError(
+            f"batch shapes do not broadcast: {shapes} (leading dimensions must be "
+            "equal or 1)."
+        ) from err
+
+
 def padded_box(points, fraction, min_width=0.0):
     """Bounding box of ``points`` (N, n) widened by ``fraction`` of its size per side.
 

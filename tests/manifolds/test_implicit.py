@@ -192,6 +192,33 @@ def test_wrong_shape_and_empty_input_raise():
         wrong_codim.submersion(torch.ones(3, 3))
 
 
+def test_metric_checks_vectors_and_batch_shapes():
+    # Catches the inner product / norm taking any array (a 4-vector "tangent"
+    # to a point of R^3 got a norm, NaN gave NaN) and torch's bare RuntimeError
+    # for batches that do not broadcast in the geometry calls.
+    sphere = ig.ImplicitSphere(2)
+    base = sphere.projection(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)))
+    vec = sphere.to_tangent(torch.ones(4, 3), base)
+    metric = sphere.metric
+    assert torch.allclose(metric.squared_norm(vec, base), (vec * vec).sum(-1))
+    assert torch.allclose(metric.inner_product(vec, 2 * vec, base), 2 * (vec * vec).sum(-1))
+    with pytest.raises(InvalidPointError, match=r"shape \(\.\.\., 3\)"):
+        metric.squared_norm(torch.ones(4, 4), base)
+    with pytest.raises(InvalidPointError, match=r"base_point must have shape"):
+        metric.inner_product(vec, vec, torch.ones(4, 2))
+    with pytest.raises(InvalidPointError, match="NaN or inf"):
+        metric.inner_product(vec, torch.full((4, 3), float("nan")))
+    two_by_two = base.reshape(2, 2, 3)
+    for call in (lambda: metric.log(base, two_by_two), lambda: metric.dist(base, two_by_two),
+                 lambda: sphere.to_tangent(vec, two_by_two),
+                 lambda: metric.inner_product(vec, vec, two_by_two),
+                 lambda: metric.log_solver.solve(base, base[:3])):
+        with pytest.raises(InvalidPointError, match="do not broadcast"):
+            call()
+    with pytest.raises(InvalidPointError, match=r"shape \(N, 3\)"):
+        metric.dist_pairwise(two_by_two)  # not the matrix of the flattened points
+
+
 def test_unprojectable_points_raise_projection_error():
     sphere = ig.ImplicitSphere(2)
     pts = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]], dtype=torch.float64)
