@@ -117,8 +117,25 @@ class UnionEBM(EstimatorMixin):
         return out.reshape(x.shape[:-1])
 
     def score_samples(self, X):
-        """Normalised log density at points ``X`` of the union, shape (n,)."""
-        return self.log_prob(as_points(X, self.dim, "X").reshape(-1, self.dim))
+        """Normalised log density at the closest points of ``X`` on the union,
+        shape (n,): each point is scored at its projection onto the manifold of
+        the component it is assigned to, as
+        :meth:`ConstrainedEBM.score_samples` scores points off its M.
+
+        Raises
+        ------
+        ProjectionError, QuadratureCoverageError
+            See :meth:`ConstrainedEBM.on_manifold`.
+        """
+        X = as_points(X, self.dim, "X").reshape(-1, self.dim)
+        with torch.no_grad():
+            idx = self.manifold.component_index(X)
+        on = X.clone()
+        for k, model in enumerate(self.models):
+            mask = idx == k
+            if bool(mask.any()):
+                on[mask] = model.on_manifold(X[mask], "held-out points").to(on)
+        return self.log_prob(on)
 
     def energy(self, x):
         """``-log p(x)`` of the normalised mixture."""

@@ -73,6 +73,27 @@ def test_union_is_a_normalised_mixture():
     assert float(model.manifold.submersion(samples).abs().max()) <= 1e-9
 
 
+def test_points_off_the_manifold_score_at_their_closest_points():
+    # Catches ConstrainedEBM.nll evaluating the energy at points off M (it then
+    # disagreed with score_samples and evaluation.held_out_nll) and
+    # UnionEBM.score_samples scoring off-M points where they are, not at their
+    # projections. The energies are linear in x, so the two differ off M.
+    a = vmf_model([-2.0, 0.0], [1.0, 0.0], 3.0, dim=1)
+    b = vmf_model([2.0, 0.0], [0.0, 1.0], 1.0, dim=1)
+    t = torch.linspace(0.0, 6.0, 7, dtype=torch.float64)
+    unit = torch.stack([t.cos(), t.sin()], -1)
+    shift = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    on_a, on_b = unit - shift, unit + shift
+    off_a, off_b = 1.05 * unit - shift, 0.97 * unit + shift
+    assert torch.allclose(a.score_samples(off_a), a.log_prob(on_a), atol=1e-10)
+    assert a.nll(off_a) == pytest.approx(float(-a.log_prob(on_a).mean()), abs=1e-10)
+    assert abs(a.nll(off_a) + float(a.log_prob(off_a).mean())) > 1e-2
+    model = UnionEBM(a, b, weights=[0.25, 0.75])
+    off, on = torch.cat([off_a, off_b]), torch.cat([on_a, on_b])
+    assert torch.allclose(model.score_samples(off), model.log_prob(on), atol=1e-10)
+    assert not torch.allclose(model.log_prob(off), model.log_prob(on), atol=1e-3)
+
+
 def test_errors():
     a = vmf_model([0.0, 0.0], [1.0, 0.0], 1.0, dim=1)
     with pytest.raises(ValueError):
