@@ -227,7 +227,11 @@ def test_codim_two_trains_exact_singular_values():
     # A circle in R^3 (codim 2): a short fit must keep the data's Jacobians full rank.
     angles = torch.linspace(0, 6.2, 100, dtype=torch.float64)
     data = torch.stack([angles.cos(), angles.sin(), torch.zeros_like(angles)], -1)
-    model = NeuralImplicitManifold(3, codim=2, **dict(FAST, epochs=40)).fit(data)
+    with warnings.catch_warnings():
+        # 40 epochs leave the zero set's conditioning in the box unchecked
+        # (ConditioningWarning); this test is about the Jacobians at the data.
+        warnings.simplefilter("ignore", ConditioningWarning)
+        model = NeuralImplicitManifold(3, codim=2, **dict(FAST, epochs=40)).fit(data)
     sv = model.singular_values(data)
     assert sv.shape == (100, 2) and float(sv.min()) > 0.3
     assert model.history_["rank"][-1] < model.history_["rank"][0]
