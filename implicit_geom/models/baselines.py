@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from ..exceptions import EmptyDataError, InvalidPointError, NotFittedError
+from ..exceptions import EmptyDataError, InvalidPointError, NotFittedError, ProjectionError
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import ImplicitSphere, ImplicitTorus, as_implicit
 from ..manifolds.arithmetic import UnionManifold
@@ -109,13 +109,31 @@ def _torus_angles(x, R):
     return phi, theta
 
 
+def _on_manifold(X, manifold, name):
+    """Closest points on M: the baselines see points as the constrained EBM does
+    (:meth:`ConstrainedEBM.on_manifold`), so a point off M is scored, and a
+    training point counts, at its closest point. (Kernels in ambient distances
+    would otherwise score points off M by another number.)"""
+    with torch.no_grad():
+        try:
+            return manifold.projection(X)
+        except ProjectionError as err:
+            raise ProjectionError(f"{name}: {err}", err.failed, err.residual) from err
+
+
 def _check(X, manifold, name="X"):
     X = as_points(X, manifold.ambient_dim, name)
     if X.ndim != 2:
         raise InvalidPointError(f"{name} must have shape (n, {manifold.ambient_dim})")
     if X.shape[0] < 2:
         raise EmptyDataError(f"{name} needs at least 2 points, got {X.shape[0]}")
-    return _numpy(X)
+    return _numpy(_on_manifold(X, manifold, name))
+
+
+def _query(X, manifold):
+    """Query points of ``score_samples``: flat, checked, on M."""
+    n = manifold.ambient_dim
+    return _numpy(_on_manifold(as_points(X, n, "X").reshape(-1, n), manifold, "X"))
 
 
 class ManifoldKDE(EstimatorMixin):
@@ -294,10 +312,10 @@ class ManifoldKDE(EstimatorMixin):
         return self.params_["kappa"] if not self.adaptive else self.params_["c"]
 
     def score_samples(self, X):
-        """Log density of points on M w.r.t. its volume, shape (n,)."""
+        """Log density w.r.t. the volume of M at the closest points of ``X`` on M, shape (n,)."""
         if self.params_ is None:
             raise NotFittedError(f"call fit first: {type(self).__name__} has no kernels yet")
-        x = _numpy(as_points(X, self.manifold.ambient_dim, "X").reshape(-1, self.manifold.ambient_dim))
+        x = _query(X, self.manifold)
         if not self.adaptive:
             kappa = self.params_["kappa"]
             norm = self._log_norm(self.anchors_, kappa)[:, 0]
@@ -460,10 +478,10 @@ class VonMisesFisherMixture(EstimatorMixin):
         return getattr(self, "means_", None) is not None
 
     def score_samples(self, X):
-        """Log density of points on M w.r.t. its volume, shape (n,)."""
+        """Log density w.r.t. the volume of M at the closest points of ``X`` on M, shape (n,)."""
         if not self.is_fitted:
             raise NotFittedError(f"call fit first: {type(self).__name__} has no components yet")
-        x = _numpy(as_points(X, self.manifold.ambient_dim, "X").reshape(-1, self.manifold.ambient_dim))
+        x = _query(X, self.manifold)
         return torch.as_tensor(self._logpdf(x, (self.log_weights_, self.means_, self.kappas_)),
                                dtype=DTYPE)
 

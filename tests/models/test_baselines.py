@@ -57,6 +57,28 @@ def test_bandwidth_and_components_are_chosen_on_validation():
         ManifoldKDE(ImplicitSphere(2)).fit(train)
 
 
+def test_points_off_the_manifold_count_at_their_closest_points():
+    # Catches the kernel estimate scoring (and training on) a point off M by
+    # its ambient distances to the kernels: a point 5% outside the sphere
+    # scored otherwise than its closest point, unlike the constrained EBM's
+    # score_samples. Both kernel paths: the closed-form sphere and the
+    # quadrature-normalised one of a sphere given as a plain callable.
+    from implicit_geom import ImplicitManifold
+
+    mu = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    train, query = vmf_sphere(300, mu, 4.0, seed=0), vmf_sphere(20, mu, 4.0, seed=2)
+    callable_sphere = ImplicitManifold(lambda x: x.square().sum(-1, keepdim=True) - 1.0, 3,
+                                       bounds=([-1.2] * 3, [1.2] * 3))
+    for manifold in (ImplicitSphere(2), callable_sphere):
+        kde = ManifoldKDE(manifold, kappa=20.0, quadrature_resolution=64).fit(train)
+        on = kde.score_samples(query)
+        assert torch.allclose(kde.score_samples(1.05 * query), on, atol=1e-6)
+        moved = ManifoldKDE(manifold, kappa=20.0, quadrature_resolution=64).fit(0.95 * train)
+        assert torch.allclose(moved.score_samples(query), on, atol=1e-6)
+    mix = VonMisesFisherMixture(ImplicitSphere(2), n_components=(1,), n_iter=50).fit(train)
+    assert torch.allclose(mix.score_samples(1.05 * query), mix.score_samples(query), atol=1e-9)
+
+
 def test_sphere_kernel_mass_closed_form():
     # int_{S^2} exp(-k |x - y|^2 / 2) dA for y off the sphere, against a fine quadrature.
     rule = manifold_quadrature(ImplicitSphere(2), 256)
