@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ..exceptions import ProjectionError
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.arithmetic import intersection, union
 from ..numerics.validation import as_points
@@ -118,9 +119,8 @@ class UnionEBM(EstimatorMixin):
 
     def score_samples(self, X):
         """Normalised log density at the closest points of ``X`` on the union,
-        shape (n,): each point is scored at its projection onto the manifold of
-        the component it is assigned to, as
-        :meth:`ConstrainedEBM.score_samples` scores points off its M.
+        shape (n,), as :meth:`ConstrainedEBM.score_samples` scores points off
+        its M.
 
         Raises
         ------
@@ -129,12 +129,18 @@ class UnionEBM(EstimatorMixin):
         """
         X = as_points(X, self.dim, "X").reshape(-1, self.dim)
         with torch.no_grad():
-            idx = self.manifold.component_index(X)
-        on = X.clone()
+            try:  # the nearest piece's closest point (|F_i| of pieces of other
+                # scales would not tell the nearest piece of a point off M)
+                near = self.manifold.projection(X)
+            except ProjectionError as err:
+                raise ProjectionError(f"held-out points: {err}", err.failed,
+                                      err.residual) from err
+            idx = self.manifold.component_index(near)
+        on = near.clone()
         for k, model in enumerate(self.models):
             mask = idx == k
-            if bool(mask.any()):
-                on[mask] = model.on_manifold(X[mask], "held-out points").to(on)
+            if bool(mask.any()):  # (each model's own check of its quadrature's coverage)
+                on[mask] = model.on_manifold(near[mask], "held-out points").to(on)
         return self.log_prob(on)
 
     def energy(self, x):

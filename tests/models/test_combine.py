@@ -92,6 +92,18 @@ def test_points_off_the_manifold_score_at_their_closest_points():
     off, on = torch.cat([off_a, off_b]), torch.cat([on_a, on_b])
     assert torch.allclose(model.score_samples(off), model.log_prob(on), atol=1e-10)
     assert not torch.allclose(model.log_prob(off), model.log_prob(on), atol=1e-3)
+    # A piece whose F is 100 times steeper: |F_i| alone would give the point
+    # 0.05 outside it to the other circle (|F| 10.25 against 7.7).
+    from implicit_geom import ImplicitManifold
+
+    center = torch.tensor([-2.0, 0.0], dtype=torch.float64)
+    steep = ImplicitManifold(lambda x: 100.0 * ((x - center.to(x)).square().sum(-1, keepdim=True)
+                                                - 1.0), 2, bounds=([-3.5, -1.5], [-0.5, 1.5]))
+    c = ConstrainedEBM(steep, LinearEnergy([1.0, 0.0], 3.0, [-2.0, 0.0]), seed=0)
+    model = UnionEBM(c, b, weights=[0.25, 0.75])
+    point = torch.tensor([[-0.95, 0.0]], dtype=torch.float64)
+    assert torch.allclose(model.score_samples(point),
+                          model.log_prob(torch.tensor([[-1.0, 0.0]], dtype=torch.float64)))
 
 
 def test_errors():
