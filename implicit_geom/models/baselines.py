@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from ..exceptions import EmptyDataError, InvalidPointError, NotFittedError, ProjectionError
+from ..exceptions import EmptyDataError, NotFittedError, ProjectionError
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import ImplicitSphere, ImplicitTorus, as_implicit
 from ..manifolds.arithmetic import UnionManifold
-from ..numerics.validation import DTYPE, as_points
+from ..numerics.validation import DTYPE, as_point_list, as_points
 from .normalization import _sphere_params, manifold_quadrature
 
 __all__ = ["ManifoldKDE", "VonMisesFisherMixture", "log_sphere_kernel_mass"]
@@ -122,9 +122,7 @@ def _on_manifold(X, manifold, name):
 
 
 def _check(X, manifold, name="X"):
-    X = as_points(X, manifold.ambient_dim, name)
-    if X.ndim != 2:
-        raise InvalidPointError(f"{name} must have shape (n, {manifold.ambient_dim})")
+    X = as_point_list(X, manifold.ambient_dim, name)
     if X.shape[0] < 2:
         raise EmptyDataError(f"{name} needs at least 2 points, got {X.shape[0]}")
     return _numpy(_on_manifold(X, manifold, name))
