@@ -138,16 +138,16 @@ def mean_std(values):
 def log_density(model, X):
     """The model's normalised log density at ``X`` (what a user gets), shape (n,).
 
-    Models with ``log_prob`` (constrained, union and pushforward EBMs: their
-    normalised density) or ``score_samples`` (the baselines). Constrained
-    EBMs score the points' projections onto their manifold
+    Asked through ``score_samples`` (``log_prob`` for a model without it).
+    Models on an implicit manifold (constrained EBMs, their unions, the kernel
+    and vMF baselines) score the points' closest points on it
     (:meth:`~implicit_geom.models.ConstrainedEBM.on_manifold`).
 
     Raises
     ------
     ProjectionError, QuadratureCoverageError
-        From a constrained EBM: points that cannot be projected, or whose
-        projections lie where its quadrature has no nodes.
+        Points that cannot be projected, or (constrained EBMs) whose
+        projections lie where the quadrature of ``log Z`` has no nodes.
     """
     from .models.mixture import normalized_log_density
 

@@ -25,8 +25,8 @@ __all__ = ["DensityMixture", "normalized_log_density"]
 def normalized_log_density(model, X):
     """A fitted model's normalised log density at ``X`` (what a user gets), shape (n,).
 
-    Models with ``score_samples`` (ours all have it) are asked directly: a
-    constrained EBM scores the points' projections onto its manifold
+    Models with ``score_samples`` (ours all have it) are asked directly: those
+    on an implicit manifold score the points' closest points on it
     (:meth:`~implicit_geom.models.ConstrainedEBM.score_samples`: held-out
     points off a learned M are scored at their closest points, and points
     the quadrature of ``log Z`` does not cover raise
