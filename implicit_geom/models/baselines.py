@@ -109,6 +109,34 @@ def _torus_angles(x, R):
     return phi, theta
 
 
+def _torus_point(phi, theta, R, r):
+    rho = R + r * np.cos(theta)
+    return np.stack([rho * np.cos(phi), rho * np.sin(phi), r * np.sin(theta)], 1)
+
+
+def _vmf_unit(mean, kappa, rng):
+    """One exact von Mises-Fisher draw per row on the unit circle or 2-sphere.
+
+    ``mean`` (N, p) unit vectors, ``kappa`` (N,) >= 0 (0: uniform). On S^1 the
+    angle is von Mises; on S^2 ``w = <x, mean>`` has the closed-form inverse
+    CDF ``1 + log1p(u expm1(-2 kappa)) / kappa`` (accurate for tiny and huge
+    kappa) and the tangential direction is uniform.
+    """
+    n, p = mean.shape
+    if p == 2:
+        angle = rng.vonmises(np.arctan2(mean[:, 1], mean[:, 0]), kappa)
+        return np.stack([np.cos(angle), np.sin(angle)], 1)
+    u = rng.random(n)
+    small = kappa < 1e-12
+    safe = np.where(small, 1.0, kappa)
+    w = np.where(small, 2 * u - 1, 1 + np.log1p(u * np.expm1(-2 * safe)) / safe)
+    w = np.clip(w, -1.0, 1.0)
+    g = rng.standard_normal((n, p))
+    g -= (g * mean).sum(1, keepdims=True) * mean
+    g /= np.linalg.norm(g, axis=1, keepdims=True)  # a Gaussian orthogonal to mean: uniform
+    return w[:, None] * mean + np.sqrt(1 - w * w)[:, None] * g
+
+
 def _on_manifold(X, manifold, name):
     """Closest points on M: the baselines see points as the constrained EBM does
     (:meth:`ConstrainedEBM.on_manifold`), so a point off M is scored, and a
@@ -318,14 +346,91 @@ class ManifoldKDE(EstimatorMixin):
             kappa = self.params_["kappa"]
             norm = self._log_norm(self.anchors_, kappa)[:, 0]
             return torch.as_tensor(self._log_density(x, self.anchors_, kappa, norm), dtype=DTYPE)
+        kappa = self._adaptive_kappas()
+        norm = self._log_norm(self.anchors_, kappa, paired=True)
+        return torch.as_tensor(self._log_density(x, self.anchors_, kappa, norm,
+                                                 self.params_["floor"]), dtype=DTYPE)
+
+    def _adaptive_kappas(self):
+        """Per-anchor concentrations ``c / d_k^2`` of the fitted adaptive kernel, shape (N,)."""
         from scipy.spatial import cKDTree
 
         p = self.params_
         d = cKDTree(self.anchors_).query(self.anchors_, k=p["k"] + 1)[0][:, p["k"]]
-        kappa = p["c"] / np.maximum(d, self.min_distance) ** 2
-        norm = self._log_norm(self.anchors_, kappa, paired=True)
-        return torch.as_tensor(self._log_density(x, self.anchors_, kappa, norm, p["floor"]),
-                               dtype=DTYPE)
+        return p["c"] / np.maximum(d, self.min_distance) ** 2
+
+    def sample(self, n_samples, seed=0, **kwargs):
+        """Exact draws from the fitted estimate, shape ``(n_samples, n)``, on M.
+
+        A kernel is picked uniformly, then drawn from exactly: on a sphere of
+        radius ``r`` and centre ``c`` the kernel ``exp(-kappa |x - a|^2 / 2)``
+        is a von Mises-Fisher law with mean ``(a - c) / |a - c|`` and
+        concentration ``kappa r |a - c|`` (on a union, a sphere is picked by
+        the kernel's mass on it); on the torus, von Mises angles. The adaptive
+        kernel's uniform floor is drawn with its weight.
+
+        Parameters
+        ----------
+        n_samples : int
+        seed : int
+        **kwargs
+            Ignored: MCMC settings (``n_steps``...) that a
+            :class:`~implicit_geom.models.DensityMixture` passes to every
+            component; these draws need none.
+
+        Raises
+        ------
+        NotImplementedError
+            On a manifold whose kernels are normalised by quadrature (no
+            exact sampler; a constrained sampler on ``score_samples`` would
+            only be approximate).
+        """
+        del kwargs
+        if self.params_ is None:
+            raise NotFittedError(f"call fit first: {type(self).__name__} has no kernels yet")
+        n = int(n_samples)
+        if n < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if self.kind == "quadrature":
+            raise NotImplementedError(
+                f"exact sampling of a kernel estimate needs a sphere, a union of spheres or a "
+                f"torus; {self.manifold!r} has quadrature-normalised kernels")
+        rng = np.random.default_rng(int(seed))
+        anchors = self.anchors_
+        kappa = (self._adaptive_kappas() if self.adaptive
+                 else np.full(anchors.shape[0], float(self.params_["kappa"])))
+        pick = rng.integers(anchors.shape[0], size=n)
+        a, k = anchors[pick], kappa[pick]
+        if self.kind == "torus":
+            R, r = float(self.manifold.major_radius), float(self.manifold.minor_radius)
+            phi, theta = _torus_angles(a, R)
+            out = _torus_point(rng.vonmises(phi, k), rng.vonmises(theta, k), R, r)
+            return torch.as_tensor(out, dtype=DTYPE)
+        spheres = _spheres(self.manifold)
+        # Each drawn kernel's mass on each sphere picks the sphere it lands on.
+        log_mass = np.stack([log_sphere_kernel_mass(k, a, rad, c, paired=True)[:, 0]
+                             for rad, c in spheres], 1)
+        prob = np.exp(log_mass - logsumexp(log_mass, axis=1, keepdims=True))
+        which = (rng.random(n)[:, None] > np.cumsum(prob, axis=1)).sum(1)
+        which = np.minimum(which, len(spheres) - 1)
+        floor = float(self.params_.get("floor", 0.0)) if self.adaptive else 0.0
+        uniform = rng.random(n) < floor
+        if uniform.any():  # the floor: uniform on the union, each sphere by its volume
+            vol = np.array([2 * math.pi * rad if c.size == 2 else 4 * math.pi * rad ** 2
+                            for rad, c in spheres])
+            which[uniform] = rng.choice(len(spheres), size=int(uniform.sum()), p=vol / vol.sum())
+        out = np.empty_like(a)
+        for s, (rad, c) in enumerate(spheres):
+            rows = which == s
+            if not rows.any():
+                continue
+            rel = a[rows] - c
+            rho = np.linalg.norm(rel, axis=1)
+            mean = np.where(rho[:, None] > 0, rel / np.where(rho > 0, rho, 1.0)[:, None],
+                            np.eye(c.size)[0])
+            conc = np.where(uniform[rows], 0.0, k[rows] * rad * rho)
+            out[rows] = c + rad * _vmf_unit(mean, conc, rng)
+        return torch.as_tensor(out, dtype=DTYPE)
 
     def nll(self, X):
         """Mean negative log-likelihood (nats)."""
@@ -482,6 +587,34 @@ class VonMisesFisherMixture(EstimatorMixin):
         x = _query(X, self.manifold)
         return torch.as_tensor(self._logpdf(x, (self.log_weights_, self.means_, self.kappas_)),
                                dtype=DTYPE)
+
+    def sample(self, n_samples, seed=0, **kwargs):
+        """Exact draws from the fitted mixture, shape ``(n_samples, n)``, on M: a
+        component by its weight, then von Mises-Fisher draws on its unit
+        factor(s) (the circle or sphere; the torus's two angle circles).
+
+        ``**kwargs`` are ignored (MCMC settings a
+        :class:`~implicit_geom.models.DensityMixture` passes to every component).
+        """
+        del kwargs
+        if not self.is_fitted:
+            raise NotFittedError(f"call fit first: {type(self).__name__} has no components yet")
+        n = int(n_samples)
+        if n < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        rng = np.random.default_rng(int(seed))
+        w = np.exp(self.log_weights_ - logsumexp(self.log_weights_))
+        comp = rng.choice(w.size, size=n, p=w / w.sum())
+        units = [_vmf_unit(mu[comp], kappa[comp], rng)
+                 for mu, kappa in zip(self.means_, self.kappas_)]
+        if self.kind == "sphere":
+            out = self.center + self.radius * units[0]
+        else:
+            out = _torus_point(np.arctan2(units[0][:, 1], units[0][:, 0]),
+                               np.arctan2(units[1][:, 1], units[1][:, 0]),
+                               float(self.manifold.major_radius),
+                               float(self.manifold.minor_radius))
+        return torch.as_tensor(out, dtype=DTYPE)
 
     def nll(self, X):
         """Mean negative log-likelihood (nats)."""

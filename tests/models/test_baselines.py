@@ -40,6 +40,63 @@ def test_estimators_integrate_to_one(name, manifold, res):
         assert integral(mix, rule) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("name, manifold, res, scale", [
+    ("sphere_mixture", ImplicitSphere(2), 128, 1.0),
+    ("sphere_mixture", ImplicitSphere(2, radius=2.0), 128, 2.0),
+    ("torus", ImplicitTorus(2.0, 1.0), 256, 1.0),
+    ("two_circles", union(ImplicitSphere(1, center=[-1.8, 0.0]),
+                          ImplicitSphere(1, center=[1.8, 0.0])), 512, 1.0),
+    ("circle", ImplicitSphere(1), 512, 1.0),
+])
+def test_samples_follow_the_estimated_density(name, manifold, res, scale):
+    # Catches draws that do not follow score_samples: a kernel drawn with
+    # concentration kappa instead of kappa r |a - c| (the radius-2 sphere), the
+    # torus angles without their von Mises law or swapped, a union's sphere
+    # picked by the wrong mass, the adaptive floor ignored, a mixture component
+    # picked by the wrong weight; and draws off M. Means of x, x^2 and log p
+    # over 20 000 draws against their expectations under the density
+    # (quadrature).
+    train = scale * load_dataset(name, 300, seed=0).points
+    val = scale * load_dataset(name, 100, seed=1).points
+    rule = manifold_quadrature(manifold, res)
+    models = [ManifoldKDE(manifold).fit(train, val)]
+    if name in ("sphere_mixture", "two_circles"):
+        models.append(ManifoldKDE(manifold, adaptive=True, ks=(5,), floors=(0.05,)).fit(
+            train, val))
+    if name != "two_circles":
+        models.append(VonMisesFisherMixture(manifold, n_components=(4,), n_iter=50).fit(
+            train, val))
+    for model in models:
+        draws = model.sample(20_000, seed=3)
+        assert draws.shape == (20_000, manifold.ambient_dim)
+        assert float(manifold.submersion(draws).abs().max()) <= 1e-9
+        mass = model.score_samples(rule.points).exp() * rule.weights
+        feats = lambda x: torch.cat([x, x * x], -1)  # noqa: E731
+        expected = (mass[:, None] * feats(rule.points)).sum(0)
+        got = feats(draws)
+        bound = 4.5 * got.std(0) / math.sqrt(got.shape[0]) + 1e-3
+        assert bool(((got.mean(0) - expected).abs() <= bound).all()), (
+            type(model).__name__, got.mean(0), expected)
+        # E[log p(X)] (minus the entropy): sensitive to every kernel's width.
+        log_p = model.score_samples(draws)
+        entropy_bound = 4.5 * float(log_p.std()) / math.sqrt(log_p.numel()) + 1e-3
+        assert float(log_p.mean()) == pytest.approx(
+            float((mass * model.score_samples(rule.points)).sum()), abs=entropy_bound)
+
+
+def test_sampling_needs_an_exact_sampler_and_a_fit():
+    from implicit_geom import ImplicitManifold, NotFittedError
+
+    with pytest.raises(NotFittedError):
+        ManifoldKDE(ImplicitSphere(2), kappa=5.0).sample(3)
+    ellipse = ImplicitManifold(lambda x: (x[..., :1] / 2) ** 2 + x[..., 1:] ** 2 - 1.0, 2,
+                               bounds=([-2.5, -1.5], [2.5, 1.5]))
+    t = torch.linspace(0, 6, 40, dtype=torch.float64)
+    kde = ManifoldKDE(ellipse, kappa=5.0).fit(torch.stack([2 * t.cos(), t.sin()], -1))
+    with pytest.raises(NotImplementedError, match="quadrature"):
+        kde.sample(3)
+
+
 def test_bandwidth_and_components_are_chosen_on_validation():
     # A vMF sample: the mixture picks one component with kappa near the truth,
     # and the KDE's bandwidth is the validation minimiser (checked against a
