@@ -39,6 +39,7 @@ __all__ = [
     "sphere_embed",
     "sphere_latlon",
     "vmf_sphere",
+    "vmf_draws",
     "vmf_density",
     "projected_normal_density",
     "fibonacci_sphere",
@@ -345,12 +346,7 @@ def torus_density(
 
 
 def vmf_sphere(n_samples: int, mu, kappa: float, seed: SeedLike = 0) -> torch.Tensor:
-    """Exact von Mises-Fisher sampler on S^2.
-
-    On S^2 the component ``w = <x, mu>`` has the closed-form inverse CDF
-    ``w = 1 + log(u + (1 - u) exp(-2 kappa)) / kappa``; it is evaluated as
-    ``1 + log1p(u * expm1(-2 kappa)) / kappa`` (u uniform) which is accurate
-    for both tiny and huge ``kappa``. The tangential direction is uniform.
+    """Exact von Mises-Fisher sampler on S^2 (see :func:`vmf_draws`).
 
     Parameters
     ----------
@@ -372,27 +368,54 @@ def vmf_sphere(n_samples: int, mu, kappa: float, seed: SeedLike = 0) -> torch.Te
     if not kappa >= 0:
         raise ValueError(f"kappa must be >= 0, got {kappa}")
     mu = mu / np.linalg.norm(mu)
-    rng = _rng(seed)
+    return _tensor(vmf_draws(np.broadcast_to(mu, (n, 3)), np.full(n, float(kappa)), _rng(seed)))
+
+
+def vmf_draws(mean, kappa, rng: np.random.Generator) -> np.ndarray:
+    """One exact von Mises-Fisher draw per row, on the unit circle or 2-sphere.
+
+    On S^1 the angle is von Mises. On S^2 the component ``w = <x, mean>`` has
+    the closed-form inverse CDF ``w = 1 + log(u + (1 - u) exp(-2 kappa)) /
+    kappa``, evaluated as ``1 + log1p(u * expm1(-2 kappa)) / kappa`` (u
+    uniform), accurate for both tiny and huge ``kappa``; the tangential
+    direction is uniform.
+
+    Parameters
+    ----------
+    mean : numpy.ndarray, shape (N, p), p = 2 or 3
+        Unit mean directions.
+    kappa : numpy.ndarray, shape (N,)
+        Concentrations ``>= 0`` (0 is uniform).
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, p)
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    kappa = np.asarray(kappa, dtype=np.float64)
+    n, p = mean.shape
+    if p not in (2, 3) or kappa.shape != (n,):
+        raise ValueError(f"vmf_draws needs means (N, 2) or (N, 3) and kappas (N,); got "
+                         f"{mean.shape} and {kappa.shape}")
+    if p == 2:
+        angle = rng.vonmises(np.arctan2(mean[:, 1], mean[:, 0]), kappa)
+        return np.stack([np.cos(angle), np.sin(angle)], axis=1)
     u = rng.random(n)
-    if kappa == 0:
-        w = 1.0 - 2.0 * u
-    else:
-        w = 1.0 + np.log1p(u * np.expm1(-2.0 * kappa)) / kappa
+    positive = kappa > 0
+    safe = np.where(positive, kappa, 1.0)
+    w = np.where(positive, 1.0 + np.log1p(u * np.expm1(-2.0 * safe)) / safe, 1.0 - 2.0 * u)
     w = np.clip(w, -1.0, 1.0)
     angle = rng.uniform(0.0, 2.0 * math.pi, n)
-    # Orthonormal basis (e1, e2) of the plane orthogonal to mu, built from the
-    # coordinate axis least aligned with mu for numerical stability.
-    axis = np.eye(3)[np.argmin(np.abs(mu))]
-    e1 = axis - axis.dot(mu) * mu
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(mu, e1)
+    # Orthonormal basis (e1, e2) of the plane orthogonal to each mean, built
+    # from the coordinate axis least aligned with it for numerical stability.
+    axis = np.eye(3)[np.argmin(np.abs(mean), axis=1)]
+    e1 = axis - (axis * mean).sum(1, keepdims=True) * mean
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+    e2 = np.cross(mean, e1)
     radial = np.sqrt(np.clip(1.0 - w**2, 0.0, None))
-    x = (
-        w[:, None] * mu
-        + (radial * np.cos(angle))[:, None] * e1
-        + (radial * np.sin(angle))[:, None] * e2
-    )
-    return _tensor(x)
+    return (w[:, None] * mean + (radial * np.cos(angle))[:, None] * e1
+            + (radial * np.sin(angle))[:, None] * e2)
 
 
 # ---------------------------------------------------------------------------

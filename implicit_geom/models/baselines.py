@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
+from ..datasets import torus_embed, vmf_draws
 from ..exceptions import EmptyDataError, NotFittedError, ProjectionError
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import ImplicitSphere, ImplicitTorus, as_implicit
@@ -107,34 +108,6 @@ def _torus_angles(x, R):
     phi = np.arctan2(x[:, 1], x[:, 0])
     theta = np.arctan2(x[:, 2], np.hypot(x[:, 0], x[:, 1]) - R)
     return phi, theta
-
-
-def _torus_point(phi, theta, R, r):
-    rho = R + r * np.cos(theta)
-    return np.stack([rho * np.cos(phi), rho * np.sin(phi), r * np.sin(theta)], 1)
-
-
-def _vmf_unit(mean, kappa, rng):
-    """One exact von Mises-Fisher draw per row on the unit circle or 2-sphere.
-
-    ``mean`` (N, p) unit vectors, ``kappa`` (N,) >= 0 (0: uniform). On S^1 the
-    angle is von Mises; on S^2 ``w = <x, mean>`` has the closed-form inverse
-    CDF ``1 + log1p(u expm1(-2 kappa)) / kappa`` (accurate for tiny and huge
-    kappa) and the tangential direction is uniform.
-    """
-    n, p = mean.shape
-    if p == 2:
-        angle = rng.vonmises(np.arctan2(mean[:, 1], mean[:, 0]), kappa)
-        return np.stack([np.cos(angle), np.sin(angle)], 1)
-    u = rng.random(n)
-    small = kappa < 1e-12
-    safe = np.where(small, 1.0, kappa)
-    w = np.where(small, 2 * u - 1, 1 + np.log1p(u * np.expm1(-2 * safe)) / safe)
-    w = np.clip(w, -1.0, 1.0)
-    g = rng.standard_normal((n, p))
-    g -= (g * mean).sum(1, keepdims=True) * mean
-    g /= np.linalg.norm(g, axis=1, keepdims=True)  # a Gaussian orthogonal to mean: uniform
-    return w[:, None] * mean + np.sqrt(1 - w * w)[:, None] * g
 
 
 def _on_manifold(X, manifold, name):
@@ -404,8 +377,7 @@ class ManifoldKDE(EstimatorMixin):
         if self.kind == "torus":
             R, r = float(self.manifold.major_radius), float(self.manifold.minor_radius)
             phi, theta = _torus_angles(a, R)
-            out = _torus_point(rng.vonmises(phi, k), rng.vonmises(theta, k), R, r)
-            return torch.as_tensor(out, dtype=DTYPE)
+            return torus_embed(rng.vonmises(phi, k), rng.vonmises(theta, k), R, r)
         spheres = _spheres(self.manifold)
         # Each drawn kernel's mass on each sphere picks the sphere it lands on.
         log_mass = np.stack([log_sphere_kernel_mass(k, a, rad, c, paired=True)[:, 0]
@@ -429,7 +401,7 @@ class ManifoldKDE(EstimatorMixin):
             mean = np.where(rho[:, None] > 0, rel / np.where(rho > 0, rho, 1.0)[:, None],
                             np.eye(c.size)[0])
             conc = np.where(uniform[rows], 0.0, k[rows] * rad * rho)
-            out[rows] = c + rad * _vmf_unit(mean, conc, rng)
+            out[rows] = c + rad * vmf_draws(mean, conc, rng)
         return torch.as_tensor(out, dtype=DTYPE)
 
     def nll(self, X):
@@ -605,16 +577,13 @@ class VonMisesFisherMixture(EstimatorMixin):
         rng = np.random.default_rng(int(seed))
         w = np.exp(self.log_weights_ - logsumexp(self.log_weights_))
         comp = rng.choice(w.size, size=n, p=w / w.sum())
-        units = [_vmf_unit(mu[comp], kappa[comp], rng)
+        units = [vmf_draws(mu[comp], kappa[comp], rng)
                  for mu, kappa in zip(self.means_, self.kappas_)]
         if self.kind == "sphere":
-            out = self.center + self.radius * units[0]
-        else:
-            out = _torus_point(np.arctan2(units[0][:, 1], units[0][:, 0]),
-                               np.arctan2(units[1][:, 1], units[1][:, 0]),
-                               float(self.manifold.major_radius),
-                               float(self.manifold.minor_radius))
-        return torch.as_tensor(out, dtype=DTYPE)
+            return torch.as_tensor(self.center + self.radius * units[0], dtype=DTYPE)
+        return torus_embed(np.arctan2(units[0][:, 1], units[0][:, 0]),
+                           np.arctan2(units[1][:, 1], units[1][:, 0]),
+                           float(self.manifold.major_radius), float(self.manifold.minor_radius))
 
     def nll(self, X):
         """Mean negative log-likelihood (nats)."""
