@@ -149,3 +149,14 @@ class EstimatorMixin:
     def _mean_score(self, X, y=None):
         del y
         return float(self.score_samples(X).mean())
+
+    @property
+    def nll(self):
+        """``nll(X)``: mean negative log-likelihood of ``X`` (nats per point),
+        ``-score(X)``. Only models with ``score_samples`` have it."""
+        if not hasattr(type(self), "score_samples"):
+            raise AttributeError(f"{type(self).__name__} has no score_samples, so no nll")
+        return self._mean_nll
+
+    def _mean_nll(self, X):
+        return -self._mean_score(X)

@@ -404,10 +404,6 @@ class ManifoldKDE(EstimatorMixin):
             out[rows] = c + rad * vmf_draws(mean, conc, rng)
         return torch.as_tensor(out, dtype=DTYPE)
 
-    def nll(self, X):
-        """Mean negative log-likelihood (nats)."""
-        return float(-self.score_samples(X).mean())
-
 
 class VonMisesFisherMixture(EstimatorMixin):
     """Mixture of von Mises-Fisher distributions fitted by EM.
@@ -584,7 +580,3 @@ class VonMisesFisherMixture(EstimatorMixin):
         return torus_embed(np.arctan2(units[0][:, 1], units[0][:, 0]),
                            np.arctan2(units[1][:, 1], units[1][:, 0]),
                            float(self.manifold.major_radius), float(self.manifold.minor_radius))
-
-    def nll(self, X):
-        """Mean negative log-likelihood (nats)."""
-        return float(-self.score_samples(X).mean())

@@ -626,13 +626,6 @@ class ConstrainedEBM(EnergyModel):
         X = as_points(X, self.dim, "X").reshape(-1, self.dim)
         return self.log_prob(self.on_manifold(X, "held-out points"))
 
-    def nll(self, X):
-        """Mean held-out negative log-likelihood (nats, w.r.t. the volume of M):
-        ``-score_samples(X).mean()``, so points off a learned M count at their
-        closest points, as every other model's ``nll`` and
-        :func:`~implicit_geom.evaluation.held_out_nll` count them."""
-        return float(-self.score_samples(X).mean())
-
     def _uses_pcd(self):
         return self.resolved_method() == "pcd"
 

@@ -160,10 +160,6 @@ class DensityMixture(EstimatorMixin):
                              for m, on in zip(self.models, keep) if on], dim=1)
         return torch.logsumexp(log_p + self.weights_[keep].log().to(log_p), dim=1)
 
-    def nll(self, X):
-        """Mean negative log-likelihood (nats per point)."""
-        return float(-self.score_samples(X).mean())
-
     def log_z_error(self):
         """Bound on the error of ``log p`` from the components' normalisers.
 

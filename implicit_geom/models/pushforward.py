@@ -260,10 +260,6 @@ class PushforwardEBM(EstimatorMixin):
         """Normalised log density at points ``X`` (see :meth:`log_prob`), shape (n,)."""
         return self.log_prob(X)
 
-    def nll(self, X):
-        """Mean negative log-likelihood of held-out points (nats)."""
-        return float(-self.log_prob(X).mean())
-
     def projection(self, points, n_iter=50):
         """Closest points of the decoder image (latent L-BFGS from the encoding).
 

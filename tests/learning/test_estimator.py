@@ -106,6 +106,15 @@ def test_score_is_the_mean_log_likelihood():
     assert kde.score(test) == pytest.approx(float(kde.score_samples(test).mean()), rel=1e-12)
     assert kde.score(test) == pytest.approx(-kde.nll(test), rel=1e-12)
     assert not hasattr(NeuralImplicitManifold(3, 1), "score")
+    # nll is the mixin's, for every density model, unions too (which had none).
+    a = ConstrainedEBM(ImplicitSphere(1, center=[-2.0, 0.0]), hidden=(4,), n_iter=1)
+    b = ConstrainedEBM(ImplicitSphere(1, center=[2.0, 0.0]), hidden=(4,), n_iter=1)
+    circles = torch.cat([ImplicitSphere(1, center=[c, 0.0]).projection(
+        torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        + torch.tensor([c, 0.0], dtype=torch.float64)) for c in (-2.0, 2.0)])
+    union = UnionEBM(a, b)
+    assert union.nll(circles) == pytest.approx(-float(union.score_samples(circles).mean()))
+    assert not hasattr(NeuralImplicitManifold(3, 1), "nll")
 
     kappas = [2.0, 20.0, 500.0]
     folds = KFold(3, shuffle=True, random_state=0)
