@@ -248,9 +248,13 @@ class ManifoldKDE(EstimatorMixin):
             out = np.logaddexp(math.log1p(-floor) + out, math.log(floor) - math.log(self._volume()))
         return out
 
+    def _volumes(self):
+        """Length or area of each sphere of the manifold, shape (S,)."""
+        return np.array([2 * math.pi * r if c.size == 2 else 4 * math.pi * r * r
+                         for r, c in _spheres(self.manifold)])
+
     def _volume(self):
-        return sum(2 * math.pi * r if c.size == 2 else 4 * math.pi * r * r
-                   for r, c in _spheres(self.manifold))
+        return float(self._volumes().sum())
 
     # ---------------------------------------------------------------- API
     def fit(self, X, X_val=None):
@@ -385,11 +389,10 @@ class ManifoldKDE(EstimatorMixin):
         prob = np.exp(log_mass - logsumexp(log_mass, axis=1, keepdims=True))
         which = (rng.random(n)[:, None] > np.cumsum(prob, axis=1)).sum(1)
         which = np.minimum(which, len(spheres) - 1)
-        floor = float(self.params_.get("floor", 0.0)) if self.adaptive else 0.0
+        floor = self.params_["floor"] if self.adaptive else 0.0
         uniform = rng.random(n) < floor
         if uniform.any():  # the floor: uniform on the union, each sphere by its volume
-            vol = np.array([2 * math.pi * rad if c.size == 2 else 4 * math.pi * rad ** 2
-                            for rad, c in spheres])
+            vol = self._volumes()
             which[uniform] = rng.choice(len(spheres), size=int(uniform.sum()), p=vol / vol.sum())
         out = np.empty_like(a)
         for s, (rad, c) in enumerate(spheres):

@@ -136,12 +136,11 @@ class UnionEBM(EstimatorMixin):
                 raise ProjectionError(f"held-out points: {err}", err.failed,
                                       err.residual) from err
             idx = self.manifold.component_index(near)
-        on = near.clone()
         for k, model in enumerate(self.models):
             mask = idx == k
-            if bool(mask.any()):  # (each model's own check of its quadrature's coverage)
-                on[mask] = model.on_manifold(near[mask], "held-out points").to(on)
-        return self.log_prob(on)
+            if bool(mask.any()):
+                model.check_covered(near[mask], "held-out points")
+        return self.log_prob(near)
 
     def energy(self, x):
         """``-log p(x)`` of the normalised mixture."""

@@ -820,10 +820,15 @@ class ConstrainedEBM(EnergyModel):
                 X = self.manifold.projection(X)
             except ProjectionError as err:
                 raise ProjectionError(f"{what}: {err}", err.failed, err.residual) from err
+        self.check_covered(X, what)
+        return X
+
+    def check_covered(self, X, what="points"):
+        """Raise :class:`QuadratureCoverageError` for points of M (``X`` on M
+        already) where the quadrature of ``log Z`` has no nodes."""
         # (An energy's own adapted rule covers its whole sphere.)
         if self._has_quadrature() and not hasattr(self.energy_net, "adapted_quadrature"):
-            self.quadrature().check_covered(X, what)
-        return X
+            self.quadrature().check_covered(X.to(self._param()), what)
 
     def _fit(self, X, X_val=None):
         # Training sees the data's closest points on M: at points off M (on a
