@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..exceptions import ProjectionError
+from ..exceptions import NotFittedError, ProjectionError
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.arithmetic import intersection, union
 from ..numerics.validation import as_points
@@ -124,9 +124,13 @@ class UnionEBM(EstimatorMixin):
 
         Raises
         ------
+        NotFittedError
+            A model of the union is not fitted.
         ProjectionError, QuadratureCoverageError
             See :meth:`ConstrainedEBM.on_manifold`.
         """
+        if not self.is_fitted:
+            raise NotFittedError("call fit first: a model of the union is not fitted")
         X = as_points(X, self.dim, "X").reshape(-1, self.dim)
         with torch.no_grad():
             try:  # the nearest piece's closest point (|F_i| of pieces of other

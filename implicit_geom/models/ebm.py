@@ -470,9 +470,10 @@ class ConstrainedEBM(EnergyModel):
 
     @property
     def is_fitted(self):
-        """Whether the model is ready: fitted, loaded, adopted from a cross-fit, or
-        built from fitted factors (:class:`IntersectionEBM`)."""
-        return self._fitted
+        """Whether the model is ready: fitted, loaded, adopted from a cross-fit,
+        built from fitted factors (:class:`IntersectionEBM`), or given an energy
+        with nothing to fit (no trainable parameters: a known density)."""
+        return self._fitted or not any(p.requires_grad for p in self.energy_net.parameters())
 
     # ----------------------------------------------------------- quadrature
     def _quadrature_box(self):
@@ -620,9 +621,14 @@ class ConstrainedEBM(EnergyModel):
 
         Raises
         ------
+        NotFittedError
+            Before :meth:`fit` (see :attr:`is_fitted`): an untrained energy
+            network's density means nothing.
         ProjectionError, QuadratureCoverageError
             See :meth:`on_manifold`.
         """
+        if not self.is_fitted:
+            raise NotFittedError(f"call fit first: {type(self).__name__}'s energy is untrained")
         X = as_points(X, self.dim, "X").reshape(-1, self.dim)
         return self.log_prob(self.on_manifold(X, "held-out points"))
 
@@ -928,7 +934,7 @@ class ConstrainedEBM(EnergyModel):
         n_samples = int(n_samples)
         seed = self.seed + 1 if seed is None else int(seed)
         if init is None:
-            if not self._fitted and self.buffer_ is None:
+            if not self.is_fitted and self.buffer_ is None:
                 raise NotFittedError("call fit first, or pass init points on the manifold")
             gen = torch.Generator().manual_seed(seed)
             if self._has_quadrature():

@@ -12,6 +12,7 @@ from implicit_geom.models import (
     AmbientEBM,
     ConstrainedEBM,
     DensityMixture,
+    EnergyMLP,
     ManifoldKDE,
     PushforwardEBM,
     UnionEBM,
@@ -112,6 +113,8 @@ def test_score_is_the_mean_log_likelihood():
     circles = torch.cat([ImplicitSphere(1, center=[c, 0.0]).projection(
         torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         + torch.tensor([c, 0.0], dtype=torch.float64)) for c in (-2.0, 2.0)])
+    a.fit(circles[:5])
+    b.fit(circles[5:])
     union = UnionEBM(a, b)
     assert union.nll(circles) == pytest.approx(-float(union.score_samples(circles).mean()))
     assert not hasattr(NeuralImplicitManifold(3, 1), "nll")
@@ -191,6 +194,17 @@ def test_unfitted_models_raise_not_fitted_error():
         AmbientEBM(2, hidden=[4]).sample(3)
     with pytest.raises(NotFittedError, match="fit first"):
         PushforwardEBM(3, 2, hidden=[8]).latent_box()
+    # Catches score_samples (hence score and nll) of a new ConstrainedEBM or
+    # of a union of new ones returning the density of the untrained random
+    # network instead of raising; an energy with nothing to fit (no trainable
+    # parameters: a known density) is ready as it is.
+    with pytest.raises(NotFittedError, match="fit first"):
+        ConstrainedEBM(sphere, hidden=[8]).score_samples(points)
+    with pytest.raises(NotFittedError, match="fit first"):
+        ConstrainedEBM(sphere, hidden=[8]).nll(points)
+    frozen = ConstrainedEBM(sphere, EnergyMLP(3, hidden=(4,)).requires_grad_(False))
+    assert frozen.is_fitted
+    assert frozen.score_samples(points).shape == (10,)
     # A mixture with given weights is ready once its models are; uniform
     # placeholder weights wait for fit.
     kde = ManifoldKDE(sphere, kappa=10.0).fit(points)
@@ -200,6 +214,8 @@ def test_unfitted_models_raise_not_fitted_error():
     a = ConstrainedEBM(ImplicitSphere(1, center=[-2.0, 0.0]), hidden=(4,), n_iter=1)
     b = ConstrainedEBM(ImplicitSphere(1, center=[2.0, 0.0]), hidden=(4,), n_iter=1)
     assert not UnionEBM(a, b).is_fitted
+    with pytest.raises(NotFittedError, match="fit first"):
+        UnionEBM(a, b).score_samples(torch.tensor([[-1.0, 0.0]], dtype=torch.float64))
     circle = torch.stack([torch.cos(torch.arange(8.0)), torch.sin(torch.arange(8.0))], -1)
     a.fit(circle + torch.tensor([-2.0, 0.0]))
     b.fit(circle + torch.tensor([2.0, 0.0]))
