@@ -190,6 +190,7 @@ class EnergyModel(EstimatorMixin):
         self.buffer_ = None
         self.history_ = None
         self._chain_stats = {}  # per-step chain diagnostics reported with the loss
+        self._initial_state = None  # the energy's weights before the first fit
 
     # ------------------------------------------------------------ subclass API
     @property
@@ -254,11 +255,21 @@ class EnergyModel(EstimatorMixin):
             ``patience`` measurements without improvement (if set), and the
             energy ends with the weights of the best one.
 
+        Training starts from the energy network's weights as they were at
+        the first ``fit``, so a refit equals a fresh fit.
+
         Returns
         -------
         self
         """
         X = _check_data(X, self.dim)
+        # Every fit starts afresh (sklearn's convention): a refit trains from
+        # the weights the first fit started from, not from the last fit's.
+        if self._initial_state is None:
+            self._initial_state = {k: v.detach().clone()
+                                   for k, v in self.energy_net.state_dict().items()}
+        else:
+            self.energy_net.load_state_dict(self._initial_state)
         param = self._param()
         X = X.to(device=param.device, dtype=param.dtype)
         if X_val is not None:

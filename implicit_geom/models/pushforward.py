@@ -50,6 +50,7 @@ class Autoencoder(nn.Module, EstimatorMixin):
         self.decoder = build_mlp(self.latent_dim, self.ambient_dim, tuple(reversed(hidden)),
                                  "silu", DTYPE, gen)
         self._trained = False
+        self._initial_state = None  # the weights before the first fit
 
     def forward(self, x):
         """Reconstruction ``dec(enc(x))``."""
@@ -66,6 +67,11 @@ class Autoencoder(nn.Module, EstimatorMixin):
         list of float
             Loss per iteration.
         """
+        # Every fit starts afresh: a refit trains from the first fit's start.
+        if self._initial_state is None:
+            self._initial_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        else:
+            self.load_state_dict(self._initial_state)
         gen = torch.Generator().manual_seed(int(seed))
         # Data-parallel under torchrun (learning.distributed), like every model.
         trainer = make_trainer(self.parameters(), lr=lr, total_epochs=int(n_iter), lr_floor=0.0,

@@ -220,3 +220,22 @@ def test_unfitted_models_raise_not_fitted_error():
     a.fit(circle + torch.tensor([-2.0, 0.0]))
     b.fit(circle + torch.tensor([2.0, 0.0]))
     assert UnionEBM(a, b).is_fitted
+
+
+@pytest.mark.parametrize("name", ["constrained", "ambient", "pushforward"])
+def test_a_refit_equals_a_fresh_fit(name):
+    # Catches a refit continuing from the previous fit's weights (the energy
+    # network, the autoencoder): fit(A) then fit(B) differed from fit(B) on a
+    # new model, against "the next fit starts afresh" (EstimatorMixin).
+    points = load_dataset("sphere_mixture", 80, seed=0).points
+    other = load_dataset("sphere_mixture", 80, seed=1).points
+    if name == "ambient":
+        points, other = points[:, :2], other[:, :2]
+    def new():
+        model = models()[name]
+        return model.set_params(ae_iter=3) if name == "pushforward" else model
+
+    with torch.random.fork_rng():
+        fresh = new().fit(points)
+        refit = new().fit(other).fit(points)
+    assert torch.equal(fresh.score_samples(points), refit.score_samples(points))
