@@ -69,6 +69,8 @@ class AmbientEBM(EnergyModel):
         """
         if self.buffer_ is None:
             raise NotFittedError("call fit first: the chains' box comes from the data")
+        if init is None and int(n_samples) < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         gen = torch.Generator().manual_seed(self.seed + 1 if seed is None else int(seed))
         if init is None:
             idx = torch.randint(self.buffer_.shape[0], (int(n_samples),), generator=gen)

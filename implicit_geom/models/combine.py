@@ -157,6 +157,8 @@ class UnionEBM(EstimatorMixin):
         -------
         torch.Tensor, shape (n_samples, n), in random order.
         """
+        if int(n_samples) < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         gen = torch.Generator().manual_seed(int(seed))
         comp = torch.multinomial(self.weights, int(n_samples), replacement=True, generator=gen)
         counts = torch.bincount(comp, minlength=len(self.models))

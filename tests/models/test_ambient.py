@@ -29,3 +29,13 @@ def test_ambient_ebm_errors():
         AmbientEBM(2, n_iter=0)
     with pytest.raises(TypeError):
         AmbientEBM(2, energy_net=lambda x: x.sum(-1))
+
+
+def test_sample_rejects_empty_and_negative_requests():
+    # Catches sample(0) returning an empty array and sample(-1) raising torch's
+    # negative-dimension RuntimeError, where every other model raises ValueError.
+    X = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = AmbientEBM(2, hidden=(4,), n_iter=1, buffer_size=10).fit(X)
+    for n in (0, -1):
+        with pytest.raises(ValueError, match="n_samples"):
+            model.sample(n, n_steps=1)

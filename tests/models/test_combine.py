@@ -114,6 +114,12 @@ def test_errors():
         IntersectionEBM(a)
     with pytest.raises(ValueError):
         UnionEBM(a, vmf_model([3.0, 0.0], [1.0, 0.0], 1.0, dim=1), weights=[1.0, -1.0])
+    # Catches sample(0) / sample(-1) failing in torch.multinomial with a
+    # RuntimeError instead of the ValueError of the other models.
+    union = UnionEBM(a, vmf_model([3.0, 0.0], [1.0, 0.0], 1.0, dim=1))
+    for n in (0, -1):
+        with pytest.raises(ValueError, match="n_samples"):
+            union.sample(n, n_steps=1)
 
 
 def test_intersection_saves_and_loads_on_the_intersection(tmp_path):
