@@ -166,15 +166,21 @@ class PushforwardEBM(EstimatorMixin):
         self.history_ = {"ae_loss": ae_loss, **self.latent_ebm.history_}
         return self
 
+    def _points(self, x, dim, name):
+        # Checked and in the networks' dtype and device: float32 input is
+        # computed in the networks' float64, not rejected by a matmul.
+        like = next(self.autoencoder.parameters())
+        return as_points(x, dim, name).to(device=like.device, dtype=like.dtype)
+
     def encode(self, x):
         """Latent codes, shape (..., m)."""
-        x = as_points(x, self.ambient_dim, "x")
+        x = self._points(x, self.ambient_dim, "x")
         with torch.no_grad():
             return self.autoencoder.encoder(x)
 
     def decode(self, z):
         """Decoded points, shape (..., n)."""
-        z = as_points(z, self.latent_dim, "z")
+        z = self._points(z, self.latent_dim, "z")
         with torch.no_grad():
             return self.autoencoder.decoder(z)
 
@@ -184,6 +190,8 @@ class PushforwardEBM(EstimatorMixin):
         Latent chains start from the replay buffer, or from the latent codes
         ``init`` (shape (n_samples, m), in the coordinates of :meth:`encode`).
         """
+        if not self.is_fitted:
+            raise NotFittedError("call fit first: the latent chains come from the data")
         if init is not None:
             init = (as_points(init, self.latent_dim, "init").to(self.latent_shift_)
                     - self.latent_shift_) / self.latent_scale_
@@ -210,8 +218,15 @@ class PushforwardEBM(EstimatorMixin):
 
         ``-E(z) - log Z_latent - 0.5 log det(J^T J)`` with ``z = enc(x)``;
         ``log Z_latent`` by a grid over the latent box (``m <= 3``).
+
+        Raises
+        ------
+        NotFittedError
+            Before :meth:`fit`.
         """
-        x = as_points(x, self.ambient_dim, "x").reshape(-1, self.ambient_dim)
+        if not self.is_fitted:
+            raise NotFittedError("call fit first: the latent density comes from the data")
+        x = self._points(x, self.ambient_dim, "x").reshape(-1, self.ambient_dim)
         z = self.encode(x)
         u = (z - self.latent_shift_) / self.latent_scale_
         out = -self.latent_ebm.energy(u) - self.half_log_det(z)
@@ -272,7 +287,7 @@ class PushforwardEBM(EstimatorMixin):
         Lets :func:`implicit_geom.metrics.distance_to_manifold` measure the
         baseline's manifold like the reference code does.
         """
-        x = as_points(points, self.ambient_dim, "points").reshape(-1, self.ambient_dim)
+        x = self._points(points, self.ambient_dim, "points").reshape(-1, self.ambient_dim)
         z = self.encode(x).clone().requires_grad_(True)
         opt = torch.optim.LBFGS([z], max_iter=int(n_iter), line_search_fn="strong_wolfe",
                                 tolerance_grad=1e-12, tolerance_change=1e-14)

@@ -90,3 +90,28 @@ def test_bad_input():
         model.fit(torch.full((5, 2), float("inf"), dtype=torch.float64))
     with pytest.raises(InvalidPointError):
         model.fit(torch.zeros(5, 3, dtype=torch.float64))
+
+
+def test_unfitted_float32_and_empty_requests(fitted):
+    # Catches score_samples before fit failing with a TypeError (None latent
+    # shift) instead of NotFittedError, float32 points failing in the
+    # encoder's float64 matmul (a RuntimeError) instead of being computed in
+    # float64, and sample(0) / sample(-1) raising torch errors (an
+    # EmptyDataError about "z", a negative-dimension RuntimeError).
+    from implicit_geom.exceptions import NotFittedError
+
+    new = PushforwardEBM(2, 1, hidden=(4,), ae_iter=1, n_iter=1)
+    points = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    with pytest.raises(NotFittedError, match="fit first"):
+        new.score_samples(points)
+    with pytest.raises(NotFittedError, match="fit first"):
+        new.sample(3, init=torch.zeros(3, 1, dtype=torch.float64))
+    model, _ = fitted
+    single = model.score_samples(points.float())
+    assert single.dtype == torch.float64
+    assert torch.equal(single, model.score_samples(points.float().double()))
+    assert model.encode(points.float()).dtype == torch.float64
+    for n in (0, -1):
+        with pytest.raises(ValueError, match="n_samples"):
+            model.sample(n, n_steps=1)
+
