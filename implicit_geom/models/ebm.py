@@ -1013,7 +1013,7 @@ class ConstrainedEBM(EnergyModel):
                 "quadrature_bounds": None if self.quadrature_bounds is None else
                 [b.tolist() for b in self.quadrature_bounds],
                 "jumps": self.jumps, "jump_scale": self.jump_scale, "ais": self.ais,
-                "max_log_z_error": self.max_log_z_error,
+                "max_log_z_error": self.max_log_z_error, "max_peak_excess": self.max_peak_excess,
                 "beta": self.beta, "lr": self.lr, "lr_floor": self.lr_floor,
                 "n_iter": self.n_iter,
                 "batch_size": self.batch_size, "buffer_size": self.buffer_size,
@@ -1023,7 +1023,8 @@ class ConstrainedEBM(EnergyModel):
                 "seed": self.seed}
 
     def save(self, path):
-        """Save the energy network, hyper-parameters, data box, buffer and component weights.
+        """Save the energy network, hyper-parameters, data box, buffer, component
+        weights and the training points whose peaks :meth:`normalizer` checks.
 
         The file is the library's atomic, weights-only checkpoint
         (:mod:`implicit_geom.learning.checkpoint`). :class:`EnergyMLP` and
@@ -1041,7 +1042,10 @@ class ConstrainedEBM(EnergyModel):
         payload = {"state_dict": self.energy_net.state_dict(),
                    "box": None if self._box is None else torch.stack(self._box),
                    "buffer": self.buffer_,
-                   "component_log_weights": self.component_log_weights_}
+                   "component_log_weights": self.component_log_weights_,
+                   # The points normalizer() checks the density's peaks at: without
+                   # them a loaded model would skip the check its original makes.
+                   "probe": self._probe}
         save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
 
     @classmethod
@@ -1070,5 +1074,6 @@ class ConstrainedEBM(EnergyModel):
             model._box = (record["box"][0], record["box"][1])
         model.buffer_ = record["buffer"]
         model.component_log_weights_ = record.get("component_log_weights")
+        model._probe = record.get("probe")  # absent in older checkpoints
         model._fitted = True
         return model

@@ -352,6 +352,24 @@ def test_save_load_roundtrip_and_corrupt_file(tmp_path, vmf_data):
         ConstrainedEBM.load(tmp_path / "other.pt", ImplicitSphere(2))
 
 
+def test_loaded_model_checks_peaks_like_the_saved_one(tmp_path, vmf_data):
+    # Catches save dropping max_peak_excess and the probe points (the training
+    # data) of normalizer()'s peak check: the original raised
+    # NormalizationError, the loaded model (default threshold, no probes,
+    # check skipped) returned a log Z. A threshold below any rise always fires.
+    from implicit_geom.exceptions import NormalizationError
+
+    model = ConstrainedEBM(ImplicitSphere(2), hidden=(8,), n_iter=3,
+                           max_peak_excess=-50.0).fit(vmf_data[:100])
+    model.save(tmp_path / "ebm.pt")
+    loaded = ConstrainedEBM.load(tmp_path / "ebm.pt", ImplicitSphere(2))
+    assert loaded.max_peak_excess == -50.0
+    assert torch.equal(loaded._probe, model._probe)
+    for m in (model, loaded):
+        with pytest.raises(NormalizationError, match="rises"):
+            m.normalizer()
+
+
 def test_on_a_learned_circle_log_z_is_its_length_and_samples_stay_on_it():
     # Exact MLE on a learned curve: the traced quadrature's volume is the
     # learned circle's length (close to 2 pi), log_prob integrates to one, and
