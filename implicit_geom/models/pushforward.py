@@ -150,7 +150,8 @@ class PushforwardEBM(EstimatorMixin):
         With validation points, the latent EBM keeps the weights of its best
         exact latent NLL on their codes (early stopping per its ``patience``).
         """
-        X = _check_data(X, self.ambient_dim)
+        like = next(self.autoencoder.parameters())  # float32 data trained in float64
+        X = _check_data(X, self.ambient_dim).to(device=like.device, dtype=like.dtype)
         ae_loss = self.autoencoder.fit(X, self.ae_iter, self.ae_lr, self.ae_batch_size,
                                        self.seed, self.progress)
         with torch.no_grad():
@@ -160,8 +161,8 @@ class PushforwardEBM(EstimatorMixin):
         val = None
         if X_val is not None:
             with torch.no_grad():
-                val = (self.autoencoder.encoder(_check_data(X_val, self.ambient_dim, "X_val"))
-                       - self.latent_shift_) / self.latent_scale_
+                val = (self.autoencoder.encoder(_check_data(X_val, self.ambient_dim, "X_val")
+                                                .to(X)) - self.latent_shift_) / self.latent_scale_
         self.latent_ebm.fit((codes - self.latent_shift_) / self.latent_scale_, val)
         self.history_ = {"ae_loss": ae_loss, **self.latent_ebm.history_}
         return self

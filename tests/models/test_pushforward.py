@@ -115,3 +115,17 @@ def test_unfitted_float32_and_empty_requests(fitted):
         with pytest.raises(ValueError, match="n_samples"):
             model.sample(n, n_steps=1)
 
+
+def test_float32_data_is_fitted_in_float64():
+    # Catches fit(float32 tensor) failing in the float64 autoencoder with a
+    # RuntimeError (mat1 and mat2 must have the same dtype).
+    X = torch.randn(30, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    X = X / X.norm(dim=-1, keepdim=True)
+
+    def fit(data):
+        with torch.random.fork_rng():
+            return PushforwardEBM(2, 1, hidden=(4,), ae_iter=2, n_iter=2,
+                                  buffer_size=10).fit(data, data)
+
+    assert torch.equal(fit(X.float()).score_samples(X), fit(X.float().double()).score_samples(X))
+
