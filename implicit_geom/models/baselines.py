@@ -179,6 +179,11 @@ class ManifoldKDE(EstimatorMixin):
             raise NotImplementedError("the adaptive kernel needs a sphere or a union of spheres")
         self.kappa = None if kappa is None else float(kappa)
         self.kappas = tuple(float(k) for k in kappas)
+        # A negative or non-finite concentration gives NaN or no kernel at all.
+        if not self.kappas or not all(0 <= k < math.inf for k in
+                                      self.kappas + ((self.kappa,) if kappa is not None else ())):
+            raise ValueError(f"kappa and kappas must be finite and >= 0 (kappas non-empty), got "
+                             f"kappa={kappa}, kappas={kappas}")
         self.adaptive = bool(adaptive)
         self.ks, self.floors = tuple(int(k) for k in ks), tuple(float(f) for f in floors)
         self.min_distance = float(min_distance)
@@ -264,6 +269,19 @@ class ManifoldKDE(EstimatorMixin):
         -------
         self
         """
+        # A fit that fails (bad X_val...) leaves the previous fit whole, not
+        # new anchors under the old bandwidth.
+        fitted = {name: self.__dict__[name] for name in ("anchors_", "params_", "validation_nll_")
+                  if name in self.__dict__}
+        try:
+            return self._fit(X, X_val)
+        except BaseException:
+            for name in ("anchors_", "params_", "validation_nll_"):
+                self.__dict__.pop(name, None)
+            self.__dict__.update(fitted)
+            raise
+
+    def _fit(self, X, X_val):
         X = _check(X, self.manifold)
         if X_val is None and (self.kappa is None or self.adaptive):
             raise ValueError("choosing the bandwidth needs validation points: fit(X, X_val)")
@@ -452,6 +470,11 @@ class VonMisesFisherMixture(EstimatorMixin):
             raise NotImplementedError("VonMisesFisherMixture needs a circle, a 2-sphere or a torus")
         self.n_components = n_components
         self.n_iter, self.kappa_max, self.n_init = int(n_iter), float(kappa_max), int(n_init)
+        counts = [n_components] if np.isscalar(n_components) else list(n_components)
+        # (Otherwise EM failed with a math domain, unbound-variable or None error.)
+        if not counts or min(int(k) for k in counts) < 1 or min(self.n_iter, self.n_init) < 1:
+            raise ValueError(f"need n_components (each) >= 1, n_iter >= 1 and n_init >= 1, got "
+                             f"{n_components}, {n_iter}, {n_init}")
         self.tol, self.seed = float(tol), int(seed)
 
     # The data as unit vectors: one block per sphere factor (one for S^1/S^2, two circles for T^2).

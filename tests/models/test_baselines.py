@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from implicit_geom import ImplicitSphere, ImplicitTorus, union
-from implicit_geom.datasets import load_dataset, vmf_sphere
+from implicit_geom.datasets import load_dataset, vmf_sphere, von_mises_circle
+from implicit_geom.exceptions import InvalidPointError
 from implicit_geom.models import ManifoldKDE, VonMisesFisherMixture, manifold_quadrature
 from implicit_geom.models.baselines import log_sphere_kernel_mass
 
@@ -145,3 +146,33 @@ def test_sphere_kernel_mass_closed_form():
                                   * rule.weights).sum()))
         assert float(log_sphere_kernel_mass(k, y.numpy(), 1.0, (0, 0, 0))[0, 0]) == \
             pytest.approx(numeric, abs=1e-10)
+
+
+def test_a_failed_refit_keeps_the_previous_fit():
+    # Catches ManifoldKDE.fit storing the new anchors before X_val was
+    # checked: a refit that raised on a bad X_val left the new anchors under
+    # the old bandwidth, and score_samples answered for neither fit.
+    circle = ImplicitSphere(1)
+    X = von_mises_circle(60, seed=0)
+    bad = torch.full((3, 2), float("nan"), dtype=torch.float64)
+    for model in (ManifoldKDE(circle, kappa=5.0).fit(X), ManifoldKDE(circle).fit(X, X + 0.01)):
+        before = model.score_samples(X[:5])
+        with pytest.raises(InvalidPointError):
+            model.fit(von_mises_circle(60, seed=1, mu=2.0), bad)
+        assert torch.equal(model.score_samples(X[:5]), before)
+
+
+def test_bad_settings_raise_value_errors():
+    # Catches settings that failed inside fit with a math domain error, an
+    # UnboundLocalError or a TypeError (vMF mixture), or gave NaN scores
+    # (a NaN or infinite kernel concentration).
+    circle = ImplicitSphere(1)
+    for kwargs in ({"kappa": -1.0}, {"kappa": float("nan")}, {"kappa": float("inf")},
+                   {"kappas": ()}, {"kappas": (1.0, -2.0)}):
+        with pytest.raises(ValueError, match="kappa"):
+            ManifoldKDE(circle, **kwargs)
+    for kwargs in ({"n_components": 0}, {"n_components": [2, -1]}, {"n_components": []},
+                   {"n_iter": 0}, {"n_init": 0}):
+        with pytest.raises(ValueError, match="n_components"):
+            VonMisesFisherMixture(circle, **kwargs)
+
