@@ -92,7 +92,9 @@ class DensityMixture(EstimatorMixin):
         k = len(self.models)
         w = torch.ones(k, dtype=DTYPE) if weights is None else torch.as_tensor(weights,
                                                                                 dtype=DTYPE)
-        if w.shape != (k,) or not bool((w >= 0).all()) or not float(w.sum()) > 0:
+        # (An infinite weight normalised to NaN weights.)
+        if (w.shape != (k,) or not bool((w >= 0).all()) or not bool(torch.isfinite(w).all())
+                or not float(w.sum()) > 0):
             raise ValueError(f"weights must be {k} non-negative numbers with a positive sum, "
                              f"got {weights}")
         self.weights_ = w / w.sum()

@@ -105,3 +105,8 @@ def test_models_on_different_manifolds_do_not_mix():
                         ExactVMF(ImplicitSphere(2), SOUTH, 1.0)])
     with pytest.raises(ValueError, match="weights"):
         DensityMixture([ExactVMF(ImplicitSphere(2), NORTH, 1.0)], weights=[-1.0])
+    # Catches an infinite weight accepted and normalised to NaN weights.
+    sphere = ImplicitSphere(2)
+    with pytest.raises(ValueError, match="weights"):
+        DensityMixture([ExactVMF(sphere, NORTH, 1.0), ExactVMF(sphere, SOUTH, 1.0)],
+                       weights=[math.inf, 1.0])
