@@ -123,7 +123,9 @@ def _on_manifold(X, manifold, name):
 
 
 def _check(X, manifold, name="X"):
-    X = as_point_list(X, manifold.ambient_dim, name)
+    # float64 before projecting: a float32 tensor would be projected, hence
+    # scored, in float32 (as_points keeps a float tensor's dtype).
+    X = as_point_list(X, manifold.ambient_dim, name).to(DTYPE)
     if X.shape[0] < 2:
         raise EmptyDataError(f"{name} needs at least 2 points, got {X.shape[0]}")
     return _numpy(_on_manifold(X, manifold, name))
@@ -132,7 +134,7 @@ def _check(X, manifold, name="X"):
 def _query(X, manifold):
     """Query points of ``score_samples``: flat, checked, on M."""
     n = manifold.ambient_dim
-    return _numpy(_on_manifold(as_points(X, n, "X").reshape(-1, n), manifold, "X"))
+    return _numpy(_on_manifold(as_points(X, n, "X", dtype=DTYPE).reshape(-1, n), manifold, "X"))
 
 
 class ManifoldKDE(EstimatorMixin):

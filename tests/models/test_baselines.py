@@ -176,3 +176,20 @@ def test_bad_settings_raise_value_errors():
         with pytest.raises(ValueError, match="n_components"):
             VonMisesFisherMixture(circle, **kwargs)
 
+
+@pytest.mark.parametrize("manifold", [ImplicitSphere(1), ImplicitSphere(2), ImplicitTorus(2.0, 1.0)])
+def test_float32_points_are_projected_and_scored_in_float64(manifold):
+    # Catches float32 tensors projected onto M in float32 (as_points keeps a
+    # float tensor's dtype): fit and score_samples then differed from the same
+    # values given in float64 by the float32 rounding of the closest points.
+    gen = torch.Generator().manual_seed(0)
+    X = manifold.projection(torch.randn(40, manifold.ambient_dim, dtype=torch.float64,
+                                        generator=gen) * 2)
+    X = X + 0.01 * torch.randn(X.shape, dtype=torch.float64, generator=gen)
+    single, double = X.float(), X.float().double()
+    for make in (lambda: ManifoldKDE(manifold, kappa=5.0),
+                 lambda: VonMisesFisherMixture(manifold, n_components=2)):
+        model = make().fit(double)
+        assert torch.equal(make().fit(single).score_samples(double), model.score_samples(double))
+        assert torch.equal(model.score_samples(single), model.score_samples(double))
+
