@@ -131,7 +131,8 @@ class UnionEBM(EstimatorMixin):
         """
         if not self.is_fitted:
             raise NotFittedError("call fit first: a model of the union is not fitted")
-        X = as_points(X, self.dim, "X").reshape(-1, self.dim)
+        # float64 before projecting (as_points keeps a float32 tensor's dtype).
+        X = as_points(X, self.dim, "X", dtype=torch.float64).reshape(-1, self.dim)
         with torch.no_grad():
             try:  # the nearest piece's closest point (|F_i| of pieces of other
                 # scales would not tell the nearest piece of a point off M)

@@ -91,6 +91,9 @@ def test_points_off_the_manifold_score_at_their_closest_points():
     model = UnionEBM(a, b, weights=[0.25, 0.75])
     off, on = torch.cat([off_a, off_b]), torch.cat([on_a, on_b])
     assert torch.allclose(model.score_samples(off), model.log_prob(on), atol=1e-10)
+    # Catches float32 points projected onto the union in float32 (their
+    # scores then carried float32 rounding) instead of in float64.
+    assert torch.equal(model.score_samples(off.float()), model.score_samples(off.float().double()))
     assert not torch.allclose(model.log_prob(off), model.log_prob(on), atol=1e-3)
     # A piece whose F is 100 times steeper: |F_i| alone would give the point
     # 0.05 outside it to the other circle (|F| 10.25 against 7.7).
