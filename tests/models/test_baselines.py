@@ -177,7 +177,8 @@ def test_bad_settings_raise_value_errors():
             VonMisesFisherMixture(circle, **kwargs)
 
 
-@pytest.mark.parametrize("manifold", [ImplicitSphere(1), ImplicitSphere(2), ImplicitTorus(2.0, 1.0)])
+@pytest.mark.parametrize("manifold", [ImplicitSphere(1), ImplicitSphere(2),
+                                      ImplicitTorus(2.0, 1.0)])
 def test_float32_points_are_projected_and_scored_in_float64(manifold):
     # Catches float32 tensors projected onto M in float32 (as_points keeps a
     # float tensor's dtype): fit and score_samples then differed from the same
