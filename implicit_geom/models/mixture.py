@@ -52,6 +52,7 @@ class DensityMixture(EstimatorMixin):
         manifold's volume: :class:`~implicit_geom.models.ConstrainedEBM`,
         :class:`~implicit_geom.models.ManifoldKDE`,
         :class:`~implicit_geom.models.VonMisesFisherMixture`, ...
+        ``sklearn.base.clone`` shares them: the clone fits only its weights.
     weights : sequence of float, optional
         Fixed weights (normalised); by default equal until :meth:`fit`.
     prior : float
@@ -99,6 +100,12 @@ class DensityMixture(EstimatorMixin):
                              f"got {weights}")
         self.weights_ = w / w.sum()
         self.n_iter_, self.fit_nll_ = 0, None
+
+    def __sklearn_clone__(self):
+        # The components are the mixture's fitted inputs, not hyper-parameters
+        # (only the weights are fitted): a clone shares them. sklearn's default
+        # would clone each one unfitted, each with its own copy of the manifold.
+        return type(self)(**self.get_params(deep=False))
 
     @property
     def is_fitted(self):

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
 from torch import nn
 
 from implicit_geom import ImplicitSphere
@@ -110,3 +112,18 @@ def test_models_on_different_manifolds_do_not_mix():
     with pytest.raises(ValueError, match="weights"):
         DensityMixture([ExactVMF(sphere, NORTH, 1.0), ExactVMF(sphere, SOUTH, 1.0)],
                        weights=[math.inf, 1.0])
+
+
+def test_clone_shares_the_fitted_components():
+    # Catches sklearn's default clone, which cloned every component unfitted,
+    # each with its own copy of the manifold, so the clone was rejected
+    # ("same manifold") and GridSearchCV over the mixture's settings failed.
+    sphere, ebms = two_ebms()
+    X = ExactVMF(sphere, [0.6, 0.0, 0.8], 3.0).sample(400, seed=4)
+    mix = DensityMixture(ebms, prior=1.0).fit(X)
+    twin = clone(mix)
+    assert twin is not mix and all(a is b for a, b in zip(twin.models, ebms))
+    assert not twin.is_fitted and twin.get_params(deep=False)["prior"] == 1.0
+    assert twin.fit(X).weights_.tolist() == mix.weights_.tolist()
+    search = GridSearchCV(DensityMixture(ebms), {"prior": [0.0, 50.0]}, cv=2).fit(X)
+    assert search.best_params_ == {"prior": 0.0}  # the likelihood's own optimum
