@@ -331,9 +331,27 @@ class ImplicitManifold(nn.Module, LevelSet):
         return out.reshape(*batch, self.ambient_dim).to(_dtype_of(vector, base_point))
 
     def random_tangent_vec(self, base_point, n_samples=1):
-        """Gaussian ambient vectors projected onto the tangent space."""
+        """Gaussian ambient vectors projected onto the tangent space.
+
+        geomstats' convention: one base point ``(n,)`` and ``n_samples > 1``
+        give ``(n_samples, n)`` vectors at that point; a batch of base points
+        gives one vector per point, and ``n_samples`` must then be 1 or the
+        batch size.
+
+        Raises
+        ------
+        InvalidPointError
+            If ``n_samples > 1`` differs from the number of base points.
+        """
         base_point = as_points(base_point, self.ambient_dim, "base_point")
-        shape = ((n_samples,) if base_point.ndim == 1 and n_samples > 1
+        if base_point.ndim > 1 and n_samples > 1 and n_samples != base_point.shape[0]:
+            raise InvalidPointError(
+                f"random_tangent_vec: {n_samples} samples for {base_point.shape[0]} base "
+                "points; pass one base point or n_samples equal to their number.")
+        # The sample axis is a batch axis: (n_samples,) alone was a single
+        # vector of length n_samples (wrong shape, or silently one vector when
+        # n_samples == n).
+        shape = ((n_samples, self.ambient_dim) if base_point.ndim == 1 and n_samples > 1
                  else base_point.shape)
         vec = torch.randn(shape, dtype=base_point.dtype, device=base_point.device)
         return self.to_tangent(vec, base_point)

@@ -312,3 +312,24 @@ def test_random_point_on_manifold():
     pts = torus.random_point(100)
     assert pts.shape == (100, 3) and torus.belongs(pts, atol=1e-10).all()
     assert math.isclose(float(torus.random_point().shape[0]), 3)
+
+
+def test_random_tangent_vec_follows_the_geomstats_sample_convention():
+    # Catches random_tangent_vec(point of shape (n,), n_samples=k) drawing one
+    # vector of shape (k,): an InvalidPointError for k != n, and for k == n
+    # (here 3 samples on S^2 in R^3) silently one tangent vector instead of 3.
+    sphere = ig.ImplicitSphere(2, radius=2.0, center=[1.0, 0.0, -1.0])
+    base = sphere.projection(torch.tensor([3.0, 0.5, -1.0], dtype=torch.float64))
+    torch.manual_seed(0)
+    for k in (3, 5):
+        vec = sphere.random_tangent_vec(base, n_samples=k)
+        assert vec.shape == (k, 3)
+        assert sphere.is_tangent(vec, base, atol=1e-12).all()
+        assert torch.linalg.matrix_rank(vec) == 2  # distinct draws span T_x S^2
+    pts = sphere.random_point(4)
+    assert sphere.random_tangent_vec(pts).shape == (4, 3)
+    assert sphere.random_tangent_vec(pts, n_samples=4).shape == (4, 3)
+    with pytest.raises(InvalidPointError):  # geomstats refuses this too
+        sphere.random_tangent_vec(pts, n_samples=3)
+    assert ig.ImplicitSphere(3).random_tangent_vec(
+        torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64), n_samples=3).shape == (3, 4)
