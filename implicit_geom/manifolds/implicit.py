@@ -444,7 +444,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         return point
 
     # ---------------------------------------------------------------- projection
-    def solve_projection(self, point, closest=True, max_refine=100):
+    def solve_projection(self, point, closest=True, max_refine=100, far=False):
         """Project points onto M and report per-point convergence (no exception).
 
         Minimum-norm Gauss-Newton lands each point on the zero set; with
@@ -459,6 +459,11 @@ class ImplicitManifold(nn.Module, LevelSet):
             Refine to the closest point (else: the foot of the Newton path).
         max_refine : int
             Cap on tangential refinements.
+        far : bool
+            Land the points the damped Newton does not land again, with the
+            damping capped at ``|J|^2`` (see :func:`newton_min_norm`): points
+            several length units off M, whatever its size. Points the first
+            landing reaches are unchanged. :meth:`projection` uses it.
 
         Returns
         -------
@@ -469,6 +474,8 @@ class ImplicitManifold(nn.Module, LevelSet):
         x0, batch = self._flat(point)
         with torch.no_grad():
             res = newton_min_norm(self._value_and_jacobian, x0, self.tol_for(), self.max_iter)
+            if far and not bool(res.converged.all()):
+                res = self._land_far(x0, res)
             if closest:
                 res = self._refine_closest(x0, res, max_refine)
         return NewtonResult(
@@ -477,6 +484,16 @@ class ImplicitManifold(nn.Module, LevelSet):
             residual=res.residual.reshape(batch),
             n_iter=res.n_iter.reshape(batch),
         )
+
+    def _land_far(self, x0, res):
+        """Land the rows of ``res`` that failed again, from ``x0``, with capped damping."""
+        bad = (~res.converged).nonzero().squeeze(-1)
+        sub = newton_min_norm(self._value_and_jacobian, x0[bad], self.tol_for(),
+                              self.max_iter, capped_damping=True)
+        return NewtonResult(x=res.x.index_copy(0, bad, sub.x),
+                            converged=res.converged.index_copy(0, bad, sub.converged),
+                            residual=res.residual.index_copy(0, bad, sub.residual),
+                            n_iter=res.n_iter.index_copy(0, bad, res.n_iter[bad] + sub.n_iter))
 
     def _refine_closest(self, x0, res, max_refine):
         """Newton on the closest-point (KKT) conditions from the landed points.
@@ -580,7 +597,7 @@ class ImplicitManifold(nn.Module, LevelSet):
 
     def _project_flat(self, x):
         """Closest points of a flat batch (no autograd), or ProjectionError."""
-        res = self.solve_projection(x)
+        res = self.solve_projection(x, far=True)
         if not bool(res.converged.all()):
             n_bad = int((~res.converged).sum())
             raise ProjectionError(

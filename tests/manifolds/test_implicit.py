@@ -231,6 +231,31 @@ def test_unprojectable_points_raise_projection_error():
         no_zero.projection(torch.ones(3, 3))
 
 
+def test_projection_does_not_depend_on_the_length_unit():
+    # Catches the Levenberg-Marquardt damping mu = |F|^2 (units of F^2, against
+    # J J^T in (F / length)^2) stalling Newton a few length units off M: a
+    # point 30% off a sphere of radius 50 (or 10 km above one of radius 6371)
+    # raised ProjectionError although the same configuration at radius 1 projects.
+    gen = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(
+        torch.randn(6, 4, generator=gen, dtype=torch.float64), dim=-1)
+    for radius, factors in ((50.0, (1.3, 3.0, 0.2)), (6371.0, (1 + 10 / 6371, 2.0))):
+        center = torch.tensor([100.0, -3.0, 0.0, 7.0], dtype=torch.float64)
+        sphere = ig.ImplicitSphere(3, radius=radius, center=center)
+        for factor in factors:
+            y = sphere.projection(center + factor * radius * dirs)
+            torch.testing.assert_close(y, center + radius * dirs, rtol=0, atol=1e-12 * radius)
+    # The same through a callable with |grad F| != 1, and through a union.
+    big = ig.ImplicitManifold(lambda x: (x * x).sum(-1, keepdim=True) - 2500.0, 3, 1)
+    torch.testing.assert_close(big.projection(torch.tensor([0.0, 0.0, 70.0], dtype=torch.float64)),
+                               torch.tensor([0.0, 0.0, 50.0], dtype=torch.float64))
+    pair = ig.union(ig.ImplicitSphere(2, radius=50.0),
+                    ig.ImplicitSphere(2, radius=50.0, center=[200.0, 0.0, 0.0]))
+    torch.testing.assert_close(
+        pair.projection(torch.tensor([[70.0, 0.0, 0.0], [135.0, 0.0, 0.0]], dtype=torch.float64)),
+        torch.tensor([[50.0, 0.0, 0.0], [150.0, 0.0, 0.0]], dtype=torch.float64))
+
+
 def test_singular_jacobian_raises():
     sphere = ig.ImplicitSphere(2)
     with pytest.raises(SingularJacobianError, match="rank deficient"):
