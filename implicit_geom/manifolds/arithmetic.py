@@ -194,9 +194,10 @@ class UnionManifold(ImplicitManifold):
         self._check_not_meeting(base_point, "to_tangent")
         return super().to_tangent(vector, base_point)
 
-    def solve_projection(self, point, closest=True, max_refine=100):
+    def solve_projection(self, point, closest=True, max_refine=100, far=False):
         """Project onto every component and keep the nearest successful result."""
-        results = [c.solve_projection(point, closest, max_refine) for c in self.components]
+        results = [c.solve_projection(point, closest, max_refine, far=far)
+                   for c in self.components]
         x0 = as_points(point, self.ambient_dim)
         dist = torch.stack([torch.where(r.converged, (r.x - x0).norm(dim=-1), torch.inf)
                             for r in results])

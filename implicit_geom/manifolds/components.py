@@ -157,6 +157,13 @@ class ComponentMap:
         counts = np.bincount(raw)
         min_size = max(3, int(n_samples) // 200) if min_size is None else int(min_size)
         big = np.flatnonzero(counts >= min_size)
+        if big.size == 0:
+            # Points did land on M, so it has a component: a map with none would
+            # report n_components == 0 and label lookups would index an empty set.
+            raise ComponentError(
+                f"only {points.shape[0]} of {n_samples} box points could be projected onto "
+                f"{manifold.name} inside the box, no component reaching {min_size} samples; "
+                "draw more (n_samples) or pass a box tighter around the zero set.")
         big = big[np.argsort(-counts[big], kind="stable")]  # largest first
         relabel = np.full(counts.size, -1)
         relabel[big] = np.arange(big.size)

@@ -2052,3 +2052,127 @@ class ProductLogSolver(LogSolver):
             return torch.cat([p(t) for p in paths], -1)
 
         return path
+
+
+class UnionLogSolver(LogSolver):
+    """Log and distance on a union ``M1 ∪ M2 ∪ ...`` piece by piece.
+
+    The pieces are disjoint, so a geodesic of the union is a geodesic of the
+    piece holding both end points; each piece's own metric answers, with its
+    own box, sample graph and curvature bound. (One sample graph over the
+    union's box spreads its nodes by area: a small piece beside a large one got
+    a handful of disconnected nodes, and pairs on it came out +inf apart, or
+    "on different components" from log.) Pairs on different pieces are +inf
+    apart; their log raises :class:`DisconnectedError`.
+    """
+
+    def __init__(self, space):
+        super().__init__(solves_bvp=True)
+        self._space = space
+
+    def _pieces(self, x, y, what):
+        """Piece of each pair (flat), or DisconnectedError where they differ."""
+        with torch.no_grad():
+            px, py = self._space.component_index(x), self._space.component_index(y)
+        if what is not None and bool((px != py).any()):
+            apart = px != py
+            raise DisconnectedError(
+                f"{what}: {int(apart.sum())} of {apart.numel()} pair(s) lie on different "
+                f"pieces of {self._space.name}; no geodesic joins them (their distance is "
+                "+inf).", mask=apart)
+        return px, py
+
+    def _by_piece(self, piece):
+        for i, c in enumerate(self._space.components):
+            rows = (piece == i).nonzero().squeeze(-1)
+            if rows.numel():
+                yield c, rows
+
+    def log(self, point, base_point):
+        """The log on the pieces of the base points, shape ``(..., n)``."""
+        space = self._space
+        x, y, batch = space._pair(base_point, point, ("base_point", "point"))
+        try:
+            px, _ = self._pieces(x, y, "log")
+        except DisconnectedError as err:
+            err.mask = err.mask.reshape(batch)
+            raise
+        out = torch.zeros_like(x)
+        for c, rows in self._by_piece(px):
+            out[rows] = c.metric.log(y[rows], x[rows]).to(out)
+        return out.reshape(*batch, space.ambient_dim)
+
+    def dist(self, point_a, point_b):
+        """Distances on the pieces, ``inf`` across pieces, shape ``(...,)``."""
+        space = self._space
+        a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
+        pa, pb = self._pieces(a, b, None)
+        out = torch.full((a.shape[0],), math.inf, dtype=a.dtype, device=a.device)
+        for c, rows in self._by_piece(torch.where(pa == pb, pa, -1)):
+            out[rows] = c.metric.dist(a[rows], b[rows]).to(out)
+        return out.reshape(batch)
+
+    def pairwise(self, points, labels=None, n_jobs=None):
+        """Each piece's distance matrix on its points, ``inf`` across pieces.
+
+        Returns
+        -------
+        PairwiseResult
+        """
+        del labels  # pieces first; within a piece, its own components
+        space = self._space
+        pts = as_point_list(points, space.ambient_dim).to(space.dtype)
+        n = pts.shape[0]
+        dist = torch.full((n, n), math.inf, dtype=pts.dtype, device=pts.device)
+        dist.fill_diagonal_(0.0)
+        amb = torch.zeros(n, n, dtype=torch.bool, device=pts.device)
+        failed = torch.zeros_like(amb)
+        n_near = n_far = 0
+        with torch.no_grad():
+            piece = space.component_index(pts)
+        for c, rows in self._by_piece(piece):
+            part = pts[rows]
+            solver = c.metric.log_solver
+            if c.dim != 1 and hasattr(solver, "pairwise"):
+                inner = None
+                if c._known_n_components() != 1 and c.components_known():
+                    with torch.no_grad():
+                        inner = c._component_labels(part)
+                res = solver.pairwise(part, labels=inner,
+                                      **({} if n_jobs is None else {"n_jobs": n_jobs}))
+                d, a, f = res.dist, res.ambiguous, res.failed
+                n_near, n_far = n_near + res.n_near, n_far + res.n_far
+            else:  # curves (arc-length tables) and custom solvers
+                d = c.metric.dist_pairwise(part)
+                a = f = torch.zeros_like(d, dtype=torch.bool)
+            block = (rows[:, None], rows[None, :])
+            dist[block], amb[block], failed[block] = d.to(dist), a, f
+        return PairwiseResult(dist=dist, ambiguous=amb, failed=failed,
+                              n_near=n_near, n_far=n_far)
+
+    def dist_pairwise(self, points):
+        """Matrix of distances (see :meth:`pairwise`)."""
+        res = self.pairwise(points)
+        if bool(res.failed.any()):
+            raise GeodesicError(
+                f"dist_pairwise: {int(torch.triu(res.failed, 1).sum())} pair(s) have no "
+                "converged geodesic on their piece.")
+        return res.dist
+
+    def geodesic_bvp(self, point, base_point):
+        """The pieces' minimising geodesics, ``t`` in [0, 1]."""
+        space = self._space
+        x, y, batch = space._pair(base_point, point, ("base_point", "point"))
+        px, _ = self._pieces(x, y, "geodesic")
+        paths = [(rows, c.metric.geodesic(initial_point=x[rows], end_point=y[rows]))
+                 for c, rows in self._by_piece(px)]
+        n = space.ambient_dim
+
+        def path(t):
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)
+            out = x.new_zeros(x.shape[0], t.shape[0], n)
+            for rows, piece_path in paths:
+                out[rows] = piece_path(t).reshape(rows.numel(), t.shape[0], n).to(out)
+            return out[0] if len(batch) == 0 else out.reshape(*batch, t.shape[0], n)
+
+        return path

@@ -331,9 +331,27 @@ class ImplicitManifold(nn.Module, LevelSet):
         return out.reshape(*batch, self.ambient_dim).to(_dtype_of(vector, base_point))
 
     def random_tangent_vec(self, base_point, n_samples=1):
-        """Gaussian ambient vectors projected onto the tangent space."""
+        """Gaussian ambient vectors projected onto the tangent space.
+
+        geomstats' convention: one base point ``(n,)`` and ``n_samples > 1``
+        give ``(n_samples, n)`` vectors at that point; a batch of base points
+        gives one vector per point, and ``n_samples`` must then be 1 or the
+        batch size.
+
+        Raises
+        ------
+        InvalidPointError
+            If ``n_samples > 1`` differs from the number of base points.
+        """
         base_point = as_points(base_point, self.ambient_dim, "base_point")
-        shape = ((n_samples,) if base_point.ndim == 1 and n_samples > 1
+        if base_point.ndim > 1 and n_samples > 1 and n_samples != base_point.shape[0]:
+            raise InvalidPointError(
+                f"random_tangent_vec: {n_samples} samples for {base_point.shape[0]} base "
+                "points; pass one base point or n_samples equal to their number.")
+        # The sample axis is a batch axis: (n_samples,) alone was a single
+        # vector of length n_samples (wrong shape, or silently one vector when
+        # n_samples == n).
+        shape = ((n_samples, self.ambient_dim) if base_point.ndim == 1 and n_samples > 1
                  else base_point.shape)
         vec = torch.randn(shape, dtype=base_point.dtype, device=base_point.device)
         return self.to_tangent(vec, base_point)
@@ -426,7 +444,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         return point
 
     # ---------------------------------------------------------------- projection
-    def solve_projection(self, point, closest=True, max_refine=100):
+    def solve_projection(self, point, closest=True, max_refine=100, far=False):
         """Project points onto M and report per-point convergence (no exception).
 
         Minimum-norm Gauss-Newton lands each point on the zero set; with
@@ -441,6 +459,11 @@ class ImplicitManifold(nn.Module, LevelSet):
             Refine to the closest point (else: the foot of the Newton path).
         max_refine : int
             Cap on tangential refinements.
+        far : bool
+            Land the points the damped Newton does not land again, with the
+            damping capped at ``|J|^2`` (see :func:`newton_min_norm`): points
+            several length units off M, whatever its size. Points the first
+            landing reaches are unchanged. :meth:`projection` uses it.
 
         Returns
         -------
@@ -451,6 +474,8 @@ class ImplicitManifold(nn.Module, LevelSet):
         x0, batch = self._flat(point)
         with torch.no_grad():
             res = newton_min_norm(self._value_and_jacobian, x0, self.tol_for(), self.max_iter)
+            if far and not bool(res.converged.all()):
+                res = self._land_far(x0, res)
             if closest:
                 res = self._refine_closest(x0, res, max_refine)
         return NewtonResult(
@@ -459,6 +484,16 @@ class ImplicitManifold(nn.Module, LevelSet):
             residual=res.residual.reshape(batch),
             n_iter=res.n_iter.reshape(batch),
         )
+
+    def _land_far(self, x0, res):
+        """Land the rows of ``res`` that failed again, from ``x0``, with capped damping."""
+        bad = (~res.converged).nonzero().squeeze(-1)
+        sub = newton_min_norm(self._value_and_jacobian, x0[bad], self.tol_for(),
+                              self.max_iter, capped_damping=True)
+        return NewtonResult(x=res.x.index_copy(0, bad, sub.x),
+                            converged=res.converged.index_copy(0, bad, sub.converged),
+                            residual=res.residual.index_copy(0, bad, sub.residual),
+                            n_iter=res.n_iter.index_copy(0, bad, res.n_iter[bad] + sub.n_iter))
 
     def _refine_closest(self, x0, res, max_refine):
         """Newton on the closest-point (KKT) conditions from the landed points.
@@ -562,7 +597,7 @@ class ImplicitManifold(nn.Module, LevelSet):
 
     def _project_flat(self, x):
         """Closest points of a flat batch (no autograd), or ProjectionError."""
-        res = self.solve_projection(x)
+        res = self.solve_projection(x, far=True)
         if not bool(res.converged.all()):
             n_bad = int((~res.converged).sum())
             raise ProjectionError(

@@ -806,13 +806,21 @@ def _apply(mat, vec):
 
 def _make_log_solver(space, spec):
     """The log solver named or given by ``spec`` (see :class:`ImplicitMetric`)."""
-    from .arithmetic import ProductImplicitManifold
-    from .geodesics import GeodesicLogSolver, ProductLogSolver, ShootingLogSolver
+    from .arithmetic import ProductImplicitManifold, UnionManifold
+    from .geodesics import (
+        GeodesicLogSolver,
+        ProductLogSolver,
+        ShootingLogSolver,
+        UnionLogSolver,
+    )
 
     if spec is None or spec == "global":
         # A product's geodesics are products of its factors' geodesics.
         if isinstance(space, ProductImplicitManifold):
             return ProductLogSolver(space)
+        # A union's are its (disjoint) pieces' geodesics.
+        if isinstance(space, UnionManifold):
+            return UnionLogSolver(space)
         return GeodesicLogSolver(space)
     if spec == "shooting":
         return ShootingLogSolver(space)

@@ -120,7 +120,8 @@ def _backtrack(f_and_jac, x_a, delta, res_a, trial, val_t, jac_t, res_t, max_hal
     return trial, val_t, jac_t, res_t
 
 
-def newton_min_norm(f_and_jac, x0, tol=1e-10, max_iter=50, max_halvings=8):
+def newton_min_norm(f_and_jac, x0, tol=1e-10, max_iter=50, max_halvings=8,
+                    capped_damping=False):
     """Reach ``F(x) = 0`` from ``x0`` with minimum-norm Gauss-Newton steps.
 
     The step ``-J^T (J J^T + mu I)^{-1} F`` is the smallest displacement that
@@ -139,6 +140,12 @@ def newton_min_norm(f_and_jac, x0, tol=1e-10, max_iter=50, max_halvings=8):
         Iteration cap (per point).
     max_halvings : int
         Backtracking cap per iteration.
+    capped_damping : bool
+        Cap ``mu`` at ``|J|_F^2``. ``mu = |F|^2`` is in units of F squared, ``J J^T``
+        in units of (F / length) squared: a point a few length units off M
+        (30% off a sphere of radius 50) gets steps ~1/|F|^2 of Newton's and
+        stalls. The cap keeps every step at least about half the Gauss-Newton
+        step there, and changes nothing where ``|F|^2 <= |J|^2`` (near M).
 
     Returns
     -------
@@ -146,7 +153,10 @@ def newton_min_norm(f_and_jac, x0, tol=1e-10, max_iter=50, max_halvings=8):
     """
 
     def direction(value, jac, idx):
-        lam = gram_solve(jac, value, damping=_norm(value).square(), check=False)
+        damping = _norm(value).square()
+        if capped_damping:
+            damping = torch.minimum(damping, jac.square().sum((-2, -1)))
+        lam = gram_solve(jac, value, damping=damping, check=False)
         return normal_combination(jac, lam)
 
     return _run(direction, f_and_jac, x0, tol, max_iter, max_halvings)

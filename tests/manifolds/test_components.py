@@ -134,3 +134,18 @@ def test_sampled_components_of_a_callable():
     assert int(manifold.component_of(torch.tensor([0.0, 0.0]))) == -1
     with pytest.raises(ComponentError, match="no box"):
         two_circles_callable(bounds=False).n_components
+
+
+def test_a_sample_without_any_component_raises_component_error():
+    # Catches a sampled component map with no component of min_size samples
+    # (a sphere of radius 6371 in its 1.5-radius box: 4 of 3000 draws land):
+    # it reported n_components == 0 for a non-empty M, and dist/log/component_of
+    # died with an unnamed IndexError from the empty lookup table.
+    r = 6371.0
+    big = ig.ImplicitManifold(lambda x: ((x * x).sum(-1, keepdim=True) - r * r) / (2 * r),
+                              3, 1, bounds=([-1.5 * r] * 3, [1.5 * r] * 3))
+    with pytest.raises(ComponentError, match="no component"):
+        big.n_components
+    a = torch.tensor([r, 0.0, 0.0], dtype=torch.float64)
+    with pytest.raises(ComponentError):
+        big.metric.dist(a, torch.tensor([0.0, r, 0.0], dtype=torch.float64))

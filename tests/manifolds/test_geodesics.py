@@ -177,6 +177,37 @@ def test_union_is_infinitely_far_across_components():
         union.metric.log(pts[5], pts[0])
 
 
+def test_union_of_a_large_and_a_small_piece_solves_on_each_piece():
+    # Catches one sample graph over the union's box: it spread its nodes by
+    # area, so the small sphere (radius 0.2 beside radius 5) got a few
+    # disconnected nodes, and two points ON it came out +inf apart (dist,
+    # dist_pairwise) and "on different components" (log: DisconnectedError).
+    small_c = torch.tensor([8.0, 0.0, 0.0], dtype=torch.float64)
+    union = ig.union(ig.ImplicitSphere(2, radius=5.0), ig.ImplicitSphere(2, radius=0.2,
+                                                                         center=small_c))
+    u = unit(6, 3)
+    w = torch.nn.functional.normalize(-u + 0.3 * unit(6, 3, seed=3), dim=-1)
+    x, y = small_c + 0.2 * u, small_c + 0.2 * w
+    ref = 0.2 * Hypersphere(2).metric.dist(u, w)
+    assert float((union.metric.dist(x, y) - ref).abs().max()) <= 1e-9
+    assert float((union.metric.log(y, x).norm(dim=-1) - ref).abs().max()) <= 1e-9
+    big = 5.0 * unit(2, 3, seed=2)
+    pts = torch.cat([x, y, big])
+    dist = union.metric.dist_pairwise(pts)
+    assert float((dist[range(6), range(6, 12)] - ref).abs().max()) <= 1e-9
+    assert bool(torch.isinf(dist[:12, 12:]).all())
+    assert abs(float(dist[12, 13]) - 5.0 * float(Hypersphere(2).metric.dist(
+        big[0] / 5, big[1] / 5))) <= 1e-9
+    with pytest.raises(DisconnectedError) as info:
+        union.metric.log(big[:2], x[:2])
+    assert info.value.mask.tolist() == [True, True]
+    path = union.metric.geodesic(initial_point=x[:2], end_point=y[:2])(
+        torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+    assert path.shape == (2, 3, 3)
+    torch.testing.assert_close(path[:, -1], y[:2], rtol=0, atol=1e-8)
+    assert float(((path - small_c).norm(dim=-1) - 0.2).abs().max()) <= 1e-9
+
+
 def test_product_intersection_and_higher_dimension():
     # Product: factor by factor (sqrt of the sum of squared factor distances).
     prod = ig.product(ig.ImplicitTorus(3.0, 1.0), ig.ImplicitSphere(2))

@@ -231,6 +231,31 @@ def test_unprojectable_points_raise_projection_error():
         no_zero.projection(torch.ones(3, 3))
 
 
+def test_projection_does_not_depend_on_the_length_unit():
+    # Catches the Levenberg-Marquardt damping mu = |F|^2 (units of F^2, against
+    # J J^T in (F / length)^2) stalling Newton a few length units off M: a
+    # point 30% off a sphere of radius 50 (or 10 km above one of radius 6371)
+    # raised ProjectionError although the same configuration at radius 1 projects.
+    gen = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(
+        torch.randn(6, 4, generator=gen, dtype=torch.float64), dim=-1)
+    for radius, factors in ((50.0, (1.3, 3.0, 0.2)), (6371.0, (1 + 10 / 6371, 2.0))):
+        center = torch.tensor([100.0, -3.0, 0.0, 7.0], dtype=torch.float64)
+        sphere = ig.ImplicitSphere(3, radius=radius, center=center)
+        for factor in factors:
+            y = sphere.projection(center + factor * radius * dirs)
+            torch.testing.assert_close(y, center + radius * dirs, rtol=0, atol=1e-12 * radius)
+    # The same through a callable with |grad F| != 1, and through a union.
+    big = ig.ImplicitManifold(lambda x: (x * x).sum(-1, keepdim=True) - 2500.0, 3, 1)
+    torch.testing.assert_close(big.projection(torch.tensor([0.0, 0.0, 70.0], dtype=torch.float64)),
+                               torch.tensor([0.0, 0.0, 50.0], dtype=torch.float64))
+    pair = ig.union(ig.ImplicitSphere(2, radius=50.0),
+                    ig.ImplicitSphere(2, radius=50.0, center=[200.0, 0.0, 0.0]))
+    torch.testing.assert_close(
+        pair.projection(torch.tensor([[70.0, 0.0, 0.0], [135.0, 0.0, 0.0]], dtype=torch.float64)),
+        torch.tensor([[50.0, 0.0, 0.0], [150.0, 0.0, 0.0]], dtype=torch.float64))
+
+
 def test_singular_jacobian_raises():
     sphere = ig.ImplicitSphere(2)
     with pytest.raises(SingularJacobianError, match="rank deficient"):
@@ -312,3 +337,24 @@ def test_random_point_on_manifold():
     pts = torus.random_point(100)
     assert pts.shape == (100, 3) and torus.belongs(pts, atol=1e-10).all()
     assert math.isclose(float(torus.random_point().shape[0]), 3)
+
+
+def test_random_tangent_vec_follows_the_geomstats_sample_convention():
+    # Catches random_tangent_vec(point of shape (n,), n_samples=k) drawing one
+    # vector of shape (k,): an InvalidPointError for k != n, and for k == n
+    # (here 3 samples on S^2 in R^3) silently one tangent vector instead of 3.
+    sphere = ig.ImplicitSphere(2, radius=2.0, center=[1.0, 0.0, -1.0])
+    base = sphere.projection(torch.tensor([3.0, 0.5, -1.0], dtype=torch.float64))
+    torch.manual_seed(0)
+    for k in (3, 5):
+        vec = sphere.random_tangent_vec(base, n_samples=k)
+        assert vec.shape == (k, 3)
+        assert sphere.is_tangent(vec, base, atol=1e-12).all()
+        assert torch.linalg.matrix_rank(vec) == 2  # distinct draws span T_x S^2
+    pts = sphere.random_point(4)
+    assert sphere.random_tangent_vec(pts).shape == (4, 3)
+    assert sphere.random_tangent_vec(pts, n_samples=4).shape == (4, 3)
+    with pytest.raises(InvalidPointError):  # geomstats refuses this too
+        sphere.random_tangent_vec(pts, n_samples=3)
+    assert ig.ImplicitSphere(3).random_tangent_vec(
+        torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64), n_samples=3).shape == (3, 4)
