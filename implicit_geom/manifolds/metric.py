@@ -482,8 +482,9 @@ class ImplicitMetric(RiemannianMetric):
             if vec.ndim == 1 and base.ndim == 1:
                 return self.exp(t[:, None] * vec, base)
             b, v = broadcast_points(base, vec, names=("initial_point", "initial_tangent_vec"))
-            out = self.exp(t[None, :, None] * v[:, None, :], b[:, None, :])
-            return out
+            # The time axis goes before the last: (..., T, n) for any leading batch
+            # (indexing v[:, None] mixed it into a second batch axis).
+            return self.exp(t[:, None] * v[..., None, :], b[..., None, :])
 
         return path
 

@@ -95,6 +95,13 @@ def test_exp_log_and_the_geodesic_equation(kind):
     torch.testing.assert_close(speed.norm(dim=-1), v.norm(dim=-1), rtol=1e-5, atol=0)
     tangential_acc = manifold.to_tangent(acc, path[:, 1]).norm(dim=-1)
     assert float(tangential_acc.max()) <= 1e-4 * (1 + float(acc.norm(dim=-1).max()))
+    # Two leading batch axes give (B1, B2, T, n), the same points (catches the
+    # time axis mixed into the batch: a (B1, 1, B2, n) result).
+    if x.shape[0] % 2 == 0:
+        x2, v2 = (a.reshape(2, -1, a.shape[-1]) for a in (x, v))
+        path2 = metric.geodesic(x2, initial_tangent_vec=v2)(times)
+        torch.testing.assert_close(path2, path.reshape(2, -1, 3, path.shape[-1]),
+                                   rtol=0, atol=1e-9)
 
 
 def test_curvature_identities(kind):
