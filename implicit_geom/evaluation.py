@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .exceptions import ProjectionError, QuadratureCoverageError
+from .exceptions import EmptyDataError, ProjectionError, QuadratureCoverageError
 from .metrics import discretized_wasserstein, paper_wasserstein
 from .numerics.validation import DTYPE, padded_box
 
@@ -117,14 +117,30 @@ def random_split(n, seed, fractions=(0.8, 0.1, 0.1)):
     Returns
     -------
     train, val, test : torch.Tensor of int
+        Disjoint, together ``range(n)``, each non-empty.
+
+    Raises
+    ------
+    EmptyDataError
+        Fewer than 3 points, or too few for a non-empty training part.
     """
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9 or min(fractions) <= 0:
         raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}")
+    # int() would silently truncate 10.5 points or seed 1.7 (a different split than asked).
+    if isinstance(n, bool) or int(n) != n or isinstance(seed, bool) or int(seed) != seed:
+        raise ValueError(f"n and seed must be integers, got n={n!r}, seed={seed!r}")
+    n = int(n)
     if n < 3:
-        raise ValueError(f"need at least 3 points to split three ways, got {n}")
-    perm = torch.as_tensor(np.random.default_rng(int(seed)).permutation(int(n)))
+        raise EmptyDataError(f"need at least 3 points to split three ways, got {n}")
+    perm = torch.as_tensor(np.random.default_rng(int(seed)).permutation(n))
     n_val = max(int(round(fractions[1] * n)), 1)
     n_test = max(int(round(fractions[2] * n)), 1)
+    if n_val + n_test >= n:
+        # Rounding val and test up to one point each can leave nothing to train on
+        # (n=4, fractions (0.2, 0.4, 0.4) gave an empty training part).
+        raise EmptyDataError(
+            f"{n} points leave no training points after {n_val} validation and {n_test} test "
+            f"points (fractions {fractions}); give more points or a larger training fraction")
     return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
 
 

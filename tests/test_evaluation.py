@@ -18,6 +18,7 @@ from implicit_geom.evaluation import (
     w_mass,
     w_reference,
 )
+from implicit_geom.exceptions import EmptyDataError
 from implicit_geom.models import ConstrainedEBM, ManifoldKDE, manifold_quadrature
 
 
@@ -30,6 +31,23 @@ def test_split_and_summary():
     mean, std = mean_std([1.0, 2.0, 3.0])
     assert (mean, std) == (2.0, 1.0)  # ddof = 1, not 0.816
     assert math.isnan(mean_std([4.0])[1])
+
+
+def test_split_parts_are_never_empty_nor_silently_truncated():
+    # Catches a split whose rounding gave val and test one point each and left
+    # an empty training part (n=4, fractions 0.2/0.4/0.4), and n or seed
+    # silently truncated by int() (10.5 points, seed 1.7: another split).
+    with pytest.raises(EmptyDataError, match="no training points"):
+        random_split(4, seed=0, fractions=(0.2, 0.4, 0.4))
+    with pytest.raises(EmptyDataError, match="at least 3"):
+        random_split(2, seed=0)
+    for bad in (dict(n=10.5, seed=0), dict(n=10, seed=1.7)):
+        with pytest.raises(ValueError, match="integers"):
+            random_split(**bad)
+    for n in (3, 4, 5, 11):
+        parts = random_split(n, seed=1)
+        assert min(len(p) for p in parts) >= 1
+        assert sorted(torch.cat(parts).tolist()) == list(range(n))
 
 
 @pytest.fixture(scope="module")
