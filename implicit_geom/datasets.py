@@ -772,9 +772,9 @@ def _read_table(path) -> _Table:
     """Read a text table: ``#`` comment lines anywhere, an optional header row.
 
     The first row is a header when one of its cells is not a number while the
-    same column of the next row is (or, in a one-row file, when none of its
-    cells is a number): ``residue,phi,psi`` over ``G,-1.4,2.9`` is a header,
-    ``G,-1.4,2.9`` over ``G,-1.2,3.0`` is data.
+    same column of the next row is, or when none of its cells is a number (and,
+    with more rows, some later cell is): ``residue,phi,psi`` over ``G,-1.4,2.9``
+    (or over ``G,NA,NA``) is a header, ``G,-1.4,2.9`` over ``G,-1.2,3.0`` is data.
     """
     path = Path(path)
     if not path.is_file():
@@ -791,6 +791,12 @@ def _read_table(path) -> _Table:
     first = rows[0]
     if len(rows) > 1:
         header = any(not _is_number(a) and _is_number(b) for a, b in zip(first, rows[1]))
+        # A first row without a single number over rows that have numbers is a header too,
+        # even when the first data row has missing values (``lat,lon`` over ``NA,NA``):
+        # read as data, the header line itself was blamed ("data row 1: 'lat' is not
+        # numeric") instead of the row at fault.
+        header = header or (not any(_is_number(c) for c in first)
+                            and any(_is_number(c) for row in rows[1:] for c in row))
     else:
         header = not any(_is_number(c) for c in first)
     names = first if header else None

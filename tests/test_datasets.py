@@ -322,6 +322,26 @@ def test_load_protein_bad_files(tmp_path, text, pattern):
         ds.load_protein(write(tmp_path, text))
 
 
+@pytest.mark.parametrize(
+    "text, loader, pattern",
+    [
+        ("# s\nlat,lon\nNA,NA\n1,2\n", ds.load_earth,
+         r"data row 1 \(line 3\): latitude value 'NA' is not numeric"),
+        ("lat,lon\n,\n1,2\n", ds.load_earth,
+         r"data row 1 \(line 2\): latitude value '' is not numeric"),
+        ("residue,phi,psi\nG,NA,NA\nG,1,2\n", ds.load_protein,
+         r"data row 1 \(line 2\): phi value 'NA' is not numeric"),
+    ],
+)
+def test_missing_values_in_the_first_data_row_are_blamed_not_the_header(
+        tmp_path, text, loader, pattern):
+    # Catches the header line read as data when the row below it had no number
+    # (missing values): the error blamed the header ("data row 1: latitude value
+    # 'lat' is not numeric", or "missing column 'residue' ... no header row").
+    with pytest.raises(DataError, match=pattern):
+        loader(write(tmp_path, text))
+
+
 def test_load_protein_tolerates_rounded_pi(tmp_path):
     phi, psi = ds.load_protein_angles(write(tmp_path, "residue,phi,psi\nG,3.145,-3.15\n"))
     assert phi.item() == 3.145 and psi.item() == -3.15
