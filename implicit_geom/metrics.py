@@ -16,6 +16,7 @@ import numpy as np
 import ot
 import torch
 
+from .exceptions import EmptyDataError, InvalidPointError, ProjectionError
 from .sampling.diagnostics import effective_sample_size
 
 __all__ = [
@@ -36,18 +37,33 @@ def _as_numpy(x, name: str, ndim: int | None = None) -> np.ndarray:
         x = x.detach().cpu().numpy()
     x = np.asarray(x, dtype=np.float64)
     if ndim is not None and x.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-d, got shape {x.shape}")
+        raise InvalidPointError(f"{name} must be {ndim}-d, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise InvalidPointError(f"{name} contains NaN or inf")
     return x
 
 
 def _grid(bins, bounds, d):
     """``(lo, width, n_bins)`` of a regular grid with ``bins`` per axis over ``bounds``."""
-    n_bins = np.broadcast_to(np.asarray(bins, dtype=np.int64), (d,)).copy()
+    requested = np.asarray(bins, dtype=np.float64)
+    # A cast to int would silently turn bins=2.7 into 2 (another grid than asked).
+    if (requested.ndim > 1 or requested.size not in (1, d) or not np.all(np.isfinite(requested))
+            or np.any(requested != np.round(requested))):
+        raise ValueError(f"bins must be an integer or {d} integers (one per axis), got {bins!r}")
+    n_bins = np.broadcast_to(requested.astype(np.int64), (d,)).copy()
     if (n_bins < 1).any():
         raise ValueError(f"bins must be >= 1, got {bins}")
-    lo, hi = (np.broadcast_to(np.asarray(v, dtype=np.float64), (d,)) for v in bounds)
+    if math.prod(float(k) for k in n_bins) >= 2.0**62:
+        # The flat cell ids are int64 (29 bins on each of 16 axes would overflow).
+        raise ValueError(f"{'x'.join(str(int(k)) for k in n_bins)} bins are too many for a "
+                         f"grid in {d} dimensions; use fewer bins")
+    try:
+        lo, hi = (np.broadcast_to(np.asarray(v, dtype=np.float64), (d,)) for v in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be (lower, upper), each a scalar or {d} numbers, "
+                         f"got {bounds!r}") from None
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError(f"bounds must be finite, got {bounds!r}")
     if (hi < lo).any():
         raise ValueError(f"bounds must satisfy lower <= upper, got {bounds}")
     # Degenerate (flat) directions get unit-width bins so everything lands in bin 0.
@@ -191,9 +207,10 @@ def discretized_wasserstein(
     a = _as_numpy(samples_a, "samples_a", 2)
     b = _as_numpy(samples_b, "samples_b", 2)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"dimension mismatch: samples_a has {a.shape[1]}, samples_b {b.shape[1]}")
+        raise InvalidPointError(
+            f"dimension mismatch: samples_a has {a.shape[1]}, samples_b {b.shape[1]}")
     if len(a) == 0 or len(b) == 0:
-        raise ValueError("both point sets must be non-empty")
+        raise EmptyDataError("both point sets must be non-empty")
     d = a.shape[1]
 
     densities = []
@@ -201,9 +218,9 @@ def discretized_wasserstein(
         if dens is not None:
             dens = _as_numpy(dens, name, 1)
             if len(dens) != len(pts):
-                raise ValueError(f"{name} has {len(dens)} values for {len(pts)} points")
+                raise InvalidPointError(f"{name} has {len(dens)} values for {len(pts)} points")
             if (dens < 0).any():
-                raise ValueError(f"{name} must be non-negative")
+                raise InvalidPointError(f"{name} must be non-negative")
         densities.append(dens)
 
     if bounds is None:
@@ -312,16 +329,36 @@ def distance_to_manifold(points, manifold) -> DistanceStats:
     Returns
     -------
     DistanceStats
+
+    Raises
+    ------
+    InvalidPointError, EmptyDataError
+        Points not of shape (n, d), with NaN/inf entries, or none.
+    ProjectionError
+        The projection failed (raised by it, or NaN/inf closest points).
     """
     points = torch.as_tensor(points, dtype=torch.float64)
-    if points.ndim != 2 or points.shape[0] == 0:
-        raise ValueError(f"points must be a non-empty (n, d) tensor, got shape {tuple(points.shape)}")
+    if points.ndim != 2:
+        raise InvalidPointError(
+            f"points must be a non-empty (n, d) tensor, got shape {tuple(points.shape)}")
+    if points.shape[0] == 0:
+        raise EmptyDataError("points must be a non-empty (n, d) tensor, got no points")
+    if not torch.isfinite(points).all():
+        raise InvalidPointError("points contain NaN or inf")
     projected = torch.as_tensor(manifold.projection(points), dtype=torch.float64)
     if projected.shape != points.shape:
         raise ValueError(
             f"manifold.projection returned shape {tuple(projected.shape)}, "
             f"expected {tuple(points.shape)}"
         )
+    failed = ~torch.isfinite(projected).all(dim=-1)
+    if failed.any():
+        # A projection that returns NaN where it is undefined (geomstats' Hypersphere
+        # at the centre) made every statistic NaN without a word.
+        raise ProjectionError(
+            f"manifold.projection returned NaN or inf for {int(failed.sum())} of "
+            f"{len(points)} point(s) (first at index {int(failed.nonzero()[0, 0])})",
+            failed=failed)
     distances = torch.linalg.vector_norm((points - projected).detach(), dim=-1)
     values = distances.cpu().numpy()
     return DistanceStats(

@@ -192,3 +192,75 @@ def test_distance_to_manifold_checks_projection_shape():
 
     with pytest.raises(ValueError, match="projection returned shape"):
         distance_to_manifold(gaussian(5, d=3), Bad())
+
+
+def test_distance_to_manifold_refuses_nan_instead_of_nan_statistics():
+    # Catches NaN statistics returned without a word: a projection that is NaN
+    # where it is undefined (geomstats' Hypersphere at the centre, as UnitSphere
+    # here) or NaN input points made min/median/mean/max all NaN.
+    from implicit_geom.exceptions import EmptyDataError, InvalidPointError, ProjectionError
+
+    points = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 3.0, 0.0]],
+                          dtype=torch.float64)
+    with pytest.raises(ProjectionError, match="NaN or inf for 1 of 3 .*index 1") as info:
+        distance_to_manifold(points, UnitSphere())
+    assert info.value.failed.tolist() == [False, True, False]
+    with pytest.raises(InvalidPointError, match="NaN"):
+        distance_to_manifold(points.new_tensor([[float("nan"), 1.0, 0.0]]), UnitSphere())
+    with pytest.raises(EmptyDataError):
+        distance_to_manifold(torch.zeros(0, 3, dtype=torch.float64), UnitSphere())
+    with pytest.raises(InvalidPointError, match=r"\(n, d\)"):
+        distance_to_manifold(torch.ones(3, dtype=torch.float64), UnitSphere())
+
+
+def test_distance_to_manifold_exact_on_the_torus():
+    # Independent reference: distance to the torus of revolution (R, r) is
+    # |sqrt((rho - R)^2 + z^2) - r| with rho the distance to the axis.
+    from implicit_geom.manifolds.analytic import ImplicitTorus
+
+    x = gaussian(50, d=3, seed=2) * 0.6 + torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64)
+    rho = x[:, :2].norm(dim=1)
+    exact = ((rho - 2.0).square() + x[:, 2].square()).sqrt().sub(1.0).abs()
+    stats = distance_to_manifold(x, ImplicitTorus(2.0, 1.0))
+    assert torch.allclose(stats.distances, exact, atol=1e-9)
+    assert stats.median == pytest.approx(float(np.median(exact.numpy())), abs=1e-9)
+
+
+def test_wasserstein_bins_and_bounds_are_checked_not_cast():
+    # Catches bins=2.7 silently binned as 2 (another grid than asked), and
+    # numpy's broadcast/overflow messages for a bins list of the wrong length,
+    # a grid too large for int64 cell ids (29 bins on 16 axes) or bad bounds;
+    # bad point sets are named (InvalidPointError / EmptyDataError, ValueErrors).
+    from implicit_geom.exceptions import EmptyDataError, InvalidPointError
+
+    a, b = gaussian(30, seed=1), gaussian(30, seed=2)
+    with pytest.raises(ValueError, match="integer"):
+        discretized_wasserstein(a, b, bins=2.7)
+    with pytest.raises(ValueError, match="one per axis"):
+        discretized_wasserstein(a, b, bins=[3, 4, 5])
+    assert discretized_wasserstein(a, b, bins=[3, 4]) == discretized_wasserstein(
+        a, b, bins=np.array([3.0, 4.0]))
+    with pytest.raises(ValueError, match="too many"):
+        discretized_wasserstein(gaussian(5, d=16), gaussian(5, d=16, seed=1), bins=29)
+    with pytest.raises(ValueError, match="bounds must be"):
+        discretized_wasserstein(a, b, bounds=((0, 0), (1, 1), (2, 2)))
+    with pytest.raises(ValueError, match="bounds must be finite"):
+        discretized_wasserstein(a, b, bounds=(-np.inf, np.inf))
+    with pytest.raises(InvalidPointError, match="dimension mismatch"):
+        discretized_wasserstein(a, gaussian(3, d=3))
+    with pytest.raises(EmptyDataError):
+        discretized_wasserstein(a, b[:0])
+
+
+def test_wasserstein_closed_forms():
+    # Independent references: between two point masses the raw cost is their
+    # squared distance (W2^2) and 1 once normalised; fine bins give the W2^2
+    # of a translated sample (the shift squared, POT on the raw points).
+    a = np.array([[0.0, 0.0]])
+    b = np.array([[3.0, 4.0]])
+    assert discretized_wasserstein(a, b, normalize_cost=False) == pytest.approx(25.0)
+    assert discretized_wasserstein(b, a, normalize_cost=False) == pytest.approx(25.0)
+    assert discretized_wasserstein(a, b) == pytest.approx(1.0)
+    x = gaussian(400).numpy()
+    shifted = discretized_wasserstein(x, x + [0.5, 0.0], bins=50, normalize_cost=False)
+    assert shifted == pytest.approx(0.25, rel=0.03)
