@@ -44,7 +44,7 @@ def _as_numpy(x, name: str, ndim: int | None = None) -> np.ndarray:
 
 
 def _grid(bins, bounds, d):
-    """``(lo, width, n_bins)`` of a regular grid with ``bins`` per axis over ``bounds``."""
+    """``(lo, hi, width, n_bins)`` of a regular grid with ``bins`` per axis over ``bounds``."""
     requested = np.asarray(bins, dtype=np.float64)
     # A cast to int would silently turn bins=2.7 into 2 (another grid than asked).
     if (requested.ndim > 1 or requested.size not in (1, d) or not np.all(np.isfinite(requested))
@@ -67,7 +67,7 @@ def _grid(bins, bounds, d):
     if (hi < lo).any():
         raise ValueError(f"bounds must satisfy lower <= upper, got {bounds}")
     # Degenerate (flat) directions get unit-width bins so everything lands in bin 0.
-    return lo, np.where(hi > lo, (hi - lo) / n_bins, 1.0), n_bins
+    return lo, hi, np.where(hi > lo, (hi - lo) / n_bins, 1.0), n_bins
 
 
 def _bin_points(points, lo, width, n_bins):
@@ -120,14 +120,23 @@ def _normalise(weights):
     return weights / total
 
 
-def _grid_cost_scale(lo, width, n_bins, points=None):
+def _grid_cost_scale(lo, width, n_bins, points=None, locations=None, hi=None):
     """Largest squared distance over the whole grid (the paper's normaliser).
 
     Between two grids it is the distance between opposite corner cells; from
     the grid's centres to raw ``points`` the farthest centre of each point is
-    one of the 2^d corner centres.
+    one of the 2^d corner centres. With centroid support (``locations``, the
+    binned support points, and ``hi``, the box's upper corner) the mass sits
+    anywhere in the cells, so the extremes are the box's corners, widened to
+    any centroid outside the bounds (points beyond them put into edge bins).
     """
     first, last = lo + 0.5 * width, lo + (n_bins - 0.5) * width
+    if locations is not None:
+        # The centres' corners underestimated the farthest centroids (up to one cell
+        # per side): the normalised cost exceeded 1 (4.0 for points at 0 and 1 on
+        # a 2-bin grid over [0, 1]).
+        first = np.minimum(lo, locations.min(axis=0))
+        last = np.maximum(hi, locations.max(axis=0))
     if points is None:
         return float(np.square(last - first).sum())
     d = len(lo)
@@ -182,7 +191,9 @@ def discretized_wasserstein(
     cost_scale : {"support", "grid"}
         The maximum that normalises the cost: over the occupied support
         points, or over the whole grid (the paper: the box's extreme cells, so
-        the value depends on the box but not on where the mass is).
+        the value depends on the box but not on where the mass is; with
+        centroid support, whose mass may sit anywhere in a cell, the box's
+        corners, widened to the centroids of points outside the bounds).
     bin_b : bool
         Bin ``samples_b`` too (default) or keep its points as they are, each
         with weight 1/n_b or its normalised density (the paper's
@@ -226,7 +237,7 @@ def discretized_wasserstein(
     if bounds is None:
         bounds = (np.minimum(a.min(axis=0), b.min(axis=0)),
                   np.maximum(a.max(axis=0), b.max(axis=0)))
-    lo, width, n_bins = _grid(bins, bounds, d)
+    lo, hi, width, n_bins = _grid(bins, bounds, d)
 
     bins_a, loc_a, w_a = _bin_measure(a, densities[0], lo, width, n_bins, support, aggregate)
     if bin_b:
@@ -245,8 +256,13 @@ def discretized_wasserstein(
 
     cost = ot.dist(loc_a, loc_b, metric="sqeuclidean")
     if normalize_cost:
-        scale = (_grid_cost_scale(lo, width, n_bins, None if bin_b else b)
-                 if cost_scale == "grid" else cost.max())
+        if cost_scale == "grid":
+            centroids = None
+            if support == "centroid":
+                centroids = np.concatenate([loc_a, loc_b]) if bin_b else loc_a
+            scale = _grid_cost_scale(lo, width, n_bins, None if bin_b else b, centroids, hi)
+        else:
+            scale = cost.max()
         if scale > 0:
             cost = cost / scale
     value, log = ot.emd2(w_a, w_b, cost, numItermax=_EMD_MAX_ITER, log=True)

@@ -117,6 +117,25 @@ def test_wasserstein_grid_options_hand_computed():
         == pytest.approx(0.9**2)
 
 
+def test_wasserstein_grid_normaliser_bounds_centroid_support():
+    # Catches the grid normaliser taken between the corner cells' centres while
+    # centroid support puts the mass anywhere in the cells: points at 0 and 1
+    # on a 2-bin grid over [0, 1] gave 4.0, not at most 1 as documented.
+    a, b = torch.tensor([[0.0]]), torch.tensor([[1.0]])
+    kw = dict(bins=2, bounds=(0.0, 1.0), cost_scale="grid")
+    assert discretized_wasserstein(a, b, **kw) == pytest.approx(1.0)
+    # The corner centres 0.25 and 0.75 still normalise the paper's centre support.
+    assert discretized_wasserstein(a, b, support="centre", **kw) == pytest.approx(1.0)
+    near = torch.tensor([[0.5]])
+    assert discretized_wasserstein(a, near, **kw) == pytest.approx(0.25)
+    # A point outside the bounds widens the box rather than exceed 1.
+    assert discretized_wasserstein(torch.tensor([[-1.0]]), b, **kw) == pytest.approx(1.0)
+    x, y = gaussian(200, seed=3), gaussian(200, seed=4) + 2.0
+    for bin_b in (True, False):
+        assert 0 < discretized_wasserstein(x, y, bins=5, bounds=(-1.0, 1.0), cost_scale="grid",
+                                           bin_b=bin_b) <= 1.0
+
+
 def test_wasserstein_unbinned_target_hand_computed():
     # Model mass in the bin centred at 0.5; raw data at 1 and 2 with equal weight.
     # The grid normaliser is the farthest (centre, point) pair: (3.5 - 1)^2.
