@@ -1201,12 +1201,20 @@ def estimate_intrinsic_dim(points, n_neighbors: int = 20, variance: float = 0.95
     ------
     EmptyDataError
         Fewer than 3 points.
+    ValueError
+        ``variance`` outside (0, 1) or ``n_neighbors`` not a positive integer.
     """
     from .exceptions import EmptyDataError
 
     x = torch.as_tensor(points, dtype=DTYPE)
     if x.ndim != 2 or x.shape[0] < 3:
         raise EmptyDataError(f"need at least 3 points of shape (N, n), got {tuple(x.shape)}")
+    # Outside these ranges the answer was silently meaningless: variance=1.5 gave a
+    # dimension above n, n_neighbors=0 a "neighbourhood" of the point alone.
+    if not 0.0 < variance < 1.0:
+        raise ValueError(f"variance must be in (0, 1), got {variance}")
+    if isinstance(n_neighbors, bool) or int(n_neighbors) != n_neighbors or n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
     k = min(int(n_neighbors), x.shape[0] - 1)
     centres = x
     if x.shape[0] > max_points:

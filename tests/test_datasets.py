@@ -550,6 +550,16 @@ def test_estimate_intrinsic_dim():
     assert ds.estimate_intrinsic_dim(noise) == 3
 
 
+def test_estimate_intrinsic_dim_rejects_meaningless_settings():
+    # Catches answers outside [1, n] without a word: variance=1.5 gave 4 for
+    # 3-D points, n_neighbors=0 a neighbourhood of the point alone.
+    noise = torch.as_tensor(np.random.default_rng(0).standard_normal((100, 3)))
+    for bad in (dict(variance=1.5), dict(variance=0.0), dict(n_neighbors=0),
+                dict(n_neighbors=2.5)):
+        with pytest.raises(ValueError):
+            ds.estimate_intrinsic_dim(noise, **bad)
+
+
 def test_digits_are_bundled_images():
     # scikit-learn's 8x8 digits, no download: 64-D points in [0, 1] of kind
     # "image" with their shape recorded (plot draws image grids from it), and
