@@ -83,12 +83,20 @@ class _ConstrainedSampler:
         if not 0 < tol <= EMIT_TOL:
             raise ValueError(f"tol must lie in (0, {EMIT_TOL:g}] so that emitted samples "
                              f"satisfy |F| <= {EMIT_TOL:g}; got {tol}")
+        # A cap <= 0 or a non-positive/NaN reverse_tol would reject every step
+        # silently (all chains frozen, counted as failures), and max_iter=0
+        # used to fall back to the default: both are bad settings.
+        if max_iter is not None and not (isinstance(max_iter, int) and max_iter >= 1):
+            raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+        if not float(reverse_tol) > 0:
+            raise ValueError(f"reverse_tol must be a positive float, got {reverse_tol!r}")
         if check_reversibility is None:
             check_reversibility = self.default_check_reversibility
         if newton is None:
             newton = "chord" if self.manifold.codim >= CHORD_CODIM else "exact"
         self.options = SolverOptions(
-            tol=tol, max_iter=int(max_iter or min(self.manifold.max_iter, MAX_ITER)),
+            tol=tol, max_iter=int(min(self.manifold.max_iter, MAX_ITER) if max_iter is None
+                                  else max_iter),
             reverse_tol=float(reverse_tol), check_reversibility=bool(check_reversibility),
             newton=newton)
         if seed is not None and not isinstance(seed, (int, torch.Generator)):
@@ -204,6 +212,8 @@ class _ConstrainedSampler:
                                ("thin", thin, 1)):
             if not isinstance(val, int) or val < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
+        if keep and n_steps < thin:  # would return no samples at all
+            raise ValueError(f"thin = {thin} exceeds n_steps = {n_steps}: no sample would be kept")
         adapter = self._adapter(target_accept, n_warmup)
         state = self._initial_state(x0)
         n_chains = state.x.shape[0]

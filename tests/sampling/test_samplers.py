@@ -259,6 +259,30 @@ def test_bad_arguments():
         ConstrainedMALA(sphere, lambda x: torch.log(x[:, 0] - 5)).sample(x0, 5)
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"max_iter": 0}, {"max_iter": -1}, {"max_iter": 2.5},
+    {"reverse_tol": float("nan")}, {"reverse_tol": -1.0}, {"reverse_tol": 0.0},
+])
+def test_bad_solver_settings_raise(kwargs):
+    # Catches settings that used to be accepted silently: max_iter=0 fell back
+    # to the default cap, max_iter<0 and a NaN/non-positive reverse_tol froze
+    # every chain (each step a counted failure, acceptance 0), no error.
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ConstrainedMALA(ImplicitSphere(2), vmf_energy, seed=0, **kwargs)
+
+
+def test_thin_larger_than_n_steps_raises():
+    # Catches sample() returning an empty (0, n_chains, n) array, i.e. no
+    # sample at all, when thin > n_steps; run() keeps no trajectory, so the
+    # same settings are fine there.
+    sphere = ImplicitSphere(2)
+    x0 = start(sphere, 4)
+    with pytest.raises(ValueError, match="thin"):
+        ConstrainedMALA(sphere, vmf_energy, seed=0).sample(x0, 3, thin=5)
+    x, _ = ConstrainedMALA(sphere, vmf_energy, seed=0).run(x0, 3)
+    assert x.shape == (4, 3)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_runs_on_gpu_tensors():
     import sympy
