@@ -92,6 +92,14 @@ def _write_json(path, obj):
     Path(path).write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
+def _replaceable(path):
+    """Whether ``--overwrite`` may replace ``path``: a model folder or an empty folder."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return (path / "config.json").is_file() or not any(path.iterdir())
+
+
 class _AtomicFolder:
     """Build a folder under a temporary name; rename it into place on success."""
 
@@ -99,6 +107,12 @@ class _AtomicFolder:
         self.target = Path(target)
         if self.target.exists() and not overwrite:
             raise CLIError(f"{self.target} already exists (pass --overwrite to replace it)")
+        # --overwrite (and demo, which always overwrites) replaces a model
+        # folder, never anything else: `--out ~/data` would otherwise delete
+        # that folder, and a file would be replaced by a model folder.
+        if self.target.exists() and not _replaceable(self.target):
+            raise CLIError(f"{self.target} exists and is not a model folder (no config.json); "
+                           "refusing to replace it: choose another --out")
         self.target.parent.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self):
@@ -204,9 +218,22 @@ def load_model(folder):
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as err:
         raise CLIError(f"{cfg_path} is corrupt: {err}") from None
+    if not isinstance(config, dict):
+        raise CLIError(f"{cfg_path} is corrupt: not a JSON object")
     if config.get("format") != FORMAT:
         raise CLIError(f"{cfg_path}: unsupported format {config.get('format')!r}")
-    manifold = _geometry(config)
+    # A hand-edited or truncated config would otherwise end in a KeyError
+    # traceback somewhere in evaluate/plot.
+    missing = [k for k in ("manifold", "data_kind", "data_name") if k not in config]
+    if missing:
+        raise CLIError(f"{cfg_path} is corrupt: no {', '.join(map(repr, missing))}")
+    if config["manifold"] not in ("learned", "sphere", "torus"):
+        raise CLIError(f"{cfg_path} is corrupt: unknown manifold {config['manifold']!r}")
+    try:
+        manifold = _geometry(config)
+    except (KeyError, TypeError) as err:
+        raise CLIError(f"{cfg_path} is corrupt: bad 'geometry' ({type(err).__name__}: "
+                       f"{err})") from None
     if manifold is None:
         from .learning import NeuralImplicitManifold
 
@@ -245,10 +272,12 @@ def evaluate(args):
 
 def sample(args):
     """Draw points from a fitted model into a .csv or .npy file."""
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".csv"):  # before the (possibly long) sampling
+        raise CLIError(f"--out must end in .csv or .npy, got {out.name}")
     _, manifold, ebm, _ = load_model(args.model)
     pts = ebm.sample(args.n, sampler=args.sampler, seed=args.seed,
                      progress=not args.no_progress).numpy()
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=out.suffix, dir=out.parent)
     os.close(fd)
@@ -258,8 +287,6 @@ def sample(args):
         elif out.suffix == ".csv":
             header = ",".join(f"x{i}" for i in range(pts.shape[1]))
             np.savetxt(tmp, pts, delimiter=",", header=header, comments="")
-        else:
-            raise CLIError(f"--out must end in .csv or .npy, got {out.name}")
         usual_mode(tmp)
         os.replace(tmp, out)
     finally:
