@@ -286,7 +286,9 @@ class ConstrainedLangevin(_ConstrainedSampler):
     ``x' = x - (h^2/2) P grad E(x) + h P xi`` (``P`` the tangent projection at
     ``x``, ``xi ~ N(0, I)``), landed on M by a Newton solve for the Lagrange
     multipliers along the normals ``J(x)^T``. A failed solve leaves the chain
-    where it is (counted); the reversibility check is off by default, as in the
+    where it is (counted), and so does a step to a point where the energy or
+    its gradient is NaN/inf (not counted as a failure; it lowers
+    ``acceptance_rate``); the reversibility check is off by default, as in the
     paper. Being unadjusted, its stationary law is biased by O(h^2); there is no
     step-size adaptation (``target_accept`` must stay None).
 
@@ -310,8 +312,13 @@ class ConstrainedLangevin(_ConstrainedSampler):
         # nothing but the cost.
         new, _, status = rattle_step(self.target, state, self._randn(state.x),
                                      h, self.options, momentum=False)
-        accepted = status == StepStatus.OK
-        return new, accepted.to(torch.float64), accepted, status
+        # A step onto a point where E or grad E is NaN/inf (outside the
+        # target's support, e.g. past a log barrier) is refused, as such a
+        # start is: otherwise the chain sits there and every later step fails.
+        # MALA/HMC reject such proposals through their acceptance ratio.
+        finite = torch.isfinite(new.energy) & torch.isfinite(new.grad).all(-1)
+        accepted = (status == StepStatus.OK) & finite
+        return state.where(accepted, new), accepted.to(torch.float64), accepted, status
 
 
 class ConstrainedHMC(_ConstrainedSampler):

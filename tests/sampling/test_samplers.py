@@ -331,3 +331,17 @@ def test_langevin_and_mala_on_a_learned_manifold():
         assert info.max_abs_F <= 1e-9
     assert all(p.grad is None for p in energy.parameters())
     assert all(p.grad is None for p in mdf.net.parameters())
+
+
+def test_langevin_refuses_steps_outside_the_energy_support():
+    # A log barrier: E = -log(z - 1/2) is NaN below z = 1/2 (density zero
+    # there). Catches the unadjusted Langevin step landing chains where E is
+    # NaN: they were emitted there and then stuck (NaN drift, every later
+    # step a "projection failure"). Such steps must be refused like a NaN start.
+    sphere = ImplicitSphere(2)
+    x0 = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64).repeat(8, 1)
+    samples, info = ConstrainedLangevin(sphere, lambda x: -torch.log(x[:, 2] - 0.5), seed=0,
+                                        step_size=0.5).sample(x0, 100)
+    assert bool((samples[..., 2] > 0.5).all())
+    assert 0 < float(info.acceptance_rate.mean()) < 1
+    assert_on_manifold(sphere, samples)
