@@ -38,6 +38,9 @@ class CLIError(Exception):
 
 
 def _positive_int(text):
+    # Counts (--n, --n-eval, --n-samples, --mdf-epochs ...) are checked when
+    # parsed: `fit --n-eval 0` used to train in full and then fail with an
+    # error naming none of the options.
     try:
         value = int(text)
     except ValueError:
@@ -437,12 +440,12 @@ def build_parser():
         p.add_argument("--manifold", default="auto",
                        help="auto (analytic for lat/lon or torus data, else learned), "
                             "learned, sphere or torus")
-        p.add_argument("--intrinsic-dim", type=int, default=None,
+        p.add_argument("--intrinsic-dim", type=_positive_int, default=None,
                        help="manifold dimension for a user CSV/NPY (learned manifold)")
-        p.add_argument("--n-samples", type=int, default=None, help="subsample the data")
+        p.add_argument("--n-samples", type=_positive_int, default=None, help="subsample the data")
         p.add_argument("--test-fraction", type=float, default=0.2)
-        p.add_argument("--mdf-epochs", type=int, default=None)
-        p.add_argument("--mdf-restarts", type=int, default=1,
+        p.add_argument("--mdf-epochs", type=_positive_int, default=None)
+        p.add_argument("--mdf-restarts", type=_positive_int, default=1,
                        help="fits of a learned manifold; of those whose zero set is not "
                             "folded (near-singular where the data leave gaps), the one agreeing "
                             "most with the others is kept")
@@ -458,8 +461,8 @@ def build_parser():
                             "(NeuralImplicitManifold's mu_orient=10, orient_min_contrast=0.2; "
                             "a closed surface sampled all over otherwise may come out with a "
                             "channel through it)")
-        p.add_argument("--ebm-iter", type=int, default=None)
-        p.add_argument("--n-eval", type=int, default=2000, help="model samples for W")
+        p.add_argument("--ebm-iter", type=_positive_int, default=None)
+        p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
 
     p = sub.add_parser("fit", help="fit a manifold and a constrained EBM to data")
     p.add_argument("data", help="a data file (.csv, .tsv, .txt, .npy) or one of "
@@ -473,7 +476,7 @@ def build_parser():
 
     p = sub.add_parser("sample", help="draw samples from a fitted model")
     p.add_argument("model")
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n", type=_positive_int, default=1000)
     p.add_argument("--out", required=True, help=".csv or .npy file")
     p.add_argument("--sampler", default="mala", choices=("langevin", "mala", "hmc"))
     common(p)
@@ -482,9 +485,9 @@ def build_parser():
     p = sub.add_parser("evaluate", help="W, distance to manifold, NLL where defined")
     p.add_argument("model")
     p.add_argument("--data", default=None, help="evaluate on this data instead of the held-out split")
-    p.add_argument("--n-eval", type=int, default=2000)
-    p.add_argument("--n-samples", type=int, default=None)
-    p.add_argument("--intrinsic-dim", type=int, default=None)
+    p.add_argument("--n-eval", type=_positive_int, default=2000)
+    p.add_argument("--n-samples", type=_positive_int, default=None)
+    p.add_argument("--intrinsic-dim", type=_positive_int, default=None)
     reading(p)
     common(p)
     p.set_defaults(func=evaluate)
@@ -492,7 +495,7 @@ def build_parser():
     p = sub.add_parser("plot", help="PNG figures of a fitted model")
     p.add_argument("model")
     p.add_argument("--out", default=None, help="folder (default: MODEL/figures)")
-    p.add_argument("--n", type=int, default=2000, help="model samples to draw")
+    p.add_argument("--n", type=_positive_int, default=2000, help="model samples to draw")
     common(p)
     p.set_defaults(func=plot)
 

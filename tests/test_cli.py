@@ -252,3 +252,24 @@ def test_sample_checks_the_output_suffix_before_sampling(tmp_path, capsys):
     # long) sampling: it is checked first, even before the model is read.
     assert main(["sample", str(tmp_path / "no_model"), "--out", str(tmp_path / "s.txt")]) == 2
     assert "--out must end in .csv or .npy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["fit", "two_circles", "--n-eval", "0"], ["fit", "two_circles", "--ebm-iter", "-1"],
+    ["fit", "two_circles", "--mdf-epochs", "0"], ["fit", "two_circles", "--n-samples", "0"],
+    ["fit", "two_circles", "--intrinsic-dim", "0"], ["fit", "two_circles", "--mdf-restarts", "0"],
+    ["sample", "M", "--out", "s.csv", "--n", "0"], ["plot", "M", "--n", "-3"],
+    ["evaluate", "M", "--n-eval", "0"],
+])
+def test_counts_are_checked_when_parsed(tmp_path, capsys, argv):
+    # Catches counts <= 0 reaching the pipeline: `fit --n-eval 0` trained in
+    # full, then failed with "both point sets must be non-empty", naming no
+    # option; --intrinsic-dim 0 was reported as "codim=3".
+    argv = [str(tmp_path / a) if a in ("M", "s.csv") else a for a in argv]
+    if argv[0] == "fit":
+        argv += ["--out", str(tmp_path / "model"), "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
