@@ -230,6 +230,9 @@ def load_model(folder):
     missing = [k for k in ("manifold", "data_kind", "data_name") if k not in config]
     if missing:
         raise CLIError(f"{cfg_path} is corrupt: no {', '.join(map(repr, missing))}")
+    for key in ("geometry", "meta", "reading", "samples"):  # read with .get / ** later
+        if not isinstance(config.get(key) or {}, dict):
+            raise CLIError(f"{cfg_path} is corrupt: {key!r} is not a JSON object")
     if config["manifold"] not in ("learned", "sphere", "torus"):
         raise CLIError(f"{cfg_path} is corrupt: unknown manifold {config['manifold']!r}")
     try:
@@ -244,8 +247,23 @@ def load_model(folder):
     from .models import ConstrainedEBM
 
     ebm = ConstrainedEBM.load(folder / "ebm.pt", manifold)
-    test = torch.as_tensor(np.load(folder / "test.npy"), dtype=torch.float64)
+    test = torch.as_tensor(_load_array(folder / "test.npy"), dtype=torch.float64)
     return config, manifold, ebm, test
+
+
+def _load_array(path):
+    """A model folder's ``.npy`` array; a missing or corrupt one is a CLIError naming it
+    (numpy's own messages do not say which file)."""
+    try:
+        array = np.load(path)
+    except FileNotFoundError:
+        raise CLIError(f"{path} is missing; the model folder is incomplete") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise CLIError(f"{path} is corrupt or unreadable: {err}") from None
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise CLIError(f"{path} is corrupt: expected a 2-D float array, got {array.dtype} "
+                       f"{array.shape}")
+    return array
 
 
 def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed, samples=None):
@@ -311,7 +329,7 @@ def plot(args):
     meta = dict(config.get("meta", {}), **config.get("geometry", {}))
     kept = config.get("samples") or {}
     if (kept.get("n"), kept.get("seed")) == (args.n, args.seed):  # fit's own draw
-        samples = torch.as_tensor(np.load(Path(args.model) / "samples.npy"))
+        samples = torch.as_tensor(_load_array(Path(args.model) / "samples.npy"))
     else:
         samples = ebm.sample(args.n, seed=args.seed, progress=False)
     paths = []

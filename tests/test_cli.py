@@ -237,6 +237,8 @@ def test_overwrite_replaces_only_model_folders(tmp_path, capsys):
       "data_name": "t", "geometry": {}}, "bad 'geometry'"),
     ({"format": "implicit_geom.model/1", "manifold": "cube", "data_kind": "x",
       "data_name": "t"}, "unknown manifold"),
+    ({"format": "implicit_geom.model/1", "manifold": "sphere", "data_kind": "sphere",
+      "data_name": "t", "samples": 5}, "'samples' is not a JSON object"),
 ])
 def test_corrupt_config_is_one_line(tmp_path, capsys, config, message):
     # Catches a config.json that parses but lacks what load_model reads
@@ -273,3 +275,24 @@ def test_counts_are_checked_when_parsed(tmp_path, capsys, argv):
     assert exc.value.code == 2
     assert "expected a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
+
+
+def test_missing_or_corrupt_arrays_name_the_file(learned_model, tmp_path, capsys):
+    # Catches numpy's messages ("EOF: reading array header...", "[Errno 2]...",
+    # "contains pickled (object) data") that did not say which file of the
+    # model folder is broken.
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(learned_model, model)
+    (model / "test.npy").write_bytes((learned_model / "test.npy").read_bytes()[:100])
+    assert main(["evaluate", str(model), "--n-eval", "20", "--no-progress"]) == 2
+    assert "test.npy is corrupt or unreadable" in capsys.readouterr().err
+    (model / "test.npy").unlink()
+    assert main(["evaluate", str(model), "--n-eval", "20", "--no-progress"]) == 2
+    assert "test.npy is missing" in capsys.readouterr().err
+    shutil.copy(learned_model / "test.npy", model / "test.npy")
+    (model / "samples.npy").write_text("junk\n")
+    n = str(json.loads((model / "config.json").read_text())["samples"]["n"])
+    assert main(["plot", str(model), "--n", n, "--out", str(tmp_path / "fig")]) == 2
+    assert "samples.npy is corrupt" in capsys.readouterr().err
