@@ -345,3 +345,23 @@ def test_langevin_refuses_steps_outside_the_energy_support():
     assert bool((samples[..., 2] > 0.5).all())
     assert 0 < float(info.acceptance_rate.mean()) < 1
     assert_on_manifold(sphere, samples)
+
+
+def test_numpy_scalars_are_accepted_as_settings():
+    # Catches numpy integers and float32 being refused with a contradictory
+    # message ("n_steps must be an int >= 1, got np.int64(3)", "step_size must
+    # be a positive float, got np.float32(0.5)"); the draws equal those of
+    # the Python numbers, and the info holds Python ints.
+    import numpy as np
+
+    sphere = ImplicitSphere(2)
+    x0 = start(sphere, 4)
+    ref, _ = ConstrainedHMC(sphere, vmf_energy, step_size=0.5, seed=1, n_leapfrog=2).sample(
+        x0, 6, n_warmup=2, thin=2)
+    out, info = ConstrainedHMC(sphere, vmf_energy, step_size=np.float32(0.5), seed=np.int64(1),
+                               n_leapfrog=np.int32(2), max_iter=np.int64(10)).sample(
+        x0, np.int64(6), n_warmup=np.int64(2), thin=np.int64(2))
+    assert torch.equal(out, ref)
+    assert type(info.n_steps) is int and type(info.thin) is int
+    with pytest.raises(ValueError, match="step_size"):
+        ConstrainedMALA(sphere, vmf_energy, step_size=True)
