@@ -332,8 +332,11 @@ class ConstrainedLangevin(_ConstrainedSampler):
         # start is: otherwise the chain sits there and every later step fails.
         # MALA/HMC reject such proposals through their acceptance ratio.
         finite = torch.isfinite(new.energy) & torch.isfinite(new.grad).all(-1)
-        accepted = (status == StepStatus.OK) & finite
-        return state.where(accepted, new), accepted.to(torch.float64), accepted, status
+        accepted = status == StepStatus.OK
+        if not bool(finite.all()):  # rare: spare the usual step the row selection
+            accepted = accepted & finite
+            new = state.where(accepted, new)
+        return new, accepted.to(torch.float64), accepted, status
 
 
 class ConstrainedHMC(_ConstrainedSampler):
