@@ -38,6 +38,9 @@ class CLIError(Exception):
 
 
 def _positive_int(text):
+    # Counts (--n, --n-eval, --n-samples, --mdf-epochs ...) are checked when
+    # parsed: `fit --n-eval 0` used to train in full and then fail with an
+    # error naming none of the options.
     try:
         value = int(text)
     except ValueError:
@@ -92,6 +95,14 @@ def _write_json(path, obj):
     Path(path).write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
+def _replaceable(path):
+    """Whether ``--overwrite`` may replace ``path``: a model folder or an empty folder."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return (path / "config.json").is_file() or not any(path.iterdir())
+
+
 class _AtomicFolder:
     """Build a folder under a temporary name; rename it into place on success."""
 
@@ -99,6 +110,12 @@ class _AtomicFolder:
         self.target = Path(target)
         if self.target.exists() and not overwrite:
             raise CLIError(f"{self.target} already exists (pass --overwrite to replace it)")
+        # --overwrite (and demo, which always overwrites) replaces a model
+        # folder, never anything else: `--out ~/data` would otherwise delete
+        # that folder, and a file would be replaced by a model folder.
+        if self.target.exists() and not _replaceable(self.target):
+            raise CLIError(f"{self.target} exists and is not a model folder (no config.json); "
+                           "refusing to replace it: choose another --out")
         self.target.parent.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self):
@@ -204,9 +221,25 @@ def load_model(folder):
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as err:
         raise CLIError(f"{cfg_path} is corrupt: {err}") from None
+    if not isinstance(config, dict):
+        raise CLIError(f"{cfg_path} is corrupt: not a JSON object")
     if config.get("format") != FORMAT:
         raise CLIError(f"{cfg_path}: unsupported format {config.get('format')!r}")
-    manifold = _geometry(config)
+    # A hand-edited or truncated config would otherwise end in a KeyError
+    # traceback somewhere in evaluate/plot.
+    missing = [k for k in ("manifold", "data_kind", "data_name") if k not in config]
+    if missing:
+        raise CLIError(f"{cfg_path} is corrupt: no {', '.join(map(repr, missing))}")
+    for key in ("geometry", "meta", "reading", "samples"):  # read with .get / ** later
+        if not isinstance(config.get(key) or {}, dict):
+            raise CLIError(f"{cfg_path} is corrupt: {key!r} is not a JSON object")
+    if config["manifold"] not in ("learned", "sphere", "torus"):
+        raise CLIError(f"{cfg_path} is corrupt: unknown manifold {config['manifold']!r}")
+    try:
+        manifold = _geometry(config)
+    except (KeyError, TypeError) as err:
+        raise CLIError(f"{cfg_path} is corrupt: bad 'geometry' ({type(err).__name__}: "
+                       f"{err})") from None
     if manifold is None:
         from .learning import NeuralImplicitManifold
 
@@ -214,8 +247,23 @@ def load_model(folder):
     from .models import ConstrainedEBM
 
     ebm = ConstrainedEBM.load(folder / "ebm.pt", manifold)
-    test = torch.as_tensor(np.load(folder / "test.npy"), dtype=torch.float64)
+    test = torch.as_tensor(_load_array(folder / "test.npy"), dtype=torch.float64)
     return config, manifold, ebm, test
+
+
+def _load_array(path):
+    """A model folder's ``.npy`` array; a missing or corrupt one is a CLIError naming it
+    (numpy's own messages do not say which file)."""
+    try:
+        array = np.load(path)
+    except FileNotFoundError:
+        raise CLIError(f"{path} is missing; the model folder is incomplete") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise CLIError(f"{path} is corrupt or unreadable: {err}") from None
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise CLIError(f"{path} is corrupt: expected a 2-D float array, got {array.dtype} "
+                       f"{array.shape}")
+    return array
 
 
 def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed, samples=None):
@@ -245,10 +293,12 @@ def evaluate(args):
 
 def sample(args):
     """Draw points from a fitted model into a .csv or .npy file."""
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".csv"):  # before the (possibly long) sampling
+        raise CLIError(f"--out must end in .csv or .npy, got {out.name}")
     _, manifold, ebm, _ = load_model(args.model)
     pts = ebm.sample(args.n, sampler=args.sampler, seed=args.seed,
                      progress=not args.no_progress).numpy()
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=out.suffix, dir=out.parent)
     os.close(fd)
@@ -258,8 +308,6 @@ def sample(args):
         elif out.suffix == ".csv":
             header = ",".join(f"x{i}" for i in range(pts.shape[1]))
             np.savetxt(tmp, pts, delimiter=",", header=header, comments="")
-        else:
-            raise CLIError(f"--out must end in .csv or .npy, got {out.name}")
         usual_mode(tmp)
         os.replace(tmp, out)
     finally:
@@ -281,7 +329,7 @@ def plot(args):
     meta = dict(config.get("meta", {}), **config.get("geometry", {}))
     kept = config.get("samples") or {}
     if (kept.get("n"), kept.get("seed")) == (args.n, args.seed):  # fit's own draw
-        samples = torch.as_tensor(np.load(Path(args.model) / "samples.npy"))
+        samples = torch.as_tensor(_load_array(Path(args.model) / "samples.npy"))
     else:
         samples = ebm.sample(args.n, seed=args.seed, progress=False)
     paths = []
@@ -410,12 +458,12 @@ def build_parser():
         p.add_argument("--manifold", default="auto",
                        help="auto (analytic for lat/lon or torus data, else learned), "
                             "learned, sphere or torus")
-        p.add_argument("--intrinsic-dim", type=int, default=None,
+        p.add_argument("--intrinsic-dim", type=_positive_int, default=None,
                        help="manifold dimension for a user CSV/NPY (learned manifold)")
-        p.add_argument("--n-samples", type=int, default=None, help="subsample the data")
+        p.add_argument("--n-samples", type=_positive_int, default=None, help="subsample the data")
         p.add_argument("--test-fraction", type=float, default=0.2)
-        p.add_argument("--mdf-epochs", type=int, default=None)
-        p.add_argument("--mdf-restarts", type=int, default=1,
+        p.add_argument("--mdf-epochs", type=_positive_int, default=None)
+        p.add_argument("--mdf-restarts", type=_positive_int, default=1,
                        help="fits of a learned manifold; of those whose zero set is not "
                             "folded (near-singular where the data leave gaps), the one agreeing "
                             "most with the others is kept")
@@ -431,8 +479,8 @@ def build_parser():
                             "(NeuralImplicitManifold's mu_orient=10, orient_min_contrast=0.2; "
                             "a closed surface sampled all over otherwise may come out with a "
                             "channel through it)")
-        p.add_argument("--ebm-iter", type=int, default=None)
-        p.add_argument("--n-eval", type=int, default=2000, help="model samples for W")
+        p.add_argument("--ebm-iter", type=_positive_int, default=None)
+        p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
 
     p = sub.add_parser("fit", help="fit a manifold and a constrained EBM to data")
     p.add_argument("data", help="a data file (.csv, .tsv, .txt, .npy) or one of "
@@ -446,7 +494,7 @@ def build_parser():
 
     p = sub.add_parser("sample", help="draw samples from a fitted model")
     p.add_argument("model")
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n", type=_positive_int, default=1000)
     p.add_argument("--out", required=True, help=".csv or .npy file")
     p.add_argument("--sampler", default="mala", choices=("langevin", "mala", "hmc"))
     common(p)
@@ -455,9 +503,9 @@ def build_parser():
     p = sub.add_parser("evaluate", help="W, distance to manifold, NLL where defined")
     p.add_argument("model")
     p.add_argument("--data", default=None, help="evaluate on this data instead of the held-out split")
-    p.add_argument("--n-eval", type=int, default=2000)
-    p.add_argument("--n-samples", type=int, default=None)
-    p.add_argument("--intrinsic-dim", type=int, default=None)
+    p.add_argument("--n-eval", type=_positive_int, default=2000)
+    p.add_argument("--n-samples", type=_positive_int, default=None)
+    p.add_argument("--intrinsic-dim", type=_positive_int, default=None)
     reading(p)
     common(p)
     p.set_defaults(func=evaluate)
@@ -465,7 +513,7 @@ def build_parser():
     p = sub.add_parser("plot", help="PNG figures of a fitted model")
     p.add_argument("model")
     p.add_argument("--out", default=None, help="folder (default: MODEL/figures)")
-    p.add_argument("--n", type=int, default=2000, help="model samples to draw")
+    p.add_argument("--n", type=_positive_int, default=2000, help="model samples to draw")
     common(p)
     p.set_defaults(func=plot)
 

@@ -207,3 +207,92 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                  "--ebm-iter", "3", "--n-eval", "100", "--no-progress"]) == 0
     assert "manifold.png" in _png_names(out / "figures")
     assert json.loads((out / "config.json").read_text())["data_name"] == "two_circles"
+
+
+def test_overwrite_replaces_only_model_folders(tmp_path, capsys):
+    # Catches --overwrite (which demo always sets) deleting whatever --out
+    # names: a folder of the user's files was renamed away and removed, a
+    # data file replaced by a model folder (and left behind as a hidden
+    # .NAME.old-PID file).
+    tiny = ["--n-samples", "100", "--mdf-epochs", "2", "--ebm-iter", "2", "--n-eval", "50",
+            "--no-progress"]
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me\n")
+    data = tmp_path / "data.csv"
+    data.write_text("x,y\n1,2\n")
+    for target in (folder, data):
+        assert main(["fit", "two_circles", "--out", str(target), "--overwrite", *tiny]) == 2
+        err = capsys.readouterr().err
+        assert "is not a model folder" in err and "\n" not in err.strip()
+    assert (folder / "notes.txt").read_text() == "keep me\n"
+    assert data.read_text() == "x,y\n1,2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "mine"]
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"format": "implicit_geom.model/1"}, "no 'manifold'"),
+    ([1, 2], "not a JSON object"),
+    ({"format": "implicit_geom.model/1", "manifold": "torus", "data_kind": "torus",
+      "data_name": "t", "geometry": {}}, "bad 'geometry'"),
+    ({"format": "implicit_geom.model/1", "manifold": "cube", "data_kind": "x",
+      "data_name": "t"}, "unknown manifold"),
+    ({"format": "implicit_geom.model/1", "manifold": "sphere", "data_kind": "sphere",
+      "data_name": "t", "samples": 5}, "'samples' is not a JSON object"),
+])
+def test_corrupt_config_is_one_line(tmp_path, capsys, config, message):
+    # Catches a config.json that parses but lacks what load_model reads
+    # (KeyError / AttributeError tracebacks instead of a one-line error).
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("implicit-geom: error:") and message in err and "\n" not in err
+
+
+def test_sample_checks_the_output_suffix_before_sampling(tmp_path, capsys):
+    # Catches a bad --out suffix being reported only after the (possibly
+    # long) sampling: it is checked first, even before the model is read.
+    assert main(["sample", str(tmp_path / "no_model"), "--out", str(tmp_path / "s.txt")]) == 2
+    assert "--out must end in .csv or .npy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["fit", "two_circles", "--n-eval", "0"], ["fit", "two_circles", "--ebm-iter", "-1"],
+    ["fit", "two_circles", "--mdf-epochs", "0"], ["fit", "two_circles", "--n-samples", "0"],
+    ["fit", "two_circles", "--intrinsic-dim", "0"], ["fit", "two_circles", "--mdf-restarts", "0"],
+    ["sample", "M", "--out", "s.csv", "--n", "0"], ["plot", "M", "--n", "-3"],
+    ["evaluate", "M", "--n-eval", "0"],
+])
+def test_counts_are_checked_when_parsed(tmp_path, capsys, argv):
+    # Catches counts <= 0 reaching the pipeline: `fit --n-eval 0` trained in
+    # full, then failed with "both point sets must be non-empty", naming no
+    # option; --intrinsic-dim 0 was reported as "codim=3".
+    argv = [str(tmp_path / a) if a in ("M", "s.csv") else a for a in argv]
+    if argv[0] == "fit":
+        argv += ["--out", str(tmp_path / "model"), "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
+
+
+def test_missing_or_corrupt_arrays_name_the_file(learned_model, tmp_path, capsys):
+    # Catches numpy's messages ("EOF: reading array header...", "[Errno 2]...",
+    # "contains pickled (object) data") that did not say which file of the
+    # model folder is broken.
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(learned_model, model)
+    (model / "test.npy").write_bytes((learned_model / "test.npy").read_bytes()[:100])
+    assert main(["evaluate", str(model), "--n-eval", "20", "--no-progress"]) == 2
+    assert "test.npy is corrupt or unreadable" in capsys.readouterr().err
+    (model / "test.npy").unlink()
+    assert main(["evaluate", str(model), "--n-eval", "20", "--no-progress"]) == 2
+    assert "test.npy is missing" in capsys.readouterr().err
+    shutil.copy(learned_model / "test.npy", model / "test.npy")
+    (model / "samples.npy").write_text("junk\n")
+    n = str(json.loads((model / "config.json").read_text())["samples"]["n"])
+    assert main(["plot", str(model), "--n", n, "--out", str(tmp_path / "fig")]) == 2
+    assert "samples.npy is corrupt" in capsys.readouterr().err

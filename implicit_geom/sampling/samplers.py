@@ -12,6 +12,7 @@ on M along the normals at ``x`` — time step ``h^2/2`` of
 """
 
 import math
+import numbers
 import time
 
 import torch
@@ -31,6 +32,17 @@ MAX_ITER = 10
 #: From this codimension on, position solves use the chord method by default:
 #: a Jacobian costs about ``codim`` evaluations of F, the chord method needs one.
 CHORD_CODIM = 8
+
+
+def _is_int(value):
+    """An integer, numpy's included (``n_steps=np.int64(3)`` used to be refused with
+    "must be an int >= 1, got 3"); not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value):
+    """A real number, numpy's included (``np.float32(0.1)``); not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class _ConstrainedSampler:
@@ -75,7 +87,7 @@ class _ConstrainedSampler:
             raise TypeError("moves must be callables (sampler, state) -> state")
         self.target = ConstrainedTarget(manifold, energy)
         self.manifold = self.target.manifold
-        if not (isinstance(step_size, (int, float)) and math.isfinite(step_size)
+        if not (_is_real(step_size) and math.isfinite(step_size)
                 and step_size > 0):
             raise ValueError(f"step_size must be a positive float, got {step_size!r}")
         self.step_size = float(step_size)
@@ -83,17 +95,27 @@ class _ConstrainedSampler:
         if not 0 < tol <= EMIT_TOL:
             raise ValueError(f"tol must lie in (0, {EMIT_TOL:g}] so that emitted samples "
                              f"satisfy |F| <= {EMIT_TOL:g}; got {tol}")
+        # A cap <= 0 or a non-positive/NaN reverse_tol would reject every step
+        # silently (all chains frozen, counted as failures), and max_iter=0
+        # used to fall back to the default: both are bad settings.
+        if max_iter is not None and not (_is_int(max_iter) and max_iter >= 1):
+            raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+        if not float(reverse_tol) > 0:
+            raise ValueError(f"reverse_tol must be a positive float, got {reverse_tol!r}")
         if check_reversibility is None:
             check_reversibility = self.default_check_reversibility
         if newton is None:
             newton = "chord" if self.manifold.codim >= CHORD_CODIM else "exact"
         self.options = SolverOptions(
-            tol=tol, max_iter=int(max_iter or min(self.manifold.max_iter, MAX_ITER)),
+            tol=tol, max_iter=int(min(self.manifold.max_iter, MAX_ITER) if max_iter is None
+                                  else max_iter),
             reverse_tol=float(reverse_tol), check_reversibility=bool(check_reversibility),
             newton=newton)
-        if seed is not None and not isinstance(seed, (int, torch.Generator)):
+        if seed is not None and not (_is_int(seed) or isinstance(seed, torch.Generator)):
             raise TypeError(f"seed must be an int, a torch.Generator or None, got "
                             f"{type(seed).__name__}")
+        if _is_int(seed):
+            seed = int(seed)
         self._seed = seed
         self._generator = seed if isinstance(seed, torch.Generator) else None
         self._rng_device = None
@@ -202,8 +224,11 @@ class _ConstrainedSampler:
         start = time.perf_counter()
         for name, val, low in (("n_steps", n_steps, 1), ("n_warmup", n_warmup, 0),
                                ("thin", thin, 1)):
-            if not isinstance(val, int) or val < low:
+            if not _is_int(val) or val < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
+        n_steps, n_warmup, thin = int(n_steps), int(n_warmup), int(thin)
+        if keep and n_steps < thin:  # would return no samples at all
+            raise ValueError(f"thin = {thin} exceeds n_steps = {n_steps}: no sample would be kept")
         adapter = self._adapter(target_accept, n_warmup)
         state = self._initial_state(x0)
         n_chains = state.x.shape[0]
@@ -276,7 +301,9 @@ class ConstrainedLangevin(_ConstrainedSampler):
     ``x' = x - (h^2/2) P grad E(x) + h P xi`` (``P`` the tangent projection at
     ``x``, ``xi ~ N(0, I)``), landed on M by a Newton solve for the Lagrange
     multipliers along the normals ``J(x)^T``. A failed solve leaves the chain
-    where it is (counted); the reversibility check is off by default, as in the
+    where it is (counted), and so does a step to a point where the energy or
+    its gradient is NaN/inf (not counted as a failure; it lowers
+    ``acceptance_rate``); the reversibility check is off by default, as in the
     paper. Being unadjusted, its stationary law is biased by O(h^2); there is no
     step-size adaptation (``target_accept`` must stay None).
 
@@ -300,7 +327,15 @@ class ConstrainedLangevin(_ConstrainedSampler):
         # nothing but the cost.
         new, _, status = rattle_step(self.target, state, self._randn(state.x),
                                      h, self.options, momentum=False)
+        # A step onto a point where E or grad E is NaN/inf (outside the
+        # target's support, e.g. past a log barrier) is refused, as such a
+        # start is: otherwise the chain sits there and every later step fails.
+        # MALA/HMC reject such proposals through their acceptance ratio.
+        finite = torch.isfinite(new.energy) & torch.isfinite(new.grad).all(-1)
         accepted = status == StepStatus.OK
+        if not bool(finite.all()):  # rare: spare the usual step the row selection
+            accepted = accepted & finite
+            new = state.where(accepted, new)
         return new, accepted.to(torch.float64), accepted, status
 
 
@@ -334,9 +369,9 @@ class ConstrainedHMC(_ConstrainedSampler):
     def __init__(self, manifold, energy=None, step_size=0.1, seed=None, n_leapfrog=5,
                  **kwargs):
         super().__init__(manifold, energy, step_size, seed, **kwargs)
-        if not isinstance(n_leapfrog, int) or n_leapfrog < 1:
+        if not _is_int(n_leapfrog) or n_leapfrog < 1:
             raise ValueError(f"n_leapfrog must be an int >= 1, got {n_leapfrog!r}")
-        self.n_leapfrog = n_leapfrog
+        self.n_leapfrog = int(n_leapfrog)
 
     def _trajectory(self, state, p, h):
         """``n_leapfrog`` RATTLE steps; rows stop at their first failure."""

@@ -67,6 +67,10 @@ class ComponentJump:
             raise TypeError("label must map points (B, n) to component indices (B,)")
         if not scale > 0 or not 0 < prob <= 1:
             raise ValueError(f"need scale > 0 and 0 < prob <= 1, got {scale}, {prob}")
+        if not reverse_tol > 0:  # NaN or <= 0 would reject every jump, silently
+            raise ValueError(f"reverse_tol must be a positive float, got {reverse_tol!r}")
+        if not bool(torch.isfinite(centres).all()):
+            raise ValueError("the centres contain NaN or inf")
         self.centres = centres
         self.label = label
         self.scale = float(scale)
@@ -96,7 +100,16 @@ class ComponentJump:
         from scipy.spatial import cKDTree
 
         labels = torch.as_tensor(labels, dtype=torch.long)
-        n_comp = int(labels.max()) + 1
+        if points.ndim != 2 or labels.shape != points.shape[:1]:
+            raise ValueError(f"need points (N, n) and labels (N,), got {tuple(points.shape)} "
+                             f"and {tuple(labels.shape)}")
+        n_comp = int(labels.max()) + 1 if labels.numel() else 0
+        # A label in 0..C-1 with no point would give that component a NaN
+        # centre (the mean of nothing), and every jump to it a NaN proposal.
+        counts = torch.bincount(labels.clamp_min(0), minlength=n_comp)
+        if bool((labels < 0).any()) or bool((counts == 0).any()):
+            raise ValueError(f"labels must number the components 0..C-1, each with at least "
+                             f"one point; got counts {counts.tolist()}")
         centres = torch.stack([points[labels == c].mean(0) for c in range(n_comp)])
         tree = cKDTree(points.detach().cpu().numpy())
         table = labels.cpu()
@@ -145,7 +158,11 @@ class ComponentJump:
         v = self.scale * tangent_projector(sub.jac, sampler._randn(sub.x), check=False)
         fwd = solve_along_normals(target.value_and_jacobian, sub.x + shift + v, sub.jac,
                                   opts.tol, opts.max_iter, max_halvings=opts.max_halvings)
-        ok = fwd.converged & (self.label(fwd.x) == dst)
+        # Label only converged points: an unconverged Newton iterate may be
+        # NaN/inf or anywhere, and a label function (from_cover's k-d tree)
+        # need not accept it.
+        ok = fwd.converged
+        ok = ok & (self.label(torch.where(ok[:, None], fwd.x, sub.x)) == dst)
         # The reverse move from y: shift -d and the tangent vector that returns to x.
         v_back = tangent_projector(fwd.jac, sub.x - fwd.x + shift, check=False)
         back = solve_along_normals(target.value_and_jacobian, fwd.x - shift + v_back, fwd.jac,

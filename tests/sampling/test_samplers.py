@@ -259,6 +259,30 @@ def test_bad_arguments():
         ConstrainedMALA(sphere, lambda x: torch.log(x[:, 0] - 5)).sample(x0, 5)
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"max_iter": 0}, {"max_iter": -1}, {"max_iter": 2.5},
+    {"reverse_tol": float("nan")}, {"reverse_tol": -1.0}, {"reverse_tol": 0.0},
+])
+def test_bad_solver_settings_raise(kwargs):
+    # Catches settings that used to be accepted silently: max_iter=0 fell back
+    # to the default cap, max_iter<0 and a NaN/non-positive reverse_tol froze
+    # every chain (each step a counted failure, acceptance 0), no error.
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ConstrainedMALA(ImplicitSphere(2), vmf_energy, seed=0, **kwargs)
+
+
+def test_thin_larger_than_n_steps_raises():
+    # Catches sample() returning an empty (0, n_chains, n) array, i.e. no
+    # sample at all, when thin > n_steps; run() keeps no trajectory, so the
+    # same settings are fine there.
+    sphere = ImplicitSphere(2)
+    x0 = start(sphere, 4)
+    with pytest.raises(ValueError, match="thin"):
+        ConstrainedMALA(sphere, vmf_energy, seed=0).sample(x0, 3, thin=5)
+    x, _ = ConstrainedMALA(sphere, vmf_energy, seed=0).run(x0, 3)
+    assert x.shape == (4, 3)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_runs_on_gpu_tensors():
     import sympy
@@ -307,3 +331,37 @@ def test_langevin_and_mala_on_a_learned_manifold():
         assert info.max_abs_F <= 1e-9
     assert all(p.grad is None for p in energy.parameters())
     assert all(p.grad is None for p in mdf.net.parameters())
+
+
+def test_langevin_refuses_steps_outside_the_energy_support():
+    # A log barrier: E = -log(z - 1/2) is NaN below z = 1/2 (density zero
+    # there). Catches the unadjusted Langevin step landing chains where E is
+    # NaN: they were emitted there and then stuck (NaN drift, every later
+    # step a "projection failure"). Such steps must be refused like a NaN start.
+    sphere = ImplicitSphere(2)
+    x0 = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64).repeat(8, 1)
+    samples, info = ConstrainedLangevin(sphere, lambda x: -torch.log(x[:, 2] - 0.5), seed=0,
+                                        step_size=0.5).sample(x0, 100)
+    assert bool((samples[..., 2] > 0.5).all())
+    assert 0 < float(info.acceptance_rate.mean()) < 1
+    assert_on_manifold(sphere, samples)
+
+
+def test_numpy_scalars_are_accepted_as_settings():
+    # Catches numpy integers and float32 being refused with a contradictory
+    # message ("n_steps must be an int >= 1, got np.int64(3)", "step_size must
+    # be a positive float, got np.float32(0.5)"); the draws equal those of
+    # the Python numbers, and the info holds Python ints.
+    import numpy as np
+
+    sphere = ImplicitSphere(2)
+    x0 = start(sphere, 4)
+    ref, _ = ConstrainedHMC(sphere, vmf_energy, step_size=0.5, seed=1, n_leapfrog=2).sample(
+        x0, 6, n_warmup=2, thin=2)
+    out, info = ConstrainedHMC(sphere, vmf_energy, step_size=np.float32(0.5), seed=np.int64(1),
+                               n_leapfrog=np.int32(2), max_iter=np.int64(10)).sample(
+        x0, np.int64(6), n_warmup=np.int64(2), thin=np.int64(2))
+    assert torch.equal(out, ref)
+    assert type(info.n_steps) is int and type(info.thin) is int
+    with pytest.raises(ValueError, match="step_size"):
+        ConstrainedMALA(sphere, vmf_energy, step_size=True)

@@ -57,3 +57,43 @@ def test_jump_from_cover_labels_and_validation():
         ComponentJump(torch.stack([LEFT, RIGHT]), lambda x: x[:, 0].long(), prob=0.0)
     with pytest.raises(TypeError):
         ConstrainedMALA(ImplicitSphere(1), None, moves=[object()])
+
+
+def test_jump_labels_only_converged_proposals():
+    # A chain at a component's reference point jumps exactly onto the other
+    # circle's centre, where the Jacobian vanishes: the Newton iterate is
+    # NaN/inf. Catches the label (from_cover's k-d tree, which raises on
+    # non-finite points) being called on unconverged iterates: the jump must
+    # be a counted rejection, the chains stay on M.
+    circles = union(ImplicitSphere(1, center=LEFT.tolist()), ImplicitSphere(1, center=RIGHT.tolist()))
+    t = torch.linspace(0, 2 * math.pi, 50, dtype=torch.float64)[:-1]
+    ring = torch.stack([t.cos(), t.sin()], -1)
+    cover = ComponentJump.from_cover(torch.cat([ring + LEFT, ring + RIGHT]),
+                                     torch.cat([torch.zeros(49), torch.ones(49)]).long())
+    east = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    jump = ComponentJump(torch.stack([LEFT + east, RIGHT]), cover.label, scale=1e-3, prob=1.0)
+    sampler = ConstrainedMALA(circles, None, step_size=0.1, seed=0, moves=[jump])
+    state = sampler.target.state((LEFT + east).repeat(4, 1))
+    new = jump(sampler, state)
+    assert jump.n_proposed == 4 and jump.n_accepted == 0
+    assert torch.equal(new.x, state.x)
+
+
+def test_jump_validation_of_cover_and_tolerances():
+    # Catches a component number without points (its centre the NaN mean of
+    # nothing, every jump to it a NaN proposal) and a NaN/negative
+    # reverse_tol (every jump silently rejected) being accepted.
+    t = torch.linspace(0, 2 * math.pi, 50, dtype=torch.float64)[:-1]
+    ring = torch.stack([t.cos(), t.sin()], -1)
+    points = torch.cat([ring + LEFT, ring + RIGHT])
+    with pytest.raises(ValueError, match="labels"):
+        ComponentJump.from_cover(points, torch.cat([torch.zeros(49), 2 * torch.ones(49)]).long())
+    with pytest.raises(ValueError, match="labels"):
+        ComponentJump.from_cover(points, torch.zeros(10).long())
+    for bad in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="reverse_tol"):
+            ComponentJump(torch.stack([LEFT, RIGHT]), lambda x: (x[:, 0] > 0).long(),
+                          reverse_tol=bad)
+    with pytest.raises(ValueError, match="centres"):
+        ComponentJump(torch.stack([LEFT, torch.full((2,), float("nan"), dtype=torch.float64)]),
+                      lambda x: (x[:, 0] > 0).long())
