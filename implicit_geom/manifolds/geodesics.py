@@ -1973,6 +1973,31 @@ class ShootingLogSolver(LogSolver):
         return out
 
 
+def _own_pairwise(space, points, n_jobs=None, labels=None, tables=False):
+    """A component space's own distance matrix on ``points``: ``(dist, ambiguous,
+    failed, n_near, n_far)`` from its solver's ``pairwise``, or from its metric's
+    ``dist_pairwise`` (nothing ambiguous or failed) for custom solvers and, with
+    ``tables``, for curves (exact arc-length tables)."""
+    solver = space.metric.log_solver
+    if hasattr(solver, "pairwise") and not (tables and space.dim == 1):
+        kwargs = {} if n_jobs is None else {"n_jobs": n_jobs}
+        if labels is not None:
+            kwargs["labels"] = labels
+        res = solver.pairwise(points, **kwargs)
+        return res.dist, res.ambiguous, res.failed, res.n_near, res.n_far
+    d = space.metric.dist_pairwise(points)
+    none = torch.zeros_like(d, dtype=torch.bool)
+    return d, none, none, 0, 0
+
+
+def _checked_dist(res, where):
+    """``res.dist``, or GeodesicError if some pair failed (``where``: which solve)."""
+    if bool(res.failed.any()):
+        raise GeodesicError(f"dist_pairwise: {int(torch.triu(res.failed, 1).sum())} pair(s) "
+                            f"have no converged geodesic {where}.")
+    return res.dist
+
+
 class ProductLogSolver(LogSolver):
     """Log and distance on a product ``M1 x M2 x ...`` factor by factor.
 
@@ -2018,14 +2043,8 @@ class ProductLogSolver(LogSolver):
         pts = as_point_list(points, space.ambient_dim)
         sq, amb, failed, n_near, n_far = 0.0, None, None, 0, 0
         for c, part in zip(space.components, self._split(pts)):
-            solver = c.metric.log_solver
-            if hasattr(solver, "pairwise"):
-                res = solver.pairwise(part, **({} if n_jobs is None else {"n_jobs": n_jobs}))
-                d, a, f = res.dist, res.ambiguous, res.failed
-                n_near, n_far = n_near + res.n_near, n_far + res.n_far
-            else:
-                d = c.metric.dist_pairwise(part)
-                a = f = torch.zeros_like(d, dtype=torch.bool)
+            d, a, f, near, far = _own_pairwise(c, part, n_jobs)
+            n_near, n_far = n_near + near, n_far + far
             sq = sq + d * d
             amb = a if amb is None else amb | a
             failed = f if failed is None else failed | f
@@ -2034,12 +2053,7 @@ class ProductLogSolver(LogSolver):
 
     def dist_pairwise(self, points):
         """Matrix of product distances (see :meth:`pairwise`)."""
-        res = self.pairwise(points)
-        if bool(res.failed.any()):
-            raise GeodesicError(
-                f"dist_pairwise: {int(torch.triu(res.failed, 1).sum())} pair(s) have no "
-                "converged geodesic in some factor.")
-        return res.dist
+        return _checked_dist(self.pairwise(points), "in some factor")
 
     def geodesic_bvp(self, point, base_point):
         """Product of the factors' minimising geodesics, ``t`` in [0, 1]."""
@@ -2132,19 +2146,12 @@ class UnionLogSolver(LogSolver):
             piece = space.component_index(pts)
         for c, rows in self._by_piece(piece):
             part = pts[rows]
-            solver = c.metric.log_solver
-            if c.dim != 1 and hasattr(solver, "pairwise"):
-                inner = None
-                if c._known_n_components() != 1 and c.components_known():
-                    with torch.no_grad():
-                        inner = c._component_labels(part)
-                res = solver.pairwise(part, labels=inner,
-                                      **({} if n_jobs is None else {"n_jobs": n_jobs}))
-                d, a, f = res.dist, res.ambiguous, res.failed
-                n_near, n_far = n_near + res.n_near, n_far + res.n_far
-            else:  # curves (arc-length tables) and custom solvers
-                d = c.metric.dist_pairwise(part)
-                a = f = torch.zeros_like(d, dtype=torch.bool)
+            inner = None
+            if c.dim != 1 and c._known_n_components() != 1 and c.components_known():
+                with torch.no_grad():
+                    inner = c._component_labels(part)
+            d, a, f, near, far = _own_pairwise(c, part, n_jobs, inner, tables=True)
+            n_near, n_far = n_near + near, n_far + far
             block = (rows[:, None], rows[None, :])
             dist[block], amb[block], failed[block] = d.to(dist), a, f
         return PairwiseResult(dist=dist, ambiguous=amb, failed=failed,
@@ -2152,12 +2159,7 @@ class UnionLogSolver(LogSolver):
 
     def dist_pairwise(self, points):
         """Matrix of distances (see :meth:`pairwise`)."""
-        res = self.pairwise(points)
-        if bool(res.failed.any()):
-            raise GeodesicError(
-                f"dist_pairwise: {int(torch.triu(res.failed, 1).sum())} pair(s) have no "
-                "converged geodesic on their piece.")
-        return res.dist
+        return _checked_dist(self.pairwise(points), "on their piece")
 
     def geodesic_bvp(self, point, base_point):
         """The pieces' minimising geodesics, ``t`` in [0, 1]."""
