@@ -539,7 +539,9 @@ _KUHN = [[(0, 0, 0),
 def _marching_tetrahedra(values, low, spacing):
     """Triangles of the piecewise-linear zero set of grid values (g0, g1, g2).
 
-    Returns vertex positions (V, 3) and triangles (T, 3) of vertex ids (numpy).
+    Returns vertex positions (V, 3) and triangles (T, 3) of vertex ids (numpy),
+    each triangle ordered so that its normal points to the side where the
+    values are positive (the direction of grad F).
     """
     g = np.array(values.shape)
     flat = values.reshape(-1)
@@ -568,7 +570,14 @@ def _marching_tetrahedra(values, low, spacing):
     t = (fa / (fa - fb))[:, None]
     xa = low + np.stack(np.unravel_index(ea, tuple(g)), 1) * spacing
     xb = low + np.stack(np.unravel_index(eb, tuple(g)), 1) * spacing
-    return xa + t * (xb - xa), inverse.reshape(-1, 3)
+    verts, tris = xa + t * (xb - xa), inverse.reshape(-1, 3)
+    # Orient each triangle towards the positive ends of the edges it cuts, so
+    # that a projected triangle whose normal turns against grad F is a fold.
+    up = np.where((fb > fa)[:, None], xb - xa, xa - xb)[tris].sum(1)  # (T, 3)
+    p = verts[tris]
+    flip = (np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]) * up).sum(-1) < 0
+    tris[flip] = tris[flip][:, ::-1]
+    return verts, tris
 
 
 def _project_vertices(manifold, x):
@@ -629,7 +638,11 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2, *, n_cov
     projected onto M check that every point of M in the box has a node within
     the rule's ``coverage_radius`` (a refined cell's diagonal). Where some
     have none, the lattice is doubled (with one subdivision fewer, down to
-    one) up to ``max_grid``; a rule that still misses part of M raises.
+    one) up to ``max_grid``; a rule that still misses part of M raises. So
+    does a mesh that folds over itself (a lattice that cuts M into closed
+    pieces whose projections overlap, counting that area twice): triangles,
+    oriented towards ``F > 0`` by the lattice values, that turn against
+    ``grad F`` once projected refine the lattice in the same way.
 
     Parameters
     ----------
@@ -657,7 +670,8 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2, *, n_cov
     QuadratureCoverageError
         Points of M in the box without a node nearby on the finest lattice.
     NormalizationError
-        No sign change of F in the box, or vertices that cannot be projected.
+        No sign change of F in the box, vertices that cannot be projected, or
+        a mesh that still folds over itself on the finest lattice.
     """
     manifold = as_implicit(manifold)
     if manifold.ambient_dim != 3 or manifold.codim != 1:
@@ -670,16 +684,43 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2, *, n_cov
     cover = _cover(manifold, low, high, n_cover, seed) if n_cover > 0 else None
     n_refine = int(n_refine)
     while True:
-        rule = _surface_mesh(manifold, low, high, grid, n_refine)
-        if cover is None or not bool(rule.uncovered(cover).any()):
+        rule, folded = _surface_mesh(manifold, low, high, grid, n_refine)
+        # Degenerate slivers of a sound mesh flip with ~1e-19 of area; a fold
+        # counts its area twice, an error the fine-coarse estimate cannot see.
+        folded = folded > 1e-6 * rule.volume
+        if not folded and (cover is None or not bool(rule.uncovered(cover).any())):
             return rule
         if 2 * grid - 1 > max_grid:
-            rule.check_covered(cover, f"projected box draws (on a {grid}^3 lattice)")
+            if cover is not None:
+                rule.check_covered(cover, f"projected box draws (on a {grid}^3 lattice)")
+            raise NormalizationError(
+                f"the projected mesh of {manifold.name} folds over itself (triangles turned "
+                f"against grad F on a {grid}^3 lattice): the lattice cuts M into "
+                "pieces whose projections overlap, so their areas count twice; raise grid "
+                "or max_grid")
         grid, n_refine = 2 * grid - 1, max(n_refine - 1, 1)  # the old lattice points stay
 
 
+def _count_folded(manifold, vertices, triangles):
+    """Area of the projected triangles whose normal (oriented towards F > 0) points
+    against grad F.
+
+    A lattice too coarse for M (a tube thinner than a cell) cuts it into
+    closed pieces; projected onto M their caps fold back over their
+    neighbours, and the area counts twice there although every point of M
+    has a node nearby (the coverage check cannot see it).
+    """
+    a, b, c = (vertices[triangles[:, j]] for j in range(3))
+    normal = torch.linalg.cross(b - a, c - a)
+    grad = torch.cat([manifold._jacobian(chunk)[:, 0]
+                      for chunk in ((a + b + c) / 3).split(65536)])
+    folded = (normal * grad).sum(-1) < 0
+    return float(0.5 * torch.linalg.vector_norm(normal[folded], dim=-1).sum())
+
+
 def _surface_mesh(manifold, low, high, grid, n_refine):
-    """The projected, refined marching-tetrahedra rule on one lattice (no coverage check)."""
+    """The projected, refined marching-tetrahedra rule on one lattice (no coverage
+    check), and its number of folded triangles (:func:`_count_folded`)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -712,9 +753,10 @@ def _surface_mesh(manifold, low, high, grid, n_refine):
             rules.append(_mesh_rule(vertices, triangles, labels, n_open, cell / 2**k))
             vertices, triangles, labels = _subdivide(manifold, vertices, triangles, labels)
         fine = _mesh_rule(vertices, triangles, labels, n_open, cell / 2**n_refine)
+        folded = _count_folded(manifold, vertices, triangles)
     fine.coarse = rules[-1]
     _relabel(fine)
-    return fine
+    return fine, folded
 
 
 def _relabel(rule):

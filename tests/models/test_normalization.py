@@ -291,3 +291,24 @@ def test_peak_between_nodes_is_caught_where_the_coarse_rule_cannot_see_it():
         else:
             exact = math.log(4 * math.pi * math.sinh(2.0) / 2.0)
             assert model.normalizer().value == pytest.approx(exact, abs=1e-6)
+
+
+def test_projected_mesh_that_folds_over_itself_is_refined():
+    # A torus of tube radius 0.5 on an 8^3 lattice over a flat box: the
+    # lattice cuts the tube into 4 closed pieces whose projections fold over
+    # each other, so the mesh counted 11% of the area twice (43.88 for
+    # 4 pi^2 = 39.48) while every point of M had a node nearby and the
+    # fine-coarse error said 1%. Folded triangles (normal against grad F)
+    # now refine the lattice like missing coverage does, and raise at max_grid.
+    from implicit_geom import ImplicitManifold
+    from implicit_geom.exceptions import NormalizationError
+
+    def tube(x):
+        return ((x[:, :2].norm(dim=-1) - 2.0) ** 2 + x[:, 2] ** 2 - 0.25).unsqueeze(-1)
+
+    torus = ImplicitManifold(tube, 3, 1, bounds=([-3.0, -3.0, -1.0], [3.0, 3.0, 1.0]))
+    rule = surface_mesh_quadrature(torus, grid=8, n_refine=2)
+    assert rule.n_components == 1
+    assert rule.volume == pytest.approx(4 * math.pi**2, rel=1e-3)
+    with pytest.raises(NormalizationError, match="folds"):
+        surface_mesh_quadrature(torus, grid=8, n_refine=2, max_grid=8)
