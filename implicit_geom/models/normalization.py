@@ -361,34 +361,62 @@ def _exact_rule(manifold, resolution):
 
 
 # ------------------------------------------------------------ traced curves
-def _arc_rule(table, step):
+def _box_arc(table, low, high):
+    """Arc-length interval ``[s_a, s_b]`` of an open traced curve inside the box.
+
+    The tracer runs on past the box (a 5% margin and up to a step beyond):
+    from the first to the last table node inside the box, each end is moved
+    by bisection to where the interpolant crosses the box.
+    """
+    low, high = low.to(table.points), high.to(table.points)
+
+    def inside(x):
+        return ((x >= low) & (x <= high)).all(-1)
+
+    idx = inside(table.points).nonzero().squeeze(-1)
+    first, last = int(idx[0]), int(idx[-1])
+    # Bracket each crossing between a node outside and one inside (none at an
+    # end of the table that lies inside the box).
+    ins = table.s[[first, last]].clone()
+    outs = table.s[[max(first - 1, 0), min(last + 1, table.s.numel() - 1)]].clone()
+    for _ in range(60):
+        mid = 0.5 * (ins + outs)
+        ok = inside(table.evaluate(mid)[0])
+        ins, outs = torch.where(ok, mid, ins), torch.where(ok, outs, mid)
+    return float(ins[0]), float(ins[1])
+
+
+def _arc_rule(table, step, low=None, high=None):
     """Nodes uniform in arc length on a traced curve, with their weights.
 
     Closed curves: the trapezoid rule in the arc-length parameter, spectrally
     accurate for smooth periodic integrands (an even node count, so the rule
     on every other node is the half-resolution one). Open pieces: the
-    trapezoid rule on ``[0, L]``. Positions come from the table's quintic
-    Hermite interpolant (within ``check_tol`` of M) and are landed on M.
+    trapezoid rule on their arc inside the box ``[low, high]``. Positions come
+    from the table's quintic Hermite interpolant (within ``check_tol`` of M).
     """
-    n = max(int(math.ceil(table.length / step)), 8)
+    if table.closed:
+        start, length = float(table.s[0]), table.length
+    else:
+        start, end = _box_arc(table, low, high)
+        length = end - start
+    n = max(int(math.ceil(length / step)), 8)
     n += n % 2
     if table.closed:
-        s = table.s[0] + table.length * torch.arange(n, dtype=table.s.dtype) / n
-        weights = torch.full((n,), table.length / n, dtype=table.s.dtype)
+        s = start + length * torch.arange(n, dtype=table.s.dtype) / n
+        weights = torch.full((n,), length / n, dtype=table.s.dtype)
     else:
-        s = table.s[0] + table.length * torch.arange(n + 1, dtype=table.s.dtype) / n
-        weights = torch.full((n + 1,), table.length / n, dtype=table.s.dtype)
+        s = start + length * torch.arange(n + 1, dtype=table.s.dtype) / n
+        weights = torch.full((n + 1,), length / n, dtype=table.s.dtype)
         weights[[0, -1]] /= 2
     points = table.evaluate(s.to(table.s.device))[0]
     return points, weights.to(points.device)
 
 
 def _coarse_arc_rule(points, weights, closed):
-    if closed:
-        return points[::2], 2 * weights[::2]
-    w = 2 * weights[::2].clone()
-    w[[0, -1]] /= 2
-    return points[::2], w
+    # Every other node: the weights double, the end weights of an open piece
+    # too (h/2 of the fine spacing h is H/2 of the coarse spacing H = 2h).
+    return points[::2], 2 * weights[::2]
 
 
 def _cover(manifold, low, high, n_cover, seed):
@@ -474,7 +502,7 @@ def traced_curve_quadrature(manifold, bounds=None, step=None, n_cover=4000, seed
             except CurveTraceError as err:
                 raise NormalizationError(f"cannot trace a component of {manifold.name}: "
                                          f"{err}") from err
-            points, weights = _arc_rule(table, step)
+            points, weights = _arc_rule(table, step, low, high)
             curves.append((points, weights, table.closed))
             remaining = remaining[~_near(remaining, points, 0.75 * step)]
         else:

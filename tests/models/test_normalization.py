@@ -312,3 +312,26 @@ def test_projected_mesh_that_folds_over_itself_is_refined():
     assert rule.volume == pytest.approx(4 * math.pi**2, rel=1e-3)
     with pytest.raises(NormalizationError, match="folds"):
         surface_mesh_quadrature(torus, grid=8, n_refine=2, max_grid=8)
+
+
+def test_open_traced_curve_is_integrated_inside_its_box_only():
+    # The line y = 0.3 x + 0.1 crosses the box [-1, 1]^2 with length
+    # 2 sqrt(1.09). The tracer runs 5% of the box and a step past it, and the
+    # rule integrated all of that (length 2.404, log Z off by 0.14 with an
+    # error of 1e-3 reported); its coarse rule also halved the end weights
+    # twice (an error estimate of O(h) instead of O(h^2)).
+    from scipy.integrate import quad
+
+    from implicit_geom import ImplicitManifold
+
+    line = ImplicitManifold(lambda x: (x[:, 1] - 0.3 * x[:, 0] - 0.1).unsqueeze(-1), 2, 1,
+                            bounds=([-1.0, -1.0], [1.0, 1.0]))
+    rule = traced_curve_quadrature(line, step=0.01)
+    assert rule.n_open == 1
+    assert rule.volume == pytest.approx(2 * math.sqrt(1.09), rel=1e-10)
+    assert rule.coarse.volume == pytest.approx(rule.volume, rel=1e-10)
+    energy = lambda x: x[:, 0] ** 2
+    exact = math.log(math.sqrt(1.09) * quad(lambda t: math.exp(-t * t), -1, 1)[0])
+    value = float(log_partition(energy, rule))
+    err = log_partition_error(energy, rule)
+    assert abs(value - exact) < 1.5 * err < 1e-4
