@@ -50,6 +50,38 @@ class IntersectionEBM(ConstrainedEBM):
         # Ready to use: the factors are fitted, log Z comes from the
         # intersection's own quadrature (a traced curve) or AIS.
         self._fitted = all(m._fitted for m in models)
+        # A factor fitted with component weights has the density
+        # exp(-E_net - (log Z_c - log w_c)) on its component c: the product
+        # needs those offsets, or each piece of the intersection gets the
+        # mass of the bare networks instead of the factors' learned weights.
+        self._factors = [m for m in models if m.component_log_weights_ is not None
+                         or isinstance(m, IntersectionEBM) and m._factors]
+
+    def _factor_offsets(self, x):
+        out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for m in self._factors:
+            out = out + m._offsets(x.detach()).to(out)
+        return out
+
+    def _log_z_energy(self, x):
+        return self.energy_net(x) + self._factor_offsets(x)
+
+    def _offsets(self, x):
+        return super()._offsets(x) + self._factor_offsets(x)
+
+    def save(self, path):
+        """Save as a :class:`ConstrainedEBM` with the summed energy (see :meth:`load`).
+
+        Raises
+        ------
+        TypeError
+            A factor with learned component weights: its offsets (constant
+            on each of its components) are not part of the summed energy.
+        """
+        if self._factors:
+            raise TypeError("cannot save a product with factors fitted with component weights "
+                            "(their per-component offsets are not in the summed energy)")
+        super().save(path)
 
     @classmethod
     def load(cls, path, manifold):

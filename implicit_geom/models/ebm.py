@@ -544,7 +544,7 @@ class ConstrainedEBM(EnergyModel):
         LogPartition
         """
         if self._normalizer is None:
-            energy = self.energy_net
+            energy = self._log_z_energy
             with torch.no_grad():
                 if self._has_quadrature():
                     rule = self.quadrature()
@@ -578,6 +578,11 @@ class ConstrainedEBM(EnergyModel):
                     kwargs.update(self.ais)
                     self._normalizer = ais_log_partition(self.manifold, energy, box, **kwargs)
         return self._normalizer
+
+    def _log_z_energy(self, x):
+        """The energy :meth:`normalizer` integrates: the network's (component
+        offsets are added on top of its per-component ``log Z_c``)."""
+        return self.energy_net(x)
 
     def log_partition(self):
         """``log Z`` of the energy network (float); see :meth:`normalizer` for its error."""

@@ -361,34 +361,62 @@ def _exact_rule(manifold, resolution):
 
 
 # ------------------------------------------------------------ traced curves
-def _arc_rule(table, step):
+def _box_arc(table, low, high):
+    """Arc-length interval ``[s_a, s_b]`` of an open traced curve inside the box.
+
+    The tracer runs on past the box (a 5% margin and up to a step beyond):
+    from the first to the last table node inside the box, each end is moved
+    by bisection to where the interpolant crosses the box.
+    """
+    low, high = low.to(table.points), high.to(table.points)
+
+    def inside(x):
+        return ((x >= low) & (x <= high)).all(-1)
+
+    idx = inside(table.points).nonzero().squeeze(-1)
+    first, last = int(idx[0]), int(idx[-1])
+    # Bracket each crossing between a node outside and one inside (none at an
+    # end of the table that lies inside the box).
+    ins = table.s[[first, last]].clone()
+    outs = table.s[[max(first - 1, 0), min(last + 1, table.s.numel() - 1)]].clone()
+    for _ in range(60):
+        mid = 0.5 * (ins + outs)
+        ok = inside(table.evaluate(mid)[0])
+        ins, outs = torch.where(ok, mid, ins), torch.where(ok, outs, mid)
+    return float(ins[0]), float(ins[1])
+
+
+def _arc_rule(table, step, low=None, high=None):
     """Nodes uniform in arc length on a traced curve, with their weights.
 
     Closed curves: the trapezoid rule in the arc-length parameter, spectrally
     accurate for smooth periodic integrands (an even node count, so the rule
     on every other node is the half-resolution one). Open pieces: the
-    trapezoid rule on ``[0, L]``. Positions come from the table's quintic
-    Hermite interpolant (within ``check_tol`` of M) and are landed on M.
+    trapezoid rule on their arc inside the box ``[low, high]``. Positions come
+    from the table's quintic Hermite interpolant (within ``check_tol`` of M).
     """
-    n = max(int(math.ceil(table.length / step)), 8)
+    if table.closed:
+        start, length = float(table.s[0]), table.length
+    else:
+        start, end = _box_arc(table, low, high)
+        length = end - start
+    n = max(int(math.ceil(length / step)), 8)
     n += n % 2
     if table.closed:
-        s = table.s[0] + table.length * torch.arange(n, dtype=table.s.dtype) / n
-        weights = torch.full((n,), table.length / n, dtype=table.s.dtype)
+        s = start + length * torch.arange(n, dtype=table.s.dtype) / n
+        weights = torch.full((n,), length / n, dtype=table.s.dtype)
     else:
-        s = table.s[0] + table.length * torch.arange(n + 1, dtype=table.s.dtype) / n
-        weights = torch.full((n + 1,), table.length / n, dtype=table.s.dtype)
+        s = start + length * torch.arange(n + 1, dtype=table.s.dtype) / n
+        weights = torch.full((n + 1,), length / n, dtype=table.s.dtype)
         weights[[0, -1]] /= 2
     points = table.evaluate(s.to(table.s.device))[0]
     return points, weights.to(points.device)
 
 
 def _coarse_arc_rule(points, weights, closed):
-    if closed:
-        return points[::2], 2 * weights[::2]
-    w = 2 * weights[::2].clone()
-    w[[0, -1]] /= 2
-    return points[::2], w
+    # Every other node: the weights double, the end weights of an open piece
+    # too (h/2 of the fine spacing h is H/2 of the coarse spacing H = 2h).
+    return points[::2], 2 * weights[::2]
 
 
 def _cover(manifold, low, high, n_cover, seed):
@@ -474,7 +502,7 @@ def traced_curve_quadrature(manifold, bounds=None, step=None, n_cover=4000, seed
             except CurveTraceError as err:
                 raise NormalizationError(f"cannot trace a component of {manifold.name}: "
                                          f"{err}") from err
-            points, weights = _arc_rule(table, step)
+            points, weights = _arc_rule(table, step, low, high)
             curves.append((points, weights, table.closed))
             remaining = remaining[~_near(remaining, points, 0.75 * step)]
         else:
@@ -539,7 +567,9 @@ _KUHN = [[(0, 0, 0),
 def _marching_tetrahedra(values, low, spacing):
     """Triangles of the piecewise-linear zero set of grid values (g0, g1, g2).
 
-    Returns vertex positions (V, 3) and triangles (T, 3) of vertex ids (numpy).
+    Returns vertex positions (V, 3) and triangles (T, 3) of vertex ids (numpy),
+    each triangle ordered so that its normal points to the side where the
+    values are positive (the direction of grad F).
     """
     g = np.array(values.shape)
     flat = values.reshape(-1)
@@ -568,7 +598,14 @@ def _marching_tetrahedra(values, low, spacing):
     t = (fa / (fa - fb))[:, None]
     xa = low + np.stack(np.unravel_index(ea, tuple(g)), 1) * spacing
     xb = low + np.stack(np.unravel_index(eb, tuple(g)), 1) * spacing
-    return xa + t * (xb - xa), inverse.reshape(-1, 3)
+    verts, tris = xa + t * (xb - xa), inverse.reshape(-1, 3)
+    # Orient each triangle towards the positive ends of the edges it cuts, so
+    # that a projected triangle whose normal turns against grad F is a fold.
+    up = np.where((fb > fa)[:, None], xb - xa, xa - xb)[tris].sum(1)  # (T, 3)
+    p = verts[tris]
+    flip = (np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]) * up).sum(-1) < 0
+    tris[flip] = tris[flip][:, ::-1]
+    return verts, tris
 
 
 def _project_vertices(manifold, x):
@@ -629,7 +666,11 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2, *, n_cov
     projected onto M check that every point of M in the box has a node within
     the rule's ``coverage_radius`` (a refined cell's diagonal). Where some
     have none, the lattice is doubled (with one subdivision fewer, down to
-    one) up to ``max_grid``; a rule that still misses part of M raises.
+    one) up to ``max_grid``; a rule that still misses part of M raises. So
+    does a mesh that folds over itself (a lattice that cuts M into closed
+    pieces whose projections overlap, counting that area twice): triangles,
+    oriented towards ``F > 0`` by the lattice values, that turn against
+    ``grad F`` once projected refine the lattice in the same way.
 
     Parameters
     ----------
@@ -657,7 +698,8 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2, *, n_cov
     QuadratureCoverageError
         Points of M in the box without a node nearby on the finest lattice.
     NormalizationError
-        No sign change of F in the box, or vertices that cannot be projected.
+        No sign change of F in the box, vertices that cannot be projected, or
+        a mesh that still folds over itself on the finest lattice.
     """
     manifold = as_implicit(manifold)
     if manifold.ambient_dim != 3 or manifold.codim != 1:
@@ -670,16 +712,43 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2, *, n_cov
     cover = _cover(manifold, low, high, n_cover, seed) if n_cover > 0 else None
     n_refine = int(n_refine)
     while True:
-        rule = _surface_mesh(manifold, low, high, grid, n_refine)
-        if cover is None or not bool(rule.uncovered(cover).any()):
+        rule, folded = _surface_mesh(manifold, low, high, grid, n_refine)
+        # Degenerate slivers of a sound mesh flip with ~1e-19 of area; a fold
+        # counts its area twice, an error the fine-coarse estimate cannot see.
+        folded = folded > 1e-6 * rule.volume
+        if not folded and (cover is None or not bool(rule.uncovered(cover).any())):
             return rule
         if 2 * grid - 1 > max_grid:
-            rule.check_covered(cover, f"projected box draws (on a {grid}^3 lattice)")
+            if cover is not None:
+                rule.check_covered(cover, f"projected box draws (on a {grid}^3 lattice)")
+            raise NormalizationError(
+                f"the projected mesh of {manifold.name} folds over itself (triangles turned "
+                f"against grad F on a {grid}^3 lattice): the lattice cuts M into "
+                "pieces whose projections overlap, so their areas count twice; raise grid "
+                "or max_grid")
         grid, n_refine = 2 * grid - 1, max(n_refine - 1, 1)  # the old lattice points stay
 
 
+def _count_folded(manifold, vertices, triangles):
+    """Area of the projected triangles whose normal (oriented towards F > 0) points
+    against grad F.
+
+    A lattice too coarse for M (a tube thinner than a cell) cuts it into
+    closed pieces; projected onto M their caps fold back over their
+    neighbours, and the area counts twice there although every point of M
+    has a node nearby (the coverage check cannot see it).
+    """
+    a, b, c = (vertices[triangles[:, j]] for j in range(3))
+    normal = torch.linalg.cross(b - a, c - a)
+    grad = torch.cat([manifold._jacobian(chunk)[:, 0]
+                      for chunk in ((a + b + c) / 3).split(65536)])
+    folded = (normal * grad).sum(-1) < 0
+    return float(0.5 * torch.linalg.vector_norm(normal[folded], dim=-1).sum())
+
+
 def _surface_mesh(manifold, low, high, grid, n_refine):
-    """The projected, refined marching-tetrahedra rule on one lattice (no coverage check)."""
+    """The projected, refined marching-tetrahedra rule on one lattice (no coverage
+    check), and its number of folded triangles (:func:`_count_folded`)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -712,9 +781,10 @@ def _surface_mesh(manifold, low, high, grid, n_refine):
             rules.append(_mesh_rule(vertices, triangles, labels, n_open, cell / 2**k))
             vertices, triangles, labels = _subdivide(manifold, vertices, triangles, labels)
         fine = _mesh_rule(vertices, triangles, labels, n_open, cell / 2**n_refine)
+        folded = _count_folded(manifold, vertices, triangles)
     fine.coarse = rules[-1]
     _relabel(fine)
-    return fine
+    return fine, folded
 
 
 def _relabel(rule):

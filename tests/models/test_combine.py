@@ -145,3 +145,35 @@ def test_intersection_saves_and_loads_on_the_intersection(tmp_path):
     assert torch.equal(back.energy(circle), a.energy(circle) + b.energy(circle))
     mass = float(back.log_prob(circle).exp().mean()) * 2 * math.pi * rho
     assert mass == pytest.approx(1.0, abs=1e-6)
+
+
+def test_product_keeps_the_factors_component_weights(tmp_path):
+    # A density fitted by maximum likelihood on two spheres (80% of the data
+    # on the left one) times a uniform density on the plane z = 0: the product
+    # on the two equators must give the left one 80% of the mass, as p1 does.
+    # The product summed the bare networks and dropped the factor's component
+    # offsets log Z_c - log w_c: 42/58 instead of 80/20.
+    from implicit_geom import ImplicitManifold, union
+    from implicit_geom.models import PolynomialEnergy
+
+    c1 = torch.tensor([-2.0, 0.0, 0.0], dtype=torch.float64)
+    spheres = union(ImplicitSphere(2, center=c1), ImplicitSphere(2, center=-c1))
+    x = torch.randn(400, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x / x.norm(dim=-1, keepdim=True)
+    data = torch.cat([x[:320] + c1, x[320:] - c1])
+    p1 = ConstrainedEBM(spheres, PolynomialEnergy(3, 1), n_iter=50, lr=0.05,
+                        batch_size=400).fit(data)
+    flat = PolynomialEnergy(3, 1)
+    flat.coef.requires_grad_(False)  # the uniform density: nothing to fit
+    plane = ImplicitManifold(lambda y: y[:, 2:3], 3, 1, bounds=([-4, -2, -2], [4, 2, 2]))
+    product = IntersectionEBM(p1, ConstrainedEBM(plane, flat))
+    rule = product.quadrature()
+    mass = p1.log_prob(rule.points).exp() * rule.weights
+    expected = torch.zeros(2, dtype=torch.float64).index_add_(0, rule.labels, mass) / mass.sum()
+    assert torch.allclose(product.component_mass(), expected, atol=1e-9)
+    left = int(rule.labels[rule.points[:, 0] < 0][0])
+    assert float(product.component_mass()[left]) == pytest.approx(320.5 / 401, abs=1e-6)
+    total = (product.log_prob(rule.points).exp() * rule.weights).sum()
+    assert float(total) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(TypeError, match="component weights"):
+        product.save(tmp_path / "product.pt")

@@ -291,3 +291,47 @@ def test_peak_between_nodes_is_caught_where_the_coarse_rule_cannot_see_it():
         else:
             exact = math.log(4 * math.pi * math.sinh(2.0) / 2.0)
             assert model.normalizer().value == pytest.approx(exact, abs=1e-6)
+
+
+def test_projected_mesh_that_folds_over_itself_is_refined():
+    # A torus of tube radius 0.5 on an 8^3 lattice over a flat box: the
+    # lattice cuts the tube into 4 closed pieces whose projections fold over
+    # each other, so the mesh counted 11% of the area twice (43.88 for
+    # 4 pi^2 = 39.48) while every point of M had a node nearby and the
+    # fine-coarse error said 1%. Folded triangles (normal against grad F)
+    # now refine the lattice like missing coverage does, and raise at max_grid.
+    from implicit_geom import ImplicitManifold
+    from implicit_geom.exceptions import NormalizationError
+
+    def tube(x):
+        return ((x[:, :2].norm(dim=-1) - 2.0) ** 2 + x[:, 2] ** 2 - 0.25).unsqueeze(-1)
+
+    torus = ImplicitManifold(tube, 3, 1, bounds=([-3.0, -3.0, -1.0], [3.0, 3.0, 1.0]))
+    rule = surface_mesh_quadrature(torus, grid=8, n_refine=2)
+    assert rule.n_components == 1
+    assert rule.volume == pytest.approx(4 * math.pi**2, rel=1e-3)
+    with pytest.raises(NormalizationError, match="folds"):
+        surface_mesh_quadrature(torus, grid=8, n_refine=2, max_grid=8)
+
+
+def test_open_traced_curve_is_integrated_inside_its_box_only():
+    # The line y = 0.3 x + 0.1 crosses the box [-1, 1]^2 with length
+    # 2 sqrt(1.09). The tracer runs 5% of the box and a step past it, and the
+    # rule integrated all of that (length 2.404, log Z off by 0.14 with an
+    # error of 1e-3 reported); its coarse rule also halved the end weights
+    # twice (an error estimate of O(h) instead of O(h^2)).
+    from scipy.integrate import quad
+
+    from implicit_geom import ImplicitManifold
+
+    line = ImplicitManifold(lambda x: (x[:, 1] - 0.3 * x[:, 0] - 0.1).unsqueeze(-1), 2, 1,
+                            bounds=([-1.0, -1.0], [1.0, 1.0]))
+    rule = traced_curve_quadrature(line, step=0.01)
+    assert rule.n_open == 1
+    assert rule.volume == pytest.approx(2 * math.sqrt(1.09), rel=1e-10)
+    assert rule.coarse.volume == pytest.approx(rule.volume, rel=1e-10)
+    energy = lambda x: x[:, 0] ** 2
+    exact = math.log(math.sqrt(1.09) * quad(lambda t: math.exp(-t * t), -1, 1)[0])
+    value = float(log_partition(energy, rule))
+    err = log_partition_error(energy, rule)
+    assert abs(value - exact) < 1.5 * err < 1e-4
