@@ -173,7 +173,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         Per-epoch training curves (``loss``, ``positive``, ``negative``, ``rank``,
         ``neg_sq``, ``box_rank``, ``orientation``, ``sv_min``, ``lr``).
     bounds : tuple of torch.Tensor or None
-        The box around the training data, after fit.
+        The box around the training data, after fit (see ``box_margin``; an
+        axis along which the data do not vary gets the widest axis's extent).
     restart_scores_ : list of float
         :meth:`zero_set_conditioning` of each restart (``n_restarts > 1``).
     restart_ : int
@@ -211,6 +212,9 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     #: Points of each restart's zero set at which ``restart_selection="agreement"``
     #: measures the other restarts' zero sets.
     AGREEMENT_SAMPLES = 4000
+    #: A box axis along which the data vary by at most this fraction of the
+    #: widest axis counts as flat (see :meth:`_data_box`).
+    FLAT_AXIS = 1e-9
 
     _CONFIG_KEYS = (
         "ambient_dim", "codim", "hidden", "activation", "architecture", "radial", "s_min",
@@ -333,7 +337,29 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             # One scale for all axes keeps the geometry isotropic (per-axis scaling
             # made the glycine torus markedly harder to fit).
             self.net.scale.copy_(data.std(0).mean().clamp_min(1e-12))
-        self._build_state(*padded_box(data, self.box_margin, min_width=1e-12))
+        self._build_state(*self._data_box(data))
+
+    def _data_box(self, data):
+        """The box of a fit: the data's bounding box widened by ``box_margin``.
+
+        An axis along which the data do not vary at all (data on an
+        axis-aligned plane: a circle in the plane z = 0 of R^3) is given the
+        extent of the widest axis, centred on the data: the learned zero set
+        is never exactly flat, and a box of (numerically) zero width left all
+        of it outside, so conditioning, components and box-sampled geodesics
+        found nothing and the negatives could not leave the plane.
+        """
+        low, high = padded_box(data, self.box_margin, min_width=1e-12)
+        lo, hi = data.min(0).values, data.max(0).values
+        width = hi - lo
+        widest = width.max()
+        flat = width <= self.FLAT_AXIS * widest
+        if flat.any():
+            half = (0.5 + self.box_margin) * widest
+            centre = (lo + hi) / 2
+            low = torch.where(flat, centre - half, low)
+            high = torch.where(flat, centre + half, high)
+        return low, high
 
     def _build_state(self, low, high):
         self.bounds = (low, high)
@@ -411,7 +437,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         Raises
         ------
         InvalidPointError
-            ``X`` has NaN/inf values or the wrong shape.
+            ``X`` has NaN/inf values or the wrong shape, fewer than 2 rows,
+            or all rows equal.
         EmptyDataError
             ``X`` is empty.
         """
@@ -422,6 +449,11 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
                                     f"{tuple(X.shape)}")
         if X.shape[0] < 2:
             raise InvalidPointError(f"fit needs at least 2 points, got {X.shape[0]}")
+        if bool((X == X[0]).all()):
+            # No spread: no length scale to standardise by and no box (it was
+            # 1e-12 wide, and the fit a random zero set beside the point).
+            raise InvalidPointError(f"fit needs at least 2 distinct points; all {X.shape[0]} "
+                                    f"rows of X are equal")
         X = X.to(self.device)
         if not (resume and self.is_fitted) and self.n_restarts > 1:
             self._fit_restarts(X, epochs)

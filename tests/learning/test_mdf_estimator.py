@@ -211,6 +211,10 @@ def test_bad_training_data():
         model.fit(torch.empty(0, 3, dtype=torch.float64))
     with pytest.raises(InvalidPointError, match="shape"):
         model.fit(torch.zeros(10, 2, dtype=torch.float64))
+    # Catches: copies of one point were fitted (box 1e-12 wide, scale 1e-12)
+    # into a random zero set beside the point, with only a warning.
+    with pytest.raises(InvalidPointError, match="distinct"):
+        model.fit(torch.ones(10, 3, dtype=torch.float64))
     assert not model.is_fitted
 
 
@@ -228,13 +232,20 @@ def test_codim_two_trains_exact_singular_values():
     angles = torch.linspace(0, 6.2, 100, dtype=torch.float64)
     data = torch.stack([angles.cos(), angles.sin(), torch.zeros_like(angles)], -1)
     with warnings.catch_warnings():
-        # 40 epochs leave the zero set's conditioning in the box unchecked
-        # (ConditioningWarning); this test is about the Jacobians at the data.
-        warnings.simplefilter("ignore", ConditioningWarning)
+        warnings.simplefilter("error", ConditioningWarning)
         model = NeuralImplicitManifold(3, codim=2, **dict(FAST, epochs=40)).fit(data)
     sv = model.singular_values(data)
     assert sv.shape == (100, 2) and float(sv.min()) > 0.3
     assert model.history_["rank"][-1] < model.history_["rank"][0]
+    # Catches: the data lie in the plane z = 0, and the box was 2e-13 wide in
+    # z, so every point of the learned circle (never exactly at z = 0) fell
+    # outside it: conditioning_ -inf with a ConditioningWarning, n_components
+    # a ComponentError, negatives confined to the plane. A flat axis now gets
+    # the widest axis's extent (the others keep the padded bounding box).
+    low, high = model.bounds
+    assert float((high - low)[2]) == pytest.approx(float((high - low)[:2].max()), rel=1e-9)
+    assert model.conditioning_ > model.FOLD_FRACTION * model.s_min
+    assert count_components(model, data, n_samples=1000).n_components == 1
 
 
 def test_zero_set_conditioning_matches_closed_form():
