@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from ..exceptions import (CheckpointError, ConditioningWarning, InvalidPointError,
+from ..exceptions import (CheckpointError, ConditioningWarning, FitWarning, InvalidPointError,
                           NotFittedError, ProjectionError)
 from ..manifolds.components import sample_in_box
 from ..manifolds.neural import MDFNetwork, NetworkImplicitManifold
@@ -60,7 +60,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         from an open arc into a closed curve in a few hundred steps. Only used
         by ``architecture="mlp"``.
     s_min, s_max, mu, w_neg, beta, mu_box, box_s_min, mu_orient, norm, rank_batch
-        Objective, see :class:`~implicit_geom.learning.MDFObjective`. With
+        Objective, see :class:`~implicit_geom.learning.MDFObjective`. ``s_min``
+        and ``s_max`` bound slopes of F in the units of ``X``, not relative to
+        the data's spread: the defaults suit data of spread about 1 (fits of
+        data a hundred times smaller miss them; :meth:`fit` warns). With
         ``mu_orient > 0`` (codim 1) :meth:`fit` first orients the data's normals
         outwards (:func:`~implicit_geom.learning.outward_normals`) and F is
         trained to grow along them: the sign pattern, hence the topology, of
@@ -195,6 +198,11 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     ConditioningWarning
         From :meth:`fit`, when the zero set is near-singular somewhere in the
         box (see ``n_restarts``).
+    FitWarning
+        From :meth:`fit`, when the training data's median distance to the zero
+        set (first order, ``|J^+ F|``) exceeds ``GAP_FRACTION`` of their length scale:
+        typically data whose spread is far from 1, since ``s_min`` and
+        ``s_max`` are slopes in the data's units.
     """
 
     #: Seed offset between restarts (restart 0 is the plain fit of ``seed``).
@@ -212,6 +220,13 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     #: Points of each restart's zero set at which ``restart_selection="agreement"``
     #: measures the other restarts' zero sets.
     AGREEMENT_SAMPLES = 4000
+    #: :meth:`fit` warns (:class:`~implicit_geom.FitWarning`) when the training
+    #: data's median distance to the zero set exceeds this fraction of their
+    #: length scale (README fits: 1e-4 to 1e-3; at data spreads of 0.01-0.1
+    #: default fits stopped 0.3-4 length scales away, silently).
+    GAP_FRACTION = 0.05
+    #: Rows of the training data :meth:`_data_gap` measures after a fit.
+    GAP_SAMPLES = 2000
     #: A box axis along which the data vary by at most this fraction of the
     #: widest axis counts as flat (see :meth:`_data_box`).
     FLAT_AXIS = 1e-9
@@ -466,7 +481,33 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             self.conditioning_ = (self._conditioning(self.seed)[0]
                                   if self.ambient_dim <= self.CHECK_MAX_DIM else None)
         self._warn_if_folded()
+        self._warn_if_data_missed(X)
         return self
+
+    def _data_gap(self, X):
+        """Median first-order distance ``|J_F^+ F(x)|`` of the points ``X`` to
+        the learned zero set, in units of the data's length scale (the
+        network's ``scale``): about the median distance for points near it.
+        Uses at most ``GAP_SAMPLES`` rows of ``X`` (evenly spaced)."""
+        X = as_points(X, self.ambient_dim, "X", dtype=DTYPE).reshape(-1, self.ambient_dim)
+        X = X[::max(1, -(-X.shape[0] // self.GAP_SAMPLES))].to(self.device)
+        value, jac = self.value_and_jacobian(X)
+        step = torch.linalg.pinv(jac) @ value[..., None]
+        return float(step.squeeze(-1).norm(dim=-1).median() / self.net.scale)
+
+    def _warn_if_data_missed(self, X):
+        gap = self._data_gap(X)
+        if gap <= self.GAP_FRACTION:  # NaN warns too
+            return
+        scale = float(self.net.scale)
+        # The defaults suit spreads near 1; at 0.1 a default fit already failed.
+        hint = ("s_min and s_max are slopes of F in the units of X: rescale the data to unit "
+                "spread, or divide s_min and s_max by their spread" if not 0.2 <= scale <= 5
+                else "train longer (epochs) or lower lr")
+        warnings.warn(
+            f"the learned zero set misses the training data: their median distance to it is "
+            f"{gap:.3g} times the data's length scale ({scale:.3g}); the fit did not "
+            f"converge: {hint}", FitWarning, stacklevel=3)
 
     def _conditioning(self, seed):
         """:meth:`zero_set_conditioning` (``-inf`` where nothing reaches the zero set, or

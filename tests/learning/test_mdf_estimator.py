@@ -15,6 +15,7 @@ from implicit_geom import (
     CheckpointError,
     ConditioningWarning,
     EmptyDataError,
+    FitWarning,
     ImplicitManifold,
     InvalidPointError,
     NeuralImplicitManifold,
@@ -316,6 +317,23 @@ def test_fit_warns_when_the_zero_set_is_near_singular():
         unchecked = NeuralImplicitManifold(4, 2, **dict(cfg, epochs=1, s_min=50.0,
                                                         s_max=100.0)).fit(high)
     assert unchecked.conditioning_ is None
+
+
+def test_fit_warns_when_the_zero_set_misses_the_data():
+    # s_min and s_max are slopes in the data's units: on a circle of radius
+    # 0.01 a default fit stops about five radii from the data. Catches fits
+    # that end away from their training data without a word (no
+    # ConditioningWarning: the zero set there is well conditioned).
+    angles = torch.linspace(0, 6.2, 100, dtype=torch.float64)
+    data = torch.stack([angles.cos(), angles.sin()], -1)
+    cfg = dict(FAST, epochs=100)
+    with pytest.warns(FitWarning, match="misses the training data.*rescale the data"):
+        small = NeuralImplicitManifold(2, **cfg).fit(0.01 * data)
+    assert small._data_gap(0.01 * data) > 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FitWarning)
+        unit = NeuralImplicitManifold(2, **cfg).fit(data)
+    assert unit._data_gap(data) < 1e-3
 
 
 def test_restarts_in_worker_processes_equal_one_after_another(record_forks, tmp_path):
