@@ -451,6 +451,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
 
         Raises
         ------
+        ValueError
+            ``epochs`` is not a non-negative integer (the model is left as it was).
         InvalidPointError
             ``X`` has NaN/inf values or the wrong shape, fewer than 2 rows,
             or all rows equal.
@@ -458,6 +460,11 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             ``X`` is empty.
         """
         del y
+        # Checked before anything changes: the trainer refused a bad count only
+        # after fresh weights had replaced the fit (untrained, still "fitted").
+        if epochs is not None and (isinstance(epochs, (bool, str)) or not epochs >= 0
+                                   or int(epochs) != epochs):
+            raise ValueError(f"epochs must be an integer >= 0 or None, got {epochs!r}")
         X = as_points(X, self.ambient_dim, "X", dtype=DTYPE)
         if X.ndim != 2:
             raise InvalidPointError(f"X must have shape (N, {self.ambient_dim}); got "

@@ -219,6 +219,23 @@ def test_bad_training_data():
     assert not model.is_fitted
 
 
+def test_bad_epoch_count_leaves_the_fit_untouched():
+    # Catches: fit(X, epochs=-1) replaced the fitted weights with fresh random
+    # ones before the trainer refused the count, leaving a "fitted" model
+    # with untrained weights, empty history and the old conditioning_; 2.5
+    # was silently cut to 2.
+    data = von_mises_circle(100, seed=2)
+    model = NeuralImplicitManifold(2, **dict(FAST, epochs=3)).fit(data)
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    for epochs in (-1, 2.5, "3", float("nan")):
+        with pytest.raises(ValueError, match="epochs"):
+            model.fit(data, epochs=epochs)
+    assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in before.items())
+    assert len(model.history_["loss"]) == 3
+    model.fit(data, epochs=0)  # zero epochs are allowed (a fresh, untrained fit)
+    assert model.history_ == {}
+
+
 def test_negatives_near_data_can_be_excluded():
     data = von_mises_circle(100, seed=6)
     # An exclusion radius covering the whole box leaves no negatives at all.
