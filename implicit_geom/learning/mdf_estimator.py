@@ -271,6 +271,13 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         self.langevin_temperature = float(langevin_temperature)
         self.buffer_size, self.reinit_prob = int(buffer_size), float(reinit_prob)
         self.neg_exclusion = float(neg_exclusion)
+        # Checked here, not at fit: there a negative step or temperature failed
+        # as a bare "math domain error" from the Langevin noise's square root.
+        for name in ("lr", "langevin_step_size", "langevin_temperature", "neg_exclusion"):
+            value = getattr(self, name)
+            if not (value > 0 if name == "lr" else value >= 0) or math.isinf(value):
+                raise ValueError(f"{name} must be finite and {'>' if name == 'lr' else '>='} 0, "
+                                 f"got {value}")
         self.orient_radius = float(orient_radius)
         if mu_orient > 0 and codim != 1:
             raise ValueError(f"mu_orient needs a hypersurface (codim 1), got codim {codim}")

@@ -2,6 +2,7 @@
 gradients, components, geomstats estimators, checkpoints (bit-identical reload in
 a fresh process, resume, corruption)."""
 
+import math
 import os
 import subprocess
 import sys
@@ -234,6 +235,16 @@ def test_bad_epoch_count_leaves_the_fit_untouched():
     assert len(model.history_["loss"]) == 3
     model.fit(data, epochs=0)  # zero epochs are allowed (a fresh, untrained fit)
     assert model.history_ == {}
+
+
+@pytest.mark.parametrize("bad", [dict(langevin_step_size=-0.01), dict(langevin_temperature=-1.0),
+                                 dict(langevin_step_size=math.nan), dict(lr=0.0),
+                                 dict(neg_exclusion=-1.0)])
+def test_bad_training_settings_are_refused_by_the_constructor(bad):
+    # Catches: a negative Langevin step or temperature was accepted and the
+    # first fit died in the noise's square root ("math domain error").
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        NeuralImplicitManifold(2, **FAST, **bad)
 
 
 def test_negatives_near_data_can_be_excluded():
