@@ -539,6 +539,12 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             return
         fix = (f"even the best of {self.n_restarts} restarts; try more restarts" if
                self.n_restarts > 1 else "refit with n_restarts=3 (a fit that is not folded is kept)")
+        scale = float(self.net.scale)
+        if not 0.2 <= scale <= 5:
+            # Restarts do not help there: every fit starts with slopes ~ 1 / spread.
+            fix = (f"the data's spread is {scale:.3g} and s_min, s_max are slopes of F in the "
+                   f"units of X: rescale the data to unit spread or divide s_min and s_max by "
+                   f"their spread; else {fix}")
         if self.conditioning_ == -math.inf:
             message = ("no box point reached the learned zero set inside the box: the fit may "
                        "have no zero set there (or the box is flat)")

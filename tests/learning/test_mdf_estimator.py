@@ -362,6 +362,11 @@ def test_fit_warns_when_the_zero_set_misses_the_data():
         warnings.simplefilter("error", FitWarning)
         unit = NeuralImplicitManifold(2, **cfg).fit(data)
     assert unit._data_gap(data) < 1e-3
+    # A thousand times larger, the zero set passes through the data but F
+    # cannot grow to slope s_min: the fold warning said to try restarts,
+    # which start from the same slopes; it now names the data's spread.
+    with pytest.warns(ConditioningWarning, match="rescale the data"):
+        NeuralImplicitManifold(2, **dict(cfg, epochs=30)).fit(1000.0 * data)
 
 
 def test_restarts_in_worker_processes_equal_one_after_another(record_forks, tmp_path):
