@@ -125,3 +125,8 @@ class TrainingDivergedError(ImplicitGeomError, FloatingPointError):
 class ConditioningWarning(UserWarning):
     """A learned zero set is near-singular somewhere in its box (a fold):
     projection and geodesics may fail or crawl there."""
+
+
+class FitWarning(UserWarning):
+    """A fit ended with its learned manifold away from the training data
+    (the objective did not converge to them)."""

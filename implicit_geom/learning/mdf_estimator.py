@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from ..exceptions import (CheckpointError, ConditioningWarning, InvalidPointError,
+from ..exceptions import (CheckpointError, ConditioningWarning, FitWarning, InvalidPointError,
                           NotFittedError, ProjectionError)
 from ..manifolds.components import sample_in_box
 from ..manifolds.neural import MDFNetwork, NetworkImplicitManifold
@@ -60,7 +60,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         from an open arc into a closed curve in a few hundred steps. Only used
         by ``architecture="mlp"``.
     s_min, s_max, mu, w_neg, beta, mu_box, box_s_min, mu_orient, norm, rank_batch
-        Objective, see :class:`~implicit_geom.learning.MDFObjective`. With
+        Objective, see :class:`~implicit_geom.learning.MDFObjective`. ``s_min``
+        and ``s_max`` bound slopes of F in the units of ``X``, not relative to
+        the data's spread: the defaults suit data of spread about 1 (fits of
+        data a hundred times smaller miss them; :meth:`fit` warns). With
         ``mu_orient > 0`` (codim 1) :meth:`fit` first orients the data's normals
         outwards (:func:`~implicit_geom.learning.outward_normals`) and F is
         trained to grow along them: the sign pattern, hence the topology, of
@@ -173,7 +176,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         Per-epoch training curves (``loss``, ``positive``, ``negative``, ``rank``,
         ``neg_sq``, ``box_rank``, ``orientation``, ``sv_min``, ``lr``).
     bounds : tuple of torch.Tensor or None
-        The box around the training data, after fit.
+        The box around the training data, after fit (see ``box_margin``; an
+        axis along which the data do not vary gets the widest axis's extent).
     restart_scores_ : list of float
         :meth:`zero_set_conditioning` of each restart (``n_restarts > 1``).
     restart_ : int
@@ -194,6 +198,11 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     ConditioningWarning
         From :meth:`fit`, when the zero set is near-singular somewhere in the
         box (see ``n_restarts``).
+    FitWarning
+        From :meth:`fit`, when the training data's median distance to the zero
+        set (first order, ``|J^+ F|``) exceeds ``GAP_FRACTION`` of their length scale:
+        typically data whose spread is far from 1, since ``s_min`` and
+        ``s_max`` are slopes in the data's units.
     """
 
     #: Seed offset between restarts (restart 0 is the plain fit of ``seed``).
@@ -211,6 +220,16 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     #: Points of each restart's zero set at which ``restart_selection="agreement"``
     #: measures the other restarts' zero sets.
     AGREEMENT_SAMPLES = 4000
+    #: :meth:`fit` warns (:class:`~implicit_geom.FitWarning`) when the training
+    #: data's median distance to the zero set exceeds this fraction of their
+    #: length scale (README fits: 1e-4 to 1e-3; at data spreads of 0.01-0.1
+    #: default fits stopped 0.3-4 length scales away, silently).
+    GAP_FRACTION = 0.05
+    #: Rows of the training data :meth:`_data_gap` measures after a fit.
+    GAP_SAMPLES = 2000
+    #: A box axis along which the data vary by at most this fraction of the
+    #: widest axis counts as flat (see :meth:`_data_box`).
+    FLAT_AXIS = 1e-9
 
     _CONFIG_KEYS = (
         "ambient_dim", "codim", "hidden", "activation", "architecture", "radial", "s_min",
@@ -252,6 +271,13 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         self.langevin_temperature = float(langevin_temperature)
         self.buffer_size, self.reinit_prob = int(buffer_size), float(reinit_prob)
         self.neg_exclusion = float(neg_exclusion)
+        # Checked here, not at fit: there a negative step or temperature failed
+        # as a bare "math domain error" from the Langevin noise's square root.
+        for name in ("lr", "langevin_step_size", "langevin_temperature", "neg_exclusion"):
+            value = getattr(self, name)
+            if not (value > 0 if name == "lr" else value >= 0) or math.isinf(value):
+                raise ValueError(f"{name} must be finite and {'>' if name == 'lr' else '>='} 0, "
+                                 f"got {value}")
         self.orient_radius = float(orient_radius)
         if mu_orient > 0 and codim != 1:
             raise ValueError(f"mu_orient needs a hypersurface (codim 1), got codim {codim}")
@@ -333,7 +359,29 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             # One scale for all axes keeps the geometry isotropic (per-axis scaling
             # made the glycine torus markedly harder to fit).
             self.net.scale.copy_(data.std(0).mean().clamp_min(1e-12))
-        self._build_state(*padded_box(data, self.box_margin, min_width=1e-12))
+        self._build_state(*self._data_box(data))
+
+    def _data_box(self, data):
+        """The box of a fit: the data's bounding box widened by ``box_margin``.
+
+        An axis along which the data do not vary at all (data on an
+        axis-aligned plane: a circle in the plane z = 0 of R^3) is given the
+        extent of the widest axis, centred on the data: the learned zero set
+        is never exactly flat, and a box of (numerically) zero width left all
+        of it outside, so conditioning, components and box-sampled geodesics
+        found nothing and the negatives could not leave the plane.
+        """
+        low, high = padded_box(data, self.box_margin, min_width=1e-12)
+        lo, hi = data.min(0).values, data.max(0).values
+        width = hi - lo
+        widest = width.max()
+        flat = width <= self.FLAT_AXIS * widest
+        if flat.any():
+            half = (0.5 + self.box_margin) * widest
+            centre = (lo + hi) / 2
+            low = torch.where(flat, centre - half, low)
+            high = torch.where(flat, centre + half, high)
+        return low, high
 
     def _build_state(self, low, high):
         self.bounds = (low, high)
@@ -410,18 +458,31 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
 
         Raises
         ------
+        ValueError
+            ``epochs`` is not a non-negative integer (the model is left as it was).
         InvalidPointError
-            ``X`` has NaN/inf values or the wrong shape.
+            ``X`` has NaN/inf values or the wrong shape, fewer than 2 rows,
+            or all rows equal.
         EmptyDataError
             ``X`` is empty.
         """
         del y
+        # Checked before anything changes: the trainer refused a bad count only
+        # after fresh weights had replaced the fit (untrained, still "fitted").
+        if epochs is not None and (isinstance(epochs, (bool, str)) or not epochs >= 0
+                                   or int(epochs) != epochs):
+            raise ValueError(f"epochs must be an integer >= 0 or None, got {epochs!r}")
         X = as_points(X, self.ambient_dim, "X", dtype=DTYPE)
         if X.ndim != 2:
             raise InvalidPointError(f"X must have shape (N, {self.ambient_dim}); got "
                                     f"{tuple(X.shape)}")
         if X.shape[0] < 2:
             raise InvalidPointError(f"fit needs at least 2 points, got {X.shape[0]}")
+        if bool((X == X[0]).all()):
+            # No spread: no length scale to standardise by and no box (it was
+            # 1e-12 wide, and the fit a random zero set beside the point).
+            raise InvalidPointError(f"fit needs at least 2 distinct points; all {X.shape[0]} "
+                                    f"rows of X are equal")
         X = X.to(self.device)
         if not (resume and self.is_fitted) and self.n_restarts > 1:
             self._fit_restarts(X, epochs)
@@ -434,7 +495,33 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             self.conditioning_ = (self._conditioning(self.seed)[0]
                                   if self.ambient_dim <= self.CHECK_MAX_DIM else None)
         self._warn_if_folded()
+        self._warn_if_data_missed(X)
         return self
+
+    def _data_gap(self, X):
+        """Median first-order distance ``|J_F^+ F(x)|`` of the points ``X`` to
+        the learned zero set, in units of the data's length scale (the
+        network's ``scale``): about the median distance for points near it.
+        Uses at most ``GAP_SAMPLES`` rows of ``X`` (evenly spaced)."""
+        X = as_points(X, self.ambient_dim, "X", dtype=DTYPE).reshape(-1, self.ambient_dim)
+        X = X[::max(1, -(-X.shape[0] // self.GAP_SAMPLES))].to(self.device)
+        value, jac = self.value_and_jacobian(X)
+        step = torch.linalg.pinv(jac) @ value[..., None]
+        return float(step.squeeze(-1).norm(dim=-1).median() / self.net.scale)
+
+    def _warn_if_data_missed(self, X):
+        gap = self._data_gap(X)
+        if gap <= self.GAP_FRACTION:  # NaN warns too
+            return
+        scale = float(self.net.scale)
+        # The defaults suit spreads near 1; at 0.1 a default fit already failed.
+        hint = ("s_min and s_max are slopes of F in the units of X: rescale the data to unit "
+                "spread, or divide s_min and s_max by their spread" if not 0.2 <= scale <= 5
+                else "train longer (epochs) or lower lr")
+        warnings.warn(
+            f"the learned zero set misses the training data: their median distance to it is "
+            f"{gap:.3g} times the data's length scale ({scale:.3g}); the fit did not "
+            f"converge: {hint}", FitWarning, stacklevel=3)
 
     def _conditioning(self, seed):
         """:meth:`zero_set_conditioning` (``-inf`` where nothing reaches the zero set, or
@@ -452,6 +539,12 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             return
         fix = (f"even the best of {self.n_restarts} restarts; try more restarts" if
                self.n_restarts > 1 else "refit with n_restarts=3 (a fit that is not folded is kept)")
+        scale = float(self.net.scale)
+        if not 0.2 <= scale <= 5:
+            # Restarts do not help there: every fit starts with slopes ~ 1 / spread.
+            fix = (f"the data's spread is {scale:.3g} and s_min, s_max are slopes of F in the "
+                   f"units of X: rescale the data to unit spread or divide s_min and s_max by "
+                   f"their spread; else {fix}")
         if self.conditioning_ == -math.inf:
             message = ("no box point reached the learned zero set inside the box: the fit may "
                        "have no zero set there (or the box is flat)")

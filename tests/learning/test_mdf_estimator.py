@@ -2,6 +2,7 @@
 gradients, components, geomstats estimators, checkpoints (bit-identical reload in
 a fresh process, resume, corruption)."""
 
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from implicit_geom import (
     CheckpointError,
     ConditioningWarning,
     EmptyDataError,
+    FitWarning,
     ImplicitManifold,
     InvalidPointError,
     NeuralImplicitManifold,
@@ -211,7 +213,38 @@ def test_bad_training_data():
         model.fit(torch.empty(0, 3, dtype=torch.float64))
     with pytest.raises(InvalidPointError, match="shape"):
         model.fit(torch.zeros(10, 2, dtype=torch.float64))
+    # Catches: copies of one point were fitted (box 1e-12 wide, scale 1e-12)
+    # into a random zero set beside the point, with only a warning.
+    with pytest.raises(InvalidPointError, match="distinct"):
+        model.fit(torch.ones(10, 3, dtype=torch.float64))
     assert not model.is_fitted
+
+
+def test_bad_epoch_count_leaves_the_fit_untouched():
+    # Catches: fit(X, epochs=-1) replaced the fitted weights with fresh random
+    # ones before the trainer refused the count, leaving a "fitted" model
+    # with untrained weights, empty history and the old conditioning_; 2.5
+    # was silently cut to 2.
+    data = von_mises_circle(100, seed=2)
+    model = NeuralImplicitManifold(2, **dict(FAST, epochs=3)).fit(data)
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    for epochs in (-1, 2.5, "3", float("nan")):
+        with pytest.raises(ValueError, match="epochs"):
+            model.fit(data, epochs=epochs)
+    assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in before.items())
+    assert len(model.history_["loss"]) == 3
+    model.fit(data, epochs=0)  # zero epochs are allowed (a fresh, untrained fit)
+    assert model.history_ == {}
+
+
+@pytest.mark.parametrize("bad", [dict(langevin_step_size=-0.01), dict(langevin_temperature=-1.0),
+                                 dict(langevin_step_size=math.nan), dict(lr=0.0),
+                                 dict(neg_exclusion=-1.0)])
+def test_bad_training_settings_are_refused_by_the_constructor(bad):
+    # Catches: a negative Langevin step or temperature was accepted and the
+    # first fit died in the noise's square root ("math domain error").
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        NeuralImplicitManifold(2, **FAST, **bad)
 
 
 def test_negatives_near_data_can_be_excluded():
@@ -228,13 +261,20 @@ def test_codim_two_trains_exact_singular_values():
     angles = torch.linspace(0, 6.2, 100, dtype=torch.float64)
     data = torch.stack([angles.cos(), angles.sin(), torch.zeros_like(angles)], -1)
     with warnings.catch_warnings():
-        # 40 epochs leave the zero set's conditioning in the box unchecked
-        # (ConditioningWarning); this test is about the Jacobians at the data.
-        warnings.simplefilter("ignore", ConditioningWarning)
+        warnings.simplefilter("error", ConditioningWarning)
         model = NeuralImplicitManifold(3, codim=2, **dict(FAST, epochs=40)).fit(data)
     sv = model.singular_values(data)
     assert sv.shape == (100, 2) and float(sv.min()) > 0.3
     assert model.history_["rank"][-1] < model.history_["rank"][0]
+    # Catches: the data lie in the plane z = 0, and the box was 2e-13 wide in
+    # z, so every point of the learned circle (never exactly at z = 0) fell
+    # outside it: conditioning_ -inf with a ConditioningWarning, n_components
+    # a ComponentError, negatives confined to the plane. A flat axis now gets
+    # the widest axis's extent (the others keep the padded bounding box).
+    low, high = model.bounds
+    assert float((high - low)[2]) == pytest.approx(float((high - low)[:2].max()), rel=1e-9)
+    assert model.conditioning_ > model.FOLD_FRACTION * model.s_min
+    assert count_components(model, data, n_samples=1000).n_components == 1
 
 
 def test_zero_set_conditioning_matches_closed_form():
@@ -305,6 +345,28 @@ def test_fit_warns_when_the_zero_set_is_near_singular():
         unchecked = NeuralImplicitManifold(4, 2, **dict(cfg, epochs=1, s_min=50.0,
                                                         s_max=100.0)).fit(high)
     assert unchecked.conditioning_ is None
+
+
+def test_fit_warns_when_the_zero_set_misses_the_data():
+    # s_min and s_max are slopes in the data's units: on a circle of radius
+    # 0.01 a default fit stops about five radii from the data. Catches fits
+    # that end away from their training data without a word (no
+    # ConditioningWarning: the zero set there is well conditioned).
+    angles = torch.linspace(0, 6.2, 100, dtype=torch.float64)
+    data = torch.stack([angles.cos(), angles.sin()], -1)
+    cfg = dict(FAST, epochs=100)
+    with pytest.warns(FitWarning, match="misses the training data.*rescale the data"):
+        small = NeuralImplicitManifold(2, **cfg).fit(0.01 * data)
+    assert small._data_gap(0.01 * data) > 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FitWarning)
+        unit = NeuralImplicitManifold(2, **cfg).fit(data)
+    assert unit._data_gap(data) < 1e-3
+    # A thousand times larger, the zero set passes through the data but F
+    # cannot grow to slope s_min: the fold warning said to try restarts,
+    # which start from the same slopes; it now names the data's spread.
+    with pytest.warns(ConditioningWarning, match="rescale the data"):
+        NeuralImplicitManifold(2, **dict(cfg, epochs=30)).fit(1000.0 * data)
 
 
 def test_restarts_in_worker_processes_equal_one_after_another(record_forks, tmp_path):
