@@ -128,5 +128,5 @@ class ConditioningWarning(UserWarning):
 
 
 class FitWarning(UserWarning):
-    """A fit ended with its learned manifold away from the training data
-    (the objective did not converge to them)."""
+    """A fit of data whose spread is far from 1 ended with its learned
+    manifold away from them (the objective's slopes are in the data's units)."""
