@@ -39,6 +39,8 @@ def save_checkpoint(path, kind, config, payload):
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot save to {path}: folder {path.parent} does not exist")
+    if path.is_dir():  # os.replace would fail only after the whole record is written
+        raise CheckpointError(f"cannot save to {path}: it is a folder; give a file name")
     record = {"format": FORMAT, "version": VERSION, "kind": kind,
               "config": json.dumps(config, sort_keys=True), **payload}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -27,6 +27,11 @@ def test_errors(tmp_path):
         load_checkpoint(tmp_path / "junk.pt", "Thing")
     with pytest.raises(CheckpointError, match="does not exist"):
         save_checkpoint(tmp_path / "no" / "c.pt", "Thing", {}, {})
+    # A folder as the target: a bare IsADirectoryError before, with no temporary left.
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder"):
+        save_checkpoint(tmp_path / "dir.pt", "Thing", {}, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "dir.pt", "junk.pt"]
 
 
 class Payload:
