@@ -52,16 +52,20 @@ def frechet_distance(features_a, features_b):
     if min(a.shape[0], b.shape[0]) < 2:
         raise EmptyDataError("a Fréchet distance needs at least 2 points per set")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = (np.atleast_2d(np.cov(f, rowvar=False)) for f in (a, b))
-    # (S_a S_b)^(1/2) has the eigenvalues of S_a^(1/2) S_b S_a^(1/2), which is
-    # symmetric positive semi-definite: its trace needs no complex sqrtm.
-    w, v = np.linalg.eigh(cov_a)
-    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    middle = root_a @ cov_b @ root_a
-    eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
-    trace_root = np.sqrt(np.clip(eig, 0.0, None)).sum()
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b)
-                 - 2.0 * trace_root)
+    xa, xb = a - mu_a, b - mu_b
+    norm = np.sqrt((a.shape[0] - 1) * (b.shape[0] - 1))
+    # tr (S_a S_b)^(1/2) is the nuclear norm of X_a X_b^T / norm (X the centred
+    # data): S_a S_b and (X_a X_b^T)^T (X_a X_b^T) / norm^2 share their nonzero
+    # eigenvalues. Via R factors (X = Q R) it costs O(N d^2). Square roots of
+    # covariance eigenvalues instead turn the rounding noise (~eps * |S|) of
+    # each null direction (fewer points than features, dead ReLU units) into
+    # ~sqrt(eps) * |S|: the distance of a set to itself came out -1e-3.
+    ra, rb = np.linalg.qr(xa, mode="r"), np.linalg.qr(xb, mode="r")
+    trace_root = np.linalg.svd(ra @ rb.T, compute_uv=False).sum() / norm
+    value = (np.sum((mu_a - mu_b) ** 2) + np.sum(xa ** 2) / (a.shape[0] - 1)
+             + np.sum(xb ** 2) / (b.shape[0] - 1) - 2.0 * trace_root)
+    # A squared distance: rounding (~1e-15 relative) must not make it negative.
+    return float(max(value, 0.0))
 
 
 def auroc(scores_in, scores_out):
