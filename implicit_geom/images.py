@@ -129,22 +129,34 @@ class ClassifierFeatures:
         if self.classifier_ is None:
             raise NotFittedError("call fit first: no classifier trained yet")
 
-    def features(self, images):
-        """Hidden-layer (ReLU) activations, shape ``(N, hidden)``."""
+    def _images(self, images):
+        # Images of another size than the training ones failed in a numpy
+        # matmul or inside scikit-learn with a bare ValueError.
         self._check()
         x = _numpy(images, "images")
+        width = self.classifier_.n_features_in_
+        if x.shape[1] != width:
+            raise InvalidPointError(f"images have {x.shape[1]} values, the classifier was "
+                                    f"trained on {width}")
+        return x
+
+    def features(self, images):
+        """Hidden-layer (ReLU) activations, shape ``(N, hidden)``."""
+        x = self._images(images)
         w, b = self.classifier_.coefs_[0], self.classifier_.intercepts_[0]
         return np.maximum(x @ w + b, 0.0)
 
     def predict_proba(self, images):
         """Class probabilities, shape ``(N, n_classes)``."""
-        self._check()
-        return self.classifier_.predict_proba(_numpy(images, "images"))
+        return self.classifier_.predict_proba(self._images(images))
 
     def accuracy(self, images, labels):
         """Fraction of correctly classified images."""
-        self._check()
-        return float(self.classifier_.score(_numpy(images, "images"), np.asarray(labels)))
+        x = self._images(images)
+        y = np.asarray(labels)
+        if y.shape != (x.shape[0],):
+            raise InvalidPointError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
+        return float(self.classifier_.score(x, y))
 
     def confidence(self, images):
         """Mean over images of the largest class probability."""

@@ -95,6 +95,26 @@ def test_classifier_features_on_digits():
     assert clf.confidence(x[1300:1700]) > clf.confidence(noisy)
 
 
+def test_classifier_features_reject_images_of_another_size():
+    # Catches features / predict_proba / accuracy on images of another width
+    # (or labels of another length) failing with a bare numpy or scikit-learn
+    # ValueError instead of the library's InvalidPointError.
+    from sklearn.exceptions import ConvergenceWarning
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((30, 16)), np.arange(30) % 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = ClassifierFeatures(hidden=8, max_iter=5, seed=0).fit(x, y)
+    for call in (clf.features, clf.predict_proba, clf.confidence):
+        with pytest.raises(InvalidPointError, match="trained on 16"):
+            call(x[:, :10])
+    with pytest.raises(InvalidPointError):
+        clf.frechet_distance(x, x[:, :10])
+    with pytest.raises(InvalidPointError, match="labels"):
+        clf.accuracy(x, y[:5])
+
+
 def test_image_grid_layout():
     images = np.arange(5 * 6, dtype=float).reshape(5, 6) / 30
     grid = image_grid(images, (2, 3), n_rows=2, pad=1)
