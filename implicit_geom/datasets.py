@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from implicit_geom.exceptions import DataError
+from implicit_geom.exceptions import DataError, EmptyDataError
 
 __all__ = [
     "DataError",
@@ -1071,7 +1071,13 @@ def load_digits(classes=None, return_labels: bool = False):
     bunch = _sklearn_digits()
     images, labels = bunch.data / 16.0, bunch.target
     if classes is not None:
-        keep = np.isin(labels, np.asarray(list(classes)))
+        classes = list(classes)
+        # A class that is no digit ("3", 12) or an empty list matched nothing:
+        # an empty (0, 64) tensor came back silently and failed far away.
+        unknown = [c for c in classes if c not in set(range(10))]
+        if unknown or not classes:
+            raise EmptyDataError(f"classes must be digits 0..9 (at least one), got {classes!r}")
+        keep = np.isin(labels, np.asarray(classes))
         images, labels = images[keep], labels[keep]
     images = torch.as_tensor(images, dtype=DTYPE)
     return (images, labels) if return_labels else images

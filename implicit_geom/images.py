@@ -52,16 +52,20 @@ def frechet_distance(features_a, features_b):
     if min(a.shape[0], b.shape[0]) < 2:
         raise EmptyDataError("a Fréchet distance needs at least 2 points per set")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = (np.atleast_2d(np.cov(f, rowvar=False)) for f in (a, b))
-    # (S_a S_b)^(1/2) has the eigenvalues of S_a^(1/2) S_b S_a^(1/2), which is
-    # symmetric positive semi-definite: its trace needs no complex sqrtm.
-    w, v = np.linalg.eigh(cov_a)
-    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    middle = root_a @ cov_b @ root_a
-    eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
-    trace_root = np.sqrt(np.clip(eig, 0.0, None)).sum()
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b)
-                 - 2.0 * trace_root)
+    xa, xb = a - mu_a, b - mu_b
+    norm = np.sqrt((a.shape[0] - 1) * (b.shape[0] - 1))
+    # tr (S_a S_b)^(1/2) is the nuclear norm of X_a X_b^T / norm (X the centred
+    # data): S_a S_b and (X_a X_b^T)^T (X_a X_b^T) / norm^2 share their nonzero
+    # eigenvalues. Via R factors (X = Q R) it costs O(N d^2). Square roots of
+    # covariance eigenvalues instead turn the rounding noise (~eps * |S|) of
+    # each null direction (fewer points than features, dead ReLU units) into
+    # ~sqrt(eps) * |S|: the distance of a set to itself came out -1e-3.
+    ra, rb = np.linalg.qr(xa, mode="r"), np.linalg.qr(xb, mode="r")
+    trace_root = np.linalg.svd(ra @ rb.T, compute_uv=False).sum() / norm
+    value = (np.sum((mu_a - mu_b) ** 2) + np.sum(xa ** 2) / (a.shape[0] - 1)
+             + np.sum(xb ** 2) / (b.shape[0] - 1) - 2.0 * trace_root)
+    # A squared distance: rounding (~1e-15 relative) must not make it negative.
+    return float(max(value, 0.0))
 
 
 def auroc(scores_in, scores_out):
@@ -125,22 +129,34 @@ class ClassifierFeatures:
         if self.classifier_ is None:
             raise NotFittedError("call fit first: no classifier trained yet")
 
-    def features(self, images):
-        """Hidden-layer (ReLU) activations, shape ``(N, hidden)``."""
+    def _images(self, images):
+        # Images of another size than the training ones failed in a numpy
+        # matmul or inside scikit-learn with a bare ValueError.
         self._check()
         x = _numpy(images, "images")
+        width = self.classifier_.n_features_in_
+        if x.shape[1] != width:
+            raise InvalidPointError(f"images have {x.shape[1]} values, the classifier was "
+                                    f"trained on {width}")
+        return x
+
+    def features(self, images):
+        """Hidden-layer (ReLU) activations, shape ``(N, hidden)``."""
+        x = self._images(images)
         w, b = self.classifier_.coefs_[0], self.classifier_.intercepts_[0]
         return np.maximum(x @ w + b, 0.0)
 
     def predict_proba(self, images):
         """Class probabilities, shape ``(N, n_classes)``."""
-        self._check()
-        return self.classifier_.predict_proba(_numpy(images, "images"))
+        return self.classifier_.predict_proba(self._images(images))
 
     def accuracy(self, images, labels):
         """Fraction of correctly classified images."""
-        self._check()
-        return float(self.classifier_.score(_numpy(images, "images"), np.asarray(labels)))
+        x = self._images(images)
+        y = np.asarray(labels)
+        if y.shape != (x.shape[0],):
+            raise InvalidPointError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
+        return float(self.classifier_.score(x, y))
 
     def confidence(self, images):
         """Mean over images of the largest class probability."""

@@ -8,7 +8,7 @@ import torch
 from scipy.special import i0, i1
 
 from implicit_geom import datasets as ds
-from implicit_geom.exceptions import DataError, ImplicitGeomError
+from implicit_geom.exceptions import DataError, EmptyDataError, ImplicitGeomError
 
 GENERATORS = {
     "circle": (ds.von_mises_circle, 2),
@@ -572,3 +572,8 @@ def test_digits_are_bundled_images():
     assert float(data.points.min()) == 0.0 and float(data.points.max()) == 1.0
     low, labels = load_digits(classes=range(5), return_labels=True)
     assert set(labels.tolist()) == {0, 1, 2, 3, 4} and low.shape[0] == len(labels) < 1797
+    # Catches a class filter that matches nothing (not a digit, a string, an
+    # empty list) returning an empty (0, 64) tensor instead of a named error.
+    for bad in ([12], ["3"], []):
+        with pytest.raises(EmptyDataError):
+            load_digits(classes=bad)

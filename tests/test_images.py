@@ -32,6 +32,27 @@ def test_frechet_distance_one_dimensional_closed_form_and_identity():
     assert abs(frechet_distance(a, a)) < 1e-10
 
 
+def test_frechet_distance_with_singular_covariances():
+    # Fewer points than features (and dead ReLU units) make both covariances
+    # singular. Catches a trace term through square roots of covariance
+    # eigenvalues: their rounding noise became ~sqrt(eps) |S| per null direction,
+    # so a set's distance to itself came out -1e-3 here (a negative "distance")
+    # and a scaled copy was off by 5e-4. Closed forms: b = 2 a + c has
+    # S_b = 4 S_a and mean 2 mu_a + c: the distance is |mu_a + c|^2 + tr(S_a)
+    # (tr S_a + tr S_b - 2 tr (4 S_a^2)^(1/2)).
+    rng = np.random.default_rng(3)
+    a = 10.0 * rng.normal(size=(4, 64))
+    a[:, 40:] = 0.0  # dead units
+    c = rng.normal(size=64)
+    trace_a = np.trace(np.cov(a, rowvar=False))
+    assert 0.0 <= frechet_distance(a, a) < 1e-9
+    assert frechet_distance(a, a + c) == pytest.approx(np.sum(c ** 2), rel=1e-12)
+    assert frechet_distance(a, 2.0 * a + c) == pytest.approx(
+        np.sum((a.mean(0) + c) ** 2) + trace_a, rel=1e-12)
+    b = rng.normal(size=(7, 64))
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-12)
+
+
 def test_frechet_distance_rejects_bad_input():
     with pytest.raises(InvalidPointError):
         frechet_distance(np.zeros((3, 2)), np.zeros((3, 4)))
@@ -72,6 +93,26 @@ def test_classifier_features_on_digits():
     real = clf.frechet_distance(x[900:1300], x[1300:1700])
     assert real < 0.5 * clf.frechet_distance(x[900:1300], noisy)
     assert clf.confidence(x[1300:1700]) > clf.confidence(noisy)
+
+
+def test_classifier_features_reject_images_of_another_size():
+    # Catches features / predict_proba / accuracy on images of another width
+    # (or labels of another length) failing with a bare numpy or scikit-learn
+    # ValueError instead of the library's InvalidPointError.
+    from sklearn.exceptions import ConvergenceWarning
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((30, 16)), np.arange(30) % 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = ClassifierFeatures(hidden=8, max_iter=5, seed=0).fit(x, y)
+    for call in (clf.features, clf.predict_proba, clf.confidence):
+        with pytest.raises(InvalidPointError, match="trained on 16"):
+            call(x[:, :10])
+    with pytest.raises(InvalidPointError):
+        clf.frechet_distance(x, x[:, :10])
+    with pytest.raises(InvalidPointError, match="labels"):
+        clf.accuracy(x, y[:5])
 
 
 def test_image_grid_layout():

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..numerics import mlp
-from ..numerics.validation import DTYPE
+from ..exceptions import EmptyDataError
+from ..numerics.validation import DTYPE, as_points
 
 ACTIVATIONS = ("silu", "softplus", "tanh", "gelu")
 
@@ -90,6 +91,10 @@ class ResidualMDFNetwork(nn.Module):
         (the objective's ``s_min``, so training does not start by stretching
         it). Returns self.
         """
+        data = as_points(data, self.ambient_dim, "data").reshape(-1, self.ambient_dim)
+        if data.shape[0] < 2:
+            # One point has no standard deviation: scale (and so F) became NaN.
+            raise EmptyDataError(f"init_from_data needs at least 2 points, got {data.shape[0]}")
         data = data.to(self.normals)
         centred = data - data.mean(0)
         self.shift.copy_(data.mean(0))

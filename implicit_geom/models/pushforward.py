@@ -23,6 +23,7 @@ from ..numerics import autodiff
 from ..numerics.mlp import build_mlp
 from ..numerics.validation import DTYPE, as_points
 from .ambient import AmbientEBM
+from .normalization import _check_resolution
 from .ebm import _check_data
 
 __all__ = ["Autoencoder", "PushforwardEBM"]
@@ -209,6 +210,8 @@ class PushforwardEBM(EstimatorMixin):
 
     def half_log_det(self, z):
         """``0.5 log det(J^T J)`` of the decoder at latents ``z`` (B, m), shape (B,)."""
+        # Checked like every input: a single latent (m,) failed in a torch expand.
+        z = self._points(z, self.latent_dim, "z").reshape(-1, self.latent_dim)
         with torch.no_grad():
             _, jac = autodiff.jacobian(self.autoencoder.decoder, z)  # (B, n, m)
             gram = jac.transpose(-1, -2) @ jac
@@ -254,6 +257,9 @@ class PushforwardEBM(EstimatorMixin):
             raise NotFittedError("call fit first: the latent box comes from the data")
         if resolution is None:
             resolution = {1: 4000, 2: 300}.get(self.latent_dim, 40)
+        # 0 or 1 gave an empty or one-point "lattice" silently, negatives a
+        # bare torch RuntimeError.
+        resolution = _check_resolution(resolution, "resolution")
         lo, hi = self.latent_ebm.box_
         axes = [torch.linspace(float(lo[j]), float(hi[j]), int(resolution), dtype=DTYPE)
                 for j in range(self.latent_dim)]

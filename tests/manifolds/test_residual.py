@@ -73,6 +73,20 @@ def test_newton_projection_at_codimension_56():
     assert float((x[:100] - res.x).norm(dim=-1).median()) > 1e-2
 
 
+def test_init_from_data_checks_the_data():
+    # Catches one point giving a NaN scale (std of one sample) silently, and
+    # data of another width failing in a torch broadcast (RuntimeError).
+    from implicit_geom.exceptions import EmptyDataError, InvalidPointError
+
+    x = _data()
+    net = ResidualMDFNetwork(12, 9, hidden=(8,))
+    with pytest.raises(EmptyDataError):
+        net.init_from_data(x[:1])
+    with pytest.raises(InvalidPointError):
+        net.init_from_data(x[:, :5])
+    assert torch.isfinite(net.scale) and torch.isfinite(net.normals).all()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         ResidualMDFNetwork(4, 4)

@@ -129,3 +129,17 @@ def test_float32_data_is_fitted_in_float64():
 
     assert torch.equal(fit(X.float()).score_samples(X), fit(X.float().double()).score_samples(X))
 
+
+
+def test_lattice_resolution_and_single_latent_are_checked(fitted):
+    # Catches latent_lattice(0) / (1) returning an empty or one-point lattice
+    # silently and a negative resolution raising torch's RuntimeError, and
+    # half_log_det of one latent of shape (m,) failing in a torch expand.
+    model, _ = fitted
+    for bad in (0, 1, -3, 2.5):
+        with pytest.raises(ValueError, match="resolution"):
+            model.latent_lattice(bad)
+    z = torch.tensor([0.3], dtype=torch.float64)
+    assert torch.equal(model.half_log_det(z), model.half_log_det(z[None]))
+    with pytest.raises(InvalidPointError):
+        model.half_log_det(torch.zeros(3, 2, dtype=torch.float64))
