@@ -1,4 +1,4 @@
-"""Gradients of projection, exp and log by the implicit function theorem.
+"""Gradients of projection, exp, log and dist by the implicit function theorem.
 
 The solvers (Newton projection, geodesic integration, log shooting or any
 other log solver) run without autograd; these ``torch.autograd.Function`` s
@@ -17,7 +17,9 @@ the iterations that produced it:
   implicitly: ``P_y D_v exp dv = P_y (dy - D_x exp dx)`` for the tangential
   part of ``dv``, while its normal part follows from ``J(x) v = 0``. Only the
   converged ``v`` and the derivatives of exp are needed, whatever solver
-  found ``v``.
+  found ``v``;
+- ``d = |log_x(y)|`` in the parameters of F (:func:`length_variation`): the
+  first variation of the length of the geodesic as M moves with them.
 """
 
 import torch
@@ -204,4 +206,56 @@ class Log(torch.autograd.Function):
             jac = space._jacobian(x)
             mu = gram_solve(jac, (jac @ grad_v.unsqueeze(-1)).squeeze(-1))
             grad_x = grad_x - (space._lagrangian_hessian(x, mu) @ v.unsqueeze(-1)).squeeze(-1)
+            # Only tangential moves of x stay on M; the normal part of d_x
+            # (flows off M along level sets of F) is no derivative of log on
+            # M. Drop it, as grad_y (tangent at y) does: log(x, y) is
+            # differentiated as log(pi(x), pi(y)), so the gradient of dist in
+            # point_a is exactly -log_a(b) / d, and a parameter gradient
+            # through a projected point is not counted twice (see
+            # length_variation).
+            grad_x = tangent_projector(jac, grad_x)
         return None, grad_x, grad_y
+
+
+# ------------------------------------------------------------ dist in theta
+def length_variation(metric, x, v, length):
+    """Zero-valued tensor, shape (B,), whose gradient in the trainable tensors
+    theta of F is ``d length / d theta`` of the geodesic ``t -> exp_x(t v)``.
+
+    As theta moves, M moves normally by ``V = -J^T G^{-1} dF/dtheta`` and the
+    end points with it (the convention of :class:`Log`: points are taken as
+    their projections, which move normally), so the first variation of the
+    length ``L = |v|`` has no end-point term:
+    ``dL = -(1/L) int_0^1 <V, gamma''> dt = (1/L) int_0^1 dF/dtheta .
+    G^{-1} J gamma'' dt`` with ``J gamma'' = -D^2F[gamma', gamma']`` (sphere of
+    radius r: ``dL/dr = L / r``). Without it the distance differentiates in
+    theta only through its end points, which is wrong (e.g. zero for the
+    radius of a sphere, points given by projection). Gauss-Legendre nodes on
+    [0, 1], 8 per macro step of the geodesic integrator.
+    """
+    import math
+
+    import numpy as np
+
+    from ..numerics.ode import n_macro_steps
+
+    space = metric._space
+    b, n = x.shape
+    n_nodes = 8 * max(2, n_macro_steps(length.max() if b else 0.0, metric.arc_per_step))
+    nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
+    t = torch.as_tensor((nodes + 1) / 2, dtype=x.dtype, device=x.device)
+    q = torch.as_tensor(weights / 2, dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        pts, vel = metric._flow(x.repeat_interleave(n_nodes, 0),
+                                (t[None, :, None] * v[:, None, :]).reshape(-1, n))
+        vel = vel / t.repeat(b)[:, None]  # the flow of t v has velocity t gamma'(t)
+        jac = space._jacobian(pts)
+        # G^{-1} J gamma'' = -G^{-1} D^2F[gamma', gamma'], per node.
+        w = -gram_solve(jac, space._second_derivative(pts, vel).detach())
+        scale = q.repeat(b) / length.repeat_interleave(n_nodes).clamp_min(
+            math.sqrt(torch.finfo(x.dtype).tiny))  # L = 0: w = 0, no variation
+        w = (w * scale[:, None]).detach()
+        pts = pts.detach()
+    with torch.enable_grad():
+        term = (w * space._value(pts)).reshape(b, -1).sum(-1)
+    return term - term.detach()

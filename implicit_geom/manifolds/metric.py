@@ -370,7 +370,10 @@ class ImplicitMetric(RiemannianMetric):
     def dist(self, point_a, point_b):
         """Geodesic distance, shape ``(...,)``; +inf between points on different
         connected components. Differentiable: the gradient in ``point_a`` is
-        ``-log_a(b) / d`` (implicit-function gradient of the log solve)."""
+        ``-log_a(b) / d`` (implicit-function gradient of the log solve); when
+        the points carry a gradient, also in the trainable parameters of F
+        (first variation of the geodesic's length as M moves, the points
+        moving with M as their projections do)."""
         return self._dist(point_a, point_b, squared=False)
 
     def _dist(self, point_a, point_b, squared):
@@ -395,6 +398,10 @@ class ImplicitMetric(RiemannianMetric):
         elif needs_grad(a_rows, b_rows):
             v = ift.Log.apply(self, a_rows, b_rows)
             within = (v * v).sum(-1) if squared else torch.linalg.vector_norm(v, dim=-1)
+            if ift.trainable_tensors(space):  # M itself moves with theta
+                length = torch.linalg.vector_norm(v.detach(), dim=-1)
+                var = ift.length_variation(self, a_rows.detach(), v.detach(), length)
+                within = within + (2 * length * var if squared else var)
         else:
             with torch.no_grad():
                 # The solver's length of the minimising path (no log polish).
