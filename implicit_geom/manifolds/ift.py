@@ -20,10 +20,19 @@ the iterations that produced it:
   found ``v``;
 - ``d = |log_x(y)|`` in the parameters of F (:func:`length_variation`): the
   first variation of the length of the geodesic as M moves with them.
+
+The backward passes are first order only (no graph): a second derivative
+through them (``create_graph=True``) raises :class:`DifferentiationError`
+(:func:`first_order_only`) rather than silently leave their part out of a
+Hessian.
+
+Exp and Log differentiate in their points and vectors only, not in the
+parameters of F (dist does, through :func:`length_variation`).
 """
 
 import torch
 
+from ..exceptions import DifferentiationError
 from ..numerics.linalg import gram_solve, tangent_basis, tangent_projector
 
 
@@ -36,6 +45,43 @@ def needs_grad(*tensors):
 def trainable_tensors(module):
     """Parameters and buffers of ``module`` that require a gradient."""
     return [t for t in (*module.parameters(), *module.buffers()) if t.requires_grad]
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """Identity on gradients computed without a graph; raises if differentiated."""
+
+    @staticmethod
+    def forward(ctx, n_grads, *tensors):
+        return tuple(t.clone() for t in tensors[:n_grads])
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise DifferentiationError(
+            "second derivatives through projection, to_tangent, exp, log or dist are not "
+            "available: their implicit-function gradients are first order only.")
+
+
+def first_order_only(grads, *anchors):
+    """``grads`` of a backward pass, tied to ``anchors`` (its inputs and incoming
+    gradients) through a node that raises when differentiated.
+
+    Under ``create_graph=True`` these gradients, computed without a graph,
+    would be constants to a second derivative: the Hessian would silently lack
+    this operation's part (``torch``'s ``once_differentiable`` does not help:
+    its error node is cut off from the inputs, so the second derivative
+    skips it).
+    """
+    if not torch.is_grad_enabled():
+        return grads
+    anchors = [t for t in anchors if torch.is_tensor(t) and t.requires_grad]
+    idx = [i for i, g in enumerate(grads) if torch.is_tensor(g)]
+    if not anchors or not idx:
+        return grads
+    tied = _NoSecondDerivative.apply(len(idx), *(grads[i] for i in idx), *anchors)
+    out = list(grads)
+    for i, g in zip(idx, tied):
+        out[i] = g
+    return tuple(out)
 
 
 # ------------------------------------------------------------------ projection
@@ -79,7 +125,7 @@ class ClosestPoint(torch.autograd.Function):
                 total = (normal * a).sum() + (value * b).sum()
                 grads = torch.autograd.grad(total, params, allow_unused=True)
             grad_params = [None if g is None else -g for g in grads]
-        return (None, a, *grad_params)
+        return (None, *first_order_only((a, *grad_params), grad_y, y, *params))
 
 
 class TangentProjection(torch.autograd.Function):
@@ -109,7 +155,7 @@ class TangentProjection(torch.autograd.Function):
             nu = gram_solve(jac, (jac @ grad_u.unsqueeze(-1)).squeeze(-1))
             grad_x = -(space._lagrangian_hessian(x, mu) @ grad_v.unsqueeze(-1)).squeeze(-1) \
                 - (space._lagrangian_hessian(x, nu) @ u.unsqueeze(-1)).squeeze(-1)
-        return None, grad_x, grad_v
+        return (None, *first_order_only((grad_x, grad_v), grad_u, x))
 
 
 # --------------------------------------------------------------------- exp/log
@@ -173,7 +219,7 @@ class Exp(torch.autograd.Function):
             grad_x = (d_x.transpose(1, 2) @ g.unsqueeze(-1)).squeeze(-1)
             coef = (d_v.transpose(1, 2) @ g.unsqueeze(-1))  # (B, m, 1)
             grad_v = (basis @ coef).squeeze(-1)
-        return None, grad_x, grad_v
+        return (None, *first_order_only((grad_x, grad_v), grad_y, x, v))
 
 
 class Log(torch.autograd.Function):
@@ -214,7 +260,7 @@ class Log(torch.autograd.Function):
             # through a projected point is not counted twice (see
             # length_variation).
             grad_x = tangent_projector(jac, grad_x)
-        return None, grad_x, grad_y
+        return (None, *first_order_only((grad_x, grad_y), grad_v, x, y))
 
 
 # ------------------------------------------------------------ dist in theta

@@ -236,3 +236,17 @@ def test_dist_gradient_in_the_weights_of_a_callable_module():
         minus = total()
         f.a += h
     assert float(grad) == pytest.approx(float(plus - minus) / (2 * h), abs=1e-7)
+
+
+def test_second_derivatives_through_the_geometry_raise():
+    # The backward passes run without a graph: a Hessian of dist(pi(a), y) +
+    # |a|^2 silently came out as the |a|^2 part alone (2 I, the geodesic
+    # part dropped); now a double backward through them raises (torch's
+    # once_differentiable would not: its error node is cut off from a).
+    space = callable_sphere()
+    x, y, _ = pairs(n=1)
+    a = leaf(1.2 * x)
+    total = space.metric.dist(space.projection(a), y).sum() + (a * a).sum()
+    (grad,) = torch.autograd.grad(total, a, create_graph=True)
+    with pytest.raises(ig.DifferentiationError):
+        torch.autograd.grad(grad[0, 0], a)
