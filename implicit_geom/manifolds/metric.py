@@ -438,6 +438,9 @@ class ImplicitMetric(RiemannianMetric):
         **joblib_kwargs
             Ignored (geomstats' signature): there is no joblib loop over pairs.
 
+        Differentiable like :meth:`dist` when ``points`` require a gradient
+        (then every pair goes through :meth:`dist`, ``n_jobs`` unused).
+
         Raises
         ------
         GeodesicError
@@ -448,6 +451,14 @@ class ImplicitMetric(RiemannianMetric):
         pts, _ = space._flat(as_point_list(points, space.ambient_dim))
         dtype = _dtype_of(points)
         n = pts.shape[0]
+        if needs_grad(pts):
+            # The pairwise solvers run without a graph (the matrix came back
+            # silently detached from points that require a gradient): every
+            # pair through dist instead, with its implicit-function gradients.
+            i, j = torch.triu_indices(n, n, 1, device=pts.device)
+            within = self._dist(pts[i], pts[j], squared=False)
+            out = pts.new_zeros(n, n).index_put((i, j), within).index_put((j, i), within)
+            return out.to(dtype)
         if space.dim == 1:  # arc-length tables of curves
             i, j = torch.triu_indices(n, n, 1, device=pts.device)
             within = self._curve_dist(pts[i], pts[j])

@@ -250,3 +250,22 @@ def test_second_derivatives_through_the_geometry_raise():
     (grad,) = torch.autograd.grad(total, a, create_graph=True)
     with pytest.raises(ig.DifferentiationError):
         torch.autograd.grad(grad[0, 0], a)
+
+
+def test_dist_pairwise_is_differentiable_like_dist():
+    # Before: the matrix came back with requires_grad=False from points that
+    # required a gradient (the pairwise solver ran under no_grad), so a loss
+    # mixing it with other terms silently lost its part of the gradient.
+    space = callable_sphere()
+    x, y, _ = pairs(n=2)
+    points = torch.cat([x, y])
+    pg = leaf(points)
+    matrix = space.metric.dist_pairwise(pg)
+    assert matrix.requires_grad
+    torch.testing.assert_close(matrix.detach(), space.metric.dist_pairwise(points),
+                               rtol=0, atol=1e-8)
+    (grad,) = torch.autograd.grad(matrix[0, 1:].sum(), pg)
+    qg = leaf(points)
+    rows = space.metric.dist(qg[:1].expand(3, 3), qg[1:]).sum()
+    (expected,) = torch.autograd.grad(rows, qg)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-7)
