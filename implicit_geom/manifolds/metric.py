@@ -172,7 +172,9 @@ class ImplicitMetric(RiemannianMetric):
         Returns
         -------
         end_point : torch.Tensor, shape=[..., n]
-            On M to the space's ``tol``.
+            On M to the space's ``tol``. Differentiable in ``tangent_vec`` and
+            ``base_point``, not in the trainable parameters of F (the flow's
+            dependence on them is not differentiated; dist's is).
         """
         space = self._space
         x, v, batch = space._pair(base_point, tangent_vec, ("base_point", "tangent_vec"))
@@ -224,6 +226,9 @@ class ImplicitMetric(RiemannianMetric):
         the chord and the tangent space (exact on spheres). Each iteration
         solves the linearised shooting equation in an orthonormal tangent
         basis, halving steps that do not reduce the miss.
+
+        Differentiable in ``point`` and ``base_point`` (implicit-function
+        gradients), not in the trainable parameters of F (dist is).
 
         Raises
         ------
