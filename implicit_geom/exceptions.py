@@ -56,6 +56,11 @@ class GeodesicError(ImplicitGeomError, RuntimeError):
     """A geodesic integration or the log shooting did not reach its tolerance."""
 
 
+class DifferentiationError(ImplicitGeomError, RuntimeError):
+    """A derivative the library does not provide, e.g. a second derivative
+    (``create_graph=True``) through the implicit-function gradients."""
+
+
 class DisconnectedError(GeodesicError):
     """Two points lie on different connected components: no geodesic (and no
     finite distance) joins them, so ``log`` is undefined.

@@ -1,4 +1,4 @@
-"""Gradients of projection, exp and log by the implicit function theorem.
+"""Gradients of projection, exp, log and dist by the implicit function theorem.
 
 The solvers (Newton projection, geodesic integration, log shooting or any
 other log solver) run without autograd; these ``torch.autograd.Function`` s
@@ -17,11 +17,22 @@ the iterations that produced it:
   implicitly: ``P_y D_v exp dv = P_y (dy - D_x exp dx)`` for the tangential
   part of ``dv``, while its normal part follows from ``J(x) v = 0``. Only the
   converged ``v`` and the derivatives of exp are needed, whatever solver
-  found ``v``.
+  found ``v``;
+- ``d = |log_x(y)|`` in the parameters of F (:func:`length_variation`): the
+  first variation of the length of the geodesic as M moves with them.
+
+The backward passes are first order only (no graph): a second derivative
+through them (``create_graph=True``) raises :class:`DifferentiationError`
+(:func:`first_order_only`) rather than silently leave their part out of a
+Hessian.
+
+Exp and Log differentiate in their points and vectors only, not in the
+parameters of F (dist does, through :func:`length_variation`).
 """
 
 import torch
 
+from ..exceptions import DifferentiationError
 from ..numerics.linalg import gram_solve, tangent_basis, tangent_projector
 
 
@@ -34,6 +45,43 @@ def needs_grad(*tensors):
 def trainable_tensors(module):
     """Parameters and buffers of ``module`` that require a gradient."""
     return [t for t in (*module.parameters(), *module.buffers()) if t.requires_grad]
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """Identity on gradients computed without a graph; raises if differentiated."""
+
+    @staticmethod
+    def forward(ctx, n_grads, *tensors):
+        return tuple(t.clone() for t in tensors[:n_grads])
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise DifferentiationError(
+            "second derivatives through projection, to_tangent, exp, log or dist are not "
+            "available: their implicit-function gradients are first order only.")
+
+
+def first_order_only(grads, *anchors):
+    """``grads`` of a backward pass, tied to ``anchors`` (its inputs and incoming
+    gradients) through a node that raises when differentiated.
+
+    Under ``create_graph=True`` these gradients, computed without a graph,
+    would be constants to a second derivative: the Hessian would silently lack
+    this operation's part (``torch``'s ``once_differentiable`` does not help:
+    its error node is cut off from the inputs, so the second derivative
+    skips it).
+    """
+    if not torch.is_grad_enabled():
+        return grads
+    anchors = [t for t in anchors if torch.is_tensor(t) and t.requires_grad]
+    idx = [i for i, g in enumerate(grads) if torch.is_tensor(g)]
+    if not anchors or not idx:
+        return grads
+    tied = _NoSecondDerivative.apply(len(idx), *(grads[i] for i in idx), *anchors)
+    out = list(grads)
+    for i, g in zip(idx, tied):
+        out[i] = g
+    return tuple(out)
 
 
 # ------------------------------------------------------------------ projection
@@ -77,7 +125,7 @@ class ClosestPoint(torch.autograd.Function):
                 total = (normal * a).sum() + (value * b).sum()
                 grads = torch.autograd.grad(total, params, allow_unused=True)
             grad_params = [None if g is None else -g for g in grads]
-        return (None, a, *grad_params)
+        return (None, *first_order_only((a, *grad_params), grad_y, y, *params))
 
 
 class TangentProjection(torch.autograd.Function):
@@ -107,7 +155,7 @@ class TangentProjection(torch.autograd.Function):
             nu = gram_solve(jac, (jac @ grad_u.unsqueeze(-1)).squeeze(-1))
             grad_x = -(space._lagrangian_hessian(x, mu) @ grad_v.unsqueeze(-1)).squeeze(-1) \
                 - (space._lagrangian_hessian(x, nu) @ u.unsqueeze(-1)).squeeze(-1)
-        return None, grad_x, grad_v
+        return (None, *first_order_only((grad_x, grad_v), grad_u, x))
 
 
 # --------------------------------------------------------------------- exp/log
@@ -171,7 +219,7 @@ class Exp(torch.autograd.Function):
             grad_x = (d_x.transpose(1, 2) @ g.unsqueeze(-1)).squeeze(-1)
             coef = (d_v.transpose(1, 2) @ g.unsqueeze(-1))  # (B, m, 1)
             grad_v = (basis @ coef).squeeze(-1)
-        return None, grad_x, grad_v
+        return (None, *first_order_only((grad_x, grad_v), grad_y, x, v))
 
 
 class Log(torch.autograd.Function):
@@ -204,4 +252,56 @@ class Log(torch.autograd.Function):
             jac = space._jacobian(x)
             mu = gram_solve(jac, (jac @ grad_v.unsqueeze(-1)).squeeze(-1))
             grad_x = grad_x - (space._lagrangian_hessian(x, mu) @ v.unsqueeze(-1)).squeeze(-1)
-        return None, grad_x, grad_y
+            # Only tangential moves of x stay on M; the normal part of d_x
+            # (flows off M along level sets of F) is no derivative of log on
+            # M. Drop it, as grad_y (tangent at y) does: log(x, y) is
+            # differentiated as log(pi(x), pi(y)), so the gradient of dist in
+            # point_a is exactly -log_a(b) / d, and a parameter gradient
+            # through a projected point is not counted twice (see
+            # length_variation).
+            grad_x = tangent_projector(jac, grad_x)
+        return (None, *first_order_only((grad_x, grad_y), grad_v, x, y))
+
+
+# ------------------------------------------------------------ dist in theta
+def length_variation(metric, x, v, length):
+    """Zero-valued tensor, shape (B,), whose gradient in the trainable tensors
+    theta of F is ``d length / d theta`` of the geodesic ``t -> exp_x(t v)``.
+
+    As theta moves, M moves normally by ``V = -J^T G^{-1} dF/dtheta`` and the
+    end points with it (the convention of :class:`Log`: points are taken as
+    their projections, which move normally), so the first variation of the
+    length ``L = |v|`` has no end-point term:
+    ``dL = -(1/L) int_0^1 <V, gamma''> dt = (1/L) int_0^1 dF/dtheta .
+    G^{-1} J gamma'' dt`` with ``J gamma'' = -D^2F[gamma', gamma']`` (sphere of
+    radius r: ``dL/dr = L / r``). Without it the distance differentiates in
+    theta only through its end points, which is wrong (e.g. zero for the
+    radius of a sphere, points given by projection). Gauss-Legendre nodes on
+    [0, 1], 8 per macro step of the geodesic integrator.
+    """
+    import math
+
+    import numpy as np
+
+    from ..numerics.ode import n_macro_steps
+
+    space = metric._space
+    b, n = x.shape
+    n_nodes = 8 * max(2, n_macro_steps(length.max() if b else 0.0, metric.arc_per_step))
+    nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
+    t = torch.as_tensor((nodes + 1) / 2, dtype=x.dtype, device=x.device)
+    q = torch.as_tensor(weights / 2, dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        pts, vel = metric._flow(x.repeat_interleave(n_nodes, 0),
+                                (t[None, :, None] * v[:, None, :]).reshape(-1, n))
+        vel = vel / t.repeat(b)[:, None]  # the flow of t v has velocity t gamma'(t)
+        jac = space._jacobian(pts)
+        # G^{-1} J gamma'' = -G^{-1} D^2F[gamma', gamma'], per node.
+        w = -gram_solve(jac, space._second_derivative(pts, vel).detach())
+        scale = q.repeat(b) / length.repeat_interleave(n_nodes).clamp_min(
+            math.sqrt(torch.finfo(x.dtype).tiny))  # L = 0: w = 0, no variation
+        w = (w * scale[:, None]).detach()
+        pts = pts.detach()
+    with torch.enable_grad():
+        term = (w * space._value(pts)).reshape(b, -1).sum(-1)
+    return term - term.detach()

@@ -172,7 +172,9 @@ class ImplicitMetric(RiemannianMetric):
         Returns
         -------
         end_point : torch.Tensor, shape=[..., n]
-            On M to the space's ``tol``.
+            On M to the space's ``tol``. Differentiable in ``tangent_vec`` and
+            ``base_point``, not in the trainable parameters of F (the flow's
+            dependence on them is not differentiated; dist's is).
         """
         space = self._space
         x, v, batch = space._pair(base_point, tangent_vec, ("base_point", "tangent_vec"))
@@ -224,6 +226,9 @@ class ImplicitMetric(RiemannianMetric):
         the chord and the tangent space (exact on spheres). Each iteration
         solves the linearised shooting equation in an orthonormal tangent
         basis, halving steps that do not reduce the miss.
+
+        Differentiable in ``point`` and ``base_point`` (implicit-function
+        gradients), not in the trainable parameters of F (dist is).
 
         Raises
         ------
@@ -370,7 +375,10 @@ class ImplicitMetric(RiemannianMetric):
     def dist(self, point_a, point_b):
         """Geodesic distance, shape ``(...,)``; +inf between points on different
         connected components. Differentiable: the gradient in ``point_a`` is
-        ``-log_a(b) / d`` (implicit-function gradient of the log solve)."""
+        ``-log_a(b) / d`` (implicit-function gradient of the log solve); when
+        the points carry a gradient, also in the trainable parameters of F
+        (first variation of the geodesic's length as M moves, the points
+        moving with M as their projections do)."""
         return self._dist(point_a, point_b, squared=False)
 
     def _dist(self, point_a, point_b, squared):
@@ -395,6 +403,10 @@ class ImplicitMetric(RiemannianMetric):
         elif needs_grad(a_rows, b_rows):
             v = ift.Log.apply(self, a_rows, b_rows)
             within = (v * v).sum(-1) if squared else torch.linalg.vector_norm(v, dim=-1)
+            if ift.trainable_tensors(space):  # M itself moves with theta
+                length = torch.linalg.vector_norm(v.detach(), dim=-1)
+                var = ift.length_variation(self, a_rows.detach(), v.detach(), length)
+                within = within + (2 * length * var if squared else var)
         else:
             with torch.no_grad():
                 # The solver's length of the minimising path (no log polish).
@@ -431,6 +443,9 @@ class ImplicitMetric(RiemannianMetric):
         **joblib_kwargs
             Ignored (geomstats' signature): there is no joblib loop over pairs.
 
+        Differentiable like :meth:`dist` when ``points`` require a gradient
+        (then every pair goes through :meth:`dist`, ``n_jobs`` unused).
+
         Raises
         ------
         GeodesicError
@@ -441,6 +456,14 @@ class ImplicitMetric(RiemannianMetric):
         pts, _ = space._flat(as_point_list(points, space.ambient_dim))
         dtype = _dtype_of(points)
         n = pts.shape[0]
+        if needs_grad(pts):
+            # The pairwise solvers run without a graph (the matrix came back
+            # silently detached from points that require a gradient): every
+            # pair through dist instead, with its implicit-function gradients.
+            i, j = torch.triu_indices(n, n, 1, device=pts.device)
+            within = self._dist(pts[i], pts[j], squared=False)
+            out = pts.new_zeros(n, n).index_put((i, j), within).index_put((j, i), within)
+            return out.to(dtype)
         if space.dim == 1:  # arc-length tables of curves
             i, j = torch.triu_indices(n, n, 1, device=pts.device)
             within = self._curve_dist(pts[i], pts[j])
