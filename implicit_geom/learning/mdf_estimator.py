@@ -227,6 +227,11 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     GAP_FRACTION = 0.05
     #: Rows of the training data :meth:`_data_gap` measures after a fit.
     GAP_SAMPLES = 2000
+    #: Length scales of the data for which the default slopes are meant;
+    #: outside, fit warns of missed data and folds by naming the spread.
+    SPREAD_RANGE = (0.2, 5.0)
+    _RESCALE_HINT = ("s_min and s_max are slopes of F in the units of X: rescale the data to "
+                     "unit spread, or divide s_min and s_max by their spread")
     #: A box axis along which the data vary by at most this fraction of the
     #: widest axis counts as flat (see :meth:`_data_box`).
     FLAT_AXIS = 1e-9
@@ -505,26 +510,34 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         Uses at most ``GAP_SAMPLES`` rows of ``X`` (evenly spaced)."""
         X = as_points(X, self.ambient_dim, "X", dtype=DTYPE).reshape(-1, self.ambient_dim)
         X = X[::max(1, -(-X.shape[0] // self.GAP_SAMPLES))].to(self.device)
-        value, jac = self.value_and_jacobian(X)
-        step = torch.linalg.pinv(jac) @ value[..., None]
-        return float(step.squeeze(-1).norm(dim=-1).median() / self.net.scale)
+        return float(self._first_order_distances(X).median() / self.net.scale)
+
+    def _first_order_distances(self, points):
+        """``|J^+ F(y)|`` at each point: the length of the Newton step onto the
+        zero set, its distance to first order, shape (B,)."""
+        value, jac = self.value_and_jacobian(points.to(self.device))
+        return (torch.linalg.pinv(jac) @ value[..., None]).squeeze(-1).norm(dim=-1)
+
+    def _unusual_spread(self):
+        """Whether the data's length scale lies outside ``SPREAD_RANGE``, where the
+        default slopes ``s_min``, ``s_max`` (in the data's units) do not suit them."""
+        low, high = self.SPREAD_RANGE
+        return not low <= float(self.net.scale) <= high
 
     def _warn_if_data_missed(self, X):
         # Only where the data's spread is far from 1, the trap of slopes in the
         # data's units: near unit spread a zero set some way from the data is
         # noise in them or a short fit (the tests' few-epoch fits), which the
         # distance to M reports, not a failure to warn of.
-        scale = float(self.net.scale)
-        if 0.2 <= scale <= 5:
+        if not self._unusual_spread():
             return
         gap = self._data_gap(X)
         if gap <= self.GAP_FRACTION:  # NaN warns too
             return
         warnings.warn(
             f"the learned zero set misses the training data: their median distance to it is "
-            f"{gap:.3g} times the data's length scale ({scale:.3g}): s_min and s_max are slopes "
-            "of F in the units of X: rescale the data to unit spread, or divide s_min and "
-            "s_max by their spread", FitWarning, stacklevel=3)
+            f"{gap:.3g} times the data's length scale ({float(self.net.scale):.3g}): "
+            f"{self._RESCALE_HINT}", FitWarning, stacklevel=3)
 
     def _conditioning(self, seed):
         """:meth:`zero_set_conditioning` (``-inf`` where nothing reaches the zero set, or
@@ -542,12 +555,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             return
         fix = (f"even the best of {self.n_restarts} restarts; try more restarts" if
                self.n_restarts > 1 else "refit with n_restarts=3 (a fit that is not folded is kept)")
-        scale = float(self.net.scale)
-        if not 0.2 <= scale <= 5:
+        if self._unusual_spread():
             # Restarts do not help there: every fit starts with slopes ~ 1 / spread.
-            fix = (f"the data's spread is {scale:.3g} and s_min, s_max are slopes of F in the "
-                   f"units of X: rescale the data to unit spread or divide s_min and s_max by "
-                   f"their spread; else {fix}")
+            fix = (f"the data's spread is {float(self.net.scale):.3g}: {self._RESCALE_HINT}; "
+                   f"else {fix}")
         if self.conditioning_ == -math.inf:
             message = ("no box point reached the learned zero set inside the box: the fit may "
                        "have no zero set there (or the box is flat)")
@@ -625,9 +636,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             self._restore_fit_state(dict(state, rng=None))
             for i, (_, _, _, points) in enumerate(fits):
                 if i != j:
-                    value, jac = self.value_and_jacobian(points.to(self.device))
-                    step = torch.linalg.pinv(jac) @ value[..., None]
-                    gaps[i, j] = step.squeeze(-1).norm(dim=-1).mean().cpu()
+                    gaps[i, j] = self._first_order_distances(points).mean().cpu()
         return (gaps + gaps.T) / 2
 
     def _fit_state(self):

@@ -2146,10 +2146,7 @@ class UnionLogSolver(LogSolver):
             piece = space.component_index(pts)
         for c, rows in self._by_piece(piece):
             part = pts[rows]
-            inner = None
-            if c.dim != 1 and c._known_n_components() != 1 and c.components_known():
-                with torch.no_grad():
-                    inner = c._component_labels(part)
+            inner = None if c.dim == 1 else c.metric._known_labels(part)
             d, a, f, near, far = _own_pairwise(c, part, n_jobs, inner, tables=True)
             n_near, n_far = n_near + near, n_far + far
             block = (rows[:, None], rows[None, :])

@@ -471,10 +471,7 @@ class ImplicitMetric(RiemannianMetric):
                 out = torch.zeros(n, n, dtype=pts.dtype, device=pts.device)
                 out[i, j] = out[j, i] = within
                 return out.to(dtype)
-        labels = None
-        if space._known_n_components() != 1 and space.components_known():
-            with torch.no_grad():
-                labels = space._component_labels(pts)
+        labels = self._known_labels(pts)
         solver = self.log_solver
         with torch.no_grad():
             if hasattr(solver, "pairwise"):
@@ -493,6 +490,15 @@ class ImplicitMetric(RiemannianMetric):
                         & (labels[None, :] >= 0)
                     out = out.masked_fill(apart, torch.inf)
         return out.to(dtype)
+
+    def _known_labels(self, pts):
+        """Component labels of flat points on M (-1: unknown) for the pairwise
+        solvers, or None where M is connected or its components are not known."""
+        space = self._space
+        if space._known_n_components() != 1 and space.components_known():
+            with torch.no_grad():
+                return space._component_labels(pts)
+        return None
 
     def _geodesic_ivp(self, initial_point, initial_tangent_vec):
         """Geodesic ``t -> exp(t v)`` as a callable (geomstats convention)."""
