@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from implicit_geom.exceptions import DataError, EmptyDataError
+from implicit_geom.numerics.validation import check_int
 
 __all__ = [
     "DataError",
@@ -77,9 +78,7 @@ def _tensor(x) -> torch.Tensor:
 
 
 def _check_n(n_samples: int) -> int:
-    if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-    return int(n_samples)
+    return check_int(n_samples, "n_samples")
 
 
 # ---------------------------------------------------------------------------
@@ -1219,9 +1218,7 @@ def estimate_intrinsic_dim(points, n_neighbors: int = 20, variance: float = 0.95
     # dimension above n, n_neighbors=0 a "neighbourhood" of the point alone.
     if not 0.0 < variance < 1.0:
         raise ValueError(f"variance must be in (0, 1), got {variance}")
-    if isinstance(n_neighbors, bool) or int(n_neighbors) != n_neighbors or n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
-    k = min(int(n_neighbors), x.shape[0] - 1)
+    k = min(check_int(n_neighbors, "n_neighbors"), x.shape[0] - 1)
     centres = x
     if x.shape[0] > max_points:
         centres = x[torch.as_tensor(_rng(seed).choice(x.shape[0], max_points, replace=False))]

@@ -31,7 +31,7 @@ import torch
 
 from .exceptions import EmptyDataError, ProjectionError, QuadratureCoverageError
 from .metrics import discretized_wasserstein, paper_wasserstein
-from .numerics.validation import DTYPE, padded_box
+from .numerics.validation import DTYPE, check_int, padded_box
 
 #: Network-simplex iterations of the exact OT between point clouds.
 _EMD_ITER = 10_000_000
@@ -127,9 +127,7 @@ def random_split(n, seed, fractions=(0.8, 0.1, 0.1)):
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9 or min(fractions) <= 0:
         raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}")
     # int() would silently truncate 10.5 points or seed 1.7 (a different split than asked).
-    if isinstance(n, bool) or int(n) != n or isinstance(seed, bool) or int(seed) != seed:
-        raise ValueError(f"n and seed must be integers, got n={n!r}, seed={seed!r}")
-    n = int(n)
+    n, seed = check_int(n, "n", minimum=None), check_int(seed, "seed", minimum=None)
     if n < 3:
         raise EmptyDataError(f"need at least 3 points to split three ways, got {n}")
     perm = torch.as_tensor(np.random.default_rng(int(seed)).permutation(n))

@@ -16,12 +16,13 @@ say how many.
 """
 
 import multiprocessing
-import numbers
 import os
 import pickle
 import sys
 
 import torch
+
+from .numerics.validation import check_int
 
 __all__ = ["set_threads", "thread_info", "fork_map", "can_fork", "check_jobs", "resolve_jobs",
            "reuse_freed_memory"]
@@ -47,8 +48,7 @@ def set_threads(n=1):
     ValueError
         ``n`` is not a positive integer.
     """
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"the thread count must be a positive integer, got {n!r}")
+    n = check_int(n, "n", message=f"the thread count must be a positive integer, got {n!r}")
     previous = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:  # numpy/scipy's OpenBLAS and the OpenMP runtimes loaded so far
@@ -180,10 +180,11 @@ def check_jobs(n_jobs):
     ValueError
         Anything else (booleans, floats, 0, -2, ...).
     """
-    if (isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral)
-            or not (n_jobs >= 1 or n_jobs == -1)):
-        raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}")
-    return int(n_jobs)
+    n_jobs = check_int(n_jobs, "n_jobs", minimum=-1,
+                       message=f"n_jobs must be a positive integer or -1, got {n_jobs!r}")
+    if n_jobs == 0:
+        raise ValueError("n_jobs must be a positive integer or -1, got 0")
+    return n_jobs
 
 
 def resolve_jobs(n_jobs):

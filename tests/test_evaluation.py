@@ -42,7 +42,7 @@ def test_split_parts_are_never_empty_nor_silently_truncated():
     with pytest.raises(EmptyDataError, match="at least 3"):
         random_split(2, seed=0)
     for bad in (dict(n=10.5, seed=0), dict(n=10, seed=1.7)):
-        with pytest.raises(ValueError, match="integers"):
+        with pytest.raises(ValueError, match="must be an integer"):
             random_split(**bad)
     for n in (3, 4, 5, 11):
         parts = random_split(n, seed=1)

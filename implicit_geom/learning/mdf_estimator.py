@@ -18,7 +18,7 @@ from ..exceptions import (CheckpointError, ConditioningWarning, FitWarning, Inva
 from ..manifolds.components import sample_in_box
 from ..manifolds.neural import MDFNetwork, NetworkImplicitManifold
 from ..manifolds.residual import ResidualMDFNetwork
-from ..numerics.validation import DTYPE, as_points, padded_box
+from ..numerics.validation import DTYPE, as_points, check_int, padded_box
 from ..threads import check_jobs, fork_map, resolve_jobs
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import context, make_trainer
@@ -474,9 +474,9 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         del y
         # Checked before anything changes: the trainer refused a bad count only
         # after fresh weights had replaced the fit (untrained, still "fitted").
-        if epochs is not None and (isinstance(epochs, (bool, str)) or not epochs >= 0
-                                   or int(epochs) != epochs):
-            raise ValueError(f"epochs must be an integer >= 0 or None, got {epochs!r}")
+        if epochs is not None:
+            check_int(epochs, "epochs", minimum=0,
+                      message=f"epochs must be an integer >= 0 or None, got {epochs!r}")
         X = as_points(X, self.ambient_dim, "X", dtype=DTYPE)
         if X.ndim != 2:
             raise InvalidPointError(f"X must have shape (N, {self.ambient_dim}); got "

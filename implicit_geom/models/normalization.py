@@ -38,7 +38,7 @@ import torch
 from ..exceptions import InvalidPointError, NormalizationError, QuadratureCoverageError
 from ..manifolds.analytic import GeomstatsLevelSet, ImplicitSphere, ImplicitTorus, as_implicit
 from ..manifolds.arithmetic import UnionManifold
-from ..numerics.validation import DTYPE, as_points
+from ..numerics.validation import DTYPE, as_points, check_int
 
 __all__ = [
     "Quadrature",
@@ -260,9 +260,7 @@ class LogPartition:
 
 
 def _check_resolution(value, name):
-    if isinstance(value, bool) or int(value) != value or value < 2:
-        raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum=2)
 
 
 # --------------------------------------------------------------- exact rules

@@ -10,13 +10,14 @@ from .linalg import (
 )
 from .newton import NewtonResult, newton_min_norm, solve_along_normals
 from .ode import GBSIntegrator
-from .validation import as_points, check_finite
+from .validation import as_points, check_finite, check_int
 
 __all__ = [
     "GBSIntegrator",
     "NewtonResult",
     "as_points",
     "check_finite",
+    "check_int",
     "gram_solve",
     "jacobian",
     "jvp",

@@ -1,10 +1,39 @@
 """Input checks: every public entry point converts and validates through here."""
 
+import math
+import numbers
+
 import torch
 
 from ..exceptions import EmptyDataError, InvalidPointError
 
 DTYPE = torch.float64
+
+
+def check_int(value, name, minimum=1, message=None):
+    """``value`` as a Python int, checked: an integer (numpy's and integral floats
+    such as ``3.0`` included) at least ``minimum``.
+
+    One rule for every count and seed: ``int()`` alone would truncate 2.7 to 2
+    (another grid, split or chain length than asked) and turn ``True`` into 1.
+
+    Raises
+    ------
+    ValueError
+        Booleans, strings, non-integral or non-finite numbers, values below ``minimum``
+        (``message`` replaces the default text).
+    """
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # a 0-d tensor or numpy scalar
+    ok = (not isinstance(value, bool)
+          and (isinstance(value, numbers.Integral)
+               or (isinstance(value, numbers.Real) and math.isfinite(value)
+                   and float(value).is_integer()))
+          and (minimum is None or value >= minimum))
+    if not ok:
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(message or f"{name} must be an integer{bound}, got {value!r}")
+    return int(value)
 
 
 def check_finite(tensor, name="point"):

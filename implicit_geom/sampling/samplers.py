@@ -18,7 +18,7 @@ import time
 import torch
 from ..exceptions import InvalidPointError, ProjectionError
 from ..numerics.linalg import tangent_projector
-from ..numerics.validation import as_points
+from ..numerics.validation import as_points, check_int
 from ..progress import Progress
 from .adaptation import DualAveragingStepSize
 from .diagnostics import SamplerInfo, effective_sample_size
@@ -32,12 +32,6 @@ MAX_ITER = 10
 #: From this codimension on, position solves use the chord method by default:
 #: a Jacobian costs about ``codim`` evaluations of F, the chord method needs one.
 CHORD_CODIM = 8
-
-
-def _is_int(value):
-    """An integer, numpy's included (``n_steps=np.int64(3)`` used to be refused with
-    "must be an int >= 1, got 3"); not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_real(value):
@@ -98,8 +92,8 @@ class _ConstrainedSampler:
         # A cap <= 0 or a non-positive/NaN reverse_tol would reject every step
         # silently (all chains frozen, counted as failures), and max_iter=0
         # used to fall back to the default: both are bad settings.
-        if max_iter is not None and not (_is_int(max_iter) and max_iter >= 1):
-            raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+        if max_iter is not None:
+            max_iter = check_int(max_iter, "max_iter")
         if not float(reverse_tol) > 0:
             raise ValueError(f"reverse_tol must be a positive float, got {reverse_tol!r}")
         if check_reversibility is None:
@@ -111,11 +105,12 @@ class _ConstrainedSampler:
                                   else max_iter),
             reverse_tol=float(reverse_tol), check_reversibility=bool(check_reversibility),
             newton=newton)
-        if seed is not None and not (_is_int(seed) or isinstance(seed, torch.Generator)):
-            raise TypeError(f"seed must be an int, a torch.Generator or None, got "
-                            f"{type(seed).__name__}")
-        if _is_int(seed):
-            seed = int(seed)
+        if seed is not None and not isinstance(seed, torch.Generator):
+            try:
+                seed = check_int(seed, "seed", minimum=None)
+            except ValueError:
+                raise TypeError(f"seed must be an int, a torch.Generator or None, got "
+                                f"{seed!r}") from None
         self._seed = seed
         self._generator = seed if isinstance(seed, torch.Generator) else None
         self._rng_device = None
@@ -222,11 +217,8 @@ class _ConstrainedSampler:
 
     def _loop(self, x0, n_steps, n_warmup, thin, target_accept, progress, keep):
         start = time.perf_counter()
-        for name, val, low in (("n_steps", n_steps, 1), ("n_warmup", n_warmup, 0),
-                               ("thin", thin, 1)):
-            if not _is_int(val) or val < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
-        n_steps, n_warmup, thin = int(n_steps), int(n_warmup), int(thin)
+        n_steps, n_warmup, thin = (check_int(val, name, minimum=low) for name, val, low in (
+            ("n_steps", n_steps, 1), ("n_warmup", n_warmup, 0), ("thin", thin, 1)))
         if keep and n_steps < thin:  # would return no samples at all
             raise ValueError(f"thin = {thin} exceeds n_steps = {n_steps}: no sample would be kept")
         adapter = self._adapter(target_accept, n_warmup)
@@ -369,9 +361,7 @@ class ConstrainedHMC(_ConstrainedSampler):
     def __init__(self, manifold, energy=None, step_size=0.1, seed=None, n_leapfrog=5,
                  **kwargs):
         super().__init__(manifold, energy, step_size, seed, **kwargs)
-        if not _is_int(n_leapfrog) or n_leapfrog < 1:
-            raise ValueError(f"n_leapfrog must be an int >= 1, got {n_leapfrog!r}")
-        self.n_leapfrog = int(n_leapfrog)
+        self.n_leapfrog = check_int(n_leapfrog, "n_leapfrog")
 
     def _trajectory(self, state, p, h):
         """``n_leapfrog`` RATTLE steps; rows stop at their first failure."""
