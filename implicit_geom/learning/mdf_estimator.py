@@ -7,6 +7,7 @@ orientation, the training loop and checkpoints.
 """
 
 import contextlib
+import copy
 import dataclasses
 import math
 import warnings
@@ -489,16 +490,27 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             raise InvalidPointError(f"fit needs at least 2 distinct points; all {X.shape[0]} "
                                     f"rows of X are equal")
         X = X.to(self.device)
-        if not (resume and self.is_fitted) and self.n_restarts > 1:
-            self._fit_restarts(X, epochs)
-        else:
-            if not (resume and self.is_fitted):
-                self._setup(X)
-            self._train(X, epochs)
-            # Beyond 3-D a box sample rarely reaches every part of the zero set,
-            # and projecting 20 000 points costs more than many fits (34 s in 16-D).
-            self.conditioning_ = (self._conditioning(self.seed)[0]
-                                  if self.ambient_dim <= self.CHECK_MAX_DIM else None)
+        # A fit that stops part-way (TrainingDivergedError, Ctrl-C) leaves the
+        # model as it was (a resumed fit keeps the state it resumed from), not
+        # part-trained weights under the previous fit's flags. The caches go
+        # first: the fit drops them anyway, and they need not be copied.
+        self.invalidate_caches()
+        saved = copy.deepcopy(self.__dict__, {id(self): self})
+        try:
+            if not (resume and self.is_fitted) and self.n_restarts > 1:
+                self._fit_restarts(X, epochs)
+            else:
+                if not (resume and self.is_fitted):
+                    self._setup(X)
+                self._train(X, epochs)
+                # Beyond 3-D a box sample rarely reaches every part of the zero set,
+                # and projecting 20 000 points costs more than many fits (34 s in 16-D).
+                self.conditioning_ = (self._conditioning(self.seed)[0]
+                                      if self.ambient_dim <= self.CHECK_MAX_DIM else None)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
         self._warn_if_folded()
         self._warn_if_data_missed(X)
         return self

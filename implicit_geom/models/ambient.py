@@ -67,7 +67,7 @@ class AmbientEBM(EnergyModel):
         Chains start from the replay buffer, or from ``init`` (shape (n, d),
         e.g. uniform noise in :attr:`box_`).
         """
-        if self.buffer_ is None:
+        if not self.is_fitted:
             raise NotFittedError("call fit first: the chains' box comes from the data")
         if init is None and int(n_samples) < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -83,7 +83,7 @@ class AmbientEBM(EnergyModel):
 
     def log_partition(self, resolution=256):
         """``log Z`` over the chain box by a midpoint grid (``dim <= 3``)."""
-        if self.box_ is None:
+        if not self.is_fitted:
             raise NotFittedError("call fit first: the chains' box comes from the data")
         rule = box_quadrature(*(b.cpu() for b in self.box_), resolution).to(self._param().device)
         with torch.no_grad():

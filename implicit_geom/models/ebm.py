@@ -277,9 +277,20 @@ class EnergyModel(EstimatorMixin):
                                                              dtype=param.dtype)
         # Seeded and reproducible, without disturbing the caller's global RNG
         # (under torchrun each rank draws its own chains: rank-specific seeds).
-        with _forked_rng(context().seed(self.seed)):
-            self._fit(X, X_val)
+        try:
+            with _forked_rng(context().seed(self.seed)):
+                self._fit(X, X_val)
+        except BaseException:
+            # A fit that stops part-way (TrainingDivergedError, Ctrl-C) leaves
+            # part-trained weights: unfitted, not the previous fit's "fitted"
+            # flag over them (a refit starts afresh anyway).
+            self._forget_fit()
+            raise
         return self
+
+    def _forget_fit(self):
+        """Mark the model unfitted (after a failed fit), dropping its chains."""
+        self.history_ = self.validation_history_ = self.buffer_ = None
 
     def _fit(self, X, X_val=None):
         # The batch, buffer and restart draws share one generator, in this
@@ -864,6 +875,11 @@ class ConstrainedEBM(EnergyModel):
         super()._fit(X, X_val)
         self._normalizer = None  # the energy changed
         self._fitted = True
+
+    def _forget_fit(self):
+        super()._forget_fit()
+        self._fitted = False
+        self._normalizer = None
 
     def _adopt(self, X):
         """Take the data-dependent state (box, probes, component weights) from ``X``

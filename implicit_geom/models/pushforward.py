@@ -81,6 +81,7 @@ class Autoencoder(nn.Module, EstimatorMixin):
         def loss_fn(batch):
             return (self(batch) - batch).square().sum(-1).mean(), {}
 
+        self._trained = False  # until this fit has run through (a failed one leaves it unfitted)
         trainer.run(loss_fn, X, int(n_iter), int(batch_size), generator=gen,
                     sampling="replacement")
         self._trained = True
@@ -153,6 +154,7 @@ class PushforwardEBM(EstimatorMixin):
         """
         like = next(self.autoencoder.parameters())  # float32 data trained in float64
         X = _check_data(X, self.ambient_dim).to(device=like.device, dtype=like.dtype)
+        self.history_ = None  # until this fit has run through (a failed one leaves it unfitted)
         ae_loss = self.autoencoder.fit(X, self.ae_iter, self.ae_lr, self.ae_batch_size,
                                        self.seed, self.progress)
         with torch.no_grad():

@@ -239,3 +239,56 @@ def test_a_refit_equals_a_fresh_fit(name):
         fresh = new().fit(points)
         refit = new().fit(other).fit(points)
     assert torch.equal(fresh.score_samples(points), refit.score_samples(points))
+
+
+@pytest.mark.parametrize("name", ["mdf", "constrained", "ambient", "pushforward"])
+def test_a_fit_stopped_part_way_leaves_no_half_trained_model(name, monkeypatch):
+    # Catches a fit interrupted mid-training (TrainingDivergedError, Ctrl-C) leaving
+    # part-trained weights under the previous fit's "fitted" flags: scored and
+    # sampled as if fitted. The learned manifold is left exactly as it was; a
+    # density model (whose refit starts afresh anyway) is left unfitted.
+    from implicit_geom import NotFittedError
+    from implicit_geom.learning.trainer import Trainer
+
+    points = load_dataset("sphere_mixture", 60, seed=0).points
+    if name == "ambient":
+        points = points[:, :2]
+    model = models()[name]
+    if name == "pushforward":
+        model.set_params(ae_iter=3)
+    if name == "ambient":
+        model.set_params(n_iter=3)  # more than the one step the interruption allows
+    with torch.random.fork_rng():
+        model.fit(points)
+    state = {k: v.clone() for k, v in model.state_dict().items()} if name == "mdf" else None
+    before = model.score_samples(points) if name != "mdf" else model.projection(points[:5])
+
+    run = Trainer.run
+
+    def interrupted(self, loss_fn, *args, **kwargs):
+        calls = []
+
+        def loss(*a, **k):
+            calls.append(1)
+            if len(calls) > 1:
+                raise KeyboardInterrupt  # the user's Ctrl-C after one step
+            return loss_fn(*a, **k)
+        return run(self, loss, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(load_dataset("sphere_mixture", 60, seed=1).points[:, :points.shape[1]])
+    if name == "mdf":
+        assert model.is_fitted
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        assert torch.equal(model.projection(points[:5]), before)
+        monkeypatch.setattr(Trainer, "run", run)
+        model.fit(points, epochs=1, resume=True)  # the restored state resumes
+    else:
+        assert not model.is_fitted
+        with pytest.raises(NotFittedError):
+            model.score_samples(points)
+        monkeypatch.setattr(Trainer, "run", run)
+        with torch.random.fork_rng():
+            model.fit(points)
+        assert torch.equal(model.score_samples(points), before)
