@@ -187,7 +187,9 @@ class ImplicitManifold(nn.Module, LevelSet):
     # Subclasses with closed forms override these three; everything else is
     # built on them. All take flat batches (B, n) and return (B, k)-shaped data.
     def _value(self, x):
-        return self._f(x)
+        # Checked here, where every solver evaluates F: a codim-1 f returning
+        # shape (B,) crashed projection/to_tangent/exp in torch's expand.
+        return self._check_value(self._f(x), x.shape[0])
 
     def _value_and_jacobian(self, x):
         return autodiff.jacobian(self._value, x)

@@ -192,6 +192,18 @@ def test_wrong_shape_and_empty_input_raise():
         wrong_codim.submersion(torch.ones(3, 3))
 
 
+def test_defining_function_without_codim_axis_raises_in_every_solver():
+    # Catches f returning (B,) for codim 1: projection, to_tangent, exp and
+    # random_point crashed with torch's bare "expand" RuntimeError.
+    flat = ig.ImplicitManifold(lambda x: ((x * x).sum(-1) - 1) / 2, ambient_dim=3, codim=1)
+    x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    v = torch.tensor([[0.0, 0.5, 0.0], [0.5, 0.0, 0.0]], dtype=torch.float64)
+    for call in (lambda: flat.projection(2 * x), lambda: flat.to_tangent(v, x),
+                 lambda: flat.metric.exp(v, x), lambda: flat.random_point(3)):
+        with pytest.raises(InvalidPointError, match="returned shape"):
+            call()
+
+
 def test_metric_checks_vectors_and_batch_shapes():
     # Catches the inner product / norm taking any array (a 4-vector "tangent"
     # to a point of R^3 got a norm, NaN gave NaN) and torch's bare RuntimeError
