@@ -489,7 +489,9 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             # 1e-12 wide, and the fit a random zero set beside the point).
             raise InvalidPointError(f"fit needs at least 2 distinct points; all {X.shape[0]} "
                                     f"rows of X are equal")
-        X = X.to(self.device)
+        # In the model's dtype too: after .to(torch.float32) float64 data met
+        # float32 weights in the negative sampler ("must have the same dtype").
+        X = X.to(device=self.device, dtype=self.dtype)
         # A fit that stops part-way (TrainingDivergedError, Ctrl-C) leaves the
         # model as it was (a resumed fit keeps the state it resumed from), not
         # part-trained weights under the previous fit's flags. The caches go

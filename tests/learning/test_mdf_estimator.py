@@ -220,6 +220,17 @@ def test_bad_training_data():
     assert not model.is_fitted
 
 
+def test_a_model_moved_to_float32_fits_in_float32():
+    # Catches fit() passing float64 data to a model moved with .to(torch.float32)
+    # (RuntimeError "must have the same dtype" in the negative sampler).
+    data = von_mises_circle(200, kappa=0.5, seed=1)
+    model = NeuralImplicitManifold(2, **dict(FAST, epochs=5)).to(torch.float32).fit(data)
+    assert model.dtype == torch.float32 and model.bounds[0].dtype == torch.float32
+    y = model.projection(torch.as_tensor(data[:5]).float())
+    assert y.dtype == torch.float32
+    assert float(model.submersion(y).abs().max()) <= model.tol_for()
+
+
 def test_bad_epoch_count_leaves_the_fit_untouched():
     # Catches: fit(X, epochs=-1) replaced the fitted weights with fresh random
     # ones before the trainer refused the count, leaving a "fitted" model

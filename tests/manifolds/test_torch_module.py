@@ -1,6 +1,8 @@
 """Manifolds are torch modules: .to(device, dtype), state_dict, dtype preserved,
 no tensor created on the CPU inside a computation, geomstats' belongs convention."""
 
+import copy
+
 import pytest
 import torch
 
@@ -176,3 +178,24 @@ def test_cuda_geometry_matches_cpu(kind):
     for key in ref:
         assert out[key].device.type == "cuda"
         torch.testing.assert_close(out[key].cpu(), ref[key], rtol=0, atol=1e-8)
+
+
+def test_a_curve_moved_to_float32_keeps_its_arc_lengths():
+    # Catches the curve tables' float64-only tolerances (1e-12 integration,
+    # 1e-10 checks, 1e-8 point matching): a network curve moved to float32
+    # failed to trace (GeodesicError) or read one closed curve as two
+    # (DisconnectedError) instead of giving its arc length.
+    torch.manual_seed(0)
+    net = MDFNetwork(2, 1, hidden=(8,), radial=1.0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(0.1)
+    curve64 = NetworkImplicitManifold(net, 2, 1, bounds=([-2.0] * 2, [2.0] * 2))
+    curve32 = NetworkImplicitManifold(copy.deepcopy(net), 2, 1,
+                                      bounds=([-2.0] * 2, [2.0] * 2)).to(torch.float32)
+    x = torch.tensor([[1.0, 0.1], [0.0, 1.2]], dtype=torch.float64)
+    p64, p32 = curve64.projection(x), curve32.projection(x.float())
+    d64 = curve64.metric.dist(p64[:1], p64[1:])
+    d32 = curve32.metric.dist(p32[:1], p32[1:])
+    assert d32.dtype == torch.float32
+    torch.testing.assert_close(d32.double(), d64, rtol=1e-4, atol=0)
