@@ -189,6 +189,9 @@ class UnionManifold(ImplicitManifold):
                 f"{what}: {int(meet.sum())} point(s) lie where components of the union "
                 "meet; the union is not a manifold there (no tangent space).")
 
+    def _check_regular(self, x, what):
+        self._check_not_meeting(x, what)
+
     def to_tangent(self, vector, base_point):
         """Tangent projection on the component of ``base_point``."""
         self._check_not_meeting(base_point, "to_tangent")

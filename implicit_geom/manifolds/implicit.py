@@ -290,6 +290,10 @@ class ImplicitManifold(nn.Module, LevelSet):
             out = self._value_and_jacobian(x)[1] @ v.unsqueeze(-1)
         return out.reshape(*batch, self.codim).to(_dtype_of(point))
 
+    def _check_regular(self, x, what):
+        """Raise :class:`SingularJacobianError` where flat points ``x`` are
+        not regular points of M (a union's pieces meet there); nothing here."""
+
     def _pair(self, point, vector, names=("point", "vector")):
         point = as_points(point, self.ambient_dim, names[0])
         vector = as_points(vector, self.ambient_dim, names[1])

@@ -21,7 +21,13 @@ FrechetMean would then silently switch to the linear mean (off M).
 import torch
 from geomstats.geometry.riemannian_metric import RiemannianMetric
 
-from ..exceptions import CurvatureError, DisconnectedError, GeodesicError, InvalidPointError
+from ..exceptions import (
+    CurvatureError,
+    DisconnectedError,
+    GeodesicError,
+    InvalidPointError,
+    SingularJacobianError,
+)
 from ..numerics.linalg import gram_solve, rowdot, tangent_basis, tangent_projector
 from ..numerics.newton import newton_min_norm
 from ..numerics.ode import GBSIntegrator, n_macro_steps
@@ -178,6 +184,7 @@ class ImplicitMetric(RiemannianMetric):
         """
         space = self._space
         x, v, batch = space._pair(base_point, tangent_vec, ("base_point", "tangent_vec"))
+        space._check_regular(x, "exp")  # where a union's pieces meet: no geodesic
         if needs_grad(x, v):  # derivative of the flow, not of the integrator's steps
             x1 = ift.Exp.apply(self, x, v)
         else:
@@ -240,6 +247,7 @@ class ImplicitMetric(RiemannianMetric):
         """
         space = self._space
         x, y, batch = space._pair(base_point, point, ("base_point", "point"))
+        space._check_regular(torch.cat([x, y]), "log")
         if space.dim != 1:  # (curves first ask their arc-length tables, see _solve_log)
             self._raise_if_apart(x, y, batch)
         try:
@@ -384,6 +392,7 @@ class ImplicitMetric(RiemannianMetric):
     def _dist(self, point_a, point_b, squared):
         space = self._space
         a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
+        space._check_regular(torch.cat([a, b]), "dist")
         dtype = _dtype_of(point_a, point_b)
         if space.dim == 1 and not needs_grad(a, b):
             # Arc lengths from the curve's tables (+inf across closed curves).
@@ -454,6 +463,7 @@ class ImplicitMetric(RiemannianMetric):
         del joblib_kwargs
         space = self._space
         pts, _ = space._flat(as_point_list(points, space.ambient_dim))
+        space._check_regular(pts, "dist_pairwise")
         dtype = _dtype_of(points)
         n = pts.shape[0]
         if needs_grad(pts):
@@ -825,7 +835,12 @@ def _normal_response(jac, curv):
         grad = jac[:, 0]
         return -grad * (curv / rowdot(grad, grad))
     gram = jac @ jac.transpose(-1, -2)
-    lam = torch.linalg.solve(gram, curv.unsqueeze(-1))
+    lam, info = torch.linalg.solve_ex(gram, curv.unsqueeze(-1))
+    if bool((info != 0).any()):  # an exactly singular J (e.g. a tangential intersection)
+        raise SingularJacobianError(
+            f"the Jacobian of the submersion is rank deficient at {int((info != 0).sum())} "
+            "point(s) (e.g. where the manifolds of an intersection touch instead of "
+            "crossing); the normal space is not defined there.")
     return -(jac.transpose(-1, -2) @ lam).squeeze(-1)
 
 

@@ -82,6 +82,39 @@ def test_union_tangent_space_and_meeting_set():
         both.to_tangent(torch.ones(3, dtype=torch.float64), meet)
 
 
+def test_tangential_intersection_geodesics_raise_the_named_error():
+    # Catches dist/log on a sphere ∩ its tangent plane failing with torch's
+    # _LinAlgError (singular Gram matrix in the curve's acceleration) instead
+    # of SingularJacobianError.
+    plane = ig.ImplicitManifold(lambda x: x[..., 2:3] - 1.0, ambient_dim=3, codim=1)
+    touching = ig.intersection(ig.ImplicitSphere(2), plane)
+    top = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(SingularJacobianError):
+        touching.metric.dist(top, top)
+
+
+def test_union_geodesics_where_pieces_meet_raise():
+    # Catches exp/log/dist/dist_pairwise on a union answering silently on
+    # its first piece where pieces meet (a union of a sphere with itself:
+    # finite distances on a "2-component" union; the meeting circle of two
+    # overlapping spheres), where to_tangent raises SingularJacobianError.
+    twice = ig.union(ig.ImplicitSphere(2), ig.ImplicitSphere(2))
+    x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    for call in (lambda: twice.metric.dist(x[0], x[1]), lambda: twice.metric.log(x[1], x[0]),
+                 lambda: twice.metric.exp(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), x[0]),
+                 lambda: twice.metric.dist_pairwise(x)):
+        with pytest.raises(SingularJacobianError, match="components of the union meet"):
+            call()
+    circles = ig.union(ig.ImplicitSphere(1), ig.ImplicitSphere(1, center=[1.0, 0.0]))
+    meet = torch.tensor([0.5, math.sqrt(0.75)], dtype=torch.float64)
+    with pytest.raises(SingularJacobianError, match="components of the union meet"):
+        circles.metric.dist(meet, torch.tensor([-1.0, 0.0], dtype=torch.float64))
+    # Away from the meeting points each piece still answers (arc length pi/2).
+    far = circles.metric.dist(torch.tensor([-1.0, 0.0], dtype=torch.float64),
+                              torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert float(far) == pytest.approx(math.pi / 2, abs=1e-9)
+
+
 def test_union_rejects_mismatched_components():
     with pytest.raises(ValueError):
         ig.union(ig.ImplicitSphere(2), ig.ImplicitSphere(3))
