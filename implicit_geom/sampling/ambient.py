@@ -74,7 +74,10 @@ class BoxLangevin:
             else:
                 with torch.enable_grad():
                     xg = x.requires_grad_(True)
-                    (grad,) = torch.autograd.grad(self.energy(xg).sum(), xg)
+                    energy = self.energy(xg)
+                    # (a constant energy has no graph: zero gradient)
+                    grad = (torch.autograd.grad(energy.sum(), xg)[0] if energy.requires_grad
+                            else torch.zeros_like(xg))
             with torch.no_grad():
                 x = torch.minimum(torch.maximum(
                     x - self.drift * grad + self.noise * self._gaussian(x), self.low), self.high)

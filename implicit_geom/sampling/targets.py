@@ -171,7 +171,10 @@ class ConstrainedTarget:
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             energy = self._check_energy(self.energy_fn(xg), x.shape[0])
-            (grad,) = torch.autograd.grad(energy.sum(), xg)
+            # An energy that does not depend on x (a constant: AIS's uniform
+            # start) has no graph: its gradient is zero, not autograd's error.
+            grad = (torch.autograd.grad(energy.sum(), xg)[0] if energy.requires_grad
+                    else torch.zeros_like(xg))
         return energy.detach(), grad.detach()
 
     def state(self, x, value=None, jac=None):

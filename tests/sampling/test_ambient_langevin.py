@@ -21,3 +21,13 @@ def test_box_langevin_samples_a_gaussian():
     assert float(clamped.abs().max()) <= 1.0
     with pytest.raises(ValueError):
         BoxLangevin(lambda z: z.sum(-1), lo, hi, -1.0, 1.0)
+
+
+def test_box_langevin_with_a_constant_energy_is_a_random_walk():
+    # Catches autograd's error for an energy with no graph to x (a constant).
+    lo, hi = torch.full((2,), -1.0, dtype=torch.float64), torch.full((2,), 1.0, dtype=torch.float64)
+    x0 = torch.zeros(8, 2, dtype=torch.float64)
+    walks = [BoxLangevin.from_step(energy, lo, hi, 0.1, torch.Generator().manual_seed(0)).run(x0, 5)
+             for energy in (lambda z: torch.zeros(z.shape[0], dtype=z.dtype),
+                            lambda z: 0 * z.sum(-1))]
+    assert torch.equal(walks[0], walks[1])

@@ -365,3 +365,14 @@ def test_numpy_scalars_are_accepted_as_settings():
     assert type(info.n_steps) is int and type(info.thin) is int
     with pytest.raises(ValueError, match="step_size"):
         ConstrainedMALA(sphere, vmf_energy, step_size=True)
+
+
+def test_an_energy_independent_of_x_samples_like_the_uniform_law():
+    # Catches autograd's "element 0 of tensors does not require grad" for an energy
+    # with no graph to x (a constant: ais_log_partition of a flat energy crashed).
+    sphere = ImplicitSphere(2)
+    x0 = start(sphere, n=16)
+    flat = ConstrainedMALA(sphere, lambda x: torch.zeros(x.shape[0], dtype=x.dtype),
+                           step_size=0.3, seed=0).sample(x0, 5)[0]
+    uniform = ConstrainedMALA(sphere, None, step_size=0.3, seed=0).sample(x0, 5)[0]
+    assert torch.equal(flat, uniform)
