@@ -124,11 +124,13 @@ class Quadrature:
         return torch.zeros(self.n_components, dtype=self.weights.dtype,
                            device=self.weights.device).index_add_(0, self.labels, self.weights)
 
-    def to(self, device):
-        """The same rule on another device."""
-        return Quadrature(self.points.to(device), self.weights.to(device),
+    def to(self, device=None, dtype=None):
+        """The same rule on another device and/or with nodes and weights in another dtype
+        (that of the energy they meet)."""
+        return Quadrature(self.points.to(device=device, dtype=dtype),
+                          self.weights.to(device=device, dtype=dtype),
                           self.labels.to(device),
-                          None if self.coarse is None else self.coarse.to(device),
+                          None if self.coarse is None else self.coarse.to(device, dtype),
                           self.order, self.method, self.n_open, self.min_error,
                           self.coverage_radius)
 
