@@ -452,3 +452,16 @@ def test_a_float32_energy_fits_samples_and_scores_on_a_float64_sphere(method, vm
     assert x.dtype == torch.float64  # points of M, in its dtype
     assert float(model.manifold.submersion(x).abs().max()) <= 1e-9
     assert model.quadrature().points.dtype == torch.float32
+
+
+def test_a_float32_model_on_a_float32_sphere_samples_in_float32(vmf_data):
+    # Catches the samplers forcing chains to float64 on a float32 manifold (a
+    # float32 energy then crashed, a float64 one returned float64 samples).
+    sphere = ImplicitSphere(2).to(torch.float32)
+    model = ConstrainedEBM(sphere, hidden=[8], n_iter=5, quadrature_resolution=32)
+    model.energy_net.float()
+    model.fit(vmf_data[:200])
+    assert model.score_samples(vmf_data[:5]).dtype == torch.float32
+    x = model.sample(8, n_steps=3)
+    assert x.dtype == torch.float32
+    assert float(sphere.submersion(x).abs().max()) <= sphere.tol_for()
