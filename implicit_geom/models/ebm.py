@@ -27,7 +27,7 @@ from torch import nn
 from ..exceptions import (CheckpointError, EmptyDataError, InvalidPointError, NormalizationError,
                           NotFittedError, ProjectionError)
 from ..manifolds.components import sample_in_box
-from ..learning.checkpoint import load_checkpoint, save_checkpoint
+from ..learning.checkpoint import checkpoint_dtype, dtype_name, load_checkpoint, save_checkpoint
 from ..learning.distributed import context, make_trainer
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import as_implicit
@@ -1083,7 +1083,9 @@ class ConstrainedEBM(EnergyModel):
                    "component_log_weights": self.component_log_weights_,
                    # The points normalizer() checks the density's peaks at: without
                    # them a loaded model would skip the check its original makes.
-                   "probe": self._probe}
+                   "probe": self._probe,
+                   # A float32 energy reloads in float32 (it came back float64).
+                   "dtype": dtype_name(self._param().dtype)}
         save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
 
     @classmethod
@@ -1102,8 +1104,9 @@ class ConstrainedEBM(EnergyModel):
             raise CheckpointError(
                 f"{path}: saved for ambient dimension {config.get('ambient_dim')}, the manifold "
                 f"has {manifold.ambient_dim}")
+        dtype = checkpoint_dtype(record, path)  # float64 in older checkpoints
         try:
-            net = _build_energy(config)
+            net = _build_energy(config).to(dtype)
             net.load_state_dict(record["state_dict"])
             model = cls(manifold, net, **config["hyper"])
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
