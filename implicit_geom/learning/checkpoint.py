@@ -22,6 +22,29 @@ FORMAT = "implicit_geom.checkpoint"
 VERSION = 1
 
 
+def dtype_name(dtype):
+    """``torch.float32 -> "float32"``: a dtype as a checkpoint records it."""
+    return str(dtype).removeprefix("torch.")
+
+
+def checkpoint_dtype(record, path, default=torch.float64):
+    """The floating dtype a checkpoint recorded (``record["dtype"]``); ``default``
+    (float64, what older checkpoints hold) when it has none.
+
+    Raises
+    ------
+    CheckpointError
+        A recorded name that is not a floating torch dtype.
+    """
+    name = record.get("dtype")
+    if name is None:
+        return default
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise CheckpointError(f"checkpoint {path} records an invalid dtype {name!r}")
+    return dtype
+
+
 def save_checkpoint(path, kind, config, payload):
     """Write a checkpoint atomically.
 

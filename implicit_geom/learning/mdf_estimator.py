@@ -21,7 +21,7 @@ from ..manifolds.neural import MDFNetwork, NetworkImplicitManifold
 from ..manifolds.residual import ResidualMDFNetwork
 from ..numerics.validation import DTYPE, as_points, check_int, padded_box
 from ..threads import check_jobs, fork_map, resolve_jobs
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_dtype, dtype_name, load_checkpoint, save_checkpoint
 from .distributed import context, make_trainer
 from .estimator import EstimatorMixin
 from .mdf import MDFObjective
@@ -666,7 +666,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     def _restore_fit_state(self, state):
         """Make :meth:`_fit_state`'s record the current fit (``rng`` None: a fresh stream)."""
         self.net.load_state_dict(state["state_dict"])
-        low, high = (torch.as_tensor(b, dtype=DTYPE).to(self.device) for b in state["bounds"])
+        low, high = (torch.as_tensor(b).to(device=self.device, dtype=self.dtype)
+                     for b in state["bounds"])
         self._build_state(low, high)
         self._trainer.load_state_dict(state["trainer"])
         self.history_ = self._trainer.history
@@ -716,7 +717,9 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         """
         ctx = context()
         payload = {"state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                   "fitted": self.is_fitted}
+                   "fitted": self.is_fitted,
+                   # A model moved to float32 reloads in float32 (it came back float64).
+                   "dtype": dtype_name(self.dtype)}
         if self.is_fitted:
             payload.update(self._fit_state())
             rng = payload["rng"]
@@ -744,11 +747,14 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         config, record = load_checkpoint(path, cls.__name__, required=("state_dict", "fitted"))
         if progress is not None:
             config["progress"] = progress
+        dtype = checkpoint_dtype(record, path)  # float64 in older checkpoints
         try:
             model = cls(**config, device=device)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"checkpoint {path} has an incompatible configuration: "
                                   f"{err}") from err
+        if dtype != model.dtype:
+            model.to(dtype)
         try:
             if record["fitted"]:
                 # The saved buffer holds every rank's chains: this rank takes its share.

@@ -269,6 +269,9 @@ class CurveTracer:
         if not self._inside(p0):
             raise CurveTraceError(f"a point lies outside the box of {self.space.name}; its "
                                   "curve is not tabulated")
+        # Traced in the curve's dtype: a float64 start reached a float32
+        # network's Jacobian ("mat1 and mat2 must have the same dtype").
+        p0 = torch.as_tensor(p0).to(device=self.space.device, dtype=self.space.dtype)
         with torch.no_grad():
             table = self._build(p0, self.step)
             for _ in range(8):

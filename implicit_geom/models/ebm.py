@@ -27,7 +27,7 @@ from torch import nn
 from ..exceptions import (CheckpointError, EmptyDataError, InvalidPointError, NormalizationError,
                           NotFittedError, ProjectionError)
 from ..manifolds.components import sample_in_box
-from ..learning.checkpoint import load_checkpoint, save_checkpoint
+from ..learning.checkpoint import checkpoint_dtype, dtype_name, load_checkpoint, save_checkpoint
 from ..learning.distributed import context, make_trainer
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import as_implicit
@@ -331,7 +331,8 @@ class EnergyModel(EstimatorMixin):
             x0[fresh] = self._init_chains(int(fresh.sum()))
         neg = self._advance(x0, self.n_mcmc_steps).detach()
         self.buffer_[idx] = neg
-        e_pos, e_neg = self.energy_net(pos), self.energy_net(neg)
+        # The chains are in the manifold's dtype, the energy's data in its own.
+        e_pos, e_neg = self.energy_net(pos), self.energy_net(neg.to(pos.dtype))
         loss = contrastive_divergence_loss(e_pos, e_neg, self.beta)
         return loss, {"e_pos": float(e_pos.detach().mean()),
                       "e_neg": float(e_neg.detach().mean()), **self._chain_stats}
@@ -540,7 +541,10 @@ class ConstrainedEBM(EnergyModel):
                     f"{self._quadrature.n_open} component(s) of {self.manifold.name} leave the "
                     "quadrature box; the density is normalised on the part inside it "
                     "(pass quadrature_bounds to widen it)", RuntimeWarning, stacklevel=2)
-        return self._quadrature.to(self._param().device)
+        # Nodes and weights meet the energy: in its dtype (a float32 network
+        # met float64 nodes: "mat1 and mat2 must have the same dtype").
+        param = self._param()
+        return self._quadrature.to(param.device, param.dtype)
 
     # -------------------------------------------------------- normalisation
     def normalizer(self):
@@ -631,8 +635,11 @@ class ConstrainedEBM(EnergyModel):
 
     def _energy_fn(self, x):
         # Called by samplers, which differentiate with respect to x only (the
-        # offsets are constant on each component).
-        return self.energy_net(x) + self._offsets(x.detach())
+        # offsets are constant on each component). The chains are in the
+        # manifold's dtype, the energy in its own: x goes in and E comes back
+        # through casts (no-ops where the two agree).
+        e = self.energy_net(x.to(self._param().dtype))
+        return (e + self._offsets(x.detach().to(e.dtype))).to(x.dtype)
 
     def log_prob(self, x, normalized=True):
         """Log density w.r.t. the volume of M: ``-E(x) - log Z`` (``-E(x)`` if not ``normalized``)."""
@@ -810,7 +817,8 @@ class ConstrainedEBM(EnergyModel):
         # A plain EnergyMLP hands its layers over, so that the samplers take the
         # exact graph-free gradient (numerics.mlp); other networks use autograd.
         plain = (type(self.energy_net) is EnergyMLP and self.energy_net.features is None
-                 and self.component_log_weights_ is None)
+                 and self.component_log_weights_ is None
+                 and self._param().dtype == self.manifold.dtype)  # the chains' dtype
         energy = self.energy_net.net if plain else self._energy_fn
         kwargs = {"moves": moves} if moves else {}
         return cls(self.manifold, energy, step_size=step_size, seed=seed, **kwargs)
@@ -894,14 +902,15 @@ class ConstrainedEBM(EnergyModel):
     def _init_chains(self, n, max_rounds=50):
         if self._box is None:
             raise NotFittedError("call fit first (the noise box comes from the data)")
-        lo, hi = self._box
+        # Chains live on M, in its dtype (the energy may have another).
+        lo, hi = (b.to(self.manifold.dtype) for b in self._box)
 
         def draw(k):
             if self._data is not None:
                 rows = torch.randint(self._data.shape[0], (k,)).to(lo.device)
                 jitter = 0.05 * self._data.std(0) * torch.randn(
                     k, self.dim, dtype=lo.dtype, device=lo.device)
-                return self._data[rows] + jitter
+                return self._data[rows].to(lo.dtype) + jitter
             return lo + (hi - lo) * torch.rand(k, self.dim, dtype=lo.dtype, device=lo.device)
 
         return self.manifold.project_draws(draw, n, max_rounds)
@@ -923,7 +932,8 @@ class ConstrainedEBM(EnergyModel):
             logits = -self._energy_fn(rule.points) + rule.weights.log()
         idx = torch.multinomial((logits - logits.max()).exp().cpu(), n, replacement=True,
                                 generator=generator)
-        return rule.points[idx.to(rule.points.device)]
+        # Chain starts in the manifold's dtype (the rule's nodes are in the energy's).
+        return rule.points[idx.to(rule.points.device)].to(self.manifold.dtype)
 
     def sample(self, n_samples, n_steps=200, sampler=None, step_size=None, init=None,
                seed=None, progress=None):
@@ -954,7 +964,9 @@ class ConstrainedEBM(EnergyModel):
         Returns
         -------
         torch.Tensor, shape (n_samples, n)
-            Points with ``|F| <= manifold.tol``.
+            Points with ``|F| <= manifold.tol`` (floored at what the manifold's
+            dtype resolves, :meth:`~implicit_geom.manifolds.implicit.ImplicitManifold.tol_for`),
+            in the manifold's dtype.
 
         Raises
         ------
@@ -978,7 +990,8 @@ class ConstrainedEBM(EnergyModel):
                 with _forked_rng(seed):
                     init = self._init_chains(n_samples)
         else:
-            init = as_points(init, self.dim, "init").reshape(-1, self.dim).to(self._param())
+            init = as_points(init, self.dim, "init").reshape(-1, self.dim).to(
+                device=self._param().device, dtype=self.manifold.dtype)
         if sampler is None:
             # Maximum-likelihood models have no training sampler: the exact one.
             sampler = self.sampler if self._uses_pcd() else "mala"
@@ -986,12 +999,16 @@ class ConstrainedEBM(EnergyModel):
                                    seed, self._moves())
         kwargs = {} if progress is None else {"progress": progress}
         x = chain.run(init, int(n_steps), **kwargs)[0] if n_steps > 0 else init.clone()
+        # Points of M, in its dtype: |F| is checked at what that dtype resolves
+        # (a float32 manifold cannot reach 1e-9).
+        x = x.detach().to(self.manifold.dtype)
+        tol = max(self.manifold.tol_for(), 1e-9)
         residual = self.manifold.submersion(x).norm(dim=-1)
-        if not bool((residual <= max(self.manifold.tol, 1e-9)).all()):
+        if not bool((residual <= tol).all()):
             raise ProjectionError(
-                f"the sampler returned {int((residual > self.manifold.tol).sum())} point(s) off "
+                f"the sampler returned {int((residual > tol).sum())} point(s) off "
                 f"the manifold (max |F| = {float(residual.max()):.2e})")
-        return x.detach()
+        return x
 
     def density_on_manifold(self, n_draws, bounds=None, seed=0):
         """Points covering M inside a box and the model's raw log density there.
@@ -1066,7 +1083,9 @@ class ConstrainedEBM(EnergyModel):
                    "component_log_weights": self.component_log_weights_,
                    # The points normalizer() checks the density's peaks at: without
                    # them a loaded model would skip the check its original makes.
-                   "probe": self._probe}
+                   "probe": self._probe,
+                   # A float32 energy reloads in float32 (it came back float64).
+                   "dtype": dtype_name(self._param().dtype)}
         save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
 
     @classmethod
@@ -1085,8 +1104,9 @@ class ConstrainedEBM(EnergyModel):
             raise CheckpointError(
                 f"{path}: saved for ambient dimension {config.get('ambient_dim')}, the manifold "
                 f"has {manifold.ambient_dim}")
+        dtype = checkpoint_dtype(record, path)  # float64 in older checkpoints
         try:
-            net = _build_energy(config)
+            net = _build_energy(config).to(dtype)
             net.load_state_dict(record["state_dict"])
             model = cls(manifold, net, **config["hyper"])
         except (KeyError, RuntimeError, TypeError, ValueError) as err:

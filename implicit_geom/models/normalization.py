@@ -124,11 +124,13 @@ class Quadrature:
         return torch.zeros(self.n_components, dtype=self.weights.dtype,
                            device=self.weights.device).index_add_(0, self.labels, self.weights)
 
-    def to(self, device):
-        """The same rule on another device."""
-        return Quadrature(self.points.to(device), self.weights.to(device),
+    def to(self, device=None, dtype=None):
+        """The same rule on another device and/or with nodes and weights in another dtype
+        (that of the energy they meet)."""
+        return Quadrature(self.points.to(device=device, dtype=dtype),
+                          self.weights.to(device=device, dtype=dtype),
                           self.labels.to(device),
-                          None if self.coarse is None else self.coarse.to(device),
+                          None if self.coarse is None else self.coarse.to(device, dtype),
                           self.order, self.method, self.n_open, self.min_error,
                           self.coverage_radius)
 
@@ -519,12 +521,14 @@ def traced_curve_quadrature(manifold, bounds=None, step=None, n_cover=4000, seed
 
     n_open = sum(not closed for _, _, closed in curves)
     order = 2 if n_open else None
-    # The tables' arc lengths are integrated to ~1e-10 relative: the floor of the error.
+    # The tables' arc lengths are integrated to ~1e-10 relative: the floor of the error
+    # (in float64; the tracer's tolerances are floored at 64 eps of the curve's dtype).
     # Nodes are at most ``step`` apart along each traced curve.
+    min_error = max(1e-9, 6400 * torch.finfo(manifold.dtype).eps)
     coarse = Quadrature(*rule(True), order=order, method="traced curves", n_open=n_open,
-                        min_error=1e-9, coverage_radius=2 * step)
+                        min_error=min_error, coverage_radius=2 * step)
     return Quadrature(*rule(False), coarse=coarse, order=order, method="traced curves",
-                      n_open=n_open, min_error=1e-9, coverage_radius=step)
+                      n_open=n_open, min_error=min_error, coverage_radius=step)
 
 
 def _near(points, nodes, radius):
@@ -738,7 +742,7 @@ def _count_folded(manifold, vertices, triangles):
     """
     a, b, c = (vertices[triangles[:, j]] for j in range(3))
     normal = torch.linalg.cross(b - a, c - a)
-    grad = torch.cat([manifold._jacobian(chunk)[:, 0]
+    grad = torch.cat([manifold._jacobian(chunk.to(manifold.dtype))[:, 0]
                       for chunk in ((a + b + c) / 3).split(65536)])
     folded = (normal * grad).sum(-1) < 0
     return float(0.5 * torch.linalg.vector_norm(normal[folded], dim=-1).sum())
@@ -754,7 +758,8 @@ def _surface_mesh(manifold, low, high, grid, n_refine):
     axes = [low[j] + spacing[j] * torch.arange(grid, dtype=DTYPE) for j in range(3)]
     lattice = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     with torch.no_grad():
-        values = torch.cat([manifold._value(chunk)[:, 0]
+        # (F in the surface's dtype: its raw hook takes no other.)
+        values = torch.cat([manifold._value(chunk.to(manifold.dtype))[:, 0]
                             for chunk in lattice.split(65536)]).reshape(grid, grid, grid)
         verts, tris = _marching_tetrahedra(values.cpu().numpy(), low.numpy(), spacing.numpy())
         if tris.shape[0] == 0:

@@ -55,7 +55,9 @@ class _ConstrainedSampler:
         calls); a Generator is used as given (it must live on that device).
     tol : float, optional
         Newton target ``|F|`` of every new point; default
-        ``min(manifold.tol, 1e-10)``; must not exceed ``EMIT_TOL``.
+        ``min(manifold.tol, 1e-10)``; must not exceed ``EMIT_TOL``. The chains
+        run in the manifold's dtype, and ``tol`` (with ``EMIT_TOL``) is floored
+        at ``64 eps`` of that dtype, ``reverse_tol`` at ``1000 eps``.
     max_iter : int, optional
         Newton iteration cap of each position solve; default
         ``min(manifold.max_iter, 10)`` (see :class:`SolverOptions`).
@@ -100,11 +102,17 @@ class _ConstrainedSampler:
             check_reversibility = self.default_check_reversibility
         if newton is None:
             newton = "chord" if self.manifold.codim >= CHORD_CODIM else "exact"
+        # The chains run in the manifold's dtype; a float32 manifold cannot
+        # reach |F| <= 1e-10 or return within 1e-8: both are floored at what
+        # the dtype resolves (as ImplicitManifold.tol_for; no-ops in float64).
+        eps = torch.finfo(self.manifold.dtype).eps
+        tol = max(tol, 64 * eps)
+        self.emit_tol = max(EMIT_TOL, tol)
         self.options = SolverOptions(
             tol=tol, max_iter=int(min(self.manifold.max_iter, MAX_ITER) if max_iter is None
                                   else max_iter),
-            reverse_tol=float(reverse_tol), check_reversibility=bool(check_reversibility),
-            newton=newton)
+            reverse_tol=max(float(reverse_tol), 1e3 * eps),
+            check_reversibility=bool(check_reversibility), newton=newton)
         if seed is not None and not isinstance(seed, torch.Generator):
             try:
                 seed = check_int(seed, "seed", minimum=None)
@@ -150,7 +158,7 @@ class _ConstrainedSampler:
         if x0.ndim != 2:
             raise InvalidPointError(f"x0 must have shape (n_chains, {self.manifold.ambient_dim}); "
                                     f"got {tuple(x0.shape)}")
-        x0 = x0.detach().to(torch.float64)
+        x0 = x0.detach().to(self.manifold.dtype)
         state = self.target.state(x0)
         off = ~(state.residual <= self.options.tol)
         if bool(off.any()):
@@ -256,9 +264,9 @@ class _ConstrainedSampler:
         emitted = samples.reshape(-1, samples.shape[-1]) if keep else state.x
         with torch.no_grad():
             max_abs_f = float(self.manifold._value(emitted).abs().max()) if len(emitted) else 0.0
-        if not max_abs_f <= EMIT_TOL:  # an invariant of the step, verified
+        if not max_abs_f <= self.emit_tol:  # an invariant of the step, verified
             raise ProjectionError(f"internal error: an emitted sample has |F| = {max_abs_f:.3g} "
-                                  f"> {EMIT_TOL:g}")
+                                  f"> {self.emit_tol:g}")
         ess = None
         if keep and n_kept >= 4:
             ess = _ess(samples)

@@ -168,7 +168,7 @@ class ComponentJump:
         back = solve_along_normals(target.value_and_jacobian, fwd.x - shift + v_back, fwd.jac,
                                    opts.tol, opts.max_iter, max_halvings=opts.max_halvings)
         ok &= back.converged & (torch.linalg.vector_norm(back.x - sub.x, dim=-1)
-                                <= self.reverse_tol)
+                                <= max(self.reverse_tol, 1e3 * torch.finfo(x.dtype).eps))
         y = torch.where(ok[:, None], fwd.x, sub.x)
         new = target.state(y, torch.where(ok[:, None], fwd.value, 0.0),
                            torch.where(ok[:, None, None], fwd.jac, sub.jac))

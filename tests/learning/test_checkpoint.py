@@ -42,3 +42,34 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"format": "implicit_geom.checkpoint", "obj": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "evil.pt", "Thing")
+
+
+def test_a_float32_model_reloads_in_float32_and_old_files_in_float64(tmp_path):
+    # Catches a NeuralImplicitManifold or ConstrainedEBM saved in float32
+    # reloading as float64 (the checkpoint did not record the dtype), so the
+    # reloaded model's outputs differed from the saved one's.
+    import math
+
+    from implicit_geom import ImplicitSphere
+    from implicit_geom.learning import NeuralImplicitManifold
+    from implicit_geom.models import ConstrainedEBM
+
+    t = torch.linspace(0, 2 * math.pi, 64, dtype=torch.float64)
+    data = torch.stack([t.cos(), t.sin()], -1)
+    model = NeuralImplicitManifold(2, hidden=(8,), epochs=2, progress=False).to(torch.float32)
+    model.fit(data)
+    model.save(tmp_path / "m.pt")
+    back = NeuralImplicitManifold.load(tmp_path / "m.pt")
+    x = data[:5].float()
+    assert back.dtype == torch.float32 and back.bounds[0].dtype == torch.float32
+    assert torch.equal(back.submersion(x), model.submersion(x))
+    ebm = ConstrainedEBM(ImplicitSphere(2), hidden=[4])
+    ebm.energy_net.float()
+    ebm.save(tmp_path / "e.pt")
+    assert next(ConstrainedEBM.load(tmp_path / "e.pt", ImplicitSphere(2))
+                .energy_net.parameters()).dtype == torch.float32
+    # A checkpoint from before the dtype was recorded loads as before: float64.
+    record = torch.load(tmp_path / "m.pt", weights_only=True)
+    del record["dtype"]
+    torch.save(record, tmp_path / "old.pt")
+    assert NeuralImplicitManifold.load(tmp_path / "old.pt").dtype == torch.float64

@@ -437,3 +437,31 @@ def test_points_outside_the_quadrature_raise_a_named_error():
         ConstrainedEBM(circle, hidden=(8,), n_iter=5, seed=0, method="mle",
                        quadrature_bounds=([-1.5, -0.5], [1.5, 1.5])).fit(
             torch.cat([top, bottom]))
+
+
+@pytest.mark.parametrize("method", ["mle", "pcd"])
+def test_a_float32_energy_fits_samples_and_scores_on_a_float64_sphere(method, vmf_data):
+    # Catches float64 quadrature nodes and chain states reaching a float32 energy
+    # network ("mat1 and mat2 must have the same dtype") in fit, PCD and sample.
+    model = ConstrainedEBM(ImplicitSphere(2), hidden=[8], n_iter=5, method=method,
+                           quadrature_resolution=32, n_mcmc_steps=2, buffer_size=32)
+    model.energy_net.float()
+    model.fit(vmf_data[:200])
+    assert model.score_samples(vmf_data[:5]).dtype == torch.float32
+    x = model.sample(8, n_steps=3)
+    assert x.dtype == torch.float64  # points of M, in its dtype
+    assert float(model.manifold.submersion(x).abs().max()) <= 1e-9
+    assert model.quadrature().points.dtype == torch.float32
+
+
+def test_a_float32_model_on_a_float32_sphere_samples_in_float32(vmf_data):
+    # Catches the samplers forcing chains to float64 on a float32 manifold (a
+    # float32 energy then crashed, a float64 one returned float64 samples).
+    sphere = ImplicitSphere(2).to(torch.float32)
+    model = ConstrainedEBM(sphere, hidden=[8], n_iter=5, quadrature_resolution=32)
+    model.energy_net.float()
+    model.fit(vmf_data[:200])
+    assert model.score_samples(vmf_data[:5]).dtype == torch.float32
+    x = model.sample(8, n_steps=3)
+    assert x.dtype == torch.float32
+    assert float(sphere.submersion(x).abs().max()) <= sphere.tol_for()

@@ -169,6 +169,22 @@ def test_traced_curves_give_exact_lengths_and_components():
     assert log_partition_error(energy, rule) < 1e-6
 
 
+def test_a_float32_network_curve_is_traced_in_float32():
+    # Catches float64 start points (box draws) reaching a float32 network's
+    # Jacobian in the tracer ("mat1 and mat2 must have the same dtype"): a
+    # learned curve moved to float32 had no quadrature (ConstrainedEBM failed).
+    from implicit_geom.models import ConstrainedEBM
+
+    curve = _exact_network_sphere(1, 1.0, (0.3, -0.2)).to(torch.float32)
+    rule = manifold_quadrature(curve, 64)
+    assert rule.points.dtype == torch.float32
+    assert rule.volume == pytest.approx(2 * math.pi, abs=1e-4)
+    assert rule.min_error >= 64 * torch.finfo(torch.float32).eps  # float32's floor
+    model = ConstrainedEBM(curve, hidden=[8], n_iter=3, quadrature_resolution=32)
+    model.fit(curve.random_point(50))
+    assert model.sample(4, n_steps=2).dtype == torch.float32
+
+
 def test_ellipse_perimeter_by_tracing():
     # A non-circular curve: the perimeter against the complete elliptic integral.
     from scipy.special import ellipe

@@ -376,3 +376,17 @@ def test_an_energy_independent_of_x_samples_like_the_uniform_law():
                            step_size=0.3, seed=0).sample(x0, 5)[0]
     uniform = ConstrainedMALA(sphere, None, step_size=0.3, seed=0).sample(x0, 5)[0]
     assert torch.equal(flat, uniform)
+
+
+@pytest.mark.parametrize("cls", [ConstrainedLangevin, ConstrainedMALA, ConstrainedHMC])
+def test_chains_run_in_a_float32_manifolds_dtype(cls):
+    # Catches chains forced to float64 on a float32 manifold (a float32 energy
+    # or network then met float64 points) and the float64-only 1e-10 Newton and
+    # 1e-8 reversibility tolerances, which float32 cannot meet (floored at its eps).
+    sphere = ImplicitSphere(2).to(torch.float32)
+    x0 = torch.tensor([[0.0, 0.6, 0.8], [1.0, 0.0, 0.0]], dtype=torch.float32)
+    w = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float32)
+    x, info = cls(sphere, lambda y: -(y * w).sum(-1), step_size=0.3, seed=0).run(x0, 20)
+    assert x.dtype == torch.float32
+    assert info.max_abs_F <= sphere.tol_for()
+    assert float(info.acceptance_rate.mean()) > 0.5
