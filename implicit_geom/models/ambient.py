@@ -9,7 +9,7 @@ import torch
 
 from ..exceptions import NotFittedError
 from ..learning.distributed import context
-from ..numerics.validation import as_points, padded_box
+from ..numerics.validation import as_points, check_int, padded_box
 from ..sampling.ambient import BoxLangevin
 from .ebm import EnergyModel
 from .energy_nets import EnergyMLP
@@ -69,11 +69,11 @@ class AmbientEBM(EnergyModel):
         """
         if not self.is_fitted:
             raise NotFittedError("call fit first: the chains' box comes from the data")
-        if init is None and int(n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if init is None:
+            n_samples = check_int(n_samples, "n_samples")  # 2.5 drew 2
         gen = torch.Generator().manual_seed(self.seed + 1 if seed is None else int(seed))
         if init is None:
-            idx = torch.randint(self.buffer_.shape[0], (int(n_samples),), generator=gen)
+            idx = torch.randint(self.buffer_.shape[0], (n_samples,), generator=gen)
             x0 = self.buffer_[idx.to(self.buffer_.device)]
         else:
             x0 = as_points(init, self.dim, "init").reshape(-1, self.dim).to(self.buffer_)

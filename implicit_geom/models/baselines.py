@@ -31,7 +31,7 @@ from ..exceptions import EmptyDataError, NotFittedError, ProjectionError
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import ImplicitSphere, ImplicitTorus, as_implicit
 from ..manifolds.arithmetic import UnionManifold
-from ..numerics.validation import DTYPE, as_point_list, as_points
+from ..numerics.validation import DTYPE, as_point_list, as_points, check_int
 from .normalization import _sphere_params, manifold_quadrature
 
 __all__ = ["ManifoldKDE", "VonMisesFisherMixture", "log_sphere_kernel_mass"]
@@ -385,9 +385,7 @@ class ManifoldKDE(EstimatorMixin):
         del kwargs
         if self.params_ is None:
             raise NotFittedError(f"call fit first: {type(self).__name__} has no kernels yet")
-        n = int(n_samples)
-        if n < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        n = check_int(n_samples, "n_samples")  # 2.5 drew 2
         if self.kind == "quadrature":
             raise NotImplementedError(
                 f"exact sampling of a kernel estimate needs a sphere, a union of spheres or a "
@@ -595,9 +593,7 @@ class VonMisesFisherMixture(EstimatorMixin):
         del kwargs
         if not self.is_fitted:
             raise NotFittedError(f"call fit first: {type(self).__name__} has no components yet")
-        n = int(n_samples)
-        if n < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        n = check_int(n_samples, "n_samples")  # 2.5 drew 2
         rng = np.random.default_rng(int(seed))
         w = np.exp(self.log_weights_ - logsumexp(self.log_weights_))
         comp = rng.choice(w.size, size=n, p=w / w.sum())

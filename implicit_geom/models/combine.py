@@ -13,7 +13,7 @@ import torch
 from ..exceptions import NotFittedError, ProjectionError
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.arithmetic import intersection, union
-from ..numerics.validation import as_points
+from ..numerics.validation import as_points, check_int
 from .ebm import ConstrainedEBM
 from .energy_nets import SumEnergy
 
@@ -190,10 +190,9 @@ class UnionEBM(EstimatorMixin):
         -------
         torch.Tensor, shape (n_samples, n), in random order.
         """
-        if int(n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        n_samples = check_int(n_samples, "n_samples")  # 2.5 drew 2
         gen = torch.Generator().manual_seed(int(seed))
-        comp = torch.multinomial(self.weights, int(n_samples), replacement=True, generator=gen)
+        comp = torch.multinomial(self.weights, n_samples, replacement=True, generator=gen)
         counts = torch.bincount(comp, minlength=len(self.models))
         parts = [m.sample(int(c), n_steps=n_steps, seed=int(seed) + i, **kwargs)
                  for i, (m, c) in enumerate(zip(self.models, counts)) if c > 0]

@@ -31,7 +31,7 @@ from ..learning.checkpoint import checkpoint_dtype, dtype_name, load_checkpoint,
 from ..learning.distributed import context, make_trainer
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import as_implicit
-from ..numerics.validation import DTYPE, as_points, padded_box
+from ..numerics.validation import DTYPE, as_points, check_int, padded_box
 from ..sampling.transitions import ComponentJump
 from .energy_nets import AnchoredVMFEnergy, EnergyMLP, PolynomialEnergy, SumEnergy
 from .normalization import (
@@ -973,9 +973,7 @@ class ConstrainedEBM(EnergyModel):
         ProjectionError
             If the sampler returned points off M (never expected).
         """
-        if int(n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        n_samples = int(n_samples)
+        n_samples = check_int(n_samples, "n_samples")  # 2.5 drew 2
         seed = self.seed + 1 if seed is None else int(seed)
         if init is None:
             if not self.is_fitted and self.buffer_ is None:

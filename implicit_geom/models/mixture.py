@@ -17,7 +17,7 @@ import math
 import torch
 
 from ..learning.estimator import EstimatorMixin
-from ..numerics.validation import DTYPE, as_points
+from ..numerics.validation import DTYPE, as_points, check_int
 
 __all__ = ["DensityMixture", "normalized_log_density"]
 
@@ -195,10 +195,9 @@ class DensityMixture(EstimatorMixin):
         -------
         torch.Tensor, shape (n_samples, n), in random order.
         """
-        if int(n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        n_samples = check_int(n_samples, "n_samples")  # 2.5 drew 2
         gen = torch.Generator().manual_seed(int(seed))
-        comp = torch.multinomial(self.weights_, int(n_samples), replacement=True, generator=gen)
+        comp = torch.multinomial(self.weights_, n_samples, replacement=True, generator=gen)
         counts = torch.bincount(comp, minlength=len(self.models))
         parts = [torch.as_tensor(m.sample(int(c), seed=int(seed) + 1 + i, **kwargs), dtype=DTYPE)
                  for i, (m, c) in enumerate(zip(self.models, counts)) if c > 0]

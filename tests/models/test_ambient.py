@@ -36,6 +36,6 @@ def test_sample_rejects_empty_and_negative_requests():
     # negative-dimension RuntimeError, where every other model raises ValueError.
     X = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     model = AmbientEBM(2, hidden=(4,), n_iter=1, buffer_size=10).fit(X)
-    for n in (0, -1):
+    for n in (0, -1, 2.5):  # 2.5: drew 2 (int() truncated the count)
         with pytest.raises(ValueError, match="n_samples"):
             model.sample(n, n_steps=1)

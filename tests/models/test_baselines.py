@@ -194,3 +194,15 @@ def test_float32_points_are_projected_and_scored_in_float64(manifold):
         assert torch.equal(make().fit(single).score_samples(double), model.score_samples(double))
         assert torch.equal(model.score_samples(single), model.score_samples(double))
 
+
+
+def test_sample_counts_are_whole_numbers():
+    # Catches sample(2.5) drawing 2 (int() truncated the count) in the KDE and the
+    # vMF mixture, and sample(0) accepted.
+    points = load_dataset("sphere_mixture", 40, seed=0).points
+    for model in (ManifoldKDE(ImplicitSphere(2), kappa=5.0).fit(points),
+                  VonMisesFisherMixture(ImplicitSphere(2), n_components=1, n_iter=5).fit(points)):
+        assert model.sample(3).shape == (3, 3)
+        for n in (2.5, 0):
+            with pytest.raises(ValueError, match="n_samples"):
+                model.sample(n)

@@ -120,7 +120,7 @@ def test_errors():
     # Catches sample(0) / sample(-1) failing in torch.multinomial with a
     # RuntimeError instead of the ValueError of the other models.
     union = UnionEBM(a, vmf_model([3.0, 0.0], [1.0, 0.0], 1.0, dim=1))
-    for n in (0, -1):
+    for n in (0, -1, 2.5):  # 2.5: drew 2 (int() truncated the count)
         with pytest.raises(ValueError, match="n_samples"):
             union.sample(n, n_steps=1)
 

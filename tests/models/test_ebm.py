@@ -465,3 +465,10 @@ def test_a_float32_model_on_a_float32_sphere_samples_in_float32(vmf_data):
     x = model.sample(8, n_steps=3)
     assert x.dtype == torch.float32
     assert float(sphere.submersion(x).abs().max()) <= sphere.tol_for()
+
+
+def test_sample_count_is_a_whole_number(pcd_model):
+    # Catches sample(2.5) drawing 2 (int() truncated the count).
+    for n in (2.5, 0):
+        with pytest.raises(ValueError, match="n_samples"):
+            pcd_model.sample(n, n_steps=1)
