@@ -12,6 +12,7 @@ place, so an interrupted or failed command never leaves a half-written model.
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -47,6 +48,18 @@ def _positive_int(text):
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text):
+    # --test-fraction is checked when parsed: out of (0, 1) it failed after
+    # loading the data with "test_fraction must be in (0, 1)", naming no option.
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
     return value
 
 
@@ -461,7 +474,8 @@ def build_parser():
         p.add_argument("--intrinsic-dim", type=_positive_int, default=None,
                        help="manifold dimension for a user CSV/NPY (learned manifold)")
         p.add_argument("--n-samples", type=_positive_int, default=None, help="subsample the data")
-        p.add_argument("--test-fraction", type=float, default=0.2)
+        p.add_argument("--test-fraction", type=_fraction, default=0.2,
+                       help="share of the data held out for evaluation (default 0.2)")
         p.add_argument("--mdf-epochs", type=_positive_int, default=None)
         p.add_argument("--mdf-restarts", type=_positive_int, default=1,
                        help="fits of a learned manifold; of those whose zero set is not "

@@ -277,6 +277,17 @@ def test_counts_are_checked_when_parsed(tmp_path, capsys, argv):
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.parametrize("value", ["0", "1", "2", "-0.1", "nan", "x"])
+def test_test_fraction_is_checked_when_parsed(tmp_path, capsys, value):
+    # Catches --test-fraction out of (0, 1) failing after the data were read,
+    # with "test_fraction must be in (0, 1)", which names no option.
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "two_circles", "--out", str(tmp_path / "model"), "--test-fraction", value])
+    assert exc.value.code == 2
+    assert "argument --test-fraction: expected a number in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
+
+
 def test_missing_or_corrupt_arrays_name_the_file(learned_model, tmp_path, capsys):
     # Catches numpy's messages ("EOF: reading array header...", "[Errno 2]...",
     # "contains pickled (object) data") that did not say which file of the
