@@ -509,7 +509,9 @@ def build_parser():
     p = sub.add_parser("sample", help="draw samples from a fitted model")
     p.add_argument("model")
     p.add_argument("--n", type=_positive_int, default=1000)
-    p.add_argument("--out", required=True, help=".csv or .npy file")
+    p.add_argument("--out", required=True,
+                   help=".csv or .npy file of points in ambient coordinates (x, y, z on the "
+                        "sphere and the torus, not latitude/longitude or angles)")
     p.add_argument("--sampler", default="mala", choices=("langevin", "mala", "hmc"))
     common(p)
     p.set_defaults(func=sample)
