@@ -476,7 +476,8 @@ def build_parser():
         p.add_argument("--n-samples", type=_positive_int, default=None, help="subsample the data")
         p.add_argument("--test-fraction", type=_fraction, default=0.2,
                        help="share of the data held out for evaluation (default 0.2)")
-        p.add_argument("--mdf-epochs", type=_positive_int, default=None)
+        p.add_argument("--mdf-epochs", type=_positive_int, default=None,
+                       help="epochs of a learned manifold's fit (default: the data set's preset)")
         p.add_argument("--mdf-restarts", type=_positive_int, default=1,
                        help="fits of a learned manifold; of those whose zero set is not "
                             "folded (near-singular where the data leave gaps), the one agreeing "
@@ -493,14 +494,17 @@ def build_parser():
                             "(NeuralImplicitManifold's mu_orient=10, orient_min_contrast=0.2; "
                             "a closed surface sampled all over otherwise may come out with a "
                             "channel through it)")
-        p.add_argument("--ebm-iter", type=_positive_int, default=None)
+        p.add_argument("--ebm-iter", type=_positive_int, default=None,
+                       help="training iterations of the constrained EBM (default: the data "
+                            "set's preset)")
         p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
 
     p = sub.add_parser("fit", help="fit a manifold and a constrained EBM to data")
     p.add_argument("data", help="a data file (.csv, .tsv, .txt, .npy) or one of "
                                 f"{', '.join(DATASET_NAMES)}")
     p.add_argument("--out", required=True, help="model folder to create")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model folder (never any other folder)")
     fitting(p)
     reading(p)
     common(p)
@@ -519,9 +523,11 @@ def build_parser():
     p = sub.add_parser("evaluate", help="W, distance to manifold, NLL where defined")
     p.add_argument("model")
     p.add_argument("--data", default=None, help="evaluate on this data instead of the held-out split")
-    p.add_argument("--n-eval", type=_positive_int, default=2000)
-    p.add_argument("--n-samples", type=_positive_int, default=None)
-    p.add_argument("--intrinsic-dim", type=_positive_int, default=None)
+    p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
+    p.add_argument("--n-samples", type=_positive_int, default=None,
+                   help="subsample the --data points")
+    p.add_argument("--intrinsic-dim", type=_positive_int, default=None,
+                   help="accepted like fit's, without effect: the model fixes the manifold")
     reading(p)
     common(p)
     p.set_defaults(func=evaluate)
