@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ImplicitGeomError
+from . import DataError, ImplicitGeomError
 from ._io import usual_mode
 from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
 from .learning import distributed
@@ -90,6 +90,17 @@ def _reading(args, stored=None):
         given = {**given, **stored}
     return {"coords": given["coords"] or "auto", "columns": given["columns"],
             "where": given["where"], "degrees": bool(given["degrees"])}
+
+
+def _reading_options(reading):
+    """The command-line options that give ``reading`` (empty for the defaults)."""
+    options = [] if reading["coords"] == "auto" else [f"--coords {reading['coords']}"]
+    if reading["columns"]:
+        options.append(f"--columns {reading['columns']}")
+    options += [f"--where {w}" for w in reading["where"] or ()]
+    if reading["degrees"]:
+        options.append("--degrees")
+    return " ".join(options)
 
 
 def _load_data(source, args, reading=None):
@@ -294,7 +305,18 @@ def evaluate(args):
     if args.data:
         # A file in the layout the model was fitted on is read the same way
         # unless reading options are given.
-        test = _load_data(args.data, args, _reading(args, config.get("reading"))).points
+        reading = _reading(args, config.get("reading"))
+        try:
+            test = _load_data(args.data, args, reading).points
+        except DataError as err:
+            inherited = _reading_options(reading) if reading != _reading(args) else ""
+            if not inherited:
+                raise
+            # The model's own options were applied: say so, or `--where
+            # residue=G` fails on a file of samples naming an option never given.
+            raise CLIError(f"{err} (--data is read like the model's data, with {inherited}; "
+                           "pass reading options, e.g. --coords xyz, to read it otherwise)"
+                           ) from None
         if test.shape[-1] != manifold.ambient_dim:
             raise CLIError(f"--data has {test.shape[-1]}-D points, the model "
                            f"{manifold.ambient_dim}-D ones")

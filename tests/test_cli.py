@@ -138,6 +138,15 @@ def test_dihedral_csv_filtered_to_one_residue_reaches_the_torus(tmp_path, capsys
     assert config["meta"]["axes"] == ["phi", "psi"]
     assert main(["plot", str(out), "--n", "100"]) == 0
     assert "density.png" in _png_names(out / "figures")
+    # Catches `evaluate --data` of a file without the model's columns failing
+    # with "no column 'residue'" when no --where was given: the inherited
+    # reading options are named.
+    other = tmp_path / "samples.csv"
+    other.write_text("x0,x1,x2\n3.5,0.5,0.8\n-2.5,1.0,0.9\n")
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(other), "--n-eval", "20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no column 'residue'" in err and "with --where residue=P;" in err and "\n" not in err
 
 
 def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys):
