@@ -544,7 +544,10 @@ def build_parser():
 
     p = sub.add_parser("evaluate", help="W, distance to manifold, NLL where defined")
     p.add_argument("model")
-    p.add_argument("--data", default=None, help="evaluate on this data instead of the held-out split")
+    p.add_argument("--data", default=None,
+                   help="evaluate on this data instead of the held-out split (a file is read "
+                        "with the model's --coords/--columns/--where/--degrees unless any is "
+                        "given)")
     p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
     p.add_argument("--n-samples", type=_positive_int, default=None,
                    help="subsample the --data points")
