@@ -489,12 +489,15 @@ def build_parser():
         p.add_argument("--degrees", action="store_true",
                        help="angles (--coords angles) are in degrees instead of radians")
 
-    def fitting(p):
-        p.add_argument("--manifold", default="auto",
-                       help="auto (analytic for lat/lon or torus data, else learned), "
-                            "learned, sphere or torus")
-        p.add_argument("--intrinsic-dim", type=_positive_int, default=None,
-                       help="manifold dimension for a user CSV/NPY (learned manifold)")
+    def fitting(p, data=True):
+        # demo fixes its data and manifold (two circles, learned): it has
+        # neither option, which it used to list and then ignore.
+        if data:
+            p.add_argument("--manifold", default="auto",
+                           help="auto (analytic for lat/lon or torus data, else learned), "
+                                "learned, sphere or torus")
+            p.add_argument("--intrinsic-dim", type=_positive_int, default=None,
+                           help="manifold dimension for a user CSV/NPY (learned manifold)")
         p.add_argument("--n-samples", type=_positive_int, default=None, help="subsample the data")
         p.add_argument("--test-fraction", type=_fraction, default=0.2,
                        help="share of the data held out for evaluation (default 0.2)")
@@ -567,7 +570,7 @@ def build_parser():
     p = sub.add_parser("demo", help="two circles end to end (the README's main job)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for CI)")
-    fitting(p)
+    fitting(p, data=False)
     common(p)
     p.set_defaults(func=demo)
     return parser

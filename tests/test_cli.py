@@ -218,6 +218,16 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["data_name"] == "two_circles"
 
 
+@pytest.mark.parametrize("option", [["--manifold", "sphere"], ["--intrinsic-dim", "1"]])
+def test_demo_refuses_options_it_cannot_honour(tmp_path, capsys, option):
+    # Catches demo listing --manifold and --intrinsic-dim in its --help and
+    # then silently running the learned two circles whatever they said.
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", str(tmp_path / "demo"), *option])
+    assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_overwrite_replaces_only_model_folders(tmp_path, capsys):
     # Catches --overwrite (which demo always sets) deleting whatever --out
     # names: a folder of the user's files was renamed away and removed, a
