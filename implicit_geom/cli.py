@@ -12,6 +12,7 @@ place, so an interrupted or failed command never leaves a half-written model.
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ImplicitGeomError
+from . import DataError, ImplicitGeomError
 from ._io import usual_mode
 from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
 from .learning import distributed
@@ -47,6 +48,18 @@ def _positive_int(text):
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text):
+    # --test-fraction is checked when parsed: out of (0, 1) it failed after
+    # loading the data with "test_fraction must be in (0, 1)", naming no option.
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
     return value
 
 
@@ -77,6 +90,17 @@ def _reading(args, stored=None):
         given = {**given, **stored}
     return {"coords": given["coords"] or "auto", "columns": given["columns"],
             "where": given["where"], "degrees": bool(given["degrees"])}
+
+
+def _reading_options(reading):
+    """The command-line options that give ``reading`` (empty for the defaults)."""
+    options = [] if reading["coords"] == "auto" else [f"--coords {reading['coords']}"]
+    if reading["columns"]:
+        options.append(f"--columns {reading['columns']}")
+    options += [f"--where {w}" for w in reading["where"] or ()]
+    if reading["degrees"]:
+        options.append("--degrees")
+    return " ".join(options)
 
 
 def _load_data(source, args, reading=None):
@@ -281,7 +305,18 @@ def evaluate(args):
     if args.data:
         # A file in the layout the model was fitted on is read the same way
         # unless reading options are given.
-        test = _load_data(args.data, args, _reading(args, config.get("reading"))).points
+        reading = _reading(args, config.get("reading"))
+        try:
+            test = _load_data(args.data, args, reading).points
+        except DataError as err:
+            inherited = _reading_options(reading) if reading != _reading(args) else ""
+            if not inherited:
+                raise
+            # The model's own options were applied: say so, or `--where
+            # residue=G` fails on a file of samples naming an option never given.
+            raise CLIError(f"{err} (--data is read like the model's data, with {inherited}; "
+                           "pass reading options, e.g. --coords xyz, to read it otherwise)"
+                           ) from None
         if test.shape[-1] != manifold.ambient_dim:
             raise CLIError(f"--data has {test.shape[-1]}-D points, the model "
                            f"{manifold.ambient_dim}-D ones")
@@ -454,15 +489,20 @@ def build_parser():
         p.add_argument("--degrees", action="store_true",
                        help="angles (--coords angles) are in degrees instead of radians")
 
-    def fitting(p):
-        p.add_argument("--manifold", default="auto",
-                       help="auto (analytic for lat/lon or torus data, else learned), "
-                            "learned, sphere or torus")
-        p.add_argument("--intrinsic-dim", type=_positive_int, default=None,
-                       help="manifold dimension for a user CSV/NPY (learned manifold)")
+    def fitting(p, data=True):
+        # demo fixes its data and manifold (two circles, learned): it has
+        # neither option, which it used to list and then ignore.
+        if data:
+            p.add_argument("--manifold", default="auto",
+                           help="auto (analytic for lat/lon or torus data, else learned), "
+                                "learned, sphere or torus")
+            p.add_argument("--intrinsic-dim", type=_positive_int, default=None,
+                           help="manifold dimension for a user CSV/NPY (learned manifold)")
         p.add_argument("--n-samples", type=_positive_int, default=None, help="subsample the data")
-        p.add_argument("--test-fraction", type=float, default=0.2)
-        p.add_argument("--mdf-epochs", type=_positive_int, default=None)
+        p.add_argument("--test-fraction", type=_fraction, default=0.2,
+                       help="share of the data held out for evaluation (default 0.2)")
+        p.add_argument("--mdf-epochs", type=_positive_int, default=None,
+                       help="epochs of a learned manifold's fit (default: the data set's preset)")
         p.add_argument("--mdf-restarts", type=_positive_int, default=1,
                        help="fits of a learned manifold; of those whose zero set is not "
                             "folded (near-singular where the data leave gaps), the one agreeing "
@@ -479,14 +519,17 @@ def build_parser():
                             "(NeuralImplicitManifold's mu_orient=10, orient_min_contrast=0.2; "
                             "a closed surface sampled all over otherwise may come out with a "
                             "channel through it)")
-        p.add_argument("--ebm-iter", type=_positive_int, default=None)
+        p.add_argument("--ebm-iter", type=_positive_int, default=None,
+                       help="training iterations of the constrained EBM (default: the data "
+                            "set's preset)")
         p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
 
     p = sub.add_parser("fit", help="fit a manifold and a constrained EBM to data")
     p.add_argument("data", help="a data file (.csv, .tsv, .txt, .npy) or one of "
                                 f"{', '.join(DATASET_NAMES)}")
     p.add_argument("--out", required=True, help="model folder to create")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model folder (never any other folder)")
     fitting(p)
     reading(p)
     common(p)
@@ -495,17 +538,24 @@ def build_parser():
     p = sub.add_parser("sample", help="draw samples from a fitted model")
     p.add_argument("model")
     p.add_argument("--n", type=_positive_int, default=1000)
-    p.add_argument("--out", required=True, help=".csv or .npy file")
+    p.add_argument("--out", required=True,
+                   help=".csv or .npy file of points in ambient coordinates (x, y, z on the "
+                        "sphere and the torus, not latitude/longitude or angles)")
     p.add_argument("--sampler", default="mala", choices=("langevin", "mala", "hmc"))
     common(p)
     p.set_defaults(func=sample)
 
     p = sub.add_parser("evaluate", help="W, distance to manifold, NLL where defined")
     p.add_argument("model")
-    p.add_argument("--data", default=None, help="evaluate on this data instead of the held-out split")
-    p.add_argument("--n-eval", type=_positive_int, default=2000)
-    p.add_argument("--n-samples", type=_positive_int, default=None)
-    p.add_argument("--intrinsic-dim", type=_positive_int, default=None)
+    p.add_argument("--data", default=None,
+                   help="evaluate on this data instead of the held-out split (a file is read "
+                        "with the model's --coords/--columns/--where/--degrees unless any is "
+                        "given)")
+    p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
+    p.add_argument("--n-samples", type=_positive_int, default=None,
+                   help="subsample the --data points")
+    p.add_argument("--intrinsic-dim", type=_positive_int, default=None,
+                   help="accepted like fit's, without effect: the model fixes the manifold")
     reading(p)
     common(p)
     p.set_defaults(func=evaluate)
@@ -520,7 +570,7 @@ def build_parser():
     p = sub.add_parser("demo", help="two circles end to end (the README's main job)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for CI)")
-    fitting(p)
+    fitting(p, data=False)
     common(p)
     p.set_defaults(func=demo)
     return parser

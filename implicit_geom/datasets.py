@@ -775,9 +775,7 @@ def _read_table(path) -> _Table:
     with more rows, some later cell is): ``residue,phi,psi`` over ``G,-1.4,2.9``
     (or over ``G,NA,NA``) is a header, ``G,-1.4,2.9`` over ``G,-1.2,3.0`` is data.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found")
+    path = _data_file(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -814,11 +812,19 @@ def _read_table(path) -> _Table:
     return _Table(path, names, rows, lines, list(range(1, len(rows) + 1)), n_columns=width)
 
 
-def _array_table(path) -> _Table:
-    """A ``.npy`` file as a headerless numeric table."""
+def _data_file(path) -> Path:
+    """``path`` as a Path; a DataError if it is not a file (a folder is said to be one)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
+    return path
+
+
+def _array_table(path) -> _Table:
+    """A ``.npy`` file as a headerless numeric table."""
+    path = _data_file(path)
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:

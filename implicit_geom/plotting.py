@@ -224,7 +224,7 @@ def globe(log_density, points=None, resolution=90, title=None, azimuths=(-60, 12
                         zorder=1)
         # matplotlib does not hide what lies behind the sphere: draw only the
         # near side of the graticule and of the data.
-        view = np.array(sphere_embed(elev, azim))
+        view = sphere_embed(elev, azim).numpy()
         for g in range(-60, 61, 30):  # parallels
             line = sphere_embed(np.full(181, g), np.linspace(-180, 180, 181)).numpy() * 1.005
             _front_line(ax, line, view)

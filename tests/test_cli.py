@@ -138,6 +138,15 @@ def test_dihedral_csv_filtered_to_one_residue_reaches_the_torus(tmp_path, capsys
     assert config["meta"]["axes"] == ["phi", "psi"]
     assert main(["plot", str(out), "--n", "100"]) == 0
     assert "density.png" in _png_names(out / "figures")
+    # Catches `evaluate --data` of a file without the model's columns failing
+    # with "no column 'residue'" when no --where was given: the inherited
+    # reading options are named.
+    other = tmp_path / "samples.csv"
+    other.write_text("x0,x1,x2\n3.5,0.5,0.8\n-2.5,1.0,0.9\n")
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(other), "--n-eval", "20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no column 'residue'" in err and "with --where residue=P;" in err and "\n" not in err
 
 
 def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys):
@@ -209,6 +218,16 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["data_name"] == "two_circles"
 
 
+@pytest.mark.parametrize("option", [["--manifold", "sphere"], ["--intrinsic-dim", "1"]])
+def test_demo_refuses_options_it_cannot_honour(tmp_path, capsys, option):
+    # Catches demo listing --manifold and --intrinsic-dim in its --help and
+    # then silently running the learned two circles whatever they said.
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", str(tmp_path / "demo"), *option])
+    assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_overwrite_replaces_only_model_folders(tmp_path, capsys):
     # Catches --overwrite (which demo always sets) deleting whatever --out
     # names: a folder of the user's files was renamed away and removed, a
@@ -274,6 +293,17 @@ def test_counts_are_checked_when_parsed(tmp_path, capsys, argv):
         main(argv)
     assert exc.value.code == 2
     assert "expected a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1", "2", "-0.1", "nan", "x"])
+def test_test_fraction_is_checked_when_parsed(tmp_path, capsys, value):
+    # Catches --test-fraction out of (0, 1) failing after the data were read,
+    # with "test_fraction must be in (0, 1)", which names no option.
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "two_circles", "--out", str(tmp_path / "model"), "--test-fraction", value])
+    assert exc.value.code == 2
+    assert "argument --test-fraction: expected a number in (0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
 
 

@@ -352,6 +352,11 @@ def test_missing_file(tmp_path):
         ds.load_earth(tmp_path / "nope.csv")
     with pytest.raises(DataError, match="not found"):
         ds.load_dataset(tmp_path / "nope.npy")
+    # Catches a folder given as the data being reported as "data file not found".
+    for name in ("runs", "runs.npy"):
+        (tmp_path / name).mkdir()
+        with pytest.raises(DataError, match="is a folder, not a data file"):
+            ds.load_dataset(tmp_path / name)
 
 
 # --------------------------------------------------------------------------

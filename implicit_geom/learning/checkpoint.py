@@ -10,6 +10,7 @@ never half of one.
 import json
 import os
 import pickle
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -106,7 +107,7 @@ def load_checkpoint(path, kind, required=()):
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError,
-            ValueError, KeyError, AttributeError, TypeError) as err:
+            ValueError, KeyError, AttributeError, TypeError, struct.error) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {err}") from err
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an implicit_geom checkpoint")

@@ -688,7 +688,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
 
         Raises
         ------
-        RuntimeError
+        NotFittedError
             Before :meth:`fit`.
         ProjectionError
             No sample reached the zero set in the box.

@@ -34,10 +34,14 @@ class ImplicitManifold(nn.Module, LevelSet):
     max_iter : int
         Newton iteration cap of every projection.
     bounds : tuple of array-like, optional
-        ``(low, high)`` corners of a box that contains the manifold; used by
-        :meth:`random_point`. Default ``[-1, 1]^n`` scaled by ``bound``.
+        ``(low, high)`` corners of a box that contains the manifold; where
+        :meth:`random_point` draws (without it, ``[-bound, bound]^n`` with
+        ``bound`` its argument) and where the connected components and the
+        global log solver's graph are sampled.
     equip : bool
         Equip with the induced metric :class:`ImplicitMetric`.
+    name : str, optional
+        Shown in ``repr`` and error messages (default: the class name).
 
     Notes
     -----

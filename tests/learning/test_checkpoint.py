@@ -25,6 +25,12 @@ def test_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(tmp_path / "junk.pt", "Thing")
+    # Files of 1-7 bytes: torch.load's legacy reader raised a bare struct.error
+    # ("unpack requires a buffer of 4 bytes"), a traceback from the command line.
+    for junk in (b"j", b"junk"):
+        (tmp_path / "junk.pt").write_bytes(junk)
+        with pytest.raises(CheckpointError, match="corrupt"):
+            load_checkpoint(tmp_path / "junk.pt", "Thing")
     with pytest.raises(CheckpointError, match="does not exist"):
         save_checkpoint(tmp_path / "no" / "c.pt", "Thing", {}, {})
     # A folder as the target: a bare IsADirectoryError before, with no temporary left.
