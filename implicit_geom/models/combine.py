@@ -49,7 +49,7 @@ class IntersectionEBM(ConstrainedEBM):
                          torch.stack([b[1] for b in boxes]).amax(0))
         # Ready to use: the factors are fitted, log Z comes from the
         # intersection's own quadrature (a traced curve) or AIS.
-        self._fitted = all(m._fitted for m in models)
+        self._fitted = all(m.is_fitted for m in models)  # (a frozen energy is ready)
         # A factor fitted with component weights has the density
         # exp(-E_net - (log Z_c - log w_c)) on its component c: the product
         # needs those offsets, or each piece of the intersection gets the

@@ -642,7 +642,15 @@ class ConstrainedEBM(EnergyModel):
         return (e + self._offsets(x.detach().to(e.dtype))).to(x.dtype)
 
     def log_prob(self, x, normalized=True):
-        """Log density w.r.t. the volume of M: ``-E(x) - log Z`` (``-E(x)`` if not ``normalized``)."""
+        """Log density w.r.t. the volume of M: ``-E(x) - log Z`` (``-E(x)`` if not ``normalized``).
+
+        Raises
+        ------
+        NotFittedError
+            ``normalized`` before :meth:`fit`, as :meth:`score_samples`.
+        """
+        if normalized and not self.is_fitted:
+            raise NotFittedError(f"call fit first: {type(self).__name__}'s energy is untrained")
         out = -self.energy(x)
         if not normalized or self.component_log_weights_ is not None:
             return out  # with component weights -E is normalised already

@@ -202,6 +202,8 @@ def test_unfitted_models_raise_not_fitted_error():
         ConstrainedEBM(sphere, hidden=[8]).score_samples(points)
     with pytest.raises(NotFittedError, match="fit first"):
         ConstrainedEBM(sphere, hidden=[8]).nll(points)
+    with pytest.raises(NotFittedError, match="fit first"):  # log_prob answered
+        ConstrainedEBM(sphere, hidden=[8]).log_prob(points)
     frozen = ConstrainedEBM(sphere, EnergyMLP(3, hidden=(4,)).requires_grad_(False))
     assert frozen.is_fitted
     assert frozen.score_samples(points).shape == (10,)
