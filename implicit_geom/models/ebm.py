@@ -162,12 +162,16 @@ class EnergyModel(EstimatorMixin):
             raise TypeError("energy_net must be a torch.nn.Module mapping (B, d) to (B,)")
         for name, value in (("n_iter", n_iter), ("batch_size", batch_size),
                             ("buffer_size", buffer_size)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if int(n_mcmc_steps) < 0 or not step_size > 0 or not 0 <= reinit_prob <= 1:
+            check_int(value, name)
+        check_int(n_mcmc_steps, "n_mcmc_steps", minimum=0)
+        if not step_size > 0 or not 0 <= reinit_prob <= 1:
             raise ValueError("need n_mcmc_steps >= 0, step_size > 0 and 0 <= reinit_prob <= 1")
         if not 0 < lr_floor <= 1:
             raise ValueError(f"lr_floor must be in (0, 1], got {lr_floor}")
+        # (NaN fails these too: lr=nan trained to a NaN loss, TrainingDivergedError.)
+        if not (0 < lr < math.inf and 0 <= beta < math.inf and grad_clip > 0):
+            raise ValueError(f"need 0 < lr < inf, 0 <= beta < inf and grad_clip > 0, got lr={lr}, "
+                             f"beta={beta}, grad_clip={grad_clip}")
         self.energy_net = energy_net
         self.beta = float(beta)
         self.lr = float(lr)
@@ -459,6 +463,7 @@ class ConstrainedEBM(EnergyModel):
             raise ValueError(f"jumps must be 'auto', True or False, got {jumps!r}")
         self.method = method
         self.chain_init = chain_init
+        self._sampler_class(sampler)  # a bad name fails here, not at fit
         self.sampler = sampler
         self.quadrature_resolution = int(quadrature_resolution)
         self.quadrature_bounds = None if quadrature_bounds is None else tuple(

@@ -472,3 +472,14 @@ def test_sample_count_is_a_whole_number(pcd_model):
     for n in (2.5, 0):
         with pytest.raises(ValueError, match="n_samples"):
             pcd_model.sample(n, n_steps=1)
+
+
+@pytest.mark.parametrize("bad", [dict(lr=float("nan")), dict(lr=0.0), dict(beta=float("inf")),
+                                 dict(sampler="bogus"), dict(n_iter=2.5), dict(grad_clip=0.0),
+                                 dict(n_mcmc_steps=-1)])
+def test_constructor_refuses_bad_settings(bad):
+    # Catches settings accepted at construction that failed only at fit, or not at
+    # all: lr=nan trained to TrainingDivergedError, sampler="bogus" raised at the
+    # first PCD step, n_iter=2.5 ran 2 steps.
+    with pytest.raises(ValueError):
+        ConstrainedEBM(ImplicitSphere(2), hidden=[4], **bad)
