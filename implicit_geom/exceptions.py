@@ -78,7 +78,8 @@ class DisconnectedError(GeodesicError):
 
 class ComponentError(ImplicitGeomError, ValueError):
     """The connected components of a manifold cannot be determined (e.g. no
-    box to sample a learned manifold in)."""
+    box to sample a learned manifold in, or the pieces of a union share a
+    part of positive measure, which the union would count twice)."""
 
 
 class CurvatureError(ImplicitGeomError, ValueError):

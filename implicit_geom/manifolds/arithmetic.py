@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from ..exceptions import SingularJacobianError
+from ..exceptions import ComponentError, SingularJacobianError
 from ..numerics.newton import NewtonResult
 from ..numerics.validation import as_points
 from .analytic import as_implicit
@@ -80,6 +80,11 @@ class UnionManifold(ImplicitManifold):
     meet_tol : float
         Points where two components have ``|F_i| <= meet_tol`` are treated as
         lying where components meet (no tangent space).
+
+    The pieces must meet at most on a null set (crossing curves, touching
+    spheres); pieces that share a part of positive measure raise
+    :class:`ComponentError` when the components, a quadrature or a mixture
+    of the union are first needed (:meth:`check_pieces_disjoint`).
     """
 
     def __init__(self, *components, meet_tol=1e-8, **kwargs):
@@ -95,6 +100,7 @@ class UnionManifold(ImplicitManifold):
         kwargs.setdefault("name", " ∪ ".join(c.name for c in comps))
         super().__init__(None, ambient_dim=n, codim=k, **kwargs)
         self.components = nn.ModuleList(comps)  # the pieces of the union
+        self._disjoint_checked = False  # see check_pieces_disjoint
 
     # The active component of each point defines M locally.
     def _stack(self, x):
@@ -136,19 +142,100 @@ class UnionManifold(ImplicitManifold):
     # Components: the union of the pieces' components, numbered piece by piece
     # (the pieces are taken to be disjoint; where they meet the union is not a
     # manifold, and geometry there raises SingularJacobianError).
+    def check_pieces_disjoint(self, n_samples=128, seed=0):
+        """Raise :class:`ComponentError` if two pieces share a part of positive measure.
+
+        The union counts its pieces separately (components, quadrature and
+        volume, :class:`~implicit_geom.models.UnionEBM`'s mixture), which is
+        right when they meet at most on a null set (circles crossing at
+        points: geometry there raises SingularJacobianError) and double counts
+        a shared part (``union(S, S)``). Each piece is sampled (seeded box
+        draws projected onto it, as :meth:`random_point`); a point whose
+        first-order distance ``|F_j| / sigma_min(J_j)`` to another piece is
+        within the pieces' projection tolerances lies on both. Two such points of a piece
+        (about 1.5% of its samples) raise. Run once (cached until
+        :meth:`invalidate_caches`) before the union's components, quadrature
+        or mixture are used; a piece that cannot be sampled is not checked
+        from its side.
+        """
+        if self._disjoint_checked:
+            return
+        pieces = list(self.components)
+        samples = [self._piece_samples(c, n_samples, seed + i) for i, c in enumerate(pieces)]
+        for i, (pts, diam) in enumerate(samples):
+            if pts is None:
+                continue
+            with torch.no_grad():  # how far points projected to tol may be from piece i
+                own = pieces[i].tol_for() / torch.linalg.svdvals(
+                    pieces[i]._value_and_jacobian(pts)[1])[..., -1]
+            for j, other in enumerate(pieces):
+                if j == i:
+                    continue
+                with torch.no_grad():
+                    value, jac = other._value_and_jacobian(pts.to(other.dtype))
+                    sigma = torch.linalg.svdvals(jac)[..., -1].to(own)
+                    # |F_j| / sigma_min(J_j) bounds the first-order distance to
+                    # piece j; critical points of F_j (sigma 0) are no hit.
+                    dist = value.norm(dim=-1).to(own) / sigma
+                    tol = other.tol_for() / sigma
+                    hits = ((sigma > 0) & torch.isfinite(own)
+                            & (dist <= 4 * (own + tol) + 1e-10 * diam))
+                n_hit = int(hits.sum())
+                if n_hit >= 2:
+                    raise ComponentError(
+                        f"pieces {i} ({pieces[i].name}) and {j} ({other.name}) of the union "
+                        f"{self.name} share a part of positive measure ({n_hit} of "
+                        f"{pts.shape[0]} sampled points of piece {i} lie on piece {j}): the "
+                        "union would count it twice (components, volume, densities); "
+                        "use one piece for the shared part.")
+        self._disjoint_checked = True
+
+    def _piece_samples(self, piece, n_samples, seed):
+        """Seeded points on ``piece`` (box draws projected; None if none land)
+        and the diagonal of the box drawn from."""
+        box = piece.bounds if piece.bounds is not None else self.bounds
+        n = self.ambient_dim
+        if box is None:
+            box = (-torch.ones(n, dtype=piece.dtype, device="cpu"),
+                   torch.ones(n, dtype=piece.dtype, device="cpu"))
+        low, high = (b.to(piece.dtype).cpu() for b in box)
+        gen = torch.Generator().manual_seed(int(seed))  # CPU draws: the same on any device
+        draws = low + (high - low) * torch.rand(n_samples, n, generator=gen, dtype=low.dtype,
+                                                device="cpu")
+        with torch.no_grad():
+            res = piece.solve_projection(draws.to(piece.device), closest=False)
+        ok = res.converged & torch.isfinite(res.x).all(-1)
+        return (res.x[ok] if bool(ok.any()) else None), float((high - low).norm())
+
+    def invalidate_caches(self):
+        super().invalidate_caches()
+        self._disjoint_checked = False
+
     def _known_n_components(self):
         counts = [c._known_n_components() for c in self.components]
-        return None if None in counts else sum(counts)
+        if None in counts:
+            return None
+        self.check_pieces_disjoint()
+        return sum(counts)
 
     @property
     def n_components(self):
-        """Sum of the pieces' numbers of components."""
+        """Sum of the pieces' numbers of components.
+
+        Raises
+        ------
+        ComponentError
+            Pieces that share a part of positive measure (see
+            :meth:`check_pieces_disjoint`).
+        """
+        self.check_pieces_disjoint()
         return sum(c.n_components for c in self.components)
 
     def components_known(self):
         return all(c.components_known() for c in self.components)
 
     def _component_labels(self, x):
+        self.check_pieces_disjoint()
         piece = self.component_index(x)
         labels = torch.full_like(piece, -1)
         offset = 0

@@ -94,6 +94,21 @@ class ImplicitMetric(RiemannianMetric):
     def _on_manifold_atol(self, dtype):
         return max(self.on_manifold_atol, 10 * self._space.tol_for(dtype))
 
+    def _raise_if_off(self, x, what):
+        """InvalidPointError for flat base points ``x`` off M (``|F|`` above the
+        tolerance log and dist check): the geometry there is that of another
+        level set of F, not M's. Public entries only (one evaluation of F)."""
+        space = self._space
+        with torch.no_grad():
+            residual = space._value(x.detach()).norm(dim=-1)
+        atol = self._on_manifold_atol(x.dtype)
+        off = ~(residual <= atol)
+        if bool(off.any()):
+            raise InvalidPointError(
+                f"{what}: {int(off.sum())} base point(s) are not on {space.name} "
+                f"(|F| up to {float(residual.nan_to_num(torch.inf).max()):.3g} > {atol:g}); "
+                "project them first.")
+
     # ------------------------------------------------------------------- basics
     def metric_matrix(self, base_point=None):
         """Identity in ambient coordinates (tangent vectors are ambient vectors)."""
@@ -181,10 +196,16 @@ class ImplicitMetric(RiemannianMetric):
             On M to the space's ``tol``. Differentiable in ``tangent_vec`` and
             ``base_point``, not in the trainable parameters of F (the flow's
             dependence on them is not differentiated; dist's is).
+
+        Raises
+        ------
+        InvalidPointError
+            Base points off M (``|F|`` above the tolerance log and dist use).
         """
         space = self._space
         x, v, batch = space._pair(base_point, tangent_vec, ("base_point", "tangent_vec"))
         space._check_regular(x, "exp")  # where a union's pieces meet: no geodesic
+        self._raise_if_off(x, "exp")
         if needs_grad(x, v):  # derivative of the flow, not of the integrator's steps
             x1 = ift.Exp.apply(self, x, v)
         else:
@@ -556,8 +577,10 @@ class ImplicitMetric(RiemannianMetric):
         proj = eye_n - jac.transpose(-1, -2) @ gram_inv @ jac
         return jac, gram_inv, proj, space._hessians(x)
 
-    def _flat_args(self, base_point, *vectors, names=None):
-        """Broadcast a base point and vectors to flat (B, n) batches."""
+    def _flat_args(self, base_point, *vectors, names=None, what=None):
+        """Broadcast a base point and vectors to flat (B, n) batches; with
+        ``what`` (the public method's name), base points off M raise
+        InvalidPointError."""
         space = self._space
         n = space.ambient_dim
         names = names or ("base_point", "tangent_vec_a", "tangent_vec_b", "tangent_vec_c",
@@ -566,7 +589,10 @@ class ImplicitMetric(RiemannianMetric):
         arrays = broadcast_points(*arrays, names=names)
         batch = arrays[0].shape[:-1]
         dtype = _dtype_of(base_point, *vectors)
-        return [a.reshape(-1, n).to(space.dtype) for a in arrays], batch, dtype
+        flat = [a.reshape(-1, n).to(space.dtype) for a in arrays]
+        if what is not None:
+            self._raise_if_off(flat[0], what)
+        return flat, batch, dtype
 
     def second_fundamental_form(self, tangent_vec_a, tangent_vec_b, base_point):
         """Second fundamental form ``II(a, b)``: a normal vector, shape ``(..., n)``.
@@ -575,7 +601,8 @@ class ImplicitMetric(RiemannianMetric):
         the acceleration of the geodesic with velocity ``v``. Arguments are
         projected onto the tangent space first.
         """
-        (x, a, b), batch, dtype = self._flat_args(base_point, tangent_vec_a, tangent_vec_b)
+        (x, a, b), batch, dtype = self._flat_args(base_point, tangent_vec_a, tangent_vec_b,
+                                                  what="second_fundamental_form")
         with torch.no_grad():
             jac, gram_inv, proj, hess = self._frame(x)
             pa, pb = _apply(proj, a), _apply(proj, b)
@@ -589,7 +616,8 @@ class ImplicitMetric(RiemannianMetric):
         ``<A_nu(u), w> = <II(u, w), nu>``. Only the normal part of ``normal_vec``
         matters; ``tangent_vec`` is projected onto the tangent space.
         """
-        (x, v, nu), batch, dtype = self._flat_args(base_point, tangent_vec, normal_vec)
+        (x, v, nu), batch, dtype = self._flat_args(base_point, tangent_vec, normal_vec,
+                                                   what="shape_operator")
         with torch.no_grad():
             jac, gram_inv, proj, hess = self._frame(x)
             mu = (gram_inv @ (jac @ nu.unsqueeze(-1))).squeeze(-1)
@@ -611,7 +639,7 @@ class ImplicitMetric(RiemannianMetric):
         christoffels : torch.Tensor, shape=[..., n, n, n]
         """
         base_point = self._require_point(base_point, "christoffels")
-        (x,), batch, dtype = self._flat_args(base_point)
+        (x,), batch, dtype = self._flat_args(base_point, what="christoffels")
         with torch.no_grad():
             jac, gram_inv, _, hess = self._frame(x)
             out = torch.einsum("bkl,bkr,brij->blij", jac, gram_inv, hess)
@@ -658,7 +686,8 @@ class ImplicitMetric(RiemannianMetric):
         spheres), shape ``(..., n)``; arguments projected onto the tangent space."""
         base_point = self._require_point(base_point, "curvature")
         (x, a, b, c), batch, dtype = self._flat_args(base_point, tangent_vec_a,
-                                                     tangent_vec_b, tangent_vec_c)
+                                                     tangent_vec_b, tangent_vec_c,
+                                                     what="curvature")
         with torch.no_grad():
             out = self._riemann_vector(x, a, b, c)
         return out.reshape(*batch, -1).to(dtype)
@@ -667,7 +696,7 @@ class ImplicitMetric(RiemannianMetric):
         """``R_{ijk}^l = dx^l(R(e_j, e_k) e_i)`` in ambient coordinates (tangent
         projections of the coordinate vectors), shape ``(..., n, n, n, n)``."""
         base_point = self._require_point(base_point, "riemann_tensor")
-        (x,), batch, dtype = self._flat_args(base_point)
+        (x,), batch, dtype = self._flat_args(base_point, what="riemann_tensor")
         with torch.no_grad():
             _, gram_inv, proj, hess = self._frame(x)
             hp = proj.unsqueeze(1) @ hess @ proj.unsqueeze(1)  # P H_r P, (B, k, n, n)
@@ -688,7 +717,8 @@ class ImplicitMetric(RiemannianMetric):
             plane (parallel or zero vectors): the curvature is undefined there.
         """
         base_point = self._require_point(base_point, "sectional_curvature")
-        (x, a, b), batch, dtype = self._flat_args(base_point, tangent_vec_a, tangent_vec_b)
+        (x, a, b), batch, dtype = self._flat_args(base_point, tangent_vec_a, tangent_vec_b,
+                                                  what="sectional_curvature")
         with torch.no_grad():
             frame = self._frame(x)
             proj = frame[2]
@@ -711,7 +741,7 @@ class ImplicitMetric(RiemannianMetric):
         the Gauss equation over the tangent space).
         """
         base_point = self._require_point(base_point, "ricci_tensor")
-        (x,), batch, dtype = self._flat_args(base_point)
+        (x,), batch, dtype = self._flat_args(base_point, what="ricci_tensor")
         with torch.no_grad():
             out = self._ricci(x)
         n = self._space.ambient_dim
@@ -728,7 +758,7 @@ class ImplicitMetric(RiemannianMetric):
         """Scalar curvature (trace of the Ricci tensor), shape ``(...,)``; twice
         the Gaussian curvature on a surface."""
         base_point = self._require_point(base_point, "scalar_curvature")
-        (x,), batch, dtype = self._flat_args(base_point)
+        (x,), batch, dtype = self._flat_args(base_point, what="scalar_curvature")
         with torch.no_grad():
             out = self._ricci(x).diagonal(dim1=-2, dim2=-1).sum(-1)
         return out.reshape(batch).to(dtype)
@@ -745,7 +775,8 @@ class ImplicitMetric(RiemannianMetric):
         """
         base_point = self._require_point(base_point, "curvature_derivative")
         (x, h, b, c, d), batch, dtype = self._flat_args(
-            base_point, tangent_vec_a, tangent_vec_b, tangent_vec_c, tangent_vec_d)
+            base_point, tangent_vec_a, tangent_vec_b, tangent_vec_c, tangent_vec_d,
+            what="curvature_derivative")
         with torch.no_grad():
             proj = self._frame(x)[2]
             h, b, c, d = (_apply(proj, t) for t in (h, b, c, d))
@@ -789,7 +820,8 @@ class ImplicitMetric(RiemannianMetric):
         ends = () if end_point is None else (end_point,)
         (x, v, w, *ends), batch, dtype = self._flat_args(
             base_point, direction, tangent_vec, *ends,
-            names=("base_point", "direction", "tangent_vec", "end_point"))
+            names=("base_point", "direction", "tangent_vec", "end_point"),
+            what="parallel_transport")
         n = space.ambient_dim
         with torch.no_grad():
             jac = space._jacobian(x)

@@ -100,6 +100,8 @@ def _kind(manifold):
 
 
 def _spheres(manifold):
+    if isinstance(manifold, UnionManifold):  # overlapping spheres: volumes counted twice
+        manifold.check_pieces_disjoint()
     comps = manifold.components if isinstance(manifold, UnionManifold) else [manifold]
     return [(float(_sphere_params(c)[1]), _numpy(_sphere_params(c)[2])) for c in comps]
 

@@ -106,6 +106,12 @@ class UnionEBM(EstimatorMixin):
         ``log Z_i`` of each model's energy; by default each model's own
         (:meth:`ConstrainedEBM.log_partition`: quadrature on curves and
         surfaces, learned or analytic, AIS elsewhere).
+
+    Raises
+    ------
+    ComponentError
+        Models whose manifolds share a part of positive measure (see
+        :meth:`~implicit_geom.manifolds.UnionManifold.check_pieces_disjoint`).
     """
 
     def __init__(self, *models, weights=None, log_partitions=None):
@@ -113,6 +119,9 @@ class UnionEBM(EstimatorMixin):
             raise TypeError("UnionEBM needs at least two ConstrainedEBM models")
         self.models = list(models)
         self.manifold = union(*[m.manifold for m in models])
+        # Models on overlapping manifolds: a point of the shared part would be
+        # scored by one model only (ComponentError instead).
+        self.manifold.check_pieces_disjoint()
         w = torch.ones(len(models)) if weights is None else torch.as_tensor(
             weights, dtype=torch.float64)
         if w.shape != (len(models),) or not bool((w > 0).all()) or not torch.isfinite(w).all():

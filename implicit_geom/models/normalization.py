@@ -848,6 +848,7 @@ def manifold_quadrature(manifold, resolution=128, bounds=None):
     resolution = _check_resolution(resolution, "resolution")
     manifold = as_implicit(manifold)
     if isinstance(manifold, UnionManifold):
+        manifold.check_pieces_disjoint()  # a shared part would be integrated twice
         rules = [manifold_quadrature(c, resolution, bounds) for c in manifold.components]
         out = rules[0]
         for rule in rules[1:]:

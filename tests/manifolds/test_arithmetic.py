@@ -7,7 +7,7 @@ import torch
 from geomstats.geometry.hypersphere import Hypersphere
 
 import implicit_geom as ig
-from implicit_geom.exceptions import SingularJacobianError
+from implicit_geom.exceptions import ComponentError, SingularJacobianError
 
 
 def two_sphere_circle():
@@ -113,6 +113,33 @@ def test_union_geodesics_where_pieces_meet_raise():
     far = circles.metric.dist(torch.tensor([-1.0, 0.0], dtype=torch.float64),
                               torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert float(far) == pytest.approx(math.pi / 2, abs=1e-9)
+
+
+def test_union_of_overlapping_pieces_raises_component_error():
+    # Catches a union double counting a part its pieces share (union(S, S):
+    # n_components 2 and quadrature volume 8 pi; a circle and a curve sharing
+    # its upper half): ComponentError, while crossing or tangent pieces count.
+    from implicit_geom.models.normalization import manifold_quadrature
+
+    def half_circle_half_ellipse(x):  # C^1 closed curve: upper unit semicircle
+        y = torch.where(x[:, 1:2] >= 0, x[:, 1:2], 2 * x[:, 1:2])
+        return x[:, :1] ** 2 + y ** 2 - 1
+
+    shared = ig.ImplicitManifold(half_circle_half_ellipse, 2, bounds=([-2, -2], [2, 2]))
+    for overlapping in (ig.union(ig.ImplicitSphere(2), ig.ImplicitSphere(2)),
+                        ig.union(ig.ImplicitSphere(1), shared)):
+        with pytest.raises(ComponentError, match="share a part of positive measure"):
+            overlapping.n_components
+        with pytest.raises(ComponentError, match="share a part of positive measure"):
+            manifold_quadrature(overlapping, 32)
+    nested = ig.union(ig.ImplicitSphere(1), ig.union(ig.ImplicitSphere(1),
+                                                    ig.ImplicitSphere(1, center=[3.0, 0.0])))
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        nested.component_of(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    crossing = ig.union(ig.ImplicitSphere(1), ig.ImplicitSphere(1, center=[1.0, 0.0]))
+    tangent = ig.union(ig.ImplicitSphere(2), ig.ImplicitSphere(2, 0.5, center=[0.5, 0.0, 0.0]))
+    assert crossing.n_components == tangent.n_components == 2
+    assert float(manifold_quadrature(crossing, 64).weights.sum()) == pytest.approx(4 * math.pi)
 
 
 def test_union_rejects_mismatched_components():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import implicit_geom as ig
-from implicit_geom.exceptions import CurvatureError
+from implicit_geom.exceptions import CurvatureError, InvalidPointError
 from implicit_geom.models.normalization import manifold_quadrature
 
 R, r = 2.0, 1.0
@@ -149,3 +149,24 @@ def test_gauss_bonnet_with_the_quadrature_area_element():
     srule = manifold_quadrature(sphere, 32)
     total = (srule.weights * sphere.metric.scalar_curvature(srule.points) / 2).sum()
     assert float(total) == pytest.approx(4 * math.pi, rel=1e-10)
+
+
+def test_curvature_rejects_base_points_off_the_manifold():
+    # Catches curvature-type methods answering with the geometry of another
+    # level set at a base point off M (sectional curvature 1/4 at (2, 0, 0) on
+    # the unit sphere): InvalidPointError, as log and dist raise.
+    metric = callable_sphere().metric
+    off = torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64)
+    a = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    b = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    calls = [lambda: metric.sectional_curvature(a, b, off), lambda: metric.curvature(a, b, a, off),
+             lambda: metric.second_fundamental_form(a, b, off),
+             lambda: metric.shape_operator(a, off, off), lambda: metric.christoffels(off),
+             lambda: metric.riemann_tensor(off), lambda: metric.ricci_tensor(off),
+             lambda: metric.scalar_curvature(off),
+             lambda: metric.curvature_derivative(a, b, a, b, off)]
+    for call in calls:
+        with pytest.raises(InvalidPointError, match="not on"):
+            call()
+    on = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    assert float(metric.sectional_curvature(a, b, on)) == pytest.approx(1.0, abs=1e-10)

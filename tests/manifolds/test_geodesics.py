@@ -251,6 +251,25 @@ def test_geodesic_bvp_and_bad_input():
         torus.equip_with_metric(ig.ImplicitMetric, log_solver="bogus")
 
 
+def test_exp_and_transport_reject_base_points_off_the_manifold():
+    # Catches exp / geodesic / parallel_transport answering silently from a base
+    # point off M (exp([0, .5, 0], [2, 0, 0]) gave (0.9689, 0.2474, 0)) while
+    # log and dist raise: InvalidPointError, with the tolerance log uses.
+    metric = ig.ImplicitSphere(2).metric
+    off = torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64)
+    v = torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64)
+    w = torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)
+    for call in (lambda: metric.exp(v, off), lambda: metric.exp(v.requires_grad_(), off),
+                 lambda: metric.geodesic(off, initial_tangent_vec=v)(torch.tensor([0.5])),
+                 lambda: metric.parallel_transport(w, off, direction=v)):
+        with pytest.raises(InvalidPointError, match="not on .*project them first"):
+            call()
+    v = v.detach()
+    # Points on M to within the tolerance still go through.
+    near = torch.tensor([1.0 + 1e-9, 0.0, 0.0], dtype=torch.float64)
+    assert float(metric.exp(v, near).norm()) == pytest.approx(1.0, abs=1e-9)
+
+
 # ----------------------------------------------------- shooting certificates
 def _shoot_vs_graph(space, pts, **kw):
     shot = GeodesicLogSolver(space, shoot=True, **kw)

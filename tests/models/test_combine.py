@@ -147,6 +147,17 @@ def test_intersection_saves_and_loads_on_the_intersection(tmp_path):
     assert mass == pytest.approx(1.0, abs=1e-6)
 
 
+def test_union_of_models_on_one_manifold_raises():
+    # Catches UnionEBM of two models on the same sphere integrating to 0.5
+    # (every point scored by the first model only): ComponentError instead.
+    from implicit_geom.exceptions import ComponentError
+
+    a = vmf_model([0.0, 0.0, 0.0], [0.0, 0.0, 1.0], 2.0)
+    b = vmf_model([0.0, 0.0, 0.0], [0.0, 1.0, 0.0], 2.0)
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        UnionEBM(a, b)
+
+
 def test_product_keeps_the_factors_component_weights(tmp_path):
     # A density fitted by maximum likelihood on two spheres (80% of the data
     # on the left one) times a uniform density on the plane z = 0: the product
