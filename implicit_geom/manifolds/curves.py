@@ -151,7 +151,8 @@ class CurveTracer:
         (or 0.05 without a box). Spacing also shrinks with the curvature.
     check_tol : float
         Largest allowed ``|F| / |grad F|`` at segment midpoints of the
-        interpolant; a table that misses it is retraced with half the spacing.
+        interpolant (or ``|F|`` within the manifold's ``tol``, as its nodes);
+        a table that misses it is retraced with half the spacing.
     max_nodes : int
         Node cap of one trace (2000 without a box; then a curve that goes
         farther than 50 steps from its start is not tabulated either).
@@ -226,19 +227,41 @@ class CurveTracer:
         travelled = 0.0
         tangent = unit_tangent(space, x.unsqueeze(0))[0] * direction
         kappa = float(self._curvature(x.unsqueeze(0), tangent.unsqueeze(0)).norm())
+        first, retries, cap = tangent, 0, step
         for _ in range(self.max_nodes):
-            h = min(step, self.turn / max(kappa, 1e-12))
+            h = min(step, self.turn / max(kappa, 1e-12), cap)
             ahead = float((tangent * (p0 - x)).sum())
             gap = float((p0 - x).norm())
-            if travelled > 2 * step and gap < 2 * h and 0 < ahead <= h * 1.01:
-                # The start is within one step ahead: close on it exactly.
-                arc = self._closing_arc(x, p0, direction, ahead)
-                return torch.stack(pts), _tensor(s, p0), True, arc
-            x = self._advance(x.unsqueeze(0), _tensor([direction * h], x))[0]
-            new = unit_tangent(space, x.unsqueeze(0))[0] * direction
+            if travelled > 2 * h and gap < 2 * h and 0 < ahead <= h * 1.01:
+                # (Not ``travelled > 2 * step``: a closed curve shorter than
+                # that was traced lap after lap into one table.)
+                closing_turn = float((first - tangent).norm())
+                if closing_turn <= 2 * self.turn and ahead >= 0.9 * gap:
+                    # The start is within one step ahead: close on it exactly.
+                    arc = self._closing_arc(x, p0, direction, ahead)
+                    return torch.stack(pts), _tensor(s, p0), True, arc
+                if closing_turn > 2 * self.turn and float((first * tangent).sum()) > -0.5 \
+                        and retries < 30:
+                    # The start lies round a bend just ahead (at the tip of a
+                    # slim ellipse): approach it in shorter steps. (Tangents
+                    # that face each other: the far side of a thin part passes
+                    # by the start; step on.)
+                    kappa = max(kappa, closing_turn / gap)
+                    cap = self.turn / kappa
+                    retries += 1
+                    continue
+            ahead_x = self._advance(x.unsqueeze(0), _tensor([direction * h], x))[0]
+            new = unit_tangent(space, ahead_x.unsqueeze(0))[0] * direction
             # Turning rate over the step: the curvature estimate for the next one.
             kappa = float((new - tangent).norm()) / h
-            tangent = new
+            if kappa * h > 2 * self.turn and retries < 30:
+                # The curvature grew within the step (the far tip of a slim
+                # ellipse): retry it shorter (at least halved), from the same
+                # node. Accepting it left segments the refinement could not repair.
+                retries += 1
+                cap = self.turn / kappa  # and grow back gradually: fewer rejections
+                continue
+            x, tangent, retries, cap = ahead_x, new, 0, 2 * cap
             travelled += h
             pts.append(x)
             s.append(travelled)
@@ -301,8 +324,13 @@ class CurveTracer:
         mid = table.s[:-1] + 0.5 * (table.s[1:] - table.s[:-1])
         pos, _, _ = table.evaluate(mid)
         value, jac = self.space._value_and_jacobian(pos)
-        off = value.norm(dim=-1) / jac.flatten(-2).norm(dim=-1)
-        return (~(off <= self.check_tol)).nonzero().squeeze(-1)
+        size = value.norm(dim=-1)
+        off = size / jac.flatten(-2).norm(dim=-1)
+        # Or as close as Newton lands the nodes themselves (|F| <= tol): where
+        # |grad F| is small (the tip of a slim ellipse) the nodes are farther
+        # than check_tol from M, and no refinement could pass.
+        ok = (off <= self.check_tol) | (size <= self.space.tol_for())
+        return (~ok).nonzero().squeeze(-1)
 
     def _refine(self, table, bad):
         """Insert the traced midpoints of segments ``bad``."""
