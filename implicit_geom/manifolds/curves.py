@@ -151,8 +151,9 @@ class CurveTracer:
         (or 0.05 without a box). Spacing also shrinks with the curvature.
     check_tol : float
         Largest allowed ``|F| / |grad F|`` at segment midpoints of the
-        interpolant (or ``|F|`` within the manifold's ``tol``, as its nodes);
-        a table that misses it is retraced with half the spacing.
+        interpolant (plus twice that of the segment's nodes, which Newton
+        lands at ``|F| <= tol``); a table that misses it is retraced with half
+        the spacing.
     max_nodes : int
         Node cap of one trace (2000 without a box; then a curve that goes
         farther than 50 steps from its start is not tabulated either).
@@ -294,7 +295,9 @@ class CurveTracer:
                                   "curve is not tabulated")
         with torch.no_grad():
             table = self._build(p0, self.step)
-            for _ in range(8):
+            # 12 rounds: a 300:1 ellipse's segments (box diagonal / 40 long)
+            # need 8 halvings near its tips.
+            for _ in range(12):
                 bad = self._misses(table)
                 if bad.numel() == 0:
                     self.tables.append(table)
@@ -323,14 +326,13 @@ class CurveTracer:
         """Segments whose interpolant's midpoint is off M by more than check_tol."""
         mid = table.s[:-1] + 0.5 * (table.s[1:] - table.s[:-1])
         pos, _, _ = table.evaluate(mid)
-        value, jac = self.space._value_and_jacobian(pos)
-        size = value.norm(dim=-1)
-        off = size / jac.flatten(-2).norm(dim=-1)
-        # Or as close as Newton lands the nodes themselves (|F| <= tol): where
-        # |grad F| is small (the tip of a slim ellipse) the nodes are farther
-        # than check_tol from M, and no refinement could pass.
-        ok = (off <= self.check_tol) | (size <= self.space.tol_for())
-        return (~ok).nonzero().squeeze(-1)
+        off = _off(self.space, pos)
+        # Or about as close as the nodes themselves: Newton lands them at
+        # |F| <= tol, which is farther than check_tol from M where |grad F| is
+        # small (the tip of a slim ellipse), and no refinement could pass.
+        nodes = _off(self.space, table.points)
+        floor = 2 * torch.maximum(nodes[:-1], nodes[1:])
+        return (~(off <= self.check_tol + floor)).nonzero().squeeze(-1)
 
     def _refine(self, table, bad):
         """Insert the traced midpoints of segments ``bad``."""
@@ -407,6 +409,12 @@ class CurveTracer:
             rows = (index[:b] == k).nonzero().squeeze(-1)
             delta[rows] = self.tables[k].signed_arc(s[rows], s[b + rows])
         return unit_tangent(self.space, x) * delta.unsqueeze(-1)
+
+
+def _off(space, x):
+    """``|F| / |grad F|`` at flat points ``x``: about their distance to M."""
+    value, jac = space._value_and_jacobian(x)
+    return value.norm(dim=-1) / jac.flatten(-2).norm(dim=-1)
 
 
 def _tensor(values, like):
