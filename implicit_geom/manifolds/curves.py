@@ -255,10 +255,17 @@ class CurveTracer:
             new = unit_tangent(space, ahead_x.unsqueeze(0))[0] * direction
             # Turning rate over the step: the curvature estimate for the next one.
             kappa = float((new - tangent).norm()) / h
-            if kappa * h > 2 * self.turn and retries < 30:
+            if kappa * h > 2 * self.turn:
                 # The curvature grew within the step (the far tip of a slim
                 # ellipse): retry it shorter (at least halved), from the same
                 # node. Accepting it left segments the refinement could not repair.
+                if retries >= 30 or h < 1e-5 * self.step:
+                    # A turn that no step is short enough for (the tangent
+                    # flips at a crossing: without this the trace crept up to
+                    # it and through, a table of a lemniscate that passed).
+                    raise CurveTraceError(
+                        f"the tangent of the curve of {space.name} jumps near "
+                        f"{x.tolist()}: a singular point (grad F = 0) or a corner?")
                 retries += 1
                 cap = self.turn / kappa  # and grow back gradually: fewer rejections
                 continue
@@ -331,7 +338,9 @@ class CurveTracer:
         # |F| <= tol, which is farther than check_tol from M where |grad F| is
         # small (the tip of a slim ellipse), and no refinement could pass.
         nodes = _off(self.space, table.points)
-        floor = 2 * torch.maximum(nodes[:-1], nodes[1:])
+        # Capped: near a singular point (|grad F| -> 0) the nodes' own |F| /
+        # |grad F| grows without bound, and a lemniscate's table passed.
+        floor = (2 * torch.maximum(nodes[:-1], nodes[1:])).clamp(max=100 * self.check_tol)
         return (~(off <= self.check_tol + floor)).nonzero().squeeze(-1)
 
     def _refine(self, table, bad):

@@ -138,3 +138,15 @@ def test_slim_ellipse_is_tabulated(t0):
     assert table.closed and table.length == pytest.approx(perimeter, rel=1e-11)
     d = curve.metric.dist(torch.tensor([a, 0.0]), torch.tensor([-a, 0.0]))
     assert float(d) == pytest.approx(perimeter / 2, rel=1e-11)
+
+
+@pytest.mark.parametrize("start", [(math.sqrt(2), 0.0), (1.3726, 0.1940)])
+def test_a_curve_through_a_singular_point_is_not_tabulated(start):
+    # Lemniscate (x^2 + y^2)^2 = 2 (x^2 - y^2), crossing itself at 0 where
+    # grad F = 0: catches a trace that creeps up to the crossing and turns
+    # there into a table that passes its check (perimeter off by 1.5e-5).
+    lemniscate = ig.ImplicitManifold(
+        lambda x: ((x ** 2).sum(-1) ** 2 - 2 * (x[..., 0] ** 2 - x[..., 1] ** 2)).unsqueeze(-1),
+        2, 1, bounds=([-1.6, -0.6], [1.6, 0.6]))
+    with pytest.raises(CurveTraceError):
+        lemniscate._curve_tracer().trace(torch.tensor(start, dtype=torch.float64))
