@@ -151,7 +151,9 @@ class CurveTracer:
         (or 0.05 without a box). Spacing also shrinks with the curvature.
     check_tol : float
         Largest allowed ``|F| / |grad F|`` at segment midpoints of the
-        interpolant; a table that misses it is retraced with half the spacing.
+        interpolant (plus twice that of the segment's nodes, which Newton
+        lands at ``|F| <= tol``); a table that misses it is retraced with half
+        the spacing.
     max_nodes : int
         Node cap of one trace (2000 without a box; then a curve that goes
         farther than 50 steps from its start is not tabulated either).
@@ -226,19 +228,48 @@ class CurveTracer:
         travelled = 0.0
         tangent = unit_tangent(space, x.unsqueeze(0))[0] * direction
         kappa = float(self._curvature(x.unsqueeze(0), tangent.unsqueeze(0)).norm())
+        first, retries, cap = tangent, 0, step
         for _ in range(self.max_nodes):
-            h = min(step, self.turn / max(kappa, 1e-12))
+            h = min(step, self.turn / max(kappa, 1e-12), cap)
             ahead = float((tangent * (p0 - x)).sum())
             gap = float((p0 - x).norm())
-            if travelled > 2 * step and gap < 2 * h and 0 < ahead <= h * 1.01:
-                # The start is within one step ahead: close on it exactly.
-                arc = self._closing_arc(x, p0, direction, ahead)
-                return torch.stack(pts), _tensor(s, p0), True, arc
-            x = self._advance(x.unsqueeze(0), _tensor([direction * h], x))[0]
-            new = unit_tangent(space, x.unsqueeze(0))[0] * direction
+            if travelled > 2 * h and gap < 2 * h and 0 < ahead <= h * 1.01:
+                # (Not ``travelled > 2 * step``: a closed curve shorter than
+                # that was traced lap after lap into one table.)
+                closing_turn = float((first - tangent).norm())
+                if closing_turn <= 2 * self.turn and ahead >= 0.9 * gap:
+                    # The start is within one step ahead: close on it exactly.
+                    arc = self._closing_arc(x, p0, direction, ahead)
+                    return torch.stack(pts), _tensor(s, p0), True, arc
+                if closing_turn > 2 * self.turn and float((first * tangent).sum()) > -0.5 \
+                        and retries < 30:
+                    # The start lies round a bend just ahead (at the tip of a
+                    # slim ellipse): approach it in shorter steps. (Tangents
+                    # that face each other: the far side of a thin part passes
+                    # by the start; step on.)
+                    kappa = max(kappa, closing_turn / gap)
+                    cap = self.turn / kappa
+                    retries += 1
+                    continue
+            ahead_x = self._advance(x.unsqueeze(0), _tensor([direction * h], x))[0]
+            new = unit_tangent(space, ahead_x.unsqueeze(0))[0] * direction
             # Turning rate over the step: the curvature estimate for the next one.
             kappa = float((new - tangent).norm()) / h
-            tangent = new
+            if kappa * h > 2 * self.turn:
+                # The curvature grew within the step (the far tip of a slim
+                # ellipse): retry it shorter (at least halved), from the same
+                # node. Accepting it left segments the refinement could not repair.
+                if retries >= 30 or h < 1e-5 * self.step:
+                    # A turn that no step is short enough for (the tangent
+                    # flips at a crossing: without this the trace crept up to
+                    # it and through, a table of a lemniscate that passed).
+                    raise CurveTraceError(
+                        f"the tangent of the curve of {space.name} jumps near "
+                        f"{x.tolist()}: a singular point (grad F = 0) or a corner?")
+                retries += 1
+                cap = self.turn / kappa  # and grow back gradually: fewer rejections
+                continue
+            x, tangent, retries, cap = ahead_x, new, 0, 2 * cap
             travelled += h
             pts.append(x)
             s.append(travelled)
@@ -274,7 +305,9 @@ class CurveTracer:
         p0 = torch.as_tensor(p0).to(device=self.space.device, dtype=self.space.dtype)
         with torch.no_grad():
             table = self._build(p0, self.step)
-            for _ in range(8):
+            # 12 rounds: a 300:1 ellipse's segments (box diagonal / 40 long)
+            # need 8 halvings near its tips.
+            for _ in range(12):
                 bad = self._misses(table)
                 if bad.numel() == 0:
                     self.tables.append(table)
@@ -303,9 +336,15 @@ class CurveTracer:
         """Segments whose interpolant's midpoint is off M by more than check_tol."""
         mid = table.s[:-1] + 0.5 * (table.s[1:] - table.s[:-1])
         pos, _, _ = table.evaluate(mid)
-        value, jac = self.space._value_and_jacobian(pos)
-        off = value.norm(dim=-1) / jac.flatten(-2).norm(dim=-1)
-        return (~(off <= self.check_tol)).nonzero().squeeze(-1)
+        off = _off(self.space, pos)
+        # Or about as close as the nodes themselves: Newton lands them at
+        # |F| <= tol, which is farther than check_tol from M where |grad F| is
+        # small (the tip of a slim ellipse), and no refinement could pass.
+        nodes = _off(self.space, table.points)
+        # Capped: near a singular point (|grad F| -> 0) the nodes' own |F| /
+        # |grad F| grows without bound, and a lemniscate's table passed.
+        floor = (2 * torch.maximum(nodes[:-1], nodes[1:])).clamp(max=100 * self.check_tol)
+        return (~(off <= self.check_tol + floor)).nonzero().squeeze(-1)
 
     def _refine(self, table, bad):
         """Insert the traced midpoints of segments ``bad``."""
@@ -382,6 +421,12 @@ class CurveTracer:
             rows = (index[:b] == k).nonzero().squeeze(-1)
             delta[rows] = self.tables[k].signed_arc(s[rows], s[b + rows])
         return unit_tangent(self.space, x) * delta.unsqueeze(-1)
+
+
+def _off(space, x):
+    """``|F| / |grad F|`` at flat points ``x``: about their distance to M."""
+    value, jac = space._value_and_jacobian(x)
+    return value.norm(dim=-1) / jac.flatten(-2).norm(dim=-1)
 
 
 def _tensor(values, like):

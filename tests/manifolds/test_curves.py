@@ -106,3 +106,47 @@ def test_curve_tables_follow_changes_of_F():
     assert float(small.metric.dist(x, y)) == pytest.approx(math.pi / 2, abs=1e-10)
     small.load_state_dict(ig.ImplicitSphere(1, radius=2.0).state_dict())
     assert float(small.metric.dist(2 * x, 2 * y)) == pytest.approx(math.pi, abs=1e-10)
+
+
+def test_closed_curve_shorter_than_two_steps_is_traced_once():
+    # Catches a tiny circle (radius 0.01 beside one of radius 3) traced lap
+    # after lap into one table: length 9 laps, dist 0.157 for pi * 0.01.
+    centres = torch.tensor([[0.0, 0.0], [3.5, 0.0]], dtype=torch.float64)
+    radii = torch.tensor([3.0, 0.01], dtype=torch.float64)
+
+    def f(x):
+        sq = ((x[..., None, :] - centres) ** 2).sum(-1) - radii ** 2
+        return (sq / (2 * radii)).prod(-1, keepdim=True)
+
+    curves = ig.ImplicitManifold(f, 2, 1, bounds=([-3.5, -3.5], [4.0, 3.5]))
+    d = curves.metric.dist(torch.tensor([3.51, 0.0]), torch.tensor([3.49, 0.0]))
+    assert float(d) == pytest.approx(math.pi * 0.01, abs=1e-10)
+    assert curves._curve_tracer().tables[0].length == pytest.approx(2 * math.pi * 0.01, abs=1e-10)
+
+
+@pytest.mark.parametrize("t0", [0.0, 1.0])
+def test_slim_ellipse_is_tabulated(t0):
+    # Catches a 40:1 ellipse that could not be traced (a step across the far
+    # tip, a false close on the opposite side, nodes farther than check_tol
+    # where |grad F| is small): dist fell back to shooting (+inf at 100:1) and
+    # traced_curve_quadrature raised.
+    a = 40.0
+    perimeter = 4 * a * ellipe(1 - 1 / a ** 2)
+    curve = ellipse(a, 1.0)
+    start = torch.tensor([a * math.cos(t0), math.sin(t0)], dtype=torch.float64)
+    table = curve._curve_tracer().trace(start)
+    assert table.closed and table.length == pytest.approx(perimeter, rel=1e-11)
+    d = curve.metric.dist(torch.tensor([a, 0.0]), torch.tensor([-a, 0.0]))
+    assert float(d) == pytest.approx(perimeter / 2, rel=1e-11)
+
+
+@pytest.mark.parametrize("start", [(math.sqrt(2), 0.0), (1.3726, 0.1940)])
+def test_a_curve_through_a_singular_point_is_not_tabulated(start):
+    # Lemniscate (x^2 + y^2)^2 = 2 (x^2 - y^2), crossing itself at 0 where
+    # grad F = 0: catches a trace that creeps up to the crossing and turns
+    # there into a table that passes its check (perimeter off by 1.5e-5).
+    lemniscate = ig.ImplicitManifold(
+        lambda x: ((x ** 2).sum(-1) ** 2 - 2 * (x[..., 0] ** 2 - x[..., 1] ** 2)).unsqueeze(-1),
+        2, 1, bounds=([-1.6, -0.6], [1.6, 0.6]))
+    with pytest.raises(CurveTraceError):
+        lemniscate._curve_tracer().trace(torch.tensor(start, dtype=torch.float64))

@@ -198,6 +198,31 @@ def test_ellipse_perimeter_by_tracing():
     assert rule.volume == pytest.approx(4 * a * ellipe(1 - (b / a) ** 2), rel=1e-7)
 
 
+def test_traced_quadrature_of_a_slim_ellipse_and_a_tiny_circle():
+    # Catches a 100:1 ellipse that could not be traced (NormalizationError)
+    # and a circle of radius 0.01 (shorter than two trace steps) counted 9
+    # times (total 19.415 for 18.912 beside a circle of radius 3).
+    from scipy.special import ellipe
+
+    from implicit_geom import ImplicitManifold
+
+    a = 100.0
+    ellipse = ImplicitManifold(lambda x: (x[:, :1] / a) ** 2 + x[:, 1:] ** 2 - 1, 2, 1,
+                               bounds=([-1.3 * a, -1.3], [1.3 * a, 1.3]))
+    rule = traced_curve_quadrature(ellipse)
+    assert rule.volume == pytest.approx(4 * a * ellipe(1 - 1 / a ** 2), rel=1e-9)
+    centres = torch.tensor([[0.0, 0.0], [3.5, 0.0]], dtype=torch.float64)
+    radii = torch.tensor([3.0, 0.01], dtype=torch.float64)
+
+    def circles(x):
+        sq = ((x[..., None, :] - centres) ** 2).sum(-1) - radii ** 2
+        return (sq / (2 * radii)).prod(-1, keepdim=True)
+
+    rule = traced_curve_quadrature(ImplicitManifold(circles, 2, 1,
+                                                    bounds=([-3.5, -3.5], [4.0, 3.5])))
+    assert rule.volume == pytest.approx(2 * math.pi * 3.01, rel=1e-9)
+
+
 def test_projected_mesh_of_a_network_sphere():
     # A network-defined sphere of radius 0.8: area and a vMF log Z within 1e-3
     # relative (the goal), with an error estimate of the right size. Catches
