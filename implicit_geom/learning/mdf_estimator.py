@@ -666,7 +666,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     def _restore_fit_state(self, state):
         """Make :meth:`_fit_state`'s record the current fit (``rng`` None: a fresh stream)."""
         self.net.load_state_dict(state["state_dict"])
-        low, high = (torch.as_tensor(b).to(device=self.device, dtype=self.dtype)
+        low, high = (torch.as_tensor(b, device=self.device, dtype=self.dtype)
                      for b in state["bounds"])
         self._build_state(low, high)
         self._trainer.load_state_dict(state["trainer"])

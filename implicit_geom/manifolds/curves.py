@@ -302,7 +302,8 @@ class CurveTracer:
                                   "curve is not tabulated")
         # Traced in the curve's dtype: a float64 start reached a float32
         # network's Jacobian ("mat1 and mat2 must have the same dtype").
-        p0 = torch.as_tensor(p0).to(device=self.space.device, dtype=self.space.dtype)
+        # (.to, not as_tensor, which moved p0 onto torch's default device.)
+        p0 = p0.to(device=self.space.device, dtype=self.space.dtype)
         with torch.no_grad():
             table = self._build(p0, self.step)
             # 12 rounds: a 300:1 ellipse's segments (box diagonal / 40 long)
