@@ -19,6 +19,7 @@ from ..exceptions import ComponentError, SingularJacobianError
 from ..numerics.newton import NewtonResult
 from ..numerics.validation import as_points
 from .analytic import as_implicit
+from .components import sample_in_box
 from .implicit import ImplicitManifold
 
 
@@ -196,16 +197,13 @@ class UnionManifold(ImplicitManifold):
         box = piece.bounds if piece.bounds is not None else self.bounds
         n = self.ambient_dim
         if box is None:
-            box = (-torch.ones(n, dtype=piece.dtype, device="cpu"),
-                   torch.ones(n, dtype=piece.dtype, device="cpu"))
-        low, high = (b.to(piece.dtype).cpu() for b in box)
-        gen = torch.Generator().manual_seed(int(seed))  # CPU draws: the same on any device
-        draws = low + (high - low) * torch.rand(n_samples, n, generator=gen, dtype=low.dtype,
-                                                device="cpu")
+            box = (-torch.ones(n, dtype=piece.dtype, device=piece.device),
+                   torch.ones(n, dtype=piece.dtype, device=piece.device))
+        low, high = (b.to(device=piece.device, dtype=piece.dtype) for b in box)
         with torch.no_grad():
-            res = piece.solve_projection(draws.to(piece.device), closest=False)
-        ok = res.converged & torch.isfinite(res.x).all(-1)
-        return (res.x[ok] if bool(ok.any()) else None), float((high - low).norm())
+            points, _ = sample_in_box(piece, n_samples, low, high,
+                                      torch.Generator().manual_seed(int(seed)), inside=False)
+        return (points if points.shape[0] else None), float((high - low).norm())
 
     def invalidate_caches(self):
         super().invalidate_caches()

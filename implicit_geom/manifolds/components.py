@@ -19,8 +19,9 @@ from scipy.spatial import cKDTree
 from ..exceptions import ComponentError
 
 
-def sample_in_box(manifold, n_samples, low, high, generator=None, closest=False):
-    """Project uniform box points onto the manifold; keep converged ones inside the box.
+def sample_in_box(manifold, n_samples, low, high, generator=None, closest=False, inside=True):
+    """Project uniform box points onto the manifold; keep converged ones inside the box
+    (all converged ones if not ``inside``).
 
     Parameters
     ----------
@@ -43,8 +44,9 @@ def sample_in_box(manifold, n_samples, low, high, generator=None, closest=False)
     u = torch.rand(n_samples, low.shape[-1], dtype=low.dtype, generator=generator,
                    device="cpu").to(low.device)
     res = manifold.solve_projection(low + (high - low) * u, closest=closest)
-    inside = ((res.x >= low) & (res.x <= high)).all(-1)
-    keep = res.converged & inside
+    keep = res.converged & torch.isfinite(res.x).all(-1)
+    if inside:
+        keep &= ((res.x >= low) & (res.x <= high)).all(-1)
     return res.x[keep], int((~keep).sum())
 
 

@@ -172,8 +172,8 @@ class CurveTracer:
         self.bounds = space.bounds if bounds is None else tuple(bounds)
         # Floored at what the manifold's dtype resolves: on a curve moved to
         # float32 the 1e-12 integration and 1e-10 midpoint checks never passed.
-        floor = 64 * torch.finfo(space.dtype).eps
-        rtol, check_tol = max(rtol, floor), max(check_tol, floor)
+        self._floor = 64 * torch.finfo(space.dtype).eps
+        rtol, check_tol = max(rtol, self._floor), max(check_tol, self._floor)
         self.integrator = GBSIntegrator(rtol=rtol, atol=rtol)
         if step is None:
             step = 0.05 if self.bounds is None else float(
@@ -362,7 +362,7 @@ class CurveTracer:
         tracing new tables for points on curves not seen yet."""
         # A float32 curve's points lie ~1e-6 off its tables: with 1e-8 each
         # traced a new table, and one closed curve read as disconnected.
-        tol = max(tol, 64 * torch.finfo(self.space.dtype).eps)
+        tol = max(tol, self._floor)
         index = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
         s = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         checked = 0  # tables already tried for the unplaced points

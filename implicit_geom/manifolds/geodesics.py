@@ -897,8 +897,10 @@ class GeodesicLogSolver(LogSolver):
         space = self._space
         value = space.submersion(queries)
         metric = getattr(space, "metric", None)
-        atol = (metric._on_manifold_atol(queries.dtype) if hasattr(metric, "_on_manifold_atol")
-                else 10 * space.tol_for(queries.dtype))
+        if hasattr(metric, "_raise_if_off"):  # the implicit metric's one check
+            metric._raise_if_off(queries, "dist", value, "point(s)")
+            return
+        atol = 10 * space.tol_for(queries.dtype)
         off = ~(value.norm(dim=-1) <= atol)
         if bool(off.any()):
             raise InvalidPointError(

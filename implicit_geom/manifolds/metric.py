@@ -94,18 +94,21 @@ class ImplicitMetric(RiemannianMetric):
     def _on_manifold_atol(self, dtype):
         return max(self.on_manifold_atol, 10 * self._space.tol_for(dtype))
 
-    def _raise_if_off(self, x, what):
-        """InvalidPointError for flat base points ``x`` off M (``|F|`` above the
-        tolerance log and dist check): the geometry there is that of another
-        level set of F, not M's. Public entries only (one evaluation of F)."""
+    def _raise_if_off(self, x, what, value=None, noun="base point(s)"):
+        """InvalidPointError for flat points ``x`` off M (``|F|`` above the
+        on-manifold tolerance): the geometry there is that of another level
+        set of F, not M's. ``value``: F at ``x`` where already evaluated.
+        Public entries only (one evaluation of F)."""
         space = self._space
-        with torch.no_grad():
-            residual = space._value(x.detach()).norm(dim=-1)
+        if value is None:
+            with torch.no_grad():
+                value = space._value(x.detach())
+        residual = value.norm(dim=-1)
         atol = self._on_manifold_atol(x.dtype)
         off = ~(residual <= atol)
         if bool(off.any()):
             raise InvalidPointError(
-                f"{what}: {int(off.sum())} base point(s) are not on {space.name} "
+                f"{what}: {int(off.sum())} {noun} are not on {space.name} "
                 f"(|F| up to {float(residual.nan_to_num(torch.inf).max()):.3g} > {atol:g}); "
                 "project them first.")
 
@@ -337,13 +340,8 @@ class ImplicitMetric(RiemannianMetric):
         space = self._space
         _, jac = space._value_and_jacobian(x)
         value_y, jac_y = space._value_and_jacobian(y)
-        atol = self._on_manifold_atol(y.dtype)
-        off = ~(value_y.norm(dim=-1) <= atol)
-        if bool(off.any()):
-            raise InvalidPointError(
-                f"log: {int(off.sum())} target point(s) are not on {space.name} "
-                f"(|F| up to {float(value_y.norm(dim=-1).max()):.3g} > "
-                f"{atol:g}); project them first.")
+        self._raise_if_off(y, "log", value_y, "target point(s)")
+        atol = self._on_manifold_atol(y.dtype)  # (also bounds the normal miss below)
         basis = tangent_basis(jac)  # (B, n, m)
         if guess is None:
             guess = self._initial_guess(jac, y - x)
