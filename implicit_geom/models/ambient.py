@@ -1,9 +1,15 @@
 """Unconstrained (ambient) energy-based model: the baseline that ignores M.
 
 Chains run plain Langevin dynamics in a box around the data (clamped to it,
-as in the paper's reference code); the density lives on R^d, so it is compared
-with the manifold models through samples (W, distance to M), not likelihoods.
+as in the paper's reference code); the density lives on that box of R^d (zero
+outside it), so it is compared with the manifold models through samples (W,
+distance to M), not likelihoods. In dimension <= 3 ``log Z`` is a grid sum over
+the box, which also allows exact maximum-likelihood training
+(``method="mle"``: the pushforward baseline's latent EBM, given the same
+training ours gets where its ``log Z`` is computable).
 """
+
+import math
 
 import torch
 
@@ -28,20 +34,43 @@ class AmbientEBM(EnergyModel):
         Default :class:`EnergyMLP` with two hidden layers of 64.
     pad : float
         The chain box is the data's bounding box padded by ``pad`` times its
-        extent on each side.
+        extent on each side. The density lives on the box: points outside it
+        have log density ``-inf``.
     hidden : sequence of int
         Hidden widths of the default energy network.
+    method : {"pcd", "mle"}
+        ``"pcd"``: persistent contrastive divergence with box-clamped Langevin
+        chains (the paper's baseline); ``"mle"``: exact maximum likelihood,
+        loss ``mean E(data) + log Z`` with ``log Z`` a midpoint-grid sum over
+        the box (``dim <= 3``; no chains: :meth:`sample` then starts from the
+        data).
+    quadrature_resolution : int, optional
+        Grid points per axis of the box rule of ``"mle"`` training and of
+        validation (default 1024, 128, 32 for dimension 1, 2, 3).
     **kwargs
         PCD settings of :class:`~implicit_geom.models.ebm.EnergyModel`.
     """
 
-    def __init__(self, dim, energy_net=None, *, pad=0.1, hidden=(64, 64), **kwargs):
-        self._dim = int(dim)
+    def __init__(self, dim, energy_net=None, *, pad=0.1, hidden=(64, 64), method="pcd",
+                 quadrature_resolution=None, **kwargs):
+        self._dim = check_int(dim, "dim")
+        if method not in ("pcd", "mle"):
+            raise ValueError(f"method must be 'pcd' or 'mle', got {method!r}")
+        if method == "mle" and self._dim > 3:
+            raise ValueError(f"method='mle' needs a grid log Z: dimension <= 3, got {self._dim}")
+        if not 0 <= pad < math.inf:
+            raise ValueError(f"pad must be finite and >= 0, got {pad}")
+        if quadrature_resolution is None:
+            quadrature_resolution = {1: 1024, 2: 128}.get(self._dim, 32)
+        self.quadrature_resolution = check_int(quadrature_resolution, "quadrature_resolution",
+                                               minimum=2)
         if energy_net is None:
             energy_net = EnergyMLP(self._dim, hidden=hidden, seed=kwargs.get("seed", 0))
         self.pad = float(pad)
+        self.method = method
         self.box_ = None
         self._gen = None
+        self._rule = None  # the box rule of training and validation, built per fit
         super().__init__(energy_net, **kwargs)
 
     @property
@@ -51,10 +80,35 @@ class AmbientEBM(EnergyModel):
     def _prepare(self, X):
         self.box_ = padded_box(X, self.pad, min_width=1e-3)
         self._gen = torch.Generator().manual_seed(context().seed(self.seed))  # per rank
+        self._rule = None
+
+    def _box_rule(self):
+        # One rule per fit (built on the energy's device and dtype).
+        if self._rule is None:
+            if self.dim > 3:
+                raise NotImplementedError("a grid log Z needs dimension <= 3")
+            like = self._param()
+            self._rule = box_quadrature(*(b.cpu() for b in self.box_),
+                                        self.quadrature_resolution).to(like.device, like.dtype)
+        return self._rule
+
+    def _uses_pcd(self):
+        return self.method == "pcd"
+
+    def _direct_loss(self, X):
+        # The exact negative log-likelihood of the batch (log Z by the box grid).
+        return self.energy_net(X).mean() + log_partition(self.energy_net, self._box_rule())
+
+    def _forget_fit(self):
+        super()._forget_fit()
+        self.box_ = None
 
     def _init_chains(self, n):
+        return self._uniform(n, self._gen)
+
+    def _uniform(self, n, gen):
         lo, hi = self.box_
-        u = torch.rand(n, self.dim, generator=self._gen, dtype=lo.dtype).to(lo.device)
+        u = torch.rand(n, self.dim, generator=gen, dtype=lo.dtype).to(lo.device)
         return lo + (hi - lo) * u
 
     def _advance(self, x, n_steps):
@@ -72,35 +126,65 @@ class AmbientEBM(EnergyModel):
         if init is None:
             n_samples = check_int(n_samples, "n_samples")  # 2.5 drew 2
         gen = torch.Generator().manual_seed(self.seed + 1 if seed is None else int(seed))
+        like = self._param()
         if init is None:
-            idx = torch.randint(self.buffer_.shape[0], (n_samples,), generator=gen)
-            x0 = self.buffer_[idx.to(self.buffer_.device)]
+            # No replay buffer after exact maximum likelihood: chains start
+            # at uniform noise in the box.
+            x0 = (self.buffer_[torch.randint(self.buffer_.shape[0], (n_samples,), generator=gen)
+                               .to(self.buffer_.device)] if self.buffer_ is not None
+                  else self._uniform(n_samples, gen))
         else:
-            x0 = as_points(init, self.dim, "init").reshape(-1, self.dim).to(self.buffer_)
+            x0 = as_points(init, self.dim, "init").reshape(-1, self.dim).to(like)
         return BoxLangevin.from_step(self._energy_fn, *self.box_,
                                      self.step_size if step_size is None else step_size,
                                      gen).run(x0, n_steps)
 
-    def log_partition(self, resolution=256):
-        """``log Z`` over the chain box by a midpoint grid (``dim <= 3``)."""
+    def log_partition(self, resolution=None):
+        """``log Z`` over the chain box by a midpoint grid (``dim <= 3``).
+
+        The default grid has twice the training rule's points per axis
+        (``quadrature_resolution``), so an energy peaked between the training
+        nodes is not rewarded; :meth:`log_partition_error` says how far the two
+        agree.
+        """
         if not self.is_fitted:
             raise NotFittedError("call fit first: the chains' box comes from the data")
-        rule = box_quadrature(*(b.cpu() for b in self.box_), resolution).to(self._param().device)
+        if resolution is None:
+            resolution = 2 * self.quadrature_resolution
+        like = self._param()
+        rule = box_quadrature(*(b.cpu() for b in self.box_), resolution).to(like.device,
+                                                                             like.dtype)
         with torch.no_grad():
             return float(log_partition(self.energy_net, rule))
 
+    def log_partition_error(self):
+        """Estimated error of :meth:`log_partition`: its difference from the rule of half
+        the resolution, over 3 (Richardson, the midpoint rule being of order 2)."""
+        fine = self.log_partition()
+        return abs(fine - self.log_partition(self.quadrature_resolution)) / 3.0
+
     def _validation_loss(self, X_val):
-        # The exact held-out NLL over the chain box (grid log Z, dim <= 3).
-        if self.dim > 3:
-            raise NotImplementedError("validation needs a grid log Z: dimension <= 3")
-        rule = box_quadrature(*(b.cpu() for b in self.box_), 128).to(self._param().device)
+        # The exact held-out NLL over the chain box (grid log Z, dim <= 3);
+        # a validation point outside the box has density 0: +inf.
         with torch.no_grad():
-            return float(self.energy_net(X_val).mean() + log_partition(self.energy_net, rule))
+            return float(-self._outside(X_val, -self.energy_net(X_val)).mean()
+                         + log_partition(self.energy_net, self._box_rule()))
+
+    def _outside(self, x, log_density):
+        # The density lives on the box: -inf outside it (a finite score there
+        # was a density the model does not have).
+        lo, hi = self.box_
+        x = x.to(lo)
+        inside = ((x >= lo) & (x <= hi)).all(-1)
+        return log_density.masked_fill(~inside.to(log_density.device), -math.inf)
 
     def log_prob(self, x, normalized=False):
-        """``-E(x)``, minus ``log Z`` over the box when ``normalized``."""
+        """``-E(x)`` inside the box, ``-inf`` outside it; minus ``log Z`` over the box when
+        ``normalized``."""
+        if not self.is_fitted:
+            raise NotFittedError("call fit first: the density's box comes from the data")
         x = as_points(x, self.dim, "x")
-        out = -self.energy(x)
+        out = self._outside(x, -self.energy(x))
         return out - self.log_partition() if normalized else out
 
     def score_samples(self, X):

@@ -112,12 +112,19 @@ class PushforwardEBM(EstimatorMixin):
         The latent chain box is the codes' bounding box padded by this
         fraction of its extent per side (the reference code uses 0.5; 0.1,
         the default, matches the constrained model's noise box and keeps chains
-        off the decoder's extrapolated region).
+        off the decoder's extrapolated region). The latent density lives on
+        the box: a point whose code falls outside it has log density ``-inf``.
+    autoencoder : Autoencoder, optional
+        A fitted autoencoder to use as it is (not trained by :meth:`fit`):
+        models that differ only in their latent EBM then share one decoder
+        image, so their densities are on the same manifold (e.g. for a
+        :class:`~implicit_geom.models.DensityMixture` of them).
     seed : int
     progress : bool
     **ebm_kwargs
         Passed to the latent :class:`~implicit_geom.models.ambient.AmbientEBM`
-        (``beta``, ``lr``, ``n_iter``, ``n_mcmc_steps``, ``step_size``...).
+        (``method`` (``"pcd"`` or exact ``"mle"``), ``beta``, ``lr``, ``n_iter``,
+        ``n_mcmc_steps``, ``step_size``...).
 
     Attributes
     ----------
@@ -128,10 +135,22 @@ class PushforwardEBM(EstimatorMixin):
     """
 
     def __init__(self, ambient_dim, latent_dim, *, hidden=(64, 64), energy_hidden=None,
-                 ae_iter=2000, ae_lr=3e-3, ae_batch_size=256, latent_pad=0.1, seed=0,
-                 progress=False, **ebm_kwargs):
+                 ae_iter=2000, ae_lr=3e-3, ae_batch_size=256, latent_pad=0.1, autoencoder=None,
+                 seed=0, progress=False, **ebm_kwargs):
         self.ambient_dim, self.latent_dim = int(ambient_dim), int(latent_dim)
-        self.autoencoder = Autoencoder(ambient_dim, latent_dim, hidden, seed)
+        if autoencoder is None:
+            self.autoencoder = Autoencoder(ambient_dim, latent_dim, hidden, seed)
+            self._train_autoencoder = True
+        else:
+            if not isinstance(autoencoder, Autoencoder) or not autoencoder.is_fitted:
+                raise NotFittedError("autoencoder must be a fitted Autoencoder (or None)")
+            if (autoencoder.ambient_dim, autoencoder.latent_dim) != (self.ambient_dim,
+                                                                     self.latent_dim):
+                raise ValueError(f"the autoencoder maps R^{autoencoder.ambient_dim} to "
+                                 f"R^{autoencoder.latent_dim}, not R^{self.ambient_dim} to "
+                                 f"R^{self.latent_dim}")
+            self.autoencoder = autoencoder
+            self._train_autoencoder = False
         self.ae_iter, self.ae_lr, self.ae_batch_size = int(ae_iter), float(ae_lr), int(ae_batch_size)
         self.seed, self.progress = int(seed), bool(progress)
         if energy_hidden is not None:
@@ -155,8 +174,9 @@ class PushforwardEBM(EstimatorMixin):
         like = next(self.autoencoder.parameters())  # float32 data trained in float64
         X = _check_data(X, self.ambient_dim).to(device=like.device, dtype=like.dtype)
         self.history_ = None  # until this fit has run through (a failed one leaves it unfitted)
-        ae_loss = self.autoencoder.fit(X, self.ae_iter, self.ae_lr, self.ae_batch_size,
-                                       self.seed, self.progress)
+        ae_loss = (self.autoencoder.fit(X, self.ae_iter, self.ae_lr, self.ae_batch_size,
+                                        self.seed, self.progress)
+                   if self._train_autoencoder else [])
         with torch.no_grad():
             codes = self.autoencoder.encoder(X)
         self.latent_shift_ = codes.mean(0)
@@ -223,7 +243,8 @@ class PushforwardEBM(EstimatorMixin):
         """Log density of the decoded distribution at ``enc(x)``, w.r.t. the image's volume.
 
         ``-E(z) - log Z_latent - 0.5 log det(J^T J)`` with ``z = enc(x)``;
-        ``log Z_latent`` by a grid over the latent box (``m <= 3``).
+        ``log Z_latent`` by a grid over the latent box (``m <= 3``); ``-inf``
+        where ``z`` falls outside the latent box (the model has no mass there).
 
         Raises
         ------
@@ -235,7 +256,7 @@ class PushforwardEBM(EstimatorMixin):
         x = self._points(x, self.ambient_dim, "x").reshape(-1, self.ambient_dim)
         z = self.encode(x)
         u = (z - self.latent_shift_) / self.latent_scale_
-        out = -self.latent_ebm.energy(u) - self.half_log_det(z)
+        out = self.latent_ebm.log_prob(u) - self.half_log_det(z)
         if not normalized:
             return out
         return out - self.latent_ebm.log_partition() - float(self.latent_scale_.log().sum())
