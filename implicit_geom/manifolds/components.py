@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
@@ -50,7 +51,24 @@ def sample_in_box(manifold, n_samples, low, high, generator=None, closest=False,
     return res.x[keep], int((~keep).sum())
 
 
-def link_components(points, diagonal, radius_factor=3.0, radius_fraction=0.03):
+def chord_offsets(manifold, a, b, chunk=65536):
+    """First-order distance to M of the midpoints of the chords ``a - b`` (flat
+    batches on M): ``|F| / sigma_min(J)``, exact for a hyperplane (only its
+    order of magnitude matters). A chord of a smooth piece of M bends away
+    from it by about ``kappa l^2 / 8``; a chord across a gap between two
+    pieces has its midpoint in the gap. Returns a float64 numpy array."""
+    out = []
+    for start in range(0, a.shape[0], chunk):
+        mid = 0.5 * (a[start:start + chunk] + b[start:start + chunk])
+        with torch.no_grad():
+            value, jac = manifold._value_and_jacobian(mid.to(manifold.device, manifold.dtype))
+        sigma = torch.linalg.svdvals(jac)[:, -1].clamp_min(1e-300)
+        out.append((value.norm(dim=-1) / sigma).cpu().double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def link_components(points, diagonal, radius_factor=3.0, radius_fraction=0.03,
+                    manifold=None, max_sagitta=0.2):
     """Components of the neighbourhood graph of samples on a manifold.
 
     Parameters
@@ -65,6 +83,13 @@ def link_components(points, diagonal, radius_factor=3.0, radius_fraction=0.03):
         Lower bound of the linking radius as a fraction of the box diagonal:
         projected box points are not uniform on M, and this bridges the
         sampling gaps that would otherwise split one component into many.
+    manifold : ImplicitManifold, optional
+        When given, a link is kept only if its midpoint lies within
+        ``max_sagitta`` times its length of M (:func:`chord_offsets`): the
+        radius is wider than gaps between pieces of M (two circles 0.1 apart
+        in a box of diagonal 6.7 were one component), and a link across a
+        gap has its midpoint off M.
+    max_sagitta : float
 
     Returns
     -------
@@ -77,6 +102,12 @@ def link_components(points, diagonal, radius_factor=3.0, radius_fraction=0.03):
     radius = max(float(radius_factor * np.quantile(nn_dist, 0.9)),
                  radius_fraction * float(diagonal))
     graph = tree.sparse_distance_matrix(tree, radius, output_type="coo_matrix")
+    if manifold is not None:
+        upper = graph.row < graph.col  # each link once (the graph is symmetric)
+        i, j, w = graph.row[upper], graph.col[upper], graph.data[upper]
+        pair = (torch.as_tensor(k, device=points.device) for k in (i, j))
+        ok = chord_offsets(manifold, *(points[k] for k in pair)) <= max_sagitta * w
+        graph = coo_matrix((w[ok], (i[ok], j[ok])), shape=graph.shape)
     _, labels = connected_components(graph, directed=False)
     return labels, radius
 
@@ -155,7 +186,8 @@ class ComponentMap:
                 f"only {points.shape[0]} of {n_samples} box points could be projected onto "
                 f"{manifold.name} inside the box; is the zero set inside it?")
         diagonal = float(torch.linalg.vector_norm(high - low))
-        raw, radius = link_components(points, diagonal, radius_factor, radius_fraction)
+        raw, radius = link_components(points, diagonal, radius_factor, radius_fraction,
+                                      manifold=manifold)
         counts = np.bincount(raw)
         min_size = max(3, int(n_samples) // 200) if min_size is None else int(min_size)
         big = np.flatnonzero(counts >= min_size)

@@ -52,6 +52,7 @@ from ..numerics.ode import n_macro_steps
 from ..numerics.validation import DTYPE, as_point_list, as_points, broadcast_points
 from ..progress import Progress
 from ..threads import check_jobs, fork_map, resolve_jobs
+from .components import chord_offsets, sample_in_box
 
 
 # --------------------------------------------------------------------------- LGL rules
@@ -395,7 +396,6 @@ class SampleGraph:
         self.space = space
         self.n_neighbors = int(n_neighbors)
         self.max_sagitta = float(max_sagitta)
-        from .components import sample_in_box
 
         low, high = bounds
         gen = torch.Generator().manual_seed(int(seed))
@@ -497,13 +497,7 @@ class SampleGraph:
         space = self.space
         a = q[rows].to(space.device, space.dtype)
         b = self.points[cols].to(space.device, space.dtype)
-        with torch.no_grad():
-            value, jac = space._value_and_jacobian(0.5 * (a + b))
-        # First-order distance of the midpoint to M: |F| / sigma_min(J) (exact
-        # for a hyperplane; we only need its order of magnitude).
-        sigma = torch.linalg.svdvals(jac)[:, -1].clamp_min(1e-300)
-        off = (value.norm(dim=-1) / sigma).cpu().double().numpy()
-        ok = off <= self.max_sagitta * w
+        ok = chord_offsets(space, a, b, chunk=max(len(a), 1)) <= self.max_sagitta * w
         comp_a, comp_b = self._component(a), self._component(b)
         if comp_a is not None:
             ok &= (comp_a == comp_b).cpu().numpy()
@@ -792,7 +786,8 @@ class GeodesicLogSolver(LogSolver):
         res = self.pairwise(points)
         if bool(res.failed.any()):
             n_bad = int(torch.triu(res.failed, 1).sum())
-            raise GeodesicError(f"dist_pairwise: {n_bad} pair(s) have no converged geodesic.")
+            raise GeodesicError(f"dist_pairwise: {n_bad} pair(s) have no converged "
+                                f"geodesic{self._unjoined_note()}.")
         return res.dist
 
     def geodesic_bvp(self, point, base_point):
@@ -821,12 +816,22 @@ class GeodesicLogSolver(LogSolver):
 
         return path
 
+    def _unjoined_note(self):
+        """Why some pairs of the last solve have no geodesic, if the graph is why."""
+        unjoined = self.stats.get("unjoined", 0)
+        if not unjoined:
+            return ""
+        return (f"; {unjoined} pair(s) lie on one connected component of {self._space.name} "
+                "by its component labels but are not joined in the geodesic sample graph "
+                "(its box cuts M, or too few n_graph_nodes / n_neighbors for a slim part): "
+                "no route to straighten")
+
     def _raise_failures(self, res, what, finite=False):
         bad = ~res.converged
         if bool(bad.any()):
             raise GeodesicError(
                 f"{what}: no converged geodesic for {int(bad.sum())} of {bad.numel()} "
-                "pair(s) (path straightening did not meet its checks).")
+                f"pair(s) (path straightening did not meet its checks{self._unjoined_note()}).")
         apart = ~torch.isfinite(res.length)
         if finite and bool(apart.any()):
             raise DisconnectedError(
@@ -1146,9 +1151,14 @@ class GeodesicLogSolver(LogSolver):
         all_pts = torch.cat([graph.points.to(queries), q_used])
         best = dist[ra, n_nodes + rb]
         joined = np.isfinite(best)
-        # Not joined in the graph: different components of M.
-        apart = where[torch.as_tensor(~joined, device=where.device)]
-        out.length[apart], out.conv[apart] = math.inf, True
+        # Not joined in the graph: different components of M, unless the
+        # space's own component labels put them on one (a graph too sparse,
+        # a solver box that cuts M): then no distance is known, not +inf.
+        loose = torch.as_tensor(~joined, device=where.device)
+        unjoined = where[loose]
+        same = self._same_component(queries[ia[loose]], queries[ib[loose]])
+        out.length[unjoined[~same]], out.conv[unjoined[~same]] = math.inf, True
+        self.stats["unjoined"] = int(same.sum())
         rows = np.flatnonzero(joined)
         if rows.size == 0:
             return
@@ -1180,6 +1190,19 @@ class GeodesicLogSolver(LogSolver):
             self.stats["certified_graph"] += certified
             if taken is not None:
                 out.put(target, taken)
+
+    def _same_component(self, x, y):
+        """Pairs of flat points that the space's component labels (known by
+        construction, or sampled in its box) put on one component."""
+        space = self._space
+        same = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        if x.shape[0] == 0 or not space.components_known():
+            return same  # no labels: the graph is the only evidence
+        if space._known_n_components() == 1:
+            return ~same
+        with torch.no_grad():
+            lx, ly = space._component_labels(x), space._component_labels(y)
+        return (lx == ly) & (lx >= 0)
 
     def _jobs(self, n_rows, n_jobs=None):
         """Processes for ``n_rows`` far pairs: ``n_jobs`` (default the

@@ -510,7 +510,7 @@ class ImplicitMetric(RiemannianMetric):
                 if bool(res.failed.any()):
                     raise GeodesicError(
                         f"dist_pairwise: {int(torch.triu(res.failed, 1).sum())} pair(s) have "
-                        "no converged geodesic.")
+                        f"no converged geodesic{getattr(solver, '_unjoined_note', str)()}.")
                 out = res.dist
             else:
                 out = solver.dist_pairwise(pts)

@@ -149,3 +149,25 @@ def test_a_sample_without_any_component_raises_component_error():
     a = torch.tensor([r, 0.0, 0.0], dtype=torch.float64)
     with pytest.raises(ComponentError):
         big.metric.dist(a, torch.tensor([0.0, r, 0.0], dtype=torch.float64))
+
+
+def test_close_pieces_are_told_apart_by_checking_the_links():
+    # Catches two circles 0.1 apart (closer than the linking radius, 3% of the
+    # box diagonal = 0.2) merged into one sampled component: component_of gave
+    # both one label while dist across them was +inf. A link whose midpoint is
+    # off M (it crosses the gap) is dropped now.
+    left, right = torch.tensor([-1.05, 0.0]), torch.tensor([1.05, 0.0])
+    centres = torch.stack([left, right]).double()
+
+    def f(x):
+        sq = ((x[..., None, :] - centres) ** 2).sum(-1) - 1.0
+        return (sq[..., 0] * sq[..., 1]).unsqueeze(-1)
+
+    manifold = ig.ImplicitManifold(f, 2, 1, bounds=([-3.0, -1.5], [3.0, 1.5]))
+    assert manifold.sampled_components().radius > 0.1
+    assert manifold.n_components == 2
+    pts = torch.cat([on_circle(left, [math.pi, 0.3]), on_circle(right, [0.0, 2.8])])
+    labels = manifold.component_of(pts).tolist()
+    assert labels[0] == labels[1] != labels[2] == labels[3]
+    d = manifold.metric.dist(pts[0], pts[1:])
+    assert math.isfinite(float(d[0])) and math.isinf(float(d[1])) and math.isinf(float(d[2]))

@@ -455,3 +455,18 @@ def test_n_jobs_is_checked():
             GeodesicLogSolver(torus, n_jobs=bad)
     with pytest.raises(ValueError, match="n_jobs"):
         GeodesicLogSolver(torus).pairwise(torus.random_point(3), n_jobs=0)
+
+
+def test_same_component_pair_not_joined_in_the_graph_raises():
+    # Catches a silent +inf: a solver box that cuts the torus (one component)
+    # into two pieces left its sample graph disconnected, and dist returned
+    # +inf for two points of the one component. Now: a GeodesicError saying why.
+    torus = ig.ImplicitTorus()
+    solver = GeodesicLogSolver(torus, n_graph_nodes=400,
+                               bounds=([-3.2, -0.6, -1.2], [3.2, 0.6, 1.2]))
+    a = torch.tensor([[2.0, 0.0, 1.0]], dtype=torch.float64)
+    b = torch.tensor([[-2.0, 0.0, 1.0]], dtype=torch.float64)
+    with pytest.raises(GeodesicError, match="not joined in the geodesic sample graph"):
+        solver.dist(a, b)
+    res = solver.pairwise(torch.cat([a, b]))
+    assert bool(res.failed[0, 1]) and not math.isinf(float(res.dist[0, 1]))
