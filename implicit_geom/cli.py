@@ -612,9 +612,9 @@ def build_parser():
         p.add_argument("--mdf-epochs", type=_positive_int, default=None,
                        help="epochs of a learned manifold's fit (default: the data set's preset)")
         p.add_argument("--mdf-restarts", type=_positive_int, default=None,
-                       help="fits of a learned manifold (default 1); of those whose zero set is not "
-                            "folded (near-singular where the data leave gaps), the one agreeing "
-                            "most with the others is kept")
+                       help="fits of a learned manifold (default 1); of those whose zero set "
+                            "is not folded (near-singular where the data leave gaps), the one "
+                            "agreeing most with the others is kept")
         p.add_argument("--mdf-selection", choices=("agreement", "conditioning"), default=None,
                        help="which restart is kept: the unfolded one agreeing most with the "
                             "others (agreement, the default) or the best conditioned")
