@@ -14,10 +14,12 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from ._io import usual_mode
 from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
 from .learning import distributed
 from .manifolds import ImplicitSphere, ImplicitTorus
-from .pipeline import fit_pipeline
+from .pipeline import fit_pipeline, manifold_kind
 from .threads import check_jobs, reuse_freed_memory, set_threads
 
 FORMAT = "implicit_geom.model/1"
@@ -69,6 +71,78 @@ def _jobs(text):
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer or -1, got {text!r}") from None
+
+
+# ------------------------------------------------------------ library words
+# The library's messages name its Python parameters (n_restarts=3,
+# quadrature_bounds); a CLI user can only type flags. Those with a flag are
+# renamed; those without one are said to be Python-only, not left as advice
+# the user cannot follow (the library keeps its own names).
+_FLAG_WORDS = (
+    # NeuralImplicitManifold.fit's ConditioningWarning
+    ("refit with n_restarts=3", "refit with --mdf-restarts 3"),
+    ("try more restarts", "try a larger --mdf-restarts"),
+    ("or another seed", "or another --seed"),
+    # load_dataset
+    ("coords, columns, where and degrees read data files",
+     "--coords, --columns, --where and --degrees read data files"),
+    # ConstrainedEBM.fit on fit_pipeline's validation split (a tenth of the training points)
+    ("X_val needs at least 2 points to fit a density",
+     "the validation tenth of the training points needs at least 2 points to fit a density "
+     "(use more data or a smaller --test-fraction)"),
+    # surface_mesh_quadrature: ConstrainedEBM sets its grid from quadrature_resolution
+    ("raise grid or max_grid", "raise quadrature_resolution"),
+)
+_PYTHON_ONLY = ("quadrature_resolution", "quadrature_bounds", "max_peak_excess")
+
+
+def _in_cli_terms(message):
+    """``message`` with the library's parameter names replaced by the CLI's flags."""
+    from .learning import NeuralImplicitManifold
+
+    # The slopes s_min, s_max are no options here (fit scales them to the data).
+    message = message.replace(NeuralImplicitManifold._RESCALE_HINT,
+                              "the slopes of F are in the data's units: rescale the data to "
+                              "unit spread")
+    for old, new in _FLAG_WORDS:
+        message = message.replace(old, new)
+    message = re.sub(r"\bn_samples=(\d+)", r"--n-samples \1", message)
+    python_only = [name for name in _PYTHON_ONLY if name in message]
+    if python_only:
+        one = len(python_only) == 1
+        message += (f" ({' and '.join(python_only)} {'is a setting' if one else 'are settings'}"
+                    f" of the Python API's ConstrainedEBM; implicit-geom has no option for "
+                    f"{'it' if one else 'them'})")
+    return message
+
+
+@contextlib.contextmanager
+def _warnings_in_cli_terms():
+    """Show the warnings of a command with :func:`_in_cli_terms` messages."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            shown(category(_in_cli_terms(str(message))), category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
+def _check_writable(path, folder=False):
+    """Fail before the work if ``--out`` cannot be written: a file in the way of its
+    folder, a folder where a file should go, no permission (creates nothing)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise CLIError(f"--out {path} is a {'file' if folder else 'folder'}; name a "
+                       f"{'folder' if folder else 'file'}")
+    ancestor = path if folder else path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CLIError(f"--out {path} cannot be created: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {path} cannot be written: no permission to write in {ancestor}")
 
 
 # ----------------------------------------------------------------- building
@@ -166,6 +240,7 @@ def fit(args):
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     data = _load_data(args.data, args)
+    _refuse_learned_options(args, data)
     train, test = train_test_split(data.points, test_fraction=args.test_fraction, seed=args.seed)
     # Under torchrun every rank trains (learning.distributed); rank 0 alone
     # builds the model folder, the others write into a throwaway one.
@@ -175,8 +250,9 @@ def fit(args):
         fitted = fit_pipeline(data, train, args.manifold, args.intrinsic_dim, args.seed,
                               not args.no_progress and ctx.is_main, args.mdf_epochs,
                               args.ebm_iter, notify=print if ctx.is_main else None,
-                              mdf_restarts=args.mdf_restarts, mdf_orient=args.mdf_orient,
-                              mdf_jobs=args.mdf_jobs, mdf_selection=args.mdf_selection)
+                              mdf_restarts=args.mdf_restarts or 1,
+                              mdf_orient=args.mdf_orient, mdf_jobs=args.mdf_jobs or 1,
+                              mdf_selection=args.mdf_selection)
         kind, manifold, ebm, geometry = (fitted.kind, fitted.manifold, fitted.ebm,
                                          fitted.geometry)
         timings = fitted.timings
@@ -217,6 +293,27 @@ def fit(args):
     print(json.dumps(metrics, indent=2, default=float))
     print(f"model written to {args.out}")
     return 0
+
+
+def _refuse_learned_options(args, data):
+    """Options of a learned manifold's fit given where nothing is learned: an error
+    before any work (they used to be ignored silently)."""
+    kind = manifold_kind(data, args.manifold)
+    if kind not in ("sphere", "torus"):
+        return
+    # Their defaults are None/False, so that any typed value is seen (--mdf-restarts 1 too).
+    given = [flag for flag, value in (
+        ("--intrinsic-dim", args.intrinsic_dim), ("--mdf-epochs", args.mdf_epochs),
+        ("--mdf-restarts", args.mdf_restarts), ("--mdf-selection", args.mdf_selection),
+        ("--mdf-jobs", args.mdf_jobs), ("--mdf-orient", args.mdf_orient or None))
+        if value is not None]
+    if given:
+        why = (f"--manifold {kind}" if args.manifold != "auto" else
+               f"--manifold auto takes the analytic {kind} for {data.kind} data")
+        one = len(given) == 1
+        raise CLIError(f"{', '.join(given)} {'sets' if one else 'set'} the fit of a learned "
+                       f"manifold, but nothing is learned here ({why}): drop "
+                       f"{'it' if one else 'them'}, or pass --manifold learned")
 
 
 def _sample_sharded(ebm, n, seed, ctx, progress):
@@ -301,6 +398,15 @@ def _evaluate(manifold, ebm, test, data_kind, manifold_kind, n_samples, seed, sa
 
 def evaluate(args):
     """Metrics of a fitted model against its held-out data (or --data)."""
+    if not args.data:
+        # They read --data only: without it they would be ignored silently.
+        given = [flag for flag, value in (
+            ("--n-samples", args.n_samples), ("--coords", args.coords),
+            ("--columns", args.columns), ("--where", args.where),
+            ("--degrees", args.degrees or None)) if value is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} read{'s' if len(given) == 1 else ''} --data; "
+                           "pass --data FILE, or drop them to evaluate on the held-out split")
     config, manifold, ebm, test = load_model(args.model)
     if args.data:
         # A file in the layout the model was fitted on is read the same way
@@ -331,6 +437,7 @@ def sample(args):
     out = Path(args.out)
     if out.suffix not in (".npy", ".csv"):  # before the (possibly long) sampling
         raise CLIError(f"--out must end in .csv or .npy, got {out.name}")
+    _check_writable(out)
     _, manifold, ebm, _ = load_model(args.model)
     pts = ebm.sample(args.n, sampler=args.sampler, seed=args.seed,
                      progress=not args.no_progress).numpy()
@@ -358,6 +465,7 @@ def plot(args):
 
     config, manifold, ebm, test = load_model(args.model)
     out = Path(args.out or Path(args.model) / "figures")
+    _check_writable(out, folder=True)  # before the sampling
     kind = config["data_kind"]
     view = kind if kind in ("sphere", "torus") else ("euclidean" if manifold.ambient_dim == 2
                                                      else "ambient3d")
@@ -503,14 +611,14 @@ def build_parser():
                        help="share of the data held out for evaluation (default 0.2)")
         p.add_argument("--mdf-epochs", type=_positive_int, default=None,
                        help="epochs of a learned manifold's fit (default: the data set's preset)")
-        p.add_argument("--mdf-restarts", type=_positive_int, default=1,
-                       help="fits of a learned manifold; of those whose zero set is not "
-                            "folded (near-singular where the data leave gaps), the one agreeing "
-                            "most with the others is kept")
+        p.add_argument("--mdf-restarts", type=_positive_int, default=None,
+                       help="fits of a learned manifold (default 1); of those whose zero set "
+                            "is not folded (near-singular where the data leave gaps), the one "
+                            "agreeing most with the others is kept")
         p.add_argument("--mdf-selection", choices=("agreement", "conditioning"), default=None,
                        help="which restart is kept: the unfolded one agreeing most with the "
                             "others (agreement, the default) or the best conditioned")
-        p.add_argument("--mdf-jobs", type=_jobs, default=1, metavar="N",
+        p.add_argument("--mdf-jobs", type=_jobs, default=None, metavar="N",
                        help="processes for the restarts (default 1: one after another; -1: "
                             "one per CPU; the forked ones run one thread each)")
         p.add_argument("--mdf-orient", action="store_true",
@@ -597,12 +705,13 @@ def main(argv=None):
     try:
         if distributed.launched():
             distributed.init_distributed("cpu")
-        status = args.func(args)
+        with _warnings_in_cli_terms():
+            status = args.func(args)
         clean = True
         return status
     except (CLIError, ImplicitGeomError, ValueError, OSError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"implicit-geom: error: {msg}", file=sys.stderr)
+        print(f"implicit-geom: error: {_in_cli_terms(msg)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("implicit-geom: interrupted", file=sys.stderr)

@@ -906,7 +906,7 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
                                        for c in cols]
     source = f"{len(table)} rows of {table.path}" + (
         f" ({', '.join(table.filters)})" if table.filters else "")
-    note = ""
+    note, asked = "", coords
     if coords == "auto":
         lat_names, lon_names = _LATLON_COLUMNS["latitude"], _LATLON_COLUMNS["longitude"]
         if cols is not None:
@@ -943,8 +943,13 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
         if coords == "latlon":
             degrees = False  # latitude/longitude are degrees anyway
         else:
-            raise DataError("--degrees applies to angle data (--coords angles); latitude and "
-                            "longitude are always read in degrees")
+            # Say how the file is read (plain coordinates have no unit), whether the
+            # user asked for that or auto chose it, and what to do.
+            how = ("--coords xyz" if asked == "xyz" else
+                   "by --coords auto: no latitude/longitude or phi/psi columns")
+            raise DataError(f"--degrees applies to angles (--coords angles), but {table.path} is "
+                            f"read as plain coordinates ({how}), which have no unit: drop "
+                            "--degrees, or pass --coords angles if the columns are angles")
     if coords in ("latlon", "angles") and cols is not None and len(cols) != 2:
         what = "latitude, longitude" if coords == "latlon" else "two angles of the torus"
         raise DataError(f"--coords {coords} needs 2 columns ({what}), got {len(cols)}")

@@ -22,7 +22,7 @@ from .datasets import estimate_intrinsic_dim
 from .manifolds import ImplicitSphere, ImplicitTorus
 
 __all__ = ["EBM_DEFAULTS", "EBM_PRESETS", "MLE_DEFAULTS", "LEARNED_MLE_PRESETS", "Pipeline",
-           "build_manifold", "ebm_preset", "fit_pipeline", "mle_preset"]
+           "build_manifold", "ebm_preset", "fit_pipeline", "manifold_kind", "mle_preset"]
 
 #: Settings of every constrained EBM of the pipeline. A small buffer and 15
 #: steps per iteration keep the persistent chains near equilibrium in a short
@@ -129,6 +129,14 @@ class Pipeline:
     notes: list = field(default_factory=list)
 
 
+def manifold_kind(dataset, choice="auto"):
+    """What ``choice`` means for ``dataset``: ``"auto"`` is the analytic sphere or
+    torus for sphere or torus data, else ``"learned"``; other choices are kept."""
+    if choice == "auto":
+        return {"sphere": "sphere", "torus": "torus"}.get(dataset.kind, "learned")
+    return choice
+
+
 def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=True,
                    mdf_epochs=None, n_train=None, mdf_restarts=1, mdf_orient=False, mdf_jobs=1,
                    mdf_selection=None):
@@ -176,8 +184,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
         An unknown choice, a sphere or torus for points that are not 3-D, or
         points without lower-dimensional structure.
     """
-    if choice == "auto":
-        choice = {"sphere": "sphere", "torus": "torus"}.get(dataset.kind, "learned")
+    choice = manifold_kind(dataset, choice)
     if choice in ("sphere", "torus") and dataset.ambient_dim != 3:
         raise ValueError(f"--manifold {choice} needs 3-D points, the data has "
                          f"{dataset.ambient_dim}")

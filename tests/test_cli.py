@@ -179,6 +179,10 @@ def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys
     ([], "is not numeric; pick the coordinate columns with --columns"),
     (["--where", "residue=Z"], "no rows with 'residue' = 'Z'; its values: G"),
     (["--coords", "angles", "--columns", "phi"], "needs 2 columns"),
+    # Catches --degrees with --coords xyz answered about latitude/longitude:
+    # it says how the file is read and what to do.
+    (["--coords", "xyz", "--degrees"], "read as plain coordinates (--coords xyz), which have "
+                                       "no unit: drop --degrees"),
 ])
 def test_file_reading_errors_are_one_line(tmp_path, capsys, extra, message):
     path = tmp_path / "d.csv"
@@ -326,3 +330,93 @@ def test_missing_or_corrupt_arrays_name_the_file(learned_model, tmp_path, capsys
     n = str(json.loads((model / "config.json").read_text())["samples"]["n"])
     assert main(["plot", str(model), "--n", n, "--out", str(tmp_path / "fig")]) == 2
     assert "samples.npy is corrupt" in capsys.readouterr().err
+
+
+def test_library_advice_names_the_cli_flags(tmp_path, capsys, monkeypatch):
+    # Catches the learning code's ConditioningWarning telling a CLI user to
+    # "refit with n_restarts=3" (the flag is --mdf-restarts) and errors naming
+    # load_dataset's parameters; the library keeps its own names.
+    from implicit_geom import ConditioningWarning, cli
+    from implicit_geom.learning import NeuralImplicitManifold
+
+    def folded_fit(*args, **kwargs):
+        model = NeuralImplicitManifold(2)
+        model.conditioning_ = 0.0  # what fit scored: a fold
+        model._warn_if_folded()
+        raise cli.CLIError("stop")
+
+    monkeypatch.setattr(cli, "fit_pipeline", folded_fit)
+    with pytest.warns(ConditioningWarning) as record:
+        assert main(["fit", "two_circles", "--out", str(tmp_path / "m"), "--n-samples", "50",
+                     "--no-progress"]) == 2
+    message = str(record[0].message)
+    assert "refit with --mdf-restarts 3" in message and "another --seed" in message
+    assert "n_restarts" not in message
+    path = tmp_path / "pts.csv"
+    path.write_text("x,y\n1,2\n3,4\n5,1\n")
+    assert main(["fit", str(path), "--n-samples", "10", "--out", str(tmp_path / "m")]) == 2
+    assert "--n-samples 10 exceeds the 3 points" in capsys.readouterr().err
+    assert main(["fit", "two_circles", "--degrees", "--out", str(tmp_path / "m")]) == 2
+    assert "--coords, --columns, --where and --degrees read data files" in \
+        capsys.readouterr().err
+    # Settings without a flag are said to be the Python API's, not left as advice to follow.
+    said = cli._in_cli_terms("the density rises ...; raise quadrature_resolution")
+    assert said.endswith("(quadrature_resolution is a setting of the Python API's "
+                         "ConstrainedEBM; implicit-geom has no option for it)")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("option", [["--mdf-restarts", "1"], ["--mdf-epochs", "5"],
+                                    ["--mdf-orient"], ["--mdf-jobs", "2"],
+                                    ["--mdf-selection", "conditioning"],
+                                    ["--intrinsic-dim", "1"]])
+def test_fit_refuses_learned_options_where_nothing_is_learned(tmp_path, capsys, option):
+    # Catches fit on angle data (the analytic torus, no MDF) ignoring the
+    # --mdf-* options (and --intrinsic-dim) silently; refused before training.
+    path = tmp_path / "angles.csv"
+    path.write_text("phi,psi\n" + "".join(f"{a},{-a}\n" for a in range(-90, 90, 9)))
+    out = tmp_path / "model"
+    assert main(["fit", str(path), "--degrees", "--out", str(out), *option]) == 2
+    err = capsys.readouterr().err
+    assert f"{option[0]} sets the fit of a learned manifold, but nothing is learned" in err
+    assert "analytic torus" in err and "--manifold learned" in err
+    assert not out.exists()
+
+
+def test_evaluate_refuses_data_options_without_data(tmp_path, capsys):
+    # Catches evaluate's --n-samples and reading options, which read --data,
+    # being ignored silently without it (checked before the model is read).
+    assert main(["evaluate", str(tmp_path), "--n-samples", "5", "--where", "a=b"]) == 2
+    assert "--n-samples, --where read --data; pass --data FILE" in capsys.readouterr().err
+
+
+def test_out_is_checked_before_sampling(learned_model, tmp_path, capsys, monkeypatch):
+    # Catches sample/plot failing on an --out that cannot be written only
+    # after the (slow) sampling: any sampling here fails the test.
+    from implicit_geom.models import ConstrainedEBM
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking --out")
+
+    monkeypatch.setattr(ConstrainedEBM, "sample", no_sampling)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["sample", str(learned_model), "--out", str(blocker / "sub" / "s.csv")]) == 2
+    assert f"cannot be created: {blocker} is a file" in capsys.readouterr().err
+    (tmp_path / "d.npy").mkdir()
+    assert main(["sample", str(learned_model), "--out", str(tmp_path / "d.npy")]) == 2
+    assert "is a folder; name a file" in capsys.readouterr().err
+    assert main(["plot", str(learned_model), "--n", "7", "--out", str(blocker / "figs")]) == 2
+    assert f"cannot be created: {blocker} is a file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npy", "file"]
+
+
+def test_python_dash_m_runs_the_cli(tmp_path):
+    # Catches `python -m implicit_geom` failing ("No module named
+    # implicit_geom.__main__").
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "implicit_geom", "sample", str(tmp_path),
+                          "--out", "s.txt"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--out must end in .csv or .npy" in run.stderr
