@@ -40,6 +40,8 @@ class IntersectionManifold(ImplicitManifold):
         kwargs.setdefault("name", " ∩ ".join(c.name for c in comps))
         super().__init__(None, ambient_dim=n, codim=codim, **kwargs)
         self.components = nn.ModuleList(comps)  # the intersected manifolds
+        # In the pieces' dtype (float32 pieces made a float64 intersection).
+        self._adopt_precision(self.components)
 
     def _value(self, x):
         return torch.cat([c._value(x) for c in self.components], dim=-1)
@@ -101,6 +103,7 @@ class UnionManifold(ImplicitManifold):
         kwargs.setdefault("name", " ∪ ".join(c.name for c in comps))
         super().__init__(None, ambient_dim=n, codim=k, **kwargs)
         self.components = nn.ModuleList(comps)  # the pieces of the union
+        self._adopt_precision(self.components)  # in the pieces' dtype, as intersections
         self._disjoint_checked = False  # see check_pieces_disjoint
 
     # The active component of each point defines M locally.

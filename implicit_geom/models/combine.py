@@ -30,11 +30,21 @@ class IntersectionEBM(ConstrainedEBM):
     **kwargs
         Overrides of the sampling settings (``step_size``, ``sampler``, ``seed``...);
         by default those of the first model, with the smallest step size.
+
+    Raises
+    ------
+    TypeError
+        Factors whose energies have different dtypes (their sum would mix them).
     """
 
     def __init__(self, *models, **kwargs):
         if len(models) < 2 or not all(isinstance(m, ConstrainedEBM) for m in models):
             raise TypeError("IntersectionEBM needs at least two ConstrainedEBM models")
+        dtypes = {m._param().dtype for m in models}
+        if len(dtypes) > 1:  # SumEnergy would crash with a torch dtype mismatch
+            raise TypeError(f"the factors' energies have different dtypes "
+                            f"({', '.join(sorted(map(str, dtypes)))}): move them to one, "
+                            "e.g. model.energy_net.to(torch.float64)")
         first = models[0]
         kwargs.setdefault("sampler", first.sampler)
         kwargs.setdefault("step_size", min(m.step_size for m in models))

@@ -382,7 +382,10 @@ class ConstrainedEBM(EnergyModel):
         Learned (``NeuralImplicitManifold``), analytic, or e.g. ``Hypersphere``.
     energy_net : torch.nn.Module, optional
         Default: :class:`EnergyMLP` with ``hidden`` layers and ``fourier``
-        random Fourier features.
+        random Fourier features (float64 whatever the manifold's dtype: move
+        it with ``.to`` for a float32 model). Its dtype may differ from the
+        manifold's: chains, samples and points of M are in the manifold's
+        dtype, energies and log densities in the energy's.
     method : {"auto", "mle", "pcd"}
         ``"auto"``: maximum likelihood where a quadrature exists, else PCD.
     sampler : {"langevin", "mala", "hmc"} or class
@@ -596,7 +599,12 @@ class ConstrainedEBM(EnergyModel):
                             "(or a manifold with bounds)")
                     kwargs = dict(step_size=self.step_size, seed=self.seed)
                     kwargs.update(self.ais)
-                    self._normalizer = ais_log_partition(self.manifold, energy, box, **kwargs)
+                    # AIS chains live on M, in its dtype; the energy in its own
+                    # (as _energy_fn): a float32 manifold with the default
+                    # float64 EnergyMLP crashed here with a dtype mismatch.
+                    dtype = self._param().dtype
+                    self._normalizer = ais_log_partition(
+                        self.manifold, lambda x: energy(x.to(dtype)).to(x.dtype), box, **kwargs)
         return self._normalizer
 
     def _log_z_energy(self, x):

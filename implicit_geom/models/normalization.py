@@ -984,7 +984,9 @@ def tube_volumes(manifold, bounds, label, n_components, eps, n_points=2**16, n_r
     for rep in range(int(n_rep)):
         u = torch.as_tensor(qmc.Sobol(n, scramble=True, seed=int(seed) + rep).random_base2(m),
                             dtype=DTYPE)
-        x = low + (high - low) * u
+        # The points meet F in the manifold's dtype and on its device (a
+        # float32 network manifold met float64 points: a dtype-mismatch crash).
+        x = (low + (high - low) * u).to(manifold.device, manifold.dtype)
         with torch.no_grad():
             value, jac = manifold._value_and_jacobian(x)
             # First-order distance |J^+ F| screens out points far from M.
@@ -999,7 +1001,7 @@ def tube_volumes(manifold, bounds, label, n_components, eps, n_points=2**16, n_r
         per = []
         for radius in (eps, eps / 2):
             inside = ok & (dist < radius)
-            counts = torch.bincount(lab[inside], minlength=n_components).to(DTYPE)
+            counts = torch.bincount(lab[inside], minlength=n_components).to(DTYPE).cpu()
             per.append(counts / u.shape[0] * box_volume / (unit_ball * radius**k))
         estimates.append((4 * per[1] - per[0]) / 3)
     estimates = torch.stack(estimates)
@@ -1073,11 +1075,13 @@ def ais_log_partition(manifold, energy, bounds=None, *, n_chains=256, n_temps=10
         x = cover[members[torch.randint(members.numel(), (int(n_chains),), generator=gen)]]
         uniform = ConstrainedMALA(manifold, None, step_size=step_size, seed=int(seed) + 7 * c)
         x = uniform.run(x, int(n_burn))[0] if n_burn > 0 else x
-        log_w = torch.zeros(x.shape[0], dtype=DTYPE)
+        # The weights in the chains' dtype and on their device (promoted to a
+        # wider energy's): a float64 CPU accumulator met a GPU energy.
+        log_w = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for t in range(1, n_temps + 1):
             with torch.no_grad():
                 e = energy(x).reshape(-1)
-            log_w = log_w - (betas[t] - betas[t - 1]) * e
+            log_w = log_w - float(betas[t] - betas[t - 1]) * e
             beta = float(betas[t])
             sampler = ConstrainedMALA(manifold, lambda y, b=beta: b * energy(y),
                                       step_size=step_size, seed=int(seed) + 1000 * c + t)

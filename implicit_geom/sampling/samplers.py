@@ -107,7 +107,10 @@ class _ConstrainedSampler:
         # the dtype resolves (as ImplicitManifold.tol_for; no-ops in float64).
         eps = torch.finfo(self.manifold.dtype).eps
         tol = max(tol, 64 * eps)
-        self.emit_tol = max(EMIT_TOL, tol)
+        # The emitted |F| is re-evaluated (plain forward, not Newton's hook):
+        # twice the floor, or float32 rounding (|F| 7.69e-6 > 7.63e-6 on a
+        # float32 network sphere) raised a false "internal error".
+        self.emit_tol = max(EMIT_TOL, tol, 128 * eps)
         self.options = SolverOptions(
             tol=tol, max_iter=int(min(self.manifold.max_iter, MAX_ITER) if max_iter is None
                                   else max_iter),

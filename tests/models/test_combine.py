@@ -188,3 +188,42 @@ def test_product_keeps_the_factors_component_weights(tmp_path):
     assert float(total) == pytest.approx(1.0, abs=1e-9)
     with pytest.raises(TypeError, match="component weights"):
         product.save(tmp_path / "product.pt")
+
+
+def test_a_float32_product_is_float32_and_reloads_in_its_dtype(tmp_path):
+    # Catches the intersection (and union) of float32 manifolds being float64
+    # (the product's samples came back float64), the checkpoint not restoring
+    # the energy's float32 (a file without a dtype must still load as
+    # float64), and factors of two dtypes crashing in SumEnergy with a torch
+    # dtype mismatch instead of a TypeError.
+    from implicit_geom import union
+    from implicit_geom.manifolds.arithmetic import intersection
+    from implicit_geom.models import EnergyMLP
+
+    f32 = torch.float32
+    sa, sb = ImplicitSphere(2).to(f32), ImplicitSphere(2, center=[1.0, 0.0, 0.0]).to(f32)
+    assert union(sa, ImplicitSphere(2, center=[3.0, 0.0, 0.0]).to(f32)).dtype == f32
+    a = ConstrainedEBM(sa, EnergyMLP(3, hidden=(8,), seed=0).to(f32), seed=0)
+    b = ConstrainedEBM(sb, EnergyMLP(3, hidden=(8,), seed=1).to(f32), seed=0)
+    a._fitted = b._fitted = True
+    model = IntersectionEBM(a, b)
+    assert model.manifold.dtype == f32
+    t = torch.linspace(0, 2 * math.pi, 17, dtype=f32)[:-1]
+    rho = math.sqrt(3) / 2
+    init = torch.stack([torch.full_like(t, 0.5), rho * t.cos(), rho * t.sin()], -1)
+    x = model.sample(16, n_steps=3, init=init)
+    assert x.dtype == f32
+    assert float(model.manifold.submersion(x).abs().max()) <= model.manifold.tol_for()
+    model.save(tmp_path / "cap.pt")
+    back = IntersectionEBM.load(tmp_path / "cap.pt", intersection(sa, sb))
+    assert back._param().dtype == f32 and back.manifold.dtype == f32
+    assert torch.equal(back.log_prob(x), model.log_prob(x))
+    record = torch.load(tmp_path / "cap.pt", weights_only=True)
+    del record["dtype"]  # an older checkpoint
+    torch.save(record, tmp_path / "old.pt")
+    assert IntersectionEBM.load(tmp_path / "old.pt", intersection(sa, sb))._param().dtype \
+        == torch.float64
+    b64 = ConstrainedEBM(ImplicitSphere(2, center=[1.0, 0.0, 0.0]),
+                         EnergyMLP(3, hidden=(8,), seed=1), seed=0)
+    with pytest.raises(TypeError, match="different dtypes"):
+        IntersectionEBM(a, b64)

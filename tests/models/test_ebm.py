@@ -483,3 +483,20 @@ def test_constructor_refuses_bad_settings(bad):
     # first PCD step, n_iter=2.5 ran 2 steps.
     with pytest.raises(ValueError):
         ConstrainedEBM(ImplicitSphere(2), hidden=[4], **bad)
+
+
+def test_a_float32_manifold_with_the_default_float64_energy_is_normalised_by_ais():
+    # The mixed case (float32 manifold, default float64 EnergyMLP): chains in
+    # the manifold's dtype, the energy in its own. Catches AIS (no quadrature
+    # on S^3) handing float32 chain states to the float64 network ("mat1 and
+    # mat2 must have the same dtype").
+    s3 = ImplicitSphere(3).to(torch.float32)
+    s3.bounds = ([-1.5] * 4, [1.5] * 4)
+    ais = dict(n_chains=32, n_temps=5, n_burn=10, n_points=2**10, n_rep=2, n_cover=300)
+    model = ConstrainedEBM(s3, hidden=[8], n_iter=3, n_mcmc_steps=2, buffer_size=32, ais=ais)
+    assert model._param().dtype == torch.float64 and model.resolved_method() == "pcd"
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model.fit(x / x.norm(dim=-1, keepdim=True))
+    assert math.isfinite(model.log_partition())
+    assert model.score_samples(x[:3]).dtype == torch.float64  # the energy's dtype
+    assert model.sample(4, n_steps=2).dtype == torch.float32  # points of M, in its dtype

@@ -376,3 +376,24 @@ def test_open_traced_curve_is_integrated_inside_its_box_only():
     value = float(log_partition(energy, rule))
     err = log_partition_error(energy, rule)
     assert abs(value - exact) < 1.5 * err < 1e-4
+
+
+def test_ais_and_tube_volumes_on_a_float32_network_manifold():
+    # Catches tube_volumes feeding float64 Sobol points to a float32 network
+    # manifold ("expected m1 and m2 to have the same dtype"), and the samplers'
+    # emitted-|F| check at exactly Newton's float32 floor (a false "internal
+    # error" on re-evaluation rounding): the AIS normaliser of a float32
+    # learned 3-manifold crashed.
+    from scipy.special import iv
+
+    from implicit_geom.models.normalization import tube_volumes
+
+    s3 = _exact_network_sphere(3, 1.0, (0.0, 0.0, 0.0, 0.0)).to(torch.float32)
+    volumes, stderr = tube_volumes(s3, None, lambda x: torch.zeros(x.shape[0], dtype=torch.long),
+                                   1, 0.1, n_points=2**12, n_rep=2)
+    assert float(volumes[0]) == pytest.approx(2 * math.pi**2, rel=0.05)
+    mu = torch.tensor([0.0, 0.0, 0.6, 0.8], dtype=torch.float32)
+    est = ais_log_partition(s3, lambda x: -3.0 * (x @ mu), n_chains=64, n_temps=10, n_burn=20,
+                            step_size=0.5, n_points=2**12, n_rep=2, n_cover=500)
+    exact = math.log((2 * math.pi) ** 2 * iv(1, 3.0) / 3.0)
+    assert abs(est.value - exact) < max(3 * est.error, 0.05)
