@@ -101,7 +101,7 @@ class UnionManifold(ImplicitManifold):
         kwargs.setdefault("name", " ∪ ".join(c.name for c in comps))
         super().__init__(None, ambient_dim=n, codim=k, **kwargs)
         self.components = nn.ModuleList(comps)  # the pieces of the union
-        self._disjoint_checked = False  # see check_pieces_disjoint
+        self._disjoint_key = None  # pieces' state last checked (check_pieces_disjoint)
 
     # The active component of each point defines M locally.
     def _stack(self, x):
@@ -154,12 +154,16 @@ class UnionManifold(ImplicitManifold):
         draws projected onto it, as :meth:`random_point`); a point whose
         first-order distance ``|F_j| / sigma_min(J_j)`` to another piece is
         within the pieces' projection tolerances lies on both. Two such points of a piece
-        (about 1.5% of its samples) raise. Run once (cached until
-        :meth:`invalidate_caches`) before the union's components, quadrature
+        (about 1.5% of its samples) raise. Run once before the union's components, quadrature
         or mixture are used; a piece that cannot be sampled is not checked
-        from its side.
+        from its side. The pass is cached against a fingerprint of the
+        pieces' state (parameters, buffers, settings, as the geodesic graph
+        cache), so a piece refitted, loaded or moved in place is checked again.
         """
-        if self._disjoint_checked:
+        from .geodesics import _state_fingerprint  # geodesics builds on this package
+
+        key = (_state_fingerprint(self.components), int(n_samples), int(seed))
+        if key == self._disjoint_key:
             return
         pieces = list(self.components)
         samples = [self._piece_samples(c, n_samples, seed + i) for i, c in enumerate(pieces)]
@@ -189,7 +193,7 @@ class UnionManifold(ImplicitManifold):
                         f"{pts.shape[0]} sampled points of piece {i} lie on piece {j}): the "
                         "union would count it twice (components, volume, densities); "
                         "use one piece for the shared part.")
-        self._disjoint_checked = True
+        self._disjoint_key = key
 
     def _piece_samples(self, piece, n_samples, seed):
         """Seeded points on ``piece`` (box draws projected; None if none land)
@@ -207,7 +211,7 @@ class UnionManifold(ImplicitManifold):
 
     def invalidate_caches(self):
         super().invalidate_caches()
-        self._disjoint_checked = False
+        self._disjoint_key = None
 
     def _known_n_components(self):
         counts = [c._known_n_components() for c in self.components]

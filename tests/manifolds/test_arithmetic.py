@@ -164,3 +164,28 @@ def test_product_of_geomstats_spaces_as_implicit():
                                rtol=0, atol=1e-9)
     torch.testing.assert_close(end[:, :3], ig.ImplicitTorus(2.0, 1.0).metric.exp(vec[:, :3], pts[:, :3]),
                                rtol=0, atol=1e-9)
+
+
+def test_union_overlap_check_reruns_when_a_piece_changes_in_place():
+    # Catches the cached overlap check going stale: a piece refitted
+    # (weights stepped in place) or loaded onto another piece after the
+    # union was checked kept n_components 2 for a doubled sphere.
+    a, b = ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[4.0, 0, 0])
+    both = ig.union(a, b)
+    assert both.n_components == 2
+    b.load_state_dict({"center": torch.zeros(3, dtype=torch.float64),
+                       "radius": torch.tensor(1.0, dtype=torch.float64)})
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        both.n_components
+    net = torch.nn.Linear(3, 1).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0.0, 0.0, 1.0]]))
+        net.bias.fill_(-3.0)
+    box = ([-2.0] * 3, [2.0] * 3)
+    planes = ig.union(ig.ImplicitManifold(lambda x: x[:, 2:3], 3, bounds=box),
+                      ig.ImplicitManifold(net, 3, bounds=box))
+    planes.check_pieces_disjoint()
+    with torch.no_grad():
+        net.bias.zero_()  # an optimiser step: the plane z = 3 moves onto z = 0
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        planes.check_pieces_disjoint()
