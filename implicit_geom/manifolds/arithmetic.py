@@ -11,11 +11,13 @@ raised instead of a silently wrong answer.
 """
 
 import math
+import warnings
 
 import torch
 from torch import nn
 
-from ..exceptions import ComponentError, SingularJacobianError
+from ..exceptions import ComponentError, ConditioningWarning, SingularJacobianError
+from ..numerics.linalg import SINGULAR_RTOL
 from ..numerics.newton import NewtonResult
 from ..numerics.validation import as_points
 from .analytic import as_implicit
@@ -24,7 +26,28 @@ from .implicit import ImplicitManifold
 
 
 class IntersectionManifold(ImplicitManifold):
-    """Intersection of implicit manifolds in the same ambient space."""
+    """Intersection of implicit manifolds in the same ambient space.
+
+    Accuracy depends on the angle at which the pieces cross: with the rows of
+    each piece's Jacobian orthonormalised and stacked into ``N``, the
+    crossing condition number is ``kappa = 1 / sigma_min(N)`` (``1 / sin``
+    of the angle between two hypersurfaces). A projected point with
+    ``|F| <= tol`` lies within about ``kappa`` times its pieces' own accuracy
+    of the intersection, and the geodesic solver's normal solves lose about
+    ``kappa**2 * eps`` (measured on two unit spheres, centres ``2 - gap``
+    apart, against their circle of radius ``sqrt(1 - (1 - gap/2)**2)``:
+    radius errors of projected points 2e-10, 7e-10, 6e-9, 7e-8 at kappa 2.3,
+    7, 71, 707 with ``tol`` 1e-10; relative exp errors on the quarter circle
+    3e-8, 2e-6, 1e-4, 4e-3 at kappa 7e3, 7e4, 7e5, 7e6).
+    :meth:`projection`, :meth:`to_tangent` and the metric's exp, log, dist
+    warn (:class:`ConditioningWarning`) where ``kappa > 10`` (the foot points
+    miss the ``10 * tol`` of a closest point) and raise
+    :class:`SingularJacobianError` where ``kappa > eps**-0.25`` (8e3 in
+    float64: less than half the working digits survive the normal solves).
+    """
+
+    #: Crossing condition number above which a ConditioningWarning is issued.
+    warn_condition = 10.0
 
     def __init__(self, *components, **kwargs):
         comps = [as_implicit(c) for c in components]
@@ -58,6 +81,54 @@ class IntersectionManifold(ImplicitManifold):
 
     def _hessians(self, x):
         return torch.cat([c._hessians(x) for c in self.components], dim=1)
+
+    def crossing_condition(self, point):
+        """Crossing condition number ``kappa`` at each point, shape ``(...,)``
+        (see the class docstring; inf where a piece or the stack is singular)."""
+        x, batch = self._flat(point)
+        with torch.no_grad():
+            jac = self._value_and_jacobian(x)[1]
+            rows = []
+            singular = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            for part in jac.split([c.codim for c in self.components], dim=-2):
+                _, sv, vh = torch.linalg.svd(part, full_matrices=False)
+                singular |= ~(sv[..., -1] > SINGULAR_RTOL * sv[..., 0])
+                rows.append(vh)  # orthonormal basis of the piece's normal space
+            sigma = torch.linalg.svdvals(torch.cat(rows, dim=-2))[..., -1]
+            kappa = torch.where(singular | ~(sigma > 0), torch.inf, 1 / sigma)
+        return kappa.reshape(batch)
+
+    def _check_regular(self, x, what):
+        """Raise where the pieces meet too tangentially for the working dtype,
+        warn where they meet at a small angle (see the class docstring)."""
+        kappa = self.crossing_condition(x)
+        if not kappa.numel():
+            return
+        worst = float(kappa.max())
+        limit = torch.finfo(self.dtype).eps ** -0.25
+        if worst > limit:
+            raise SingularJacobianError(
+                f"{what}: the pieces of the intersection {self.name} meet nearly "
+                f"tangentially at {int((kappa > limit).sum())} point(s) (crossing "
+                f"condition number {worst:.3g} > {limit:.3g} for {self.dtype}): the "
+                "normal space is too ill-determined for an accurate answer.")
+        if worst > self.warn_condition:
+            warnings.warn(
+                f"{what}: the pieces of the intersection {self.name} meet at a small angle "
+                f"(crossing condition number {worst:.3g}): points are located to about "
+                f"{worst:.3g} times the pieces' own tolerance, geodesics to a relative "
+                f"{worst ** 2 * torch.finfo(self.dtype).eps:.1g}.",
+                ConditioningWarning, stacklevel=3)
+
+    def to_tangent(self, vector, base_point):
+        """Tangent projection, checked for a near-tangential crossing."""
+        self._check_regular(self._flat(base_point)[0], "to_tangent")
+        return super().to_tangent(vector, base_point)
+
+    def _project_flat(self, x):
+        y = super()._project_flat(x)
+        self._check_regular(y, "projection")
+        return y
 
 
 def _common_bounds(comps, pick):

@@ -189,3 +189,43 @@ def test_union_overlap_check_reruns_when_a_piece_changes_in_place():
         net.bias.zero_()  # an optimiser step: the plane z = 3 moves onto z = 0
     with pytest.raises(ComponentError, match="share a part of positive measure"):
         planes.check_pieces_disjoint()
+
+
+def near_tangent_spheres(gap):
+    """Unit spheres with centres 2 - gap apart and the radius of their circle."""
+    d = 2.0 - gap
+    both = ig.intersection(ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[d, 0.0, 0.0]))
+    return both, d, math.sqrt(1.0 - (d / 2) ** 2)
+
+
+def test_nearly_tangential_intersection_warns_or_raises():
+    # Catches intersections of spheres crossing at a tiny angle answering
+    # silently: projected points off their closed-form circle by kappa * tol
+    # (7e-8 at kappa 707, tol 1e-10) and exp off by a relative 4e-3 at
+    # kappa 7e6 (centres 2 - 1e-14 apart), with no warning or error.
+    import warnings
+
+    from implicit_geom.exceptions import ConditioningWarning
+
+    clean, d, rho = near_tangent_spheres(0.1)  # kappa 2.3: silent and accurate
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pts = clean.projection(torch.tensor([[d / 2, 0.3, 0.4]], dtype=torch.float64))
+    assert float(pts[0, 1:].norm() - rho) == pytest.approx(0.0, abs=1e-9)
+    shallow, d, rho = near_tangent_spheres(1e-4)  # kappa 71: correct to kappa * tol, warned
+    assert float(shallow.crossing_condition(
+        torch.tensor([d / 2, rho, 0.0], dtype=torch.float64))) == pytest.approx(70.7, rel=1e-2)
+    with pytest.warns(ConditioningWarning, match="small angle"):
+        pts = shallow.projection(torch.tensor([[d / 2, 0.01, 0.0]], dtype=torch.float64))
+    assert abs(float(pts[0, 1:].norm()) - rho) < 100 * 1e-10
+    a = torch.tensor([d / 2, rho, 0.0], dtype=torch.float64)
+    b = torch.tensor([d / 2, 0.0, rho], dtype=torch.float64)
+    with pytest.warns(ConditioningWarning, match="small angle"):
+        assert float(shallow.metric.dist(a, b)) == pytest.approx(rho * math.pi / 2, rel=1e-9)
+    grazing, d, rho = near_tangent_spheres(1e-14)  # kappa 7e6: no accurate answer
+    a = torch.tensor([d / 2, rho, 0.0], dtype=torch.float64)
+    v = torch.tensor([0.0, 0.0, rho], dtype=torch.float64)
+    for call in (lambda: grazing.metric.exp(v, a), lambda: grazing.metric.dist(a, a),
+                 lambda: grazing.to_tangent(v, a)):
+        with pytest.raises(SingularJacobianError, match="nearly tangentially"):
+            call()
