@@ -225,7 +225,16 @@ class UnionManifold(ImplicitManifold):
         draws projected onto it, as :meth:`random_point`); a point whose
         first-order distance ``|F_j| / sigma_min(J_j)`` to another piece is
         within the pieces' projection tolerances lies on both. Two such points of a piece
-        (about 1.5% of its samples) raise. Run once before the union's components, quadrature
+        (about 1.5% of its samples) raise; failing that, the piece is sampled
+        again around its 8 samples nearest the other piece (boxes of half,
+        then a quarter of the sample spacing), and two hits spread over more
+        than an eighth of the spacing raise. Measured detection (a unit
+        sphere and a surface sharing a cap with it, 10 seeds): caps of 0.5%
+        of the sphere and more always, 0.1% in 8 of 10 (without the second
+        pass: 2% in 6 of 10, 1% never); crossing, touching and nearly
+        touching pieces gave no false alarm in 20 seeds. Smaller shared
+        parts, or ones far from the 8 nearest samples (pieces that also
+        cross elsewhere), can pass unnoticed. Run once before the union's components, quadrature
         or mixture are used; a piece that cannot be sampled is not checked
         from its side. The pass is cached against a fingerprint of the
         pieces' state (parameters, buffers, settings, as the geodesic graph
@@ -241,30 +250,74 @@ class UnionManifold(ImplicitManifold):
         for i, (pts, diam) in enumerate(samples):
             if pts is None:
                 continue
-            with torch.no_grad():  # how far points projected to tol may be from piece i
-                own = pieces[i].tol_for() / torch.linalg.svdvals(
-                    pieces[i]._value_and_jacobian(pts)[1])[..., -1]
+            # Sample spacing on piece i (dim-dimensional, in a box of diagonal diam).
+            spacing = diam / pts.shape[0] ** (1 / max(self.dim, 1))
             for j, other in enumerate(pieces):
                 if j == i:
                     continue
-                with torch.no_grad():
-                    value, jac = other._value_and_jacobian(pts.to(other.dtype))
-                    sigma = torch.linalg.svdvals(jac)[..., -1].to(own)
-                    # |F_j| / sigma_min(J_j) bounds the first-order distance to
-                    # piece j; critical points of F_j (sigma 0) are no hit.
-                    dist = value.norm(dim=-1).to(own) / sigma
-                    tol = other.tol_for() / sigma
-                    hits = ((sigma > 0) & torch.isfinite(own)
-                            & (dist <= 4 * (own + tol) + 1e-10 * diam))
-                n_hit = int(hits.sum())
+                hits, dist = self._on_other(pieces[i], other, pts, diam)
+                n_hit, near, found = int(hits.sum()), pts, [pts[hits]]
+                # A shared part smaller than the sample spacing may hold no
+                # sample: sample again around the samples nearest piece j, in
+                # boxes of half the spacing, then a quarter. Hits found there
+                # count only if spread over more than spacing / 8: pieces that
+                # touch (tangent) give hits clustered at the contact.
+                for level in range(1, 3):
+                    if n_hit >= 2:
+                        break
+                    near, dist = self._refine(pieces[i], near, dist, spacing / 2 ** level,
+                                              seed + 1000 * (j + 1) + level)
+                    if near is None:
+                        break
+                    hits, dist = self._on_other(pieces[i], other, near, diam)
+                    found.append(near[hits])
+                    every = torch.cat(found)
+                    if every.shape[0] >= 2 and float(torch.pdist(every).max()) > spacing / 8:
+                        n_hit = every.shape[0]
                 if n_hit >= 2:
                     raise ComponentError(
                         f"pieces {i} ({pieces[i].name}) and {j} ({other.name}) of the union "
-                        f"{self.name} share a part of positive measure ({n_hit} of "
-                        f"{pts.shape[0]} sampled points of piece {i} lie on piece {j}): the "
+                        f"{self.name} share a part of positive measure ({n_hit} sampled "
+                        f"points of piece {i} lie on piece {j}): the "
                         "union would count it twice (components, volume, densities); "
                         "use one piece for the shared part.")
         self._disjoint_key = key
+
+    @staticmethod
+    def _on_other(piece, other, pts, diam):
+        """Which points of ``piece`` lie on ``other`` (to both tolerances), and
+        their first-order distance ``|F_j| / sigma_min(J_j)`` to it."""
+        with torch.no_grad():  # how far points projected to tol may be from piece
+            own = piece.tol_for() / torch.linalg.svdvals(
+                piece._value_and_jacobian(pts)[1])[..., -1]
+            value, jac = other._value_and_jacobian(pts.to(other.dtype))
+            sigma = torch.linalg.svdvals(jac)[..., -1].to(own)
+            # Critical points of F_j (sigma 0) are no hit.
+            dist = value.norm(dim=-1).to(own) / sigma
+            tol = other.tol_for() / sigma
+            hits = ((sigma > 0) & torch.isfinite(own)
+                    & (dist <= 4 * (own + tol) + 1e-10 * diam))
+        return hits, torch.where(sigma > 0, dist, torch.inf)
+
+    @staticmethod
+    def _refine(piece, pts, dist, half, seed, n_centres=8, per_centre=16):
+        """Points of ``piece`` projected from boxes of half-width ``half``
+        around the ``n_centres`` points nearest the other piece (None if none)."""
+        finite = torch.isfinite(dist)
+        if not bool(finite.any()):
+            return None, None
+        order = torch.where(finite, dist, torch.inf).argsort()[:min(n_centres, int(finite.sum()))]
+        centres = pts[order]
+        # Drawn on the CPU with a CPU generator, then moved (as sample_in_box):
+        # the same samples on every device.
+        u = torch.rand(centres.shape[0], per_centre, pts.shape[-1], dtype=pts.dtype,
+                       generator=torch.Generator().manual_seed(int(seed)),
+                       device="cpu").to(pts.device)
+        with torch.no_grad():
+            res = piece.solve_projection((centres[:, None] + half * (2 * u - 1)).flatten(0, 1),
+                                         closest=False)
+        keep = res.converged & torch.isfinite(res.x).all(-1)
+        return (res.x[keep], None) if bool(keep.any()) else (None, None)
 
     def _piece_samples(self, piece, n_samples, seed):
         """Seeded points on ``piece`` (box draws projected; None if none land)
