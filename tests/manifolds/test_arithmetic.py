@@ -164,3 +164,86 @@ def test_product_of_geomstats_spaces_as_implicit():
                                rtol=0, atol=1e-9)
     torch.testing.assert_close(end[:, :3], ig.ImplicitTorus(2.0, 1.0).metric.exp(vec[:, :3], pts[:, :3]),
                                rtol=0, atol=1e-9)
+
+
+def test_union_overlap_check_reruns_when_a_piece_changes_in_place():
+    # Catches the cached overlap check going stale: a piece refitted
+    # (weights stepped in place) or loaded onto another piece after the
+    # union was checked kept n_components 2 for a doubled sphere.
+    a, b = ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[4.0, 0, 0])
+    both = ig.union(a, b)
+    assert both.n_components == 2
+    b.load_state_dict({"center": torch.zeros(3, dtype=torch.float64),
+                       "radius": torch.tensor(1.0, dtype=torch.float64)})
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        both.n_components
+    net = torch.nn.Linear(3, 1).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0.0, 0.0, 1.0]]))
+        net.bias.fill_(-3.0)
+    box = ([-2.0] * 3, [2.0] * 3)
+    planes = ig.union(ig.ImplicitManifold(lambda x: x[:, 2:3], 3, bounds=box),
+                      ig.ImplicitManifold(net, 3, bounds=box))
+    planes.check_pieces_disjoint()
+    with torch.no_grad():
+        net.bias.zero_()  # an optimiser step: the plane z = 3 moves onto z = 0
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        planes.check_pieces_disjoint()
+
+
+def near_tangent_spheres(gap):
+    """Unit spheres with centres 2 - gap apart and the radius of their circle."""
+    d = 2.0 - gap
+    both = ig.intersection(ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[d, 0.0, 0.0]))
+    return both, d, math.sqrt(1.0 - (d / 2) ** 2)
+
+
+def test_nearly_tangential_intersection_warns_or_raises():
+    # Catches intersections of spheres crossing at a tiny angle answering
+    # silently: projected points off their closed-form circle by kappa * tol
+    # (7e-8 at kappa 707, tol 1e-10) and exp off by a relative 4e-3 at
+    # kappa 7e6 (centres 2 - 1e-14 apart), with no warning or error.
+    import warnings
+
+    from implicit_geom.exceptions import ConditioningWarning
+
+    clean, d, rho = near_tangent_spheres(0.1)  # kappa 2.3: silent and accurate
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pts = clean.projection(torch.tensor([[d / 2, 0.3, 0.4]], dtype=torch.float64))
+    assert float(pts[0, 1:].norm() - rho) == pytest.approx(0.0, abs=1e-9)
+    shallow, d, rho = near_tangent_spheres(1e-4)  # kappa 71: correct to kappa * tol, warned
+    assert float(shallow.crossing_condition(
+        torch.tensor([d / 2, rho, 0.0], dtype=torch.float64))) == pytest.approx(70.7, rel=1e-2)
+    with pytest.warns(ConditioningWarning, match="small angle"):
+        pts = shallow.projection(torch.tensor([[d / 2, 0.01, 0.0]], dtype=torch.float64))
+    assert abs(float(pts[0, 1:].norm()) - rho) < 100 * 1e-10
+    a = torch.tensor([d / 2, rho, 0.0], dtype=torch.float64)
+    b = torch.tensor([d / 2, 0.0, rho], dtype=torch.float64)
+    with pytest.warns(ConditioningWarning, match="small angle"):
+        assert float(shallow.metric.dist(a, b)) == pytest.approx(rho * math.pi / 2, rel=1e-9)
+    grazing, d, rho = near_tangent_spheres(1e-14)  # kappa 7e6: no accurate answer
+    a = torch.tensor([d / 2, rho, 0.0], dtype=torch.float64)
+    v = torch.tensor([0.0, 0.0, rho], dtype=torch.float64)
+    for call in (lambda: grazing.metric.exp(v, a), lambda: grazing.metric.dist(a, a),
+                 lambda: grazing.to_tangent(v, a)):
+        with pytest.raises(SingularJacobianError, match="nearly tangentially"):
+            call()
+
+
+def test_union_overlap_check_finds_a_small_shared_cap():
+    # Catches a shared cap of 0.5% of a sphere passing the overlap check
+    # (128 samples per piece found shared parts of ~2% and more only).
+    h = 1 - 2 * 0.005  # the cap z >= h is 0.5% of the unit sphere
+
+    def capped(x):  # the unit sphere above z = h, a flattened surface below
+        z = x[:, 2:3]
+        g = torch.where(z >= h, z, h + 2 * (z - h))
+        return x[:, :1] ** 2 + x[:, 1:2] ** 2 + g ** 2 - 1
+
+    shared = ig.ImplicitManifold(capped, 3, bounds=([-1.5] * 3, [1.5] * 3))
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        ig.union(ig.ImplicitSphere(2), shared).check_pieces_disjoint()
+    touching = ig.union(ig.ImplicitSphere(1), ig.ImplicitSphere(1, 0.5, center=[0.5, 0.0]))
+    for seed in range(5):  # internally tangent circles: hits cluster at the contact
+        touching.check_pieces_disjoint(seed=seed)
