@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from implicit_geom.models import AmbientEBM
+from implicit_geom.models import AmbientEBM, EnergyMLP
 
 
 def test_ambient_ebm_fits_a_gaussian_and_normalises():
@@ -79,3 +79,18 @@ def test_mle_settings_are_checked():
         AmbientEBM(4, method="mle")
     with pytest.raises(ValueError, match="pad"):
         AmbientEBM(2, pad=float("nan"))
+
+
+def test_a_sharp_energy_cannot_hide_mass_between_grid_nodes():
+    # Exact MLE with a fixed coarse grid let a Fourier energy put its mass
+    # between the nodes (log Z off by ~330 nats on a finer grid, held-out
+    # NLL ~2300 against 0.43); the training grid is shifted at random each
+    # step, an unbiased estimate of Z that no energy can exploit.
+    gen = torch.Generator().manual_seed(0)
+    X = 0.3 * torch.randn(2000, 2, dtype=torch.float64, generator=gen)
+    X_val = 0.3 * torch.randn(500, 2, dtype=torch.float64, generator=gen)
+    net = EnergyMLP(2, hidden=(64, 64), fourier=64, max_frequency=16.0, seed=0)
+    model = AmbientEBM(2, net, method="mle", quadrature_resolution=16, n_iter=300, lr=1e-2,
+                       batch_size=1000, pad=0.5, seed=0).fit(X)
+    assert model.log_partition_error() < 0.01
+    assert float(-model.score_samples(X_val).mean()) < 1.5
