@@ -36,7 +36,9 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     ``|F|``) and is a well-conditioned submersion there (Jacobian singular values
     in ``[s_min, s_max]``); afterwards the object is an ordinary
     :class:`ImplicitManifold`: projection, exp/log and geomstats' estimators
-    work on it. Outside :meth:`fit` the weights have ``requires_grad=False``,
+    work on it. Before (the zero set of random initial weights) they raise
+    :class:`~implicit_geom.exceptions.NotFittedError`, as does :meth:`save`.
+    Outside :meth:`fit` the weights have ``requires_grad=False``,
     so no geometry call can build a graph through them or touch their ``.grad``.
 
     Parameters
@@ -332,8 +334,48 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
 
     @property
     def is_fitted(self):
-        """Whether :meth:`fit` has run (or a fitted model was loaded)."""
+        """Whether :meth:`fit` has run (or a fitted model was loaded).
+
+        True from the moment a fit sets up its state (so that the fit's own
+        negatives, conditioning and restarts can evaluate F); a fit that stops
+        part-way restores the previous value with the rest of the model."""
         return self._trainer is not None
+
+    # ------------------------------------------------------ geometry of a fit
+    # Every geometry call (projection, belongs, tangents, exp/log/dist,
+    # random_point, components, forward) evaluates F through these hooks.
+    # Before a fit F is the zero set of random initial weights, with no box:
+    # answers there would be meaningless, so they are refused here, under
+    # every public entry point (the fit itself runs with is_fitted True).
+    def _check_fitted(self):
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"call fit first: this {type(self).__name__} is unfitted, and the zero set of "
+                f"its random initial weights is no manifold of the data (load a saved fit with "
+                f"{type(self).__name__}.load; for the zero set of a given network use "
+                f"NetworkImplicitManifold)")
+
+    def _value(self, x):
+        self._check_fitted()
+        return super()._value(x)
+
+    def _value_and_jacobian(self, x):
+        self._check_fitted()
+        return super()._value_and_jacobian(x)
+
+    def _second_forms(self, x, dirs):
+        self._check_fitted()
+        return super()._second_forms(x, dirs)
+
+    def _jacobian_and_second_derivative(self, x, v):
+        self._check_fitted()
+        return super()._jacobian_and_second_derivative(x, v)
+
+    def sampled_components(self, n_samples=None, seed=0):
+        # Checked before the box: "no bounds, pass them when building it" would
+        # blame an argument this constructor does not take (fit sets the box).
+        self._check_fitted()
+        return super().sampled_components(n_samples, seed)
 
     # ---------------------------------------------------------------- training
     @contextlib.contextmanager
@@ -714,37 +756,53 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         ``path`` is replaced whole or left untouched. In a distributed run every
         rank must call it (the negative chains of all ranks are gathered into
         one buffer) and rank 0 alone writes the file.
+
+        Raises
+        ------
+        NotFittedError
+            Before :meth:`fit`: an unfitted model holds no fit to save (its
+            weights are the seed's initial ones, which :meth:`fit` replaces;
+            ``get_config`` rebuilds it).
         """
+        if not self.is_fitted:
+            raise NotFittedError(f"call fit first: an unfitted {type(self).__name__} has no fit "
+                                 f"to save (its configuration is get_config())")
         ctx = context()
         payload = {"state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                   "fitted": self.is_fitted,
+                   "fitted": True,  # older versions also saved unfitted models, see load
                    # A model moved to float32 reloads in float32 (it came back float64).
                    "dtype": dtype_name(self.dtype)}
-        if self.is_fitted:
-            payload.update(self._fit_state())
-            rng = payload["rng"]
-            # Every rank's chains in one buffer, and every rank's stream, so
-            # that a resume on as many ranks continues each.
-            payload["sampler"] = {"buffer": ctx.all_gather(payload["sampler"]["buffer"]
-                                                           .to(self.device)).cpu()}
-            payload["rng_ranks"] = [r.clone() for r in ctx.all_gather(rng[None]).unbind(0)]
-            # How the fit was scored and chosen: a reloaded model answers as the fitted one.
-            payload["report"] = {name: getattr(self, name) for name in self.REPORT
-                                 if hasattr(self, name)}
+        payload.update(self._fit_state())
+        rng = payload["rng"]
+        # Every rank's chains in one buffer, and every rank's stream, so
+        # that a resume on as many ranks continues each.
+        payload["sampler"] = {"buffer": ctx.all_gather(payload["sampler"]["buffer"]
+                                                       .to(self.device)).cpu()}
+        payload["rng_ranks"] = [r.clone() for r in ctx.all_gather(rng[None]).unbind(0)]
+        # How the fit was scored and chosen: a reloaded model answers as the fitted one.
+        payload["report"] = {name: getattr(self, name) for name in self.REPORT
+                             if hasattr(self, name)}
         if ctx.is_main:
             save_checkpoint(path, type(self).__name__, self.get_config(), payload)
         ctx.barrier()
 
     @classmethod
     def load(cls, path, device=None, progress=None):
-        """Rebuild a model saved with :meth:`save` (ready to use or to resume).
+        """Rebuild a model saved with :meth:`save`: a fitted model, ready to
+        use or to resume.
 
         Raises
         ------
         CheckpointError
-            Missing, corrupt or incompatible file.
+            Missing, corrupt or incompatible file, or one of an unfitted model
+            (older versions wrote those).
         """
         config, record = load_checkpoint(path, cls.__name__, required=("state_dict", "fitted"))
+        if not record["fitted"]:
+            # Its weights are the seed's initial ones, which fit replaces: the
+            # file holds nothing but the configuration.
+            raise CheckpointError(f"checkpoint {path} holds an unfitted {cls.__name__} (no fit "
+                                  f"to load); build {cls.__name__}(**config) and fit it")
         if progress is not None:
             config["progress"] = progress
         dtype = checkpoint_dtype(record, path)  # float64 in older checkpoints
@@ -756,24 +814,21 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         if dtype != model.dtype:
             model.to(dtype)
         try:
-            if record["fitted"]:
-                # The saved buffer holds every rank's chains: this rank takes its share.
-                ctx = context()
-                buffer = record["sampler"]["buffer"]
-                if buffer.shape[0] == model.buffer_size:
-                    buffer = ctx.shard(buffer)
-                ranks = record.get("rng_ranks")
-                rng = (ranks[ctx.rank] if ranks is not None and len(ranks) == ctx.world_size
-                       else record["rng"] if ctx.is_main else None)
-                model._restore_fit_state(dict(record, sampler={"buffer": buffer}, rng=rng))
-                report = record.get("report", {})  # absent in older checkpoints
-                if not isinstance(report, dict):
-                    raise CheckpointError(f"checkpoint {path} has a corrupt fit report")
-                for name, value in report.items():
-                    if name in cls.REPORT:
-                        setattr(model, name, value)
-            else:
-                model.net.load_state_dict(record["state_dict"])
+            # The saved buffer holds every rank's chains: this rank takes its share.
+            ctx = context()
+            buffer = record["sampler"]["buffer"]
+            if buffer.shape[0] == model.buffer_size:
+                buffer = ctx.shard(buffer)
+            ranks = record.get("rng_ranks")
+            rng = (ranks[ctx.rank] if ranks is not None and len(ranks) == ctx.world_size
+                   else record["rng"] if ctx.is_main else None)
+            model._restore_fit_state(dict(record, sampler={"buffer": buffer}, rng=rng))
+            report = record.get("report", {})  # absent in older checkpoints
+            if not isinstance(report, dict):
+                raise CheckpointError(f"checkpoint {path} has a corrupt fit report")
+            for name, value in report.items():
+                if name in cls.REPORT:
+                    setattr(model, name, value)
         except CheckpointError:
             raise
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as err:

@@ -1,5 +1,6 @@
 """Data-parallel training over torch.distributed: two CPU processes (gloo)."""
 
+import copy
 import os
 import socket
 
@@ -15,6 +16,7 @@ from implicit_geom.learning.distributed import (
     context,
     make_trainer,
 )
+from implicit_geom.manifolds.neural import NetworkImplicitManifold
 from implicit_geom.learning.trainer import Trainer
 
 FAST = dict(hidden=(16, 16), epochs=30, batch_size=300, n_negatives=64, buffer_size=256,
@@ -109,12 +111,13 @@ def test_two_processes_agree_with_one(two_process_run):
     # number of ranks (e.g. summed instead of averaged).
     single = NeuralImplicitManifold(2, **FAST).fit(_circle())
     r0 = torch.load(os.path.join(two_process_run, "rank0.pt"), weights_only=True)
-    dist2 = NeuralImplicitManifold(2, **FAST)
+    # Rank 0's weights with the single fit's standardisation, as the zero set
+    # of a given network (an unfitted NeuralImplicitManifold refuses geometry).
+    net = copy.deepcopy(single.net)
     with torch.no_grad():
-        for p, w in zip(dist2.net.parameters(), r0["weights"]):
+        for p, w in zip(net.parameters(), r0["weights"]):
             p.copy_(w)
-        dist2.net.shift.copy_(single.net.shift)
-        dist2.net.scale.copy_(single.net.scale)
+    dist2 = NetworkImplicitManifold(net, 2)
     test = _circle(200) * 1.0
     for model in (single, dist2):
         radius = model.projection(test * 1.2).norm(dim=-1)

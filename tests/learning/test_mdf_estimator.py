@@ -187,6 +187,53 @@ def test_corrupt_missing_and_foreign_checkpoints(circle, tmp_path):
         NeuralImplicitManifold.load(tmp_path / "report.pt")
 
 
+def test_an_unfitted_model_refuses_geometry_and_checkpoints(circle, tmp_path, monkeypatch):
+    # Catches an unfitted model answering projection, belongs, sampling,
+    # metric and component queries on the zero set of its random initial
+    # weights, and saving that as a checkpoint, instead of NotFittedError.
+    from implicit_geom import NotFittedError
+    from implicit_geom.learning import save_checkpoint
+    from implicit_geom.learning.trainer import Trainer
+
+    fitted, data = circle
+    model = NeuralImplicitManifold(2, **FAST)
+    x = torch.as_tensor(data[:3], dtype=torch.float64)
+    v = torch.tensor([[0.0, 0.1]] * 3, dtype=torch.float64)
+    calls = [lambda: model.projection(x), lambda: model.belongs(x), lambda: model(x),
+             lambda: model.submersion(x), lambda: model.to_tangent(v, x),
+             lambda: model.random_point(2), lambda: model.metric.exp(v, x),
+             lambda: model.metric.log(x[:1], x[1:2]), lambda: model.metric.dist(x[:1], x[1:2]),
+             lambda: model.metric.sectional_curvature(v, v, x),
+             lambda: model.n_components, lambda: model.component_of(x),
+             lambda: model.singular_values(x), lambda: model.save(tmp_path / "new.pt")]
+    for call in calls:
+        with pytest.raises(NotFittedError, match="fit first"):
+            call()
+    assert not (tmp_path / "new.pt").exists()
+    # A first fit that stops part-way leaves it unfitted, refusing as before.
+    run = Trainer.run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(data)
+    assert not model.is_fitted
+    with pytest.raises(NotFittedError):
+        model.projection(x)
+    monkeypatch.setattr(Trainer, "run", run)
+    # A saved fit reloads fitted; a file of an unfitted model (older versions
+    # wrote them: config and initial weights, nothing fit would keep) is refused.
+    fitted.save(tmp_path / "fit.pt")
+    again = NeuralImplicitManifold.load(tmp_path / "fit.pt")
+    assert again.is_fitted and torch.equal(again.projection(x), fitted.projection(x))
+    save_checkpoint(tmp_path / "old.pt", "NeuralImplicitManifold", model.get_config(),
+                    {"state_dict": model.net.state_dict(), "fitted": False})
+    with pytest.raises(CheckpointError, match="unfitted"):
+        NeuralImplicitManifold.load(tmp_path / "old.pt")
+
+
 def test_save_is_atomic(circle, tmp_path, monkeypatch):
     model, _ = circle
     path = tmp_path / "m.pt"

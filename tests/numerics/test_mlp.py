@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from implicit_geom.learning import NeuralImplicitManifold
-from implicit_geom.manifolds.neural import MDFNetwork
+from implicit_geom.manifolds.neural import MDFNetwork, NetworkImplicitManifold
 from implicit_geom.numerics import autodiff, mlp
 
 ACTIVATIONS = {
@@ -95,8 +94,12 @@ def test_unsupported_networks_are_reported(net):
 
 
 def mdf_model(ambient_dim, codim, hidden, activation, radial, seed):
-    model = NeuralImplicitManifold(ambient_dim, codim, hidden, activation, radial=radial,
-                                   seed=seed, progress=False)
+    # The learned manifold's network and hooks, unfitted: a bare
+    # NetworkImplicitManifold (an unfitted NeuralImplicitManifold refuses geometry).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = NetworkImplicitManifold(MDFNetwork(ambient_dim, codim, hidden, activation,
+                                                   radial), ambient_dim, codim)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # a non-trivial input standardisation, as after fit
         model.net.shift.copy_(torch.randn(ambient_dim, generator=gen, dtype=torch.float64))
