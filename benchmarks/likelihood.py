@@ -344,10 +344,18 @@ def fit_pushforward(manifold, train, val, seed, quick, keep=None):
             fitted.append((label, model, score))
     if not fitted:
         raise NormalizationError("no pushforward candidate kept a certified finite log Z")
+    # How far the decoder image (the manifold its density lives on) is from
+    # the data: the density is w.r.t. that image's area at dec(enc(x)).
+    with torch.no_grad():
+        x = torch.as_tensor(val, dtype=torch.float64)
+        gap = (ae(x) - x).norm(dim=-1)
+    recon = {"val_reconstruction_median": round(float(gap.median()), 5),
+             "val_reconstruction_max": round(float(gap.max()), 4)}
     if keep is not None:
         label, best, _ = min(fitted, key=lambda f: f[2])
-        keep["best"] = (best, {"latent EBM": label})
-    return mix_candidates(fitted, val)
+        keep["best"] = (best, {"latent EBM": label, **recon})
+    model, info = mix_candidates(fitted, val)
+    return model, {**info, **recon}
 
 
 def run_split(name, seed, quick, models):
