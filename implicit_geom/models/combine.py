@@ -10,14 +10,17 @@ import math
 
 import torch
 
-from ..exceptions import NotFittedError, ProjectionError
+from ..exceptions import CheckpointError, ComponentError, NotFittedError, ProjectionError
+from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.estimator import EstimatorMixin
-from ..manifolds.arithmetic import intersection, union
+from ..manifolds.arithmetic import UnionManifold, intersection, union
 from ..numerics.validation import as_points, check_int
 from .ebm import ConstrainedEBM
 from .energy_nets import SumEnergy
 
 __all__ = ["IntersectionEBM", "UnionEBM", "combine_densities"]
+
+_CHECKPOINT_KIND = "UnionEBM"
 
 
 class IntersectionEBM(ConstrainedEBM):
@@ -88,10 +91,14 @@ class IntersectionEBM(ConstrainedEBM):
             A factor with learned component weights: its offsets (constant
             on each of its components) are not part of the summed energy.
         """
+        super().save(path)
+
+    def _checkpoint(self):
+        # Here, not in save: a union saving this product as one of its pieces checks too.
         if self._factors:
             raise TypeError("cannot save a product with factors fitted with component weights "
                             "(their per-component offsets are not in the summed energy)")
-        super().save(path)
+        return super()._checkpoint()
 
     @classmethod
     def load(cls, path, manifold):
@@ -201,6 +208,64 @@ class UnionEBM(EstimatorMixin):
     def energy(self, x):
         """``-log p(x)`` of the normalised mixture."""
         return -self.log_prob(x)
+
+    def save(self, path):
+        """Save the mixture weights, the log partitions if given, and every
+        model as :meth:`ConstrainedEBM.save` does, in one checkpoint (see :meth:`load`).
+
+        The pieces' manifolds are not stored (as for :meth:`ConstrainedEBM.save`):
+        save a learned one with its own ``save``.
+
+        Raises
+        ------
+        TypeError
+            A model :meth:`ConstrainedEBM.save` cannot save.
+        """
+        parts = [m._checkpoint() for m in self.models]
+        config = {"models": [c for c, _ in parts], "log_partitions": self.log_partitions}
+        payload = {"models": [p for _, p in parts], "weights": self.weights}
+        save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
+
+    @classmethod
+    def load(cls, path, manifold):
+        """Rebuild a saved union on ``manifold``: the union of the pieces
+        (``union(M1, M2, ...)``) or a sequence of them, in the saved models' order.
+
+        Each model comes back a :class:`ConstrainedEBM` (a product piece with
+        its summed energy, as :meth:`IntersectionEBM.load`), in its saved dtype.
+
+        Raises
+        ------
+        CheckpointError
+            Missing, unreadable, corrupt or incompatible file, or a number of
+            pieces other than the saved models'.
+        """
+        config, record = load_checkpoint(path, _CHECKPOINT_KIND, required=("models", "weights"))
+        if isinstance(manifold, UnionManifold):
+            pieces = list(manifold.components)
+        elif isinstance(manifold, (list, tuple)):
+            pieces = list(manifold)
+        else:
+            raise TypeError("manifold must be the union of the pieces or a list of them, "
+                            f"got {type(manifold).__name__}")
+        configs, records, weights = config.get("models"), record["models"], record["weights"]
+        if not (isinstance(configs, list) and isinstance(records, list)
+                and len(configs) == len(records) and isinstance(weights, torch.Tensor)
+                and weights.shape == (len(records),)):
+            raise CheckpointError(f"checkpoint {path} has a corrupt list of models")
+        if len(pieces) != len(records):
+            raise CheckpointError(f"{path} holds a union of {len(records)} models, "
+                                  f"got {len(pieces)} manifolds")
+        models = [ConstrainedEBM._from_checkpoint(c, r, m, path)
+                  for c, r, m in zip(configs, records, pieces)]
+        try:
+            model = cls(*models, weights=weights, log_partitions=config.get("log_partitions"))
+        except (TypeError, ValueError) as err:
+            if isinstance(err, ComponentError):  # the caller's pieces overlap
+                raise
+            raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from err
+        model.weights = weights.to(torch.float64)  # as saved (not renormalised)
+        return model
 
     def sample(self, n_samples, n_steps=200, seed=0, **kwargs):
         """Exact mixture sampling: multinomial counts, then each model's sampler.

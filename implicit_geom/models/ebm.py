@@ -1094,6 +1094,10 @@ class ConstrainedEBM(EnergyModel):
             An energy network of another type (its architecture cannot be
             rebuilt from the file).
         """
+        save_checkpoint(path, _CHECKPOINT_KIND, *self._checkpoint())
+
+    def _checkpoint(self):
+        """``(config, payload)`` of :meth:`save` (also a piece of a union's file)."""
         config = {"ambient_dim": self.dim, **_energy_spec(self.energy_net),
                   "hyper": self._hyper()}
         payload = {"state_dict": self.energy_net.state_dict(),
@@ -1105,7 +1109,7 @@ class ConstrainedEBM(EnergyModel):
                    "probe": self._probe,
                    # A float32 energy reloads in float32 (it came back float64).
                    "dtype": dtype_name(self._param().dtype)}
-        save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
+        return config, payload
 
     @classmethod
     def load(cls, path, manifold):
@@ -1118,7 +1122,14 @@ class ConstrainedEBM(EnergyModel):
         """
         config, record = load_checkpoint(path, _CHECKPOINT_KIND,
                                          required=("state_dict", "box", "buffer"))
+        return cls._from_checkpoint(config, record, manifold, path)
+
+    @classmethod
+    def _from_checkpoint(cls, config, record, manifold, path):
+        """The model of one :meth:`_checkpoint` record, on ``manifold``."""
         manifold = as_implicit(manifold)
+        if not isinstance(config, dict) or not isinstance(record, dict):
+            raise CheckpointError(f"{path}: corrupt model record")
         if config.get("ambient_dim") != manifold.ambient_dim:
             raise CheckpointError(
                 f"{path}: saved for ambient dimension {config.get('ambient_dim')}, the manifold "
@@ -1128,11 +1139,11 @@ class ConstrainedEBM(EnergyModel):
             net = _build_energy(config).to(dtype)
             net.load_state_dict(record["state_dict"])
             model = cls(manifold, net, **config["hyper"])
-        except (KeyError, RuntimeError, TypeError, ValueError) as err:
+            if record["box"] is not None:
+                model._box = (record["box"][0], record["box"][1])
+            model.buffer_ = record["buffer"]
+        except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as err:
             raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from err
-        if record["box"] is not None:
-            model._box = (record["box"][0], record["box"][1])
-        model.buffer_ = record["buffer"]
         model.component_log_weights_ = record.get("component_log_weights")
         model._probe = record.get("probe")  # absent in older checkpoints
         model._fitted = True

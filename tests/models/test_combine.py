@@ -227,3 +227,71 @@ def test_a_float32_product_is_float32_and_reloads_in_its_dtype(tmp_path):
                          EnergyMLP(3, hidden=(8,), seed=1), seed=0)
     with pytest.raises(TypeError, match="different dtypes"):
         IntersectionEBM(a, b64)
+
+
+def _fitted_circles_union(dtype=torch.float64):
+    from implicit_geom.models import EnergyMLP
+
+    gen = torch.Generator().manual_seed(0)
+    models = []
+    for k, c in enumerate((-2.0, 2.0)):
+        circle = ImplicitSphere(1, center=[c, 0.0]).to(dtype)
+        t = torch.rand(40, generator=gen, dtype=torch.float64) * math.pi  # upper halves
+        data = torch.stack([t.cos() + c, t.sin()], -1).to(dtype)
+        net = EnergyMLP(2, hidden=(8,), seed=k).to(dtype)
+        models.append(ConstrainedEBM(circle, net, n_iter=5, batch_size=40, seed=0).fit(data))
+    return UnionEBM(*models, weights=[0.3, 0.7])
+
+
+def test_union_saves_and_loads(tmp_path):
+    # Catches a fitted union that could not be saved at all (UnionEBM had no
+    # save/load), a reload with other energies, weights or normalisers (scores,
+    # masses and seeded samples then differ), pieces given back in the wrong
+    # number, and a bad file read as a union instead of a CheckpointError.
+    from implicit_geom import union
+    from implicit_geom.exceptions import CheckpointError
+
+    model = _fitted_circles_union()
+    model.save(tmp_path / "union.pt")
+    pieces = [m.manifold for m in model.models]
+    back = UnionEBM.load(tmp_path / "union.pt", union(*pieces))
+    x = torch.tensor([[-2.0, 1.1], [-0.9, 0.0], [2.0, -1.05], [3.0, 0.1]], dtype=torch.float64)
+    assert torch.equal(back.score_samples(x), model.score_samples(x))
+    assert torch.equal(back.weights, model.weights)
+    for m, b in zip(model.models, back.models):
+        assert torch.equal(b.component_mass(), m.component_mass())
+    assert torch.equal(back.sample(50, n_steps=3, seed=4), model.sample(50, n_steps=3, seed=4))
+    assert torch.equal(UnionEBM.load(tmp_path / "union.pt", pieces).score_samples(x),
+                       model.score_samples(x))  # the pieces as a list
+    with pytest.raises(CheckpointError, match="2 models, got 1"):
+        UnionEBM.load(tmp_path / "union.pt", pieces[:1])
+    data = (tmp_path / "union.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        UnionEBM.load(tmp_path / "cut.pt", pieces)
+    model.models[0].save(tmp_path / "one.pt")
+    with pytest.raises(CheckpointError, match="holds a 'ConstrainedEBM', not a 'UnionEBM'"):
+        UnionEBM.load(tmp_path / "one.pt", pieces)
+    with pytest.raises(CheckpointError, match="holds a 'UnionEBM', not a 'ConstrainedEBM'"):
+        ConstrainedEBM.load(tmp_path / "union.pt", pieces[0])
+    record = torch.load(tmp_path / "union.pt", weights_only=True)
+    record["models"][1]["state_dict"] = {}  # a piece's weights lost
+    torch.save(record, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="incompatible checkpoint"):
+        UnionEBM.load(tmp_path / "bad.pt", pieces)
+
+
+def test_a_float32_union_reloads_in_float32(tmp_path):
+    # Catches a float32 union's pieces coming back float64 (their dtype not
+    # recorded per piece), which changed their scores and samples.
+    from implicit_geom import union
+
+    model = _fitted_circles_union(torch.float32)
+    model.save(tmp_path / "union.pt")
+    back = UnionEBM.load(tmp_path / "union.pt", union(*[m.manifold for m in model.models]))
+    assert all(m._param().dtype == torch.float32 for m in back.models)
+    x = torch.tensor([[-2.0, 1.0], [3.0, 0.0]], dtype=torch.float32)
+    assert torch.equal(back.log_prob(x), model.log_prob(x))
+    samples = back.sample(20, n_steps=3, seed=1)
+    assert samples.dtype == torch.float32
+    assert torch.equal(samples, model.sample(20, n_steps=3, seed=1))
