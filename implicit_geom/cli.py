@@ -132,6 +132,10 @@ def _warnings_in_cli_terms():
 def _check_writable(path, folder=False):
     """Fail before the work if ``--out`` cannot be written: a file in the way of its
     folder, a folder where a file should go, no permission (creates nothing)."""
+    text = os.fspath(path)
+    # Path() drops a trailing slash: `sample --out x.npy/` wrote a file x.npy.
+    if not folder and text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise CLIError(f"--out {text} names a folder (it ends in {text[-1]}); name a file")
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise CLIError(f"--out {path} is a {'file' if folder else 'folder'}; name a "
@@ -214,16 +218,36 @@ class _AtomicFolder:
         if self.target.exists() and not _replaceable(self.target):
             raise CLIError(f"{self.target} exists and is not a model folder (no config.json); "
                            "refusing to replace it: choose another --out")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self):
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        # The missing folders above --out are created here and removed again
+        # if the command fails: a failed fit left them behind, empty.
+        self.created = []
+        parent = self.target.parent
+        while not parent.exists():
+            self.created.append(parent)  # deepest first
+            parent = parent.parent
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.",
+                                             dir=self.target.parent))
+        except BaseException:
+            self._remove_created()
+            raise
         usual_mode(self.tmp, directory=True)
         return self.tmp
+
+    def _remove_created(self):
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:  # something else was written there meanwhile: keep it
+                break
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            self._remove_created()
             return False
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
@@ -426,8 +450,11 @@ def evaluate(args):
         if test.shape[-1] != manifold.ambient_dim:
             raise CLIError(f"--data has {test.shape[-1]}-D points, the model "
                            f"{manifold.ambient_dim}-D ones")
+    # Drawn here (evaluate_model would draw the same ones silently): --no-progress
+    # decides whether the chains report progress.
+    samples = ebm.sample(args.n_eval, seed=args.seed, progress=not args.no_progress)
     metrics = _evaluate(manifold, ebm, test, config["data_kind"], config["manifold"],
-                        args.n_eval, args.seed)
+                        args.n_eval, args.seed, samples)
     print(json.dumps(metrics, indent=2, default=float))
     return 0
 
@@ -437,7 +464,7 @@ def sample(args):
     out = Path(args.out)
     if out.suffix not in (".npy", ".csv"):  # before the (possibly long) sampling
         raise CLIError(f"--out must end in .csv or .npy, got {out.name}")
-    _check_writable(out)
+    _check_writable(args.out)  # the text typed: Path(args.out) drops a trailing slash
     _, manifold, ebm, _ = load_model(args.model)
     pts = ebm.sample(args.n, sampler=args.sampler, seed=args.seed,
                      progress=not args.no_progress).numpy()
@@ -474,7 +501,7 @@ def plot(args):
     if (kept.get("n"), kept.get("seed")) == (args.n, args.seed):  # fit's own draw
         samples = torch.as_tensor(_load_array(Path(args.model) / "samples.npy"))
     else:
-        samples = ebm.sample(args.n, seed=args.seed, progress=False)
+        samples = ebm.sample(args.n, seed=args.seed, progress=not args.no_progress)
     paths = []
     if kind == "image":  # grids of images instead of scatter plots
         from .images import grid_figure
@@ -557,10 +584,12 @@ def demo(args):
     if args.quick:
         args.mdf_epochs = args.mdf_epochs or 60
         args.ebm_iter = args.ebm_iter or 100
-        args.n_eval = min(args.n_eval, 500)
+    if args.n_eval is None:  # a typed --n-eval is honoured, --quick or not
+        args.n_eval = 500 if args.quick else 2000
     print(f"implicit-geom demo: two circles -> learned manifold + constrained EBM in {args.out}")
     fit(args)
-    plot_args = argparse.Namespace(model=args.out, out=None, n=args.n_eval, seed=args.seed)
+    plot_args = argparse.Namespace(model=args.out, out=None, n=args.n_eval, seed=args.seed,
+                                   no_progress=args.no_progress)
     print("figures:")
     return plot(plot_args)
 
@@ -630,7 +659,12 @@ def build_parser():
         p.add_argument("--ebm-iter", type=_positive_int, default=None,
                        help="training iterations of the constrained EBM (default: the data "
                             "set's preset)")
-        p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
+        if data:
+            p.add_argument("--n-eval", type=_positive_int, default=2000,
+                           help="model samples for W (default 2000)")
+        else:  # demo: None, so that a value typed with --quick is seen (and honoured)
+            p.add_argument("--n-eval", type=_positive_int, default=None,
+                           help="model samples for W (default 2000; 500 with --quick)")
 
     p = sub.add_parser("fit", help="fit a manifold and a constrained EBM to data")
     p.add_argument("data", help="a data file (.csv, .tsv, .txt, .npy) or one of "
@@ -662,8 +696,7 @@ def build_parser():
     p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
     p.add_argument("--n-samples", type=_positive_int, default=None,
                    help="subsample the --data points")
-    p.add_argument("--intrinsic-dim", type=_positive_int, default=None,
-                   help="accepted like fit's, without effect: the model fixes the manifold")
+    # No --intrinsic-dim: the model fixes the manifold (it was accepted and ignored).
     reading(p)
     common(p)
     p.set_defaults(func=evaluate)

@@ -408,6 +408,9 @@ def test_out_is_checked_before_sampling(learned_model, tmp_path, capsys, monkeyp
     assert "is a folder; name a file" in capsys.readouterr().err
     assert main(["plot", str(learned_model), "--n", "7", "--out", str(blocker / "figs")]) == 2
     assert f"cannot be created: {blocker} is a file" in capsys.readouterr().err
+    # A trailing slash names a folder: Path() dropped it and a file x.npy was written.
+    assert main(["sample", str(learned_model), "--out", f"{tmp_path / 'x.npy'}/"]) == 2
+    assert "x.npy/ names a folder (it ends in /); name a file" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npy", "file"]
 
 
@@ -420,3 +423,63 @@ def test_python_dash_m_runs_the_cli(tmp_path):
     run = subprocess.run([sys.executable, "-m", "implicit_geom", "sample", str(tmp_path),
                           "--out", "s.txt"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "--out must end in .csv or .npy" in run.stderr
+
+
+def test_failed_fit_removes_the_folders_it_created(tmp_path, capsys, monkeypatch):
+    # Catches fit creating --out's missing parent folders before training and
+    # leaving them behind, empty, when the fit failed.
+    from implicit_geom import cli
+
+    def failing_fit(*args, **kwargs):
+        raise cli.CLIError("stop")
+
+    monkeypatch.setattr(cli, "fit_pipeline", failing_fit)
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "a" / "b" / "model", tmp_path / "kept" / "c" / "model"):
+        assert main(["fit", "two_circles", "--out", str(out), "--n-samples", "50",
+                     "--no-progress"]) == 2
+        assert "stop" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.rglob("*")] == ["kept"]  # an existing folder stays
+
+
+@pytest.mark.parametrize("argv, n_eval", [
+    (["--quick", "--n-eval", "800"], 800), (["--quick"], 500), ([], 2000),
+    (["--n-eval", "300"], 300)])
+def test_demo_honours_a_typed_n_eval(tmp_path, monkeypatch, argv, n_eval):
+    # Catches demo --quick lowering a typed --n-eval above 500 to 500 silently
+    # (its default 2000 could not be told from a typed value).
+    from implicit_geom import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "fit", lambda args: seen.update(fit=args.n_eval))
+    monkeypatch.setattr(cli, "plot", lambda args: seen.update(plot=args.n) or 0)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress", *argv]) == 0
+    assert seen == {"fit": n_eval, "plot": n_eval}
+
+
+@pytest.mark.parametrize("command", ["plot", "evaluate"])
+def test_no_progress_reaches_the_sampling(learned_model, tmp_path, monkeypatch, command):
+    # Catches plot and evaluate drawing their samples with progress=False
+    # whatever --no-progress said (the option had no effect).
+    from implicit_geom import cli
+    from implicit_geom.models import ConstrainedEBM
+
+    seen = []
+
+    def sample(self, n, **kwargs):
+        seen.append(kwargs.get("progress"))
+        raise cli.CLIError("stop")
+
+    monkeypatch.setattr(ConstrainedEBM, "sample", sample)
+    n = ["--n", "7", "--out", str(tmp_path / "fig")] if command == "plot" else ["--n-eval", "7"]
+    assert main([command, str(learned_model), *n]) == 2
+    assert main([command, str(learned_model), *n, "--no-progress"]) == 2
+    assert seen == [True, False]
+
+
+def test_evaluate_has_no_intrinsic_dim(learned_model, capsys):
+    # Catches evaluate accepting --intrinsic-dim and ignoring it (the model
+    # fixes the manifold): argparse now refuses it.
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(learned_model), "--intrinsic-dim", "1"])
+    assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err

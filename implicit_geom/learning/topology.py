@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from ..exceptions import ComponentError, NotFittedError
 from ..manifolds.components import ComponentMap, sample_in_box
 from ..numerics.validation import as_points
 
@@ -86,12 +87,18 @@ def count_components(manifold, data=None, n_samples=3000, radius_factor=3.0,
 
     Raises
     ------
-    ValueError
+    NotFittedError
+        An unfitted learned manifold (it has no box, and no zero set of the data).
+    ComponentError
         No box, or fewer than 2 samples landed on the manifold in the box.
     """
     bounds = bounds if bounds is not None else manifold.bounds
     if bounds is None:
-        raise ValueError("count_components needs a box: pass bounds or fit the manifold")
+        if not getattr(manifold, "is_fitted", True):
+            raise NotFittedError(f"call fit first: an unfitted {type(manifold).__name__} has "
+                                 "no box to count its components in")
+        raise ComponentError(f"count_components needs a box: {manifold.name} has none, "
+                             "pass bounds=(low, high)")
     n = manifold.ambient_dim
     found = ComponentMap.sample(manifold, n_samples, bounds, radius_factor, radius_fraction,
                                 min_size, seed)

@@ -49,7 +49,7 @@ from ..exceptions import DisconnectedError, GeodesicError, InvalidPointError
 from ..numerics.linalg import normal_space_solve, tangent_basis, tangent_projector
 from ..numerics.newton import solve_along_normals
 from ..numerics.ode import n_macro_steps
-from ..numerics.validation import DTYPE, as_point_list, as_points, broadcast_points
+from ..numerics.validation import DTYPE, as_point_list, as_points, broadcast_points, check_int
 from ..progress import Progress
 from ..threads import check_jobs, fork_map, resolve_jobs
 from .components import chord_offsets, sample_in_box
@@ -489,7 +489,8 @@ class SampleGraph:
         """Checked edges from each query to its k nearest graph nodes."""
         q = queries.detach().cpu()
         dist, idx = self.tree.query(q.numpy(), k=min(k, len(self.points)))
-        dist, idx = np.atleast_2d(dist), np.atleast_2d(idx)
+        # k = 1 gives 1-D arrays: one column per query (np.atleast_2d made one row).
+        dist, idx = dist.reshape(len(q), -1), idx.reshape(len(q), -1)
         rows = np.repeat(np.arange(len(q)), idx.shape[1])
         cols, w = idx.reshape(-1), dist.reshape(-1)
         keep = np.isfinite(w) & (w > 0 if skip_self else np.ones_like(w, dtype=bool))
@@ -546,6 +547,7 @@ class GeodesicLogSolver(LogSolver):
         shortest.
     n_graph_nodes, n_neighbors : int, optional
         Size of the sample graph; defaults grow with the intrinsic dimension.
+        ``n_neighbors`` is at least 2 (ValueError otherwise).
     min_degree, max_degree : int
         Polynomial degrees of paths (raised adaptively in between).
     max_iter : int
@@ -643,7 +645,12 @@ class GeodesicLogSolver(LogSolver):
         self.ambiguity_rtol = float(ambiguity_rtol)
         m = space.dim
         self.n_graph_nodes = int(n_graph_nodes or {1: 500, 2: 4000, 3: 12000}.get(m, 20000))
-        self.n_neighbors = int(n_neighbors or {1: 4, 2: 24}.get(m, 32))
+        # One neighbour links each node to its nearest only: the graph falls
+        # apart into pairs and short chains (88 pieces on a circle of 300 nodes).
+        self.n_neighbors = ({1: 4, 2: 24}.get(m, 32) if n_neighbors is None else check_int(
+            n_neighbors, "n_neighbors", minimum=2,
+            message=f"n_neighbors must be an integer >= 2 (a graph of nearest neighbours "
+                    f"alone falls apart), got {n_neighbors!r}"))
         self.min_degree, self.max_degree = int(min_degree), int(max_degree)
         self.max_iter = int(max_iter)
         self.bounds = bounds

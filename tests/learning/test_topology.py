@@ -43,8 +43,15 @@ def test_sphere_is_one_component_in_3d():
 
 
 def test_needs_a_box():
-    with pytest.raises(ValueError, match="box"):
+    # Catches a plain ValueError: a manifold without a box gets the library's
+    # ComponentError, an unfitted learned one NotFittedError (its convention).
+    from implicit_geom.exceptions import ComponentError, NotFittedError
+    from implicit_geom.learning import NeuralImplicitManifold
+
+    with pytest.raises(ComponentError, match="box"):
         count_components(ImplicitManifold(two_circles_f, 2, 1), n_samples=100)
+    with pytest.raises(NotFittedError, match="call fit first"):
+        count_components(NeuralImplicitManifold(2), n_samples=100)
 
 
 def test_curve_leaving_the_box_is_open():

@@ -470,3 +470,20 @@ def test_same_component_pair_not_joined_in_the_graph_raises():
         solver.dist(a, b)
     res = solver.pairwise(torch.cat([a, b]))
     assert bool(res.failed[0, 1]) and not math.isinf(float(res.dist[0, 1]))
+
+
+def test_n_neighbors_is_checked_and_one_edge_per_query_works():
+    # Catches GeodesicLogSolver(n_neighbors=1) crashing with an IndexError
+    # (np.atleast_2d turned the 1-D k=1 query into one row, not one column)
+    # and n_neighbors=0 silently taking the default: below 2 it is refused,
+    # since nearest neighbours alone leave the graph in pieces.
+    circle = ig.ImplicitSphere(1)
+    for bad in (0, 1, 1.5, True):
+        with pytest.raises(ValueError, match="n_neighbors"):
+            GeodesicLogSolver(circle, n_neighbors=bad)
+    graph = GeodesicLogSolver(circle, n_graph_nodes=200,
+                              bounds=([-1.5, -1.5], [1.5, 1.5])).graph()
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    rows, cols, _ = graph._edges(x, graph.points, 1)
+    assert rows.tolist() == [0, 1, 2]
+    assert torch.allclose(graph.points[cols], x, atol=0.05)
