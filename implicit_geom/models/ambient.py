@@ -42,8 +42,8 @@ class AmbientEBM(EnergyModel):
         ``"pcd"``: persistent contrastive divergence with box-clamped Langevin
         chains (the paper's baseline); ``"mle"``: exact maximum likelihood,
         loss ``mean E(data) + log Z`` with ``log Z`` a midpoint-grid sum over
-        the box (``dim <= 3``; no chains: :meth:`sample` then starts from the
-        data).
+        the box (``dim <= 3``; no chains in training: :meth:`sample` then
+        starts from uniform noise in the box).
     quadrature_resolution : int, optional
         Grid points per axis of the box rule of ``"mle"`` training, shifted by
         a random offset every step (default 512, 64, 16 for dimension 1, 2,
@@ -72,7 +72,7 @@ class AmbientEBM(EnergyModel):
         self.method = method
         self.box_ = None
         self._gen = None
-        self._rule = None  # the box rule of training and validation, built per fit
+        self._rules = {}  # box rules by resolution (training, validation), built per fit
         super().__init__(energy_net, **kwargs)
 
     @property
@@ -82,17 +82,17 @@ class AmbientEBM(EnergyModel):
     def _prepare(self, X):
         self.box_ = padded_box(X, self.pad, min_width=1e-3)
         self._gen = torch.Generator().manual_seed(context().seed(self.seed))  # per rank
-        self._rule = None
+        self._rules = {}
 
     def _box_rule(self, resolution):
         # Built once per fit and resolution, on the energy's device and dtype.
         if self.dim > 3:
             raise NotImplementedError("a grid log Z needs dimension <= 3")
-        if self._rule is None or self._rule[0] != resolution:
+        if resolution not in self._rules:
             like = self._param()
-            self._rule = (resolution, box_quadrature(*(b.cpu() for b in self.box_), resolution)
-                          .to(like.device, like.dtype))
-        return self._rule[1]
+            self._rules[resolution] = box_quadrature(*(b.cpu() for b in self.box_),
+                                                     resolution).to(like.device, like.dtype)
+        return self._rules[resolution]
 
     def _uses_pcd(self):
         return self.method == "pcd"
@@ -129,8 +129,8 @@ class AmbientEBM(EnergyModel):
     def sample(self, n_samples, n_steps=200, step_size=None, seed=None, init=None):
         """Samples advanced by ``n_steps`` Langevin steps, shape (n, d).
 
-        Chains start from the replay buffer, or from ``init`` (shape (n, d),
-        e.g. uniform noise in :attr:`box_`).
+        Chains start from the replay buffer (uniform noise in :attr:`box_`
+        after ``method="mle"``, which has none), or from ``init`` (shape (n, d)).
         """
         if not self.is_fitted:
             raise NotFittedError("call fit first: the chains' box comes from the data")
