@@ -184,7 +184,8 @@ class ComponentMap:
         if points.shape[0] < 2:
             raise ComponentError(
                 f"only {points.shape[0]} of {n_samples} box points could be projected onto "
-                f"{manifold.name} inside the box; is the zero set inside it?")
+                f"{manifold.name} inside the box; is the zero set inside it?"
+                + manifold._scale_note(torch.stack([low, high])))
         diagonal = float(torch.linalg.vector_norm(high - low))
         raw, radius = link_components(points, diagonal, radius_factor, radius_fraction,
                                       manifold=manifold)
@@ -197,7 +198,8 @@ class ComponentMap:
             raise ComponentError(
                 f"only {points.shape[0]} of {n_samples} box points could be projected onto "
                 f"{manifold.name} inside the box, no component reaching {min_size} samples; "
-                "draw more (n_samples) or pass a box tighter around the zero set.")
+                "draw more (n_samples) or pass a box tighter around the zero set."
+                + manifold._scale_note(torch.stack([low, high])))
         big = big[np.argsort(-counts[big], kind="stable")]  # largest first
         relabel = np.full(counts.size, -1)
         relabel[big] = np.arange(big.size)

@@ -10,7 +10,13 @@ from torch import nn
 from ..exceptions import ComponentError, InvalidPointError, ProjectionError
 from ..numerics import autodiff
 from ..numerics.linalg import gram_solve, tangent_projector
-from ..numerics.newton import NewtonResult, newton_min_norm, solve_along_normals
+from ..numerics.newton import (
+    ROUNDING_FACTOR,
+    NewtonResult,
+    newton_min_norm,
+    rounding_floor,
+    solve_along_normals,
+)
 from ..numerics.validation import DTYPE, as_points, broadcast_points
 from .ift import ClosestPoint, TangentProjection, needs_grad, trainable_tensors
 
@@ -29,8 +35,9 @@ class ImplicitManifold(nn.Module, LevelSet):
     codim : int
         ``k``; the manifold has dimension ``n - k``.
     tol : float
-        Target ``|F|`` of every projection (Newton stops below it); closest-point
-        projections also locate the foot point to ``10 * tol``.
+        Target ``|F|`` of every projection (Newton stops below it), floored
+        per point at the rounding of F there (see :meth:`tol_for`);
+        closest-point projections also locate the foot point to ``10 * tol``.
     max_iter : int
         Newton iteration cap of every projection.
     bounds : tuple of array-like, optional
@@ -145,6 +152,18 @@ class ImplicitManifold(nn.Module, LevelSet):
 
         A float32 manifold cannot reach ``|F| <= 1e-10``; its solvers stop at
         ``64 eps`` instead of failing.
+
+        This absolute floor is not all: every Newton solve also accepts a point
+        whose ``|F|`` is below the rounding of F at that point,
+        ``64 eps |J(x)|_F |x|`` (:func:`~implicit_geom.numerics.newton.rounding_floor`),
+        computed per point from the Jacobian Newton already has. At large
+        coordinates an absolute ``tol`` is unreachable: a circle of radius
+        1e4 given as ``|x|^2 - r^2`` has ``|F| ~ 1e-8`` at the float64 points
+        closest to it (``|J| |x| = 2e8``). Such a point is accepted as on M:
+        within about ``64 eps |x|`` times the condition number of J, i.e. as
+        close as the dtype represents. At unit scale the floor is about
+        1e-14, below ``tol``, and changes nothing. :meth:`belongs` and the
+        metric's on-manifold checks accept the same points.
         """
         dtype = self.dtype if dtype is None else dtype
         return max(self.tol, 64 * torch.finfo(dtype).eps)
@@ -315,7 +334,43 @@ class ImplicitManifold(nn.Module, LevelSet):
         wrong = _wrong_shape(point, self.ambient_dim)
         if wrong is not None:
             return wrong
-        return self.submersion(point).norm(dim=-1) <= atol
+        x, batch = self._flat(point)
+        with torch.no_grad():
+            residual = self._check_value(self._value(x), x.shape[0]).norm(dim=-1)
+            inside = residual <= atol
+            # Large coordinates: |F| cannot go below F's rounding there (tol_for).
+            inside |= self._at_rounding_floor(x, residual, ~inside)
+        return inside.reshape(batch)
+
+    def _at_rounding_floor(self, x, residual, rows):
+        """Mask over flat points ``x`` (B, n) of those among ``rows`` whose ``|F|``
+        (``residual``) is at most :func:`~implicit_geom.numerics.newton.rounding_floor`
+        there: on M as far as the dtype tells (see :meth:`tol_for`). J is
+        evaluated at those rows only (none, usually)."""
+        out = torch.zeros_like(rows)
+        idx = rows.nonzero().squeeze(-1)
+        if idx.numel():
+            sub = x.index_select(0, idx)
+            out[idx] = residual.index_select(0, idx) <= rounding_floor(sub, self._jacobian(sub))
+        return out
+
+    def _scale_note(self, x):
+        """A sentence for error messages when flat points ``x`` are at a length
+        scale where float64 cannot meet ``tol`` (or their coordinates are large,
+        where the damped Newton also crawls from far points); else ``""``."""
+        x = x[torch.isfinite(x).all(-1)]
+        if x.shape[0] == 0:
+            return ""
+        with torch.no_grad():
+            floor = float(rounding_floor(x, self._jacobian(x)).nan_to_num(0.0).max())
+        extent = float(x.abs().max())
+        if not (floor > 0.1 * self.tol_for() or extent >= 1e3):
+            return ""
+        return (f" At this length scale (coordinates up to {extent:.3g}) float64 resolves |F| "
+                f"only to about {floor:.2g} ({ROUNDING_FACTOR} eps |J| |x|, accepted in place of "
+                f"tol={self.tol_for():g}), and the damped Newton crawls from points many "
+                "length units off M: rescale the data (e.g. to unit spread, km instead of m) "
+                "or the defining function.")
 
     def is_tangent(self, vector, base_point, atol=1e-6):
         """Whether ``|J(x) v| <= atol``, shape ``(...,)`` (False for wrong shapes)."""
@@ -479,7 +534,9 @@ class ImplicitManifold(nn.Module, LevelSet):
         -------
         NewtonResult
             Fields shaped like the batch; ``converged`` requires ``|F| <= tol``
-            and, with ``closest``, a tangential displacement below ``closest_tol``.
+            and, with ``closest``, a tangential displacement below ``closest_tol``
+            (each floored per point at the rounding of F, resp. of the
+            coordinates, there: see :meth:`tol_for`).
         """
         x0, batch = self._flat(point)
         with torch.no_grad():
@@ -528,8 +585,11 @@ class ImplicitManifold(nn.Module, LevelSet):
             disp = x0[idx] - y[idx]
             lam = gram_solve(jac, (jac @ disp.unsqueeze(-1)).squeeze(-1), check=False)
             tangential = disp - (jac.transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
-            # The foot point is off the closest point by about |tangential|.
-            done = tangential.norm(dim=-1) <= closest_tol
+            # The foot point is off the closest point by about |tangential|,
+            # which cannot go below the rounding of the coordinates (tol_for).
+            done = tangential.norm(dim=-1) <= (
+                (ROUNDING_FACTOR * torch.finfo(y.dtype).eps)
+                * (y[idx].norm(dim=-1) + disp.norm(dim=-1))).clamp(min=closest_tol)
             pending[idx[done]] = False
             keep = ~done
             idx, value, jac, lam, tangential = (t[keep] for t in (idx, value, jac, lam, tangential))
@@ -613,7 +673,8 @@ class ImplicitManifold(nn.Module, LevelSet):
             raise ProjectionError(
                 f"{n_bad} of {res.converged.numel()} point(s) could not be projected "
                 f"onto {self.name} (|F| <= {self.tol_for():g} within {self.max_iter} Newton "
-                f"iterations); largest residual {float(res.residual.nan_to_num(math.inf).max()):.3g}.",
+                f"iterations); largest residual {float(res.residual.nan_to_num(math.inf).max()):.3g}."
+                + self._scale_note(x[~res.converged]),
                 failed=~res.converged, residual=res.residual,
             )
         return res.x
@@ -659,7 +720,8 @@ class ImplicitManifold(nn.Module, LevelSet):
         raise ProjectionError(
             f"{missing.numel()} of {n_samples} draws could not be projected onto "
             f"{self.name} after {max_rounds} rounds; draw from a region (bounds) that "
-            "encloses the manifold.")
+            "encloses the manifold." + self._scale_note(batch.reshape(-1, self.ambient_dim)
+                                                        .to(self.dtype)))
 
     # ------------------------------------------------------ retraction, transport
     def retraction(self, tangent_vec, base_point):

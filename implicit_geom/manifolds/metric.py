@@ -106,6 +106,9 @@ class ImplicitMetric(RiemannianMetric):
         residual = value.norm(dim=-1)
         atol = self._on_manifold_atol(x.dtype)
         off = ~(residual <= atol)
+        if bool(off.any()):  # large coordinates: |F| at F's rounding is on M (tol_for)
+            with torch.no_grad():
+                off &= ~space._at_rounding_floor(x.detach(), residual, off)
         if bool(off.any()):
             raise InvalidPointError(
                 f"{what}: {int(off.sum())} {noun} are not on {space.name} "

@@ -46,6 +46,49 @@ def _norm(value):
     return torch.linalg.vector_norm(value, dim=-1)
 
 
+#: Multiple of ``eps |J|_F |x|`` (the rounding of F at x) below which ``|F|``
+#: counts as zero whatever the solver's ``tol``: see :func:`rounding_floor`.
+ROUNDING_FACTOR = 64
+
+
+def rounding_floor(x, jac):
+    """Smallest ``|F|`` a point ``x`` can be relied on to reach in its dtype, per row.
+
+    Rounding x to the dtype moves it by up to about ``eps |x|``, which changes F
+    by up to ``|J| eps |x|``; evaluating F adds errors of the same order for
+    the usual F (e.g. ``|x|^2 - r^2``: terms ``|x|^2 ~ |J| |x| / 2``). No point
+    of the dtype may have ``|F|`` below that, however close to M: the circle of
+    radius 1e4 given as ``|x|^2 - r^2`` has ``|F| ~ 1e-8`` at its best points,
+    so an absolute tolerance 1e-10 is unreachable there. The floor is
+    :data:`ROUNDING_FACTOR` times ``eps |J|_F |x|``; a point with ``|F|`` below
+    it is within about ``64 eps |x| * cond(J)`` of M (a few dozen units in the
+    last place of its coordinates). At unit scale it is about 1e-14, far below
+    the default tolerances, which it then leaves unchanged.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape=[B, n]
+    jac : torch.Tensor, shape=[B, k, n]
+        ``J(x)`` (or an approximation of it, e.g. the normals of a nearby point).
+
+    Returns
+    -------
+    torch.Tensor, shape=[B]
+        NaN where x or J is not finite (no such point counts as converged).
+    """
+    eps = torch.finfo(x.dtype).eps
+    return (ROUNDING_FACTOR * eps) * torch.linalg.matrix_norm(jac) * _norm(x)
+
+
+def _threshold(x, jac, tol):
+    """Per-row convergence threshold on ``|F|``: ``tol`` floored at :func:`rounding_floor`.
+
+    Exactly ``tol`` wherever the floor is below it (unit scale), so results
+    there do not depend on the floor at all.
+    """
+    return rounding_floor(x, jac).clamp(min=tol)
+
+
 def _run(direction, f_and_jac, x0, tol, max_iter, max_halvings):
     """Shared damped-Newton driver over the rows that have not converged yet.
 
@@ -65,7 +108,8 @@ def _run(direction, f_and_jac, x0, tol, max_iter, max_halvings):
     x, residual = x0, _norm(value)
     n_rows = x.shape[0]
     n_iter = torch.zeros(n_rows, dtype=torch.long, device=x.device)
-    idx = (~(residual <= tol)).nonzero().squeeze(-1)  # the active rows
+    # |F| <= tol, or at the rounding floor of F (large coordinates): rounding_floor.
+    idx = (~(residual <= _threshold(x, jac, tol))).nonzero().squeeze(-1)  # the active rows
     for it in range(max_iter):
         if idx.numel() == 0:
             break
@@ -88,11 +132,12 @@ def _run(direction, f_and_jac, x0, tol, max_iter, max_halvings):
             x, value, jac, residual = (full.index_copy(0, idx, part) for full, part in (
                 (x, trial), (value, val_t), (jac, jac_t), (residual, res_t)))
             n_iter.index_fill_(0, idx, it + 1)
-        # Rows go on while above tol and still decreasing (NaN stops them too).
-        idx = idx.masked_select((res_t < res_a) & (res_t > tol))
+        # Rows go on while above tol (and the rounding floor) and still
+        # decreasing (NaN stops them too).
+        idx = idx.masked_select((res_t < res_a) & (res_t > _threshold(trial, jac_t, tol)))
     if x is x0:  # never return the caller's tensor
         x = x0.clone()
-    converged = residual <= tol
+    converged = residual <= _threshold(x, jac, tol)
     return NewtonResult(x=x, converged=converged, residual=residual, n_iter=n_iter,
                         value=value, jac=jac)
 
@@ -135,7 +180,8 @@ def newton_min_norm(f_and_jac, x0, tol=1e-10, max_iter=50, max_halvings=8,
         ``x (B, n) -> (F (B, k), J (B, k, n))``.
     x0 : torch.Tensor, shape=[B, n]
     tol : float
-        Target ``|F|``.
+        Target ``|F|``, floored per point at :func:`rounding_floor` (large
+        coordinates, where ``tol`` is below the rounding of F).
     max_iter : int
         Iteration cap (per point).
     max_halvings : int
@@ -273,7 +319,9 @@ def _chord(f, f_and_jac, y0, normals, tol, max_iter):
     value = f(y0)
     x, residual = y0, _norm(value)
     n_iter = torch.zeros(n_rows, dtype=torch.long, device=x.device)
-    idx = (usable & ~(residual <= tol)).nonzero().squeeze(-1)
+    # The iterations have no J: the normals (J at the previous point) stand in
+    # for it in the rounding floor; the final test uses J at x.
+    idx = (usable & ~(residual <= _threshold(x, normals, tol))).nonzero().squeeze(-1)
     for it in range(max_iter):
         if idx.numel() == 0:
             break
@@ -290,10 +338,12 @@ def _chord(f, f_and_jac, y0, normals, tol, max_iter):
         value = value.index_copy(0, keep, val_t[better])
         residual = residual.index_copy(0, keep, res_t[better])
         n_iter.index_fill_(0, keep, it + 1)
-        idx = keep[res_t[better] > tol]
+        res_k = res_t[better]
+        idx = keep[res_k > _threshold(trial[better], normals.index_select(0, keep), tol)]
     if x is y0:
         x = y0.clone()
     value, jac = f_and_jac(x)
     residual = _norm(value)
-    return NewtonResult(x=x, converged=usable & (residual <= tol), residual=residual,
+    converged = usable & (residual <= _threshold(x, jac, tol))
+    return NewtonResult(x=x, converged=converged, residual=residual,
                         n_iter=n_iter, value=value, jac=jac)

@@ -370,3 +370,41 @@ def test_random_tangent_vec_follows_the_geomstats_sample_convention():
         sphere.random_tangent_vec(pts, n_samples=3)
     assert ig.ImplicitSphere(3).random_tangent_vec(
         torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64), n_samples=3).shape == (3, 4)
+
+
+@pytest.mark.parametrize("radius", [1e4, 1e6])
+def test_projection_belongs_and_dist_at_large_length_scale(radius):
+    # Catches the absolute |F| <= tol test: |x|^2 - r^2 cannot get below
+    # ~eps |J| |x| (1e-8 at r = 1e4), so projection raised ProjectionError and
+    # dist/belongs disagreed with what projection returns.
+    circle = ig.ImplicitManifold(
+        lambda x: (x * x).sum(-1, keepdim=True) - radius**2, ambient_dim=2, codim=1,
+        bounds=([-1.5 * radius] * 2, [1.5 * radius] * 2))
+    sphere = ig.from_sympy([X**2 + Y**2 + Z**2 - radius**2], [X, Y, Z])
+    for space in (circle, sphere):
+        n = space.ambient_dim
+        p = torch.full((3, n), 0.3 * radius, dtype=torch.float64)
+        p[:, 0] = radius * torch.tensor([1.1, 0.9, 2.0], dtype=torch.float64)
+        y = space.projection(p)
+        # Checked: the closest point (along the ray) to float64 accuracy.
+        assert torch.allclose(y, radius * p / p.norm(dim=-1, keepdim=True), rtol=1e-13, atol=0)
+        assert bool(space.belongs(y).all())
+        assert not bool(space.belongs(1.001 * y).any())
+    # (The 2-sphere's dist at this scale still fails in path straightening.)
+    a, b = torch.tensor([[radius, 0.0], [0.0, radius]], dtype=torch.float64)
+    assert float(circle.metric.dist(a, b)) == pytest.approx(math.pi / 2 * radius, rel=1e-8)
+
+
+def test_large_scale_failure_names_the_scale():
+    # Catches the unexplained failures at large coordinates: the error now says
+    # the length scale (and what float64 resolves there) and to rescale.
+    r = 1e6
+    space = ig.ImplicitManifold(lambda x: (x * x).sum(-1, keepdim=True) - r * r,
+                                ambient_dim=2, codim=1, max_iter=2,
+                                bounds=([-1.5 * r] * 2, [1.5 * r] * 2))
+    with pytest.raises(ProjectionError, match="length scale.*rescale"):
+        space.projection(torch.tensor([[3 * r, 0.5 * r]], dtype=torch.float64))
+    with pytest.raises(ProjectionError, match="length scale.*rescale"):
+        space.random_point(4, max_rounds=1)
+    with pytest.raises(ig.ComponentError, match="length scale.*rescale"):
+        space.n_components

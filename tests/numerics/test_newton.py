@@ -174,3 +174,37 @@ def test_chord_rows_it_cannot_finish_get_full_newton():
                                rtol=0, atol=1e-12)
     torch.testing.assert_close(both.jac[0], both.x[0:1])  # J of the circle at x is x
     assert float(both.residual[1]) > 1e-12
+
+
+def test_newton_accepts_the_rounding_floor_of_large_coordinates():
+    # Catches the absolute |F| <= tol test: a circle of radius 1e4 (|x|^2 - r^2)
+    # has |F| ~ 1e-8 at its best float64 points, so every solve failed.
+    from implicit_geom.numerics.newton import rounding_floor, solve_along_normals_chord
+
+    r = 1e4
+
+    def big(x):
+        return (x * x).sum(-1, keepdim=True) - r * r
+
+    def fj(x):
+        return autodiff.jacobian(big, x)
+
+    gen = torch.Generator().manual_seed(0)
+    angle = 6.3 * torch.rand(64, generator=gen, dtype=torch.float64)
+    x0 = r * (1 + 1e-6 * torch.rand(64, 1, generator=gen, dtype=torch.float64)) \
+        * torch.stack([angle.cos(), angle.sin()], -1)
+    res = newton_min_norm(fj, x0, tol=1e-10)
+    assert bool(res.converged.all())
+    assert bool((res.residual > 1e-10).any())  # tol itself is out of reach here
+    assert bool((res.residual <= rounding_floor(res.x, res.jac)).all())
+    # Checked: within the floor's 64 eps |x| of the circle.
+    assert float((res.x.norm(dim=-1) / r - 1).abs().max()) <= 64 * 2.3e-16
+    normals = fj(res.x)[1]
+    moved = res.x + 1e-3 * torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    for sol in (solve_along_normals(fj, moved, normals),
+                solve_along_normals_chord(big, fj, moved, normals)):
+        assert bool(sol.converged.all())
+    # Unit scale: the floor (~1e-14) is far below tol, which alone decides.
+    unit = rounding_floor(*[torch.tensor([[1.0, 0.0]], dtype=torch.float64),
+                            f_and_jac(torch.tensor([[1.0, 0.0]], dtype=torch.float64))[1]])
+    assert float(unit) < 1e-13
