@@ -337,10 +337,16 @@ class ImplicitManifold(nn.Module, LevelSet):
         x, batch = self._flat(point)
         with torch.no_grad():
             residual = self._check_value(self._value(x), x.shape[0]).norm(dim=-1)
-            inside = residual <= atol
-            # Large coordinates: |F| cannot go below F's rounding there (tol_for).
-            inside |= self._at_rounding_floor(x, residual, ~inside)
+            inside = self._within(x, residual, atol)
         return inside.reshape(batch)
+
+    def _within(self, x, residual, atol):
+        """Mask over flat points ``x`` (B, n) with ``|F|`` (``residual``) at most
+        ``atol``, or at most F's rounding there (large coordinates, see
+        :meth:`tol_for`): the one on-manifold test of :meth:`belongs`, the
+        metric's checks and the samplers' emitted points, as Newton accepts them."""
+        inside = residual <= atol
+        return inside | self._at_rounding_floor(x, residual, ~inside)
 
     def _at_rounding_floor(self, x, residual, rows):
         """Mask over flat points ``x`` (B, n) of those among ``rows`` whose ``|F|``

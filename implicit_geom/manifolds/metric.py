@@ -105,10 +105,8 @@ class ImplicitMetric(RiemannianMetric):
                 value = space._value(x.detach())
         residual = value.norm(dim=-1)
         atol = self._on_manifold_atol(x.dtype)
-        off = ~(residual <= atol)
-        if bool(off.any()):  # large coordinates: |F| at F's rounding is on M (tol_for)
-            with torch.no_grad():
-                off &= ~space._at_rounding_floor(x.detach(), residual, off)
+        with torch.no_grad():  # large coordinates: |F| at F's rounding is on M (tol_for)
+            off = ~space._within(x.detach(), residual.detach(), atol)
         if bool(off.any()):
             raise InvalidPointError(
                 f"{what}: {int(off.sum())} {noun} are not on {space.name} "

@@ -1023,9 +1023,11 @@ class ConstrainedEBM(EnergyModel):
         x = x.detach().to(self.manifold.dtype)
         tol = max(self.manifold.tol_for(), 1e-9)
         residual = self.manifold.submersion(x).norm(dim=-1)
-        if not bool((residual <= tol).all()):
+        with torch.no_grad():
+            off = ~self.manifold._within(x, residual, tol)
+        if bool(off.any()):
             raise ProjectionError(
-                f"the sampler returned {int((residual > tol).sum())} point(s) off "
+                f"the sampler returned {int(off.sum())} point(s) off "
                 f"the manifold (max |F| = {float(residual.max()):.2e})")
         return x
 
