@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..exceptions import (CheckpointError, EmptyDataError, InvalidPointError, NormalizationError,
-                          NotFittedError, ProjectionError)
+                          NotFittedError, ProjectionError, naming_points)
 from ..manifolds.components import sample_in_box
 from ..learning.checkpoint import checkpoint_dtype, dtype_name, load_checkpoint, save_checkpoint
 from ..learning.distributed import context, make_trainer
@@ -891,11 +891,8 @@ class ConstrainedEBM(EnergyModel):
             density says nothing there.
         """
         X = as_points(X, self.dim, what).to(self._param())
-        with torch.no_grad():
-            try:
-                X = self.manifold.projection(X)
-            except ProjectionError as err:
-                raise ProjectionError(f"{what}: {err}", err.failed, err.residual) from err
+        with torch.no_grad(), naming_points(what):
+            X = self.manifold.projection(X)
         self.check_covered(X, what)
         return X
 
