@@ -5,6 +5,8 @@ so callers can catch the whole family; each also derives from the closest builti
 (``ValueError``, ``RuntimeError``...) so generic handlers keep working.
 """
 
+import contextlib
+
 
 class ImplicitGeomError(Exception):
     """Base class of all implicit_geom errors."""
@@ -46,6 +48,23 @@ class ProjectionError(ImplicitGeomError, RuntimeError):
         super().__init__(message)
         self.failed = failed
         self.residual = residual
+
+
+@contextlib.contextmanager
+def naming_points(what):
+    """Inside, a :class:`ProjectionError` is re-raised with ``what`` (the
+    points' name as the user passed them, e.g. ``"training points"``) heading
+    its message; ``failed`` and ``residual`` are kept, the original is chained.
+
+    Examples
+    --------
+    >>> with naming_points("X_val"):
+    ...     X_val = manifold.projection(X_val)
+    """
+    try:
+        yield
+    except ProjectionError as err:
+        raise ProjectionError(f"{what}: {err}", err.failed, err.residual) from err
 
 
 class SingularJacobianError(ImplicitGeomError, ArithmeticError):

@@ -16,7 +16,8 @@ import warnings
 import torch
 from torch import nn
 
-from ..exceptions import ComponentError, ConditioningWarning, SingularJacobianError
+from ..exceptions import (ComponentError, ConditioningWarning, ProjectionError,
+                          SingularJacobianError)
 from ..numerics.linalg import SINGULAR_RTOL
 from ..numerics.newton import NewtonResult
 from ..numerics.validation import as_points
@@ -44,6 +45,9 @@ class IntersectionManifold(ImplicitManifold):
     miss the ``10 * tol`` of a closest point) and raise
     :class:`SingularJacobianError` where ``kappa > eps**-0.25`` (8e3 in
     float64: less than half the working digits survive the normal solves).
+    Below that, a crossing this shallow can already make Newton fail (from
+    about 5e3 on two unit spheres): the :class:`ProjectionError` then reports
+    the crossing condition number where Newton stopped.
     """
 
     #: Crossing condition number above which a ConditioningWarning is issued.
@@ -128,9 +132,39 @@ class IntersectionManifold(ImplicitManifold):
         return super().to_tangent(vector, base_point)
 
     def _project_flat(self, x):
-        y = super()._project_flat(x)
+        try:
+            y = super()._project_flat(x)
+        except ProjectionError as err:
+            failed = x if err.failed is None else x[err.failed]
+            raise ProjectionError(f"{err} {self._failure_note(failed)}",
+                                  err.failed, err.residual) from err
         self._check_regular(y, "projection")
         return y
+
+    def _failure_note(self, x):
+        """Why projecting ``x`` may have failed: the crossing condition number
+        where Newton ended (computed only on failure, by re-solving these
+        points alone; below the raise threshold a near-tangential crossing
+        makes Newton fail before :meth:`_check_regular` can name it)."""
+        with torch.no_grad():
+            end = self.solve_projection(x, far=True).x
+            end = end[torch.isfinite(end).all(-1)]
+            kappa = self.crossing_condition(end) if end.shape[0] else end.new_empty(0)
+        if not kappa.numel():
+            return "(Newton diverged: no crossing condition number to report)."
+        worst = float(kappa.max())
+        if worst == math.inf:
+            return ("The pieces' normals are parallel where Newton stopped (crossing "
+                    "condition number inf): a tangential contact or a critical point of "
+                    "the constraints, the likely cause.")
+        if worst > self.warn_condition:
+            return (f"The pieces cross nearly tangentially where Newton stopped (crossing "
+                    f"condition number up to {worst:.3g}; above {self.warn_condition:g} "
+                    "projections lose about that factor of accuracy, above "
+                    f"{torch.finfo(self.dtype).eps ** -0.25:.3g} they are refused in "
+                    f"{self.dtype}): the likely cause.")
+        return (f"The pieces cross cleanly where Newton stopped (crossing condition number "
+                f"up to {worst:.3g}): not the cause.")
 
 
 def _common_bounds(comps, pick):

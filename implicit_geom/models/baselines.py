@@ -27,7 +27,7 @@ import torch
 from scipy.special import logsumexp
 
 from ..datasets import torus_embed, vmf_draws
-from ..exceptions import EmptyDataError, NotFittedError, ProjectionError
+from ..exceptions import EmptyDataError, NotFittedError, naming_points
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import ImplicitSphere, ImplicitTorus, as_implicit
 from ..manifolds.arithmetic import UnionManifold
@@ -117,11 +117,8 @@ def _on_manifold(X, manifold, name):
     (:meth:`ConstrainedEBM.on_manifold`), so a point off M is scored, and a
     training point counts, at its closest point. (Kernels in ambient distances
     would otherwise score points off M by another number.)"""
-    with torch.no_grad():
-        try:
-            return manifold.projection(X)
-        except ProjectionError as err:
-            raise ProjectionError(f"{name}: {err}", err.failed, err.residual) from err
+    with torch.no_grad(), naming_points(name):
+        return manifold.projection(X)
 
 
 def _check(X, manifold, name="X"):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..exceptions import (CheckpointError, EmptyDataError, InvalidPointError, NormalizationError,
-                          NotFittedError, ProjectionError)
+                          NotFittedError, ProjectionError, naming_points)
 from ..manifolds.components import sample_in_box
 from ..learning.checkpoint import checkpoint_dtype, dtype_name, load_checkpoint, save_checkpoint
 from ..learning.distributed import context, make_trainer
@@ -355,6 +355,23 @@ class EnergyModel(EstimatorMixin):
             f"{type(self).__name__} has no validation loss: fit without X_val")
 
 
+class _NetworkEnergy:
+    """A model's energy function ``fn`` as samplers and AIS take it: its
+    ``dtype`` (the network's, read at each call) tells their energy wrapper
+    (:class:`~implicit_geom.sampling.ConstrainedTarget`) what to cast the
+    chains' points to, and the energies come back in the chains' dtype."""
+
+    def __init__(self, model, fn):
+        self._model, self._fn = model, fn
+
+    @property
+    def dtype(self):
+        return self._model._param().dtype
+
+    def __call__(self, x):
+        return self._fn(x)
+
+
 class ConstrainedEBM(EnergyModel):
     """Energy-based density on an implicit manifold (Ross et al. 2023).
 
@@ -600,11 +617,9 @@ class ConstrainedEBM(EnergyModel):
                     kwargs = dict(step_size=self.step_size, seed=self.seed)
                     kwargs.update(self.ais)
                     # AIS chains live on M, in its dtype; the energy in its own
-                    # (as _energy_fn): a float32 manifold with the default
-                    # float64 EnergyMLP crashed here with a dtype mismatch.
-                    dtype = self._param().dtype
+                    # (ais_log_partition's target casts between the two).
                     self._normalizer = ais_log_partition(
-                        self.manifold, lambda x: energy(x.to(dtype)).to(x.dtype), box, **kwargs)
+                        self.manifold, _NetworkEnergy(self, energy), box, **kwargs)
         return self._normalizer
 
     def _log_z_energy(self, x):
@@ -647,12 +662,10 @@ class ConstrainedEBM(EnergyModel):
             return (self.energy_net(flat) + self._offsets(flat)).reshape(x.shape[:-1])
 
     def _energy_fn(self, x):
-        # Called by samplers, which differentiate with respect to x only (the
-        # offsets are constant on each component). The chains are in the
-        # manifold's dtype, the energy in its own: x goes in and E comes back
-        # through casts (no-ops where the two agree).
-        e = self.energy_net(x.to(self._param().dtype))
-        return (e + self._offsets(x.detach().to(e.dtype))).to(x.dtype)
+        # Called by samplers (through _NetworkEnergy, in the network's dtype),
+        # which differentiate with respect to x only (the offsets are constant
+        # on each component).
+        return self.energy_net(x) + self._offsets(x.detach())
 
     def log_prob(self, x, normalized=True):
         """Log density w.r.t. the volume of M: ``-E(x) - log Z`` (``-E(x)`` if not ``normalized``).
@@ -837,10 +850,11 @@ class ConstrainedEBM(EnergyModel):
         cls = self._sampler_class(sampler)
         # A plain EnergyMLP hands its layers over, so that the samplers take the
         # exact graph-free gradient (numerics.mlp); other networks use autograd.
+        # The sampler's target casts the chains (in the manifold's dtype) to
+        # the network's and the energies back.
         plain = (type(self.energy_net) is EnergyMLP and self.energy_net.features is None
-                 and self.component_log_weights_ is None
-                 and self._param().dtype == self.manifold.dtype)  # the chains' dtype
-        energy = self.energy_net.net if plain else self._energy_fn
+                 and self.component_log_weights_ is None)
+        energy = self.energy_net.net if plain else _NetworkEnergy(self, self._energy_fn)
         kwargs = {"moves": moves} if moves else {}
         return cls(self.manifold, energy, step_size=step_size, seed=seed, **kwargs)
 
@@ -877,11 +891,8 @@ class ConstrainedEBM(EnergyModel):
             density says nothing there.
         """
         X = as_points(X, self.dim, what).to(self._param())
-        with torch.no_grad():
-            try:
-                X = self.manifold.projection(X)
-            except ProjectionError as err:
-                raise ProjectionError(f"{what}: {err}", err.failed, err.residual) from err
+        with torch.no_grad(), naming_points(what):
+            X = self.manifold.projection(X)
         self.check_covered(X, what)
         return X
 

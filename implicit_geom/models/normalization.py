@@ -1031,7 +1031,9 @@ def ais_log_partition(manifold, energy, bounds=None, *, n_chains=256, n_temps=10
     ----------
     manifold : ImplicitManifold
     energy : callable
-        ``(B, n) -> (B,)``.
+        ``(B, n) -> (B,)``, in any dtype: the chains run in the manifold's,
+        and the energy is evaluated through
+        :class:`~implicit_geom.sampling.ConstrainedTarget` (which casts).
     bounds : pair of array_like, optional
         Box enclosing M (default ``manifold.bounds``).
     n_chains, n_temps, n_mcmc, n_burn : int
@@ -1050,9 +1052,12 @@ def ais_log_partition(manifold, energy, bounds=None, *, n_chains=256, n_temps=10
     LogPartition
         ``error`` is one standard error (tube volume and AIS combined).
     """
-    from ..sampling import ConstrainedMALA
+    from ..sampling import ConstrainedMALA, ConstrainedTarget
 
     manifold = as_implicit(manifold)
+    # The energy as the samplers see it: points cast to its dtype, E back to
+    # the chains' (a float64 network on a float32 manifold crashed here).
+    target = ConstrainedTarget(manifold, energy)
     low, high = _box(manifold, bounds)
     eps = 0.02 * float(torch.linalg.vector_norm(high - low)) if eps is None else float(eps)
     from ..manifolds.components import ComponentMap
@@ -1075,15 +1080,14 @@ def ais_log_partition(manifold, energy, bounds=None, *, n_chains=256, n_temps=10
         x = cover[members[torch.randint(members.numel(), (int(n_chains),), generator=gen)]]
         uniform = ConstrainedMALA(manifold, None, step_size=step_size, seed=int(seed) + 7 * c)
         x = uniform.run(x, int(n_burn))[0] if n_burn > 0 else x
-        # The weights in the chains' dtype and on their device (promoted to a
-        # wider energy's): a float64 CPU accumulator met a GPU energy.
+        # The weights in the chains' dtype and on their device (as the
+        # energies the target returns): a float64 CPU accumulator met a GPU energy.
         log_w = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for t in range(1, n_temps + 1):
-            with torch.no_grad():
-                e = energy(x).reshape(-1)
+            e = target.energy(x)
             log_w = log_w - float(betas[t] - betas[t - 1]) * e
             beta = float(betas[t])
-            sampler = ConstrainedMALA(manifold, lambda y, b=beta: b * energy(y),
+            sampler = ConstrainedMALA(manifold, lambda y, b=beta: b * target.evaluate(y),
                                       step_size=step_size, seed=int(seed) + 1000 * c + t)
             x = sampler.run(x, int(n_mcmc))[0]
         log_mean = torch.logsumexp(log_w, 0) - math.log(log_w.numel())

@@ -6,9 +6,11 @@ correction is added: RATTLE with the reversibility check samples the Hausdorff
 measure exactly (Lelièvre, Rousset & Stoltz 2019).
 """
 
+import itertools
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..exceptions import InvalidPointError
 from ..manifolds.analytic import as_implicit
@@ -66,6 +68,20 @@ class ChainState:
         return ChainState(*(getattr(self, f).clone() for f in self._FIELDS))
 
 
+def energy_dtype(energy):
+    """The dtype an energy evaluates in, or None where it follows its input.
+
+    An ``nn.Module``'s is that of its first floating parameter or buffer; any
+    other callable may declare one with a ``dtype`` attribute (a
+    ``torch.dtype``). A plain function (``lambda x: -x[:, 2]``) has none.
+    """
+    if isinstance(energy, nn.Module):
+        tensors = itertools.chain(energy.parameters(), energy.buffers())
+        return next((t.dtype for t in tensors if t.is_floating_point()), None)
+    dtype = getattr(energy, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
 class ConstrainedTarget:
     """An energy ``E`` on a manifold ``M``: density ``exp(-E)`` w.r.t. the volume of M.
 
@@ -76,6 +92,10 @@ class ConstrainedTarget:
     energy : callable or torch.nn.Module, optional
         ``(B, n) -> (B,)`` (``(B, 1)`` is accepted). ``None`` is the zero energy,
         i.e. the uniform distribution on a compact M; it skips autograd entirely.
+        Its dtype may differ from the points' (a float64 network on a float32
+        manifold): points are cast to the energy's dtype (:func:`energy_dtype`)
+        on the way in, energies and gradients back to the points' on the way
+        out. This is the one place samplers evaluate an energy.
 
     Notes
     -----
@@ -113,12 +133,23 @@ class ConstrainedTarget:
                 f"points; expected ({n_points},) (or ({n_points}, 1)).")
         return energy.reshape(n_points)
 
+    def _in_energy_dtype(self, x):
+        """``x`` cast to the energy's dtype (differentiably; a no-op where they agree)."""
+        dtype = energy_dtype(self.energy_fn)
+        return x if dtype is None else x.to(dtype)
+
+    def evaluate(self, x):
+        """``E(x)`` of a (B, n) batch, shape (B,), in ``x``'s dtype, differentiable
+        (autograd through E and the casts)."""
+        energy = self.energy_fn(self._in_energy_dtype(x))
+        return self._check_energy(energy, x.shape[0]).to(x.dtype)
+
     def energy(self, x):
         """``E(x)``, shape (B,), without autograd."""
         if self.energy_fn is None:
             return x.new_zeros(x.shape[0])
         with torch.no_grad():
-            return self._check_energy(self.energy_fn(x), x.shape[0])
+            return self.evaluate(x)
 
     def log_density(self, x, project=False, atol=1e-6):
         """Unnormalised log density ``-E(x)`` w.r.t. the volume of M, shape (...,),
@@ -153,8 +184,7 @@ class ConstrainedTarget:
         flat = x.reshape(-1, self.ambient_dim)
         if self.energy_fn is None:
             return 0 * x.sum(-1)  # uniform: zero, still attached to x's graph
-        energy = self._check_energy(self.energy_fn(flat), flat.shape[0])
-        return -energy.reshape(x.shape[:-1])
+        return -self.evaluate(flat).reshape(x.shape[:-1])
 
     def energy_and_grad(self, x):
         """``E(x)`` (B,) and the ambient gradient ``grad E(x)`` (B, n), both detached.
@@ -166,11 +196,12 @@ class ConstrainedTarget:
         if self.energy_fn is None:
             return x.new_zeros(x.shape[0]), torch.zeros_like(x)
         if self._energy_layers is not None:
-            energy, jac = mlp.value_and_jacobian(self._energy_layers, x)
-            return self._check_energy(energy, x.shape[0]), jac[:, 0, :]
+            energy, jac = mlp.value_and_jacobian(self._energy_layers, self._in_energy_dtype(x))
+            return (self._check_energy(energy, x.shape[0]).to(x.dtype),
+                    jac[:, 0, :].to(x.dtype))
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            energy = self._check_energy(self.energy_fn(xg), x.shape[0])
+            energy = self.evaluate(xg)
             # An energy that does not depend on x (a constant: AIS's uniform
             # start) has no graph: its gradient is zero, not autograd's error.
             grad = (torch.autograd.grad(energy.sum(), xg)[0] if energy.requires_grad

@@ -231,6 +231,34 @@ def test_nearly_tangential_intersection_warns_or_raises():
             call()
 
 
+@pytest.mark.parametrize("gap", [2e-8, 1e-8])
+def test_a_failed_intersection_projection_reports_the_crossing_condition(gap):
+    # Catches a near-tangential crossing below the raise threshold (kappa 5e3
+    # and 7e3 < eps**-0.25 = 8e3) failing projection with a plain
+    # ProjectionError that never mentions the crossing: the user could not
+    # tell why Newton failed.
+    import warnings
+
+    from implicit_geom.exceptions import ProjectionError
+
+    both, d, _ = near_tangent_spheres(gap)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.tensor([d / 2, 0.0, 0.0], dtype=torch.float64) + 0.3 * torch.randn(
+        60, 3, dtype=torch.float64, generator=gen)
+    with warnings.catch_warnings(), pytest.raises(ProjectionError) as info:
+        warnings.simplefilter("ignore")
+        both.projection(x)
+    import re
+
+    reported = re.search(r"cross nearly tangentially .*condition number up to (\S+);",
+                         str(info.value))
+    assert reported, str(info.value)
+    # The circle's kappa, 1 / sqrt(2 gap), where Newton stopped (on M).
+    assert float(reported[1]) == pytest.approx(1 / math.sqrt(2 * gap), rel=0.02)
+    assert isinstance(info.value.__cause__, ProjectionError)
+    assert info.value.failed.any() and not info.value.failed.all()
+
+
 def test_union_overlap_check_finds_a_small_shared_cap():
     # Catches a shared cap of 0.5% of a sphere passing the overlap check
     # (128 samples per piece found shared parts of ~2% and more only).

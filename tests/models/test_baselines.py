@@ -7,7 +7,7 @@ import torch
 
 from implicit_geom import ImplicitSphere, ImplicitTorus, union
 from implicit_geom.datasets import load_dataset, vmf_sphere, von_mises_circle
-from implicit_geom.exceptions import InvalidPointError
+from implicit_geom.exceptions import InvalidPointError, ProjectionError
 from implicit_geom.models import ManifoldKDE, VonMisesFisherMixture, manifold_quadrature
 from implicit_geom.models.baselines import log_sphere_kernel_mass
 
@@ -206,3 +206,22 @@ def test_sample_counts_are_whole_numbers():
         for n in (2.5, 0):
             with pytest.raises(ValueError, match="n_samples"):
                 model.sample(n)
+
+
+def test_a_failed_projection_names_the_points_for_baselines_and_the_ebm():
+    # Pins the one re-wrap both model layers share (exceptions.naming_points):
+    # the error names the argument whose points failed (the centre of the
+    # sphere has no closest point), keeps the failure mask and chains the
+    # projection's own error.
+    from implicit_geom.models import ConstrainedEBM
+
+    X = torch.tensor([[0.0, 0.6, 0.8], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    calls = {"X_val": lambda: ManifoldKDE(ImplicitSphere(2)).fit(
+                 vmf_sphere(20, [0.0, 0.0, 1.0], 2.0), X),
+             "validation points": lambda: ConstrainedEBM(ImplicitSphere(2)).on_manifold(
+                 X, "validation points")}
+    for what, call in calls.items():
+        with pytest.raises(ProjectionError, match=f"^{what}: 1 of 2 point") as info:
+            call()
+        assert info.value.failed.tolist() == [False, True]
+        assert isinstance(info.value.__cause__, ProjectionError)

@@ -397,3 +397,18 @@ def test_ais_and_tube_volumes_on_a_float32_network_manifold():
                             step_size=0.5, n_points=2**12, n_rep=2, n_cover=500)
     exact = math.log((2 * math.pi) ** 2 * iv(1, 3.0) / 3.0)
     assert abs(est.value - exact) < max(3 * est.error, 0.05)
+
+
+def test_ais_with_a_float64_energy_on_a_float32_manifold():
+    # Catches ais_log_partition called directly with an energy in another
+    # dtype than the manifold's: a float64 network met the float32 chains
+    # ("mat1 and mat2 must have the same dtype"; only ConstrainedEBM cast).
+    kappa, mu = 3.0, torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64)
+    energy = torch.nn.Linear(3, 1, bias=False).double()  # E = -kappa mu.x, (B, 1)
+    with torch.no_grad():
+        energy.weight.copy_(-kappa * mu)
+    sphere = ImplicitSphere(2).to(torch.float32)
+    est = ais_log_partition(sphere, energy, n_chains=64, n_temps=10, n_burn=20, step_size=0.5,
+                            n_points=2**12, n_rep=2, n_cover=500)
+    exact = math.log(4 * math.pi * math.sinh(kappa) / kappa)
+    assert abs(est.value - exact) < max(3 * est.error, 0.05)

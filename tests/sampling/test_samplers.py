@@ -390,3 +390,30 @@ def test_chains_run_in_a_float32_manifolds_dtype(cls):
     assert x.dtype == torch.float32
     assert info.max_abs_F <= sphere.tol_for()
     assert float(info.acceptance_rate.mean()) > 0.5
+
+
+def _float64_energies():
+    """A float64 EnergyMLP (autograd path) and a float64 nn.Sequential (the
+    graph-free MLP path)."""
+    from implicit_geom.models.energy_nets import EnergyMLP
+
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(),
+                              torch.nn.Linear(8, 1)).double()
+    return {"EnergyMLP": EnergyMLP(3, hidden=(8,), seed=0), "Sequential": seq}
+
+
+@pytest.mark.parametrize("kind", ["EnergyMLP", "Sequential"])
+@pytest.mark.parametrize("cls", [ConstrainedLangevin, ConstrainedMALA, ConstrainedHMC])
+def test_a_float64_energy_on_a_float32_manifold(cls, kind):
+    # Catches samplers called directly with an energy of another dtype than
+    # the manifold's: a float64 network met the float32 chains ("mat1 and mat2
+    # must have the same dtype"); only ConstrainedEBM used to cast. The chains
+    # stay float32, the energy runs in float64.
+    energy = _float64_energies()[kind]
+    sphere = ImplicitSphere(2).to(torch.float32)
+    x0 = torch.tensor([[0.0, 0.6, 0.8], [1.0, 0.0, 0.0]], dtype=torch.float32)
+    x, info = cls(sphere, energy, step_size=0.3, seed=0).run(x0, 10)
+    assert x.dtype == torch.float32
+    assert info.max_abs_F <= sphere.tol_for()
+    assert float(info.acceptance_rate.mean()) > 0.5

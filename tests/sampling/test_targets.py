@@ -66,3 +66,24 @@ def test_state_reuses_a_given_value_and_jacobian():
     torch.testing.assert_close(state.jac, 2 * jac)
     torch.testing.assert_close(state.residual, torch.full((1,), 1e-3, dtype=torch.float64))
     torch.testing.assert_close(target.state(x).jac, jac)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_energy_of_another_dtype_is_cast_both_ways(fast):
+    # Catches float32 points fed to a float64 energy (a raw dtype-mismatch
+    # RuntimeError) and float64 energies/gradients handed to float32 chains,
+    # on both the graph-free MLP path and the autograd path.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(),
+                              torch.nn.Linear(8, 1)).double()
+    energy = net if fast else torch.nn.Sequential(net, torch.nn.Identity())  # not an MLP
+    target = ConstrainedTarget(Hypersphere(2), energy)
+    assert (target._energy_layers is not None) == fast
+    x64 = torch.randn(5, 3, dtype=torch.float64)
+    x32 = x64.float()
+    e, g = target.energy_and_grad(x32)
+    e_ref, g_ref = ConstrainedTarget(Hypersphere(2), net).energy_and_grad(x32.double())
+    assert e.dtype == g.dtype == torch.float32
+    torch.testing.assert_close(e, e_ref.float())
+    torch.testing.assert_close(g, g_ref.float())
+    assert target.energy(x32).dtype == torch.float32
