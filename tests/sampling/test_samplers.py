@@ -417,3 +417,21 @@ def test_a_float64_energy_on_a_float32_manifold(cls, kind):
     assert x.dtype == torch.float32
     assert info.max_abs_F <= sphere.tol_for()
     assert float(info.acceptance_rate.mean()) > 0.5
+
+
+def test_chains_at_large_coordinates_emit_points_newton_accepts():
+    # Catches the emitted-|F| check disagreeing with Newton's rounding floor:
+    # on a circle of radius 1e4 given as |x|^2 - r^2 Newton accepts |F| ~ 1e-6
+    # (the rounding of F there), and the check at 1e-9 raised "internal error".
+    import math
+
+    from implicit_geom import ImplicitManifold
+
+    r = 1e4
+    circle = ImplicitManifold(lambda x: (x * x).sum(-1, keepdim=True) - r**2, ambient_dim=2,
+                              codim=1)
+    t = torch.linspace(0, 2 * math.pi, 9, dtype=torch.float64)[:-1]
+    x0 = circle.projection(1.1 * r * torch.stack([t.cos(), t.sin()], -1))
+    x, info = ConstrainedMALA(circle, None, step_size=0.05 * r, seed=0).run(x0, 50)
+    assert float(info.acceptance_rate.min()) > 0.5
+    assert float((x.norm(dim=-1) / r - 1).abs().max()) < 1e-13  # on M to float64's resolution
