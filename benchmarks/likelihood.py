@@ -94,14 +94,16 @@ from implicit_geom.datasets import TWO_CIRCLE_CENTRES, load_dataset, load_table,
 from implicit_geom.evaluation import held_out_nll, mean_std, random_split
 from implicit_geom.models import (
     AnchoredVMFEnergy,
-    Autoencoder,
     ConstrainedEBM,
     DensityMixture,
     EnergyMLP,
     ManifoldKDE,
-    PushforwardEBM,
     VonMisesFisherMixture,
 )
+
+# The pushforward baseline's candidates and their fitting, shared with paper.py
+# (this folder is on sys.path when the script runs).
+from _pushforward import best_candidate, fit_pushforward_candidates  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("volcano", "volcano_unique", "flood", "glycine", "circle", "two_circles",
@@ -288,71 +290,23 @@ def fit_ours_learned(name, kind, train, val, seed, quick):
                                                  for v in model.component_mass()]}
 
 
-def pushforward_candidates(m, seed, quick):
-    """Latent EBMs the pushforward baseline chooses from: ``(label, PushforwardEBM kwargs)``.
-
-    The same care as ours: the same energy families trained by exact maximum
-    likelihood (the latent space is a box of R^m, m <= 2, where ``log Z`` is
-    a grid sum), each at the default latent box and at the reference code's
-    wider one (0.5), plus the paper's PCD training.
-    """
-    # The latent EBM's default grids: 64 nodes per axis in training (shifted
-    # every step), 128 in validation, 256 for the reported log Z; a candidate
-    # whose two last disagree by > 0.01 (Richardson) is dropped.
-    mle = dict(method="mle", n_iter=150 if quick else 1500, lr=1e-2, lr_floor=0.1,
-               batch_size=2048, val_every=10, patience=10)
-    nets = {"MLP": dict(hidden=(64, 64)),
-            "Fourier MLP (max frequency 4)": dict(hidden=(64, 64), fourier=32, max_frequency=4.0),
-            "Fourier MLP (max frequency 16)": dict(hidden=(64, 64), fourier=64,
-                                                  max_frequency=16.0)}
-    out = [(f"{label}, exact, box pad {pad}",
-            dict(energy_net=EnergyMLP(m, seed=seed, **net), latent_pad=pad, **mle))
-           for pad in (0.1, 0.5) for label, net in nets.items()]
-    out.append(("MLP, PCD (the paper's training)",
-                dict(n_iter=150 if quick else 1000, n_mcmc_steps=15, step_size=0.3,
-                     batch_size=128, buffer_size=500, lr=3e-3, lr_floor=0.1, beta=0.01,
-                     val_every=25, patience=8)))
-    return out
-
-
 def fit_pushforward(manifold, train, val, seed, quick, keep=None):
     """The pushforward baseline: one autoencoder, the validation-weighted mixture of its
-    latent EBM candidates (:func:`pushforward_candidates`), as ours mixes its energies.
+    latent EBM candidates (:func:`_pushforward.pushforward_candidates`), as ours mixes its
+    energies.
 
     Every candidate decodes through the same autoencoder, so their densities
     are on one manifold (the decoder image) and their mixture is a density
     on it. A candidate whose kept ``log Z`` the grid does not resolve to 0.01
-    is dropped, as ours drops uncertified states. ``keep`` receives the best
-    single candidate on validation.
+    is dropped, as ours drops uncertified states
+    (:func:`_pushforward.fit_pushforward_candidates`). ``keep`` receives the
+    best single candidate on validation.
     """
-    n = train.shape[1]
-    m = manifold.dim
-    ae = Autoencoder(n, m, seed=seed)
-    ae.fit(torch.as_tensor(train, dtype=torch.float64), n_iter=1000 if quick else 3000, seed=seed)
-    fitted = []
-    for label, kwargs in pushforward_candidates(m, seed, quick):
-        model = PushforwardEBM(n, m, autoencoder=ae, seed=seed, **kwargs)
-        try:
-            model.fit(train, val)
-        except TrainingDivergedError as err:
-            log(f"    [pushforward {label}]: dropped, {err}")
-            continue
-        error = model.latent_ebm.log_partition_error()
-        score = held_out_nll(model, val)
-        log(f"    [pushforward {label}]: validation NLL {score:.4f}; log Z error {error:.1e}")
-        if math.isfinite(score) and error <= 0.01:
-            fitted.append((label, model, score))
-    if not fitted:
-        raise NormalizationError("no pushforward candidate kept a certified finite log Z")
-    # How far the decoder image (the manifold its density lives on) is from
-    # the data: the density is w.r.t. that image's area at dec(enc(x)).
-    with torch.no_grad():
-        x = torch.as_tensor(val, dtype=torch.float64)
-        gap = (ae(x) - x).norm(dim=-1)
-    recon = {"val_reconstruction_median": round(float(gap.median()), 5),
-             "val_reconstruction_max": round(float(gap.max()), 4)}
+    fitted, recon = fit_pushforward_candidates(train, val, manifold.dim, seed, quick, log=log)
+    # ``recon``: how far the decoder image (the manifold its density lives
+    # on) is from the data: the density is w.r.t. that image's area at dec(enc(x)).
     if keep is not None:
-        label, best, _ = min(fitted, key=lambda f: f[2])
+        label, best, _ = best_candidate(fitted)
         keep["best"] = (best, {"latent EBM": label, **recon})
     model, info = mix_candidates(fitted, val)
     return model, {**info, **recon}

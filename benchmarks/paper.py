@@ -33,6 +33,19 @@ the sphere mixture and the spheres of ∩ and ∪), or on one validation tenth
 * distances of samples to the true manifold and of test data to the model's;
 * wall time of the fits.
 
+The pushforward baseline (``--pushforward``) is by default tuned with the same
+care as ours (``tuned``): one autoencoder on the nine tenths, the latent EBM
+candidates of ``likelihood.py`` (ours' energy families by exact maximum
+likelihood at two latent box paddings, and the paper's PCD one; shared in
+``_pushforward.py``), each early-stopped on the validation tenth, an
+uncertified ``log Z`` dropped, and the best single candidate on that tenth
+kept (the selection ours' rows use there; the W evaluation decodes one
+model's latent lattice, so no mixture). The winner is recorded per seed.
+``paper`` is the old row: one PCD-trained latent EBM with the settings of
+ours' PCD row, early-stopped on the tenth, not tuned. ``--models pushforward``
+runs only the pushforward rows (no manifold learning, none of ours' fits) on
+the same data, splits, seeds, targets and W evaluation as the full run.
+
 No figure rescales a model by data shares or by the truth, and the truth
 never normalises a model. Settings were tuned on seeds that are not reported
 (``--first-seed``); the README reports seeds 0, 1, 2.
@@ -41,6 +54,7 @@ Usage::
 
     python benchmarks/paper.py                 # full table, 3 seeds
     python benchmarks/paper.py --quick --seeds 1 --datasets circle
+    python benchmarks/paper.py --models pushforward --pushforward paper   # the old baseline
 """
 
 import argparse
@@ -86,6 +100,10 @@ from implicit_geom.models import (
 )
 from implicit_geom.numerics.validation import padded_box
 
+# The tuned pushforward baseline's candidates, shared with likelihood.py (this
+# folder is on sys.path when the script runs).
+from _pushforward import best_candidate, fit_pushforward_candidates  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("circle", "two_circles", "flood", "glycine", "sphere_mixture", "sphere_cap",
             "sphere_cup")
@@ -98,6 +116,10 @@ CENTER_B = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
 MU_A = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64) / math.sqrt(2)
 MU_B = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64) / math.sqrt(2)
 KAPPA_AB = 3.0
+MODELS = ("ours", "pushforward")
+#: Row name of the pushforward baseline per configuration (``--pushforward``).
+PUSHFORWARD_ROW = {"tuned": "pushforward EBM (tuned: best single latent EBM)",
+                   "paper": "pushforward EBM"}
 ARITH_GRID = WGrid((-1.3, -1.3, -1.3), (2.3, 1.3, 1.3), 29)
 
 # Per data set: ambient/intrinsic dims, the sampler step, the true manifold.
@@ -197,6 +219,49 @@ def holdout(train, seed):
     return train[perm[k:]], train[perm[:k]]
 
 
+def fit_pushforward(train, n, m, step, seed, quick, config="tuned"):
+    """The pushforward baseline on ``train``, early-stopped on its tenth (:func:`holdout`).
+
+    ``config="tuned"``: one autoencoder on the nine tenths and the latent EBM
+    candidates of ``_pushforward.pushforward_candidates``, the best single
+    one on the tenth kept (uncertified ``log Z`` dropped); ``"paper"``: one
+    PCD-trained latent EBM with the settings of ours' PCD row (sampler step
+    ``step``), the old, untuned row. Returns ``(model, info)``; ``info``
+    names the winning candidate and its validation NLL.
+    """
+    fit, val = holdout(train, seed)
+    if config == "paper":
+        kw = {k: v for k, v in pcd_kwargs(dict(step=step), quick).items() if k != "method"}
+        return PushforwardEBM(n, m, ae_iter=1000 if quick else 3000, seed=seed, val_every=25,
+                              patience=8, **kw).fit(fit, val), {}
+    if config != "tuned":
+        raise ValueError(f"config must be 'tuned' or 'paper', got {config!r}")
+    fitted, recon = fit_pushforward_candidates(fit, val, m, seed, quick, log=log)
+    label, model, score = best_candidate(fitted)
+    log(f"    pushforward: best single latent EBM on the tenth: {label} ({score:.4f}; "
+        f"{len(fitted)} kept)")
+    return model, {"latent_ebm": label, "val_nll": score, "n_candidates_kept": len(fitted),
+                   **recon}
+
+
+def lattice_samples(pf, n, seed):
+    """Draws from a pushforward EBM's latent density on its lattice, decoded (a diagnostic).
+
+    The latent lattice of the W (ours) evaluation
+    (:func:`implicit_geom.evaluation.model_mass`), each point drawn with
+    probability ``exp(-E(u))`` (equal cells), so no sampler is involved:
+    ``W (samples)`` uses the model's own Langevin chains, which after exact
+    maximum likelihood start from uniform noise in the latent box. A
+    generator of its own, so nothing else changes.
+    """
+    u, z = pf.latent_lattice()
+    with torch.no_grad():
+        lat = -pf.latent_ebm.energy(u)
+    idx = torch.multinomial((lat - lat.max()).exp(), n, replacement=True,
+                            generator=torch.Generator().manual_seed(30_000 + seed))
+    return pf.decode(z[idx])
+
+
 def distance_stats(points, manifold):
     """Distances to the closest points of M (points whose projection fails are counted)."""
     res = manifold.solve_projection(points)
@@ -222,8 +287,13 @@ def w_entries(model, name, target_mass, target_ref, grid_ref, temperatures, seed
     return out
 
 
-def run_standard(name, seed, quick, selection="preset"):
-    """Learned manifold + constrained EBM vs pushforward EBM on one data set."""
+def run_standard(name, seed, quick, selection="preset", models=MODELS, pushforward="tuned"):
+    """Learned manifold + constrained EBM vs pushforward EBM on one data set.
+
+    ``models``: the rows to fit (``"ours"``: the learned manifold and every
+    constrained EBM; ``"pushforward"``: the baseline, configured by
+    ``pushforward``); the data, targets and W evaluation do not depend on it.
+    """
     cfg = CONFIG[name]
     if selection == "preset":
         selection = SELECTION[name]
@@ -243,59 +313,64 @@ def run_standard(name, seed, quick, selection="preset"):
     temps = grid_ref.temperatures
     bounds = padded_box(torch.cat([train, test]), 0.05)
     out = {}
+    figures = {"data": test}
 
-    t0 = time.perf_counter()
-    manifold = fit_manifold(train, cfg["n"], cfg["m"], seed, quick, name)
-    t_mdf = time.perf_counter() - t0
-    ebm = fit_ebm(manifold, train, cfg["n"], cfg["m"], cfg["step"], seed, quick, selection)
-    t_ebm = time.perf_counter() - t0
-    samples = ebm.sample(N_MODEL_SAMPLES, n_steps=100, sampler="mala")
-    entry = w_entries(ebm, name, target_mass, target_ref, grid_ref, temps, seed)
-    rule = ebm.quadrature()
-    entry.update({
-        "W_samples": w_samples(samples, test, bounds=bounds), "time_s": t_ebm,
-        "time_mdf_s": t_mdf, "log_z_error": ebm.normalizer().error,
-        "n_components": float(rule.n_components),
-        "dist_samples_to_truth": distance_stats(samples, cfg["truth"]),
-        "dist_test_to_model": distance_stats(test, manifold)})
-    if name == "two_circles":
-        left = int(ebm._label(torch.tensor([[-1.8, 1.0]], dtype=torch.float64))[0])
-        entry["mass_left"] = float(ebm.component_mass()[left])
-        entry["train_share_left"] = float((train[:, 0] < 0).double().mean())
-        entry["sample_share_left"] = float((samples[:, 0] < 0).double().mean())
-    out["constrained EBM (MLE)"] = entry
-    if name == "two_circles":
-        # The paper's PCD, with jumps between the circles setting their masses.
+    if "ours" in models:
         t0 = time.perf_counter()
-        pcd = ConstrainedEBM(manifold, energy_mlp(cfg["n"], seed),
-                             seed=seed, **pcd_kwargs(cfg, quick)).fit(train)
-        t_pcd = time.perf_counter() - t0
-        s = pcd.sample(N_MODEL_SAMPLES, n_steps=100, sampler="mala")
-        entry = w_entries(pcd, name, target_mass, target_ref, grid_ref, temps, seed)
-        left = int(pcd._label(torch.tensor([[-1.8, 1.0]], dtype=torch.float64))[0])
-        entry.update({"W_samples": w_samples(s, test, bounds=bounds), "time_s": t_pcd,
-                      "mass_left": float(pcd.component_mass()[left]),
-                      "sample_share_left": float((s[:, 0] < 0).double().mean()),
-                      "jump_acceptance": pcd._chain_sampler.moves[0].n_accepted
-                      / max(pcd._chain_sampler.moves[0].n_proposed, 1)})
-        out["constrained EBM (PCD + jumps)"] = entry
-
-    t0 = time.perf_counter()
-    fit, val = holdout(train, seed)  # the pushforward early-stops on the tenth
-    pf = PushforwardEBM(cfg["n"], cfg["m"], ae_iter=1000 if quick else 3000, seed=seed,
-                        **{k: v for k, v in pcd_kwargs(cfg, quick).items() if k != "method"},
-                        val_every=25, patience=8).fit(fit, val)
-    t_pf = time.perf_counter() - t0
-    pf_samples = pf.sample(N_MODEL_SAMPLES, n_steps=100)
-    pf_dist = (pf.projection(test) - test).norm(dim=-1)
-    entry = w_entries(pf, name, target_mass, target_ref, grid_ref, temps, seed)
-    entry.update({
-        "W_samples": w_samples(pf_samples, test, bounds=bounds), "time_s": t_pf,
-        "dist_samples_to_truth": distance_stats(pf_samples, cfg["truth"]),
-        "dist_test_to_model": {"median": float(pf_dist.median()), "mean": float(pf_dist.mean()),
-                               "max": float(pf_dist.max()), "failed": 0}})
-    out["pushforward EBM"] = entry
-    if name == "flood":
+        manifold = fit_manifold(train, cfg["n"], cfg["m"], seed, quick, name)
+        t_mdf = time.perf_counter() - t0
+        ebm = fit_ebm(manifold, train, cfg["n"], cfg["m"], cfg["step"], seed, quick, selection)
+        t_ebm = time.perf_counter() - t0
+        samples = ebm.sample(N_MODEL_SAMPLES, n_steps=100, sampler="mala")
+        entry = w_entries(ebm, name, target_mass, target_ref, grid_ref, temps, seed)
+        rule = ebm.quadrature()
+        entry.update({
+            "W_samples": w_samples(samples, test, bounds=bounds), "time_s": t_ebm,
+            "time_mdf_s": t_mdf, "log_z_error": ebm.normalizer().error,
+            "n_components": float(rule.n_components),
+            "dist_samples_to_truth": distance_stats(samples, cfg["truth"]),
+            "dist_test_to_model": distance_stats(test, manifold)})
+        if name == "two_circles":
+            left = int(ebm._label(torch.tensor([[-1.8, 1.0]], dtype=torch.float64))[0])
+            entry["mass_left"] = float(ebm.component_mass()[left])
+            entry["train_share_left"] = float((train[:, 0] < 0).double().mean())
+            entry["sample_share_left"] = float((samples[:, 0] < 0).double().mean())
+        out["constrained EBM (MLE)"] = entry
+        if name == "two_circles":
+            # The paper's PCD, with jumps between the circles setting their masses.
+            t0 = time.perf_counter()
+            pcd = ConstrainedEBM(manifold, energy_mlp(cfg["n"], seed),
+                                 seed=seed, **pcd_kwargs(cfg, quick)).fit(train)
+            t_pcd = time.perf_counter() - t0
+            s = pcd.sample(N_MODEL_SAMPLES, n_steps=100, sampler="mala")
+            entry = w_entries(pcd, name, target_mass, target_ref, grid_ref, temps, seed)
+            left = int(pcd._label(torch.tensor([[-1.8, 1.0]], dtype=torch.float64))[0])
+            entry.update({"W_samples": w_samples(s, test, bounds=bounds), "time_s": t_pcd,
+                          "mass_left": float(pcd.component_mass()[left]),
+                          "sample_share_left": float((s[:, 0] < 0).double().mean()),
+                          "jump_acceptance": pcd._chain_sampler.moves[0].n_accepted
+                          / max(pcd._chain_sampler.moves[0].n_proposed, 1)})
+            out["constrained EBM (PCD + jumps)"] = entry
+        figures["constrained EBM"] = samples
+    if "pushforward" in models:
+        t0 = time.perf_counter()
+        pf, pf_info = fit_pushforward(train, cfg["n"], cfg["m"], cfg["step"], seed, quick,
+                                      pushforward)
+        t_pf = time.perf_counter() - t0
+        pf_samples = pf.sample(N_MODEL_SAMPLES, n_steps=100)
+        pf_dist = (pf.projection(test) - test).norm(dim=-1)
+        entry = w_entries(pf, name, target_mass, target_ref, grid_ref, temps, seed)
+        entry.update({
+            "W_samples": w_samples(pf_samples, test, bounds=bounds), "time_s": t_pf,
+            "W_samples_lattice": w_samples(lattice_samples(pf, N_MODEL_SAMPLES, seed), test,
+                                           bounds=bounds),
+            "dist_samples_to_truth": distance_stats(pf_samples, cfg["truth"]),
+            "dist_test_to_model": {"median": float(pf_dist.median()),
+                                   "mean": float(pf_dist.mean()),
+                                   "max": float(pf_dist.max()), "failed": 0}, **pf_info})
+        out[PUSHFORWARD_ROW[pushforward]] = entry
+        figures["pushforward EBM"] = pf_samples
+    if "ours" in models and name == "flood":
         t0 = time.perf_counter()
         sphere_ebm = fit_ebm(ImplicitSphere(2), train, 3, 2, cfg["step"], seed, quick,
                              selection)
@@ -306,7 +381,6 @@ def run_standard(name, seed, quick, selection="preset"):
         out["constrained EBM (MLE), analytic S^2"] = entry
     if oracle is not None:
         out["oracle (true samples)"] = {"W_samples": w_samples(oracle, test, bounds=bounds)}
-    figures = {"data": test, "constrained EBM": samples, "pushforward EBM": pf_samples}
     return out, figures
 
 
@@ -331,10 +405,15 @@ def product_on_circle(n, seed):
     return pts[idx]
 
 
+def sphere_data(seed):
+    """The two spheres' training data (shared by ∩ and ∪): ``(xa, xb)``."""
+    return (vmf_sphere(1000, MU_A, KAPPA_AB, seed=seed),
+            vmf_sphere(1000, MU_B, KAPPA_AB, seed=50 + seed) + CENTER_B)
+
+
 def fit_spheres(seed, quick):
     """Data, learned manifolds and constrained EBMs of the two spheres (shared by ∩ and ∪)."""
-    xa = vmf_sphere(1000, MU_A, KAPPA_AB, seed=seed)
-    xb = vmf_sphere(1000, MU_B, KAPPA_AB, seed=50 + seed) + CENTER_B
+    xa, xb = sphere_data(seed)
     t0 = time.perf_counter()
     ma = fit_manifold(xa, 3, 2, seed, quick, "sphere_mixture")
     mb = fit_manifold(xb, 3, 2, seed, quick, "sphere_mixture")
@@ -342,40 +421,36 @@ def fit_spheres(seed, quick):
     return dict(xa=xa, xb=xb, ea=ea, eb=eb, time_s=time.perf_counter() - t0)
 
 
-def run_arithmetic(name, seed, quick, spheres):
+def run_arithmetic(name, seed, quick, spheres, models=MODELS, pushforward="tuned"):
     """The spheres' densities combined on their intersection (product) or union (mixture).
 
     ``time_s`` counts the spheres' fits (done once for both combinations) plus
     the combination's own set-up. The union's weights are the spheres' data
     counts; each sphere's density is normalised by its own quadrature.
+    ``spheres``: :func:`fit_spheres`'s output, or None without ``"ours"`` in
+    ``models`` (only the pushforward row of ∪, fitted to the same data; ∩ has
+    none).
     """
-    xa, xb, ea, eb = (spheres[k] for k in ("xa", "xb", "ea", "eb"))
-    t0 = time.perf_counter() - spheres["time_s"]
+    xa, xb = sphere_data(seed) if spheres is None else (spheres["xa"], spheres["xb"])
     truth_a, truth_b = ImplicitSphere(2), ImplicitSphere(2, center=CENTER_B)
     out = {}
     if name == "sphere_cap":
-        model = IntersectionEBM(ea, eb, step_size=0.2, quadrature_resolution=256)
         circle = circle_lattice()
         density = product_log_density(circle).exp()
         weights = torch.full((circle.shape[0],), math.sqrt(3) * math.pi / circle.shape[0],
                              dtype=torch.float64)
         target_mass = (circle, density * weights)
         target_ref = (circle, density)
-        t_fit = time.perf_counter() - t0
-        samples = model.sample(N_MODEL_SAMPLES, n_steps=300, sampler="mala")
         test = product_on_circle(N_TEST_SYNTHETIC, 10_000 + seed)
         oracle = product_on_circle(N_MODEL_SAMPLES, 20_000 + seed)
         truth = intersection(truth_a, truth_b)
     else:
-        model = UnionEBM(ea, eb, weights=[len(xa), len(xb)])
         rule = manifold_quadrature(truth_a, 256)
         dens = [0.5 * vmf_density(rule.points, MU_A, KAPPA_AB),
                 0.5 * vmf_density(rule.points, MU_B, KAPPA_AB)]
         points = torch.cat([rule.points, rule.points + CENTER_B])
         target_mass = (points, torch.cat([d * rule.weights for d in dens]))
         target_ref = (points, torch.cat(dens))
-        t_fit = time.perf_counter() - t0
-        samples = model.sample(N_MODEL_SAMPLES, n_steps=100, seed=seed, sampler="mala")
         gen = np.random.default_rng(10_000 + seed)
 
         def mixture(n, s):
@@ -387,29 +462,39 @@ def run_arithmetic(name, seed, quick, spheres):
         oracle = mixture(N_MODEL_SAMPLES, 20_000 + seed)
         truth = union(truth_a, truth_b)
     bounds = padded_box(test, 0.05)
-    entry = {"W_ours": w_mass(model, *target_mass, grid=ARITH_GRID),
-             "W_ref_T1": w_reference(model, *target_ref, grid=ARITH_GRID, seed=seed),
-             "W_samples": w_samples(samples, test, bounds=bounds), "time_s": t_fit,
-             "dist_samples_to_truth": distance_stats(samples, truth)}
-    out["constrained EBM (MLE)"] = entry
-    if name == "sphere_cup":
+    figures = {"data": test}
+    if "ours" in models:
+        t0 = time.perf_counter() - spheres["time_s"]
+        ea, eb = spheres["ea"], spheres["eb"]
+        if name == "sphere_cap":
+            model = IntersectionEBM(ea, eb, step_size=0.2, quadrature_resolution=256)
+            t_fit = time.perf_counter() - t0
+            samples = model.sample(N_MODEL_SAMPLES, n_steps=300, sampler="mala")
+        else:
+            model = UnionEBM(ea, eb, weights=[len(xa), len(xb)])
+            t_fit = time.perf_counter() - t0
+            samples = model.sample(N_MODEL_SAMPLES, n_steps=100, seed=seed, sampler="mala")
+        out["constrained EBM (MLE)"] = {
+            "W_ours": w_mass(model, *target_mass, grid=ARITH_GRID),
+            "W_ref_T1": w_reference(model, *target_ref, grid=ARITH_GRID, seed=seed),
+            "W_samples": w_samples(samples, test, bounds=bounds), "time_s": t_fit,
+            "dist_samples_to_truth": distance_stats(samples, truth)}
+        figures["constrained EBM"] = samples
+    if name == "sphere_cup" and "pushforward" in models:
         # The pushforward baseline has no arithmetic: fit it to the union's data.
         t0 = time.perf_counter()
-        train = torch.cat([xa, xb])
-        kw = {k: v for k, v in pcd_kwargs(dict(step=0.2), quick).items() if k != "method"}
-        pf = PushforwardEBM(3, 2, ae_iter=1000 if quick else 3000, seed=seed,
-                            val_every=25, patience=8, **kw).fit(*holdout(train, seed))
+        pf, pf_info = fit_pushforward(torch.cat([xa, xb]), 3, 2, 0.2, seed, quick, pushforward)
         t_pf = time.perf_counter() - t0
         pf_samples = pf.sample(N_MODEL_SAMPLES, n_steps=100)
-        out["pushforward EBM"] = {
+        out[PUSHFORWARD_ROW[pushforward]] = {
             "W_ours": w_mass(pf, *target_mass, grid=ARITH_GRID),
             "W_ref_T1": w_reference(pf, *target_ref, grid=ARITH_GRID, seed=seed),
             "W_samples": w_samples(pf_samples, test, bounds=bounds), "time_s": t_pf,
-            "dist_samples_to_truth": distance_stats(pf_samples, truth)}
-    out["oracle (true samples)"] = {"W_samples": w_samples(oracle, test, bounds=bounds)}
-    figures = {"data": test, "constrained EBM": samples}
-    if name == "sphere_cup":
+            "W_samples_lattice": w_samples(lattice_samples(pf, N_MODEL_SAMPLES, seed), test,
+                                           bounds=bounds),
+            "dist_samples_to_truth": distance_stats(pf_samples, truth), **pf_info}
         figures["pushforward EBM"] = pf_samples
+    out["oracle (true samples)"] = {"W_samples": w_samples(oracle, test, bounds=bounds)}
     return out, figures
 
 
@@ -438,12 +523,15 @@ def plot(name, figures, path):
 
 
 def aggregate(runs):
-    """Mean and std (ddof = 1) over seeds of every numeric leaf."""
+    """Mean and std (ddof = 1) over seeds of every numeric leaf; text leaves (the pushforward's
+    winning candidate) as their per-seed values."""
     out = {}
     for model in runs[0]:
         entry = {}
         for key, value in runs[0][model].items():
-            if isinstance(value, dict):
+            if isinstance(value, str):
+                entry[key] = {"values": [r[model][key] for r in runs]}
+            elif isinstance(value, dict):
                 entry[key] = {k: float(np.mean([r[model][key][k] for r in runs]))
                               for k in value}
             else:
@@ -468,7 +556,8 @@ def write_table(results, args, total, done):
         "",
         f"Command: `python benchmarks/paper.py {' '.join(sys.argv[1:])}`  ",
         f"Seeds: {args.first_seed}..{args.first_seed + args.seeds - 1}; quick: {args.quick}; "
-        f"{args.jobs} parallel job(s) with {args.threads} torch thread(s) each; wall time "
+        f"{args.jobs} parallel job(s) with {args.threads} torch thread(s) each; models: "
+        f"{', '.join(args.models)} (pushforward: {args.pushforward}); wall time "
         f"{total / 60:.1f} min for {len(done)} of {len(args.datasets) * args.seeds} experiments.",
         "",
         "W (ours): binned probability masses (the model's normalised density times its own "
@@ -503,6 +592,14 @@ def write_table(results, args, total, done):
                 f"{fmt(entry, 'W_samples')} | {mass} | "
                 f"{'' if d1 is None else f'{d1:.2e}'} | {'' if d2 is None else f'{d2:.2e}'} | "
                 f"{fmt(entry, 'time_s', 1) if 'time_s' in entry else ''} |")
+    chosen = [f"{name} seed {seed}: {entry['latent_ebm']} (validation NLL "
+              f"{entry['val_nll']:.4f}, {entry['n_candidates_kept']} kept); W (samples) of "
+              f"lattice draws instead of its chains: {entry['W_samples_lattice']:.5f}"
+              for name, seed, res in sorted(done, key=lambda d: (d[0], d[1]))
+              for entry in [res.get(PUSHFORWARD_ROW["tuned"])] if entry]
+    if chosen:
+        lines += ["", "Tuned pushforward: the best single latent EBM on the validation tenth "
+                  "per seed:", ""] + [f"* {c}" for c in chosen]
     (RESULTS / f"{args.output}.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 
@@ -513,16 +610,17 @@ def run_task(task):
     A top-level function so that pools can pickle it; returns a list of
     ``(name, seed, results, figures)``.
     """
-    names, seed, quick, threads, selection = task
+    names, seed, quick, threads, selection, models, pushforward = task
     implicit_geom.set_threads(threads)
-    spheres = fit_spheres(seed, quick) if set(names) & set(ARITHMETIC) else None
+    spheres = (fit_spheres(seed, quick) if set(names) & set(ARITHMETIC) and "ours" in models
+               else None)
     items = []
     for name in names:
         t0 = time.perf_counter()
         if name in ARITHMETIC:
-            res, figures = run_arithmetic(name, seed, quick, spheres)
+            res, figures = run_arithmetic(name, seed, quick, spheres, models, pushforward)
         else:
-            res, figures = run_standard(name, seed, quick, selection)
+            res, figures = run_standard(name, seed, quick, selection, models, pushforward)
         log(f"{name} seed {seed}: " + ", ".join(
             f"{k} W={v.get('W_ours', float('nan')):.5f}/{v.get('W_ref_T1', float('nan')):.5f}"
             f"/{v['W_samples']:.5f}" for k, v in res.items())
@@ -563,12 +661,21 @@ def main(argv=None):
                         "stop: 5-fold cross-fitting, one validation tenth, or each set's "
                         "choice in SELECTION (the default); the spheres of ∩ and ∪ are "
                         "always cross-fitted")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS,
+                        help="rows to fit: ours (learned manifolds, constrained EBMs) and/or "
+                        "the pushforward baseline; the data, seeds and W evaluation are the "
+                        "same either way (--models pushforward measures the baseline alone)")
+    parser.add_argument("--pushforward", choices=tuple(PUSHFORWARD_ROW), default="tuned",
+                        help="the pushforward baseline: tuned (the best single latent EBM "
+                        "candidate of likelihood.py on the validation tenth, the default) or "
+                        "paper (the paper's PCD training with ours' PCD settings, not tuned: "
+                        "the README's old rows)")
     args = parser.parse_args(argv)
     implicit_geom.set_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tasks = make_tasks(args.datasets, args.seeds, args.first_seed, args.quick, args.threads,
-                       args.ebm_selection)
+                       args.ebm_selection, tuple(args.models), args.pushforward)
     done = []
 
     def record(items):
