@@ -115,11 +115,8 @@ class AmbientEBM(EnergyModel):
         self.box_ = None
 
     def _init_chains(self, n):
-        return self._uniform(n, self._gen)
-
-    def _uniform(self, n, gen):
         lo, hi = self.box_
-        u = torch.rand(n, self.dim, generator=gen, dtype=lo.dtype).to(lo.device)
+        u = torch.rand(n, self.dim, generator=self._gen, dtype=lo.dtype).to(lo.device)
         return lo + (hi - lo) * u
 
     def _advance(self, x, n_steps):
@@ -129,8 +126,11 @@ class AmbientEBM(EnergyModel):
     def sample(self, n_samples, n_steps=200, step_size=None, seed=None, init=None):
         """Samples advanced by ``n_steps`` Langevin steps, shape (n, d).
 
-        Chains start from the replay buffer (uniform noise in :attr:`box_`
-        after ``method="mle"``, which has none), or from ``init`` (shape (n, d)).
+        Chains start from the replay buffer, or from ``init`` (shape (n, d)).
+        After ``method="mle"``, which keeps no buffer, they start from exact
+        draws of the density on the grid of :meth:`log_partition` (a cell
+        by its probability, then uniformly in it): chains from noise in the
+        box left most samples in its empty margin after 200 steps.
         """
         if not self.is_fitted:
             raise NotFittedError("call fit first: the chains' box comes from the data")
@@ -139,16 +139,30 @@ class AmbientEBM(EnergyModel):
         gen = torch.Generator().manual_seed(self.seed + 1 if seed is None else int(seed))
         like = self._param()
         if init is None:
-            # No replay buffer after exact maximum likelihood: chains start
-            # at uniform noise in the box.
             x0 = (self.buffer_[torch.randint(self.buffer_.shape[0], (n_samples,), generator=gen)
                                .to(self.buffer_.device)] if self.buffer_ is not None
-                  else self._uniform(n_samples, gen))
+                  else self._grid_draws(n_samples, gen))
         else:
             x0 = as_points(init, self.dim, "init").reshape(-1, self.dim).to(like)
         return BoxLangevin.from_step(self._energy_fn, *self.box_,
                                      self.step_size if step_size is None else step_size,
                                      gen).run(x0, n_steps)
+
+    def _grid_draws(self, n, gen):
+        """``n`` draws of the density discretised on the :meth:`log_partition` grid."""
+        if self.dim > 3:
+            raise NotImplementedError("a grid of the box needs dimension <= 3")
+        resolution = 4 * self.quadrature_resolution
+        lo, hi = self.box_
+        rule = box_quadrature(lo.cpu(), hi.cpu(), resolution)
+        like = self._param()
+        with torch.no_grad():
+            logits = (-self.energy_net(rule.points.to(like.device, like.dtype)).cpu().double()
+                      + rule.weights.log())
+        cells = torch.multinomial(torch.softmax(logits, 0), n, replacement=True, generator=gen)
+        width = (hi - lo).cpu() / resolution
+        jitter = (torch.rand(n, self.dim, generator=gen, dtype=width.dtype) - 0.5) * width
+        return (rule.points[cells] + jitter).to(lo)
 
     def log_partition(self, resolution=None):
         """``log Z`` over the chain box by a midpoint grid (``dim <= 3``).

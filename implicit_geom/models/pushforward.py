@@ -211,8 +211,10 @@ class PushforwardEBM(EstimatorMixin):
     def sample(self, n_samples, n_steps=200, step_size=None, seed=None, init=None):
         """Decoded latent Langevin samples, shape (n_samples, n).
 
-        Latent chains start from the replay buffer, or from the latent codes
-        ``init`` (shape (n_samples, m), in the coordinates of :meth:`encode`).
+        Latent chains start from the replay buffer (exact draws of the gridded
+        latent density after exact maximum likelihood, see
+        :meth:`AmbientEBM.sample`), or from the latent codes ``init`` (shape
+        (n_samples, m), in the coordinates of :meth:`encode`).
         """
         if not self.is_fitted:
             raise NotFittedError("call fit first: the latent chains come from the data")

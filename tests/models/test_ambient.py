@@ -55,8 +55,15 @@ def test_exact_maximum_likelihood_beats_pcd_on_a_gaussian():
     assert model.log_partition_error() < 1e-3  # a smooth energy: the grid resolves it
     nll = float(-model.score_samples(X_test[500:]).mean())
     assert nll == pytest.approx(math.log(2 * math.pi * 0.25) + 1, abs=0.02)
-    samples = model.sample(500, n_steps=400, step_size=0.2)  # from noise in the box
+    samples = model.sample(500, n_steps=400, step_size=0.2)
     assert samples.std(0).numpy() == pytest.approx([0.5, 0.5], rel=0.2)
+    # With no replay buffer chains start from exact draws of the gridded
+    # density: without steps they already have its spread (chains from
+    # uniform noise in the padded box had std ~1.4 and stayed there for
+    # hundreds of steps).
+    draws = model.sample(2000, n_steps=0)
+    assert draws.std(0).numpy() == pytest.approx([0.5, 0.5], rel=0.08)
+    assert draws.mean(0).numpy() == pytest.approx([0.0, 0.0], abs=0.05)
 
 
 def test_density_is_zero_outside_the_box():
