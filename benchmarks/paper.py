@@ -250,8 +250,9 @@ def lattice_samples(pf, n, seed):
     The latent lattice of the W (ours) evaluation
     (:func:`implicit_geom.evaluation.model_mass`), each point drawn with
     probability ``exp(-E(u))`` (equal cells), so no sampler is involved:
-    ``W (samples)`` uses the model's own Langevin chains, which after exact
-    maximum likelihood start from uniform noise in the latent box. A
+    ``W (samples)`` uses the model's own chains (after exact maximum
+    likelihood: exact draws of its gridded latent density, then 100
+    unadjusted Langevin steps), so the two differ by what the steps do. A
     generator of its own, so nothing else changes.
     """
     u, z = pf.latent_lattice()
