@@ -123,8 +123,15 @@ class AmbientEBM(EnergyModel):
         return BoxLangevin.from_step(self._energy_fn, *self.box_, self.step_size,
                                      self._gen).run(x, n_steps)
 
-    def sample(self, n_samples, n_steps=200, step_size=None, seed=None, init=None):
+    def sample(self, n_samples, n_steps=200, step_size=None, seed=None, init=None,
+               adjusted=None):
         """Samples advanced by ``n_steps`` Langevin steps, shape (n, d).
+
+        ``adjusted``: Metropolis-adjusted steps (MALA, exact for the density
+        on the box) or the unadjusted, box-clamped ones of PCD training
+        (biased by the step); default adjusted after ``method="mle"`` (as
+        :class:`~implicit_geom.models.ConstrainedEBM` samples its maximum-likelihood
+        fits with MALA), unadjusted after PCD.
 
         Chains start from the replay buffer, or from ``init`` (shape (n, d)).
         After ``method="mle"``, which keeps no buffer, they start from exact
@@ -144,9 +151,11 @@ class AmbientEBM(EnergyModel):
                   else self._grid_draws(n_samples, gen))
         else:
             x0 = as_points(init, self.dim, "init").reshape(-1, self.dim).to(like)
+        if adjusted is None:
+            adjusted = self.method == "mle"
         return BoxLangevin.from_step(self._energy_fn, *self.box_,
                                      self.step_size if step_size is None else step_size,
-                                     gen).run(x0, n_steps)
+                                     gen, adjusted=adjusted).run(x0, n_steps)
 
     def _grid_draws(self, n, gen):
         """``n`` draws of the density discretised on the :meth:`log_partition` grid."""

@@ -208,20 +208,23 @@ class PushforwardEBM(EstimatorMixin):
         with torch.no_grad():
             return self.autoencoder.decoder(z)
 
-    def sample(self, n_samples, n_steps=200, step_size=None, seed=None, init=None):
+    def sample(self, n_samples, n_steps=200, step_size=None, seed=None, init=None,
+               adjusted=None):
         """Decoded latent Langevin samples, shape (n_samples, n).
 
         Latent chains start from the replay buffer (exact draws of the gridded
         latent density after exact maximum likelihood, see
         :meth:`AmbientEBM.sample`), or from the latent codes ``init`` (shape
-        (n_samples, m), in the coordinates of :meth:`encode`).
+        (n_samples, m), in the coordinates of :meth:`encode`); ``adjusted``: see
+        :meth:`AmbientEBM.sample` (MALA by default after exact maximum likelihood).
         """
         if not self.is_fitted:
             raise NotFittedError("call fit first: the latent chains come from the data")
         if init is not None:
             init = (as_points(init, self.latent_dim, "init").to(self.latent_shift_)
                     - self.latent_shift_) / self.latent_scale_
-        u = self.latent_ebm.sample(n_samples, n_steps, step_size, seed, init=init)
+        u = self.latent_ebm.sample(n_samples, n_steps, step_size, seed, init=init,
+                                   adjusted=adjusted)
         return self.decode(u * self.latent_scale_ + self.latent_shift_)
 
     def latent_box(self):

@@ -6,8 +6,10 @@ EBM baseline (:class:`~implicit_geom.models.AmbientEBM` and the pushforward
 model's latent EBM: ``a = h^2 / 2``, ``b = h``, the constrained samplers' step
 convention) and the negatives of manifold learning
 (:class:`~implicit_geom.learning.negatives.LangevinNegativeSampler`:
-``a = eps``, ``b = sqrt(2 eps T)``). Being unadjusted, its law is biased by the
-step; the constrained samplers of this package are the exact ones on M.
+``a = eps``, ``b = sqrt(2 eps T)``). Unadjusted, its law is biased by the
+step; with ``adjusted=True`` each move is a Metropolis-Hastings proposal
+(MALA; a proposal outside the box is rejected, not clamped), exact for the
+density restricted to the box, as the constrained samplers are on M.
 """
 
 import math
@@ -36,9 +38,13 @@ class BoxLangevin:
     grad : callable, optional
         ``x (B, n) -> grad E (B, n)`` without autograd (e.g. from a network's
         graph-free Jacobian); default: autograd through ``energy``.
+    adjusted : bool
+        Accept or reject each move by Metropolis-Hastings (MALA) instead of
+        clamping it; :attr:`acceptance_rate` is that of the last :meth:`run`.
     """
 
-    def __init__(self, energy, low, high, drift, noise, generator=None, grad=None):
+    def __init__(self, energy, low, high, drift, noise, generator=None, grad=None,
+                 adjusted=False):
         if not callable(energy):
             raise TypeError("energy must be callable (B, n) -> (B,)")
         if not drift >= 0 or not noise >= 0:
@@ -48,12 +54,16 @@ class BoxLangevin:
         self.drift, self.noise = float(drift), float(noise)
         self.generator = generator
         self.grad = grad
+        self.adjusted = bool(adjusted)
+        if self.adjusted and not (self.drift > 0 and self.noise > 0):
+            raise ValueError("an adjusted (MALA) chain needs drift > 0 and noise > 0")
+        self.acceptance_rate = None
 
     @classmethod
-    def from_step(cls, energy, low, high, step_size, generator=None):
+    def from_step(cls, energy, low, high, step_size, generator=None, adjusted=False):
         """The constrained samplers' convention: ``a = h^2 / 2``, ``b = h``."""
         h = float(step_size)
-        return cls(energy, low, high, 0.5 * h * h, h, generator)
+        return cls(energy, low, high, 0.5 * h * h, h, generator, adjusted=adjusted)
 
     @classmethod
     def from_temperature(cls, energy, low, high, eps, temperature, generator=None):
@@ -65,20 +75,49 @@ class BoxLangevin:
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype,
                            device=device).to(x.device)
 
+    def _energy_and_grad(self, x):
+        """``E(x)`` (B,) and its gradient (B, n); E only where needed (adjusted chains)."""
+        if self.grad is not None and not self.adjusted:
+            return None, self.grad(x)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            energy = self.energy(xg)
+            energy = energy.sum(-1) if energy.ndim > 1 else energy
+            # (a constant energy has no graph: zero gradient)
+            grad = (torch.autograd.grad(energy.sum(), xg)[0] if energy.requires_grad
+                    else torch.zeros_like(xg))
+        return energy.detach(), grad if self.grad is None else self.grad(x)
+
     def run(self, x, n_steps):
         """Advance the chains ``x`` (B, n) by ``n_steps`` steps; returns new (detached) states."""
         x = x.detach().clone()
+        if not self.adjusted:
+            for _ in range(int(n_steps)):
+                _, grad = self._energy_and_grad(x)
+                with torch.no_grad():
+                    x = torch.minimum(torch.maximum(
+                        x - self.drift * grad + self.noise * self._gaussian(x), self.low),
+                        self.high)
+            return x.detach()
+        energy, grad = self._energy_and_grad(x)
+        accepted = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        var = self.noise ** 2
         for _ in range(int(n_steps)):
-            if self.grad is not None:
-                grad = self.grad(x)
-            else:
-                with torch.enable_grad():
-                    xg = x.requires_grad_(True)
-                    energy = self.energy(xg)
-                    # (a constant energy has no graph: zero gradient)
-                    grad = (torch.autograd.grad(energy.sum(), xg)[0] if energy.requires_grad
-                            else torch.zeros_like(xg))
+            y = x - self.drift * grad + self.noise * self._gaussian(x)
+            inside = ((y >= self.low) & (y <= self.high)).all(-1)
+            e_y, g_y = self._energy_and_grad(torch.where(inside[:, None], y, x))
             with torch.no_grad():
-                x = torch.minimum(torch.maximum(
-                    x - self.drift * grad + self.noise * self._gaussian(x), self.low), self.high)
+                # log q(x | y) - log q(y | x) of the Gaussian proposals.
+                back = (x - y + self.drift * g_y).square().sum(-1)
+                forth = (y - x + self.drift * grad).square().sum(-1)
+                log_alpha = energy - e_y + (forth - back) / (2 * var)
+                u = torch.rand(x.shape[0], generator=self.generator, dtype=x.dtype,
+                               device=self.generator.device if self.generator is not None
+                               else x.device).to(x.device)
+                take = inside & (u.log() < log_alpha)
+                x = torch.where(take[:, None], y, x)
+                energy = torch.where(take, e_y, energy)
+                grad = torch.where(take[:, None], g_y, grad)
+                accepted += take.to(x.dtype)
+        self.acceptance_rate = accepted / max(int(n_steps), 1)
         return x.detach()

@@ -31,3 +31,35 @@ def test_box_langevin_with_a_constant_energy_is_a_random_walk():
              for energy in (lambda z: torch.zeros(z.shape[0], dtype=z.dtype),
                             lambda z: 0 * z.sum(-1))]
     assert torch.equal(walks[0], walks[1])
+
+
+def test_adjusted_chains_are_exact_where_unadjusted_ones_are_biased():
+    # A Gaussian (std 0.5) with a large step h = 0.6: the unadjusted chain's
+    # stationary std is 0.625 (h^2 / (1 - (1 - h^2 / 2 s^2)^2)), the
+    # Metropolis-adjusted one's 0.5. Catches a wrong MH ratio (e.g. the
+    # proposal terms swapped: std far from 0.5) or adjusted=True ignored.
+    lo = torch.full((2,), -10.0, dtype=torch.float64)
+
+    def energy(x):
+        return (x * x).sum(-1) / (2 * 0.25)
+
+    stds = {}
+    for adjusted in (False, True):
+        chain = BoxLangevin.from_step(energy, lo, -lo, 0.6, torch.Generator().manual_seed(0),
+                                      adjusted=adjusted)
+        stds[adjusted] = chain.run(torch.zeros(4000, 2, dtype=torch.float64), 300).std(0)
+    assert torch.allclose(stds[False], torch.tensor(0.625, dtype=torch.float64), rtol=0.04)
+    assert torch.allclose(stds[True], torch.tensor(0.5, dtype=torch.float64), rtol=0.04)
+    assert 0.5 < float(chain.acceptance_rate.mean()) < 1
+
+
+def test_adjusted_chains_reject_moves_out_of_the_box():
+    # A flat energy on the unit square: moves that leave it are rejected (not
+    # clamped, which piles mass on the faces), so the law is uniform
+    # (variance 1/12 per axis).
+    lo, hi = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    chain = BoxLangevin.from_step(lambda x: 0 * x.sum(-1), lo, hi, 0.3,
+                                  torch.Generator().manual_seed(1), adjusted=True)
+    x = chain.run(torch.full((4000, 2), 0.5, dtype=torch.float64), 300)
+    assert bool(((x >= 0) & (x <= 1)).all())
+    assert torch.allclose(x.var(0), torch.tensor(1 / 12, dtype=torch.float64), rtol=0.05)
