@@ -644,13 +644,18 @@ class GeodesicLogSolver(LogSolver):
         self.candidate_rtol = float(candidate_rtol)
         self.ambiguity_rtol = float(ambiguity_rtol)
         m = space.dim
-        self.n_graph_nodes = int(n_graph_nodes or {1: 500, 2: 4000, 3: 12000}.get(m, 20000))
+        # (0 silently took the default, 1.5 was truncated.)
+        self.n_graph_nodes = ({1: 500, 2: 4000, 3: 12000}.get(m, 20000) if n_graph_nodes is None
+                              else check_int(n_graph_nodes, "n_graph_nodes", minimum=2))
         # One neighbour links each node to its nearest only: the graph falls
         # apart into pairs and short chains (88 pieces on a circle of 300 nodes).
         self.n_neighbors = ({1: 4, 2: 24}.get(m, 32) if n_neighbors is None else check_int(
             n_neighbors, "n_neighbors", minimum=2,
             message=f"n_neighbors must be an integer >= 2 (a graph of nearest neighbours "
                     f"alone falls apart), got {n_neighbors!r}"))
+        if self.n_graph_nodes <= self.n_neighbors:
+            raise ValueError(f"n_graph_nodes ({self.n_graph_nodes}) must exceed n_neighbors "
+                             f"({self.n_neighbors}): each node needs that many others")
         self.min_degree, self.max_degree = int(min_degree), int(max_degree)
         self.max_iter = int(max_iter)
         self.bounds = bounds

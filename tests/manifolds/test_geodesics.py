@@ -481,6 +481,11 @@ def test_n_neighbors_is_checked_and_one_edge_per_query_works():
     for bad in (0, 1, 1.5, True):
         with pytest.raises(ValueError, match="n_neighbors"):
             GeodesicLogSolver(circle, n_neighbors=bad)
+    # n_graph_nodes=0 silently took the default and 1.5 was truncated to 1;
+    # fewer nodes than neighbours cannot make the graph.
+    for bad in (0, 1.5, 3):
+        with pytest.raises(ValueError, match="n_graph_nodes"):
+            GeodesicLogSolver(circle, n_graph_nodes=bad)
     graph = GeodesicLogSolver(circle, n_graph_nodes=200,
                               bounds=([-1.5, -1.5], [1.5, 1.5])).graph()
     x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
