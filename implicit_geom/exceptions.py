@@ -42,12 +42,15 @@ class ProjectionError(ImplicitGeomError, RuntimeError):
         Mask over the batch of the points that did not converge.
     residual : torch.Tensor
         ``|F|`` of the last iterate, per point.
+    points : torch.Tensor
+        The last iterates (where Newton stopped), flat ``(B, n)``, where known.
     """
 
-    def __init__(self, message, failed=None, residual=None):
+    def __init__(self, message, failed=None, residual=None, points=None):
         super().__init__(message)
         self.failed = failed
         self.residual = residual
+        self.points = points
 
 
 @contextlib.contextmanager
@@ -64,7 +67,7 @@ def naming_points(what):
     try:
         yield
     except ProjectionError as err:
-        raise ProjectionError(f"{what}: {err}", err.failed, err.residual) from err
+        raise ProjectionError(f"{what}: {err}", err.failed, err.residual, err.points) from err
 
 
 class SingularJacobianError(ImplicitGeomError, ArithmeticError):

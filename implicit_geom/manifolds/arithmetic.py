@@ -135,19 +135,19 @@ class IntersectionManifold(ImplicitManifold):
         try:
             y = super()._project_flat(x)
         except ProjectionError as err:
-            failed = x if err.failed is None else x[err.failed]
-            raise ProjectionError(f"{err} {self._failure_note(failed)}",
-                                  err.failed, err.residual) from err
+            end = x if err.points is None else err.points  # where Newton stopped
+            end = end if err.failed is None else end[err.failed]
+            raise ProjectionError(f"{err} {self._failure_note(end)}",
+                                  err.failed, err.residual, err.points) from err
         self._check_regular(y, "projection")
         return y
 
-    def _failure_note(self, x):
-        """Why projecting ``x`` may have failed: the crossing condition number
-        where Newton ended (computed only on failure, by re-solving these
-        points alone; below the raise threshold a near-tangential crossing
-        makes Newton fail before :meth:`_check_regular` can name it)."""
+    def _failure_note(self, end):
+        """Why a projection may have failed: the crossing condition number at
+        ``end``, where Newton stopped (computed only on failure; below the
+        raise threshold a near-tangential crossing makes Newton fail before
+        :meth:`_check_regular` can name it)."""
         with torch.no_grad():
-            end = self.solve_projection(x, far=True).x
             end = end[torch.isfinite(end).all(-1)]
             kappa = self.crossing_condition(end) if end.shape[0] else end.new_empty(0)
         if not kappa.numel():

@@ -681,7 +681,7 @@ class ImplicitManifold(nn.Module, LevelSet):
                 f"onto {self.name} (|F| <= {self.tol_for():g} within {self.max_iter} Newton "
                 f"iterations); largest residual {float(res.residual.nan_to_num(math.inf).max()):.3g}."
                 + self._scale_note(x[~res.converged]),
-                failed=~res.converged, residual=res.residual,
+                failed=~res.converged, residual=res.residual, points=res.x,
             )
         return res.x
 

@@ -85,7 +85,8 @@ class AmbientEBM(EnergyModel):
         self._rules = {}
 
     def _box_rule(self, resolution):
-        # Built once per fit and resolution, on the energy's device and dtype.
+        # Built once per fit and resolution (training, validation, log Z,
+        # sampling), on the energy's device and dtype.
         if self.dim > 3:
             raise NotImplementedError("a grid log Z needs dimension <= 3")
         if resolution not in self._rules:
@@ -163,15 +164,13 @@ class AmbientEBM(EnergyModel):
             raise NotImplementedError("a grid of the box needs dimension <= 3")
         resolution = 4 * self.quadrature_resolution
         lo, hi = self.box_
-        rule = box_quadrature(lo.cpu(), hi.cpu(), resolution)
-        like = self._param()
+        rule = self._box_rule(resolution)
         with torch.no_grad():
-            logits = (-self.energy_net(rule.points.to(like.device, like.dtype)).cpu().double()
-                      + rule.weights.log())
+            logits = (-self.energy_net(rule.points) + rule.weights.log()).cpu().double()
         cells = torch.multinomial(torch.softmax(logits, 0), n, replacement=True, generator=gen)
         width = (hi - lo).cpu() / resolution
         jitter = (torch.rand(n, self.dim, generator=gen, dtype=width.dtype) - 0.5) * width
-        return (rule.points[cells] + jitter).to(lo)
+        return (rule.points.cpu()[cells] + jitter.to(rule.points.dtype)).to(lo)
 
     def log_partition(self, resolution=None):
         """``log Z`` over the chain box by a midpoint grid (``dim <= 3``).
@@ -184,11 +183,8 @@ class AmbientEBM(EnergyModel):
             raise NotFittedError("call fit first: the chains' box comes from the data")
         if resolution is None:
             resolution = 4 * self.quadrature_resolution
-        like = self._param()
-        rule = box_quadrature(*(b.cpu() for b in self.box_), resolution).to(like.device,
-                                                                             like.dtype)
         with torch.no_grad():
-            return float(log_partition(self.energy_net, rule))
+            return float(log_partition(self.energy_net, self._box_rule(resolution)))
 
     def log_partition_error(self):
         """Estimated error of :meth:`log_partition`: its difference from the rule of half

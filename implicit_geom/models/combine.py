@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..exceptions import CheckpointError, ComponentError, NotFittedError, ProjectionError
+from ..exceptions import CheckpointError, ComponentError, NotFittedError, naming_points
 from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.arithmetic import UnionManifold, intersection, union
@@ -192,12 +192,10 @@ class UnionEBM(EstimatorMixin):
         # float64 before projecting (as_points keeps a float32 tensor's dtype).
         X = as_points(X, self.dim, "X", dtype=torch.float64).reshape(-1, self.dim)
         with torch.no_grad():
-            try:  # the nearest piece's closest point (|F_i| of pieces of other
-                # scales would not tell the nearest piece of a point off M)
+            # The nearest piece's closest point (|F_i| of pieces of other
+            # scales would not tell the nearest piece of a point off M).
+            with naming_points("held-out points"):
                 near = self.manifold.projection(X)
-            except ProjectionError as err:
-                raise ProjectionError(f"held-out points: {err}", err.failed,
-                                      err.residual) from err
             idx = self.manifold.component_index(near)
         for k, model in enumerate(self.models):
             mask = idx == k

@@ -1080,9 +1080,9 @@ def ais_log_partition(manifold, energy, bounds=None, *, n_chains=256, n_temps=10
         x = cover[members[torch.randint(members.numel(), (int(n_chains),), generator=gen)]]
         uniform = ConstrainedMALA(manifold, None, step_size=step_size, seed=int(seed) + 7 * c)
         x = uniform.run(x, int(n_burn))[0] if n_burn > 0 else x
-        # The weights in the chains' dtype and on their device (as the
-        # energies the target returns): a float64 CPU accumulator met a GPU energy.
-        log_w = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        # Accumulated in float64 (float32 chains' energies too), on the chains'
+        # device (a CPU accumulator met a GPU energy).
+        log_w = torch.zeros(x.shape[0], dtype=DTYPE, device=x.device)
         for t in range(1, n_temps + 1):
             e = target.energy(x)
             log_w = log_w - float(betas[t] - betas[t - 1]) * e

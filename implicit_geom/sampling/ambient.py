@@ -70,15 +70,22 @@ class BoxLangevin:
         """``a = eps``, ``b = sqrt(2 eps T)``: Langevin at temperature ``T``."""
         return cls(energy, low, high, eps, math.sqrt(2 * eps * temperature), generator)
 
-    def _gaussian(self, x):
+    def _draw(self, draw, shape, x):
+        # On the generator's device, then moved to the chains'.
         device = self.generator.device if self.generator is not None else x.device
-        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype,
-                           device=device).to(x.device)
+        return draw(shape, generator=self.generator, dtype=x.dtype, device=device).to(x.device)
+
+    def _gaussian(self, x):
+        return self._draw(torch.randn, x.shape, x)
 
     def _energy_and_grad(self, x):
         """``E(x)`` (B,) and its gradient (B, n); E only where needed (adjusted chains)."""
-        if self.grad is not None and not self.adjusted:
-            return None, self.grad(x)
+        if self.grad is not None:
+            if not self.adjusted:
+                return None, self.grad(x)
+            with torch.no_grad():
+                energy = self.energy(x)
+            return (energy.sum(-1) if energy.ndim > 1 else energy), self.grad(x)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             energy = self.energy(xg)
@@ -86,7 +93,7 @@ class BoxLangevin:
             # (a constant energy has no graph: zero gradient)
             grad = (torch.autograd.grad(energy.sum(), xg)[0] if energy.requires_grad
                     else torch.zeros_like(xg))
-        return energy.detach(), grad if self.grad is None else self.grad(x)
+        return energy.detach(), grad
 
     def run(self, x, n_steps):
         """Advance the chains ``x`` (B, n) by ``n_steps`` steps; returns new (detached) states."""
@@ -111,9 +118,7 @@ class BoxLangevin:
                 back = (x - y + self.drift * g_y).square().sum(-1)
                 forth = (y - x + self.drift * grad).square().sum(-1)
                 log_alpha = energy - e_y + (forth - back) / (2 * var)
-                u = torch.rand(x.shape[0], generator=self.generator, dtype=x.dtype,
-                               device=self.generator.device if self.generator is not None
-                               else x.device).to(x.device)
+                u = self._draw(torch.rand, (x.shape[0],), x)
                 take = inside & (u.log() < log_alpha)
                 x = torch.where(take[:, None], y, x)
                 energy = torch.where(take, e_y, energy)
