@@ -123,9 +123,14 @@ class SympyImplicitManifold(ImplicitManifold):
     def __init__(self, exprs, symbols, **kwargs):
         import sympy
 
-        exprs = [sympy.sympify(e) for e in (exprs if isinstance(exprs, (list, tuple))
-                                           else [exprs])]
-        symbols = list(symbols)
+        symbols = _coordinates(symbols)
+        # Strings are parsed with the coordinates as locals, so "x**2 + y**2 - 1"
+        # means the given x, y even when they carry assumptions (real=True).
+        names = {str(s): s for s in symbols}
+        exprs = [_parse(e, names) for e in (exprs if isinstance(exprs, (list, tuple))
+                                             else [exprs])]
+        if not exprs:
+            raise ValueError("from_sympy needs at least one expression")
         free = set().union(*(e.free_symbols for e in exprs))
         unknown = free - set(symbols)
         if unknown:
@@ -135,9 +140,21 @@ class SympyImplicitManifold(ImplicitManifold):
         hess = [sympy.hessian(e, symbols) for e in exprs]
         self.exprs = exprs
         self.symbols = symbols
-        self._F = _compile(exprs, symbols)
-        self._J = _compile(list(jac), symbols)
-        self._H = _compile([h for H in hess for h in H], symbols)
+        try:
+            self._F = _compile(exprs, symbols)
+            self._J = _compile(list(jac), symbols)
+            self._H = _compile([h for H in hess for h in H], symbols)
+            # Evaluated once here so that a function torch lacks (besselj, Max,
+            # floor's derivative) fails now, by name, not inside a solver.
+            probe = torch.full((2, len(symbols)), 0.5, dtype=torch.float64)
+            for fn in (self._F, self._J, self._H):
+                fn(probe)
+        except Exception as err:
+            raise ValueError(
+                f"cannot evaluate {', '.join(map(str, exprs))} (or its first two "
+                f"derivatives) in torch: {type(err).__name__}: {err}".splitlines()[0]
+                + " -- use smooth elementary functions (sin, exp, log, sqrt, ...)"
+            ) from err
         kwargs.setdefault("name", f"SympyImplicitManifold({', '.join(map(str, exprs))} = 0)")
         super().__init__(None, ambient_dim=len(symbols), codim=len(exprs), **kwargs)
 
@@ -168,6 +185,35 @@ _TORCH_FUNCS.update(asin=torch.asin, acos=torch.acos, atan=torch.atan, Abs=torch
                     pi=torch.pi, E=torch.e)
 
 
+def _coordinates(symbols):
+    """The ambient coordinates as distinct sympy Symbols (a string such as
+    ``"x y z"`` is read as ``sympy.symbols`` reads it)."""
+    import sympy
+
+    if isinstance(symbols, str):
+        symbols = sympy.symbols(symbols)
+    symbols = [sympy.Symbol(s) if isinstance(s, str) else s
+               for s in (symbols if isinstance(symbols, (list, tuple)) else [symbols])]
+    bad = [s for s in symbols if not isinstance(s, sympy.Symbol)]
+    if bad:
+        raise ValueError(f"coordinates must be sympy Symbols (or names); got {bad}")
+    if not symbols:
+        raise ValueError("from_sympy needs at least one coordinate symbol")
+    if len(set(symbols)) != len(symbols):
+        raise ValueError(f"coordinates {list(map(str, symbols))} repeat a symbol")
+    return symbols
+
+
+def _parse(expr, names):
+    import sympy
+
+    try:
+        return sympy.sympify(expr, locals=dict(names))
+    except (sympy.SympifyError, SyntaxError, TypeError) as err:
+        raise ValueError(f"cannot read {expr!r} as a sympy expression: "
+                         f"{str(err).splitlines()[0]}") from err
+
+
 def _compile(exprs, symbols):
     """Lambdify expressions to a torch function ``(B, n) -> (B, len(exprs))``."""
     import sympy
@@ -192,8 +238,10 @@ def from_sympy(exprs, symbols, **kwargs):
     ----------
     exprs : sympy expression or list of them
         The k constraints.
-    symbols : list of sympy.Symbol
-        The n ambient coordinates, in order.
+    symbols : list of sympy.Symbol, or str
+        The n ambient coordinates, in order (names or a string such as
+        ``"x y z"`` are turned into symbols; expressions given as strings
+        are parsed with them).
     **kwargs
         Passed to :class:`ImplicitManifold` (``tol``, ``max_iter``, ``bounds``...).
 

@@ -322,6 +322,32 @@ def test_sympy_and_closed_form_torus_agree():
         ig.from_sympy(X + sympy.Symbol("w"), [X, Y, Z])
 
 
+def test_sympy_strings_names_and_unsupported_functions():
+    # Catches: strings parsed without the given coordinates (symbols with
+    # assumptions were "not among the coordinates ['x', 'y', 'z']"), "x y z"
+    # read letter by letter, repeated coordinates reaching lambdify's
+    # SyntaxError, and functions torch lacks failing inside a solver (NameError,
+    # RuntimeError) instead of at construction.
+    x, y, z = sympy.symbols("x y z", real=True)
+    reference = ig.from_sympy([(x**2 + y**2 + z**2 - 1) / 2], [x, y, z])
+    pts = reference.random_point(5)
+    for exprs, coords in [("(x**2 + y**2 + z**2 - 1) / 2", [x, y, z]),
+                          ("(x^2 + y^2 + z^2 - 1) / 2", "x y z"),
+                          (["(x**2 + y**2 + z**2 - 1) / 2"], ["x", "y", "z"])]:
+        sym = ig.from_sympy(exprs, coords)
+        assert sym.ambient_dim == 3 and sym.codim == 1
+        torch.testing.assert_close(sym.jacobian(pts), reference.jacobian(pts))
+    for exprs, coords, match in [
+            ("x**2 + y**2 +", [x, y, z], "cannot read"),
+            (x**2 + y**2 - 1, [x, x, y], "repeat"),
+            (x**2 - 1, [x**2], "must be sympy Symbols"),
+            ([], [x], "at least one expression"),
+            (sympy.besselj(0, x) + y**2 + z**2 - 1, [x, y, z], "besselj"),
+            (sympy.Max(x, y) + z**2 - 1, [x, y, z], "cannot evaluate")]:
+        with pytest.raises(ValueError, match=match):
+            ig.from_sympy(exprs, coords)
+
+
 def test_special_orthogonal_via_geomstats_levelset():
     from geomstats.geometry.special_orthogonal import SpecialOrthogonal
 
