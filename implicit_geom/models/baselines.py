@@ -27,11 +27,12 @@ import torch
 from scipy.special import logsumexp
 
 from ..datasets import torus_embed, vmf_draws
-from ..exceptions import EmptyDataError, NotFittedError, naming_points
+from ..exceptions import EmptyDataError, NotFittedError
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import ImplicitSphere, ImplicitTorus, as_implicit
 from ..manifolds.arithmetic import UnionManifold
 from ..numerics.validation import DTYPE, as_point_list, as_points, check_int
+from .closest import closest_points
 from .normalization import _sphere_params, manifold_quadrature
 
 __all__ = ["ManifoldKDE", "VonMisesFisherMixture", "log_sphere_kernel_mass"]
@@ -115,10 +116,10 @@ def _torus_angles(x, R):
 def _on_manifold(X, manifold, name):
     """Closest points on M: the baselines see points as the constrained EBM does
     (:meth:`ConstrainedEBM.on_manifold`), so a point off M is scored, and a
-    training point counts, at its closest point. (Kernels in ambient distances
+    training point counts, at its closest point, and a point farther from M
+    than its default ``max_distance`` is refused. (Kernels in ambient distances
     would otherwise score points off M by another number.)"""
-    with torch.no_grad(), naming_points(name):
-        return manifold.projection(X)
+    return closest_points(manifold, X, name)
 
 
 def _check(X, manifold, name="X"):

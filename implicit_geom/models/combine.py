@@ -10,11 +10,12 @@ import math
 
 import torch
 
-from ..exceptions import CheckpointError, ComponentError, NotFittedError, naming_points
+from ..exceptions import CheckpointError, ComponentError, NotFittedError
 from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.arithmetic import UnionManifold, intersection, union
 from ..numerics.validation import as_points, check_int
+from .closest import closest_points, resolve_max_distance
 from .ebm import ConstrainedEBM
 from .energy_nets import SumEnergy
 
@@ -123,6 +124,9 @@ class UnionEBM(EstimatorMixin):
         ``log Z_i`` of each model's energy; by default each model's own
         (:meth:`ConstrainedEBM.log_partition`: quadrature on curves and
         surfaces, learned or analytic, AIS elsewhere).
+    max_distance : "auto", float or None
+        Farthest a held-out point may lie from the union (see
+        :class:`ConstrainedEBM`; ``"auto"``: 5% of the diagonal of the union's box).
 
     Raises
     ------
@@ -131,7 +135,7 @@ class UnionEBM(EstimatorMixin):
         :meth:`~implicit_geom.manifolds.UnionManifold.check_pieces_disjoint`).
     """
 
-    def __init__(self, *models, weights=None, log_partitions=None):
+    def __init__(self, *models, weights=None, log_partitions=None, max_distance="auto"):
         if len(models) < 2 or not all(isinstance(m, ConstrainedEBM) for m in models):
             raise TypeError("UnionEBM needs at least two ConstrainedEBM models")
         self.models = list(models)
@@ -148,6 +152,8 @@ class UnionEBM(EstimatorMixin):
             raise ValueError("need one log partition per model")
         self.log_partitions = (None if log_partitions is None
                                else [float(v) for v in log_partitions])
+        resolve_max_distance(self.manifold, max_distance)  # a bad value fails here
+        self.max_distance = max_distance
 
     @property
     def dim(self):
@@ -184,18 +190,17 @@ class UnionEBM(EstimatorMixin):
         ------
         NotFittedError
             A model of the union is not fitted.
-        ProjectionError, QuadratureCoverageError
-            See :meth:`ConstrainedEBM.on_manifold`.
+        ProjectionError, InvalidPointError, QuadratureCoverageError
+            See :meth:`ConstrainedEBM.on_manifold` (``max_distance`` of the union).
         """
         if not self.is_fitted:
             raise NotFittedError("call fit first: a model of the union is not fitted")
         # float64 before projecting (as_points keeps a float32 tensor's dtype).
         X = as_points(X, self.dim, "X", dtype=torch.float64).reshape(-1, self.dim)
+        # The nearest piece's closest point (|F_i| of pieces of other scales
+        # would not tell the nearest piece of a point off M).
+        near = closest_points(self.manifold, X, "held-out points", self.max_distance)
         with torch.no_grad():
-            # The nearest piece's closest point (|F_i| of pieces of other
-            # scales would not tell the nearest piece of a point off M).
-            with naming_points("held-out points"):
-                near = self.manifold.projection(X)
             idx = self.manifold.component_index(near)
         for k, model in enumerate(self.models):
             mask = idx == k

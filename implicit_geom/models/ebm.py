@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..exceptions import (CheckpointError, EmptyDataError, InvalidPointError, NormalizationError,
-                          NotFittedError, ProjectionError, naming_points)
+                          NotFittedError, ProjectionError)
 from ..manifolds.components import sample_in_box
 from ..learning.checkpoint import checkpoint_dtype, dtype_name, load_checkpoint, save_checkpoint
 from ..learning.distributed import context, make_trainer
@@ -33,6 +33,7 @@ from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, check_int, padded_box
 from ..sampling.transitions import ComponentJump
+from .closest import closest_points, resolve_max_distance
 from .energy_nets import AnchoredVMFEnergy, EnergyMLP, PolynomialEnergy, SumEnergy
 from .normalization import (
     LogPartition,
@@ -448,6 +449,11 @@ class ConstrainedEBM(EnergyModel):
         misses (maximum likelihood on a fixed rule drifts there): validation
         never selects such a state, and :meth:`normalizer` raises
         :class:`~implicit_geom.exceptions.NormalizationError` for it.
+    max_distance : "auto", float or None
+        Farthest a point may lie from M to be seen at its closest point (fit,
+        validation, :meth:`score_samples`); farther points raise
+        :class:`~implicit_geom.exceptions.InvalidPointError`. ``"auto"``: 5% of
+        the diagonal of M's box (no limit where M has none); None: no limit.
     **kwargs
         Settings of :class:`EnergyModel` (``beta``, ``lr``, ``n_iter``,
         ``batch_size``, ``buffer_size``, ``n_mcmc_steps``, ``step_size``,
@@ -469,7 +475,8 @@ class ConstrainedEBM(EnergyModel):
     def __init__(self, manifold, energy_net=None, *, method="auto", sampler="langevin",
                  quadrature_resolution=128, quadrature_bounds=None, chain_init="noise",
                  hidden=(64, 64), fourier=0, max_frequency=8.0, jumps="auto", jump_scale=None,
-                 ais=None, max_log_z_error=0.01, max_peak_excess=1.0, **kwargs):
+                 ais=None, max_log_z_error=0.01, max_peak_excess=1.0, max_distance="auto",
+                 **kwargs):
         self.manifold = as_implicit(manifold)
         if energy_net is None:
             energy_net = EnergyMLP(self.manifold.ambient_dim, hidden=hidden,
@@ -493,6 +500,8 @@ class ConstrainedEBM(EnergyModel):
         self.ais = dict(ais or {})
         self.max_log_z_error = float(max_log_z_error)
         self.max_peak_excess = float(max_peak_excess)
+        resolve_max_distance(self.manifold, max_distance)  # a bad value fails here
+        self.max_distance = max_distance
         self._probe = None
         self._data = None
         self._box = None
@@ -885,14 +894,15 @@ class ConstrainedEBM(EnergyModel):
         ------
         ProjectionError
             Points that cannot be projected onto M.
+        InvalidPointError
+            Points farther than ``max_distance`` from M.
         QuadratureCoverageError
             Projections where the quadrature of ``log Z`` has no nodes (a part
             of M outside its box, or missed by its mesh): the normalised
             density says nothing there.
         """
         X = as_points(X, self.dim, what).to(self._param())
-        with torch.no_grad(), naming_points(what):
-            X = self.manifold.projection(X)
+        X = closest_points(self.manifold, X, what, self.max_distance)
         self.check_covered(X, what)
         return X
 

@@ -439,6 +439,38 @@ def test_points_outside_the_quadrature_raise_a_named_error():
             torch.cat([top, bottom]))
 
 
+def test_points_far_from_the_manifold_raise_a_named_error(vmf_data):
+    # A density on M scores a point at its closest point; a point far from M
+    # (here the unit sphere scaled by 2 or 3) is no perturbation of a point of
+    # M. Catches the old silent answer: fit on the radius-3 sphere and scores
+    # at radius 2 projected and returned the density at the projections.
+    from implicit_geom.models import ManifoldKDE, UnionEBM
+
+    sphere = ImplicitSphere(2)
+    with pytest.raises(InvalidPointError, match="20 of 20 training points lie farther"):
+        ConstrainedEBM(sphere, hidden=(8,), n_iter=2, seed=0).fit(3 * vmf_data[:20])
+    model = ConstrainedEBM(sphere, hidden=(8,), n_iter=2, seed=0).fit(vmf_data[:200])
+    near = vmf_data[200:205] * 1.1  # within 5% of the box diagonal (0.26)
+    torch.testing.assert_close(model.score_samples(near), model.score_samples(vmf_data[200:205]))
+    with pytest.raises(InvalidPointError, match=r"1 of 5 held-out points .*\(up to 1,"):
+        model.score_samples(torch.cat([near[:4], 2 * vmf_data[205:206]]))
+    far_ok = ConstrainedEBM(sphere, hidden=(8,), n_iter=2, seed=0, max_distance=None)
+    far_ok.fit(vmf_data[:200])
+    torch.testing.assert_close(far_ok.score_samples(2 * vmf_data[200:205]),
+                               far_ok.score_samples(vmf_data[200:205]))
+    for bad in (0.0, -1.0, float("nan"), "far"):
+        with pytest.raises(ValueError, match="max_distance"):
+            ConstrainedEBM(sphere, hidden=(8,), max_distance=bad)
+    other = ConstrainedEBM(ImplicitSphere(2, center=torch.tensor([3.0, 0.0, 0.0])),
+                           hidden=(8,), n_iter=2, seed=0).fit(vmf_data[:200] + torch.tensor(
+                               [3.0, 0.0, 0.0], dtype=torch.float64))
+    both = UnionEBM(model, other)
+    with pytest.raises(InvalidPointError, match="held-out points lie farther"):
+        both.score_samples(torch.tensor([[1.5, 5.0, 0.0]], dtype=torch.float64))
+    with pytest.raises(InvalidPointError, match="50 of 50 X lie farther"):
+        ManifoldKDE(sphere).fit(2 * vmf_data[:50], vmf_data[50:100])
+
+
 @pytest.mark.parametrize("method", ["mle", "pcd"])
 def test_a_float32_energy_fits_samples_and_scores_on_a_float64_sphere(method, vmf_data):
     # Catches float64 quadrature nodes and chain states reaching a float32 energy
@@ -496,7 +528,8 @@ def test_a_float32_manifold_with_the_default_float64_energy_is_normalised_by_ais
     model = ConstrainedEBM(s3, hidden=[8], n_iter=3, n_mcmc_steps=2, buffer_size=32, ais=ais)
     assert model._param().dtype == torch.float64 and model.resolved_method() == "pcd"
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    model.fit(x / x.norm(dim=-1, keepdim=True))
+    x = x / x.norm(dim=-1, keepdim=True)
+    model.fit(x)
     assert math.isfinite(model.log_partition())
     assert model.score_samples(x[:3]).dtype == torch.float64  # the energy's dtype
     assert model.sample(4, n_steps=2).dtype == torch.float32  # points of M, in its dtype
