@@ -69,8 +69,9 @@ def test_a_float32_model_reloads_in_float32_and_old_files_in_float64(tmp_path):
     x = data[:5].float()
     assert back.dtype == torch.float32 and back.bounds[0].dtype == torch.float32
     assert torch.equal(back.submersion(x), model.submersion(x))
-    ebm = ConstrainedEBM(ImplicitSphere(2), hidden=[4])
+    ebm = ConstrainedEBM(ImplicitSphere(2), hidden=[4], n_iter=1)
     ebm.energy_net.float()
+    ebm.fit(torch.nn.functional.pad(data, (0, 1)))  # (an unfitted model is not saved)
     ebm.save(tmp_path / "e.pt")
     assert next(ConstrainedEBM.load(tmp_path / "e.pt", ImplicitSphere(2))
                 .energy_net.parameters()).dtype == torch.float32

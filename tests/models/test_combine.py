@@ -136,7 +136,8 @@ def test_intersection_saves_and_loads_on_the_intersection(tmp_path):
     sa, sb = ImplicitSphere(2), ImplicitSphere(2, center=[1.0, 0.0, 0.0])
     a = ConstrainedEBM(sa, EnergyMLP(3, hidden=(8,), seed=0), seed=0)
     b = ConstrainedEBM(sb, EnergyMLP(3, hidden=(8,), seed=1), seed=0)
-    model = IntersectionEBM(a, b)
+    a._fitted = b._fitted = True  # (stand-ins for fitted factors: an unfitted product is
+    model = IntersectionEBM(a, b)  # not saved)
     model.save(tmp_path / "cap.pt")
     back = IntersectionEBM.load(tmp_path / "cap.pt", intersection(sa, sb))
     rho = math.sqrt(3) / 2
