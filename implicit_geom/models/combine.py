@@ -36,12 +36,13 @@ def _piece_identity(manifold):
             "fingerprint": _state_fingerprint(manifold, settings=False)}
 
 
-def _check_pieces(saved, pieces, path):
-    """Raise CheckpointError unless ``pieces`` are, in order, the pieces the
-    union was saved with (``saved``: their :func:`_piece_identity`)."""
+def _check_pieces(saved, pieces, path, whose="model {i} was saved on"):
+    """Raise CheckpointError unless ``pieces`` are, in order, the manifolds a
+    checkpoint was saved on (``saved``: their :func:`_piece_identity`);
+    ``whose`` completes the message (``{i}``: the piece's position)."""
     if not (isinstance(saved, list) and len(saved) == len(pieces)
             and all(isinstance(s, dict) for s in saved)):
-        raise CheckpointError(f"checkpoint {path} has a corrupt list of pieces")
+        raise CheckpointError(f"checkpoint {path} has a corrupt record of its manifolds")
     given = [_piece_identity(p) for p in pieces]
     for i, (want, got) in enumerate(zip(saved, given)):
         if want == got:
@@ -53,9 +54,9 @@ def _check_pieces(saved, pieces, path):
         where = [j for j, other in enumerate(given) if other == want]
         hint = (f"; the saved piece {i} was given as piece {where[0]}: hand the pieces in "
                 "the saved models' order" if where else "")
+        name = f"piece {i} ({pieces[i].name})" if len(pieces) > 1 else pieces[i].name
         raise CheckpointError(
-            f"{path}: piece {i} ({pieces[i].name}) is not the manifold model {i} was saved "
-            f"on: {what}{hint}")
+            f"{path}: {name} is not the manifold {whose.format(i=i)}: {what}{hint}")
 
 
 class IntersectionEBM(ConstrainedEBM):
