@@ -40,6 +40,36 @@ def test_errors(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "dir.pt", "junk.pt"]
 
 
+def test_unwritable_target_is_a_named_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    # Catches a bare PermissionError / OSError from an unwritable folder or a
+    # full disk (the library's callers expect CheckpointError), and a failed
+    # write that damaged the existing checkpoint or left its temporary behind.
+    import errno
+    import tempfile
+
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, "Thing", {"a": 1}, {})
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", denied)
+        with pytest.raises(CheckpointError, match="cannot save .*Permission denied"):
+            save_checkpoint(path, "Thing", {"a": 2}, {})
+    real_save = torch.save
+
+    def full_disk(obj, handle):
+        real_save(obj, handle)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="cannot save .*No space left"):
+        save_checkpoint(path, "Thing", {"a": 3}, {})
+    assert load_checkpoint(path, "Thing")[0] == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
 class Payload:
     """Arbitrary object: weights-only loading must refuse to unpickle it."""
 
