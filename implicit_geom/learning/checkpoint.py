@@ -115,6 +115,8 @@ def load_checkpoint(path, kind, required=()):
         Missing, unreadable, corrupt, foreign or incompatible file.
     """
     path = Path(path)
+    if path.is_dir():  # "not found" would send the user looking for a missing file
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:

@@ -37,6 +37,9 @@ def test_errors(tmp_path):
     (tmp_path / "dir.pt").mkdir()
     with pytest.raises(CheckpointError, match="is a folder"):
         save_checkpoint(tmp_path / "dir.pt", "Thing", {}, {})
+    # Loading a folder said "not found" of a path that exists.
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path / "dir.pt", "Thing")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "dir.pt", "junk.pt"]
 
 

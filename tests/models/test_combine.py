@@ -309,10 +309,18 @@ def test_union_load_refuses_pieces_other_than_the_saved_ones(tmp_path):
     from implicit_geom import ImplicitManifold, union
     from implicit_geom.exceptions import CheckpointError
 
+    from implicit_geom.exceptions import NotFittedError
+    from implicit_geom.models import EnergyMLP
+
     model = _fitted_circles_union()
     path = tmp_path / "union.pt"
     model.save(path)
     a, b = (m.manifold for m in model.models)
+    # A piece whose trainable energy was never fitted is not saved either.
+    half = UnionEBM(model.models[0], ConstrainedEBM(b, EnergyMLP(2, hidden=(4,))))
+    with pytest.raises(NotFittedError, match="call fit first"):
+        half.save(tmp_path / "half.pt")
+    assert not (tmp_path / "half.pt").exists()
     with pytest.raises(CheckpointError, match="piece 0 .* was given as piece 1"):
         UnionEBM.load(path, union(b, a))
     with pytest.raises(CheckpointError, match="another state"):
