@@ -59,6 +59,12 @@ def save_checkpoint(path, kind, config, payload):
         JSON-serialisable constructor arguments.
     payload : dict
         Tensors and plain containers (state dicts, history...).
+
+    Raises
+    ------
+    CheckpointError
+        A missing folder, a folder as ``path``, or a file that cannot be
+        written (permissions, full disk): ``path`` is then left as it was.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -67,15 +73,22 @@ def save_checkpoint(path, kind, config, payload):
         raise CheckpointError(f"cannot save to {path}: it is a folder; give a file name")
     record = {"format": FORMAT, "version": VERSION, "kind": kind,
               "config": json.dumps(config, sort_keys=True), **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # An unwritable folder, a full disk, a failed rename: a named error (a bare
+    # PermissionError or OSError before), the old file left as it was.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise CheckpointError(f"cannot save to {path}: {err}") from err
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(record, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointError(f"cannot save to {path}: {err}") from err
         raise
 
 
@@ -102,6 +115,8 @@ def load_checkpoint(path, kind, required=()):
         Missing, unreadable, corrupt, foreign or incompatible file.
     """
     path = Path(path)
+    if path.is_dir():  # "not found" would send the user looking for a missing file
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:

@@ -225,14 +225,26 @@ class PairwiseResult:
 
 
 # --------------------------------------------------------------------- sample graph
-def _state_fingerprint(space):
+def _state_fingerprint(space, settings=True):
     """Hash of what defines the zero set: parameters, buffers, scalar settings
-    (radii, tolerances, bounds) of the space and of its components."""
+    (radii, tolerances, bounds) of the space and of its components.
+
+    ``settings=False`` gives the fingerprint a checkpoint can store (a union
+    density's pieces): the types and the state dicts only, floating values
+    taken in float64, and a plain callable F by its qualified name instead
+    of its ``id``. It is the same in another process and after the space's
+    own save/load, ``.to(float32)`` of exactly representable values, or a
+    change of working settings (``progress``, ``name``, ``training``...),
+    which the cache key (default) counts as changes.
+    """
     digest = hashlib.sha1()
     seen = set()
 
     def tensor(val):
-        digest.update(val.detach().cpu().contiguous().numpy().tobytes())
+        val = val.detach().cpu()
+        if not settings and val.is_floating_point():
+            val = val.double()
+        digest.update(val.contiguous().numpy().tobytes())
 
     def visit(obj, depth=0):
         if id(obj) in seen or depth > 6:
@@ -244,6 +256,12 @@ def _state_fingerprint(space):
                 digest.update(key.encode())
                 tensor(val)
         for key, val in sorted(getattr(obj, "__dict__", {}).items()):
+            if not settings:
+                if (callable(val) and key in ("_f", "f")
+                        and not isinstance(val, torch.nn.Module)):
+                    name = getattr(val, "__qualname__", type(val).__qualname__)
+                    digest.update(f"{key}@{getattr(val, '__module__', '')}.{name}".encode())
+                continue
             if isinstance(val, (bool, int, float, str)):
                 digest.update(f"{key}={val!r}".encode())
             elif torch.is_tensor(val):

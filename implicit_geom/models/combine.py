@@ -7,13 +7,16 @@ intersection; on a union ``M1 ∪ M2`` it is a mixture
 """
 
 import math
+import warnings
 
 import torch
 
 from ..exceptions import CheckpointError, ComponentError, NotFittedError
 from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.estimator import EstimatorMixin
+from ..manifolds.analytic import as_implicit
 from ..manifolds.arithmetic import UnionManifold, intersection, union
+from ..manifolds.geodesics import _state_fingerprint
 from ..numerics.validation import as_points, check_int
 from .closest import closest_points, resolve_max_distance
 from .ebm import ConstrainedEBM
@@ -22,6 +25,39 @@ from .energy_nets import SumEnergy
 __all__ = ["IntersectionEBM", "UnionEBM", "combine_densities"]
 
 _CHECKPOINT_KIND = "UnionEBM"
+
+
+def _piece_identity(manifold):
+    """What a union checkpoint records of a piece: its class, dimensions and
+    the portable fingerprint of its state (the union's overlap cache hashes
+    the same state; here without working settings or ids, see
+    :func:`~implicit_geom.manifolds.geodesics._state_fingerprint`)."""
+    return {"class": type(manifold).__name__, "dim": int(manifold.dim),
+            "ambient_dim": int(manifold.ambient_dim),
+            "fingerprint": _state_fingerprint(manifold, settings=False)}
+
+
+def _check_pieces(saved, pieces, path, whose="model {i} was saved on"):
+    """Raise CheckpointError unless ``pieces`` are, in order, the manifolds a
+    checkpoint was saved on (``saved``: their :func:`_piece_identity`);
+    ``whose`` completes the message (``{i}``: the piece's position)."""
+    if not (isinstance(saved, list) and len(saved) == len(pieces)
+            and all(isinstance(s, dict) for s in saved)):
+        raise CheckpointError(f"checkpoint {path} has a corrupt record of its manifolds")
+    given = [_piece_identity(p) for p in pieces]
+    for i, (want, got) in enumerate(zip(saved, given)):
+        if want == got:
+            continue
+        what = ", ".join(f"{key} {got.get(key)!r} (saved: {want.get(key)!r})"
+                         for key in ("class", "dim", "ambient_dim") if want.get(key) != got[key])
+        what = what or ("the same class and dimensions, another state (parameters, centre, "
+                        "radius...)")
+        where = [j for j, other in enumerate(given) if other == want]
+        hint = (f"; the saved piece {i} was given as piece {where[0]}: hand the pieces in "
+                "the saved models' order" if where else "")
+        name = f"piece {i} ({pieces[i].name})" if len(pieces) > 1 else pieces[i].name
+        raise CheckpointError(
+            f"{path}: {name} is not the manifold {whose.format(i=i)}: {what}{hint}")
 
 
 class IntersectionEBM(ConstrainedEBM):
@@ -225,7 +261,11 @@ class UnionEBM(EstimatorMixin):
             A model :meth:`ConstrainedEBM.save` cannot save.
         """
         parts = [m._checkpoint() for m in self.models]
-        config = {"models": [c for c, _ in parts], "log_partitions": self.log_partitions}
+        config = {"models": [c for c, _ in parts], "log_partitions": self.log_partitions,
+                  # What identifies each model's piece: load checks the pieces it
+                  # is given against them (swapped pieces paired densities with
+                  # the wrong pieces).
+                  "pieces": [_piece_identity(m.manifold) for m in self.models]}
         payload = {"models": [p for _, p in parts], "weights": self.weights}
         save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
 
@@ -240,8 +280,10 @@ class UnionEBM(EstimatorMixin):
         Raises
         ------
         CheckpointError
-            Missing, unreadable, corrupt or incompatible file, or a number of
-            pieces other than the saved models'.
+            Missing, unreadable, corrupt or incompatible file, a number of
+            pieces other than the saved models', or a piece other than the
+            one its model was saved on (its class, dimension or state:
+            parameters, centre, radius...), e.g. pieces in another order.
         """
         config, record = load_checkpoint(path, _CHECKPOINT_KIND, required=("models", "weights"))
         if isinstance(manifold, UnionManifold):
@@ -259,6 +301,18 @@ class UnionEBM(EstimatorMixin):
         if len(pieces) != len(records):
             raise CheckpointError(f"{path} holds a union of {len(records)} models, "
                                   f"got {len(pieces)} manifolds")
+        pieces = [as_implicit(p) for p in pieces]
+        if "pieces" in config:
+            _check_pieces(config["pieces"], pieces, path)
+        else:
+            # A checkpoint from before the pieces were recorded: loaded
+            # unchecked, with a warning. Refusing it would leave a valid fit
+            # unreadable (nothing else is wrong with the file, and nothing can
+            # be recorded now that the fit is gone); saving the loaded union
+            # again records the pieces it was given.
+            warnings.warn(f"{path} was saved without its pieces' fingerprints: cannot check "
+                          "that the pieces are the saved models' own, in order; save it again "
+                          "to record them", UserWarning, stacklevel=2)
         models = [ConstrainedEBM._from_checkpoint(c, r, m, path)
                   for c, r, m in zip(configs, records, pieces)]
         try:

@@ -1111,8 +1111,17 @@ class ConstrainedEBM(EnergyModel):
         :class:`AnchoredVMFEnergy` energies, and :class:`SumEnergy` of them
         (cross-fitted ensembles, products), can be rebuilt by :meth:`load`.
 
+        A model with a trainable energy must be fitted (or loaded, or built
+        from fitted factors) first; an energy with no trainable parameters
+        (a known density, e.g. ``PolynomialEnergy`` with its coefficients
+        frozen) is ready as built and saves without a fit (see :attr:`is_fitted`).
+
         Raises
         ------
+        NotFittedError
+            A trainable energy that was never fitted: its weights are the
+            seed's initial ones, and :meth:`load` would hand them back as a
+            fitted density.
         TypeError
             An energy network of another type (its architecture cannot be
             rebuilt from the file).
@@ -1121,6 +1130,11 @@ class ConstrainedEBM(EnergyModel):
 
     def _checkpoint(self):
         """``(config, payload)`` of :meth:`save` (also a piece of a union's file)."""
+        # Here, not in save: a union saving this model as one of its pieces checks too.
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"call fit first: an unfitted {type(self).__name__} has no density to save "
+                "(its trainable energy holds the seed's initial weights)")
         config = {"ambient_dim": self.dim, **_energy_spec(self.energy_net),
                   "hyper": self._hyper()}
         payload = {"state_dict": self.energy_net.state_dict(),

@@ -16,10 +16,15 @@ import math
 
 import torch
 
+from ..exceptions import CheckpointError, NotFittedError
+from ..learning.checkpoint import load_checkpoint, save_checkpoint
 from ..learning.estimator import EstimatorMixin
+from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, check_int
 
 __all__ = ["DensityMixture", "normalized_log_density"]
+
+_CHECKPOINT_KIND = "DensityMixture"
 
 
 def normalized_log_density(model, X):
@@ -203,3 +208,87 @@ class DensityMixture(EstimatorMixin):
                  for i, (m, c) in enumerate(zip(self.models, counts)) if c > 0]
         out = torch.cat(parts)
         return out[torch.randperm(out.shape[0], generator=gen).to(out.device)]
+
+    # ----------------------------------------------------------- persistence
+    def save(self, path):
+        """Save the weights, the settings and every component as
+        :meth:`ConstrainedEBM.save` does, in one checkpoint (see :meth:`load`).
+
+        The library's atomic, weights-only checkpoint
+        (:mod:`implicit_geom.learning.checkpoint`). The manifold is not stored
+        (as for :meth:`ConstrainedEBM.save`), only what identifies it: its
+        class, dimensions and a fingerprint of its state, checked on load.
+
+        Raises
+        ------
+        NotFittedError
+            Before :meth:`fit` (uniform placeholder weights) unless weights
+            were given, or with an unfitted component.
+        TypeError
+            A component other than a :class:`~implicit_geom.models.ConstrainedEBM`
+            (closed forms, kernel estimates...: nothing to rebuild it from), or
+            one :meth:`ConstrainedEBM.save` cannot save.
+        """
+        from .combine import _piece_identity
+        from .ebm import ConstrainedEBM
+
+        if not self.is_fitted:
+            raise NotFittedError("call fit first (or give weights): an unfitted "
+                                 "DensityMixture has no weights to save")
+        others = sorted({type(m).__name__ for m in self.models
+                         if not isinstance(m, ConstrainedEBM)})
+        if others:
+            raise TypeError(f"save supports mixtures of ConstrainedEBM models, not of "
+                            f"{', '.join(others)}")
+        parts = [m._checkpoint() for m in self.models]
+        given = self.get_params(deep=False)["weights"]
+        config = {"models": [c for c, _ in parts],
+                  "weights": None if given is None else
+                  torch.as_tensor(given, dtype=DTYPE).reshape(-1).tolist(),
+                  "prior": self.prior, "n_iter": self.n_iter, "tol": self.tol,
+                  "n_iter_": self.n_iter_, "fit_nll_": self.fit_nll_,
+                  "manifold": _piece_identity(self.manifold)}
+        payload = {"models": [p for _, p in parts], "weights_": self.weights_}
+        save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
+
+    @classmethod
+    def load(cls, path, manifold):
+        """Rebuild a saved mixture on ``manifold`` (every component on that one object).
+
+        Each component comes back a :class:`ConstrainedEBM` (a product as
+        :meth:`IntersectionEBM.load`), in its saved dtype; the weights, the
+        settings and the last fit's ``n_iter_`` and ``fit_nll_`` as saved.
+
+        Raises
+        ------
+        CheckpointError
+            Missing, unreadable, corrupt, foreign or incompatible file, or a
+            manifold other than the saved one (its class, dimension or state).
+        """
+        from .combine import _check_pieces
+        from .ebm import ConstrainedEBM
+
+        config, record = load_checkpoint(path, _CHECKPOINT_KIND, required=("models", "weights_"))
+        manifold = as_implicit(manifold)  # once: the components share the object
+        _check_pieces([config.get("manifold")], [manifold], path, "the mixture was saved on")
+        configs, records, weights = config.get("models"), record["models"], record["weights_"]
+        if not (isinstance(configs, list) and isinstance(records, list) and configs
+                and len(configs) == len(records) and isinstance(weights, torch.Tensor)
+                and weights.shape == (len(records),) and bool(torch.isfinite(weights).all())
+                and bool((weights >= 0).all())
+                and abs(float(weights.sum()) - 1) < 1e-9):
+            raise CheckpointError(f"checkpoint {path} has a corrupt list of models or weights")
+        models = [ConstrainedEBM._from_checkpoint(c, r, manifold, path)
+                  for c, r in zip(configs, records)]
+        try:
+            model = cls(models, weights=config.get("weights"), prior=config["prior"],
+                        n_iter=config["n_iter"], tol=config["tol"])
+            model.n_iter_ = int(config["n_iter_"])
+            fit_nll = config["fit_nll_"]
+            model.fit_nll_ = None if fit_nll is None else float(fit_nll)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from err
+        model.weights_ = weights.to(DTYPE)  # as saved (fitted, or the given ones normalised)
+        if not model.is_fitted:
+            raise CheckpointError(f"checkpoint {path} holds an unfitted DensityMixture")
+        return model

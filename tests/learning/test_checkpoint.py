@@ -37,7 +37,40 @@ def test_errors(tmp_path):
     (tmp_path / "dir.pt").mkdir()
     with pytest.raises(CheckpointError, match="is a folder"):
         save_checkpoint(tmp_path / "dir.pt", "Thing", {}, {})
+    # Loading a folder said "not found" of a path that exists.
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path / "dir.pt", "Thing")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "dir.pt", "junk.pt"]
+
+
+def test_unwritable_target_is_a_named_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    # Catches a bare PermissionError / OSError from an unwritable folder or a
+    # full disk (the library's callers expect CheckpointError), and a failed
+    # write that damaged the existing checkpoint or left its temporary behind.
+    import errno
+    import tempfile
+
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, "Thing", {"a": 1}, {})
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", denied)
+        with pytest.raises(CheckpointError, match="cannot save .*Permission denied"):
+            save_checkpoint(path, "Thing", {"a": 2}, {})
+    real_save = torch.save
+
+    def full_disk(obj, handle):
+        real_save(obj, handle)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="cannot save .*No space left"):
+        save_checkpoint(path, "Thing", {"a": 3}, {})
+    assert load_checkpoint(path, "Thing")[0] == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
 class Payload:
@@ -69,8 +102,9 @@ def test_a_float32_model_reloads_in_float32_and_old_files_in_float64(tmp_path):
     x = data[:5].float()
     assert back.dtype == torch.float32 and back.bounds[0].dtype == torch.float32
     assert torch.equal(back.submersion(x), model.submersion(x))
-    ebm = ConstrainedEBM(ImplicitSphere(2), hidden=[4])
+    ebm = ConstrainedEBM(ImplicitSphere(2), hidden=[4], n_iter=1)
     ebm.energy_net.float()
+    ebm.fit(torch.nn.functional.pad(data, (0, 1)))  # (an unfitted model is not saved)
     ebm.save(tmp_path / "e.pt")
     assert next(ConstrainedEBM.load(tmp_path / "e.pt", ImplicitSphere(2))
                 .energy_net.parameters()).dtype == torch.float32

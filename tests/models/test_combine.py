@@ -1,5 +1,6 @@
 """Densities under manifold arithmetic: product on intersections, mixture on unions."""
 
+import json
 import math
 
 import pytest
@@ -136,7 +137,8 @@ def test_intersection_saves_and_loads_on_the_intersection(tmp_path):
     sa, sb = ImplicitSphere(2), ImplicitSphere(2, center=[1.0, 0.0, 0.0])
     a = ConstrainedEBM(sa, EnergyMLP(3, hidden=(8,), seed=0), seed=0)
     b = ConstrainedEBM(sb, EnergyMLP(3, hidden=(8,), seed=1), seed=0)
-    model = IntersectionEBM(a, b)
+    a._fitted = b._fitted = True  # (stand-ins for fitted factors: an unfitted product is
+    model = IntersectionEBM(a, b)  # not saved)
     model.save(tmp_path / "cap.pt")
     back = IntersectionEBM.load(tmp_path / "cap.pt", intersection(sa, sb))
     rho = math.sqrt(3) / 2
@@ -295,3 +297,48 @@ def test_a_float32_union_reloads_in_float32(tmp_path):
     samples = back.sample(20, n_steps=3, seed=1)
     assert samples.dtype == torch.float32
     assert torch.equal(samples, model.sample(20, n_steps=3, seed=1))
+
+
+def test_union_load_refuses_pieces_other_than_the_saved_ones(tmp_path):
+    # Catches UnionEBM.load pairing each saved density with whatever piece
+    # came at its position: the pieces swapped (or another circle) loaded
+    # silently, every model on the other model's circle. Rebuilt pieces
+    # equal to the saved ones (a fresh ImplicitSphere, or float32 copies of
+    # exactly representable values) still load, and a file saved before the
+    # pieces were recorded loads unchecked, with a warning.
+    from implicit_geom import ImplicitManifold, union
+    from implicit_geom.exceptions import CheckpointError
+
+    from implicit_geom.exceptions import NotFittedError
+    from implicit_geom.models import EnergyMLP
+
+    model = _fitted_circles_union()
+    path = tmp_path / "union.pt"
+    model.save(path)
+    a, b = (m.manifold for m in model.models)
+    # A piece whose trainable energy was never fitted is not saved either.
+    half = UnionEBM(model.models[0], ConstrainedEBM(b, EnergyMLP(2, hidden=(4,))))
+    with pytest.raises(NotFittedError, match="call fit first"):
+        half.save(tmp_path / "half.pt")
+    assert not (tmp_path / "half.pt").exists()
+    with pytest.raises(CheckpointError, match="piece 0 .* was given as piece 1"):
+        UnionEBM.load(path, union(b, a))
+    with pytest.raises(CheckpointError, match="another state"):
+        UnionEBM.load(path, [a, ImplicitSphere(1, center=[2.0, 0.0], radius=1.5)])
+    with pytest.raises(CheckpointError, match=r"dim 2 \(saved: 1\), ambient_dim 3"):
+        UnionEBM.load(path, [ImplicitSphere(2), ImplicitSphere(2, center=[5.0, 0.0, 0.0])])
+    circle = ImplicitManifold(lambda y: (y - torch.tensor([-2.0, 0.0], dtype=y.dtype))
+                              .square().sum(-1, keepdim=True) - 1, 2, 1)
+    with pytest.raises(CheckpointError, match="class 'ImplicitManifold'"):
+        UnionEBM.load(path, [circle, b])
+    x = torch.tensor([[-2.0, 1.1], [2.0, -1.05]], dtype=torch.float64)
+    fresh = [ImplicitSphere(1, center=[-2.0, 0.0]), ImplicitSphere(1, center=[2.0, 0.0])]
+    assert torch.equal(UnionEBM.load(path, fresh).score_samples(x), model.score_samples(x))
+    record = torch.load(path, weights_only=True)
+    config = json.loads(record["config"])
+    del config["pieces"]  # an older checkpoint
+    record["config"] = json.dumps(config)
+    torch.save(record, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="without its pieces' fingerprints"):
+        old = UnionEBM.load(tmp_path / "old.pt", [a, b])
+    assert torch.equal(old.score_samples(x), model.score_samples(x))

@@ -370,6 +370,30 @@ def test_loaded_model_checks_peaks_like_the_saved_one(tmp_path, vmf_data):
             m.normalizer()
 
 
+def test_save_refuses_an_unfitted_trainable_energy_but_saves_a_fixed_one(tmp_path, vmf_data):
+    # Catches save writing an unfitted model's seed weights, which load then
+    # handed back as a fitted density (loaded models are marked fitted): the
+    # unfitted original refused to score, its reload scored. An energy with no
+    # trainable parameters (a known density) is ready as built and still saves.
+    from implicit_geom.exceptions import NotFittedError
+    from implicit_geom.models import PolynomialEnergy
+
+    untrained = ConstrainedEBM(ImplicitSphere(2), hidden=(4,))
+    with pytest.raises(NotFittedError, match="call fit first"):
+        untrained.save(tmp_path / "untrained.pt")
+    assert not (tmp_path / "untrained.pt").exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind either
+    known = PolynomialEnergy(3, 1)
+    with torch.no_grad():
+        known.coef.copy_(-KAPPA * MU)
+    known.requires_grad_(False)  # vMF(MU, KAPPA): nothing to fit
+    fixed = ConstrainedEBM(ImplicitSphere(2), known)
+    assert fixed.is_fitted
+    fixed.save(tmp_path / "fixed.pt")
+    back = ConstrainedEBM.load(tmp_path / "fixed.pt", ImplicitSphere(2))
+    assert torch.equal(back.score_samples(vmf_data[:10]), fixed.score_samples(vmf_data[:10]))
+
+
 def test_on_a_learned_circle_log_z_is_its_length_and_samples_stay_on_it():
     # Exact MLE on a learned curve: the traced quadrature's volume is the
     # learned circle's length (close to 2 pi), log_prob integrates to one, and

@@ -127,3 +127,71 @@ def test_clone_shares_the_fitted_components():
     assert twin.fit(X).weights_.tolist() == mix.weights_.tolist()
     search = GridSearchCV(DensityMixture(ebms), {"prior": [0.0, 50.0]}, cv=2).fit(X)
     assert search.best_params_ == {"prior": 0.0}  # the likelihood's own optimum
+
+
+def test_save_load_round_trip_and_refusals(tmp_path):
+    # Catches a mixture that could not be saved at all (DensityMixture had no
+    # save/load), a reload with other components, weights or fit report
+    # (scores differ, is_fitted lost), a foreign, corrupt or mismatched file
+    # read without a CheckpointError, and an unfitted mixture or one of
+    # closed-form components written anyway.
+    from implicit_geom.exceptions import CheckpointError, NotFittedError
+    from implicit_geom.models import PolynomialEnergy
+
+    sphere = ImplicitSphere(2)
+
+    def known(mu, kappa):  # vMF(mu, kappa) with E = coef . x, frozen: nothing to fit
+        energy = PolynomialEnergy(3, 1)
+        with torch.no_grad():
+            energy.coef.copy_(-kappa * torch.tensor(mu, dtype=torch.float64))
+        return ConstrainedEBM(sphere, energy.requires_grad_(False), seed=0)
+
+    ebms = [known(NORTH, 6.0), known(SOUTH, 2.0)]
+    X = DensityMixture([ExactVMF(sphere, NORTH, 6.0), ExactVMF(sphere, SOUTH, 2.0)],
+                       weights=[0.3, 0.7]).sample(500, seed=1)
+    path = tmp_path / "mix.pt"
+    with pytest.raises(NotFittedError, match="call fit first"):
+        DensityMixture(ebms).save(path)  # uniform placeholder weights
+    assert list(tmp_path.iterdir()) == []
+    mix = DensityMixture(ebms, prior=0.5).fit(X)
+    mix.save(path)
+    for target in (sphere, ImplicitSphere(2)):  # the same object, or a rebuilt equal one
+        back = DensityMixture.load(path, target)
+        assert back.is_fitted and all(m.manifold is back.manifold for m in back.models)
+        assert torch.equal(back.score_samples(X[:50]), mix.score_samples(X[:50]))
+        assert torch.equal(back.weights_, mix.weights_)
+        assert (back.fit_nll_, back.n_iter_, back.prior) == (mix.fit_nll_, mix.n_iter_, 0.5)
+        assert back.get_params(deep=False)["weights"] is None
+    given = DensityMixture(ebms, weights=[1.0, 3.0])
+    given.save(tmp_path / "given.pt")
+    back = DensityMixture.load(tmp_path / "given.pt", sphere)
+    assert back.get_params(deep=False)["weights"] == [1.0, 3.0] and back.is_fitted
+    assert torch.equal(back.score_samples(X[:20]), given.score_samples(X[:20]))
+    # Foreign, corrupt and mismatched files.
+    ebms[0].save(tmp_path / "one.pt")
+    with pytest.raises(CheckpointError, match="holds a 'ConstrainedEBM', not a 'DensityMixture'"):
+        DensityMixture.load(tmp_path / "one.pt", sphere)
+    with pytest.raises(CheckpointError, match="holds a 'DensityMixture', not a 'ConstrainedEBM'"):
+        ConstrainedEBM.load(path, sphere)
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        DensityMixture.load(tmp_path / "cut.pt", sphere)
+    with pytest.raises(CheckpointError, match="not the manifold the mixture was saved on"):
+        DensityMixture.load(path, ImplicitSphere(2, radius=2.0))
+    record = torch.load(path, weights_only=True)
+    record["weights_"] = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64)
+    torch.save(record, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="corrupt list of models or weights"):
+        DensityMixture.load(tmp_path / "bad.pt", sphere)
+    # What cannot be saved: closed-form components, unfitted trainable ones, a folder.
+    with pytest.raises(TypeError, match="not of ExactVMF"):
+        DensityMixture([ExactVMF(sphere, NORTH, 1.0), ebms[1]], weights=[1, 1]).save(
+            tmp_path / "x.pt")
+    with pytest.raises(NotFittedError):
+        DensityMixture([ConstrainedEBM(sphere, hidden=(4,)), ebms[1]], weights=[1, 1]).save(
+            tmp_path / "x.pt")
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder"):
+        mix.save(tmp_path / "folder.pt")
+    assert not (tmp_path / "x.pt").exists()
