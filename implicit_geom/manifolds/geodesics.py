@@ -52,7 +52,7 @@ from ..numerics.ode import n_macro_steps
 from ..numerics.validation import DTYPE, as_point_list, as_points, broadcast_points, check_int
 from ..progress import Progress
 from ..threads import check_jobs, fork_map, resolve_jobs
-from .components import chord_offsets, sample_in_box
+from .components import check_links, normal_jacobians, sample_in_box
 
 
 # --------------------------------------------------------------------------- LGL rules
@@ -370,7 +370,8 @@ class SampleGraph:
     linked to their ``n_neighbors`` nearest samples. An edge is kept only if
     its midpoint lies within ``max_sagitta`` times its length of M (a chord of
     a smooth curve on M bends away by about ``kappa l^2 / 8``; an edge that
-    bridges a gap between sheets or components does not), and, on unions, only
+    bridges a gap between sheets or components does not) and the normals at
+    its ends agree (:func:`~.components.check_links`), and, on unions, only
     between points of the same component. The edges are built on first use
     (the curvature certificate of :class:`GeodesicLogSolver` needs only the
     sample).
@@ -419,7 +420,7 @@ class SampleGraph:
         hi = high.detach().cpu().double().numpy()
         margin = 2 * self.spacing
         self.encloses = bool(((pts - lo > margin) & (hi - pts > margin)).all())
-        self._matrix = self._labels = self._curvature = self._neighbors = None
+        self._matrix = self._labels = self._curvature = self._neighbors = self._jac = None
 
     @property
     def matrix(self):
@@ -495,14 +496,33 @@ class SampleGraph:
         cols, w = idx.reshape(-1), dist.reshape(-1)
         keep = np.isfinite(w) & (w > 0 if skip_self else np.ones_like(w, dtype=bool))
         rows, cols, w = rows[keep], cols[keep], w[keep]
+        jac_q = (self._node_jacobians() if queries is self.points
+                 else normal_jacobians(self.space, q))
+        ok = self._check(q, rows, cols, w, jac_q)
+        return rows[ok], cols[ok], w[ok]
+
+    def _node_jacobians(self):
+        """Jacobians of F at the nodes (cached)."""
+        if self._jac is None:
+            self._jac = normal_jacobians(self.space, self.points)
+        return self._jac
+
+    def _check(self, queries, rows, cols, w, jac_q=None):
+        """Edges from ``queries[rows]`` to nodes ``cols`` (lengths ``w``) that
+        follow M (:func:`check_links`) and, on unions, stay in one component.
+        ``jac_q``: the queries' Jacobians (default: queries are nodes)."""
         space = self.space
-        a = q[rows].to(space.device, space.dtype)
+        jac = self._node_jacobians()
+        jac_q = jac if jac_q is None else jac_q
+        a = queries[rows].to(space.device, space.dtype)
         b = self.points[cols].to(space.device, space.dtype)
-        ok = chord_offsets(space, a, b, chunk=max(len(a), 1)) <= self.max_sagitta * w
+        pick = (lambda j, k: j[torch.as_tensor(k, device=j.device)])
+        ok = check_links(space, a, b, w, self.max_sagitta, pick(jac_q, rows), pick(jac, cols),
+                         chunk=max(len(a), 1))
         comp_a, comp_b = self._component(a), self._component(b)
         if comp_a is not None:
             ok &= (comp_a == comp_b).cpu().numpy()
-        return rows[ok], cols[ok], w[ok]
+        return ok
 
     def attach(self, queries):
         """Graph with the query points appended as nodes ``n, n + 1, ...``.
