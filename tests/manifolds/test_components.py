@@ -171,3 +171,22 @@ def test_close_pieces_are_told_apart_by_checking_the_links():
     assert labels[0] == labels[1] != labels[2] == labels[3]
     d = manifold.metric.dist(pts[0], pts[1:])
     assert math.isfinite(float(d[0])) and math.isinf(float(d[1])) and math.isinf(float(d[2]))
+
+
+def test_slanted_links_between_close_sheets_are_dropped():
+    # Catches concentric circles 0.01 apart (radii 1 and 1.01; linking radius
+    # 0.13) counted as one component: a slanted link of length 0.12 from one
+    # to the other has its midpoint 0.005 from the inner circle, within the
+    # midpoint check's 0.2 x length. The normals at its ends face each other
+    # (F has one sign in the gap), which a link along one circle never does.
+    def f(x):
+        r2 = (x * x).sum(-1)
+        return ((r2 - 1.0) * (r2 - 1.01 ** 2)).unsqueeze(-1)
+
+    manifold = ig.ImplicitManifold(f, 2, 1, bounds=([-1.5, -1.5], [1.5, 1.5]))
+    components = manifold.sampled_components()
+    assert components.radius > 0.1 and manifold.n_components == 2
+    pts = torch.cat([on_circle(torch.zeros(2), [0.0, 2.0]),
+                     1.01 * on_circle(torch.zeros(2), [0.1, 3.0])])
+    labels = manifold.component_of(pts).tolist()
+    assert labels[0] == labels[1] != labels[2] == labels[3]

@@ -492,3 +492,71 @@ def test_n_neighbors_is_checked_and_one_edge_per_query_works():
     rows, cols, _ = graph._edges(x, graph.points, 1)
     assert rows.tolist() == [0, 1, 2]
     assert torch.allclose(graph.points[cols], x, atol=0.05)
+
+
+def _unit_level(x):
+    return ((x * x).sum(-1, keepdim=True) - 1.0) / 2
+
+
+def _torus_level(x):
+    q = (x[..., :2] ** 2).sum(-1).sqrt() - 2.0
+    return ((q * q + x[..., 2] ** 2 - 1.0) / 2).unsqueeze(-1)
+
+
+def test_two_neighbours_graph_is_joined_on_a_connected_manifold():
+    # Catches a k-NN graph with n_neighbors=2 left in pieces (a circle split
+    # into two arcs, a sphere into 4, a torus into 3): half the circle's
+    # distances went the long way round (3.28 for an arc of 3), and the
+    # torus's chains of nodes had graph routes twice the geodesic, which
+    # straightened onto longer geodesics. Its pieces are bridged (and the
+    # zigzags shortcut) by checked edges now.
+    circle = ig.ImplicitManifold(_unit_level, 2, 1, bounds=([-1.5] * 2, [1.5] * 2))
+    solver = GeodesicLogSolver(circle, n_neighbors=2, n_graph_nodes=200)
+    ang = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.5], dtype=torch.float64)
+    x = torch.stack([ang.cos(), ang.sin()], -1)
+    d = solver.dist(torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand(5, 2), x)
+    torch.testing.assert_close(d, torch.minimum(ang, 2 * math.pi - ang), rtol=0, atol=1e-6)
+    assert solver.graph().n_components == 1
+
+    sphere = ig.ImplicitManifold(_unit_level, 3, 1, bounds=([-1.5] * 3, [1.5] * 3))
+    solver = GeodesicLogSolver(sphere, n_neighbors=2, n_graph_nodes=1000)
+    p = unit(6, 3, seed=1)
+    q = torch.nn.functional.normalize(-p + 0.3 * unit(6, 3, seed=2), dim=-1)  # near antipodes
+    torch.testing.assert_close(solver.dist(p, q), torch.arccos((p * q).sum(-1).clamp(-1, 1)),
+                               rtol=0, atol=1e-6)
+    assert solver.graph().n_components == 1
+
+    torus = ig.ImplicitManifold(_torus_level, 3, 1, bounds=([-3.5] * 3, [3.5] * 3))
+    gen = torch.Generator().manual_seed(1)
+    u, v = torch.rand(2, 12, generator=gen, dtype=torch.float64) * 2 * math.pi
+    pts = torch.stack([(2 + v.cos()) * u.cos(), (2 + v.cos()) * u.sin(), v.sin()], -1)
+    solver = GeodesicLogSolver(torus, n_neighbors=2, n_graph_nodes=2000)
+    res = solver.pairwise(pts)
+    assert solver.graph().n_components == 1 and not bool(res.failed.any())
+    # The analytic torus's own solver (default neighbours) as the reference.
+    ref = GeodesicLogSolver(ig.ImplicitTorus(2.0, 1.0), n_graph_nodes=2000).pairwise(pts)
+    torch.testing.assert_close(res.dist, ref.dist, rtol=1e-6, atol=1e-6)
+
+
+def test_two_neighbours_graph_keeps_close_circles_apart():
+    # Bridging the pieces of the graph uses the checked edges only: two circles
+    # 0.1 apart (closer than the graph's reach) stay two pieces, and log across
+    # them names why.
+    centres = torch.tensor([[-1.05, 0.0], [1.05, 0.0]], dtype=torch.float64)
+
+    def f(x):
+        sq = ((x[..., None, :] - centres) ** 2).sum(-1) - 1.0
+        return (sq[..., 0] * sq[..., 1]).unsqueeze(-1)
+
+    curves = ig.ImplicitManifold(f, 2, 1, bounds=([-3.0, -1.5], [3.0, 1.5]))
+    solver = GeodesicLogSolver(curves, n_neighbors=2, n_graph_nodes=300)
+    graph = solver.graph()
+    graph.matrix  # noqa: B018
+    side = graph.points[:, 0] > 0
+    assert graph.n_components == 2
+    assert len(set(graph.labels[side.numpy()])) == 1 and len(set(graph.labels[~side.numpy()])) == 1
+    a = torch.tensor([[-0.05, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[0.05, 0.0]], dtype=torch.float64)
+    assert math.isinf(float(solver.dist(a, b)))
+    with pytest.raises(DisconnectedError, match="not joined in its sample graph"):
+        solver.log(b, a)
