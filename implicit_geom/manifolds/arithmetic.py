@@ -146,7 +146,8 @@ class IntersectionManifold(ImplicitManifold):
         """Why a projection may have failed: the crossing condition number at
         ``end``, where Newton stopped (computed only on failure; below the
         raise threshold a near-tangential crossing makes Newton fail before
-        :meth:`_check_regular` can name it)."""
+        :meth:`_check_regular` can name it). Projections, :meth:`random_point`
+        and the samplers' starts append it to their ProjectionError."""
         with torch.no_grad():
             end = end[torch.isfinite(end).all(-1)]
             kappa = self.crossing_condition(end) if end.shape[0] else end.new_empty(0)

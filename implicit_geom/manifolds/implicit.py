@@ -378,6 +378,17 @@ class ImplicitManifold(nn.Module, LevelSet):
                 "length units off M: rescale the data (e.g. to unit spread, km instead of m) "
                 "or the defining function.")
 
+    def _failure_note(self, end):
+        """A sentence on why Newton may have failed where it stopped (``end``:
+        the failed points' last iterates, flat), for ProjectionError
+        messages, or ``""``: intersections name their crossing condition."""
+        return ""
+
+    def _failure_suffix(self, end):
+        """:meth:`_failure_note` as a message suffix (``""`` when it has none)."""
+        note = self._failure_note(end)
+        return f" {note}" if note else ""
+
     def is_tangent(self, vector, base_point, atol=1e-6):
         """Whether ``|J(x) v| <= atol``, shape ``(...,)`` (False for wrong shapes)."""
         wrong = _wrong_shape(vector, self.ambient_dim)
@@ -727,7 +738,8 @@ class ImplicitManifold(nn.Module, LevelSet):
             f"{missing.numel()} of {n_samples} draws could not be projected onto "
             f"{self.name} after {max_rounds} rounds; draw from a region (bounds) that "
             "encloses the manifold." + self._scale_note(batch.reshape(-1, self.ambient_dim)
-                                                        .to(self.dtype)))
+                                                        .to(self.dtype))
+            + self._failure_suffix(res.x[~ok]), points=res.x[~ok])
 
     # ------------------------------------------------------ retraction, transport
     def retraction(self, tangent_vec, base_point):

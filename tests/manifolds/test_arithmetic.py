@@ -1,6 +1,7 @@
 """Intersections and unions of implicit manifolds (mixing analytic and geomstats spaces)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -275,3 +276,34 @@ def test_union_overlap_check_finds_a_small_shared_cap():
     touching = ig.union(ig.ImplicitSphere(1), ig.ImplicitSphere(1, 0.5, center=[0.5, 0.0]))
     for seed in range(5):  # internally tangent circles: hits cluster at the contact
         touching.check_pieces_disjoint(seed=seed)
+
+
+def test_intersection_sampler_start_and_random_point_failures_report_the_crossing():
+    # Catches sampler starts and random_point on an intersection failing with
+    # a plain ProjectionError (projection's names the crossing condition):
+    # two unit spheres 2.1 apart do not meet, and Newton stalls between them
+    # where their normals are (nearly) parallel.
+    import warnings
+
+    from implicit_geom.exceptions import ProjectionError
+    from implicit_geom.sampling import ConstrainedLangevin
+
+    apart = ig.intersection(ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[2.1, 0.0, 0.0]))
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.tensor([1.05, 0.0, 0.0], dtype=torch.float64) + 0.3 * torch.randn(
+        8, 3, dtype=torch.float64, generator=gen)
+    note = r"where Newton stopped \(crossing condition number"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ProjectionError, match="starting point") as info:
+            ConstrainedLangevin(apart, None, seed=0).sample(x0, 2)
+        assert re.search(note, str(info.value)), str(info.value)
+        assert info.value.points.shape == (8, 3) and info.value.failed.all()
+        with pytest.raises(ProjectionError, match="draws could not be projected") as info:
+            apart.random_point(4, max_rounds=2)
+        assert re.search(note, str(info.value)), str(info.value)
+    # Other manifolds add no note.
+    with pytest.raises(ProjectionError) as info:
+        ConstrainedLangevin(ig.ImplicitManifold(lambda x: x.square().sum(-1, keepdim=True) + 1,
+                                                3), None).sample(x0, 2)
+    assert "crossing" not in str(info.value)
