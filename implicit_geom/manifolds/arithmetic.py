@@ -93,21 +93,30 @@ class IntersectionManifold(ImplicitManifold):
         (see the class docstring; inf where a piece or the stack is singular)."""
         x, batch = self._flat(point)
         with torch.no_grad():
-            jac = self._value_and_jacobian(x)[1]
-            rows = []
-            singular = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            for part in jac.split([c.codim for c in self.components], dim=-2):
-                _, sv, vh = torch.linalg.svd(part, full_matrices=False)
-                singular |= ~(sv[..., -1] > SINGULAR_RTOL * sv[..., 0])
-                rows.append(vh)  # orthonormal basis of the piece's normal space
-            sigma = torch.linalg.svdvals(torch.cat(rows, dim=-2))[..., -1]
-            kappa = torch.where(singular | ~(sigma > 0), torch.inf, 1 / sigma)
+            kappa = self._crossing_condition(self._value_and_jacobian(x)[1])
         return kappa.reshape(batch)
 
-    def _check_regular(self, x, what):
+    def _crossing_condition(self, jac):
+        """:meth:`crossing_condition` from the stacked Jacobians ``(B, k, n)``."""
+        rows = []
+        singular = torch.zeros(jac.shape[0], dtype=torch.bool, device=jac.device)
+        for part in jac.split([c.codim for c in self.components], dim=-2):
+            _, sv, vh = torch.linalg.svd(part, full_matrices=False)
+            singular |= ~(sv[..., -1] > SINGULAR_RTOL * sv[..., 0])
+            rows.append(vh)  # orthonormal basis of the piece's normal space
+        sigma = torch.linalg.svdvals(torch.cat(rows, dim=-2))[..., -1]
+        return torch.where(singular | ~(sigma > 0), torch.inf, 1 / sigma)
+
+    def _check_regular(self, x, what, jac=None):
         """Raise where the pieces meet too tangentially for the working dtype,
-        warn where they meet at a small angle (see the class docstring)."""
-        kappa = self.crossing_condition(x)
+        warn where they meet at a small angle (see the class docstring).
+        ``jac``, the Jacobian at ``x`` where the caller has it, is used as
+        given instead of being evaluated again."""
+        if jac is None:
+            kappa = self.crossing_condition(x)
+        else:
+            with torch.no_grad():
+                kappa = self._crossing_condition(jac)
         if not kappa.numel():
             return
         worst = float(kappa.max())
@@ -139,8 +148,11 @@ class IntersectionManifold(ImplicitManifold):
             end = end if err.failed is None else end[err.failed]
             raise ProjectionError(f"{err} {self._failure_note(end)}",
                                   err.failed, err.residual, err.points) from err
-        self._check_regular(y, "projection")
         return y
+
+    def _check_projected(self, res):
+        # The Jacobian at the closest points comes from the solve.
+        self._check_regular(res.x, "projection", jac=res.jac)
 
     def _failure_note(self, end):
         """Why a projection may have failed: the crossing condition number at

@@ -307,3 +307,26 @@ def test_intersection_sampler_start_and_random_point_failures_report_the_crossin
         ConstrainedLangevin(ig.ImplicitManifold(lambda x: x.square().sum(-1, keepdim=True) + 1,
                                                 3), None).sample(x0, 2)
     assert "crossing" not in str(info.value)
+
+
+def test_intersection_projection_checks_the_crossing_with_the_solves_jacobian():
+    # Catches the projection's crossing check evaluating J again at the
+    # closest points the Newton solve had just evaluated it at: the check
+    # takes the solve's Jacobian and gives the same crossing condition.
+    shallow, d, rho = near_tangent_spheres(1e-4)  # kappa 71: warned
+    x = torch.tensor([[d / 2, 0.01, 0.0], [d / 2, 0.0, 0.3]], dtype=torch.float64)
+    with pytest.warns(ig.exceptions.ConditioningWarning) as record:
+        reference = shallow.projection(x)
+    expected = float(shallow.crossing_condition(reference).max())
+
+    def refuse(point):
+        raise AssertionError("crossing_condition evaluated the Jacobian again")
+
+    shallow.crossing_condition = refuse
+    with pytest.warns(ig.exceptions.ConditioningWarning, match="small angle") as again:
+        pts = shallow.projection(x)
+    assert torch.equal(pts, reference)
+    assert str(again[0].message) == str(record[0].message)
+    assert f"condition number {expected:.3g})" in str(again[0].message)
+    res = shallow.solve_projection(x)
+    torch.testing.assert_close(res.jac, shallow._value_and_jacobian(res.x)[1], rtol=0, atol=0)
