@@ -222,7 +222,9 @@ class UnionManifold(ImplicitManifold):
         super().__init__(None, ambient_dim=n, codim=k, **kwargs)
         self.components = nn.ModuleList(comps)  # the pieces of the union
         self._adopt_precision(self.components)  # in the pieces' dtype, as intersections
-        self._disjoint_key = None  # pieces' state last checked (check_pieces_disjoint)
+        from .geodesics import _StateWatch  # geodesics builds on this package
+
+        self._disjoint_watch = _StateWatch()  # pieces' state last checked (check_pieces_disjoint)
 
     # The active component of each point defines M locally.
     def _stack(self, x):
@@ -286,14 +288,14 @@ class UnionManifold(ImplicitManifold):
         parts, or ones far from the 8 nearest samples (pieces that also
         cross elsewhere), can pass unnoticed. Run once before the union's components, quadrature
         or mixture are used; a piece that cannot be sampled is not checked
-        from its side. The pass is cached against a fingerprint of the
-        pieces' state (parameters, buffers, settings, as the geodesic graph
-        cache), so a piece refitted, loaded or moved in place is checked again.
+        from its side. The pass is cached against the pieces' state
+        (parameters, buffers and bounds, settings), watched cheaply through
+        the tensors' identities and in-place version counters and hashed
+        only when those moved, so a piece refitted, loaded, moved or re-boxed
+        is checked again. Edits through ``.data`` bypass the version
+        counters: call the piece's ``invalidate_caches()`` after them.
         """
-        from .geodesics import _state_fingerprint  # geodesics builds on this package
-
-        key = (_state_fingerprint(self.components), int(n_samples), int(seed))
-        if key == self._disjoint_key:
+        if not self._disjoint_watch.changed(self.components, int(n_samples), int(seed)):
             return
         pieces = list(self.components)
         samples = [self._piece_samples(c, n_samples, seed + i) for i, c in enumerate(pieces)]
@@ -331,7 +333,7 @@ class UnionManifold(ImplicitManifold):
                         f"points of piece {i} lie on piece {j}): the "
                         "union would count it twice (components, volume, densities); "
                         "use one piece for the shared part.")
-        self._disjoint_key = key
+        self._disjoint_watch.record()
 
     @staticmethod
     def _on_other(piece, other, pts, diam):
@@ -385,7 +387,8 @@ class UnionManifold(ImplicitManifold):
 
     def invalidate_caches(self):
         super().invalidate_caches()
-        self._disjoint_key = None
+        if hasattr(self, "_disjoint_watch"):
+            self._disjoint_watch.forget()
 
     def _known_n_components(self):
         counts = [c._known_n_components() for c in self.components]

@@ -35,6 +35,7 @@ with a per-pair exit from every loop. Near pairs never build the graph.
 import hashlib
 import itertools
 import math
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -225,48 +226,131 @@ class PairwiseResult:
 
 
 # --------------------------------------------------------------------- sample graph
-def _state_fingerprint(space):
-    """Hash of what defines the zero set: parameters, buffers, scalar settings
-    (radii, tolerances, bounds) of the space and of its components."""
-    digest = hashlib.sha1()
-    seen = set()
+#: Attributes that count caches, not state (bumped by invalidate_caches):
+#: in the cheap key (:func:`_state_version`), not in the content hash.
+_CACHE_COUNTERS = frozenset({"_cache_generation"})
 
-    def tensor(val):
-        digest.update(val.detach().cpu().contiguous().numpy().tobytes())
+
+def _walk_state(space):
+    """What defines a space's zero set, in a fixed order: ``("tensor", name,
+    t)`` for its and its components' parameters and buffers (non-persistent
+    ones too: bounds) and tensor attributes, ``("setting", text)`` for type
+    names, scalar settings (radii, tolerances) and plain callables' identity
+    (a closure's captured values are not visible; rebuild the manifold after
+    changing them)."""
+    seen, seen_tensors = set(), set()
+
+    def tensor(name, val):
+        if id(val) not in seen_tensors:
+            seen_tensors.add(id(val))
+            yield "tensor", name, val
 
     def visit(obj, depth=0):
         if id(obj) in seen or depth > 6:
             return
         seen.add(id(obj))
-        digest.update(type(obj).__name__.encode())
+        yield "setting", type(obj).__name__
         if isinstance(obj, torch.nn.Module):
-            for key, val in obj.state_dict().items():
-                digest.update(key.encode())
-                tensor(val)
+            for name, val in itertools.chain(obj.named_parameters(), obj.named_buffers()):
+                yield from tensor(name, val)
         for key, val in sorted(getattr(obj, "__dict__", {}).items()):
             if isinstance(val, (bool, int, float, str)):
-                digest.update(f"{key}={val!r}".encode())
+                yield "setting", f"{key}={val!r}"
             elif torch.is_tensor(val):
-                digest.update(key.encode())
-                tensor(val)
+                yield from tensor(key, val)
             elif isinstance(val, torch.nn.Module):
-                visit(val, depth + 1)
+                yield from visit(val, depth + 1)
             elif isinstance(val, (list, tuple)):
                 for item in val:
                     if torch.is_tensor(item):
-                        tensor(item)
+                        yield from tensor(key, item)
                     elif isinstance(item, torch.nn.Module):
-                        visit(item, depth + 1)
+                        yield from visit(item, depth + 1)
             elif callable(val) and key in ("_f", "f"):
-                # A plain callable: its identity (a closure's captured values
-                # are not visible; rebuild the manifold after changing them).
-                digest.update(f"{key}@{id(val)}".encode())
+                yield "setting", f"{key}@{id(val)}"
         for child in getattr(obj, "_modules", {}).values():
             if child is not None:
-                visit(child, depth + 1)
+                yield from visit(child, depth + 1)
 
-    visit(space)
+    yield from visit(space)
+
+
+def _state_fingerprint(space):
+    """Hash of what defines the zero set: parameters, buffers (bounds too),
+    scalar settings (radii, tolerances) of the space and of its components,
+    by content (equal for equal states, in any process, but for a plain
+    callable F, named by its id; every tensor is read, a device sync on a
+    GPU: :class:`_StateWatch` hashes only when :func:`_state_version` moved)."""
+    digest = hashlib.sha1()
+    for item in _walk_state(space):
+        if item[0] == "setting":
+            if item[1].split("=", 1)[0] not in _CACHE_COUNTERS:
+                digest.update(item[1].encode())
+        else:
+            _, name, val = item
+            digest.update(f"{name}:{val.dtype}:{tuple(val.shape)}".encode())
+            digest.update(val.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _state_version(space):
+    """A cheap key of the same state, without reading any tensor: each
+    tensor's identity, in-place version counter (``_version``: optimiser
+    steps, ``copy_``, ``load_state_dict``), storage pointer, shape, dtype and
+    device, and the settings (with the pieces' ``invalidate_caches``
+    counter). Returns the key and weak references to the tensors (while they
+    live, their ids are theirs). Edits through ``.data`` bypass the version
+    counter: call the manifold's ``invalidate_caches()`` after them."""
+    key, refs = [], []
+    for item in _walk_state(space):
+        if item[0] == "setting":
+            key.append(item[1])
+        else:
+            _, name, val = item
+            refs.append(weakref.ref(val))
+            key.append((name, id(val), val._version, val.data_ptr(), tuple(val.shape),
+                        val.dtype, str(val.device)))
+    return tuple(key), refs
+
+
+class _StateWatch:
+    """Whether a space's state moved since :meth:`record`: the cheap
+    :func:`_state_version` first, the content hash only when it moved (an
+    unchanged content, e.g. a state loaded again, counts as unchanged).
+
+    Usage: ``if watch.changed(space, *extra): ...recompute...; watch.record()``.
+    Not pickled (a copy starts unrecorded).
+    """
+
+    def __init__(self):
+        self.forget()
+
+    def forget(self):
+        self._key = self._refs = self._digest = self._pending = None
+
+    def changed(self, space, *extra):
+        key, refs = _state_version(space)
+        key = (key, extra)
+        if (key == self._key and self._refs is not None
+                and all(r() is not None for r in self._refs)):
+            return False
+        digest = (_state_fingerprint(space), extra)
+        if digest == self._digest:
+            self._key, self._refs = key, refs
+            return False
+        self._pending = key, refs, digest
+        return True
+
+    def record(self):
+        """Remember the state :meth:`changed` last saw as the checked one."""
+        if self._pending is not None:
+            (self._key, self._refs, self._digest), self._pending = self._pending, None
+
+    def __getstate__(self):
+        return {"recorded": False}  # not empty: unpickling calls __setstate__
+
+    def __setstate__(self, state):
+        self.forget()
 
 
 def _farthest_points(points, n_keep, seed=0):
@@ -671,7 +755,7 @@ class GeodesicLogSolver(LogSolver):
         self.shoot_iter = int(shoot_iter)
         self.curvature_margin = float(curvature_margin)
         self.nodes_per_spacing = 4.0
-        self._graph, self._graph_key = None, None
+        self._graph, self._graph_watch = None, _StateWatch()
         self.stats = {}
 
     # ------------------------------------------------------------------ graph
@@ -699,8 +783,8 @@ class GeodesicLogSolver(LogSolver):
         side exist, and the curvature bound is global). Where it still
         reaches them, the first box is kept.
         """
-        key = _state_fingerprint(self._space)
-        if self._graph is None or key != self._graph_key:
+        changed = self._graph_watch.changed(self._space)
+        if self._graph is None or changed:
             box, auto = self._box(queries if queries is not None
                                   else self._space.random_point(2))
             first = None
@@ -718,7 +802,8 @@ class GeodesicLogSolver(LogSolver):
                 # untrained F's spurious sheets): a larger box only spreads
                 # the same number of nodes thinner; keep the first one.
                 graph = first
-            self._graph, self._graph_key = graph, key
+            self._graph = graph
+            self._graph_watch.record()
         return self._graph
 
     def _near_radius(self, queries):

@@ -188,8 +188,12 @@ class ImplicitManifold(nn.Module, LevelSet):
 
     def invalidate_caches(self):
         """Forget what was computed from F once (sampled components, curve
-        tables): call after changing F in place (e.g. training its weights)."""
+        tables): call after changing F in place (e.g. training its weights).
+        Also counts the calls, so that caches of others watching this
+        manifold (a union's overlap check) see edits their tensors' version
+        counters miss (through ``.data``)."""
         self._components = self._curves = None
+        self._cache_generation = getattr(self, "_cache_generation", 0) + 1
 
     def _curve_tracer(self):
         """Arc-length tables of a curve (dim 1), traced on demand and cached."""

@@ -330,3 +330,68 @@ def test_intersection_projection_checks_the_crossing_with_the_solves_jacobian():
     assert f"condition number {expected:.3g})" in str(again[0].message)
     res = shallow.solve_projection(x)
     torch.testing.assert_close(res.jac, shallow._value_and_jacobian(res.x)[1], rtol=0, atol=0)
+
+
+def test_union_overlap_check_sees_the_pieces_bounds():
+    # Catches the overlap check's cache ignoring the pieces' boxes (bounds
+    # are non-persistent buffers, outside the state dict): a piece re-boxed
+    # onto the part it shares kept the earlier pass.
+    def bent(x):  # z = 0 for x <= 1, rising beyond: shares z = 0 with the plane
+        return x[:, 2:3] - torch.relu(x[:, 0:1] - 1)
+
+    far = ([2.0, -1.0, -1.0], [4.0, 1.0, 1.0])  # where the pieces are apart
+    plane = ig.ImplicitManifold(lambda x: x[:, 2:3], 3, bounds=far)
+    both = ig.union(plane, ig.ImplicitManifold(bent, 3, bounds=([2.0, -1.0, 0.5],
+                                                                  [4.0, 1.0, 3.5])))
+    both.check_pieces_disjoint()
+    plane.bounds = ([-1.0] * 3, [1.0] * 3)  # now sampled where it lies on the other piece
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        both.check_pieces_disjoint()
+
+
+def test_union_overlap_check_hashes_the_pieces_only_when_they_may_have_changed(monkeypatch):
+    # Catches the overlap check hashing every piece's whole state on every
+    # call (a device sync per check on a GPU), and the cheap key missing
+    # in-place edits, reloads and edits through .data (announced by
+    # invalidate_caches).
+    from implicit_geom.manifolds import geodesics
+
+    hashed, checked = [], []
+    real_hash, real_samples = geodesics._state_fingerprint, ig.UnionManifold._piece_samples
+    monkeypatch.setattr(geodesics, "_state_fingerprint",
+                        lambda space: hashed.append(1) or real_hash(space))
+    monkeypatch.setattr(ig.UnionManifold, "_piece_samples",
+                        lambda self, *a: checked.append(1) or real_samples(self, *a))
+    a, b = ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[4.0, 0, 0])
+    both = ig.union(a, b)
+
+    def counts():
+        out = (len(hashed), len(checked))
+        hashed.clear(), checked.clear()
+        return out
+
+    both.check_pieces_disjoint()
+    assert counts() == (1, 2)
+    import pickle
+
+    pickle.loads(pickle.dumps(both)).check_pieces_disjoint()  # a copy checks afresh
+    assert counts() == (1, 2)
+    for _ in range(3):
+        both.check_pieces_disjoint()
+    assert counts() == (0, 0)  # nothing moved: neither hashed nor checked
+    b.load_state_dict(b.state_dict())  # the same values again: hashed, not checked
+    both.check_pieces_disjoint()
+    assert counts() == (1, 0)
+    with torch.no_grad():
+        b.center.copy_(torch.tensor([0.5, 0.0, 0.0]))  # in place: version counter
+    both.check_pieces_disjoint()  # overlapping spheres only cross: no error
+    assert counts() == (1, 2)
+    b.center.data.copy_(torch.zeros(3))  # .data: no version bump
+    both.check_pieces_disjoint()
+    assert counts() == (0, 0)  # unseen until announced
+    b.invalidate_caches()
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        both.check_pieces_disjoint()
+    assert counts() == (1, 2)
+    with pytest.raises(ComponentError):  # a failed check is not cached
+        both.check_pieces_disjoint()
