@@ -93,21 +93,30 @@ class IntersectionManifold(ImplicitManifold):
         (see the class docstring; inf where a piece or the stack is singular)."""
         x, batch = self._flat(point)
         with torch.no_grad():
-            jac = self._value_and_jacobian(x)[1]
-            rows = []
-            singular = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            for part in jac.split([c.codim for c in self.components], dim=-2):
-                _, sv, vh = torch.linalg.svd(part, full_matrices=False)
-                singular |= ~(sv[..., -1] > SINGULAR_RTOL * sv[..., 0])
-                rows.append(vh)  # orthonormal basis of the piece's normal space
-            sigma = torch.linalg.svdvals(torch.cat(rows, dim=-2))[..., -1]
-            kappa = torch.where(singular | ~(sigma > 0), torch.inf, 1 / sigma)
+            kappa = self._crossing_condition(self._value_and_jacobian(x)[1])
         return kappa.reshape(batch)
 
-    def _check_regular(self, x, what):
+    def _crossing_condition(self, jac):
+        """:meth:`crossing_condition` from the stacked Jacobians ``(B, k, n)``."""
+        rows = []
+        singular = torch.zeros(jac.shape[0], dtype=torch.bool, device=jac.device)
+        for part in jac.split([c.codim for c in self.components], dim=-2):
+            _, sv, vh = torch.linalg.svd(part, full_matrices=False)
+            singular |= ~(sv[..., -1] > SINGULAR_RTOL * sv[..., 0])
+            rows.append(vh)  # orthonormal basis of the piece's normal space
+        sigma = torch.linalg.svdvals(torch.cat(rows, dim=-2))[..., -1]
+        return torch.where(singular | ~(sigma > 0), torch.inf, 1 / sigma)
+
+    def _check_regular(self, x, what, jac=None):
         """Raise where the pieces meet too tangentially for the working dtype,
-        warn where they meet at a small angle (see the class docstring)."""
-        kappa = self.crossing_condition(x)
+        warn where they meet at a small angle (see the class docstring).
+        ``jac``, the Jacobian at ``x`` where the caller has it, is used as
+        given instead of being evaluated again."""
+        if jac is None:
+            kappa = self.crossing_condition(x)
+        else:
+            with torch.no_grad():
+                kappa = self._crossing_condition(jac)
         if not kappa.numel():
             return
         worst = float(kappa.max())
@@ -139,14 +148,18 @@ class IntersectionManifold(ImplicitManifold):
             end = end if err.failed is None else end[err.failed]
             raise ProjectionError(f"{err} {self._failure_note(end)}",
                                   err.failed, err.residual, err.points) from err
-        self._check_regular(y, "projection")
         return y
+
+    def _check_projected(self, res):
+        # The Jacobian at the closest points comes from the solve.
+        self._check_regular(res.x, "projection", jac=res.jac)
 
     def _failure_note(self, end):
         """Why a projection may have failed: the crossing condition number at
         ``end``, where Newton stopped (computed only on failure; below the
         raise threshold a near-tangential crossing makes Newton fail before
-        :meth:`_check_regular` can name it)."""
+        :meth:`_check_regular` can name it). Projections, :meth:`random_point`
+        and the samplers' starts append it to their ProjectionError."""
         with torch.no_grad():
             end = end[torch.isfinite(end).all(-1)]
             kappa = self.crossing_condition(end) if end.shape[0] else end.new_empty(0)
@@ -209,7 +222,9 @@ class UnionManifold(ImplicitManifold):
         super().__init__(None, ambient_dim=n, codim=k, **kwargs)
         self.components = nn.ModuleList(comps)  # the pieces of the union
         self._adopt_precision(self.components)  # in the pieces' dtype, as intersections
-        self._disjoint_key = None  # pieces' state last checked (check_pieces_disjoint)
+        from .geodesics import _StateWatch  # geodesics builds on this package
+
+        self._disjoint_watch = _StateWatch()  # pieces' state last checked (check_pieces_disjoint)
 
     # The active component of each point defines M locally.
     def _stack(self, x):
@@ -273,14 +288,14 @@ class UnionManifold(ImplicitManifold):
         parts, or ones far from the 8 nearest samples (pieces that also
         cross elsewhere), can pass unnoticed. Run once before the union's components, quadrature
         or mixture are used; a piece that cannot be sampled is not checked
-        from its side. The pass is cached against a fingerprint of the
-        pieces' state (parameters, buffers, settings, as the geodesic graph
-        cache), so a piece refitted, loaded or moved in place is checked again.
+        from its side. The pass is cached against the pieces' state
+        (parameters, buffers and bounds, settings), watched cheaply through
+        the tensors' identities and in-place version counters and hashed
+        only when those moved, so a piece refitted, loaded, moved or re-boxed
+        is checked again. Edits through ``.data`` bypass the version
+        counters: call the piece's ``invalidate_caches()`` after them.
         """
-        from .geodesics import _state_fingerprint  # geodesics builds on this package
-
-        key = (_state_fingerprint(self.components), int(n_samples), int(seed))
-        if key == self._disjoint_key:
+        if not self._disjoint_watch.changed(self.components, int(n_samples), int(seed)):
             return
         pieces = list(self.components)
         samples = [self._piece_samples(c, n_samples, seed + i) for i, c in enumerate(pieces)]
@@ -318,7 +333,7 @@ class UnionManifold(ImplicitManifold):
                         f"points of piece {i} lie on piece {j}): the "
                         "union would count it twice (components, volume, densities); "
                         "use one piece for the shared part.")
-        self._disjoint_key = key
+        self._disjoint_watch.record()
 
     @staticmethod
     def _on_other(piece, other, pts, diam):
@@ -372,7 +387,8 @@ class UnionManifold(ImplicitManifold):
 
     def invalidate_caches(self):
         super().invalidate_caches()
-        self._disjoint_key = None
+        if hasattr(self, "_disjoint_watch"):
+            self._disjoint_watch.forget()
 
     def _known_n_components(self):
         counts = [c._known_n_components() for c in self.components]

@@ -35,6 +35,7 @@ with a per-pair exit from every loop. Near pairs never build the graph.
 import hashlib
 import itertools
 import math
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -225,9 +226,73 @@ class PairwiseResult:
 
 
 # --------------------------------------------------------------------- sample graph
+#: Attributes that count caches, not state (bumped by invalidate_caches):
+#: in the cheap key (:func:`_state_version`), not in the content hash.
+_CACHE_COUNTERS = frozenset({"_cache_generation"})
+
+
+def _walk_state(space, portable=False):
+    """What defines a space's zero set, in a fixed order: ``("tensor", name,
+    t)`` for its and its components' parameters and buffers (non-persistent
+    ones too: bounds) and tensor attributes, ``("setting", text)`` for type
+    names, scalar settings (radii, tolerances) and plain callables' identity
+    (a closure's captured values are not visible; rebuild the manifold after
+    changing them).
+
+    ``portable``: what a checkpoint can store and compare in another process
+    (see :func:`_state_fingerprint`): type names, the modules' state dicts
+    and plain callables by qualified name; no working settings, no ids."""
+    seen, seen_tensors = set(), set()
+
+    def tensor(name, val):
+        if id(val) not in seen_tensors:
+            seen_tensors.add(id(val))
+            yield "tensor", name, val
+
+    def visit(obj, depth=0):
+        if id(obj) in seen or depth > 6:
+            return
+        seen.add(id(obj))
+        yield "setting", type(obj).__name__
+        if isinstance(obj, torch.nn.Module):
+            named = (obj.state_dict(keep_vars=True).items() if portable else
+                     itertools.chain(obj.named_parameters(), obj.named_buffers()))
+            for name, val in named:
+                yield from tensor(name, val)
+        for key, val in sorted(getattr(obj, "__dict__", {}).items()):
+            if portable:
+                if (callable(val) and key in ("_f", "f")
+                        and not isinstance(val, torch.nn.Module)):
+                    name = getattr(val, "__qualname__", type(val).__qualname__)
+                    yield "setting", f"{key}@{getattr(val, '__module__', '')}.{name}"
+                continue
+            if isinstance(val, (bool, int, float, str)):
+                yield "setting", f"{key}={val!r}"
+            elif torch.is_tensor(val):
+                yield from tensor(key, val)
+            elif isinstance(val, torch.nn.Module):
+                yield from visit(val, depth + 1)
+            elif isinstance(val, (list, tuple)):
+                for item in val:
+                    if torch.is_tensor(item):
+                        yield from tensor(key, item)
+                    elif isinstance(item, torch.nn.Module):
+                        yield from visit(item, depth + 1)
+            elif callable(val) and key in ("_f", "f"):
+                yield "setting", f"{key}@{id(val)}"
+        for child in getattr(obj, "_modules", {}).values():
+            if child is not None:
+                yield from visit(child, depth + 1)
+
+    yield from visit(space)
+
+
 def _state_fingerprint(space, settings=True):
-    """Hash of what defines the zero set: parameters, buffers, scalar settings
-    (radii, tolerances, bounds) of the space and of its components.
+    """Hash of what defines the zero set: parameters, buffers (bounds too),
+    scalar settings (radii, tolerances) of the space and of its components,
+    by content (equal for equal states, in any process, but for a plain
+    callable F, named by its id; every tensor is read, a device sync on a
+    GPU: :class:`_StateWatch` hashes only when :func:`_state_version` moved).
 
     ``settings=False`` gives the fingerprint a checkpoint can store (a union
     density's pieces): the types and the state dicts only, floating values
@@ -238,53 +303,80 @@ def _state_fingerprint(space, settings=True):
     which the cache key (default) counts as changes.
     """
     digest = hashlib.sha1()
-    seen = set()
-
-    def tensor(val):
-        val = val.detach().cpu()
-        if not settings and val.is_floating_point():
-            val = val.double()
-        digest.update(val.contiguous().numpy().tobytes())
-
-    def visit(obj, depth=0):
-        if id(obj) in seen or depth > 6:
-            return
-        seen.add(id(obj))
-        digest.update(type(obj).__name__.encode())
-        if isinstance(obj, torch.nn.Module):
-            for key, val in obj.state_dict().items():
-                digest.update(key.encode())
-                tensor(val)
-        for key, val in sorted(getattr(obj, "__dict__", {}).items()):
-            if not settings:
-                if (callable(val) and key in ("_f", "f")
-                        and not isinstance(val, torch.nn.Module)):
-                    name = getattr(val, "__qualname__", type(val).__qualname__)
-                    digest.update(f"{key}@{getattr(val, '__module__', '')}.{name}".encode())
-                continue
-            if isinstance(val, (bool, int, float, str)):
-                digest.update(f"{key}={val!r}".encode())
-            elif torch.is_tensor(val):
-                digest.update(key.encode())
-                tensor(val)
-            elif isinstance(val, torch.nn.Module):
-                visit(val, depth + 1)
-            elif isinstance(val, (list, tuple)):
-                for item in val:
-                    if torch.is_tensor(item):
-                        tensor(item)
-                    elif isinstance(item, torch.nn.Module):
-                        visit(item, depth + 1)
-            elif callable(val) and key in ("_f", "f"):
-                # A plain callable: its identity (a closure's captured values
-                # are not visible; rebuild the manifold after changing them).
-                digest.update(f"{key}@{id(val)}".encode())
-        for child in getattr(obj, "_modules", {}).values():
-            if child is not None:
-                visit(child, depth + 1)
-
-    visit(space)
+    for item in _walk_state(space, portable=not settings):
+        if item[0] == "setting":
+            if item[1].split("=", 1)[0] not in _CACHE_COUNTERS:
+                digest.update(item[1].encode())
+        else:
+            _, name, val = item
+            val = val.detach().cpu()
+            if settings:
+                digest.update(f"{name}:{val.dtype}:{tuple(val.shape)}".encode())
+            else:
+                digest.update(f"{name}:{tuple(val.shape)}".encode())
+                val = val.double() if val.is_floating_point() else val
+            digest.update(val.contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _state_version(space):
+    """A cheap key of the same state, without reading any tensor: each
+    tensor's identity, in-place version counter (``_version``: optimiser
+    steps, ``copy_``, ``load_state_dict``), storage pointer, shape, dtype and
+    device, and the settings (with the pieces' ``invalidate_caches``
+    counter). Returns the key and weak references to the tensors (while they
+    live, their ids are theirs). Edits through ``.data`` bypass the version
+    counter: call the manifold's ``invalidate_caches()`` after them."""
+    key, refs = [], []
+    for item in _walk_state(space):
+        if item[0] == "setting":
+            key.append(item[1])
+        else:
+            _, name, val = item
+            refs.append(weakref.ref(val))
+            key.append((name, id(val), val._version, val.data_ptr(), tuple(val.shape),
+                        val.dtype, str(val.device)))
+    return tuple(key), refs
+
+
+class _StateWatch:
+    """Whether a space's state moved since :meth:`record`: the cheap
+    :func:`_state_version` first, the content hash only when it moved (an
+    unchanged content, e.g. a state loaded again, counts as unchanged).
+
+    Usage: ``if watch.changed(space, *extra): ...recompute...; watch.record()``.
+    Not pickled (a copy starts unrecorded).
+    """
+
+    def __init__(self):
+        self.forget()
+
+    def forget(self):
+        self._key = self._refs = self._digest = self._pending = None
+
+    def changed(self, space, *extra):
+        key, refs = _state_version(space)
+        key = (key, extra)
+        if (key == self._key and self._refs is not None
+                and all(r() is not None for r in self._refs)):
+            return False
+        digest = (_state_fingerprint(space), extra)
+        if digest == self._digest:
+            self._key, self._refs = key, refs
+            return False
+        self._pending = key, refs, digest
+        return True
+
+    def record(self):
+        """Remember the state :meth:`changed` last saw as the checked one."""
+        if self._pending is not None:
+            (self._key, self._refs, self._digest), self._pending = self._pending, None
+
+    def __getstate__(self):
+        return {"recorded": False}  # not empty: unpickling calls __setstate__
+
+    def __setstate__(self, state):
+        self.forget()
 
 
 def _farthest_points(points, n_keep, seed=0):
@@ -783,7 +875,7 @@ class GeodesicLogSolver(LogSolver):
         self.shoot_iter = int(shoot_iter)
         self.curvature_margin = float(curvature_margin)
         self.nodes_per_spacing = 4.0
-        self._graph, self._graph_key = None, None
+        self._graph, self._graph_watch = None, _StateWatch()
         self.stats = {}
 
     # ------------------------------------------------------------------ graph
@@ -811,8 +903,8 @@ class GeodesicLogSolver(LogSolver):
         side exist, and the curvature bound is global). Where it still
         reaches them, the first box is kept.
         """
-        key = _state_fingerprint(self._space)
-        if self._graph is None or key != self._graph_key:
+        changed = self._graph_watch.changed(self._space)
+        if self._graph is None or changed:
             box, auto = self._box(queries if queries is not None
                                   else self._space.random_point(2))
             first = None
@@ -830,7 +922,8 @@ class GeodesicLogSolver(LogSolver):
                 # untrained F's spurious sheets): a larger box only spreads
                 # the same number of nodes thinner; keep the first one.
                 graph = first
-            self._graph, self._graph_key = graph, key
+            self._graph = graph
+            self._graph_watch.record()
         return self._graph
 
     def _near_radius(self, queries):

@@ -188,8 +188,12 @@ class ImplicitManifold(nn.Module, LevelSet):
 
     def invalidate_caches(self):
         """Forget what was computed from F once (sampled components, curve
-        tables): call after changing F in place (e.g. training its weights)."""
+        tables): call after changing F in place (e.g. training its weights).
+        Also counts the calls, so that caches of others watching this
+        manifold (a union's overlap check) see edits their tensors' version
+        counters miss (through ``.data``)."""
         self._components = self._curves = None
+        self._cache_generation = getattr(self, "_cache_generation", 0) + 1
 
     def _curve_tracer(self):
         """Arc-length tables of a curve (dim 1), traced on demand and cached."""
@@ -378,6 +382,17 @@ class ImplicitManifold(nn.Module, LevelSet):
                 "length units off M: rescale the data (e.g. to unit spread, km instead of m) "
                 "or the defining function.")
 
+    def _failure_note(self, end):
+        """A sentence on why Newton may have failed where it stopped (``end``:
+        the failed points' last iterates, flat), for ProjectionError
+        messages, or ``""``: intersections name their crossing condition."""
+        return ""
+
+    def _failure_suffix(self, end):
+        """:meth:`_failure_note` as a message suffix (``""`` when it has none)."""
+        note = self._failure_note(end)
+        return f" {note}" if note else ""
+
     def is_tangent(self, vector, base_point, atol=1e-6):
         """Whether ``|J(x) v| <= atol``, shape ``(...,)`` (False for wrong shapes)."""
         wrong = _wrong_shape(vector, self.ambient_dim)
@@ -542,7 +557,9 @@ class ImplicitManifold(nn.Module, LevelSet):
             Fields shaped like the batch; ``converged`` requires ``|F| <= tol``
             and, with ``closest``, a tangential displacement below ``closest_tol``
             (each floored per point at the rounding of F, resp. of the
-            coordinates, there: see :meth:`tol_for`).
+            coordinates, there: see :meth:`tol_for`). ``jac`` is ``J`` at the
+            returned points where they converged (from the solve, in the
+            manifold's dtype); ``value`` is not returned.
         """
         x0, batch = self._flat(point)
         with torch.no_grad():
@@ -556,6 +573,7 @@ class ImplicitManifold(nn.Module, LevelSet):
             converged=res.converged.reshape(batch),
             residual=res.residual.reshape(batch),
             n_iter=res.n_iter.reshape(batch),
+            jac=res.jac.reshape(*batch, self.codim, self.ambient_dim),
         )
 
     def _land_far(self, x0, res):
@@ -566,7 +584,8 @@ class ImplicitManifold(nn.Module, LevelSet):
         return NewtonResult(x=res.x.index_copy(0, bad, sub.x),
                             converged=res.converged.index_copy(0, bad, sub.converged),
                             residual=res.residual.index_copy(0, bad, sub.residual),
-                            n_iter=res.n_iter.index_copy(0, bad, res.n_iter[bad] + sub.n_iter))
+                            n_iter=res.n_iter.index_copy(0, bad, res.n_iter[bad] + sub.n_iter),
+                            jac=res.jac.index_copy(0, bad, sub.jac))
 
     def _refine_closest(self, x0, res, max_refine):
         """Newton on the closest-point (KKT) conditions from the landed points.
@@ -575,9 +594,12 @@ class ImplicitManifold(nn.Module, LevelSet):
         iteration takes the least-squares multipliers, a Newton step on the
         KKT system (with the Hessian of ``lam . F``: quadratic convergence,
         unlike alternating tangent/normal corrections whose rate is distance
-        times curvature), and re-lands on M with minimum-norm Newton.
+        times curvature), and re-lands on M with minimum-norm Newton. The
+        result's ``jac`` is ``J`` at the closest points, as the last pass
+        evaluated it (NaN where a point did not converge).
         """
         y, converged = res.x, res.converged.clone()
+        final_jac = torch.full_like(res.jac, math.nan)
         residual, n_iter = res.residual, res.n_iter
         n, k = self.ambient_dim, self.codim
         tol = self.tol_for()
@@ -597,6 +619,7 @@ class ImplicitManifold(nn.Module, LevelSet):
                 (ROUNDING_FACTOR * torch.finfo(y.dtype).eps)
                 * (y[idx].norm(dim=-1) + disp.norm(dim=-1))).clamp(min=closest_tol)
             pending[idx[done]] = False
+            final_jac[idx[done]] = jac[done]
             keep = ~done
             idx, value, jac, lam, tangential = (t[keep] for t in (idx, value, jac, lam, tangential))
             if idx.numel() == 0:
@@ -618,7 +641,8 @@ class ImplicitManifold(nn.Module, LevelSet):
             converged[idx] &= sub.converged
             pending[idx] &= sub.converged
         converged &= ~pending
-        return NewtonResult(x=y, converged=converged, residual=residual, n_iter=n_iter)
+        return NewtonResult(x=y, converged=converged, residual=residual, n_iter=n_iter,
+                            jac=final_jac)
 
     def _safeguarded_landing(self, x0, y, step, fallback, tol, max_halvings=8):
         """Re-land ``y + step`` on M where that brings the point closer to ``x0``,
@@ -683,7 +707,13 @@ class ImplicitManifold(nn.Module, LevelSet):
                 + self._scale_note(x[~res.converged]),
                 failed=~res.converged, residual=res.residual, points=res.x,
             )
+        self._check_projected(res)
         return res.x
+
+    def _check_projected(self, res):
+        """Checks on a projection's closest points ``res.x`` (all converged;
+        ``res.jac``, their Jacobian from the solve, may be None): none here,
+        intersections check how their pieces cross."""
 
     def random_point(self, n_samples=1, bound=1.0, max_rounds=20):
         """Points on M: uniform draws in a box, projected (not uniform on M).
@@ -727,7 +757,8 @@ class ImplicitManifold(nn.Module, LevelSet):
             f"{missing.numel()} of {n_samples} draws could not be projected onto "
             f"{self.name} after {max_rounds} rounds; draw from a region (bounds) that "
             "encloses the manifold." + self._scale_note(batch.reshape(-1, self.ambient_dim)
-                                                        .to(self.dtype)))
+                                                        .to(self.dtype))
+            + self._failure_suffix(res.x[~ok]), points=res.x[~ok])
 
     # ------------------------------------------------------ retraction, transport
     def retraction(self, tangent_vec, base_point):

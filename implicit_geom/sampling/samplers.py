@@ -171,8 +171,9 @@ class _ConstrainedSampler:
             if not bool(res.converged.all()):
                 raise ProjectionError(
                     f"{int((~res.converged).sum())} of {x0.shape[0]} starting point(s) "
-                    f"are off {self.manifold.name} and could not be projected onto it.",
-                    failed=~res.converged, residual=res.residual)
+                    f"are off {self.manifold.name} and could not be projected onto it."
+                    + self.manifold._failure_suffix(res.x[~res.converged]),
+                    failed=~res.converged, residual=res.residual, points=res.x)
             idx = off.nonzero().squeeze(-1)
             state.put(idx, self.target.state(res.x))
             off = ~(state.residual <= self.options.tol)

@@ -7,6 +7,7 @@ measure exactly (Lelièvre, Rousset & Stoltz 2019).
 """
 
 import itertools
+import re
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,11 @@ class ChainState:
         return ChainState(*(getattr(self, f).clone() for f in self._FIELDS))
 
 
+#: torch's wording of a dtype mismatch inside an energy ("expected scalar type
+#: Double but found Float", "mat1 and mat2 must have the same dtype", ...).
+_DTYPE_MISMATCH = re.compile(r"dtype|scalar type|Double|Float|Half", re.IGNORECASE)
+
+
 def energy_dtype(energy):
     """The dtype an energy evaluates in, or None where it follows its input.
 
@@ -95,7 +101,12 @@ class ConstrainedTarget:
         Its dtype may differ from the points' (a float64 network on a float32
         manifold): points are cast to the energy's dtype (:func:`energy_dtype`)
         on the way in, energies and gradients back to the points' on the way
-        out. This is the one place samplers evaluate an energy.
+        out. An energy that declares no dtype (a plain function) is evaluated
+        on the points as they are; one that fails there with torch's dtype
+        mismatch (a function of float32 points holding float64 constants) is
+        tried once in the other floating dtype (float64, then float32), and
+        the dtype that works is kept for every later call. This is the one
+        place samplers evaluate an energy.
 
     Notes
     -----
@@ -115,6 +126,8 @@ class ConstrainedTarget:
         self._energy_layers = mlp.mlp_layers(energy)
         self.ambient_dim = self.manifold.ambient_dim
         self.codim = self.manifold.codim
+        # The dtype an undeclared energy was found to need (_call_energy).
+        self._found_dtype = None
 
     def value(self, x):
         """``F(x)`` (B, k) alone (no Jacobian)."""
@@ -135,13 +148,36 @@ class ConstrainedTarget:
 
     def _in_energy_dtype(self, x):
         """``x`` cast to the energy's dtype (differentiably; a no-op where they agree)."""
-        dtype = energy_dtype(self.energy_fn)
+        dtype = energy_dtype(self.energy_fn) or self._found_dtype
         return x if dtype is None else x.to(dtype)
+
+    def _call_energy(self, x):
+        """The energy function at ``x`` (in the energy's dtype where it declares
+        or was found to need one, else in ``x``'s), result in whatever dtype it
+        returns."""
+        x_in = self._in_energy_dtype(x)
+        if energy_dtype(self.energy_fn) is not None or self._found_dtype is not None:
+            return self.energy_fn(x_in)
+        try:
+            return self.energy_fn(x_in)
+        except RuntimeError as err:
+            if not _DTYPE_MISMATCH.search(str(err)):
+                raise
+            for dtype in (torch.float64, torch.float32):
+                if dtype == x.dtype:
+                    continue
+                try:
+                    out = self.energy_fn(x.to(dtype))
+                except RuntimeError:
+                    continue
+                self._found_dtype = dtype  # tried once: every later call casts
+                return out
+            raise
 
     def evaluate(self, x):
         """``E(x)`` of a (B, n) batch, shape (B,), in ``x``'s dtype, differentiable
         (autograd through E and the casts)."""
-        energy = self.energy_fn(self._in_energy_dtype(x))
+        energy = self._call_energy(x)
         return self._check_energy(energy, x.shape[0]).to(x.dtype)
 
     def energy(self, x):

@@ -1,6 +1,7 @@
 """Intersections and unions of implicit manifolds (mixing analytic and geomstats spaces)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -275,3 +276,122 @@ def test_union_overlap_check_finds_a_small_shared_cap():
     touching = ig.union(ig.ImplicitSphere(1), ig.ImplicitSphere(1, 0.5, center=[0.5, 0.0]))
     for seed in range(5):  # internally tangent circles: hits cluster at the contact
         touching.check_pieces_disjoint(seed=seed)
+
+
+def test_intersection_sampler_start_and_random_point_failures_report_the_crossing():
+    # Catches sampler starts and random_point on an intersection failing with
+    # a plain ProjectionError (projection's names the crossing condition):
+    # two unit spheres 2.1 apart do not meet, and Newton stalls between them
+    # where their normals are (nearly) parallel.
+    import warnings
+
+    from implicit_geom.exceptions import ProjectionError
+    from implicit_geom.sampling import ConstrainedLangevin
+
+    apart = ig.intersection(ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[2.1, 0.0, 0.0]))
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.tensor([1.05, 0.0, 0.0], dtype=torch.float64) + 0.3 * torch.randn(
+        8, 3, dtype=torch.float64, generator=gen)
+    note = r"where Newton stopped \(crossing condition number"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ProjectionError, match="starting point") as info:
+            ConstrainedLangevin(apart, None, seed=0).sample(x0, 2)
+        assert re.search(note, str(info.value)), str(info.value)
+        assert info.value.points.shape == (8, 3) and info.value.failed.all()
+        with pytest.raises(ProjectionError, match="draws could not be projected") as info:
+            apart.random_point(4, max_rounds=2)
+        assert re.search(note, str(info.value)), str(info.value)
+    # Other manifolds add no note.
+    with pytest.raises(ProjectionError) as info:
+        ConstrainedLangevin(ig.ImplicitManifold(lambda x: x.square().sum(-1, keepdim=True) + 1,
+                                                3), None).sample(x0, 2)
+    assert "crossing" not in str(info.value)
+
+
+def test_intersection_projection_checks_the_crossing_with_the_solves_jacobian():
+    # Catches the projection's crossing check evaluating J again at the
+    # closest points the Newton solve had just evaluated it at: the check
+    # takes the solve's Jacobian and gives the same crossing condition.
+    shallow, d, rho = near_tangent_spheres(1e-4)  # kappa 71: warned
+    x = torch.tensor([[d / 2, 0.01, 0.0], [d / 2, 0.0, 0.3]], dtype=torch.float64)
+    with pytest.warns(ig.exceptions.ConditioningWarning) as record:
+        reference = shallow.projection(x)
+    expected = float(shallow.crossing_condition(reference).max())
+
+    def refuse(point):
+        raise AssertionError("crossing_condition evaluated the Jacobian again")
+
+    shallow.crossing_condition = refuse
+    with pytest.warns(ig.exceptions.ConditioningWarning, match="small angle") as again:
+        pts = shallow.projection(x)
+    assert torch.equal(pts, reference)
+    assert str(again[0].message) == str(record[0].message)
+    assert f"condition number {expected:.3g})" in str(again[0].message)
+    res = shallow.solve_projection(x)
+    torch.testing.assert_close(res.jac, shallow._value_and_jacobian(res.x)[1], rtol=0, atol=0)
+
+
+def test_union_overlap_check_sees_the_pieces_bounds():
+    # Catches the overlap check's cache ignoring the pieces' boxes (bounds
+    # are non-persistent buffers, outside the state dict): a piece re-boxed
+    # onto the part it shares kept the earlier pass.
+    def bent(x):  # z = 0 for x <= 1, rising beyond: shares z = 0 with the plane
+        return x[:, 2:3] - torch.relu(x[:, 0:1] - 1)
+
+    far = ([2.0, -1.0, -1.0], [4.0, 1.0, 1.0])  # where the pieces are apart
+    plane = ig.ImplicitManifold(lambda x: x[:, 2:3], 3, bounds=far)
+    both = ig.union(plane, ig.ImplicitManifold(bent, 3, bounds=([2.0, -1.0, 0.5],
+                                                                  [4.0, 1.0, 3.5])))
+    both.check_pieces_disjoint()
+    plane.bounds = ([-1.0] * 3, [1.0] * 3)  # now sampled where it lies on the other piece
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        both.check_pieces_disjoint()
+
+
+def test_union_overlap_check_hashes_the_pieces_only_when_they_may_have_changed(monkeypatch):
+    # Catches the overlap check hashing every piece's whole state on every
+    # call (a device sync per check on a GPU), and the cheap key missing
+    # in-place edits, reloads and edits through .data (announced by
+    # invalidate_caches).
+    from implicit_geom.manifolds import geodesics
+
+    hashed, checked = [], []
+    real_hash, real_samples = geodesics._state_fingerprint, ig.UnionManifold._piece_samples
+    monkeypatch.setattr(geodesics, "_state_fingerprint",
+                        lambda space: hashed.append(1) or real_hash(space))
+    monkeypatch.setattr(ig.UnionManifold, "_piece_samples",
+                        lambda self, *a: checked.append(1) or real_samples(self, *a))
+    a, b = ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[4.0, 0, 0])
+    both = ig.union(a, b)
+
+    def counts():
+        out = (len(hashed), len(checked))
+        hashed.clear(), checked.clear()
+        return out
+
+    both.check_pieces_disjoint()
+    assert counts() == (1, 2)
+    import pickle
+
+    pickle.loads(pickle.dumps(both)).check_pieces_disjoint()  # a copy checks afresh
+    assert counts() == (1, 2)
+    for _ in range(3):
+        both.check_pieces_disjoint()
+    assert counts() == (0, 0)  # nothing moved: neither hashed nor checked
+    b.load_state_dict(b.state_dict())  # the same values again: hashed, not checked
+    both.check_pieces_disjoint()
+    assert counts() == (1, 0)
+    with torch.no_grad():
+        b.center.copy_(torch.tensor([0.5, 0.0, 0.0]))  # in place: version counter
+    both.check_pieces_disjoint()  # overlapping spheres only cross: no error
+    assert counts() == (1, 2)
+    b.center.data.copy_(torch.zeros(3))  # .data: no version bump
+    both.check_pieces_disjoint()
+    assert counts() == (0, 0)  # unseen until announced
+    b.invalidate_caches()
+    with pytest.raises(ComponentError, match="share a part of positive measure"):
+        both.check_pieces_disjoint()
+    assert counts() == (1, 2)
+    with pytest.raises(ComponentError):  # a failed check is not cached
+        both.check_pieces_disjoint()

@@ -87,3 +87,42 @@ def test_energy_of_another_dtype_is_cast_both_ways(fast):
     torch.testing.assert_close(e, e_ref.float())
     torch.testing.assert_close(g, g_ref.float())
     assert target.energy(x32).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_plain_function_energy_with_float64_constants_on_a_float32_manifold(dim):
+    # Catches a plain function (no declared dtype) holding float64 constants
+    # crashing float32 chains with torch's raw dtype-mismatch RuntimeError
+    # (ConstrainedTarget cast only a declared energy dtype).
+    from implicit_geom import ImplicitSphere
+    from implicit_geom.sampling import ConstrainedLangevin, ConstrainedMALA
+
+    space = ImplicitSphere(dim).to(torch.float32)
+    mu = torch.zeros(dim + 1, dtype=torch.float64)
+    mu[-1] = 1.0
+    calls = []
+
+    def energy(x):
+        calls.append(x.dtype)
+        return -3.0 * (x @ mu)
+
+    target = ConstrainedTarget(space, energy)
+    x = space.random_point(16)
+    assert x.dtype == torch.float32
+    e, g = target.energy_and_grad(x)
+    assert e.dtype == g.dtype == torch.float32
+    torch.testing.assert_close(e, -3.0 * x[:, -1])
+    torch.testing.assert_close(g, -3.0 * mu.float().expand_as(x))
+    assert calls == [torch.float32, torch.float64]  # one failed try, then cast
+    calls.clear()
+    assert target.energy(x).dtype == torch.float32
+    assert calls == [torch.float64]  # the found dtype is kept: no second failure
+    for cls in (ConstrainedLangevin, ConstrainedMALA):
+        samples, _ = cls(space, energy, step_size=0.2, seed=0).sample(x, 30)
+        assert samples.dtype == torch.float32
+        assert float(space.submersion(samples.reshape(-1, dim + 1)).abs().max()) < 1e-4
+        assert float(samples[-1, :, -1].mean()) > 0.3  # drawn toward mu
+    # An energy that fails for another reason raises its own error.
+    broken = ConstrainedTarget(space, lambda p: p[:, 99])
+    with pytest.raises(IndexError):
+        broken.energy(x)
