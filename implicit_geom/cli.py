@@ -74,46 +74,54 @@ def _jobs(text):
 
 
 # ------------------------------------------------------------ library words
-# The library's messages name its Python parameters (n_restarts=3,
-# quadrature_bounds); a CLI user can only type flags. Those with a flag are
-# renamed; those without one are said to be Python-only, not left as advice
-# the user cannot follow (the library keeps its own names).
-_FLAG_WORDS = (
-    # NeuralImplicitManifold.fit's ConditioningWarning
-    ("refit with n_restarts=3", "refit with --mdf-restarts 3"),
-    ("try more restarts", "try a larger --mdf-restarts"),
-    ("or another seed", "or another --seed"),
-    # load_dataset
-    ("coords, columns, where and degrees read data files",
-     "--coords, --columns, --where and --degrees read data files"),
+# The library's errors and warnings name its Python parameters (n_restarts=3,
+# quadrature_resolution) and list them (ParameterMessage.params); a CLI user
+# can only type flags. Those with a flag are named by it; those without one
+# are said to be Python-only, not left as advice the user cannot follow.
+_FLAGS = {
+    # load_dataset / load_table / train_test_split
+    "n_samples": "--n-samples", "seed": "--seed", "coords": "--coords",
+    "columns": "--columns", "where": "--where", "degrees": "--degrees",
+    "test_fraction": "--test-fraction",
+    # fit_pipeline / build_manifold
+    "choice": "--manifold", "intrinsic_dim": "--intrinsic-dim", "mdf_orient": "--mdf-orient",
+    "mdf_restarts": "--mdf-restarts", "mdf_jobs": "--mdf-jobs",
+    "mdf_selection": "--mdf-selection", "mdf_epochs": "--mdf-epochs", "ebm_iter": "--ebm-iter",
+    # NeuralImplicitManifold (set by fit from the options above)
+    "n_restarts": "--mdf-restarts", "n_jobs": "--mdf-jobs",
+    "restart_selection": "--mdf-selection", "epochs": "--mdf-epochs",
     # ConstrainedEBM.fit on fit_pipeline's validation split (a tenth of the training points)
-    ("X_val needs at least 2 points to fit a density",
-     "the validation tenth of the training points needs at least 2 points to fit a density "
-     "(use more data or a smaller --test-fraction)"),
-    # surface_mesh_quadrature: ConstrainedEBM sets its grid from quadrature_resolution
-    ("raise grid or max_grid", "raise quadrature_resolution"),
-)
-_PYTHON_ONLY = ("quadrature_resolution", "quadrature_bounds", "max_peak_excess")
+    "X_val": "the validation tenth of the training points",
+    # The points fit_pipeline fits NeuralImplicitManifold to.
+    "X": "the data",
+}
+#: Advice added when a message names these parameters (after their flag).
+_FLAG_HINTS = {"X_val": "use more data or a smaller --test-fraction"}
+
+
+def _flag(name):
+    return _FLAGS.get(name)
 
 
 def _in_cli_terms(message):
-    """``message`` with the library's parameter names replaced by the CLI's flags."""
-    from .learning import NeuralImplicitManifold
-
-    # The slopes s_min, s_max are no options here (fit scales them to the data).
-    message = message.replace(NeuralImplicitManifold._RESCALE_HINT,
-                              "the slopes of F are in the data's units: rescale the data to "
-                              "unit spread")
-    for old, new in _FLAG_WORDS:
-        message = message.replace(old, new)
-    message = re.sub(r"\bn_samples=(\d+)", r"--n-samples \1", message)
-    python_only = [name for name in _PYTHON_ONLY if name in message]
+    """A library error's or warning's text with its parameters named by the CLI's flags
+    (see :class:`~implicit_geom.exceptions.ParameterMessage`); other text is kept."""
+    params = getattr(message, "params", ())
+    if not params:
+        return str(message)
+    first, *rest = message.naming(_flag).split("\n", 1)
+    named = [p for p in dict.fromkeys(params)
+             if re.search(r"\{%s(=[^{}]*)?\}" % re.escape(p), message.template)]
+    hints = [_FLAG_HINTS[p] for p in named if p in _FLAG_HINTS]
+    python_only = [p for p in named if p not in _FLAGS]
+    if hints:
+        first += f" ({'; '.join(hints)})"
     if python_only:
         one = len(python_only) == 1
-        message += (f" ({' and '.join(python_only)} {'is a setting' if one else 'are settings'}"
-                    f" of the Python API's ConstrainedEBM; implicit-geom has no option for "
-                    f"{'it' if one else 'them'})")
-    return message
+        first += (f" ({' and '.join(python_only)} {'is a setting' if one else 'are settings'}"
+                  f" of the Python API; implicit-geom has no option for "
+                  f"{'it' if one else 'them'})")
+    return "\n".join([first, *rest])
 
 
 @contextlib.contextmanager
@@ -123,7 +131,7 @@ def _warnings_in_cli_terms():
         shown = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            shown(category(_in_cli_terms(str(message))), category, filename, lineno, file, line)
+            shown(category(_in_cli_terms(message)), category, filename, lineno, file, line)
 
         warnings.showwarning = show
         yield
@@ -189,8 +197,13 @@ def _load_data(source, args, reading=None):
     except FileNotFoundError as err:
         raise CLIError(f"data file not found: {err.filename or source}") from None
     if "reading" in data.meta:
-        print(data.meta["reading"])
+        print(_in_cli_terms(data.meta["reading"]))
     return data
+
+
+def _print_note(note):
+    """Print a library note (``fit_pipeline``'s notify) in the CLI's terms."""
+    print(_in_cli_terms(note))
 
 
 def _write_json(path, obj):
@@ -273,7 +286,7 @@ def fit(args):
     with (folder if ctx.is_main else _scratch_folder()) as tmp:
         fitted = fit_pipeline(data, train, args.manifold, args.intrinsic_dim, args.seed,
                               not args.no_progress and ctx.is_main, args.mdf_epochs,
-                              args.ebm_iter, notify=print if ctx.is_main else None,
+                              args.ebm_iter, notify=_print_note if ctx.is_main else None,
                               mdf_restarts=args.mdf_restarts or 1,
                               mdf_orient=args.mdf_orient, mdf_jobs=args.mdf_jobs or 1,
                               mdf_selection=args.mdf_selection)
@@ -444,7 +457,7 @@ def evaluate(args):
                 raise
             # The model's own options were applied: say so, or `--where
             # residue=G` fails on a file of samples naming an option never given.
-            raise CLIError(f"{err} (--data is read like the model's data, with {inherited}; "
+            raise CLIError(f"{_in_cli_terms(err)} (--data is read like the model's data, with {inherited}; "
                            "pass reading options, e.g. --coords xyz, to read it otherwise)"
                            ) from None
         if test.shape[-1] != manifold.ambient_dim:
@@ -743,8 +756,8 @@ def main(argv=None):
         clean = True
         return status
     except (CLIError, ImplicitGeomError, ValueError, OSError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"implicit-geom: error: {_in_cli_terms(msg)}", file=sys.stderr)
+        msg = _in_cli_terms(err).splitlines()
+        print(f"implicit-geom: error: {msg[0] if msg else type(err).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("implicit-geom: interrupted", file=sys.stderr)

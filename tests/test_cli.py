@@ -360,9 +360,57 @@ def test_library_advice_names_the_cli_flags(tmp_path, capsys, monkeypatch):
     assert "--coords, --columns, --where and --degrees read data files" in \
         capsys.readouterr().err
     # Settings without a flag are said to be the Python API's, not left as advice to follow.
-    said = cli._in_cli_terms("the density rises ...; raise quadrature_resolution")
-    assert said.endswith("(quadrature_resolution is a setting of the Python API's "
-                         "ConstrainedEBM; implicit-geom has no option for it)")
+    from implicit_geom import NormalizationError
+
+    err = NormalizationError("the density rises ...; raise {quadrature_resolution}",
+                             params=("quadrature_resolution",))
+    assert str(err) == "the density rises ...; raise quadrature_resolution"
+    said = cli._in_cli_terms(err)
+    assert said.endswith("raise quadrature_resolution (quadrature_resolution is a setting of "
+                         "the Python API; implicit-geom has no option for it)")
+    # Text alone is never rewritten: only the parameters an error lists are named.
+    assert cli._in_cli_terms(ValueError("n_samples=3 or another seed")) == \
+        "n_samples=3 or another seed"
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("argv, kwargs, python, cli_text", [
+    # load_dataset's file options on a built-in data set
+    (["two_circles", "--degrees"], {"degrees": True},
+     "coords, columns, where and degrees read data files",
+     "--coords, --columns, --where and --degrees read data files"),
+    # --degrees on plain coordinates
+    (["PTS", "--coords", "xyz", "--degrees"], {"coords": "xyz", "degrees": True},
+     "degrees=True applies to angles (coords='angles')",
+     "--degrees applies to angles (--coords angles)"),
+    # a non-numeric column read as coordinates
+    (["MIXED"], {}, "pick the coordinate columns with columns (and rows with "
+     "where='COL=VALUE'), or say how to read them with coords",
+     "pick the coordinate columns with --columns (and rows with --where COL=VALUE), or say "
+     "how to read them with --coords"),
+    (["PTS", "--coords", "angles", "--columns", "x"], {"coords": "angles", "columns": "x"},
+     "coords='angles' needs 2 columns", "--coords angles needs 2 columns"),
+    (["PTS", "--n-samples", "10"], {"n_samples": 10}, "n_samples=10 exceeds the 3 points",
+     "--n-samples 10 exceeds the 3 points"),
+])
+def test_messages_name_parameters_in_python_and_flags_in_the_cli(tmp_path, capsys, argv, kwargs,
+                                                                 python, cli_text):
+    # Catches load_dataset's messages naming CLI flags (--columns, --degrees)
+    # to Python callers, and the CLI naming Python parameters: the error lists
+    # its parameters (params) and each caller names them its own way.
+    from implicit_geom import ImplicitGeomError
+    from implicit_geom.datasets import load_dataset
+
+    files = {"PTS": "x,y\n1,2\n3,4\n5,1\n", "MIXED": "a,b\nG,2\nP,3\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.csv").write_text(text)
+    argv = [str(tmp_path / f"{a}.csv") if a in files else a for a in argv]
+    with pytest.raises(ImplicitGeomError) as err:
+        load_dataset(argv[0], **kwargs)
+    assert python in str(err.value) and "--" not in str(err.value) and err.value.params
+    assert main(["fit", *argv, "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    said = capsys.readouterr().err
+    assert cli_text in said and "\n" not in said.strip() and python not in said
     assert not (tmp_path / "m").exists()
 
 

@@ -62,7 +62,7 @@ def test_manifold_choice():
     assert manifold.codim == 1 and "estimated by local PCA" in notes[0]
     with pytest.raises(ValueError, match="needs 3-D points"):
         build_manifold(load_dataset("circle", 50), "sphere")
-    with pytest.raises(ValueError, match="unknown --manifold"):
+    with pytest.raises(ValueError, match="unknown choice='cube'"):
         build_manifold(sphere, "cube")
     noise = Dataset(torch.randn(300, 3, dtype=torch.float64), "noise", "euclidean", 3, None)
     with pytest.raises(ValueError, match="no lower-dimensional structure"):
@@ -72,7 +72,7 @@ def test_manifold_choice():
     oriented = build_manifold(plain, mdf_orient=True)[1]
     assert (oriented.mu_orient, oriented.orient_min_contrast) == (10.0, 0.2)
     assert build_manifold(plain)[1].mu_orient == 0.0
-    with pytest.raises(ValueError, match="--mdf-orient needs a hypersurface"):
+    with pytest.raises(ValueError, match="^mdf_orient=True needs a hypersurface"):
         build_manifold(plain, "learned", intrinsic_dim=1, mdf_orient=True)
 
 
