@@ -218,6 +218,27 @@ def _replaceable(path):
     return (path / "config.json").is_file() or not any(path.iterdir())
 
 
+@contextlib.contextmanager
+def _made_folder(folder):
+    """Create ``folder`` and its missing ancestors; if the body fails, remove again
+    those this created (deepest first; one something else was written to stays)."""
+    created = []
+    parent = Path(folder)
+    while not parent.exists():
+        created.append(parent)  # deepest first
+        parent = parent.parent
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        yield
+    except BaseException:
+        for made in created:
+            try:
+                made.rmdir()
+            except OSError:  # something else was written there meanwhile: keep it
+                break
+        raise
+
+
 class _AtomicFolder:
     """Build a folder under a temporary name; rename it into place on success."""
 
@@ -235,33 +256,21 @@ class _AtomicFolder:
     def __enter__(self):
         # The missing folders above --out are created here and removed again
         # if the command fails: a failed fit left them behind, empty.
-        self.created = []
-        parent = self.target.parent
-        while not parent.exists():
-            self.created.append(parent)  # deepest first
-            parent = parent.parent
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        self.parents = contextlib.ExitStack()
+        with self.parents:  # closed (failed) unless the temporary folder is made
+            self.parents.enter_context(_made_folder(self.target.parent))
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.",
                                              dir=self.target.parent))
-        except BaseException:
-            self._remove_created()
-            raise
-        usual_mode(self.tmp, directory=True)
+            usual_mode(self.tmp, directory=True)
+            self.parents = self.parents.pop_all()
         return self.tmp
-
-    def _remove_created(self):
-        for folder in self.created:
-            try:
-                folder.rmdir()
-            except OSError:  # something else was written there meanwhile: keep it
-                break
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            self._remove_created()
+            self.parents.__exit__(exc_type, exc, tb)
             return False
+        self.parents.close()
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
             os.replace(self.target, old)
@@ -481,20 +490,22 @@ def sample(args):
     _, manifold, ebm, _ = load_model(args.model)
     pts = ebm.sample(args.n, sampler=args.sampler, seed=args.seed,
                      progress=not args.no_progress).numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        if out.suffix == ".npy":
-            np.save(tmp, pts)
-        elif out.suffix == ".csv":
-            header = ",".join(f"x{i}" for i in range(pts.shape[1]))
-            np.savetxt(tmp, pts, delimiter=",", header=header, comments="")
-        usual_mode(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # Written under a temporary name in the folders it creates, which a failed
+    # write removes again (as fit's _AtomicFolder does).
+    with _made_folder(out.parent):
+        fd, tmp = tempfile.mkstemp(suffix=out.suffix, dir=out.parent)
+        os.close(fd)
+        try:
+            if out.suffix == ".npy":
+                np.save(tmp, pts)
+            elif out.suffix == ".csv":
+                header = ",".join(f"x{i}" for i in range(pts.shape[1]))
+                np.savetxt(tmp, pts, delimiter=",", header=header, comments="")
+            usual_mode(tmp)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     print(f"{len(pts)} samples written to {out}")
     return 0
 

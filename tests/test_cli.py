@@ -490,6 +490,30 @@ def test_failed_fit_removes_the_folders_it_created(tmp_path, capsys, monkeypatch
     assert [p.name for p in tmp_path.rglob("*")] == ["kept"]  # an existing folder stays
 
 
+def test_failed_sample_removes_the_folders_it_created(learned_model, tmp_path, capsys,
+                                                     monkeypatch):
+    # Catches sample creating --out's missing parent folders and leaving them
+    # behind when writing the file failed (fit removed its own already).
+    import torch
+
+    from implicit_geom.models import ConstrainedEBM
+
+    monkeypatch.setattr(ConstrainedEBM, "sample",
+                        lambda self, n, **kw: torch.zeros(n, 2, dtype=torch.float64))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    monkeypatch.setattr(np, "savetxt", full_disk)
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "a" / "b" / "s.npy", tmp_path / "kept" / "c" / "s.csv"):
+        assert main(["sample", str(learned_model), "--n", "5", "--out", str(out),
+                     "--no-progress"]) == 2
+        assert "No space left on device" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.rglob("*")] == ["kept"]  # an existing folder stays
+
+
 @pytest.mark.parametrize("argv, n_eval", [
     (["--quick", "--n-eval", "800"], 800), (["--quick"], 500), ([], 2000),
     (["--n-eval", "300"], 300)])
