@@ -287,6 +287,7 @@ def fit(args):
     torch.manual_seed(args.seed)
     data = _load_data(args.data, args)
     _refuse_learned_options(args, data)
+    _refuse_restart_options(args)
     train, test = train_test_split(data.points, test_fraction=args.test_fraction, seed=args.seed)
     # Under torchrun every rank trains (learning.distributed); rank 0 alone
     # builds the model folder, the others write into a throwaway one.
@@ -360,6 +361,23 @@ def _refuse_learned_options(args, data):
         raise CLIError(f"{', '.join(given)} {'sets' if one else 'set'} the fit of a learned "
                        f"manifold, but nothing is learned here ({why}): drop "
                        f"{'it' if one else 'them'}, or pass --manifold learned")
+
+
+def _refuse_restart_options(args):
+    """--mdf-selection and --mdf-jobs other than 1 act on several restarts: with one
+    (--mdf-restarts 1, the default) an error before any work (they were ignored)."""
+    if (args.mdf_restarts or 1) > 1:
+        return
+    given = [text for text, value in (
+        (f"--mdf-selection {args.mdf_selection}", args.mdf_selection is not None),
+        (f"--mdf-jobs {args.mdf_jobs}", args.mdf_jobs not in (None, 1))) if value]
+    if given:
+        one = len(given) == 1
+        restarts = ("--mdf-restarts 1" if args.mdf_restarts else
+                    "one by default (--mdf-restarts 1)")
+        raise CLIError(f"{' and '.join(given)} {'acts' if one else 'act'} on several restarts "
+                       f"of the manifold's fit, but there is {restarts}: drop "
+                       f"{'it' if one else 'them'}, or pass --mdf-restarts 2 or more")
 
 
 def _sample_sharded(ebm, n, seed, ctx, progress):

@@ -431,6 +431,32 @@ def test_fit_refuses_learned_options_where_nothing_is_learned(tmp_path, capsys, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option, restarts", [
+    (["--mdf-selection", "conditioning"], []), (["--mdf-jobs", "2"], ["--mdf-restarts", "1"]),
+    (["--mdf-jobs", "-1", "--mdf-selection", "agreement"], [])])
+def test_fit_refuses_restart_options_with_one_restart(tmp_path, capsys, monkeypatch, option,
+                                                      restarts):
+    # Catches --mdf-selection and --mdf-jobs N > 1 doing nothing with a single
+    # restart (the default): refused before training, naming the flags.
+    from implicit_geom import cli
+
+    def trained(*args, **kwargs):
+        raise cli.CLIError("trained")
+
+    monkeypatch.setattr(cli, "fit_pipeline", trained)
+    out = tmp_path / "model"
+    assert main(["fit", "two_circles", "--n-samples", "50", "--out", str(out), *option,
+                 *restarts, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "on several restarts" in err and "pass --mdf-restarts 2 or more" in err
+    assert all(o in err for o in option if o.startswith("--"))
+    assert ("--mdf-restarts 1" in err) and "\n" not in err.strip()
+    assert not out.exists()
+    # --mdf-jobs 1 is the default's meaning: accepted.
+    assert main(["demo", "--out", str(out), "--mdf-jobs", "1", "--n-samples", "50",
+                 "--no-progress"]) == 2 and "trained" in capsys.readouterr().err
+
+
 def test_evaluate_refuses_data_options_without_data(tmp_path, capsys):
     # Catches evaluate's --n-samples and reading options, which read --data,
     # being ignored silently without it (checked before the model is read).
