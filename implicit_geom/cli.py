@@ -172,7 +172,8 @@ def _reading(args, stored=None):
     stored = stored or {}
     given = {"coords": getattr(args, "coords", None), "columns": getattr(args, "columns", None),
              "where": getattr(args, "where", None), "degrees": getattr(args, "degrees", False)}
-    if all(v in (None, False, "auto") for v in given.values()):
+    # A typed --coords auto counts as given: it reads the file on its own.
+    if all(v in (None, False) for v in given.values()):
         given = {**given, **stored}
     return {"coords": given["coords"] or "auto", "columns": given["columns"],
             "where": given["where"], "degrees": bool(given["degrees"])}
@@ -189,13 +190,63 @@ def _reading_options(reading):
     return " ".join(options)
 
 
-def _load_data(source, args, reading=None):
+def _read_data(source, args, reading=None):
+    """``load_dataset`` of ``source`` under ``reading`` (default: the options typed)."""
     reading = reading or _reading(args)
     try:
-        data = load_dataset(source, n_samples=args.n_samples, seed=args.seed,
+        return load_dataset(source, n_samples=args.n_samples, seed=args.seed,
                             intrinsic_dim=getattr(args, "intrinsic_dim", None), **reading)
     except FileNotFoundError as err:
         raise CLIError(f"data file not found: {err.filename or source}") from None
+
+
+def _load_data(source, args, reading=None):
+    """:func:`_read_data`, printing how a file was read."""
+    data = _read_data(source, args, reading)
+    if "reading" in data.meta:
+        print(_in_cli_terms(data.meta["reading"]))
+    return data
+
+
+def _evaluation_data(args, config, dim):
+    """The points of ``evaluate --data``.
+
+    A file is read with the reading options typed; without any, with those
+    the model's data were read with (a file in that layout, e.g. more rows of
+    it, is read the same way), and that is said. When the file reads as
+    ``dim``-D points both with the model's options and on its own (no options),
+    differently, which was meant cannot be told: an error asks for the options.
+    """
+    own = _reading(args)
+    reading = _reading(args, config.get("reading"))
+    inherited = _reading_options(reading) if reading != own else ""
+    if not inherited:
+        return _load_data(args.data, args, own)
+
+    def attempt(how):
+        try:
+            data = _read_data(args.data, args, how)
+        except DataError as err:
+            return None, _in_cli_terms(err)
+        if data.ambient_dim != dim:
+            return None, f"--data has {data.ambient_dim}-D points, the model {dim}-D ones"
+        return data, None
+
+    data, err = attempt(reading)
+    if data is None:
+        # The model's own options were applied: say so, or `--where
+        # residue=G` fails on a file of samples naming an option never given.
+        raise CLIError(f"{err} (--data is read like the model's data, with {inherited}; "
+                       "pass reading options to read it otherwise, e.g. --coords auto to read "
+                       "it on its own)")
+    alone, _ = attempt(own)
+    if alone is not None and not (alone.points.shape == data.points.shape
+                                  and torch.equal(alone.points, data.points)):
+        raise CLIError(f"--data {args.data} reads one way with the model's reading options "
+                       f"({inherited}) and another on its own: pass the options to use "
+                       f"({inherited}, or --coords auto for the file's own reading)")
+    print(f"--data is read like the model's data, with {inherited} (pass reading options to "
+          "read it otherwise)")
     if "reading" in data.meta:
         print(_in_cli_terms(data.meta["reading"]))
     return data
@@ -473,20 +524,7 @@ def evaluate(args):
                            "pass --data FILE, or drop them to evaluate on the held-out split")
     config, manifold, ebm, test = load_model(args.model)
     if args.data:
-        # A file in the layout the model was fitted on is read the same way
-        # unless reading options are given.
-        reading = _reading(args, config.get("reading"))
-        try:
-            test = _load_data(args.data, args, reading).points
-        except DataError as err:
-            inherited = _reading_options(reading) if reading != _reading(args) else ""
-            if not inherited:
-                raise
-            # The model's own options were applied: say so, or `--where
-            # residue=G` fails on a file of samples naming an option never given.
-            raise CLIError(f"{_in_cli_terms(err)} (--data is read like the model's data, with {inherited}; "
-                           "pass reading options, e.g. --coords xyz, to read it otherwise)"
-                           ) from None
+        test = _evaluation_data(args, config, manifold.ambient_dim).points
         if test.shape[-1] != manifold.ambient_dim:
             raise CLIError(f"--data has {test.shape[-1]}-D points, the model "
                            f"{manifold.ambient_dim}-D ones")
@@ -734,7 +772,8 @@ def build_parser():
     p.add_argument("--data", default=None,
                    help="evaluate on this data instead of the held-out split (a file is read "
                         "with the model's --coords/--columns/--where/--degrees unless any is "
-                        "given)")
+                        "given, which is said; --coords auto reads it on its own; a file that "
+                        "reads differently both ways is refused)")
     p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
     p.add_argument("--n-samples", type=_positive_int, default=None,
                    help="subsample the --data points")

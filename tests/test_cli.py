@@ -149,6 +149,39 @@ def test_dihedral_csv_filtered_to_one_residue_reaches_the_torus(tmp_path, capsys
     assert "no column 'residue'" in err and "with --where residue=P;" in err and "\n" not in err
 
 
+def test_evaluate_data_inherits_the_models_reading_only_when_unambiguous(tmp_path, capsys):
+    # Catches evaluate --data reading a new file with the model's --coords
+    # angles --degrees silently: a file of radians (which reads as angles on
+    # its own too) was taken as degrees. Either reading alone is used and
+    # said; both, differently, is refused.
+    rng = np.random.default_rng(1)
+    phi, psi = rng.vonmises(-1.2, 4, 200), rng.vonmises(2.5, 4, 200)
+    degrees = tmp_path / "deg.csv"
+    degrees.write_text("phi,psi\n" + "".join(f"{a:.3f},{b:.3f}\n" for a, b in
+                                                zip(np.degrees(phi), np.degrees(psi))))
+    radians = tmp_path / "rad.csv"
+    radians.write_text("phi,psi\n" + "".join(f"{a:.4f},{b:.4f}\n" for a, b in zip(phi, psi)))
+    out = tmp_path / "model"
+    assert main(["fit", str(degrees), "--coords", "angles", "--degrees", "--out", str(out),
+                 *FAST]) == 0
+    capsys.readouterr()
+    ev = ["evaluate", str(out), "--n-eval", "20", "--no-progress"]
+    # The model's layout: read like its data (on its own, degrees are out of range), said.
+    assert main([*ev, "--data", str(degrees)]) == 0
+    said = capsys.readouterr().out
+    assert "--data is read like the model's data, with --coords angles --degrees" in said
+    assert "as angles in degrees" in said
+    # Radians read both ways, differently: refused, naming the options.
+    assert main([*ev, "--data", str(radians)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reads one way with the model's reading options (--coords angles --degrees) and " \
+           "another on its own" in err and "--coords auto" in err and "\n" not in err
+    # A typed --coords auto reads it on its own.
+    assert main([*ev, "--data", str(radians), "--coords", "auto"]) == 0
+    said = capsys.readouterr().out
+    assert "as angles in radians" in said and "like the model's data" not in said
+
+
 def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys):
     from implicit_geom.datasets import sphere_mixture
 
