@@ -483,13 +483,15 @@ def load_model(folder):
     from .models import ConstrainedEBM
 
     ebm = ConstrainedEBM.load(folder / "ebm.pt", manifold)
-    test = torch.as_tensor(_load_array(folder / "test.npy"), dtype=torch.float64)
+    test = torch.as_tensor(_load_array(folder / "test.npy", manifold.ambient_dim),
+                           dtype=torch.float64)
     return config, manifold, ebm, test
 
 
-def _load_array(path):
-    """A model folder's ``.npy`` array; a missing or corrupt one is a CLIError naming it
-    (numpy's own messages do not say which file)."""
+def _load_array(path, dim):
+    """A model folder's ``.npy`` array of finite ``dim``-D points; a missing or corrupt
+    one is a CLIError naming it (numpy's own messages do not say which file, and
+    points of another dimension or NaN failed deep in evaluate or plot)."""
     try:
         array = np.load(path)
     except FileNotFoundError:
@@ -499,6 +501,11 @@ def _load_array(path):
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
         raise CLIError(f"{path} is corrupt: expected a 2-D float array, got {array.dtype} "
                        f"{array.shape}")
+    if array.shape[1] != dim or len(array) == 0:
+        raise CLIError(f"{path} is corrupt: expected {dim}-D points (the model's), got shape "
+                       f"{array.shape}")
+    if not np.isfinite(array).all():
+        raise CLIError(f"{path} is corrupt: it has NaN or infinite values")
     return array
 
 
@@ -579,7 +586,8 @@ def plot(args):
     meta = dict(config.get("meta", {}), **config.get("geometry", {}))
     kept = config.get("samples") or {}
     if (kept.get("n"), kept.get("seed")) == (args.n, args.seed):  # fit's own draw
-        samples = torch.as_tensor(_load_array(Path(args.model) / "samples.npy"))
+        samples = torch.as_tensor(_load_array(Path(args.model) / "samples.npy",
+                                              manifold.ambient_dim))
     else:
         samples = ebm.sample(args.n, seed=args.seed, progress=not args.no_progress)
     paths = []
@@ -646,7 +654,17 @@ def _training_figure(model, config, manifold, ebm, out):
     from . import plotting
 
     stored = Path(model) / "history.json"
-    saved = json.loads(stored.read_text()) if stored.is_file() else {}
+    saved = {}
+    if stored.is_file():
+        try:
+            saved = json.loads(stored.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CLIError(f"{stored} is corrupt: {err}") from None
+        curves = [saved.get(k) or {} for k in ("manifold", "EBM")] if isinstance(
+            saved, dict) else [None]
+        if not all(isinstance(c, dict) and all(isinstance(v, list) for v in c.values())
+                   for c in curves):
+            raise CLIError(f"{stored} is corrupt: not a JSON object of training curves")
     histories = {"EBM": saved.get("EBM") or getattr(ebm, "history_", None) or {}}
     if config["manifold"] == "learned":
         histories = {"manifold": saved.get("manifold") or manifold.history_, **histories}

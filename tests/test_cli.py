@@ -365,6 +365,36 @@ def test_missing_or_corrupt_arrays_name_the_file(learned_model, tmp_path, capsys
     assert "samples.npy is corrupt" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, content, command, message", [
+    ("test.npy", np.ones((4, 3)), "evaluate", "test.npy is corrupt: expected 2-D points"),
+    ("test.npy", np.ones((4, 3)), "plot", "test.npy is corrupt: expected 2-D points"),
+    ("test.npy", np.full((4, 2), np.nan), "evaluate", "test.npy is corrupt: it has NaN"),
+    ("samples.npy", np.ones((4, 3)), "plot", "samples.npy is corrupt: expected 2-D points"),
+    ("history.json", "{junk", "plot", "history.json is corrupt: Expecting property name"),
+    ("history.json", "[1]", "plot", "history.json is corrupt: not a JSON object"),
+    ("history.json", '{"EBM": {"loss": 3}}', "plot", "history.json is corrupt: not a JSON"),
+])
+def test_corrupt_model_files_are_one_line(learned_model, tmp_path, capsys, name, content,
+                                          command, message):
+    # Catches a model folder's arrays of the wrong dimension or with NaN, and a
+    # broken history.json, ending in tracebacks (RuntimeError from torch,
+    # AttributeError) or in errors naming no file.
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(learned_model, model)
+    if isinstance(content, str):
+        (model / name).write_text(content)
+    else:
+        np.save(model / name, content)
+    n = str(json.loads((model / "config.json").read_text())["samples"]["n"])
+    argv = ([command, str(model), "--n", n, "--out", str(tmp_path / "fig")] if command == "plot"
+            else [command, str(model), "--n-eval", "10"])
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("implicit-geom: error:") and message in err and "\n" not in err
+
+
 def test_library_advice_names_the_cli_flags(tmp_path, capsys, monkeypatch):
     # Catches the learning code's ConditioningWarning telling a CLI user to
     # "refit with n_restarts=3" (the flag is --mdf-restarts) and errors naming
