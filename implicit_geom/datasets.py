@@ -1005,11 +1005,13 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
                         "points with at least 2 coordinates")
     values = []
     for c in cols:
-        try:
-            values.append(table.numeric(c))
-        except DataError as err:
-            raise DataError(f"{_literal(err)}; pick numeric columns with {{columns}}",
-                            params=("columns",)) from None
+        if not table.is_numeric(c):  # a column of words: another column was meant
+            try:
+                table.numeric(c)
+            except DataError as err:
+                raise DataError(f"{_literal(err)}; pick numeric columns with {{columns}}",
+                                params=("columns",)) from None
+        values.append(table.numeric(c))  # a NaN or inf is an error of its own
     reading = (f"read {source} as plain {len(cols)}-D points "
                f"({', '.join(table.label(c) for c in cols)})")
     meta = {"coords": "xyz", "columns": [table.label(c) for c in cols]}

@@ -525,6 +525,8 @@ def test_plain_xyz_files_whitespace_and_npy(tmp_path):
         (DIHEDRALS.split("\n", 2)[2], {}, r"column 0 value 'G' is not numeric; pick the coordinate "
                                           r"columns with columns \(and rows with "
                                           r"where='COL=VALUE'\)"),
+        # Catches a NaN told to "pick numeric columns": the column is numeric.
+        ("x,y\n1,2\n3,nan\n", {}, r"data row 2 \(line 3\): 'y' value 'nan' is not finite$"),
         (DIHEDRALS, {"where": "residue=Z"}, r"no rows with 'residue' = 'Z'; its values: G, P"),
         (DIHEDRALS, {"where": "residue"}, r"must read COL=VALUE"),
         (DIHEDRALS, {"columns": "phi,omega"}, r"no column 'omega'; the columns are 0 'residue', "
