@@ -575,11 +575,29 @@ def sample(args):
 
 def plot(args):
     """PNG figures of a fitted model: data, manifold, density, samples."""
-    from . import plotting
-
     config, manifold, ebm, test = load_model(args.model)
     out = Path(args.out or Path(args.model) / "figures")
     _check_writable(out, folder=True)  # before the sampling
+    # Drawn into a temporary sibling folder, moved into place when all are
+    # drawn: a failure half-way left some new figures beside old ones.
+    with _made_folder(out):
+        stage = Path(tempfile.mkdtemp(prefix=".figures.", dir=out))
+        try:
+            drawn = _draw_figures(args, config, manifold, ebm, test, stage)
+            paths = [out / path.name for path in drawn]
+            for path, final in zip(drawn, paths):
+                os.replace(path, final)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _draw_figures(args, config, manifold, ebm, test, out):
+    """:func:`plot`'s figures, written into ``out``; returns their paths."""
+    from . import plotting
+
     kind = config["data_kind"]
     view = kind if kind in ("sphere", "torus") else ("euclidean" if manifold.ambient_dim == 2
                                                      else "ambient3d")
@@ -601,9 +619,7 @@ def plot(args):
                           title=config["data_name"])
         paths.append(plotting.save(fig, out / "samples.png"))
         paths.append(_training_figure(args.model, config, manifold, ebm, out))
-        for p in paths:
-            print(p)
-        return 0
+        return paths
     size = 3 if len(test) > 2000 else 6
     fig = plotting.scatter(test, view, meta=meta, size=size,
                            title=f"held-out data: {config['data_name']}")
@@ -644,9 +660,7 @@ def plot(args):
         plotting.scatter(test, "euclidean", ax=ax, color="k", size=2, alpha=0.5)
         paths.append(plotting.save(fig, out / "manifold.png"))
     paths.append(_training_figure(args.model, config, manifold, ebm, out))
-    for p in paths:
-        print(p)
-    return 0
+    return paths
 
 
 def _training_figure(model, config, manifold, ebm, out):

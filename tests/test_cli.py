@@ -395,6 +395,29 @@ def test_corrupt_model_files_are_one_line(learned_model, tmp_path, capsys, name,
     assert err.startswith("implicit-geom: error:") and message in err and "\n" not in err
 
 
+def test_failed_plot_writes_no_figure(learned_model, tmp_path, capsys, monkeypatch):
+    # Catches plot writing its figures one by one into --out: a failure at the
+    # last (the training curves) left new data/samples/density figures beside
+    # old ones, and the folders it created.
+    from implicit_geom import plotting
+
+    def broken(*args, **kwargs):
+        raise OSError("cannot draw")
+
+    monkeypatch.setattr(plotting, "training_curves", broken)
+    n = str(json.loads((learned_model / "config.json").read_text())["samples"]["n"])
+    out = tmp_path / "a" / "figs"
+    assert main(["plot", str(learned_model), "--n", n, "--out", str(out), "--no-progress"]) == 2
+    assert "cannot draw" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "data.png").write_bytes(b"old")
+    assert main(["plot", str(learned_model), "--n", n, "--out", str(tmp_path / "old"),
+                 "--no-progress"]) == 2
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["data.png"]
+    assert (tmp_path / "old" / "data.png").read_bytes() == b"old"
+
+
 def test_library_advice_names_the_cli_flags(tmp_path, capsys, monkeypatch):
     # Catches the learning code's ConditioningWarning telling a CLI user to
     # "refit with n_restarts=3" (the flag is --mdf-restarts) and errors naming
