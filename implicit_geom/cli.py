@@ -65,6 +65,19 @@ def _fraction(text):
     return value
 
 
+def _seed(text):
+    # --seed is checked when parsed: -1 failed in numpy with "expected
+    # non-negative integer", 2**70 in torch with "Overflow when unpacking long
+    # long", naming no option.
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return value
+
+
 def _jobs(text):
     try:
         return check_jobs(int(text))
@@ -535,6 +548,8 @@ def evaluate(args):
         if test.shape[-1] != manifold.ambient_dim:
             raise CLIError(f"--data has {test.shape[-1]}-D points, the model "
                            f"{manifold.ambient_dim}-D ones")
+        if len(test) < 2:  # one point failed in the metrics with "x is empty"
+            raise CLIError(f"--data has {len(test)} point; evaluate needs at least 2")
     # Drawn here (evaluate_model would draw the same ones silently): --no-progress
     # decides whether the chains report progress.
     samples = ebm.sample(args.n_eval, seed=args.seed, progress=not args.no_progress)
@@ -715,7 +730,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_seed, default=0)
         p.add_argument("--no-progress", action="store_true",
                        help="no progress bars (on a terminal) or progress lines (otherwise)")
         p.add_argument("--threads", type=_positive_int, default=1, metavar="N",

@@ -333,6 +333,25 @@ def test_counts_are_checked_when_parsed(tmp_path, capsys, argv):
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.parametrize("value", ["-1", str(2 ** 70), "1.5", "x"])
+def test_seed_is_checked_when_parsed(tmp_path, capsys, value):
+    # Catches --seed -1 failing in numpy ("expected non-negative integer") and
+    # 2**70 in torch ("Overflow when unpacking long long"), naming no option.
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "two_circles", "--out", str(tmp_path / "model"), "--seed", value])
+    assert exc.value.code == 2
+    assert "argument --seed: expected an integer in [0, 2**63)" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
+
+
+def test_evaluate_needs_two_points(learned_model, capsys):
+    # Catches `evaluate --data two_circles --n-samples 1` failing in the
+    # metrics with "x is empty (shape (0, 2))".
+    assert main(["evaluate", str(learned_model), "--data", "two_circles", "--n-samples", "1",
+                 "--n-eval", "10", "--no-progress"]) == 2
+    assert "--data has 1 point; evaluate needs at least 2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["0", "1", "2", "-0.1", "nan", "x"])
 def test_test_fraction_is_checked_when_parsed(tmp_path, capsys, value):
     # Catches --test-fraction out of (0, 1) failing after the data were read,
