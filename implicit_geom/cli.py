@@ -231,7 +231,9 @@ def _evaluation_data(args, config, dim):
     differently, which was meant cannot be told: an error asks for the options.
     """
     own = _reading(args)
-    reading = _reading(args, config.get("reading"))
+    # A built-in data set has no reading options: the model's are not its.
+    builtin = str(args.data) in DATASET_NAMES
+    reading = own if builtin else _reading(args, config.get("reading"))
     inherited = _reading_options(reading) if reading != own else ""
     if not inherited:
         return _load_data(args.data, args, own)

@@ -180,6 +180,9 @@ def test_evaluate_data_inherits_the_models_reading_only_when_unambiguous(tmp_pat
     assert main([*ev, "--data", str(radians), "--coords", "auto"]) == 0
     said = capsys.readouterr().out
     assert "as angles in radians" in said and "like the model's data" not in said
+    # A built-in data set takes none of the model's file options (it was refused:
+    # "--coords, ... read data files", options never typed).
+    assert main([*ev, "--data", "torus", "--n-samples", "50"]) == 0
 
 
 def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys):
