@@ -115,6 +115,7 @@ def test_headerless_latlon_file_fit_evaluate_plot(tmp_path, capsys):
     assert main(["fit", str(path), "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "as latitude, longitude in degrees" in printed and "no header" in printed
+    assert "(pass --coords xyz to read plain 2-D points)" in printed  # the flag, not coords=
     config = json.loads((out / "config.json").read_text())
     assert config["manifold"] == "sphere" and config["n_train"] + config["n_test"] == 300
     assert main(["evaluate", str(out), "--data", str(path), "--n-eval", "100"]) == 0

@@ -60,6 +60,11 @@ def test_manifold_choice():
     plain = Dataset(2.0 * sphere_mixture(300) + 1.0, "cloud", "euclidean", 3, None)
     kind, manifold, _, notes = build_manifold(plain)
     assert manifold.codim == 1 and "estimated by local PCA" in notes[0]
+    # The note names the parameter to Python callers, the flag on the command line.
+    from implicit_geom.cli import _in_cli_terms
+
+    assert "pass intrinsic_dim to set it" in notes[0]
+    assert "pass --intrinsic-dim to set it" in _in_cli_terms(notes[0])
     with pytest.raises(ValueError, match="needs 3-D points"):
         build_manifold(load_dataset("circle", 50), "sphere")
     with pytest.raises(ValueError, match="unknown choice='cube'"):
