@@ -65,6 +65,19 @@ def _fraction(text):
     return value
 
 
+def _seed(text):
+    # --seed is checked when parsed: -1 failed in numpy with "expected
+    # non-negative integer", 2**70 in torch with "Overflow when unpacking long
+    # long", naming no option.
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return value
+
+
 def _jobs(text):
     try:
         return check_jobs(int(text))
@@ -74,46 +87,54 @@ def _jobs(text):
 
 
 # ------------------------------------------------------------ library words
-# The library's messages name its Python parameters (n_restarts=3,
-# quadrature_bounds); a CLI user can only type flags. Those with a flag are
-# renamed; those without one are said to be Python-only, not left as advice
-# the user cannot follow (the library keeps its own names).
-_FLAG_WORDS = (
-    # NeuralImplicitManifold.fit's ConditioningWarning
-    ("refit with n_restarts=3", "refit with --mdf-restarts 3"),
-    ("try more restarts", "try a larger --mdf-restarts"),
-    ("or another seed", "or another --seed"),
-    # load_dataset
-    ("coords, columns, where and degrees read data files",
-     "--coords, --columns, --where and --degrees read data files"),
+# The library's errors and warnings name its Python parameters (n_restarts=3,
+# quadrature_resolution) and list them (ParameterMessage.params); a CLI user
+# can only type flags. Those with a flag are named by it; those without one
+# are said to be Python-only, not left as advice the user cannot follow.
+_FLAGS = {
+    # load_dataset / load_table / train_test_split
+    "n_samples": "--n-samples", "seed": "--seed", "coords": "--coords",
+    "columns": "--columns", "where": "--where", "degrees": "--degrees",
+    "test_fraction": "--test-fraction",
+    # fit_pipeline / build_manifold
+    "choice": "--manifold", "intrinsic_dim": "--intrinsic-dim", "mdf_orient": "--mdf-orient",
+    "mdf_restarts": "--mdf-restarts", "mdf_jobs": "--mdf-jobs",
+    "mdf_selection": "--mdf-selection", "mdf_epochs": "--mdf-epochs", "ebm_iter": "--ebm-iter",
+    # NeuralImplicitManifold (set by fit from the options above)
+    "n_restarts": "--mdf-restarts", "n_jobs": "--mdf-jobs",
+    "restart_selection": "--mdf-selection", "epochs": "--mdf-epochs",
     # ConstrainedEBM.fit on fit_pipeline's validation split (a tenth of the training points)
-    ("X_val needs at least 2 points to fit a density",
-     "the validation tenth of the training points needs at least 2 points to fit a density "
-     "(use more data or a smaller --test-fraction)"),
-    # surface_mesh_quadrature: ConstrainedEBM sets its grid from quadrature_resolution
-    ("raise grid or max_grid", "raise quadrature_resolution"),
-)
-_PYTHON_ONLY = ("quadrature_resolution", "quadrature_bounds", "max_peak_excess")
+    "X_val": "the validation tenth of the training points",
+    # The points fit_pipeline fits NeuralImplicitManifold to.
+    "X": "the data",
+}
+#: Advice added when a message names these parameters (after their flag).
+_FLAG_HINTS = {"X_val": "use more data or a smaller --test-fraction"}
+
+
+def _flag(name):
+    return _FLAGS.get(name)
 
 
 def _in_cli_terms(message):
-    """``message`` with the library's parameter names replaced by the CLI's flags."""
-    from .learning import NeuralImplicitManifold
-
-    # The slopes s_min, s_max are no options here (fit scales them to the data).
-    message = message.replace(NeuralImplicitManifold._RESCALE_HINT,
-                              "the slopes of F are in the data's units: rescale the data to "
-                              "unit spread")
-    for old, new in _FLAG_WORDS:
-        message = message.replace(old, new)
-    message = re.sub(r"\bn_samples=(\d+)", r"--n-samples \1", message)
-    python_only = [name for name in _PYTHON_ONLY if name in message]
+    """A library error's or warning's text with its parameters named by the CLI's flags
+    (see :class:`~implicit_geom.exceptions.ParameterMessage`); other text is kept."""
+    params = getattr(message, "params", ())
+    if not params:
+        return str(message)
+    first, *rest = message.naming(_flag).split("\n", 1)
+    named = [p for p in dict.fromkeys(params)
+             if re.search(r"\{%s(=[^{}]*)?\}" % re.escape(p), message.template)]
+    hints = [_FLAG_HINTS[p] for p in named if p in _FLAG_HINTS]
+    python_only = [p for p in named if p not in _FLAGS]
+    if hints:
+        first += f" ({'; '.join(hints)})"
     if python_only:
         one = len(python_only) == 1
-        message += (f" ({' and '.join(python_only)} {'is a setting' if one else 'are settings'}"
-                    f" of the Python API's ConstrainedEBM; implicit-geom has no option for "
-                    f"{'it' if one else 'them'})")
-    return message
+        first += (f" ({' and '.join(python_only)} {'is a setting' if one else 'are settings'}"
+                  f" of the Python API; implicit-geom has no option for "
+                  f"{'it' if one else 'them'})")
+    return "\n".join([first, *rest])
 
 
 @contextlib.contextmanager
@@ -123,7 +144,7 @@ def _warnings_in_cli_terms():
         shown = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            shown(category(_in_cli_terms(str(message))), category, filename, lineno, file, line)
+            shown(category(_in_cli_terms(message)), category, filename, lineno, file, line)
 
         warnings.showwarning = show
         yield
@@ -164,7 +185,8 @@ def _reading(args, stored=None):
     stored = stored or {}
     given = {"coords": getattr(args, "coords", None), "columns": getattr(args, "columns", None),
              "where": getattr(args, "where", None), "degrees": getattr(args, "degrees", False)}
-    if all(v in (None, False, "auto") for v in given.values()):
+    # A typed --coords auto counts as given: it reads the file on its own.
+    if all(v in (None, False) for v in given.values()):
         given = {**given, **stored}
     return {"coords": given["coords"] or "auto", "columns": given["columns"],
             "where": given["where"], "degrees": bool(given["degrees"])}
@@ -181,16 +203,73 @@ def _reading_options(reading):
     return " ".join(options)
 
 
-def _load_data(source, args, reading=None):
+def _read_data(source, args, reading=None):
+    """``load_dataset`` of ``source`` under ``reading`` (default: the options typed)."""
     reading = reading or _reading(args)
     try:
-        data = load_dataset(source, n_samples=args.n_samples, seed=args.seed,
+        return load_dataset(source, n_samples=args.n_samples, seed=args.seed,
                             intrinsic_dim=getattr(args, "intrinsic_dim", None), **reading)
     except FileNotFoundError as err:
         raise CLIError(f"data file not found: {err.filename or source}") from None
+
+
+def _load_data(source, args, reading=None):
+    """:func:`_read_data`, printing how a file was read."""
+    data = _read_data(source, args, reading)
     if "reading" in data.meta:
-        print(data.meta["reading"])
+        print(_in_cli_terms(data.meta["reading"]))
     return data
+
+
+def _evaluation_data(args, config, dim):
+    """The points of ``evaluate --data``.
+
+    A file is read with the reading options typed; without any, with those
+    the model's data were read with (a file in that layout, e.g. more rows of
+    it, is read the same way), and that is said. When the file reads as
+    ``dim``-D points both with the model's options and on its own (no options),
+    differently, which was meant cannot be told: an error asks for the options.
+    """
+    own = _reading(args)
+    # A built-in data set has no reading options: the model's are not its.
+    builtin = str(args.data) in DATASET_NAMES
+    reading = own if builtin else _reading(args, config.get("reading"))
+    inherited = _reading_options(reading) if reading != own else ""
+    if not inherited:
+        return _load_data(args.data, args, own)
+
+    def attempt(how):
+        try:
+            data = _read_data(args.data, args, how)
+        except DataError as err:
+            return None, _in_cli_terms(err)
+        if data.ambient_dim != dim:
+            return None, f"--data has {data.ambient_dim}-D points, the model {dim}-D ones"
+        return data, None
+
+    data, err = attempt(reading)
+    if data is None:
+        # The model's own options were applied: say so, or `--where
+        # residue=G` fails on a file of samples naming an option never given.
+        raise CLIError(f"{err} (--data is read like the model's data, with {inherited}; "
+                       "pass reading options to read it otherwise, e.g. --coords auto to read "
+                       "it on its own)")
+    alone, _ = attempt(own)
+    if alone is not None and not (alone.points.shape == data.points.shape
+                                  and torch.equal(alone.points, data.points)):
+        raise CLIError(f"--data {args.data} reads one way with the model's reading options "
+                       f"({inherited}) and another on its own: pass the options to use "
+                       f"({inherited}, or --coords auto for the file's own reading)")
+    print(f"--data is read like the model's data, with {inherited} (pass reading options to "
+          "read it otherwise)")
+    if "reading" in data.meta:
+        print(_in_cli_terms(data.meta["reading"]))
+    return data
+
+
+def _print_note(note):
+    """Print a library note (``fit_pipeline``'s notify) in the CLI's terms."""
+    print(_in_cli_terms(note))
 
 
 def _write_json(path, obj):
@@ -203,6 +282,27 @@ def _replaceable(path):
     if path.is_symlink() or not path.is_dir():
         return False
     return (path / "config.json").is_file() or not any(path.iterdir())
+
+
+@contextlib.contextmanager
+def _made_folder(folder):
+    """Create ``folder`` and its missing ancestors; if the body fails, remove again
+    those this created (deepest first; one something else was written to stays)."""
+    created = []
+    parent = Path(folder)
+    while not parent.exists():
+        created.append(parent)  # deepest first
+        parent = parent.parent
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        yield
+    except BaseException:
+        for made in created:
+            try:
+                made.rmdir()
+            except OSError:  # something else was written there meanwhile: keep it
+                break
+        raise
 
 
 class _AtomicFolder:
@@ -222,33 +322,21 @@ class _AtomicFolder:
     def __enter__(self):
         # The missing folders above --out are created here and removed again
         # if the command fails: a failed fit left them behind, empty.
-        self.created = []
-        parent = self.target.parent
-        while not parent.exists():
-            self.created.append(parent)  # deepest first
-            parent = parent.parent
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        self.parents = contextlib.ExitStack()
+        with self.parents:  # closed (failed) unless the temporary folder is made
+            self.parents.enter_context(_made_folder(self.target.parent))
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.",
                                              dir=self.target.parent))
-        except BaseException:
-            self._remove_created()
-            raise
-        usual_mode(self.tmp, directory=True)
+            usual_mode(self.tmp, directory=True)
+            self.parents = self.parents.pop_all()
         return self.tmp
-
-    def _remove_created(self):
-        for folder in self.created:
-            try:
-                folder.rmdir()
-            except OSError:  # something else was written there meanwhile: keep it
-                break
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            self._remove_created()
+            self.parents.__exit__(exc_type, exc, tb)
             return False
+        self.parents.close()
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
             os.replace(self.target, old)
@@ -265,6 +353,7 @@ def fit(args):
     torch.manual_seed(args.seed)
     data = _load_data(args.data, args)
     _refuse_learned_options(args, data)
+    _refuse_restart_options(args)
     train, test = train_test_split(data.points, test_fraction=args.test_fraction, seed=args.seed)
     # Under torchrun every rank trains (learning.distributed); rank 0 alone
     # builds the model folder, the others write into a throwaway one.
@@ -273,7 +362,7 @@ def fit(args):
     with (folder if ctx.is_main else _scratch_folder()) as tmp:
         fitted = fit_pipeline(data, train, args.manifold, args.intrinsic_dim, args.seed,
                               not args.no_progress and ctx.is_main, args.mdf_epochs,
-                              args.ebm_iter, notify=print if ctx.is_main else None,
+                              args.ebm_iter, notify=_print_note if ctx.is_main else None,
                               mdf_restarts=args.mdf_restarts or 1,
                               mdf_orient=args.mdf_orient, mdf_jobs=args.mdf_jobs or 1,
                               mdf_selection=args.mdf_selection)
@@ -340,6 +429,23 @@ def _refuse_learned_options(args, data):
                        f"{'it' if one else 'them'}, or pass --manifold learned")
 
 
+def _refuse_restart_options(args):
+    """--mdf-selection and --mdf-jobs other than 1 act on several restarts: with one
+    (--mdf-restarts 1, the default) an error before any work (they were ignored)."""
+    if (args.mdf_restarts or 1) > 1:
+        return
+    given = [text for text, value in (
+        (f"--mdf-selection {args.mdf_selection}", args.mdf_selection is not None),
+        (f"--mdf-jobs {args.mdf_jobs}", args.mdf_jobs not in (None, 1))) if value]
+    if given:
+        one = len(given) == 1
+        restarts = ("--mdf-restarts 1" if args.mdf_restarts else
+                    "one by default (--mdf-restarts 1)")
+        raise CLIError(f"{' and '.join(given)} {'acts' if one else 'act'} on several restarts "
+                       f"of the manifold's fit, but there is {restarts}: drop "
+                       f"{'it' if one else 'them'}, or pass --mdf-restarts 2 or more")
+
+
 def _sample_sharded(ebm, n, seed, ctx, progress):
     """``n`` model samples, split between the ranks of a distributed run.
 
@@ -392,13 +498,15 @@ def load_model(folder):
     from .models import ConstrainedEBM
 
     ebm = ConstrainedEBM.load(folder / "ebm.pt", manifold)
-    test = torch.as_tensor(_load_array(folder / "test.npy"), dtype=torch.float64)
+    test = torch.as_tensor(_load_array(folder / "test.npy", manifold.ambient_dim),
+                           dtype=torch.float64)
     return config, manifold, ebm, test
 
 
-def _load_array(path):
-    """A model folder's ``.npy`` array; a missing or corrupt one is a CLIError naming it
-    (numpy's own messages do not say which file)."""
+def _load_array(path, dim):
+    """A model folder's ``.npy`` array of finite ``dim``-D points; a missing or corrupt
+    one is a CLIError naming it (numpy's own messages do not say which file, and
+    points of another dimension or NaN failed deep in evaluate or plot)."""
     try:
         array = np.load(path)
     except FileNotFoundError:
@@ -408,6 +516,11 @@ def _load_array(path):
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
         raise CLIError(f"{path} is corrupt: expected a 2-D float array, got {array.dtype} "
                        f"{array.shape}")
+    if array.shape[1] != dim or len(array) == 0:
+        raise CLIError(f"{path} is corrupt: expected {dim}-D points (the model's), got shape "
+                       f"{array.shape}")
+    if not np.isfinite(array).all():
+        raise CLIError(f"{path} is corrupt: it has NaN or infinite values")
     return array
 
 
@@ -433,23 +546,12 @@ def evaluate(args):
                            "pass --data FILE, or drop them to evaluate on the held-out split")
     config, manifold, ebm, test = load_model(args.model)
     if args.data:
-        # A file in the layout the model was fitted on is read the same way
-        # unless reading options are given.
-        reading = _reading(args, config.get("reading"))
-        try:
-            test = _load_data(args.data, args, reading).points
-        except DataError as err:
-            inherited = _reading_options(reading) if reading != _reading(args) else ""
-            if not inherited:
-                raise
-            # The model's own options were applied: say so, or `--where
-            # residue=G` fails on a file of samples naming an option never given.
-            raise CLIError(f"{err} (--data is read like the model's data, with {inherited}; "
-                           "pass reading options, e.g. --coords xyz, to read it otherwise)"
-                           ) from None
+        test = _evaluation_data(args, config, manifold.ambient_dim).points
         if test.shape[-1] != manifold.ambient_dim:
             raise CLIError(f"--data has {test.shape[-1]}-D points, the model "
                            f"{manifold.ambient_dim}-D ones")
+        if len(test) < 2:  # one point failed in the metrics with "x is empty"
+            raise CLIError(f"--data has {len(test)} point; evaluate needs at least 2")
     # Drawn here (evaluate_model would draw the same ones silently): --no-progress
     # decides whether the chains report progress.
     samples = ebm.sample(args.n_eval, seed=args.seed, progress=not args.no_progress)
@@ -468,38 +570,59 @@ def sample(args):
     _, manifold, ebm, _ = load_model(args.model)
     pts = ebm.sample(args.n, sampler=args.sampler, seed=args.seed,
                      progress=not args.no_progress).numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        if out.suffix == ".npy":
-            np.save(tmp, pts)
-        elif out.suffix == ".csv":
-            header = ",".join(f"x{i}" for i in range(pts.shape[1]))
-            np.savetxt(tmp, pts, delimiter=",", header=header, comments="")
-        usual_mode(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # Written under a temporary name in the folders it creates, which a failed
+    # write removes again (as fit's _AtomicFolder does).
+    with _made_folder(out.parent):
+        fd, tmp = tempfile.mkstemp(suffix=out.suffix, dir=out.parent)
+        os.close(fd)
+        try:
+            if out.suffix == ".npy":
+                np.save(tmp, pts)
+            elif out.suffix == ".csv":
+                header = ",".join(f"x{i}" for i in range(pts.shape[1]))
+                np.savetxt(tmp, pts, delimiter=",", header=header, comments="")
+            usual_mode(tmp)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     print(f"{len(pts)} samples written to {out}")
     return 0
 
 
 def plot(args):
     """PNG figures of a fitted model: data, manifold, density, samples."""
-    from . import plotting
-
     config, manifold, ebm, test = load_model(args.model)
     out = Path(args.out or Path(args.model) / "figures")
     _check_writable(out, folder=True)  # before the sampling
+    # Drawn into a temporary sibling folder, moved into place when all are
+    # drawn: a failure half-way left some new figures beside old ones.
+    with _made_folder(out):
+        stage = Path(tempfile.mkdtemp(prefix=".figures.", dir=out))
+        try:
+            drawn = _draw_figures(args, config, manifold, ebm, test, stage)
+            paths = [out / path.name for path in drawn]
+            for path, final in zip(drawn, paths):
+                os.replace(path, final)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _draw_figures(args, config, manifold, ebm, test, out):
+    """:func:`plot`'s figures, written into ``out``; returns their paths."""
+    from . import plotting
+
     kind = config["data_kind"]
     view = kind if kind in ("sphere", "torus") else ("euclidean" if manifold.ambient_dim == 2
                                                      else "ambient3d")
     meta = dict(config.get("meta", {}), **config.get("geometry", {}))
     kept = config.get("samples") or {}
     if (kept.get("n"), kept.get("seed")) == (args.n, args.seed):  # fit's own draw
-        samples = torch.as_tensor(_load_array(Path(args.model) / "samples.npy"))
+        samples = torch.as_tensor(_load_array(Path(args.model) / "samples.npy",
+                                              manifold.ambient_dim))
     else:
         samples = ebm.sample(args.n, seed=args.seed, progress=not args.no_progress)
     paths = []
@@ -513,9 +636,7 @@ def plot(args):
                           title=config["data_name"])
         paths.append(plotting.save(fig, out / "samples.png"))
         paths.append(_training_figure(args.model, config, manifold, ebm, out))
-        for p in paths:
-            print(p)
-        return 0
+        return paths
     size = 3 if len(test) > 2000 else 6
     fig = plotting.scatter(test, view, meta=meta, size=size,
                            title=f"held-out data: {config['data_name']}")
@@ -556,9 +677,7 @@ def plot(args):
         plotting.scatter(test, "euclidean", ax=ax, color="k", size=2, alpha=0.5)
         paths.append(plotting.save(fig, out / "manifold.png"))
     paths.append(_training_figure(args.model, config, manifold, ebm, out))
-    for p in paths:
-        print(p)
-    return 0
+    return paths
 
 
 def _training_figure(model, config, manifold, ebm, out):
@@ -566,7 +685,17 @@ def _training_figure(model, config, manifold, ebm, out):
     from . import plotting
 
     stored = Path(model) / "history.json"
-    saved = json.loads(stored.read_text()) if stored.is_file() else {}
+    saved = {}
+    if stored.is_file():
+        try:
+            saved = json.loads(stored.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CLIError(f"{stored} is corrupt: {err}") from None
+        curves = [saved.get(k) or {} for k in ("manifold", "EBM")] if isinstance(
+            saved, dict) else [None]
+        if not all(isinstance(c, dict) and all(isinstance(v, list) for v in c.values())
+                   for c in curves):
+            raise CLIError(f"{stored} is corrupt: not a JSON object of training curves")
     histories = {"EBM": saved.get("EBM") or getattr(ebm, "history_", None) or {}}
     if config["manifold"] == "learned":
         histories = {"manifold": saved.get("manifold") or manifold.history_, **histories}
@@ -603,7 +732,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_seed, default=0)
         p.add_argument("--no-progress", action="store_true",
                        help="no progress bars (on a terminal) or progress lines (otherwise)")
         p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
@@ -692,7 +821,8 @@ def build_parser():
     p.add_argument("--data", default=None,
                    help="evaluate on this data instead of the held-out split (a file is read "
                         "with the model's --coords/--columns/--where/--degrees unless any is "
-                        "given)")
+                        "given, which is said; --coords auto reads it on its own; a file that "
+                        "reads differently both ways is refused)")
     p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
     p.add_argument("--n-samples", type=_positive_int, default=None,
                    help="subsample the --data points")
@@ -743,8 +873,8 @@ def main(argv=None):
         clean = True
         return status
     except (CLIError, ImplicitGeomError, ValueError, OSError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"implicit-geom: error: {_in_cli_terms(msg)}", file=sys.stderr)
+        msg = _in_cli_terms(err).splitlines()
+        print(f"implicit-geom: error: {msg[0] if msg else type(err).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("implicit-geom: interrupted", file=sys.stderr)

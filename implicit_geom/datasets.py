@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from implicit_geom.exceptions import DataError, EmptyDataError
+from implicit_geom.exceptions import DataError, EmptyDataError, NamedText, ParameterError
 from implicit_geom.numerics.validation import check_int
 
 __all__ = [
@@ -701,14 +701,17 @@ class _Table:
         return values
 
     def check_range(
-        self, values: np.ndarray, lo: float, hi: float, name: str, label: str = "", hint: str = ""
+        self, values: np.ndarray, lo: float, hi: float, name: str, label: str = "", hint: str = "",
+        params=(),
     ):
-        """DataError naming the first row with a value outside [lo, hi] (``label`` describes it)."""
+        """DataError naming the first row with a value outside [lo, hi] (``label`` describes it;
+        ``hint`` may name the parameters ``params``, see :class:`ParameterMessage`)."""
         bad = (values < lo) | (values > hi)
         if bad.any():
             i = int(np.argmax(bad))
             label = label or f"[{lo:g}, {hi:g}]"
-            raise DataError(f"{self.where(i)}: {name} = {float(values[i])!r} outside {label}{hint}")
+            raise DataError(f"{_literal(self.where(i))}: {_literal(name)} = {float(values[i])!r} "
+                            f"outside {label}{hint}", params=params)
 
     def filter(self, condition: str) -> "_Table":
         """Rows whose column equals a value, from ``"COL=VALUE"`` (numbers compare as numbers)."""
@@ -739,6 +742,12 @@ class _Table:
             self.n_columns,
             self.filters + [f"{self.header[col] if self.header else col}={value}"],
         )
+
+
+def _literal(text) -> str:
+    """``text`` (a path, a cell) safe inside a message template: braces doubled
+    so that no ``{name}`` in it is read as a parameter field."""
+    return str(text).replace("{", "{{").replace("}", "}}")
 
 
 def _sort_key(cell: str):
@@ -876,10 +885,10 @@ def _angles_from_table(table: _Table, cols, degrees: bool) -> list[np.ndarray]:
             wide = (values > math.pi + tol).any() and (values >= -tol).all()
             lo, hi, label = (-tol, 2 * math.pi + tol, "[0, 2 pi]") if wide else (
                 -math.pi - tol, math.pi + tol, "[-pi, pi]")
-            hint = (" (angles must be in radians; pass --degrees for degrees)"
+            hint = (" (angles must be in radians; pass {degrees=True} for degrees)"
                     if np.abs(values).max() > 2 * math.pi + tol else "")
             table.check_range(values, lo, hi, name, label=f"{label} (tolerance {tol:g})",
-                              hint=hint)
+                              hint=hint, params=("degrees",) if hint else ())
         out.append(values)
     return out
 
@@ -900,7 +909,8 @@ def _fits_latlon(table: _Table) -> bool:
 def _coordinates(table: _Table, coords: str, columns, degrees: bool):
     """``(points, kind, intrinsic_dim, meta, reading)`` of a table under ``coords``."""
     if coords not in COORDS:
-        raise DataError(f"unknown coords {coords!r}; expected one of {', '.join(COORDS)}")
+        raise DataError(f"unknown {{coords}} {_literal(repr(coords))}; expected one of "
+                        f"{', '.join(COORDS)}", params=("coords",))
     cols = None if columns is None else [table.find(c) for c in columns]
     names = None if cols is None else [table.header[c].strip().lower() if table.header else ""
                                        for c in cols]
@@ -926,18 +936,20 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
                 if not table.is_numeric(j):
                     bad = next(i for i, c in enumerate(table.cells(j)) if not _is_number(c))
                     raise DataError(
-                        f"{table.where(bad)}: {table.label(j)} value {table.cells(j)[bad]!r} is "
-                        "not numeric; pick the coordinate columns with --columns (and rows with "
-                        "--where COL=VALUE), or say how to read them with --coords")
+                        f"{_literal(table.where(bad))}: {_literal(table.label(j))} value "
+                        f"{_literal(repr(table.cells(j)[bad]))} is not numeric; pick the "
+                        "coordinate columns with {columns} (and rows with {where='COL=VALUE'}), "
+                        "or say how to read them with {coords}",
+                        params=("columns", "where", "coords"))
             coords = "xyz"
             if table.header is None and table.n_columns == 2:
                 if _fits_latlon(table):
                     coords = "latlon"
                     note = ("; no header, and the two columns fit latitude [-90, 90] and "
-                            "longitude ranges (pass --coords xyz to read plain 2-D points)")
+                            "longitude ranges (pass {coords='xyz'} to read plain 2-D points)")
                 else:
                     note = ("; no header, and the two columns do not read as degrees of "
-                            "latitude/longitude (pass --coords latlon or --coords angles to "
+                            "latitude/longitude (pass {coords='latlon'} or {coords='angles'} to "
                             "read them so)")
     if degrees and coords != "angles":
         if coords == "latlon":
@@ -945,14 +957,16 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
         else:
             # Say how the file is read (plain coordinates have no unit), whether the
             # user asked for that or auto chose it, and what to do.
-            how = ("--coords xyz" if asked == "xyz" else
-                   "by --coords auto: no latitude/longitude or phi/psi columns")
-            raise DataError(f"--degrees applies to angles (--coords angles), but {table.path} is "
-                            f"read as plain coordinates ({how}), which have no unit: drop "
-                            "--degrees, or pass --coords angles if the columns are angles")
+            how = ("{coords='xyz'}" if asked == "xyz" else
+                   "by {coords='auto'}: no latitude/longitude or phi/psi columns")
+            raise DataError("{degrees=True} applies to angles ({coords='angles'}), but "
+                            f"{_literal(table.path)} is read as plain coordinates ({how}), "
+                            "which have no unit: drop {degrees}, or pass {coords='angles'} if "
+                            "the columns are angles", params=("degrees", "coords"))
     if coords in ("latlon", "angles") and cols is not None and len(cols) != 2:
         what = "latitude, longitude" if coords == "latlon" else "two angles of the torus"
-        raise DataError(f"--coords {coords} needs 2 columns ({what}), got {len(cols)}")
+        raise DataError(f"{{coords={coords!r}}} needs 2 columns ({what}), got "
+                        f"{{columns}} of {len(cols)}", params=("coords", "columns"))
     if coords == "latlon":
         lat, lon = _latlon_from_table(table, cols)
         which = cols or ((0, 1) if table.header is None and table.n_columns == 2 else tuple(
@@ -960,7 +974,7 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
         reading = (f"read {source} as latitude, longitude in degrees "
                    f"({', '.join(table.label(c) for c in which)}) -> points on the sphere S^2")
         meta = {"coords": "latlon", "columns": [table.label(c) for c in which]}
-        return sphere_embed(lat, lon), "sphere", 2, meta, reading + note
+        return sphere_embed(lat, lon), "sphere", 2, meta, _note(reading, note)
     if coords == "angles":
         if cols is None:
             if table.has_columns(_ANGLE_COLUMNS):
@@ -970,8 +984,9 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
                 numeric = [j for j in range(table.n_columns) if table.is_numeric(j)]
                 if len(numeric) != 2:
                     raise DataError(
-                        f"{table.path}: cannot tell which two columns hold the angles (the "
-                        f"columns are {table.listing()}); pass --columns PHI,PSI")
+                        f"{_literal(table.path)}: cannot tell which two columns hold the angles "
+                        f"(the columns are {_literal(table.listing())}); pass "
+                        "{columns='PHI,PSI'}", params=("columns",))
                 cols = numeric
         phi, psi = _angles_from_table(table, cols, degrees)
         R, r = ANGLE_TORUS
@@ -982,7 +997,7 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
         axes = [table.header[c] if table.header else f"angle {c}" for c in cols]
         meta = {"coords": "angles", "columns": [table.label(c) for c in cols], "R": R, "r": r,
                 "axes": axes, "degrees": bool(degrees)}
-        return torus_embed(phi, psi, R, r), "torus", 2, meta, reading + note
+        return torus_embed(phi, psi, R, r), "torus", 2, meta, _note(reading, note)
     # Plain coordinates.
     cols = list(range(table.n_columns)) if cols is None else cols
     if len(cols) < 2:
@@ -990,16 +1005,25 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
                         "points with at least 2 coordinates")
     values = []
     for c in cols:
-        try:
-            values.append(table.numeric(c))
-        except DataError as err:
-            raise DataError(f"{err}; pick numeric columns with --columns") from None
+        if not table.is_numeric(c):  # a column of words: another column was meant
+            try:
+                table.numeric(c)
+            except DataError as err:
+                raise DataError(f"{_literal(err)}; pick numeric columns with {{columns}}",
+                                params=("columns",)) from None
+        values.append(table.numeric(c))  # a NaN or inf is an error of its own
     reading = (f"read {source} as plain {len(cols)}-D points "
                f"({', '.join(table.label(c) for c in cols)})")
     meta = {"coords": "xyz", "columns": [table.label(c) for c in cols]}
     # A curve is the only proper submanifold of the plane: its dimension is known.
     return _tensor(np.stack(values, axis=1)), "euclidean", 1 if len(cols) == 2 else None, meta, \
-        reading + note
+        _note(reading, note)
+
+
+def _note(reading: str, note: str) -> NamedText:
+    """How a table was read, then ``note`` (which may name ``coords``), as a
+    :class:`~implicit_geom.exceptions.NamedText`."""
+    return NamedText(_literal(reading) + note, ("coords",))
 
 
 def load_table(path, coords: str = "auto", columns=None, where=None,
@@ -1358,8 +1382,9 @@ def load_dataset(
     key = str(name_or_path)
     builtin = key in _SYNTHETIC or key in _REAL or key in _IMAGES
     if builtin and (coords != "auto" or columns or where or degrees):
-        raise ValueError(f"coords, columns, where and degrees read data files; {key!r} is a "
-                         "built-in data set")
+        raise ParameterError("{coords}, {columns}, {where} and {degrees} read data files; "
+                             f"{_literal(repr(key))} is a built-in data set",
+                             params=("coords", "columns", "where", "degrees"))
     if key in _SYNTHETIC:
         generator, kind, dim, kwargs = _SYNTHETIC[key]
         n = _DEFAULT_N_SAMPLES if n_samples is None else n_samples
@@ -1394,7 +1419,8 @@ def load_dataset(
     if n_samples is not None:
         n = _check_n(n_samples)
         if n > len(points):
-            raise ValueError(f"n_samples={n} exceeds the {len(points)} points of {key!r}")
+            raise ParameterError(f"{{n_samples={n}}} exceeds the {len(points)} points of "
+                                 f"{_literal(repr(key))}", params=("n_samples",))
         index = np.sort(_rng(seed).choice(len(points), size=n, replace=False))
         points = points[torch.as_tensor(index)]
         meta["subsample_seed"] = seed
@@ -1424,7 +1450,8 @@ def train_test_split(
     train, test : torch.Tensor
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise ParameterError(f"{{test_fraction}} must be in (0, 1), got "
+                             f"{_literal(test_fraction)}", params=("test_fraction",))
     n = int(points.shape[0])
     if n < 2:
         raise ValueError(f"need at least 2 points to split, got {n}")

@@ -6,10 +6,88 @@ so callers can catch the whole family; each also derives from the closest builti
 """
 
 import contextlib
+import re
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)(=[^{}]*)?\}")
 
 
-class ImplicitGeomError(Exception):
-    """Base class of all implicit_geom errors."""
+class ParameterMessage:
+    """A message that names parameters of the call that raised (or warned) it.
+
+    Built from a template whose ``{name}`` fields stand for a parameter's name
+    and ``{name=value}`` for a value given to it; only the names listed in
+    ``params`` are fields. ``str()`` names the Python parameters
+    (``n_samples=10``); :meth:`naming` lets a caller that set those
+    parameters from its own options (the command line's ``--n-samples 10``)
+    name those instead, without rewriting the text.
+
+    Attributes
+    ----------
+    template : str
+    params : tuple of str
+        The parameters the message concerns, in the order they appear.
+    """
+
+    def __init__(self, message="", *args, params=()):
+        self.template = str(message)
+        self.params = tuple(params)
+        super().__init__(self.naming(), *args)
+
+    @property
+    def param(self):
+        """The first parameter the message concerns (None for none)."""
+        return self.params[0] if self.params else None
+
+    def naming(self, names=None):
+        """The message with each parameter named ``names(p)`` (see :func:`name_params`)."""
+        return name_params(self.template, self.params, names)
+
+
+def name_params(template, params, names=None):
+    """``template`` with its fields for the parameters ``params`` filled in.
+
+    ``{p}`` becomes the parameter's name, ``{p=value}`` ``p=value``. ``names``
+    maps a parameter name to another name for it (a command-line flag), or to
+    None to keep its own; under another name a value reads ``name value``
+    (``name`` alone for ``True``; quotes around a value without spaces are
+    dropped: ``{coords='xyz'}`` reads ``--coords xyz``).
+    """
+    def field(match):
+        name, value = match.group(1), match.group(2)
+        if name not in params:
+            return match.group(0)
+        alias = names(name) if names is not None else None
+        if alias is None:
+            return name + (value or "")
+        if value is None or value == "=True":
+            return alias
+        value = value[1:]
+        if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" and " " not in value:
+            value = value[1:-1]
+        return f"{alias} {value}"
+
+    return _PLACEHOLDER.sub(field, template)
+
+
+class NamedText(str):
+    """A text (a note, not an error) naming parameters like :class:`ParameterMessage`:
+    the string itself names the Python parameters, :meth:`naming` others."""
+
+    def __new__(cls, template, params=()):
+        text = super().__new__(cls, name_params(template, tuple(params)))
+        text.template, text.params = template, tuple(params)
+        return text
+
+    def naming(self, names=None):
+        return name_params(self.template, self.params, names)
+
+
+class ImplicitGeomError(ParameterMessage, Exception):
+    """Base class of all implicit_geom errors.
+
+    ``params`` (keyword) lists the parameters a message concerns: see
+    :class:`ParameterMessage`.
+    """
 
 
 class BackendError(ImplicitGeomError, RuntimeError):
@@ -109,6 +187,10 @@ class CurvatureError(ImplicitGeomError, ValueError):
     sectional curvature of a plane spanned by parallel vectors)."""
 
 
+class ParameterError(ImplicitGeomError, ValueError):
+    """A parameter's value is invalid or does not apply (``params`` names it)."""
+
+
 class CheckpointError(ImplicitGeomError, ValueError):
     """A saved model is missing, corrupt or incompatible."""
 
@@ -150,11 +232,11 @@ class TrainingDivergedError(ImplicitGeomError, FloatingPointError):
     """A training loss became NaN or infinite (the parameters stay at the last finite step)."""
 
 
-class ConditioningWarning(UserWarning):
+class ConditioningWarning(ParameterMessage, UserWarning):
     """A learned zero set is near-singular somewhere in its box (a fold):
     projection and geodesics may fail or crawl there."""
 
 
-class FitWarning(UserWarning):
+class FitWarning(ParameterMessage, UserWarning):
     """A fit of data whose spread is far from 1 ended with its learned
     manifold away from them (the objective's slopes are in the data's units)."""

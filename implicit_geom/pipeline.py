@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .datasets import estimate_intrinsic_dim
+from .exceptions import NamedText, ParameterError
 from .manifolds import ImplicitSphere, ImplicitTorus
 
 __all__ = ["EBM_DEFAULTS", "EBM_PRESETS", "MLE_DEFAULTS", "LEARNED_MLE_PRESETS", "Pipeline",
@@ -186,15 +187,16 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     """
     choice = manifold_kind(dataset, choice)
     if choice in ("sphere", "torus") and dataset.ambient_dim != 3:
-        raise ValueError(f"--manifold {choice} needs 3-D points, the data has "
-                         f"{dataset.ambient_dim}")
+        raise ParameterError(f"{{choice={choice!r}}} needs 3-D points, the data has "
+                             f"{dataset.ambient_dim}", params=("choice",))
     if choice == "sphere":
         return "sphere", ImplicitSphere(2), {}, []
     if choice == "torus":
         R, r = dataset.meta.get("R", 3.0), dataset.meta.get("r", 1.0)
         return "torus", ImplicitTorus(R, r), {"R": R, "r": r}, []
     if choice != "learned":
-        raise ValueError(f"unknown --manifold {choice!r}; use auto, learned, sphere or torus")
+        raise ParameterError(f"unknown {{choice={str(choice).replace('{', '(').replace('}', ')')!r}}}; "
+                             "use auto, learned, sphere or torus", params=("choice",))
     from .learning import NeuralImplicitManifold
     from .learning.presets import ORIENTED, mdf_preset
 
@@ -203,14 +205,15 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     if intrinsic is None:
         intrinsic = estimate_intrinsic_dim(dataset.points, seed=seed)
         if intrinsic >= dataset.ambient_dim:
-            raise ValueError(f"the {dataset.ambient_dim}-D points show no lower-dimensional "
-                             "structure (local PCA): pass --intrinsic-dim to fit one anyway")
-        notes.append(f"intrinsic dimension {intrinsic}, estimated by local PCA "
-                     "(pass --intrinsic-dim to set it)")
+            raise ParameterError(f"the {dataset.ambient_dim}-D points show no lower-dimensional "
+                                 "structure (local PCA): pass {intrinsic_dim} to fit one anyway",
+                                 params=("intrinsic_dim",))
+        notes.append(NamedText(f"intrinsic dimension {intrinsic}, estimated by local PCA "
+                               "(pass {intrinsic_dim} to set it)", ("intrinsic_dim",)))
     codim = dataset.ambient_dim - int(intrinsic)
     if codim < 1:
-        raise ValueError(f"--intrinsic-dim must be below the ambient dimension "
-                         f"{dataset.ambient_dim}")
+        raise ParameterError(f"{{intrinsic_dim={intrinsic}}} must be below the ambient "
+                             f"dimension {dataset.ambient_dim}", params=("intrinsic_dim",))
     kwargs = dict(mdf_preset(dataset.name, n_train, dataset.points), seed=seed,
                   progress=progress)
     if mdf_epochs:
@@ -220,8 +223,9 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
         kwargs["restart_selection"] = mdf_selection
     if mdf_orient:
         if codim != 1:
-            raise ValueError(f"--mdf-orient needs a hypersurface (codimension 1); this "
-                             f"manifold has dimension {intrinsic} in {dataset.ambient_dim}-D")
+            raise ParameterError("{mdf_orient=True} needs a hypersurface (codimension 1); this "
+                                 f"manifold has dimension {intrinsic} in {dataset.ambient_dim}-D",
+                                 params=("mdf_orient",))
         kwargs.update(ORIENTED)
     return "learned", NeuralImplicitManifold(dataset.ambient_dim, codim=codim, **kwargs), {}, \
         notes

@@ -115,6 +115,7 @@ def test_headerless_latlon_file_fit_evaluate_plot(tmp_path, capsys):
     assert main(["fit", str(path), "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "as latitude, longitude in degrees" in printed and "no header" in printed
+    assert "(pass --coords xyz to read plain 2-D points)" in printed  # the flag, not coords=
     config = json.loads((out / "config.json").read_text())
     assert config["manifold"] == "sphere" and config["n_train"] + config["n_test"] == 300
     assert main(["evaluate", str(out), "--data", str(path), "--n-eval", "100"]) == 0
@@ -147,6 +148,42 @@ def test_dihedral_csv_filtered_to_one_residue_reaches_the_torus(tmp_path, capsys
     assert main(["evaluate", str(out), "--data", str(other), "--n-eval", "20"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no column 'residue'" in err and "with --where residue=P;" in err and "\n" not in err
+
+
+def test_evaluate_data_inherits_the_models_reading_only_when_unambiguous(tmp_path, capsys):
+    # Catches evaluate --data reading a new file with the model's --coords
+    # angles --degrees silently: a file of radians (which reads as angles on
+    # its own too) was taken as degrees. Either reading alone is used and
+    # said; both, differently, is refused.
+    rng = np.random.default_rng(1)
+    phi, psi = rng.vonmises(-1.2, 4, 200), rng.vonmises(2.5, 4, 200)
+    degrees = tmp_path / "deg.csv"
+    degrees.write_text("phi,psi\n" + "".join(f"{a:.3f},{b:.3f}\n" for a, b in
+                                                zip(np.degrees(phi), np.degrees(psi))))
+    radians = tmp_path / "rad.csv"
+    radians.write_text("phi,psi\n" + "".join(f"{a:.4f},{b:.4f}\n" for a, b in zip(phi, psi)))
+    out = tmp_path / "model"
+    assert main(["fit", str(degrees), "--coords", "angles", "--degrees", "--out", str(out),
+                 *FAST]) == 0
+    capsys.readouterr()
+    ev = ["evaluate", str(out), "--n-eval", "20", "--no-progress"]
+    # The model's layout: read like its data (on its own, degrees are out of range), said.
+    assert main([*ev, "--data", str(degrees)]) == 0
+    said = capsys.readouterr().out
+    assert "--data is read like the model's data, with --coords angles --degrees" in said
+    assert "as angles in degrees" in said
+    # Radians read both ways, differently: refused, naming the options.
+    assert main([*ev, "--data", str(radians)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reads one way with the model's reading options (--coords angles --degrees) and " \
+           "another on its own" in err and "--coords auto" in err and "\n" not in err
+    # A typed --coords auto reads it on its own.
+    assert main([*ev, "--data", str(radians), "--coords", "auto"]) == 0
+    said = capsys.readouterr().out
+    assert "as angles in radians" in said and "like the model's data" not in said
+    # A built-in data set takes none of the model's file options (it was refused:
+    # "--coords, ... read data files", options never typed).
+    assert main([*ev, "--data", "torus", "--n-samples", "50"]) == 0
 
 
 def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys):
@@ -300,6 +337,25 @@ def test_counts_are_checked_when_parsed(tmp_path, capsys, argv):
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.parametrize("value", ["-1", str(2 ** 70), "1.5", "x"])
+def test_seed_is_checked_when_parsed(tmp_path, capsys, value):
+    # Catches --seed -1 failing in numpy ("expected non-negative integer") and
+    # 2**70 in torch ("Overflow when unpacking long long"), naming no option.
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "two_circles", "--out", str(tmp_path / "model"), "--seed", value])
+    assert exc.value.code == 2
+    assert "argument --seed: expected an integer in [0, 2**63)" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
+
+
+def test_evaluate_needs_two_points(learned_model, capsys):
+    # Catches `evaluate --data two_circles --n-samples 1` failing in the
+    # metrics with "x is empty (shape (0, 2))".
+    assert main(["evaluate", str(learned_model), "--data", "two_circles", "--n-samples", "1",
+                 "--n-eval", "10", "--no-progress"]) == 2
+    assert "--data has 1 point; evaluate needs at least 2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["0", "1", "2", "-0.1", "nan", "x"])
 def test_test_fraction_is_checked_when_parsed(tmp_path, capsys, value):
     # Catches --test-fraction out of (0, 1) failing after the data were read,
@@ -332,6 +388,59 @@ def test_missing_or_corrupt_arrays_name_the_file(learned_model, tmp_path, capsys
     assert "samples.npy is corrupt" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, content, command, message", [
+    ("test.npy", np.ones((4, 3)), "evaluate", "test.npy is corrupt: expected 2-D points"),
+    ("test.npy", np.ones((4, 3)), "plot", "test.npy is corrupt: expected 2-D points"),
+    ("test.npy", np.full((4, 2), np.nan), "evaluate", "test.npy is corrupt: it has NaN"),
+    ("samples.npy", np.ones((4, 3)), "plot", "samples.npy is corrupt: expected 2-D points"),
+    ("history.json", "{junk", "plot", "history.json is corrupt: Expecting property name"),
+    ("history.json", "[1]", "plot", "history.json is corrupt: not a JSON object"),
+    ("history.json", '{"EBM": {"loss": 3}}', "plot", "history.json is corrupt: not a JSON"),
+])
+def test_corrupt_model_files_are_one_line(learned_model, tmp_path, capsys, name, content,
+                                          command, message):
+    # Catches a model folder's arrays of the wrong dimension or with NaN, and a
+    # broken history.json, ending in tracebacks (RuntimeError from torch,
+    # AttributeError) or in errors naming no file.
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(learned_model, model)
+    if isinstance(content, str):
+        (model / name).write_text(content)
+    else:
+        np.save(model / name, content)
+    n = str(json.loads((model / "config.json").read_text())["samples"]["n"])
+    argv = ([command, str(model), "--n", n, "--out", str(tmp_path / "fig")] if command == "plot"
+            else [command, str(model), "--n-eval", "10"])
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("implicit-geom: error:") and message in err and "\n" not in err
+
+
+def test_failed_plot_writes_no_figure(learned_model, tmp_path, capsys, monkeypatch):
+    # Catches plot writing its figures one by one into --out: a failure at the
+    # last (the training curves) left new data/samples/density figures beside
+    # old ones, and the folders it created.
+    from implicit_geom import plotting
+
+    def broken(*args, **kwargs):
+        raise OSError("cannot draw")
+
+    monkeypatch.setattr(plotting, "training_curves", broken)
+    n = str(json.loads((learned_model / "config.json").read_text())["samples"]["n"])
+    out = tmp_path / "a" / "figs"
+    assert main(["plot", str(learned_model), "--n", n, "--out", str(out), "--no-progress"]) == 2
+    assert "cannot draw" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "data.png").write_bytes(b"old")
+    assert main(["plot", str(learned_model), "--n", n, "--out", str(tmp_path / "old"),
+                 "--no-progress"]) == 2
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["data.png"]
+    assert (tmp_path / "old" / "data.png").read_bytes() == b"old"
+
+
 def test_library_advice_names_the_cli_flags(tmp_path, capsys, monkeypatch):
     # Catches the learning code's ConditioningWarning telling a CLI user to
     # "refit with n_restarts=3" (the flag is --mdf-restarts) and errors naming
@@ -360,9 +469,57 @@ def test_library_advice_names_the_cli_flags(tmp_path, capsys, monkeypatch):
     assert "--coords, --columns, --where and --degrees read data files" in \
         capsys.readouterr().err
     # Settings without a flag are said to be the Python API's, not left as advice to follow.
-    said = cli._in_cli_terms("the density rises ...; raise quadrature_resolution")
-    assert said.endswith("(quadrature_resolution is a setting of the Python API's "
-                         "ConstrainedEBM; implicit-geom has no option for it)")
+    from implicit_geom import NormalizationError
+
+    err = NormalizationError("the density rises ...; raise {quadrature_resolution}",
+                             params=("quadrature_resolution",))
+    assert str(err) == "the density rises ...; raise quadrature_resolution"
+    said = cli._in_cli_terms(err)
+    assert said.endswith("raise quadrature_resolution (quadrature_resolution is a setting of "
+                         "the Python API; implicit-geom has no option for it)")
+    # Text alone is never rewritten: only the parameters an error lists are named.
+    assert cli._in_cli_terms(ValueError("n_samples=3 or another seed")) == \
+        "n_samples=3 or another seed"
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("argv, kwargs, python, cli_text", [
+    # load_dataset's file options on a built-in data set
+    (["two_circles", "--degrees"], {"degrees": True},
+     "coords, columns, where and degrees read data files",
+     "--coords, --columns, --where and --degrees read data files"),
+    # --degrees on plain coordinates
+    (["PTS", "--coords", "xyz", "--degrees"], {"coords": "xyz", "degrees": True},
+     "degrees=True applies to angles (coords='angles')",
+     "--degrees applies to angles (--coords angles)"),
+    # a non-numeric column read as coordinates
+    (["MIXED"], {}, "pick the coordinate columns with columns (and rows with "
+     "where='COL=VALUE'), or say how to read them with coords",
+     "pick the coordinate columns with --columns (and rows with --where COL=VALUE), or say "
+     "how to read them with --coords"),
+    (["PTS", "--coords", "angles", "--columns", "x"], {"coords": "angles", "columns": "x"},
+     "coords='angles' needs 2 columns", "--coords angles needs 2 columns"),
+    (["PTS", "--n-samples", "10"], {"n_samples": 10}, "n_samples=10 exceeds the 3 points",
+     "--n-samples 10 exceeds the 3 points"),
+])
+def test_messages_name_parameters_in_python_and_flags_in_the_cli(tmp_path, capsys, argv, kwargs,
+                                                                 python, cli_text):
+    # Catches load_dataset's messages naming CLI flags (--columns, --degrees)
+    # to Python callers, and the CLI naming Python parameters: the error lists
+    # its parameters (params) and each caller names them its own way.
+    from implicit_geom import ImplicitGeomError
+    from implicit_geom.datasets import load_dataset
+
+    files = {"PTS": "x,y\n1,2\n3,4\n5,1\n", "MIXED": "a,b\nG,2\nP,3\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.csv").write_text(text)
+    argv = [str(tmp_path / f"{a}.csv") if a in files else a for a in argv]
+    with pytest.raises(ImplicitGeomError) as err:
+        load_dataset(argv[0], **kwargs)
+    assert python in str(err.value) and "--" not in str(err.value) and err.value.params
+    assert main(["fit", *argv, "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    said = capsys.readouterr().err
+    assert cli_text in said and "\n" not in said.strip() and python not in said
     assert not (tmp_path / "m").exists()
 
 
@@ -381,6 +538,32 @@ def test_fit_refuses_learned_options_where_nothing_is_learned(tmp_path, capsys, 
     assert f"{option[0]} sets the fit of a learned manifold, but nothing is learned" in err
     assert "analytic torus" in err and "--manifold learned" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option, restarts", [
+    (["--mdf-selection", "conditioning"], []), (["--mdf-jobs", "2"], ["--mdf-restarts", "1"]),
+    (["--mdf-jobs", "-1", "--mdf-selection", "agreement"], [])])
+def test_fit_refuses_restart_options_with_one_restart(tmp_path, capsys, monkeypatch, option,
+                                                      restarts):
+    # Catches --mdf-selection and --mdf-jobs N > 1 doing nothing with a single
+    # restart (the default): refused before training, naming the flags.
+    from implicit_geom import cli
+
+    def trained(*args, **kwargs):
+        raise cli.CLIError("trained")
+
+    monkeypatch.setattr(cli, "fit_pipeline", trained)
+    out = tmp_path / "model"
+    assert main(["fit", "two_circles", "--n-samples", "50", "--out", str(out), *option,
+                 *restarts, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "on several restarts" in err and "pass --mdf-restarts 2 or more" in err
+    assert all(o in err for o in option if o.startswith("--"))
+    assert ("--mdf-restarts 1" in err) and "\n" not in err.strip()
+    assert not out.exists()
+    # --mdf-jobs 1 is the default's meaning: accepted.
+    assert main(["demo", "--out", str(out), "--mdf-jobs", "1", "--n-samples", "50",
+                 "--no-progress"]) == 2 and "trained" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_data_options_without_data(tmp_path, capsys):
@@ -439,6 +622,30 @@ def test_failed_fit_removes_the_folders_it_created(tmp_path, capsys, monkeypatch
         assert main(["fit", "two_circles", "--out", str(out), "--n-samples", "50",
                      "--no-progress"]) == 2
         assert "stop" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.rglob("*")] == ["kept"]  # an existing folder stays
+
+
+def test_failed_sample_removes_the_folders_it_created(learned_model, tmp_path, capsys,
+                                                     monkeypatch):
+    # Catches sample creating --out's missing parent folders and leaving them
+    # behind when writing the file failed (fit removed its own already).
+    import torch
+
+    from implicit_geom.models import ConstrainedEBM
+
+    monkeypatch.setattr(ConstrainedEBM, "sample",
+                        lambda self, n, **kw: torch.zeros(n, 2, dtype=torch.float64))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    monkeypatch.setattr(np, "savetxt", full_disk)
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "a" / "b" / "s.npy", tmp_path / "kept" / "c" / "s.csv"):
+        assert main(["sample", str(learned_model), "--n", "5", "--out", str(out),
+                     "--no-progress"]) == 2
+        assert "No space left on device" in capsys.readouterr().err
     assert [p.name for p in tmp_path.rglob("*")] == ["kept"]  # an existing folder stays
 
 

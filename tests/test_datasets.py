@@ -468,7 +468,7 @@ def test_small_headerless_values_stay_plain_points(tmp_path):
     # coordinates (e.g. a curve near the origin), and the reading says why.
     data = ds.load_table(write(tmp_path, "0.5 1.0\n-1.0 0.25\n1.5 -2.0\n", "pts.txt"))
     assert data.kind == "euclidean" and data.points.shape == (3, 2)
-    assert "--coords latlon" in data.meta["reading"]
+    assert "coords='latlon'" in data.meta["reading"] and "--" not in data.meta["reading"]
     forced = ds.load_table(tmp_path / "pts.txt", coords="latlon")
     assert forced.kind == "sphere"
 
@@ -495,15 +495,15 @@ def test_angles_in_degrees_and_conventions(tmp_path):
     deg = ds.load_table(path, coords="angles", degrees=True)
     assert torch.allclose(deg.points, ds.torus_embed([-math.pi / 2, math.pi / 4],
                                                      [math.pi, -math.pi / 6], *ds.ANGLE_TORUS))
-    with pytest.raises(DataError, match=r"outside \[-pi, pi\].*--degrees"):
+    with pytest.raises(DataError, match=r"outside \[-pi, pi\].*pass degrees=True for degrees"):
         ds.load_table(path, coords="angles")
     # [0, 2 pi] is a convention of its own, not an error.
     wide = ds.load_table(write(tmp_path, "a,b\n0.1,6.2\n3.5,1\n", "w.csv"), coords="angles")
     assert wide.points.shape == (2, 3)
     # Catches a message about latitude/longitude for plain coordinates: it says
     # how the file is read and what to do.
-    with pytest.raises(DataError, match=r"--degrees applies to angles .* plain coordinates "
-                                        r"\(--coords xyz\).*drop --degrees"):
+    with pytest.raises(DataError, match=r"^degrees=True applies to angles .* plain coordinates "
+                                        r"\(coords='xyz'\).*drop degrees"):
         ds.load_table(path, coords="xyz", degrees=True)
 
 
@@ -523,7 +523,10 @@ def test_plain_xyz_files_whitespace_and_npy(tmp_path):
     "text, kwargs, pattern",
     [
         (DIHEDRALS.split("\n", 2)[2], {}, r"column 0 value 'G' is not numeric; pick the coordinate "
-                                          r"columns with --columns"),
+                                          r"columns with columns \(and rows with "
+                                          r"where='COL=VALUE'\)"),
+        # Catches a NaN told to "pick numeric columns": the column is numeric.
+        ("x,y\n1,2\n3,nan\n", {}, r"data row 2 \(line 3\): 'y' value 'nan' is not finite$"),
         (DIHEDRALS, {"where": "residue=Z"}, r"no rows with 'residue' = 'Z'; its values: G, P"),
         (DIHEDRALS, {"where": "residue"}, r"must read COL=VALUE"),
         (DIHEDRALS, {"columns": "phi,omega"}, r"no column 'omega'; the columns are 0 'residue', "

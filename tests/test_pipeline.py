@@ -62,9 +62,14 @@ def test_manifold_choice():
     plain = Dataset(2.0 * sphere_mixture(300) + 1.0, "cloud", "euclidean", 3, None)
     kind, manifold, _, notes = build_manifold(plain)
     assert manifold.codim == 1 and "estimated by local PCA" in notes[0]
+    # The note names the parameter to Python callers, the flag on the command line.
+    from implicit_geom.cli import _in_cli_terms
+
+    assert "pass intrinsic_dim to set it" in notes[0]
+    assert "pass --intrinsic-dim to set it" in _in_cli_terms(notes[0])
     with pytest.raises(ValueError, match="needs 3-D points"):
         build_manifold(load_dataset("circle", 50), "sphere")
-    with pytest.raises(ValueError, match="unknown --manifold"):
+    with pytest.raises(ValueError, match="unknown choice='cube'"):
         build_manifold(sphere, "cube")
     noise = Dataset(torch.randn(300, 3, dtype=torch.float64), "noise", "euclidean", 3, None)
     with pytest.raises(ValueError, match="no lower-dimensional structure"):
@@ -74,7 +79,7 @@ def test_manifold_choice():
     oriented = build_manifold(plain, mdf_orient=True)[1]
     assert (oriented.mu_orient, oriented.orient_min_contrast) == (10.0, 0.2)
     assert build_manifold(plain)[1].mu_orient == 0.0
-    with pytest.raises(ValueError, match="--mdf-orient needs a hypersurface"):
+    with pytest.raises(ValueError, match="^mdf_orient=True needs a hypersurface"):
         build_manifold(plain, "learned", intrinsic_dim=1, mdf_orient=True)
 
 

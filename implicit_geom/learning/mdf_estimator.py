@@ -233,8 +233,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     #: Length scales of the data for which the default slopes are meant;
     #: outside, fit warns of missed data and folds by naming the spread.
     SPREAD_RANGE = (0.2, 5.0)
-    _RESCALE_HINT = ("s_min and s_max are slopes of F in the units of X: rescale the data to "
-                     "unit spread, or divide s_min and s_max by their spread")
+    _RESCALE_HINT = ("{s_min} and {s_max} are slopes of F in the units of {X}: rescale the data "
+                     "to unit spread, or divide {s_min} and {s_max} by their spread")
+    #: The parameters the messages of :meth:`_warn_if_missed` and :meth:`_warn_if_folded` name.
+    _HINT_PARAMS = ("s_min", "s_max", "X")
     #: A box axis along which the data vary by at most this fraction of the
     #: widest axis counts as flat (see :meth:`_data_box`).
     FLAT_AXIS = 1e-9
@@ -590,10 +592,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         gap = self._data_gap(X)
         if gap <= self.GAP_FRACTION:  # NaN warns too
             return
-        warnings.warn(
+        warnings.warn(FitWarning(
             f"the learned zero set misses the training data: their median distance to it is "
             f"{gap:.3g} times the data's length scale ({float(self.net.scale):.3g}): "
-            f"{self._RESCALE_HINT}", FitWarning, stacklevel=3)
+            f"{self._RESCALE_HINT}", params=self._HINT_PARAMS), stacklevel=3)
 
     def _conditioning(self, seed):
         """:meth:`zero_set_conditioning` (``-inf`` where nothing reaches the zero set, or
@@ -609,8 +611,9 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         limit = self.FOLD_FRACTION * self.s_min
         if self.conditioning_ is None or self.conditioning_ >= limit:
             return
-        fix = (f"even the best of {self.n_restarts} restarts; try more restarts" if
-               self.n_restarts > 1 else "refit with n_restarts=3 (a fit that is not folded is kept)")
+        fix = (f"even the best of {self.n_restarts} restarts; try a larger {{n_restarts}}" if
+               self.n_restarts > 1 else
+               "refit with {n_restarts=3} (a fit that is not folded is kept)")
         if self._unusual_spread():
             # Restarts do not help there: every fit starts with slopes ~ 1 / spread.
             fix = (f"the data's spread is {float(self.net.scale):.3g}: {self._RESCALE_HINT}; "
@@ -623,7 +626,9 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
                        f"singular value {self.conditioning_:.3g} < {self.FOLD_FRACTION} * s_min "
                        f"= {limit:.3g}): projection and geodesics may fail or crawl there, e.g. "
                        f"at a fold where the data leave gaps")
-        warnings.warn(f"{message}; {fix} or another seed", ConditioningWarning, stacklevel=3)
+        warnings.warn(ConditioningWarning(f"{message}; {fix} or another {{seed}}",
+                                          params=("n_restarts", "seed") + self._HINT_PARAMS),
+                      stacklevel=3)
 
     def _train(self, X, epochs):
         epochs = self.epochs if epochs is None else int(epochs)

@@ -98,7 +98,9 @@ def _check_data(X, dim, name="X"):
     if X.ndim != 2:
         raise InvalidPointError(f"{name} must be a (n_samples, {dim}) array, got {tuple(X.shape)}")
     if X.shape[0] < 2:
-        raise EmptyDataError(f"{name} needs at least 2 points to fit a density, got {X.shape[0]}")
+        field = f"{{{name}}}" if name.isidentifier() else name
+        raise EmptyDataError(f"{field} needs at least 2 points to fit a density, got "
+                             f"{X.shape[0]}", params=(name,))
     return X
 
 

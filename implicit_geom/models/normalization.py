@@ -726,8 +726,8 @@ def surface_mesh_quadrature(manifold, bounds=None, grid=32, n_refine=2, *, n_cov
             raise NormalizationError(
                 f"the projected mesh of {manifold.name} folds over itself (triangles turned "
                 f"against grad F on a {grid}^3 lattice): the lattice cuts M into "
-                "pieces whose projections overlap, so their areas count twice; raise grid "
-                "or max_grid")
+                "pieces whose projections overlap, so their areas count twice; raise {grid} "
+                "or {max_grid}", params=("grid", "max_grid"))
         grid, n_refine = 2 * grid - 1, max(n_refine - 1, 1)  # the old lattice points stay
 
 
