@@ -78,6 +78,21 @@ def _seed(text):
     return value
 
 
+def _max_distance(text):
+    # ConstrainedEBM's max_distance: "auto", "none" (no limit) or a length > 0.
+    low = text.strip().lower()
+    if low in ("auto", "none"):
+        return None if low == "none" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 'none' or a positive length, got {text!r}")
+    return value
+
+
 def _jobs(text):
     try:
         return check_jobs(int(text))
@@ -100,6 +115,7 @@ _FLAGS = {
     "choice": "--manifold", "intrinsic_dim": "--intrinsic-dim", "mdf_orient": "--mdf-orient",
     "mdf_restarts": "--mdf-restarts", "mdf_jobs": "--mdf-jobs",
     "mdf_selection": "--mdf-selection", "mdf_epochs": "--mdf-epochs", "ebm_iter": "--ebm-iter",
+    "max_distance": "--max-distance",
     # NeuralImplicitManifold (set by fit from the options above)
     "n_restarts": "--mdf-restarts", "n_jobs": "--mdf-jobs",
     "restart_selection": "--mdf-selection", "epochs": "--mdf-epochs",
@@ -365,7 +381,8 @@ def fit(args):
                               args.ebm_iter, notify=_print_note if ctx.is_main else None,
                               mdf_restarts=args.mdf_restarts or 1,
                               mdf_orient=args.mdf_orient, mdf_jobs=args.mdf_jobs or 1,
-                              mdf_selection=args.mdf_selection)
+                              mdf_selection=args.mdf_selection,
+                              max_distance=args.max_distance)
         kind, manifold, ebm, geometry = (fitted.kind, fitted.manifold, fitted.ebm,
                                          fitted.geometry)
         timings = fitted.timings
@@ -788,6 +805,11 @@ def build_parser():
         p.add_argument("--ebm-iter", type=_positive_int, default=None,
                        help="training iterations of the constrained EBM (default: the data "
                             "set's preset)")
+        p.add_argument("--max-distance", type=_max_distance, default="auto", metavar="D",
+                       help="farthest a data point may lie from the manifold to be seen at "
+                            "its closest point (auto: 5%% of the diagonal of the manifold's "
+                            "box; none: no limit); farther points are an error (on a learned "
+                            "manifold: it does not fit them)")
         if data:
             p.add_argument("--n-eval", type=_positive_int, default=2000,
                            help="model samples for W (default 2000)")

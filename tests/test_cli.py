@@ -192,9 +192,17 @@ def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys
     path = tmp_path / "cloud.xyz"
     np.savetxt(path, (2.0 * sphere_mixture(300, seed=0) + 1.0).numpy())
     out = tmp_path / "model"
-    assert main(["fit", str(path), "--out", str(out), "--mdf-epochs", "3", "--no-progress",
-                 "--n-eval", "100", "--ebm-iter", "5", "--mdf-restarts", "2",
-                 "--mdf-jobs", "2", "--mdf-orient", "--mdf-selection", "conditioning"]) == 0
+    fit = ["fit", str(path), "--out", str(out), "--mdf-epochs", "3", "--no-progress",
+           "--n-eval", "100", "--ebm-iter", "5", "--mdf-restarts", "2",
+           "--mdf-jobs", "2", "--mdf-orient", "--mdf-selection", "conditioning"]
+    # Three epochs learn no surface through the data: the density refuses to
+    # see them at their far "closest points" (catches the old silent fit on
+    # projections up to 0.96 away), naming the option, leaving no folder.
+    assert main(fit) == 2
+    err = capsys.readouterr().err
+    assert "training points lie farther than --max-distance 0.396" in err
+    assert "Set --max-distance None" in err and not out.exists()  # (any case)
+    assert main([*fit, "--max-distance", "none"]) == 0
     printed = capsys.readouterr().out
     assert "plain 3-D points" in printed and "intrinsic dimension 2, estimated" in printed
     assert json.loads((out / "config.json").read_text())["manifold"] == "learned"
@@ -253,8 +261,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     # The README's main job through its own command (tiny settings): catches
     # a demo path that breaks while fit and plot alone still work.
     out = tmp_path / "demo"
+    # (--max-distance none: three epochs learn circles the data are far from)
     assert main(["demo", "--quick", "--out", str(out), "--n-samples", "300", "--mdf-epochs", "3",
-                 "--ebm-iter", "3", "--n-eval", "100", "--no-progress"]) == 0
+                 "--ebm-iter", "3", "--n-eval", "100", "--no-progress",
+                 "--max-distance", "none"]) == 0
     assert "manifold.png" in _png_names(out / "figures")
     assert json.loads((out / "config.json").read_text())["data_name"] == "two_circles"
 

@@ -63,8 +63,9 @@ def closest_points(manifold, X, what="points", max_distance="auto"):
         if bool(far.any()):
             raise InvalidPointError(
                 f"{int(far.sum())} of {far.numel()} {what} lie farther than "
-                f"max_distance={limit:.3g} from {getattr(manifold, 'name', 'M')} (up to "
+                f"{{max_distance={limit:.3g}}} from {getattr(manifold, 'name', 'M')} (up to "
                 f"{float(dist.max()):.3g}, first at index {int(far.nonzero()[0, 0])}): a "
-                "density on M scores a point at its closest point only near M. Pass "
-                "max_distance=None (or larger) to score such points anyway.")
+                "density on M scores a point at its closest point only near M (on a learned "
+                "M: does it fit these points?). Set {max_distance=None} (or a larger "
+                "{max_distance}) to score such points anyway.", params=("max_distance",))
     return Y

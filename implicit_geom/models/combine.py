@@ -262,6 +262,7 @@ class UnionEBM(EstimatorMixin):
         """
         parts = [m._checkpoint() for m in self.models]
         config = {"models": [c for c, _ in parts], "log_partitions": self.log_partitions,
+                  "max_distance": self.max_distance,
                   # What identifies each model's piece: load checks the pieces it
                   # is given against them (swapped pieces paired densities with
                   # the wrong pieces).
@@ -316,7 +317,8 @@ class UnionEBM(EstimatorMixin):
         models = [ConstrainedEBM._from_checkpoint(c, r, m, path)
                   for c, r, m in zip(configs, records, pieces)]
         try:
-            model = cls(*models, weights=weights, log_partitions=config.get("log_partitions"))
+            model = cls(*models, weights=weights, log_partitions=config.get("log_partitions"),
+                        max_distance=config.get("max_distance", "auto"))
         except (TypeError, ValueError) as err:
             if isinstance(err, ComponentError):  # the caller's pieces overlap
                 raise

@@ -1096,7 +1096,7 @@ class ConstrainedEBM(EnergyModel):
                 [b.tolist() for b in self.quadrature_bounds],
                 "jumps": self.jumps, "jump_scale": self.jump_scale, "ais": self.ais,
                 "max_log_z_error": self.max_log_z_error, "max_peak_excess": self.max_peak_excess,
-                "beta": self.beta, "lr": self.lr, "lr_floor": self.lr_floor,
+                "max_distance": self.max_distance, "beta": self.beta, "lr": self.lr, "lr_floor": self.lr_floor,
                 "n_iter": self.n_iter,
                 "batch_size": self.batch_size, "buffer_size": self.buffer_size,
                 "n_mcmc_steps": self.n_mcmc_steps, "step_size": self.step_size,

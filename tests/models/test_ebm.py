@@ -463,7 +463,7 @@ def test_points_outside_the_quadrature_raise_a_named_error():
             torch.cat([top, bottom]))
 
 
-def test_points_far_from_the_manifold_raise_a_named_error(vmf_data):
+def test_points_far_from_the_manifold_raise_a_named_error(vmf_data, tmp_path):
     # A density on M scores a point at its closest point; a point far from M
     # (here the unit sphere scaled by 2 or 3) is no perturbation of a point of
     # M. Catches the old silent answer: fit on the radius-3 sphere and scores
@@ -482,6 +482,8 @@ def test_points_far_from_the_manifold_raise_a_named_error(vmf_data):
     far_ok.fit(vmf_data[:200])
     torch.testing.assert_close(far_ok.score_samples(2 * vmf_data[200:205]),
                                far_ok.score_samples(vmf_data[200:205]))
+    far_ok.save(tmp_path / "far.pt")  # the setting is saved with the model
+    assert ConstrainedEBM.load(tmp_path / "far.pt", sphere).max_distance is None
     for bad in (0.0, -1.0, float("nan"), "far"):
         with pytest.raises(ValueError, match="max_distance"):
             ConstrainedEBM(sphere, hidden=(8,), max_distance=bad)
