@@ -1649,7 +1649,10 @@ class GeodesicLogSolver(LogSolver):
         dec_rtol = max(1e-13, 10 * torch.finfo(x0.dtype).eps)
         x = x0.clone()
         # Land the interior nodes on M.
-        land = space.solve_projection(x[:, 1:-1].reshape(-1, n), closest=False)
+        # far: the graph's chords bend off M by a fixed fraction of the path's
+        # length, many length units at large coordinates, where the damped
+        # Newton alone stalled (every path failed at r = 1e4).
+        land = space.solve_projection(x[:, 1:-1].reshape(-1, n), closest=False, far=True)
         x[:, 1:-1] = land.x.reshape(p, k, n)
         ok = land.converged.reshape(p, k).all(-1)
         with torch.no_grad():

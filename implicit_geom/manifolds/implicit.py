@@ -717,7 +717,10 @@ class ImplicitManifold(nn.Module, LevelSet):
             if out is None:
                 out = torch.empty_like(batch)
                 missing = torch.arange(n_samples, device=batch.device)
-            res = self.solve_projection(batch, closest=False)
+            # far: a draw several length units off M (any box at large
+            # coordinates) is landed with capped damping instead of being
+            # redrawn until max_rounds runs out.
+            res = self.solve_projection(batch, closest=False, far=True)
             ok = res.converged & torch.isfinite(res.x).all(-1)
             out[missing[ok]] = res.x[ok]
             missing = missing[~ok]

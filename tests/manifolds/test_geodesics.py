@@ -492,3 +492,30 @@ def test_n_neighbors_is_checked_and_one_edge_per_query_works():
     rows, cols, _ = graph._edges(x, graph.points, 1)
     assert rows.tolist() == [0, 1, 2]
     assert torch.allclose(graph.points[cols], x, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["torus", "ellipsoid"])
+def test_distances_at_large_length_scale_are_the_unit_ones_scaled(name):
+    # Catches path straightening at large coordinates: its first landing of
+    # the graph's chords (off M by a fraction of the path length, hundreds of
+    # units at scale 1e4) used the damped Newton alone, whose mu = |F|^2 stalls
+    # there: every path failed (GeodesicError) on the torus and ellipsoid at 1e4.
+    x, y, z = sympy.symbols("x y z")
+
+    def build(s):
+        if name == "torus":
+            return ig.ImplicitTorus(2.0 * s, 1.0 * s)
+        return ig.from_sympy([(x**2 / 9 + y**2 / 4 + z**2 - s**2) / (2 * s)], [x, y, z],
+                             bounds=([-4.5 * s, -3 * s, -1.5 * s], [4.5 * s, 3 * s, 1.5 * s]))
+
+    raw = torch.tensor([[3.0, 0, 0], [0, 1.0, 1.0], [-3.0, 0.0, 0.0]],
+                       dtype=torch.float64) + 0.01
+    out = {}
+    for s in (1.0, 1e4):
+        space = build(s)
+        p = space.projection(raw * s)
+        out[s] = space.metric.dist(p[0], p[1:]) / s
+        v = space.metric.log(p[2], p[0])
+        assert torch.allclose(space.metric.exp(v, p[0]), p[2], rtol=0, atol=1e-9 * s)
+        assert bool(space.belongs(space.random_point(10)).all())
+    assert torch.allclose(out[1e4], out[1.0], rtol=1e-7, atol=0)

@@ -390,9 +390,35 @@ def test_projection_belongs_and_dist_at_large_length_scale(radius):
         assert torch.allclose(y, radius * p / p.norm(dim=-1, keepdim=True), rtol=1e-13, atol=0)
         assert bool(space.belongs(y).all())
         assert not bool(space.belongs(1.001 * y).any())
-    # (The 2-sphere's dist at this scale still fails in path straightening.)
     a, b = torch.tensor([[radius, 0.0], [0.0, radius]], dtype=torch.float64)
     assert float(circle.metric.dist(a, b)) == pytest.approx(math.pi / 2 * radius, rel=1e-8)
+
+
+@pytest.mark.parametrize("radius", [1e4, 1e6])
+def test_random_point_and_geometry_at_large_length_scale(radius):
+    # Catches the box draws landed by the damped Newton alone: mu = |F|^2 is in
+    # units of F squared, J J^T of (F / length) squared, so draws a few
+    # thousand units off a sphere of radius 1e4 stalled; random_point raised
+    # ProjectionError, and without bounds dist/exp/log raised GeodesicError
+    # (the global solver's graph projected 0 box points).
+    spaces = (ig.ImplicitSphere(2, radius=radius),
+              ig.ImplicitManifold(lambda x: (x * x).sum(-1, keepdim=True) - radius**2, 3, 1),
+              ig.ImplicitManifold(lambda x: x.norm(dim=-1, keepdim=True) - radius, 3, 1))
+    a = radius * torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    b = radius * torch.tensor([[0.0, 0.0, 1.0], [math.cos(2.5), math.sin(2.5), 0.0]],
+                              dtype=torch.float64)
+    angle = torch.tensor([math.pi / 2, 2.5 - math.pi / 2], dtype=torch.float64)
+    for space in spaces:
+        torch.manual_seed(0)
+        p = space.random_point(20, bound=1.5 * radius)
+        assert torch.allclose(p.norm(dim=-1), torch.full((20,), radius, dtype=torch.float64),
+                              rtol=1e-12, atol=0)
+        assert bool(space.belongs(p).all())
+        # Checked against the closed form r * angle.
+        assert torch.allclose(space.metric.dist(a, b), radius * angle, rtol=1e-8, atol=0)
+        v = space.metric.log(b, a)
+        assert torch.allclose(v.norm(dim=-1), radius * angle, rtol=1e-8, atol=0)
+        assert torch.allclose(space.metric.exp(v, a), b, rtol=0, atol=1e-9 * radius)
 
 
 def test_large_scale_failure_names_the_scale():
