@@ -74,6 +74,12 @@ class ImplicitManifold(nn.Module, LevelSet):
     #: Box draws projected to find the connected components by sampling.
     component_samples = 3000
 
+    #: Length scale (half the widest side of :attr:`bounds`) down to which the
+    #: absolute tolerances (``tol``, the on-manifold and integrator tolerances
+    #: of the metric) apply as given; below it they shrink in proportion (see
+    #: :attr:`tol_scale`).
+    ABSOLUTE_LENGTH = 0.1
+
     def __init__(self, f, ambient_dim, codim=1, *, tol=1e-10, max_iter=50,
                  bounds=None, equip=True, name=None):
         if int(ambient_dim) <= int(codim) or int(codim) < 1:
@@ -132,10 +138,33 @@ class ImplicitManifold(nn.Module, LevelSet):
     def bounds(self, value):
         if value is None:
             self._low = self._high = None
+            self._tol_scale = 1.0
             return
         low, high = (torch.as_tensor(b, dtype=self.dtype).to(self.device)
                      .expand(self.ambient_dim).clone() for b in value)
         self._low, self._high = low, high
+        half = 0.5 * float((high - low).max())
+        self._tol_scale = min(1.0, half / self.ABSOLUTE_LENGTH) if half > 0 else 1.0
+
+    @property
+    def tol_scale(self):
+        """Factor (at most 1) on the absolute tolerances, from the length scale.
+
+        ``tol``, ``closest_tol``, :meth:`belongs`' and :meth:`is_tangent`'s
+        default ``atol``, and the metric's on-manifold, integrator and shooting
+        tolerances are lengths (``|F|`` of a distance-like F) fit for unit
+        scale: on a sphere of radius 1e-3 the absolute ``tol = 1e-10`` is 1e-7
+        of the radius, and a default ``atol = 1e-6`` accepted points 0.1% off
+        it. Where :attr:`bounds` is smaller than :attr:`ABSOLUTE_LENGTH` (half
+        its widest side), they are multiplied by ``half / ABSOLUTE_LENGTH``,
+        so the relative accuracy stays that of a box of half-width 0.1. At and
+        above that scale it is 1: unit-scale results do not move. Without
+        ``bounds`` the scale is unknown and taken as 1 (the tolerances are
+        absolute): give ``bounds`` to a manifold far smaller than unit size.
+        Large coordinates need no factor: Newton's tolerance is floored at the
+        rounding of F (:meth:`tol_for`), the other checks are relative there.
+        """
+        return self._tol_scale
 
     def forward(self, point):
         """``F(point)`` with autograd (through the points and any parameters of F).
@@ -166,7 +195,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         metric's on-manifold checks accept the same points.
         """
         dtype = self.dtype if dtype is None else dtype
-        return max(self.tol, 64 * torch.finfo(dtype).eps)
+        return max(self.tol, 64 * torch.finfo(dtype).eps) * self._tol_scale
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
@@ -325,8 +354,10 @@ class ImplicitManifold(nn.Module, LevelSet):
         return (point.reshape(-1, self.ambient_dim).to(self.dtype),
                 vector.reshape(-1, self.ambient_dim).to(self.dtype), batch)
 
-    def belongs(self, point, atol=1e-6):
+    def belongs(self, point, atol=None):
         """Whether ``|F(x)| <= atol``, shape ``(...,)``.
+
+        ``atol`` defaults to ``1e-6`` times :attr:`tol_scale` (1 at unit scale).
 
         Points of the wrong shape (last axis not ``ambient_dim``) do not
         belong: False per batch entry, as geomstats' spaces answer.
@@ -334,6 +365,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         wrong = _wrong_shape(point, self.ambient_dim)
         if wrong is not None:
             return wrong
+        atol = 1e-6 * self._tol_scale if atol is None else atol
         x, batch = self._flat(point)
         with torch.no_grad():
             residual = self._check_value(self._value(x), x.shape[0]).norm(dim=-1)
@@ -378,11 +410,15 @@ class ImplicitManifold(nn.Module, LevelSet):
                 "length units off M: rescale the data (e.g. to unit spread, km instead of m) "
                 "or the defining function.")
 
-    def is_tangent(self, vector, base_point, atol=1e-6):
-        """Whether ``|J(x) v| <= atol``, shape ``(...,)`` (False for wrong shapes)."""
+    def is_tangent(self, vector, base_point, atol=None):
+        """Whether ``|J(x) v| <= atol``, shape ``(...,)`` (False for wrong shapes).
+
+        ``atol`` defaults to ``1e-6`` times :attr:`tol_scale` (1 at unit scale).
+        """
         wrong = _wrong_shape(vector, self.ambient_dim)
         if wrong is not None:
             return wrong
+        atol = 1e-6 * self._tol_scale if atol is None else atol
         return self.tangent_submersion(vector, base_point).norm(dim=-1) <= atol
 
     def to_tangent(self, vector, base_point):
@@ -581,7 +617,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         residual, n_iter = res.residual, res.n_iter
         n, k = self.ambient_dim, self.codim
         tol = self.tol_for()
-        closest_tol = max(self.closest_tol, 10 * tol)
+        closest_tol = max(self.closest_tol * self._tol_scale, 10 * tol)
         pending = converged.clone()
         for _ in range(max_refine):
             idx = pending.nonzero().squeeze(-1)

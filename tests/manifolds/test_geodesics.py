@@ -519,3 +519,20 @@ def test_distances_at_large_length_scale_are_the_unit_ones_scaled(name):
         assert torch.allclose(space.metric.exp(v, p[0]), p[2], rtol=0, atol=1e-9 * s)
         assert bool(space.belongs(space.random_point(10)).all())
     assert torch.allclose(out[1e4], out[1.0], rtol=1e-7, atol=0)
+
+
+def test_distances_at_small_length_scale_are_the_unit_ones_scaled():
+    # Catches absolute tolerances (integrator atol, Newton tol, shooting's
+    # log_tol * (1 + |y|)) on a torus of size 1e-3: distances 4e-9 off the
+    # unit ones scaled, exp(log) 5e-8 of the size off the target. They now
+    # scale with the box (ImplicitManifold.tol_scale).
+    raw = torch.tensor([[3.0, 0, 0], [0, 1.0, 1.0], [-3.0, 0.0, 0.0]],
+                       dtype=torch.float64) + 0.01
+    out = {}
+    for s in (1.0, 1e-3):
+        space = ig.ImplicitTorus(2.0 * s, 1.0 * s)
+        p = space.projection(raw * s)
+        out[s] = space.metric.dist(p[0], p[1:]) / s
+        v = space.metric.log(p[2], p[0])
+        assert torch.allclose(space.metric.exp(v, p[0]), p[2], rtol=0, atol=2e-8 * s)
+    assert torch.allclose(out[1e-3], out[1.0], rtol=1e-9, atol=0)

@@ -421,6 +421,36 @@ def test_random_point_and_geometry_at_large_length_scale(radius):
         assert torch.allclose(space.metric.exp(v, a), b, rtol=0, atol=1e-9 * radius)
 
 
+@pytest.mark.parametrize("radius", [1e-3, 1e-6])
+def test_tolerances_scale_with_a_small_box(radius):
+    # Catches absolute tolerances (tol = 1e-10, belongs' atol = 1e-6, the
+    # integrator's atol = 1e-10) on a sphere of radius 1e-3: random points
+    # 7e-8 of the radius off it, exp(log) 3e-8 of the radius off the target,
+    # transport changing a norm by 1e-8, and belongs accepting points 0.01%
+    # off the sphere. They now scale with the box (tol_scale).
+    sphere = ig.ImplicitSphere(2, radius=radius)
+    torch.manual_seed(0)
+    p = sphere.random_point(20)
+    assert torch.allclose(p.norm(dim=-1), torch.full((20,), radius, dtype=torch.float64),
+                          rtol=1e-8, atol=0)
+    assert bool(sphere.belongs(p).all())
+    assert not bool(sphere.belongs((1 + 1e-4) * p).any())
+    a = radius * torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    b = radius * torch.tensor([[0.0, 0.0, 1.0], [math.cos(2.5), math.sin(2.5), 0.0]],
+                              dtype=torch.float64)
+    angle = torch.tensor([math.pi / 2, 2.5 - math.pi / 2], dtype=torch.float64)
+    assert torch.allclose(sphere.metric.dist(a, b), radius * angle, rtol=1e-9, atol=0)
+    v = sphere.metric.log(b, a)
+    assert torch.allclose(sphere.metric.exp(v, a), b, rtol=0, atol=1e-8 * radius)
+    w = sphere.to_tangent(radius * torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]],
+                                                dtype=torch.float64), a)
+    moved = sphere.metric.parallel_transport(w, a, end_point=b)
+    assert torch.allclose(moved.norm(dim=-1), w.norm(dim=-1), rtol=5e-9, atol=0)
+    assert bool(sphere.is_tangent(moved, b).all())
+    assert sphere.tol_scale == pytest.approx(1.5 * radius / 0.1)
+    assert ig.ImplicitSphere(2, radius=1.0).tol_scale == 1.0  # unit scale: unchanged
+
+
 def test_large_scale_failure_names_the_scale():
     # Catches the unexplained failures at large coordinates: the error now says
     # the length scale (and what float64 resolves there) and to rescale.
