@@ -451,6 +451,23 @@ def test_tolerances_scale_with_a_small_box(radius):
     assert ig.ImplicitSphere(2, radius=1.0).tol_scale == 1.0  # unit scale: unchanged
 
 
+@pytest.mark.parametrize("radius", [1e-3, 1e-6])
+def test_small_sphere_given_in_small_units_of_f(radius):
+    # Catches Newton's |F| <= tol for F = |x|^2 - r^2 (|J| = 2r): in its box
+    # at radius 1e-3 random points were 7e-7 of the radius off the sphere,
+    # at 1e-6 3e-4 of it, and exp(log) as far off the target.
+    space = ig.ImplicitManifold(lambda x: (x * x).sum(-1, keepdim=True) - radius**2, 3, 1,
+                                bounds=([-1.5 * radius] * 3, [1.5 * radius] * 3))
+    torch.manual_seed(0)
+    p = space.random_point(8)
+    assert torch.allclose(p.norm(dim=-1), torch.full((8,), radius, dtype=torch.float64),
+                          rtol=1e-7, atol=0)
+    angle = torch.arccos((p[1:4] @ p[0] / radius**2).clamp(-1, 1))
+    assert torch.allclose(space.metric.dist(p[0], p[1:4]), radius * angle, rtol=1e-6, atol=0)
+    v = space.metric.log(p[1:4], p[0])
+    assert torch.allclose(space.metric.exp(v, p[0]), p[1:4], rtol=0, atol=1e-7 * radius)
+
+
 def test_large_scale_failure_names_the_scale():
     # Catches the unexplained failures at large coordinates: the error now says
     # the length scale (and what float64 resolves there) and to rescale.
