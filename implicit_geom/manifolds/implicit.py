@@ -11,6 +11,7 @@ from ..exceptions import ComponentError, InvalidPointError, ProjectionError
 from ..numerics import autodiff
 from ..numerics.linalg import gram_solve, tangent_projector
 from ..numerics.newton import (
+    JACOBIAN_REFERENCE,
     ROUNDING_FACTOR,
     NewtonResult,
     newton_min_norm,
@@ -358,6 +359,9 @@ class ImplicitManifold(nn.Module, LevelSet):
         """Whether ``|F(x)| <= atol``, shape ``(...,)``.
 
         ``atol`` defaults to ``1e-6`` times :attr:`tol_scale` (1 at unit scale).
+        Where ``|J|_F`` is below 0.1 (F in small units, e.g. ``|x|^2 - r^2``
+        on a small sphere) it is multiplied by ``|J|_F / 0.1``, as Newton's
+        ``tol`` (:data:`~implicit_geom.numerics.newton.JACOBIAN_REFERENCE`).
 
         Points of the wrong shape (last axis not ``ambient_dim``) do not
         belong: False per batch entry, as geomstats' spaces answer.
@@ -369,15 +373,28 @@ class ImplicitManifold(nn.Module, LevelSet):
         x, batch = self._flat(point)
         with torch.no_grad():
             residual = self._check_value(self._value(x), x.shape[0]).norm(dim=-1)
-            inside = self._within(x, residual, atol)
+            inside = self._within(x, residual, atol, f_units=True)
         return inside.reshape(batch)
 
-    def _within(self, x, residual, atol):
+    def _within(self, x, residual, atol, f_units=False):
         """Mask over flat points ``x`` (B, n) with ``|F|`` (``residual``) at most
         ``atol``, or at most F's rounding there (large coordinates, see
         :meth:`tol_for`): the one on-manifold test of :meth:`belongs`, the
-        metric's checks and the samplers' emitted points, as Newton accepts them."""
+        metric's checks and the samplers' emitted points, as Newton accepts them.
+
+        ``f_units``: ``atol`` is multiplied by ``min(1, |J|_F / 0.1)`` at the
+        rows it accepts, as Newton's ``tol`` (F in small units: ``|F| <= atol``
+        is no distance there). Costs a Jacobian at those rows: the geometry
+        API's checks (belongs, the metric's) use it, the samplers' per-sample
+        checks of Newton's own output do not."""
         inside = residual <= atol
+        if f_units:
+            idx = inside.nonzero().squeeze(-1)
+            if idx.numel():
+                jnorm = torch.linalg.matrix_norm(self._jacobian(x.index_select(0, idx)))
+                factor = (jnorm / JACOBIAN_REFERENCE).clamp(max=1.0)
+                inside = inside.index_copy(
+                    0, idx, residual.index_select(0, idx) <= atol * factor)
         return inside | self._at_rounding_floor(x, residual, ~inside)
 
     def _at_rounding_floor(self, x, residual, rows):

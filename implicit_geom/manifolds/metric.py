@@ -126,7 +126,7 @@ class ImplicitMetric(RiemannianMetric):
         residual = value.norm(dim=-1)
         atol = self._on_manifold_atol(x.dtype)
         with torch.no_grad():  # large coordinates: |F| at F's rounding is on M (tol_for)
-            off = ~space._within(x.detach(), residual.detach(), atol)
+            off = ~space._within(x.detach(), residual.detach(), atol, f_units=True)
         if bool(off.any()):
             raise InvalidPointError(
                 f"{what}: {int(off.sum())} {noun} are not on {space.name} "

@@ -466,6 +466,13 @@ def test_small_sphere_given_in_small_units_of_f(radius):
     assert torch.allclose(space.metric.dist(p[0], p[1:4]), radius * angle, rtol=1e-6, atol=0)
     v = space.metric.log(p[1:4], p[0])
     assert torch.allclose(space.metric.exp(v, p[0]), p[1:4], rtol=0, atol=1e-7 * radius)
+    # belongs and the metric's on-manifold check read |F| as a distance only
+    # where |J| ~ 1: |F| <= 1e-6 * tol_scale accepted points 0.7% off the
+    # sphere (and exp computed the geometry of another level set).
+    off = 1.001 * p[:2]
+    assert bool(space.belongs(p).all()) and not bool(space.belongs(off).any())
+    with pytest.raises(InvalidPointError):
+        space.metric.exp(space.to_tangent(off[1] - off[0], off[0]), off[0])
 
 
 def test_large_scale_failure_names_the_scale():
