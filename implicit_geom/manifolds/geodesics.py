@@ -1129,7 +1129,9 @@ class GeodesicLogSolver(LogSolver):
                 # updated one: recompute it.
                 alive[failed[fresh[failed]]] = False
                 have[failed] = False
-            hit = (miss <= tol) & (resid.norm(dim=-1) <= 10 * atol)
+            # (The normal miss also allows the integrator's relative drift,
+            # as the metric's _shoot.)
+            hit = (miss <= tol) & (resid.norm(dim=-1) <= torch.clamp(tol, min=10 * atol))
         return (basis @ coef.unsqueeze(-1)).squeeze(-1), hit
 
     def _flow_samples(self, x, v, fractions):

@@ -399,9 +399,11 @@ class ImplicitMetric(RiemannianMetric):
                     break
             if pending.all():
                 break  # no row can make progress any more
-        # The normal part of the miss is bounded by the targets' |F|: a large
-        # one means the shot hit M elsewhere (another component, say).
-        bad = ~(miss <= tol) | ~(residual.norm(dim=-1) <= 10 * atol)
+        # The normal part of the miss is bounded by the targets' |F| and the
+        # integrator's drift off M (relative: ~rtol |x|, above 10 atol at
+        # coordinates ~1e6): a large one means the shot hit M elsewhere
+        # (another component, say).
+        bad = ~(miss <= tol) | ~(residual.norm(dim=-1) <= torch.clamp(tol, min=10 * atol))
         if report:
             return (basis @ a.unsqueeze(-1)).squeeze(-1), ~bad
         if bool(bad.any()):

@@ -536,3 +536,19 @@ def test_distances_at_small_length_scale_are_the_unit_ones_scaled():
         v = space.metric.log(p[2], p[0])
         assert torch.allclose(space.metric.exp(v, p[0]), p[2], rtol=0, atol=2e-8 * s)
     assert torch.allclose(out[1e-3], out[1.0], rtol=1e-9, atol=0)
+
+
+def test_log_polishes_at_coordinates_around_1e6():
+    # Catches shooting's normal-miss bound 10 * on_manifold_atol (absolute):
+    # the integrator drifts ~rtol |x| off M (3e-4 at 3e6), so on the
+    # ellipsoid at scale 1e6 every shot "missed" and log fell back to the
+    # unpolished velocity: exp(log) 4e-7 of the size off the target.
+    x, y, z = sympy.symbols("x y z")
+    s = 1e6
+    space = ig.from_sympy([(x**2 / 9 + y**2 / 4 + z**2 - s**2) / (2 * s)], [x, y, z],
+                          bounds=([-4.5 * s, -3 * s, -1.5 * s], [4.5 * s, 3 * s, 1.5 * s]))
+    raw = torch.tensor([[3.0, 0, 0], [-3.0, 0.0, 0.0]], dtype=torch.float64) + 0.01
+    p = space.projection(raw * s)
+    v = space.metric.log(p[1], p[0])
+    assert space.metric.log_solver.stats["unpolished"] == 0
+    assert torch.allclose(space.metric.exp(v, p[0]), p[1], rtol=0, atol=1e-11 * s)
