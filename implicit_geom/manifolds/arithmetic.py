@@ -367,7 +367,7 @@ class UnionManifold(ImplicitManifold):
                        device="cpu").to(pts.device)
         with torch.no_grad():
             res = piece.solve_projection((centres[:, None] + half * (2 * u - 1)).flatten(0, 1),
-                                         closest=False)
+                                         closest=False, far=True)
         keep = res.converged & torch.isfinite(res.x).all(-1)
         return (res.x[keep], None) if bool(keep.any()) else (None, None)
 

@@ -44,7 +44,9 @@ def sample_in_box(manifold, n_samples, low, high, generator=None, closest=False,
     # every device.
     u = torch.rand(n_samples, low.shape[-1], dtype=low.dtype, generator=generator,
                    device="cpu").to(low.device)
-    res = manifold.solve_projection(low + (high - low) * u, closest=closest)
+    # far: box points many length units off M (a box at large coordinates)
+    # are landed with capped damping (see ImplicitManifold.solve_projection).
+    res = manifold.solve_projection(low + (high - low) * u, closest=closest, far=True)
     keep = res.converged & torch.isfinite(res.x).all(-1)
     if inside:
         keep &= ((res.x >= low) & (res.x <= high)).all(-1)

@@ -174,7 +174,11 @@ class CurveTracer:
         # float32 the 1e-12 integration and 1e-10 midpoint checks never passed.
         self._floor = 64 * torch.finfo(space.dtype).eps
         rtol, check_tol = max(rtol, self._floor), max(check_tol, self._floor)
-        self.integrator = GBSIntegrator(rtol=rtol, atol=rtol)
+        # Absolute parts are lengths fit for unit scale (see
+        # ImplicitManifold.tol_scale; 1 there).
+        scale = getattr(space, "tol_scale", 1.0)
+        check_tol = check_tol * scale
+        self.integrator = GBSIntegrator(rtol=rtol, atol=rtol * scale)
         if step is None:
             step = 0.05 if self.bounds is None else float(
                 torch.linalg.vector_norm(self.bounds[1] - self.bounds[0])) / 40

@@ -973,7 +973,8 @@ class GeodesicLogSolver(LogSolver):
                 if bool(miss.any()):
                     rows = moving[miss]
                     end = metric.exp(vec[rows], x[rows])
-                    tol = metric._log_tol(x.dtype) ** 0.5 * (1 + y[rows].norm(dim=-1))
+                    tol = metric._log_tol(x.dtype) ** 0.5 * (metric._scale()
+                                                             + y[rows].norm(dim=-1))
                     off = (end - y[rows]).norm(dim=-1)
                     if not bool((off <= tol).all()):
                         raise GeodesicError(
@@ -1261,7 +1262,7 @@ class GeodesicLogSolver(LogSolver):
             basis = tangent_basis(jac)
             guess = metric._initial_guess(jac, y - x)
             coef = (basis.transpose(1, 2) @ guess.unsqueeze(-1)).squeeze(-1)
-            tol = metric._log_tol(dtype) * (1 + y.norm(dim=-1))
+            tol = metric._log_miss_tol(dtype, y.norm(dim=-1))
             atol = metric._on_manifold_atol(dtype)
             chord = (y - x).norm(dim=-1)
 
@@ -1333,7 +1334,9 @@ class GeodesicLogSolver(LogSolver):
                 # updated one: recompute it.
                 alive[failed[fresh[failed]]] = False
                 have[failed] = False
-            hit = (miss <= tol) & (resid.norm(dim=-1) <= 10 * atol)
+            # (The normal miss also allows the integrator's relative drift,
+            # as the metric's _shoot.)
+            hit = (miss <= tol) & (resid.norm(dim=-1) <= torch.clamp(tol, min=10 * atol))
         return (basis @ coef.unsqueeze(-1)).squeeze(-1), hit
 
     def _flow_samples(self, x, v, fractions):
@@ -1794,7 +1797,7 @@ class GeodesicLogSolver(LogSolver):
             samples = _curve_samples([found[i]["nodes"] for i in alive[np.r_[best[cand], cand]]])
             sa, sb = samples[:cand.size], samples[cand.size:]
             sep = (sa - sb).norm(dim=-1).amax(-1).cpu().numpy()
-            tol = np.maximum(1e-4 * length[best[cand]], 1e-6)
+            tol = np.maximum(1e-4 * length[best[cand]], 1e-6 * self._space.tol_scale)
             keep[cand[sep > tol]] = True
         return [int(i) for i in alive[keep]]
 
@@ -1854,7 +1857,10 @@ class GeodesicLogSolver(LogSolver):
         dec_rtol = max(1e-13, 10 * torch.finfo(x0.dtype).eps)
         x = x0.clone()
         # Land the interior nodes on M.
-        land = space.solve_projection(x[:, 1:-1].reshape(-1, n), closest=False)
+        # far: the graph's chords bend off M by a fixed fraction of the path's
+        # length, many length units at large coordinates, where the damped
+        # Newton alone stalled (every path failed at r = 1e4).
+        land = space.solve_projection(x[:, 1:-1].reshape(-1, n), closest=False, far=True)
         x[:, 1:-1] = land.x.reshape(p, k, n)
         ok = land.converged.reshape(p, k).all(-1)
         with torch.no_grad():
@@ -1969,7 +1975,8 @@ class GeodesicLogSolver(LogSolver):
             hess = torch.stack([space._lagrangian_hessian(y, eye[i].expand(y.shape[0], c))
                                 for i in range(c)], 1)  # (B, c, n, n)
             return basis.transpose(1, 2)[:, None] @ hess @ basis[:, None]
-        eps = max(1e-7, torch.finfo(y.dtype).eps ** 0.5) * (1 + y.abs().amax(-1, keepdim=True))
+        eps = max(1e-7, torch.finfo(y.dtype).eps ** 0.5) * (
+            space.tol_scale + y.abs().amax(-1, keepdim=True))
         shifted = y.unsqueeze(1) + eps.unsqueeze(1) * basis.transpose(1, 2)
         shifted = shifted.reshape(-1, y.shape[-1])
         with torch.no_grad():

@@ -180,7 +180,7 @@ def flow_derivatives(metric, x, v, eps=None):
     if eps is None:  # ~ cube root of the unit roundoff: central differences
         eps = max(1e-6, torch.finfo(x.dtype).eps ** (1 / 3))
     v_t = metric._project_tangent(x, v)
-    h = eps * (1 + v.norm(dim=-1) + x.norm(dim=-1))  # (B,)
+    h = eps * (getattr(space, "tol_scale", 1.0) + v.norm(dim=-1) + x.norm(dim=-1))  # (B,)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
     dx = eye.expand(b, n, n) * h[:, None, None]  # rows: perturbations of x
     da = basis.transpose(1, 2) * h[:, None, None]  # rows: tangent perturbations of v

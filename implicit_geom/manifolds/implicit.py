@@ -11,6 +11,7 @@ from ..exceptions import ComponentError, InvalidPointError, ProjectionError
 from ..numerics import autodiff
 from ..numerics.linalg import gram_solve, tangent_projector
 from ..numerics.newton import (
+    JACOBIAN_REFERENCE,
     ROUNDING_FACTOR,
     NewtonResult,
     newton_min_norm,
@@ -74,6 +75,12 @@ class ImplicitManifold(nn.Module, LevelSet):
     #: Box draws projected to find the connected components by sampling.
     component_samples = 3000
 
+    #: Length scale (half the widest side of :attr:`bounds`) down to which the
+    #: absolute tolerances (``tol``, the on-manifold and integrator tolerances
+    #: of the metric) apply as given; below it they shrink in proportion (see
+    #: :attr:`tol_scale`).
+    ABSOLUTE_LENGTH = 0.1
+
     def __init__(self, f, ambient_dim, codim=1, *, tol=1e-10, max_iter=50,
                  bounds=None, equip=True, name=None):
         if int(ambient_dim) <= int(codim) or int(codim) < 1:
@@ -132,10 +139,33 @@ class ImplicitManifold(nn.Module, LevelSet):
     def bounds(self, value):
         if value is None:
             self._low = self._high = None
+            self._tol_scale = 1.0
             return
         low, high = (torch.as_tensor(b, dtype=self.dtype).to(self.device)
                      .expand(self.ambient_dim).clone() for b in value)
         self._low, self._high = low, high
+        half = 0.5 * float((high - low).max())
+        self._tol_scale = min(1.0, half / self.ABSOLUTE_LENGTH) if half > 0 else 1.0
+
+    @property
+    def tol_scale(self):
+        """Factor (at most 1) on the absolute tolerances, from the length scale.
+
+        ``tol``, ``closest_tol``, :meth:`belongs`' and :meth:`is_tangent`'s
+        default ``atol``, and the metric's on-manifold, integrator and shooting
+        tolerances are lengths (``|F|`` of a distance-like F) fit for unit
+        scale: on a sphere of radius 1e-3 the absolute ``tol = 1e-10`` is 1e-7
+        of the radius, and a default ``atol = 1e-6`` accepted points 0.1% off
+        it. Where :attr:`bounds` is smaller than :attr:`ABSOLUTE_LENGTH` (half
+        its widest side), they are multiplied by ``half / ABSOLUTE_LENGTH``,
+        so the relative accuracy stays that of a box of half-width 0.1. At and
+        above that scale it is 1: unit-scale results do not move. Without
+        ``bounds`` the scale is unknown and taken as 1 (the tolerances are
+        absolute): give ``bounds`` to a manifold far smaller than unit size.
+        Large coordinates need no factor: Newton's tolerance is floored at the
+        rounding of F (:meth:`tol_for`), the other checks are relative there.
+        """
+        return self._tol_scale
 
     def forward(self, point):
         """``F(point)`` with autograd (through the points and any parameters of F).
@@ -166,7 +196,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         metric's on-manifold checks accept the same points.
         """
         dtype = self.dtype if dtype is None else dtype
-        return max(self.tol, 64 * torch.finfo(dtype).eps)
+        return max(self.tol, 64 * torch.finfo(dtype).eps) * self._tol_scale
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
@@ -329,8 +359,13 @@ class ImplicitManifold(nn.Module, LevelSet):
         return (point.reshape(-1, self.ambient_dim).to(self.dtype),
                 vector.reshape(-1, self.ambient_dim).to(self.dtype), batch)
 
-    def belongs(self, point, atol=1e-6):
+    def belongs(self, point, atol=None):
         """Whether ``|F(x)| <= atol``, shape ``(...,)``.
+
+        ``atol`` defaults to ``1e-6`` times :attr:`tol_scale` (1 at unit scale).
+        Where ``|J|_F`` is below 0.1 (F in small units, e.g. ``|x|^2 - r^2``
+        on a small sphere) it is multiplied by ``|J|_F / 0.1``, as Newton's
+        ``tol`` (:data:`~implicit_geom.numerics.newton.JACOBIAN_REFERENCE`).
 
         Points of the wrong shape (last axis not ``ambient_dim``) do not
         belong: False per batch entry, as geomstats' spaces answer.
@@ -338,18 +373,32 @@ class ImplicitManifold(nn.Module, LevelSet):
         wrong = _wrong_shape(point, self.ambient_dim)
         if wrong is not None:
             return wrong
+        atol = 1e-6 * self._tol_scale if atol is None else atol
         x, batch = self._flat(point)
         with torch.no_grad():
             residual = self._check_value(self._value(x), x.shape[0]).norm(dim=-1)
-            inside = self._within(x, residual, atol)
+            inside = self._within(x, residual, atol, f_units=True)
         return inside.reshape(batch)
 
-    def _within(self, x, residual, atol):
+    def _within(self, x, residual, atol, f_units=False):
         """Mask over flat points ``x`` (B, n) with ``|F|`` (``residual``) at most
         ``atol``, or at most F's rounding there (large coordinates, see
         :meth:`tol_for`): the one on-manifold test of :meth:`belongs`, the
-        metric's checks and the samplers' emitted points, as Newton accepts them."""
+        metric's checks and the samplers' emitted points, as Newton accepts them.
+
+        ``f_units``: ``atol`` is multiplied by ``min(1, |J|_F / 0.1)`` at the
+        rows it accepts, as Newton's ``tol`` (F in small units: ``|F| <= atol``
+        is no distance there). Costs a Jacobian at those rows: the geometry
+        API's checks (belongs, the metric's) use it, the samplers' per-sample
+        checks of Newton's own output do not."""
         inside = residual <= atol
+        if f_units:
+            idx = inside.nonzero().squeeze(-1)
+            if idx.numel():
+                jnorm = torch.linalg.matrix_norm(self._jacobian(x.index_select(0, idx)))
+                factor = (jnorm / JACOBIAN_REFERENCE).clamp(max=1.0)
+                inside = inside.index_copy(
+                    0, idx, residual.index_select(0, idx) <= atol * factor)
         return inside | self._at_rounding_floor(x, residual, ~inside)
 
     def _at_rounding_floor(self, x, residual, rows):
@@ -393,11 +442,15 @@ class ImplicitManifold(nn.Module, LevelSet):
         note = self._failure_note(end)
         return f" {note}" if note else ""
 
-    def is_tangent(self, vector, base_point, atol=1e-6):
-        """Whether ``|J(x) v| <= atol``, shape ``(...,)`` (False for wrong shapes)."""
+    def is_tangent(self, vector, base_point, atol=None):
+        """Whether ``|J(x) v| <= atol``, shape ``(...,)`` (False for wrong shapes).
+
+        ``atol`` defaults to ``1e-6`` times :attr:`tol_scale` (1 at unit scale).
+        """
         wrong = _wrong_shape(vector, self.ambient_dim)
         if wrong is not None:
             return wrong
+        atol = 1e-6 * self._tol_scale if atol is None else atol
         return self.tangent_submersion(vector, base_point).norm(dim=-1) <= atol
 
     def to_tangent(self, vector, base_point):
@@ -603,7 +656,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         residual, n_iter = res.residual, res.n_iter
         n, k = self.ambient_dim, self.codim
         tol = self.tol_for()
-        closest_tol = max(self.closest_tol, 10 * tol)
+        closest_tol = max(self.closest_tol * self._tol_scale, 10 * tol)
         pending = converged.clone()
         for _ in range(max_refine):
             idx = pending.nonzero().squeeze(-1)
@@ -747,7 +800,10 @@ class ImplicitManifold(nn.Module, LevelSet):
             if out is None:
                 out = torch.empty_like(batch)
                 missing = torch.arange(n_samples, device=batch.device)
-            res = self.solve_projection(batch, closest=False)
+            # far: a draw several length units off M (any box at large
+            # coordinates) is landed with capped damping instead of being
+            # redrawn until max_rounds runs out.
+            res = self.solve_projection(batch, closest=False, far=True)
             ok = res.converged & torch.isfinite(res.x).all(-1)
             out[missing[ok]] = res.x[ok]
             missing = missing[~ok]

@@ -81,18 +81,38 @@ class ImplicitMetric(RiemannianMetric):
     # --------------------------------------------------------------- precision
     # Tolerances never go below what the working dtype resolves: a float32
     # manifold integrates, shoots and checks at float32 accuracy.
+    # The absolute parts (the integrator's atol, the 1 of log_tol * (1 + |y|),
+    # on_manifold_atol) are lengths fit for unit scale: multiplied by the
+    # space's tol_scale (1 unless its box is below unit size, see
+    # ImplicitManifold.tol_scale).
+    def _scale(self):
+        return getattr(self._space, "tol_scale", 1.0)
+
     def _integrator(self, dtype):
-        integ = self._integrators.get(dtype)
+        scale = self._scale()
+        if scale == 1.0:
+            integ = self._integrators.get(dtype)
+            if integ is None:
+                rtol = max(self.rtol, 100 * torch.finfo(dtype).eps)
+                integ = self._integrators[dtype] = GBSIntegrator(rtol=rtol, atol=rtol)
+            return integ
+        key = (dtype, scale)
+        integ = self._integrators.get(key)
         if integ is None:
             rtol = max(self.rtol, 100 * torch.finfo(dtype).eps)
-            integ = self._integrators[dtype] = GBSIntegrator(rtol=rtol, atol=rtol)
+            integ = self._integrators[key] = GBSIntegrator(rtol=rtol, atol=rtol * scale)
         return integ
 
     def _log_tol(self, dtype):
         return max(self.log_tol, 100 * torch.finfo(dtype).eps)
 
+    def _log_miss_tol(self, dtype, y_norm):
+        """Shooting's target: ``log_tol * (length scale + |y|)`` (the length
+        scale 1 at unit scale, see :meth:`_scale`)."""
+        return self._log_tol(dtype) * (self._scale() + y_norm)
+
     def _on_manifold_atol(self, dtype):
-        return max(self.on_manifold_atol, 10 * self._space.tol_for(dtype))
+        return max(self.on_manifold_atol * self._scale(), 10 * self._space.tol_for(dtype))
 
     def _raise_if_off(self, x, what, value=None, noun="base point(s)"):
         """InvalidPointError for flat points ``x`` off M (``|F|`` above the
@@ -106,7 +126,7 @@ class ImplicitMetric(RiemannianMetric):
         residual = value.norm(dim=-1)
         atol = self._on_manifold_atol(x.dtype)
         with torch.no_grad():  # large coordinates: |F| at F's rounding is on M (tol_for)
-            off = ~space._within(x.detach(), residual.detach(), atol)
+            off = ~space._within(x.detach(), residual.detach(), atol, f_units=True)
         if bool(off.any()):
             raise InvalidPointError(
                 f"{what}: {int(off.sum())} {noun} are not on {space.name} "
@@ -238,7 +258,7 @@ class ImplicitMetric(RiemannianMetric):
         b, n, m = basis.shape
         if eps is None:  # ~ cube root of the unit roundoff: central differences
             eps = max(1e-6, torch.finfo(a.dtype).eps ** (1 / 3))
-        h = eps * a.norm(dim=-1).clamp_min(1.0)  # (B,)
+        h = eps * a.norm(dim=-1).clamp_min(self._scale())  # (B,)
         offsets = basis.transpose(1, 2) * h[:, None, None]  # (B, m, n)
         v = (basis @ a.unsqueeze(-1)).squeeze(-1)[:, None, :]
         starts = torch.cat([v + offsets, v - offsets], dim=1).reshape(-1, n)
@@ -347,7 +367,7 @@ class ImplicitMetric(RiemannianMetric):
         if guess is None:
             guess = self._initial_guess(jac, y - x)
         a = (basis.transpose(1, 2) @ guess.unsqueeze(-1)).squeeze(-1)
-        tol = self._log_tol(y.dtype) * (1 + y.norm(dim=-1))
+        tol = self._log_miss_tol(y.dtype, y.norm(dim=-1))
 
         def miss_of(idx, coef):
             # Only the tangential miss at the target can be shot away: the
@@ -379,9 +399,11 @@ class ImplicitMetric(RiemannianMetric):
                     break
             if pending.all():
                 break  # no row can make progress any more
-        # The normal part of the miss is bounded by the targets' |F|: a large
-        # one means the shot hit M elsewhere (another component, say).
-        bad = ~(miss <= tol) | ~(residual.norm(dim=-1) <= 10 * atol)
+        # The normal part of the miss is bounded by the targets' |F| and the
+        # integrator's drift off M (relative: ~rtol |x|, above 10 atol at
+        # coordinates ~1e6): a large one means the shot hit M elsewhere
+        # (another component, say).
+        bad = ~(miss <= tol) | ~(residual.norm(dim=-1) <= torch.clamp(tol, min=10 * atol))
         if report:
             return (basis @ a.unsqueeze(-1)).squeeze(-1), ~bad
         if bool(bad.any()):

@@ -80,13 +80,29 @@ def rounding_floor(x, jac):
     return (ROUNDING_FACTOR * eps) * torch.linalg.matrix_norm(jac) * _norm(x)
 
 
+#: ``|J|_F`` (F units per unit length) below which the tolerance on ``|F|``
+#: shrinks in proportion: see :func:`_threshold`.
+JACOBIAN_REFERENCE = 0.1
+
+
 def _threshold(x, jac, tol):
     """Per-row convergence threshold on ``|F|``: ``tol`` floored at :func:`rounding_floor`.
 
     Exactly ``tol`` wherever the floor is below it (unit scale), so results
     there do not depend on the floor at all.
+
+    ``tol`` is in units of F, a distance only where ``|J| ~ 1``. Where
+    ``|J|_F`` is below :data:`JACOBIAN_REFERENCE`, the point is within
+    ``|F| / sigma_min(J)`` of M, which ``|F| <= tol`` no longer bounds: F
+    given as ``|x|^2 - r^2`` on a sphere of radius 1e-3 (``|J| = 2e-3``)
+    accepted points 5e-5 of the radius off it, and at radius 1e-6 every point
+    of the ball. There ``tol`` is multiplied by ``|J|_F / JACOBIAN_REFERENCE``:
+    the distance to M stays below ``10 tol`` (for well-conditioned J).
+    Unchanged wherever ``|J|_F >= 0.1``.
     """
-    return rounding_floor(x, jac).clamp(min=tol)
+    jnorm = torch.linalg.matrix_norm(jac)
+    floor = (ROUNDING_FACTOR * torch.finfo(x.dtype).eps) * jnorm * _norm(x)
+    return torch.maximum(floor, tol * (jnorm / JACOBIAN_REFERENCE).clamp(max=1.0))
 
 
 def _run(direction, f_and_jac, x0, tol, max_iter, max_halvings):

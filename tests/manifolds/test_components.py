@@ -141,14 +141,29 @@ def test_a_sample_without_any_component_raises_component_error():
     # (a sphere of radius 6371 in its 1.5-radius box: 4 of 3000 draws land):
     # it reported n_components == 0 for a non-empty M, and dist/log/component_of
     # died with an unnamed IndexError from the empty lookup table.
+    # Box draws at that scale land now (capped damping, see the test below);
+    # a Newton cap of 8 iterations lands 6 of them, as few.
     r = 6371.0
     big = ig.ImplicitManifold(lambda x: ((x * x).sum(-1, keepdim=True) - r * r) / (2 * r),
-                              3, 1, bounds=([-1.5 * r] * 3, [1.5 * r] * 3))
+                              3, 1, bounds=([-1.5 * r] * 3, [1.5 * r] * 3), max_iter=8)
     with pytest.raises(ComponentError, match="no component"):
         big.n_components
     a = torch.tensor([r, 0.0, 0.0], dtype=torch.float64)
     with pytest.raises(ComponentError):
         big.metric.dist(a, torch.tensor([0.0, r, 0.0], dtype=torch.float64))
+
+
+def test_components_of_a_sphere_at_large_length_scale_are_sampled():
+    # Catches the box draws landed by the damped Newton alone: mu = |F|^2 is in
+    # units of F squared, so draws thousands of units off a sphere of radius
+    # 6371 stalled and 4 of 3000 landed (ComponentError for a sphere).
+    r = 6371.0
+    big = ig.ImplicitManifold(lambda x: ((x * x).sum(-1, keepdim=True) - r * r) / (2 * r),
+                              3, 1, bounds=([-1.5 * r] * 3, [1.5 * r] * 3))
+    assert big.n_components == 1
+    a, b = torch.tensor([[r, 0.0, 0.0], [0.0, r, 0.0]], dtype=torch.float64)
+    assert int(big.component_of(a)) == int(big.component_of(b)) == 0
+    assert float(big.metric.dist(a, b)) == pytest.approx(math.pi / 2 * r, rel=1e-8)
 
 
 def test_close_pieces_are_told_apart_by_checking_the_links():

@@ -560,3 +560,63 @@ def test_two_neighbours_graph_keeps_close_circles_apart():
     assert math.isinf(float(solver.dist(a, b)))
     with pytest.raises(DisconnectedError, match="not joined in its sample graph"):
         solver.log(b, a)
+
+
+@pytest.mark.parametrize("name", ["torus", "ellipsoid"])
+def test_distances_at_large_length_scale_are_the_unit_ones_scaled(name):
+    # Catches path straightening at large coordinates: its first landing of
+    # the graph's chords (off M by a fraction of the path length, hundreds of
+    # units at scale 1e4) used the damped Newton alone, whose mu = |F|^2 stalls
+    # there: every path failed (GeodesicError) on the torus and ellipsoid at 1e4.
+    x, y, z = sympy.symbols("x y z")
+
+    def build(s):
+        if name == "torus":
+            return ig.ImplicitTorus(2.0 * s, 1.0 * s)
+        return ig.from_sympy([(x**2 / 9 + y**2 / 4 + z**2 - s**2) / (2 * s)], [x, y, z],
+                             bounds=([-4.5 * s, -3 * s, -1.5 * s], [4.5 * s, 3 * s, 1.5 * s]))
+
+    raw = torch.tensor([[3.0, 0, 0], [0, 1.0, 1.0], [-3.0, 0.0, 0.0]],
+                       dtype=torch.float64) + 0.01
+    out = {}
+    for s in (1.0, 1e4):
+        space = build(s)
+        p = space.projection(raw * s)
+        out[s] = space.metric.dist(p[0], p[1:]) / s
+        v = space.metric.log(p[2], p[0])
+        assert torch.allclose(space.metric.exp(v, p[0]), p[2], rtol=0, atol=1e-9 * s)
+        assert bool(space.belongs(space.random_point(10)).all())
+    assert torch.allclose(out[1e4], out[1.0], rtol=1e-7, atol=0)
+
+
+def test_distances_at_small_length_scale_are_the_unit_ones_scaled():
+    # Catches absolute tolerances (integrator atol, Newton tol, shooting's
+    # log_tol * (1 + |y|)) on a torus of size 1e-3: distances 4e-9 off the
+    # unit ones scaled, exp(log) 5e-8 of the size off the target. They now
+    # scale with the box (ImplicitManifold.tol_scale).
+    raw = torch.tensor([[3.0, 0, 0], [0, 1.0, 1.0], [-3.0, 0.0, 0.0]],
+                       dtype=torch.float64) + 0.01
+    out = {}
+    for s in (1.0, 1e-3):
+        space = ig.ImplicitTorus(2.0 * s, 1.0 * s)
+        p = space.projection(raw * s)
+        out[s] = space.metric.dist(p[0], p[1:]) / s
+        v = space.metric.log(p[2], p[0])
+        assert torch.allclose(space.metric.exp(v, p[0]), p[2], rtol=0, atol=2e-8 * s)
+    assert torch.allclose(out[1e-3], out[1.0], rtol=1e-9, atol=0)
+
+
+def test_log_polishes_at_coordinates_around_1e6():
+    # Catches shooting's normal-miss bound 10 * on_manifold_atol (absolute):
+    # the integrator drifts ~rtol |x| off M (3e-4 at 3e6), so on the
+    # ellipsoid at scale 1e6 every shot "missed" and log fell back to the
+    # unpolished velocity: exp(log) 4e-7 of the size off the target.
+    x, y, z = sympy.symbols("x y z")
+    s = 1e6
+    space = ig.from_sympy([(x**2 / 9 + y**2 / 4 + z**2 - s**2) / (2 * s)], [x, y, z],
+                          bounds=([-4.5 * s, -3 * s, -1.5 * s], [4.5 * s, 3 * s, 1.5 * s]))
+    raw = torch.tensor([[3.0, 0, 0], [-3.0, 0.0, 0.0]], dtype=torch.float64) + 0.01
+    p = space.projection(raw * s)
+    v = space.metric.log(p[1], p[0])
+    assert space.metric.log_solver.stats["unpolished"] == 0
+    assert torch.allclose(space.metric.exp(v, p[0]), p[1], rtol=0, atol=1e-11 * s)

@@ -416,9 +416,89 @@ def test_projection_belongs_and_dist_at_large_length_scale(radius):
         assert torch.allclose(y, radius * p / p.norm(dim=-1, keepdim=True), rtol=1e-13, atol=0)
         assert bool(space.belongs(y).all())
         assert not bool(space.belongs(1.001 * y).any())
-    # (The 2-sphere's dist at this scale still fails in path straightening.)
     a, b = torch.tensor([[radius, 0.0], [0.0, radius]], dtype=torch.float64)
     assert float(circle.metric.dist(a, b)) == pytest.approx(math.pi / 2 * radius, rel=1e-8)
+
+
+@pytest.mark.parametrize("radius", [1e4, 1e6])
+def test_random_point_and_geometry_at_large_length_scale(radius):
+    # Catches the box draws landed by the damped Newton alone: mu = |F|^2 is in
+    # units of F squared, J J^T of (F / length) squared, so draws a few
+    # thousand units off a sphere of radius 1e4 stalled; random_point raised
+    # ProjectionError, and without bounds dist/exp/log raised GeodesicError
+    # (the global solver's graph projected 0 box points).
+    spaces = (ig.ImplicitSphere(2, radius=radius),
+              ig.ImplicitManifold(lambda x: (x * x).sum(-1, keepdim=True) - radius**2, 3, 1),
+              ig.ImplicitManifold(lambda x: x.norm(dim=-1, keepdim=True) - radius, 3, 1))
+    a = radius * torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    b = radius * torch.tensor([[0.0, 0.0, 1.0], [math.cos(2.5), math.sin(2.5), 0.0]],
+                              dtype=torch.float64)
+    angle = torch.tensor([math.pi / 2, 2.5 - math.pi / 2], dtype=torch.float64)
+    for space in spaces:
+        torch.manual_seed(0)
+        p = space.random_point(20, bound=1.5 * radius)
+        assert torch.allclose(p.norm(dim=-1), torch.full((20,), radius, dtype=torch.float64),
+                              rtol=1e-12, atol=0)
+        assert bool(space.belongs(p).all())
+        # Checked against the closed form r * angle.
+        assert torch.allclose(space.metric.dist(a, b), radius * angle, rtol=1e-8, atol=0)
+        v = space.metric.log(b, a)
+        assert torch.allclose(v.norm(dim=-1), radius * angle, rtol=1e-8, atol=0)
+        assert torch.allclose(space.metric.exp(v, a), b, rtol=0, atol=1e-9 * radius)
+
+
+@pytest.mark.parametrize("radius", [1e-3, 1e-6])
+def test_tolerances_scale_with_a_small_box(radius):
+    # Catches absolute tolerances (tol = 1e-10, belongs' atol = 1e-6, the
+    # integrator's atol = 1e-10) on a sphere of radius 1e-3: random points
+    # 7e-8 of the radius off it, exp(log) 3e-8 of the radius off the target,
+    # transport changing a norm by 1e-8, and belongs accepting points 0.01%
+    # off the sphere. They now scale with the box (tol_scale).
+    sphere = ig.ImplicitSphere(2, radius=radius)
+    torch.manual_seed(0)
+    p = sphere.random_point(20)
+    assert torch.allclose(p.norm(dim=-1), torch.full((20,), radius, dtype=torch.float64),
+                          rtol=1e-8, atol=0)
+    assert bool(sphere.belongs(p).all())
+    assert not bool(sphere.belongs((1 + 1e-4) * p).any())
+    a = radius * torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    b = radius * torch.tensor([[0.0, 0.0, 1.0], [math.cos(2.5), math.sin(2.5), 0.0]],
+                              dtype=torch.float64)
+    angle = torch.tensor([math.pi / 2, 2.5 - math.pi / 2], dtype=torch.float64)
+    assert torch.allclose(sphere.metric.dist(a, b), radius * angle, rtol=1e-9, atol=0)
+    v = sphere.metric.log(b, a)
+    assert torch.allclose(sphere.metric.exp(v, a), b, rtol=0, atol=1e-8 * radius)
+    w = sphere.to_tangent(radius * torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]],
+                                                dtype=torch.float64), a)
+    moved = sphere.metric.parallel_transport(w, a, end_point=b)
+    assert torch.allclose(moved.norm(dim=-1), w.norm(dim=-1), rtol=5e-9, atol=0)
+    assert bool(sphere.is_tangent(moved, b).all())
+    assert sphere.tol_scale == pytest.approx(1.5 * radius / 0.1)
+    assert ig.ImplicitSphere(2, radius=1.0).tol_scale == 1.0  # unit scale: unchanged
+
+
+@pytest.mark.parametrize("radius", [1e-3, 1e-6])
+def test_small_sphere_given_in_small_units_of_f(radius):
+    # Catches Newton's |F| <= tol for F = |x|^2 - r^2 (|J| = 2r): in its box
+    # at radius 1e-3 random points were 7e-7 of the radius off the sphere,
+    # at 1e-6 3e-4 of it, and exp(log) as far off the target.
+    space = ig.ImplicitManifold(lambda x: (x * x).sum(-1, keepdim=True) - radius**2, 3, 1,
+                                bounds=([-1.5 * radius] * 3, [1.5 * radius] * 3))
+    torch.manual_seed(0)
+    p = space.random_point(8)
+    assert torch.allclose(p.norm(dim=-1), torch.full((8,), radius, dtype=torch.float64),
+                          rtol=1e-7, atol=0)
+    angle = torch.arccos((p[1:4] @ p[0] / radius**2).clamp(-1, 1))
+    assert torch.allclose(space.metric.dist(p[0], p[1:4]), radius * angle, rtol=1e-6, atol=0)
+    v = space.metric.log(p[1:4], p[0])
+    assert torch.allclose(space.metric.exp(v, p[0]), p[1:4], rtol=0, atol=1e-7 * radius)
+    # belongs and the metric's on-manifold check read |F| as a distance only
+    # where |J| ~ 1: |F| <= 1e-6 * tol_scale accepted points 0.7% off the
+    # sphere (and exp computed the geometry of another level set).
+    off = 1.001 * p[:2]
+    assert bool(space.belongs(p).all()) and not bool(space.belongs(off).any())
+    with pytest.raises(InvalidPointError):
+        space.metric.exp(space.to_tangent(off[1] - off[0], off[0]), off[0])
 
 
 def test_large_scale_failure_names_the_scale():

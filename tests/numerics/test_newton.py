@@ -208,3 +208,29 @@ def test_newton_accepts_the_rounding_floor_of_large_coordinates():
     unit = rounding_floor(*[torch.tensor([[1.0, 0.0]], dtype=torch.float64),
                             f_and_jac(torch.tensor([[1.0, 0.0]], dtype=torch.float64))[1]])
     assert float(unit) < 1e-13
+
+
+@pytest.mark.parametrize("r", [1e-3, 1e-6])
+def test_tolerance_in_f_units_shrinks_with_a_small_jacobian(r):
+    # Catches |F| <= tol read as "on M" for an F in small units: |x|^2 - r^2
+    # on a circle of radius 1e-3 (|J| = 2e-3) accepted points 5e-5 of the
+    # radius off it, and at radius 1e-6 every point of the disc (|F| < tol
+    # at the start: no iteration at all). Below |J|_F = 0.1, tol is
+    # multiplied by |J|_F / 0.1, so the distance to M stays below 10 tol.
+    def small(x):
+        return (x * x).sum(-1, keepdim=True) - r * r
+
+    def fj(x):
+        return autodiff.jacobian(small, x)
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = r * (2 * torch.rand(64, 2, generator=gen, dtype=torch.float64) - 1)
+    res = newton_min_norm(fj, x0, tol=1e-10)
+    assert bool(res.converged.all())
+    # Checked against the circle: within 10 tol of it (not tol / |J|).
+    assert float((res.x.norm(dim=-1) - r).abs().max()) <= 10 * 1e-10
+    assert bool((res.n_iter >= 1).all())
+    # |J| >= 0.1 (unit scale): tol alone decides, as before.
+    unit = newton_min_norm(f_and_jac, torch.tensor([[1.0 + 1e-11, 0.0]], dtype=torch.float64),
+                           tol=1e-10)
+    assert bool(unit.converged.all()) and int(unit.n_iter) == 0
