@@ -18,7 +18,7 @@ from ..numerics.newton import (
     rounding_floor,
     solve_along_normals,
 )
-from ..numerics.validation import DTYPE, as_points, broadcast_points
+from ..numerics.validation import DTYPE, as_points, broadcast_points, check_int
 from .ift import ClosestPoint, TangentProjection, needs_grad, trainable_tensors
 
 
@@ -793,7 +793,12 @@ class ImplicitManifold(nn.Module, LevelSet):
         ------
         ProjectionError
             If some draws still cannot be projected after ``max_rounds``.
+        ValueError
+            ``n_samples`` or ``max_rounds`` not a whole number >= 1 (-1 reached
+            torch's "negative dimension" error, 0 an empty-point error).
         """
+        n_samples = check_int(n_samples, "n_samples")
+        max_rounds = check_int(max_rounds, "max_rounds")
         out, missing = None, None
         for _ in range(max_rounds):
             batch = draw(n_samples if missing is None else missing.numel())

@@ -375,6 +375,11 @@ def test_random_point_on_manifold():
     pts = torus.random_point(100)
     assert pts.shape == (100, 3) and torus.belongs(pts, atol=1e-10).all()
     assert math.isclose(float(torus.random_point().shape[0]), 3)
+    # Catches counts below 1 reaching torch ("negative dimension") or the
+    # empty-point check ("point is empty"), and 2.5 truncated to 2.
+    for bad in (-1, 0, 2.5):
+        with pytest.raises(ValueError, match="n_samples"):
+            torus.random_point(bad)
 
 
 def test_random_tangent_vec_follows_the_geomstats_sample_convention():
