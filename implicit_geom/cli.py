@@ -562,6 +562,8 @@ def evaluate(args):
             raise CLIError(f"{', '.join(given)} read{'s' if len(given) == 1 else ''} --data; "
                            "pass --data FILE, or drop them to evaluate on the held-out split")
     config, manifold, ebm, test = load_model(args.model)
+    if hasattr(args, "max_distance"):  # given (absent: the model's own setting)
+        ebm.max_distance = args.max_distance
     if args.data:
         test = _evaluation_data(args, config, manifold.ambient_dim).points
         if test.shape[-1] != manifold.ambient_dim:
@@ -848,6 +850,9 @@ def build_parser():
     p.add_argument("--n-eval", type=_positive_int, default=2000, help="model samples for W")
     p.add_argument("--n-samples", type=_positive_int, default=None,
                    help="subsample the --data points")
+    p.add_argument("--max-distance", type=_max_distance, default=argparse.SUPPRESS, metavar="D",
+                   help="farthest a point may lie from the manifold to be scored at its "
+                        "closest point (default: the model's own setting, see fit)")
     # No --intrinsic-dim: the model fixes the manifold (it was accepted and ignored).
     reading(p)
     common(p)

@@ -183,7 +183,11 @@ def test_evaluate_data_inherits_the_models_reading_only_when_unambiguous(tmp_pat
     assert "as angles in radians" in said and "like the model's data" not in said
     # A built-in data set takes none of the model's file options (it was refused:
     # "--coords, ... read data files", options never typed).
-    assert main([*ev, "--data", "torus", "--n-samples", "50"]) == 0
+    # The built-in torus (R=2) lies up to 1 from this model's (R=3): refused as
+    # far from M (it was scored at its projections), until --max-distance none.
+    assert main([*ev, "--data", "torus", "--n-samples", "50"]) == 2
+    assert "held-out points lie farther than --max-distance" in capsys.readouterr().err
+    assert main([*ev, "--data", "torus", "--n-samples", "50", "--max-distance", "none"]) == 0
 
 
 def test_plain_xyz_file_learns_a_surface_of_estimated_dimension(tmp_path, capsys):
