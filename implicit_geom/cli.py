@@ -382,7 +382,8 @@ def fit(args):
                               mdf_restarts=args.mdf_restarts or 1,
                               mdf_orient=args.mdf_orient, mdf_jobs=args.mdf_jobs or 1,
                               mdf_selection=args.mdf_selection,
-                              max_distance=args.max_distance)
+                              **({"max_distance": args.max_distance}
+                                 if hasattr(args, "max_distance") else {}))
         kind, manifold, ebm, geometry = (fitted.kind, fitted.manifold, fitted.ebm,
                                          fitted.geometry)
         timings = fitted.timings
@@ -807,11 +808,12 @@ def build_parser():
         p.add_argument("--ebm-iter", type=_positive_int, default=None,
                        help="training iterations of the constrained EBM (default: the data "
                             "set's preset)")
-        p.add_argument("--max-distance", type=_max_distance, default="auto", metavar="D",
+        p.add_argument("--max-distance", type=_max_distance, default=argparse.SUPPRESS,
+                       metavar="D",
                        help="farthest a data point may lie from the manifold to be seen at "
-                            "its closest point (auto: 5%% of the diagonal of the manifold's "
-                            "box; none: no limit); farther points are an error (on a learned "
-                            "manifold: it does not fit them)")
+                            "its closest point (auto, the default: 5%% of the diagonal of the "
+                            "manifold's box, none for images; none: no limit); farther points "
+                            "are an error (on a learned manifold: it does not fit them)")
         if data:
             p.add_argument("--n-eval", type=_positive_int, default=2000,
                            help="model samples for W (default 2000)")

@@ -89,3 +89,16 @@ def test_fit_pipeline_on_the_sphere_reports_what_it_did():
     fitted = fit_pipeline(data, data.points, progress=False, ebm_iter=3, notify=said.append)
     assert fitted.kind == "sphere" and said == [] and set(fitted.timings) == {"ebm_s"}
     assert len(fitted.ebm.history_["loss"]) == 3
+
+
+def test_images_are_scored_at_their_closest_points_by_default():
+    # Catches `implicit-geom fit digits` refused by the density's default reach
+    # of "near M" (5% of the box diagonal): digits lie 0.3 data scales from
+    # their learned M, and are seen at their closest points as in the paper,
+    # unless max_distance is given.
+    digits = load_dataset("digits", 120)
+    fitted = fit_pipeline(digits, digits.points, progress=False, mdf_epochs=1, ebm_iter=1)
+    assert fitted.ebm.max_distance is None
+    given = fit_pipeline(digits, digits.points, progress=False, mdf_epochs=1, ebm_iter=1,
+                         max_distance=5.0)
+    assert given.ebm.max_distance == 5.0
