@@ -205,6 +205,15 @@ def pcd_kwargs(cfg, quick):
                 lr_floor=0.1, beta=0.01)
 
 
+#: Fits of a standard set's learned manifold (the library keeps the one agreeing
+#: most with the others among the unfolded ones). Glycine, decided on tuning
+#: seeds 10-14 by a rule written before the runs (session 37): one fit folded
+#: on 3 of 5 (the fold-checked mesh quadrature refuses it: NormalizationError;
+#: seed 1 of the reported seeds too), three on none (W (ours) 0.00228 / 0.00571
+#: / 0.01903 / 0.00483 / 0.00235).
+MDF_RESTARTS = {"glycine": 3}
+
+
 def fit_manifold(X, n, m, seed, quick, preset, restarts=1):
     """The library's preset for the data set (the CLI's and benchmarks' settings),
     with ``restarts`` fits of which the library's selection keeps one."""
@@ -293,7 +302,7 @@ def w_entries(model, name, target_mass, target_ref, grid_ref, temperatures, seed
 
 
 def run_standard(name, seed, quick, selection="preset", models=MODELS, pushforward="tuned",
-                 restarts=1):
+                 restarts=None):
     """Learned manifold + constrained EBM vs pushforward EBM on one data set.
 
     ``models``: the rows to fit (``"ours"``: the learned manifold and every
@@ -323,7 +332,8 @@ def run_standard(name, seed, quick, selection="preset", models=MODELS, pushforwa
 
     if "ours" in models:
         t0 = time.perf_counter()
-        manifold = fit_manifold(train, cfg["n"], cfg["m"], seed, quick, name, restarts)
+        manifold = fit_manifold(train, cfg["n"], cfg["m"], seed, quick, name,
+                                MDF_RESTARTS.get(name, 1) if restarts is None else restarts)
         t_mdf = time.perf_counter() - t0
         ebm = fit_ebm(manifold, train, cfg["n"], cfg["m"], cfg["step"], seed, quick, selection)
         t_ebm = time.perf_counter() - t0
@@ -690,12 +700,13 @@ def main(argv=None):
                         "candidate of likelihood.py on the validation tenth, the default) or "
                         "paper (the paper's PCD training with ours' PCD settings, not tuned: "
                         "the README's old rows)")
-    parser.add_argument("--mdf-restarts", type=int, default=1,
+    parser.add_argument("--mdf-restarts", type=int, default=None,
                         help="fits of each learned manifold of the standard sets, of which "
                         "NeuralImplicitManifold's selection (agreement among the unfolded "
-                        "ones) keeps one (default 1; the ∩/∪ spheres keep one fit)")
+                        "ones) keeps one (default: MDF_RESTARTS, 3 for glycine, else 1; the "
+                        "∩/∪ spheres keep one fit)")
     args = parser.parse_args(argv)
-    if args.mdf_restarts < 1:
+    if args.mdf_restarts is not None and args.mdf_restarts < 1:
         parser.error("--mdf-restarts must be >= 1")
     implicit_geom.set_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
