@@ -37,6 +37,7 @@ import torch
 from implicit_geom import set_threads
 from implicit_geom.datasets import load_dataset, train_test_split, true_density
 from implicit_geom.evaluation import OUR_BOXES, w_reference
+from implicit_geom.exceptions import ImplicitGeomError
 from implicit_geom.pipeline import fit_pipeline
 from implicit_geom.threads import thread_info
 
@@ -82,7 +83,7 @@ def run(name, seed, manifold):
                 **{k: round(v, 3) for k, v in fitted.timings.items()})
 
 
-def summarise(rows):
+def summarise(rows, failed=()):
     out = []
     keys = sorted({(r["dataset"], r["manifold"]) for r in rows},
                   key=lambda k: (DATASETS.index(k[0]), k[1]))
@@ -98,8 +99,10 @@ def summarise(rows):
                      W_mean=statistics.mean(w), W_std=statistics.stdev(w) if len(w) > 1 else 0.0,
                      reference_s=REFERENCE_S[name], paper_W=PAPER_W[name])
         entry["speedup"] = entry["reference_s"] / entry["fit_s_mean"]
+        entry["failed_seeds"] = [f["seed"] for f in failed if f["dataset"] == name]
         entry["goal_met"] = bool(entry["speedup"] >= GOAL_SPEEDUP
-                                 and entry["W_mean"] <= entry["paper_W"])
+                                 and entry["W_mean"] <= entry["paper_W"]
+                                 and not entry["failed_seeds"])
         out.append(entry)
     return out
 
@@ -114,7 +117,8 @@ def print_table(summary):
               f"{e['fit_s_mean']:7.1f} ± {e['fit_s_std']:5.1f} {e['fit_cpu_s_mean']:6.1f} "
               f"{e['load_mean']:5.1f} {e['reference_s']:7.0f} "
               f"{e['speedup']:7.1f}x {e['W_mean']:9.5f} ± {e['W_std']:7.5f} {e['paper_W']:8.5f}  "
-              f"{'met' if e['goal_met'] else 'MISSED'}")
+              f"{'met' if e['goal_met'] else 'MISSED'}"
+              + (f" (failed seeds {e['failed_seeds']})" if e["failed_seeds"] else ""))
 
 
 def main(argv=None):
@@ -131,16 +135,26 @@ def main(argv=None):
     args = parser.parse_args(argv)
     set_threads(args.threads)
     start = time.perf_counter()
-    rows = []
+    rows, failed = [], []
     for name in args.datasets:
         kinds = [m for m in args.manifold if m == "learned" or name in ("flood", "glycine")]
         for manifold in kinds:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                row = run(name, seed, manifold)
+                try:
+                    row = run(name, seed, manifold)
+                except ImplicitGeomError as err:
+                    # A named failure (a folded learned manifold the quadrature
+                    # refuses) is this seed's result: reported, and the goal
+                    # counts as missed, instead of a crash losing the others.
+                    reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+                    failed.append(dict(dataset=name, manifold=manifold, seed=seed,
+                                       reason=reason))
+                    print(f"{name} ({manifold}) seed {seed}: FAILED ({reason})", flush=True)
+                    continue
                 rows.append(row)
                 print(f"{name} ({row['manifold']}) seed {seed}: fit {row['fit_s']:.1f} s, "
                       f"W {row['W']:.5f} (evaluation {row['eval_s']:.1f} s)", flush=True)
-    summary = summarise(rows)
+    summary = summarise(rows, failed)
     print(f"\nDefault pipeline vs the reference implementation ({thread_info()['torch']} torch "
           f"thread(s); fit = manifold + density, evaluation excluded, wall and CPU seconds; "
           f"load = load average before each fit; speed-up on wall time; mean ± std over seeds)")
@@ -148,7 +162,7 @@ def main(argv=None):
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(dict(command=" ".join(sys.argv), threads=thread_info(),
                                          total_s=time.perf_counter() - start, runs=rows,
-                                         summary=summary), indent=2))
+                                         failed=failed, summary=summary), indent=2))
     print(f"\nwrote {args.json} ({time.perf_counter() - start:.0f} s)")
 
 
