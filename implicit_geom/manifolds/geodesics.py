@@ -950,7 +950,7 @@ class GeodesicLogSolver(LogSolver):
         """
         space = self._space
         x, y, batch = space._pair(base_point, point, ("base_point", "point"))
-        res = self.solve(y, x)
+        res = self.solve(y, x, op="log")
         self._raise_failures(res, "log", finite=True)
         vec = res.tangent_vec
         metric = getattr(space, "metric", None)
@@ -1017,7 +1017,7 @@ class GeodesicLogSolver(LogSolver):
         """
         space = self._space
         x, y, batch = space._pair(base_point, point, ("base_point", "point"))
-        res = self.solve(y, x)
+        res = self.solve(y, x, op="geodesic")
         self._raise_failures(res, "geodesic", finite=True)
 
         def path(t):
@@ -1058,8 +1058,9 @@ class GeodesicLogSolver(LogSolver):
                 "them.", mask=apart)
 
     # ------------------------------------------------------------------ solve
-    def solve(self, point, base_point):
-        """Geodesics from ``base_point`` to ``point`` (flat batches ``(P, n)``).
+    def solve(self, point, base_point, op="dist"):
+        """Geodesics from ``base_point`` to ``point`` (flat batches ``(P, n)``);
+        ``op`` names the calling method in errors about the points.
 
         Returns
         -------
@@ -1073,7 +1074,7 @@ class GeodesicLogSolver(LogSolver):
         # it matters, in the graph search (:meth:`_solve_far`).
         p = x.shape[0]
         idx = torch.arange(p, device=x.device)
-        return self._solve_indexed(torch.cat([x, y]), idx, idx + p)
+        return self._solve_indexed(torch.cat([x, y]), idx, idx + p, op=op)
 
     def pairwise(self, points, labels=None, n_jobs=None):
         """All pairwise geodesics of ``points`` (N, n), each pair solved once.
@@ -1108,7 +1109,7 @@ class GeodesicLogSolver(LogSolver):
         self.stats = {"near": 0, "far": 0}
         if i.numel() == 0:
             return PairwiseResult(dist=dist, ambiguous=amb, failed=failed, n_near=0, n_far=0)
-        res = self._solve_indexed(pts, i, j, n_jobs)
+        res = self._solve_indexed(pts, i, j, n_jobs, op="dist_pairwise")
         length = torch.where(res.converged, res.length, torch.nan)
         dist[i, j] = dist[j, i] = length
         amb[i, j] = amb[j, i] = res.ambiguous
@@ -1116,12 +1117,12 @@ class GeodesicLogSolver(LogSolver):
         return PairwiseResult(dist=dist, ambiguous=amb, failed=failed,
                               n_near=self.stats.get("near", 0), n_far=self.stats.get("far", 0))
 
-    def _check_on_manifold(self, queries):
+    def _check_on_manifold(self, queries, op="dist"):
         space = self._space
         value = space.submersion(queries)
         metric = getattr(space, "metric", None)
         if hasattr(metric, "_raise_if_off"):  # the implicit metric's one check
-            metric._raise_if_off(queries, "dist", value, "point(s)")
+            metric._raise_if_off(queries, op, value, "point(s)")
             return
         atol = 10 * space.tol_for(queries.dtype)
         off = ~(value.norm(dim=-1) <= atol)
@@ -1130,10 +1131,10 @@ class GeodesicLogSolver(LogSolver):
                 f"{int(off.sum())} point(s) are not on {space.name} (|F| up to "
                 f"{float(value.norm(dim=-1).max()):.3g}); project them first.")
 
-    def _solve_indexed(self, queries, ia, ib, n_jobs=None):
-        """Geodesics from ``queries[ia]`` to ``queries[ib]``."""
+    def _solve_indexed(self, queries, ia, ib, n_jobs=None, op="dist"):
+        """Geodesics from ``queries[ia]`` to ``queries[ib]`` (``op``: the caller, for errors)."""
         space = self._space
-        self._check_on_manifold(queries)
+        self._check_on_manifold(queries, op)
         p, n = ia.shape[0], space.ambient_dim
         dt = dict(dtype=queries.dtype, device=queries.device)
         out = _Out(p, n, dt)

@@ -277,8 +277,12 @@ def test_singular_jacobian_raises():
 def test_log_rejects_points_off_manifold_and_other_components():
     sphere = ig.ImplicitSphere(2)
     base = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
-    with pytest.raises(InvalidPointError, match="not on"):
+    # (the message names the method called: log's said "dist:")
+    with pytest.raises(InvalidPointError, match="^log: 1 point.* not on"):
         sphere.metric.log(torch.tensor([0.0, 0.0, 1.5], dtype=torch.float64), base)
+    with pytest.raises(InvalidPointError, match="^dist_pairwise: 1 point.* not on"):
+        sphere.metric.dist_pairwise(torch.tensor([[0.0, 0.0, 1.5], [0.0, 0.0, 1.0]],
+                                                 dtype=torch.float64))
     two = ig.union(ig.ImplicitSphere(2), ig.ImplicitSphere(2, center=[4.0, 0, 0]))
     with pytest.raises(GeodesicError):
         two.metric.log(torch.tensor([3.0, 0, 0], dtype=torch.float64), base)
