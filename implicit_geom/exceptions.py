@@ -8,7 +8,8 @@ so callers can catch the whole family; each also derives from the closest builti
 import contextlib
 import re
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)(=[^{}]*)?\}")
+# A field, or a doubled brace (literal text escaped as str.format escapes it).
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(=[^{}]*)?\}")
 
 
 class ParameterMessage:
@@ -50,10 +51,14 @@ def name_params(template, params, names=None):
     maps a parameter name to another name for it (a command-line flag), or to
     None to keep its own; under another name a value reads ``name value``
     (``name`` alone for ``True``; quotes around a value without spaces are
-    dropped: ``{coords='xyz'}`` reads ``--coords xyz``).
+    dropped: ``{coords='xyz'}`` reads ``--coords xyz``). In a template with
+    parameters, ``{{`` and ``}}`` are literal braces (text such as a path
+    escaped by doubling them: ``/tmp/{coords}.csv`` is no field).
     """
     def field(match):
         name, value = match.group(1), match.group(2)
+        if name is None:  # a doubled brace
+            return match.group(0)[0] if params else match.group(0)
         if name not in params:
             return match.group(0)
         alias = names(name) if names is not None else None

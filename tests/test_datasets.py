@@ -588,3 +588,16 @@ def test_digits_are_bundled_images():
     for bad in ([12], ["3"], []):
         with pytest.raises(EmptyDataError):
             load_digits(classes=bad)
+
+
+def test_braces_in_a_path_are_text_not_parameter_fields(tmp_path):
+    # Catches the doubled braces of an escaped path shown doubled ("a{{b}}")
+    # and a path containing "{coords}" read as the parameter's field
+    # ("/tmp/{--coords}.csv" on the command line).
+    from implicit_geom.exceptions import name_params
+
+    template = "cannot read /tmp/{{coords}}/a{{b}}.csv; pass {coords='xyz'}"
+    assert name_params(template, ("coords",)) == \
+        "cannot read /tmp/{coords}/a{b}.csv; pass coords='xyz'"
+    assert name_params(template, ("coords",), {"coords": "--coords"}.get) == \
+        "cannot read /tmp/{coords}/a{b}.csv; pass --coords xyz"

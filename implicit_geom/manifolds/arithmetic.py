@@ -16,8 +16,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..exceptions import (ComponentError, ConditioningWarning, ProjectionError,
-                          SingularJacobianError)
+from ..exceptions import ComponentError, ConditioningWarning, SingularJacobianError
 from ..numerics.linalg import SINGULAR_RTOL
 from ..numerics.newton import NewtonResult
 from ..numerics.validation import as_points
@@ -139,16 +138,6 @@ class IntersectionManifold(ImplicitManifold):
         """Tangent projection, checked for a near-tangential crossing."""
         self._check_regular(self._flat(base_point)[0], "to_tangent")
         return super().to_tangent(vector, base_point)
-
-    def _project_flat(self, x):
-        try:
-            y = super()._project_flat(x)
-        except ProjectionError as err:
-            end = x if err.points is None else err.points  # where Newton stopped
-            end = end if err.failed is None else end[err.failed]
-            raise ProjectionError(f"{err} {self._failure_note(end)}",
-                                  err.failed, err.residual, err.points) from err
-        return y
 
     def _check_projected(self, res):
         # The Jacobian at the closest points comes from the solve.

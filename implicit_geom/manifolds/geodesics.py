@@ -255,8 +255,10 @@ def _walk_state(space, portable=False):
         seen.add(id(obj))
         yield "setting", type(obj).__name__
         if isinstance(obj, torch.nn.Module):
+            # (Children are visited below: their tensors once, not at every level.)
             named = (obj.state_dict(keep_vars=True).items() if portable else
-                     itertools.chain(obj.named_parameters(), obj.named_buffers()))
+                     itertools.chain(obj.named_parameters(recurse=False),
+                                     obj.named_buffers(recurse=False)))
             for name, val in named:
                 yield from tensor(name, val)
         for key, val in sorted(getattr(obj, "__dict__", {}).items()):
@@ -1335,9 +1337,7 @@ class GeodesicLogSolver(LogSolver):
                 # updated one: recompute it.
                 alive[failed[fresh[failed]]] = False
                 have[failed] = False
-            # (The normal miss also allows the integrator's relative drift,
-            # as the metric's _shoot.)
-            hit = (miss <= tol) & (resid.norm(dim=-1) <= torch.clamp(tol, min=10 * atol))
+            hit = metric._shot_hit(miss, resid, tol, atol)
         return (basis @ coef.unsqueeze(-1)).squeeze(-1), hit
 
     def _flow_samples(self, x, v, fractions):

@@ -757,7 +757,8 @@ class ImplicitManifold(nn.Module, LevelSet):
                 f"{n_bad} of {res.converged.numel()} point(s) could not be projected "
                 f"onto {self.name} (|F| <= {self.tol_for():g} within {self.max_iter} Newton "
                 f"iterations); largest residual {float(res.residual.nan_to_num(math.inf).max()):.3g}."
-                + self._scale_note(x[~res.converged]),
+                + self._scale_note(x[~res.converged])
+                + self._failure_suffix(res.x[~res.converged]),
                 failed=~res.converged, residual=res.residual, points=res.x,
             )
         self._check_projected(res)

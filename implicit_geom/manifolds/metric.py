@@ -90,13 +90,7 @@ class ImplicitMetric(RiemannianMetric):
 
     def _integrator(self, dtype):
         scale = self._scale()
-        if scale == 1.0:
-            integ = self._integrators.get(dtype)
-            if integ is None:
-                rtol = max(self.rtol, 100 * torch.finfo(dtype).eps)
-                integ = self._integrators[dtype] = GBSIntegrator(rtol=rtol, atol=rtol)
-            return integ
-        key = (dtype, scale)
+        key = dtype if scale == 1.0 else (dtype, scale)  # (unit scale: self.integrator's key)
         integ = self._integrators.get(key)
         if integ is None:
             rtol = max(self.rtol, 100 * torch.finfo(dtype).eps)
@@ -110,6 +104,14 @@ class ImplicitMetric(RiemannianMetric):
         """Shooting's target: ``log_tol * (length scale + |y|)`` (the length
         scale 1 at unit scale, see :meth:`_scale`)."""
         return self._log_tol(dtype) * (self._scale() + y_norm)
+
+    @staticmethod
+    def _shot_hit(miss, residual, tol, atol):
+        """Whether shots hit their targets: the miss within ``tol``, and the
+        normal part of it bounded by the targets' ``|F|`` and the integrator's
+        drift off M (relative: ~rtol |x|, above ``10 atol`` at coordinates
+        ~1e6): a large one means the shot hit M elsewhere (another component)."""
+        return (miss <= tol) & (residual.norm(dim=-1) <= torch.clamp(tol, min=10 * atol))
 
     def _on_manifold_atol(self, dtype):
         return max(self.on_manifold_atol * self._scale(), 10 * self._space.tol_for(dtype))
@@ -399,11 +401,7 @@ class ImplicitMetric(RiemannianMetric):
                     break
             if pending.all():
                 break  # no row can make progress any more
-        # The normal part of the miss is bounded by the targets' |F| and the
-        # integrator's drift off M (relative: ~rtol |x|, above 10 atol at
-        # coordinates ~1e6): a large one means the shot hit M elsewhere
-        # (another component, say).
-        bad = ~(miss <= tol) | ~(residual.norm(dim=-1) <= torch.clamp(tol, min=10 * atol))
+        bad = ~self._shot_hit(miss, residual, tol, atol)
         if report:
             return (basis @ a.unsqueeze(-1)).squeeze(-1), ~bad
         if bool(bad.any()):

@@ -113,28 +113,22 @@ def _torus_angles(x, R):
     return phi, theta
 
 
-def _on_manifold(X, manifold, name):
-    """Closest points on M: the baselines see points as the constrained EBM does
-    (:meth:`ConstrainedEBM.on_manifold`), so a point off M is scored, and a
-    training point counts, at its closest point, and a point farther from M
-    than its default ``max_distance`` is refused. (Kernels in ambient distances
-    would otherwise score points off M by another number.)"""
-    return closest_points(manifold, X, name)
-
-
 def _check(X, manifold, name="X"):
     # float64 before projecting: a float32 tensor would be projected, hence
-    # scored, in float32 (as_points keeps a float tensor's dtype).
+    # scored, in float32 (as_points keeps a float tensor's dtype). The
+    # baselines see points as the constrained EBM does (closest points on M,
+    # refused beyond the default max_distance): kernels in ambient distances
+    # would otherwise score points off M by another number.
     X = as_point_list(X, manifold.ambient_dim, name).to(DTYPE)
     if X.shape[0] < 2:
         raise EmptyDataError(f"{name} needs at least 2 points, got {X.shape[0]}")
-    return _numpy(_on_manifold(X, manifold, name))
+    return _numpy(closest_points(manifold, X, name))
 
 
 def _query(X, manifold):
     """Query points of ``score_samples``: flat, checked, on M."""
     n = manifold.ambient_dim
-    return _numpy(_on_manifold(as_points(X, n, "X", dtype=DTYPE).reshape(-1, n), manifold, "X"))
+    return _numpy(closest_points(manifold, as_points(X, n, "X", dtype=DTYPE).reshape(-1, n), "X"))
 
 
 class ManifoldKDE(EstimatorMixin):

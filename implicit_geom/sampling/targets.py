@@ -155,11 +155,11 @@ class ConstrainedTarget:
         """The energy function at ``x`` (in the energy's dtype where it declares
         or was found to need one, else in ``x``'s), result in whatever dtype it
         returns."""
-        x_in = self._in_energy_dtype(x)
-        if energy_dtype(self.energy_fn) is not None or self._found_dtype is not None:
-            return self.energy_fn(x_in)
+        dtype = energy_dtype(self.energy_fn) or self._found_dtype  # (once: a hot path)
+        if dtype is not None:
+            return self.energy_fn(x.to(dtype))
         try:
-            return self.energy_fn(x_in)
+            return self.energy_fn(x)
         except RuntimeError as err:
             if not _DTYPE_MISMATCH.search(str(err)):
                 raise

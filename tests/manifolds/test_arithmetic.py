@@ -256,7 +256,7 @@ def test_a_failed_intersection_projection_reports_the_crossing_condition(gap):
     assert reported, str(info.value)
     # The circle's kappa, 1 / sqrt(2 gap), where Newton stopped (on M).
     assert float(reported[1]) == pytest.approx(1 / math.sqrt(2 * gap), rel=0.02)
-    assert isinstance(info.value.__cause__, ProjectionError)
+    assert info.value.points is not None  # the last Newton iterates, as every projection
     assert info.value.failed.any() and not info.value.failed.all()
 
 
