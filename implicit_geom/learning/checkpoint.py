@@ -12,6 +12,7 @@ import os
 import pickle
 import struct
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from ..exceptions import CheckpointError
 
 FORMAT = "implicit_geom.checkpoint"
 VERSION = 1
+#: Version of the manifold fingerprint a checkpoint records (see
+#: :func:`manifold_identity`): 1 had no ``_fingerprint_params`` and no
+#: numbers of a plain F; its records are still checked as they were made.
+FINGERPRINT_VERSION = 2
 
 
 def dtype_name(dtype):
@@ -142,3 +147,81 @@ def load_checkpoint(path, kind, required=()):
     if not isinstance(config, dict):
         raise CheckpointError(f"checkpoint {path} has an invalid configuration")
     return config, record
+
+
+def _readable(val):
+    """A parameter as JSON stores it (tensors as float lists; long ones by shape)."""
+    if isinstance(val, torch.Tensor):
+        val = val.detach().cpu()
+        if val.numel() > 16:
+            return f"tensor of shape {tuple(val.shape)}"
+        return val.double().tolist() if val.is_floating_point() else val.tolist()
+    if isinstance(val, (list, tuple)):
+        return [_readable(v) for v in val]
+    return val if isinstance(val, (bool, int, float, str)) or val is None else repr(val)
+
+
+def manifold_identity(manifold, version=FINGERPRINT_VERSION):
+    """What a checkpoint records of the manifold a density was fitted on:
+    its class, dimensions, the portable fingerprint of its state
+    (:func:`~implicit_geom.manifolds.geodesics._state_fingerprint`: the
+    state dict, the defining parameters that are no tensors, a plain F's
+    numbers; no working settings or ids) and, readable for the messages,
+    its own defining parameters (radius, expressions, wrapped space).
+    ``version=1`` is the record of checkpoints written before version 2."""
+    from ..manifolds.geodesics import _state_fingerprint  # learning builds on manifolds
+
+    out = {"class": type(manifold).__name__, "dim": int(manifold.dim),
+           "ambient_dim": int(manifold.ambient_dim),
+           "fingerprint": _state_fingerprint(manifold, settings=False, version=version)}
+    if version >= 2:
+        hook = getattr(manifold, "_fingerprint_params", None)
+        params = hook() if callable(hook) else {}
+        # Through JSON, as load reads it back (tuples become lists).
+        out["params"] = json.loads(json.dumps({k: _readable(v) for k, v in params.items()}))
+        out["fingerprint_version"] = version
+    return out
+
+
+def check_manifolds(saved, pieces, path, whose="model {i} was saved on", check_manifold=True):
+    """Raise CheckpointError unless ``pieces`` are, in order, the manifolds a
+    checkpoint was saved on (``saved``: their :func:`manifold_identity`);
+    ``whose`` completes the message (``{i}``: the piece's position).
+    ``check_manifold=False``: warn instead (the caller's override).
+
+    A record of an older fingerprint version is compared with the same
+    version's fingerprint of ``pieces``."""
+    if not (isinstance(saved, list) and len(saved) == len(pieces)
+            and all(isinstance(s, dict) for s in saved)):
+        raise CheckpointError(f"checkpoint {path} has a corrupt record of its manifolds")
+    versions = {s.get("fingerprint_version", 1) for s in saved}
+    if not all(isinstance(v, int) and 1 <= v <= FINGERPRINT_VERSION for v in versions):
+        raise CheckpointError(
+            f"checkpoint {path} records its manifolds with fingerprint version "
+            f"{sorted(versions, key=str)}; this library reads versions 1 to {FINGERPRINT_VERSION}")
+    given = [manifold_identity(p, s.get("fingerprint_version", 1)) for s, p in zip(saved, pieces)]
+    for i, (want, got) in enumerate(zip(saved, given)):
+        if want == got:
+            continue
+        what = ", ".join(f"{key} {got.get(key)!r} (saved: {want.get(key)!r})"
+                         for key in ("class", "dim", "ambient_dim") if want.get(key) != got[key])
+        if not what and isinstance(want.get("params"), dict):
+            mine, theirs = got["params"], want["params"]
+            what = ", ".join(f"{key} {mine.get(key)!r} (saved: {theirs.get(key)!r})"
+                             for key in sorted(set(mine) | set(theirs))
+                             if mine.get(key) != theirs.get(key))
+        what = what or ("the same class and dimensions, another state (weights, parameters, "
+                        "centre, radius, those of a component...)")
+        where = [j for j, other in enumerate(given) if other == want]
+        hint = (f"; the saved piece {i} was given as piece {where[0]}: hand the pieces in "
+                "the saved models' order" if where else "")
+        name = f"piece {i} ({pieces[i].name})" if len(pieces) > 1 else pieces[i].name
+        message = f"{path}: {name} is not the manifold {whose.format(i=i)}: {what}{hint}"
+        if check_manifold:
+            raise CheckpointError(
+                f"{message}. A density scored on another manifold than its own is wrong "
+                "(its normalising constant and support are the saved manifold's); if this "
+                "one is the same manifold rebuilt otherwise (e.g. a plain F moved or run "
+                "by another Python), load with check_manifold=False")
+        warnings.warn(f"{message} (loaded anyway: check_manifold=False)", UserWarning,
+                      stacklevel=3)

@@ -43,6 +43,10 @@ class ImplicitSphere(ImplicitManifold):
     def _default_bounds(self):
         return (self.center - 1.5 * self.radius, self.center + 1.5 * self.radius)
 
+    def _fingerprint_params(self):
+        # Buffers (in the state dict too): named here so that a refused load says them.
+        return {"radius": self.radius, "center": self.center}
+
     def _value(self, x):
         y = x - self.center.to(x.dtype)
         r = self.radius.to(x.dtype)
@@ -94,6 +98,9 @@ class ImplicitTorus(ImplicitManifold):
 
     def _default_bounds(self):
         return _torus_box(float(self.major_radius), float(self.minor_radius))
+
+    def _fingerprint_params(self):
+        return {"major_radius": self.major_radius, "minor_radius": self.minor_radius}
 
     def _value(self, x):
         rho = torch.sqrt(x[..., 0] ** 2 + x[..., 1] ** 2)
@@ -157,6 +164,11 @@ class SympyImplicitManifold(ImplicitManifold):
             ) from err
         kwargs.setdefault("name", f"SympyImplicitManifold({', '.join(map(str, exprs))} = 0)")
         super().__init__(None, ambient_dim=len(symbols), codim=len(exprs), **kwargs)
+
+    def _fingerprint_params(self):
+        # The expressions define F; the compiled functions are closures the
+        # state walk cannot read.
+        return {"exprs": [str(e) for e in self.exprs], "symbols": [str(s) for s in self.symbols]}
 
     def _value(self, x):
         return self._F(x)
@@ -289,6 +301,14 @@ class GeomstatsLevelSet(ImplicitManifold):
                 f"could not derive independent constraints for {type(space).__name__}: "
                 f"got dimension {self.dim}, expected {space.dim}")
 
+    def _fingerprint_params(self):
+        # The wrapped space is no module: its class and sizes (Hypersphere(2)
+        # and Hyperboloid(2) share ambient dimension 3 and dimension 2).
+        sizes = {key: val for key, val in sorted(vars(self.space).items())
+                 if not key.startswith("_") and _plain(val)}
+        return {"space": type(self.space).__qualname__, **{f"space.{k}": v
+                                                          for k, v in sizes.items()}}
+
     def _orthogonal(self):
         """Whether the submersion is ``X^T X - I`` on square matrices (zero set O(n))."""
         shape = self.point_shape
@@ -318,6 +338,13 @@ class GeomstatsLevelSet(ImplicitManifold):
         if self._symmetric:
             return sub[..., self._triu[0], self._triu[1]]
         return sub.reshape(*x.shape[:-1], self.codim)
+
+
+def _plain(val):
+    """Numbers, text and tuples of them: the sizes a geomstats space keeps."""
+    if isinstance(val, (tuple, list)):
+        return all(_plain(v) for v in val)
+    return isinstance(val, (bool, int, float, str))
 
 
 def as_implicit(space):

@@ -216,6 +216,15 @@ class ImplicitManifold(nn.Module, LevelSet):
         """Box derived from the parameters (closed forms), or None."""
         return None
 
+    def _fingerprint_params(self):
+        """The parameters that define the zero set, by name (numbers, text,
+        tensors, lists of them): a checkpoint records them with the state
+        dict (:func:`~implicit_geom.manifolds.geodesics._state_fingerprint`)
+        and its load refuses a manifold whose parameters differ. Subclasses
+        add those that are not tensors of the state dict (expressions,
+        wrapped spaces' sizes); a plain F's numbers are read from F."""
+        return {}
+
     def invalidate_caches(self):
         """Forget what was computed from F once (sampled components, curve
         tables): call after changing F in place (e.g. training its weights).

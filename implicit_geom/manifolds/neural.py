@@ -38,6 +38,11 @@ class MDFNetwork(nn.Module):
         self.register_buffer("scale", torch.ones((), dtype=DTYPE))
         self.radial = float(radial)
 
+    def _fingerprint_params(self):
+        # A plain attribute, not in the state dict: the same weights with
+        # another prior are another zero set.
+        return {"radial": self.radial}
+
     def forward(self, x):
         """``F(x)``, shape ``(..., k)``."""
         u = (x - self.shift) / self.scale
@@ -135,6 +140,11 @@ class NetworkImplicitManifold(ImplicitManifold):
         super().__init__(None, ambient_dim, codim, **kwargs)
         self.net = net
         self._adopt_precision(net)
+
+    def _fingerprint_params(self):
+        # The network's own (an MDF's radial weight), named for the messages.
+        hook = getattr(self.net, "_fingerprint_params", None)
+        return {f"net.{k}": v for k, v in (hook() if callable(hook) else {}).items()}
 
     def _value(self, x):
         return self.net(x.to(self.device)).to(x.device)

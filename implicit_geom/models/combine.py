@@ -12,11 +12,11 @@ import warnings
 import torch
 
 from ..exceptions import CheckpointError, ComponentError, NotFittedError
-from ..learning.checkpoint import load_checkpoint, save_checkpoint
+from ..learning.checkpoint import (check_manifolds, load_checkpoint, manifold_identity,
+                                   save_checkpoint)
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import as_implicit
 from ..manifolds.arithmetic import UnionManifold, intersection, union
-from ..manifolds.geodesics import _state_fingerprint
 from ..numerics.validation import as_points, check_int
 from .closest import closest_points, resolve_max_distance
 from .ebm import ConstrainedEBM
@@ -25,39 +25,6 @@ from .energy_nets import SumEnergy
 __all__ = ["IntersectionEBM", "UnionEBM", "combine_densities"]
 
 _CHECKPOINT_KIND = "UnionEBM"
-
-
-def _piece_identity(manifold):
-    """What a union checkpoint records of a piece: its class, dimensions and
-    the portable fingerprint of its state (the union's overlap cache hashes
-    the same state; here without working settings or ids, see
-    :func:`~implicit_geom.manifolds.geodesics._state_fingerprint`)."""
-    return {"class": type(manifold).__name__, "dim": int(manifold.dim),
-            "ambient_dim": int(manifold.ambient_dim),
-            "fingerprint": _state_fingerprint(manifold, settings=False)}
-
-
-def _check_pieces(saved, pieces, path, whose="model {i} was saved on"):
-    """Raise CheckpointError unless ``pieces`` are, in order, the manifolds a
-    checkpoint was saved on (``saved``: their :func:`_piece_identity`);
-    ``whose`` completes the message (``{i}``: the piece's position)."""
-    if not (isinstance(saved, list) and len(saved) == len(pieces)
-            and all(isinstance(s, dict) for s in saved)):
-        raise CheckpointError(f"checkpoint {path} has a corrupt record of its manifolds")
-    given = [_piece_identity(p) for p in pieces]
-    for i, (want, got) in enumerate(zip(saved, given)):
-        if want == got:
-            continue
-        what = ", ".join(f"{key} {got.get(key)!r} (saved: {want.get(key)!r})"
-                         for key in ("class", "dim", "ambient_dim") if want.get(key) != got[key])
-        what = what or ("the same class and dimensions, another state (parameters, centre, "
-                        "radius...)")
-        where = [j for j, other in enumerate(given) if other == want]
-        hint = (f"; the saved piece {i} was given as piece {where[0]}: hand the pieces in "
-                "the saved models' order" if where else "")
-        name = f"piece {i} ({pieces[i].name})" if len(pieces) > 1 else pieces[i].name
-        raise CheckpointError(
-            f"{path}: {name} is not the manifold {whose.format(i=i)}: {what}{hint}")
 
 
 class IntersectionEBM(ConstrainedEBM):
@@ -138,13 +105,13 @@ class IntersectionEBM(ConstrainedEBM):
         return super()._checkpoint()
 
     @classmethod
-    def load(cls, path, manifold):
+    def load(cls, path, manifold, check_manifold=True):
         """A saved product density, rebuilt on ``manifold`` (the intersection).
 
         The factors themselves are not stored, only their summed energy: the
         result is a :class:`ConstrainedEBM` with that energy.
         """
-        return ConstrainedEBM.load(path, manifold)
+        return ConstrainedEBM.load(path, manifold, check_manifold=check_manifold)
 
 
 class UnionEBM(EstimatorMixin):
@@ -266,17 +233,19 @@ class UnionEBM(EstimatorMixin):
                   # What identifies each model's piece: load checks the pieces it
                   # is given against them (swapped pieces paired densities with
                   # the wrong pieces).
-                  "pieces": [_piece_identity(m.manifold) for m in self.models]}
+                  "pieces": [manifold_identity(m.manifold) for m in self.models]}
         payload = {"models": [p for _, p in parts], "weights": self.weights}
         save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
 
     @classmethod
-    def load(cls, path, manifold):
+    def load(cls, path, manifold, check_manifold=True):
         """Rebuild a saved union on ``manifold``: the union of the pieces
         (``union(M1, M2, ...)``) or a sequence of them, in the saved models' order.
 
         Each model comes back a :class:`ConstrainedEBM` (a product piece with
         its summed energy, as :meth:`IntersectionEBM.load`), in its saved dtype.
+        ``check_manifold=False`` loads pieces whose identity differs from the
+        saved one with a warning instead (see :meth:`ConstrainedEBM.load`).
 
         Raises
         ------
@@ -304,7 +273,7 @@ class UnionEBM(EstimatorMixin):
                                   f"got {len(pieces)} manifolds")
         pieces = [as_implicit(p) for p in pieces]
         if "pieces" in config:
-            _check_pieces(config["pieces"], pieces, path)
+            check_manifolds(config["pieces"], pieces, path, check_manifold=check_manifold)
         else:
             # A checkpoint from before the pieces were recorded: loaded
             # unchecked, with a warning. Refusing it would leave a valid fit
@@ -314,7 +283,8 @@ class UnionEBM(EstimatorMixin):
             warnings.warn(f"{path} was saved without its pieces' fingerprints: cannot check "
                           "that the pieces are the saved models' own, in order; save it again "
                           "to record them", UserWarning, stacklevel=2)
-        models = [ConstrainedEBM._from_checkpoint(c, r, m, path)
+        # (Each model's own record of its manifold says what "pieces" said.)
+        models = [ConstrainedEBM._from_checkpoint(c, r, m, path, check_manifold=None)
                   for c, r, m in zip(configs, records, pieces)]
         try:
             model = cls(*models, weights=weights, log_partitions=config.get("log_partitions"),

@@ -27,7 +27,8 @@ from torch import nn
 from ..exceptions import (CheckpointError, EmptyDataError, InvalidPointError, NormalizationError,
                           NotFittedError, ProjectionError)
 from ..manifolds.components import sample_in_box
-from ..learning.checkpoint import checkpoint_dtype, dtype_name, load_checkpoint, save_checkpoint
+from ..learning.checkpoint import (check_manifolds, checkpoint_dtype, dtype_name, load_checkpoint,
+                                   manifold_identity, save_checkpoint)
 from ..learning.distributed import context, make_trainer
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import as_implicit
@@ -1138,7 +1139,10 @@ class ConstrainedEBM(EnergyModel):
                 f"call fit first: an unfitted {type(self).__name__} has no density to save "
                 "(its trainable energy holds the seed's initial weights)")
         config = {"ambient_dim": self.dim, **_energy_spec(self.energy_net),
-                  "hyper": self._hyper()}
+                  "hyper": self._hyper(),
+                  # What identifies the manifold the density was fitted on: load
+                  # refuses another (a sphere of radius 2 scored as one of 1).
+                  "manifold": manifold_identity(self.manifold)}
         payload = {"state_dict": self.energy_net.state_dict(),
                    "box": None if self._box is None else torch.stack(self._box),
                    "buffer": self.buffer_,
@@ -1151,21 +1155,33 @@ class ConstrainedEBM(EnergyModel):
         return config, payload
 
     @classmethod
-    def load(cls, path, manifold):
+    def load(cls, path, manifold, check_manifold=True):
         """Rebuild a saved model on ``manifold``.
+
+        The manifold is not stored: ``manifold`` must be the one the model
+        was fitted on, rebuilt (same class, dimensions, state dict and
+        defining parameters: radii, expressions, a learned MDF's weights,
+        see :func:`~implicit_geom.learning.checkpoint.manifold_identity`).
+        ``check_manifold=False`` loads onto one that differs with a warning
+        instead, e.g. the same manifold whose plain F was renamed or moved.
+        A checkpoint from before the manifold was recorded loads unchecked,
+        with a warning.
 
         Raises
         ------
         CheckpointError
-            Missing, unreadable, corrupt or incompatible file.
+            Missing, unreadable, corrupt or incompatible file, or (with
+            ``check_manifold``) a manifold other than the saved one.
         """
         config, record = load_checkpoint(path, _CHECKPOINT_KIND,
                                          required=("state_dict", "box", "buffer"))
-        return cls._from_checkpoint(config, record, manifold, path)
+        return cls._from_checkpoint(config, record, manifold, path, check_manifold)
 
     @classmethod
-    def _from_checkpoint(cls, config, record, manifold, path):
-        """The model of one :meth:`_checkpoint` record, on ``manifold``."""
+    def _from_checkpoint(cls, config, record, manifold, path, check_manifold=True):
+        """The model of one :meth:`_checkpoint` record, on ``manifold``
+        (``check_manifold``: as :meth:`load`; None when the caller, a
+        union's or mixture's load, checked the manifold already)."""
         manifold = as_implicit(manifold)
         if not isinstance(config, dict) or not isinstance(record, dict):
             raise CheckpointError(f"{path}: corrupt model record")
@@ -1173,6 +1189,17 @@ class ConstrainedEBM(EnergyModel):
             raise CheckpointError(
                 f"{path}: saved for ambient dimension {config.get('ambient_dim')}, the manifold "
                 f"has {manifold.ambient_dim}")
+        if check_manifold is not None:
+            if "manifold" in config:
+                check_manifolds([config["manifold"]], [manifold], path, "the model was saved on",
+                                check_manifold=check_manifold)
+            else:
+                # Written before the manifold was recorded: refusing would leave
+                # a valid fit unreadable (nothing can be recorded now); saving the
+                # loaded model again records the manifold it was given.
+                warnings.warn(f"{path} was saved without its manifold's fingerprint: cannot "
+                              f"check that {manifold.name} is the manifold the model was "
+                              "fitted on; save it again to record it", UserWarning, stacklevel=3)
         dtype = checkpoint_dtype(record, path)  # float64 in older checkpoints
         try:
             net = _build_energy(config).to(dtype)

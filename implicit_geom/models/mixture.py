@@ -17,7 +17,8 @@ import math
 import torch
 
 from ..exceptions import CheckpointError, NotFittedError
-from ..learning.checkpoint import load_checkpoint, save_checkpoint
+from ..learning.checkpoint import (check_manifolds, load_checkpoint, manifold_identity,
+                                   save_checkpoint)
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, check_int
@@ -229,7 +230,6 @@ class DensityMixture(EstimatorMixin):
             (closed forms, kernel estimates...: nothing to rebuild it from), or
             one :meth:`ConstrainedEBM.save` cannot save.
         """
-        from .combine import _piece_identity
         from .ebm import ConstrainedEBM
 
         if not self.is_fitted:
@@ -247,13 +247,16 @@ class DensityMixture(EstimatorMixin):
                   torch.as_tensor(given, dtype=DTYPE).reshape(-1).tolist(),
                   "prior": self.prior, "n_iter": self.n_iter, "tol": self.tol,
                   "n_iter_": self.n_iter_, "fit_nll_": self.fit_nll_,
-                  "manifold": _piece_identity(self.manifold)}
+                  "manifold": manifold_identity(self.manifold)}
         payload = {"models": [p for _, p in parts], "weights_": self.weights_}
         save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
 
     @classmethod
-    def load(cls, path, manifold):
+    def load(cls, path, manifold, check_manifold=True):
         """Rebuild a saved mixture on ``manifold`` (every component on that one object).
+
+        ``check_manifold=False`` loads onto a manifold whose identity differs
+        from the saved one with a warning instead (see :meth:`ConstrainedEBM.load`).
 
         Each component comes back a :class:`ConstrainedEBM` (a product as
         :meth:`IntersectionEBM.load`), in its saved dtype; the weights, the
@@ -265,12 +268,12 @@ class DensityMixture(EstimatorMixin):
             Missing, unreadable, corrupt, foreign or incompatible file, or a
             manifold other than the saved one (its class, dimension or state).
         """
-        from .combine import _check_pieces
         from .ebm import ConstrainedEBM
 
         config, record = load_checkpoint(path, _CHECKPOINT_KIND, required=("models", "weights_"))
         manifold = as_implicit(manifold)  # once: the components share the object
-        _check_pieces([config.get("manifold")], [manifold], path, "the mixture was saved on")
+        check_manifolds([config.get("manifold")], [manifold], path, "the mixture was saved on",
+                        check_manifold=check_manifold)
         configs, records, weights = config.get("models"), record["models"], record["weights_"]
         if not (isinstance(configs, list) and isinstance(records, list) and configs
                 and len(configs) == len(records) and isinstance(weights, torch.Tensor)
@@ -278,7 +281,7 @@ class DensityMixture(EstimatorMixin):
                 and bool((weights >= 0).all())
                 and abs(float(weights.sum()) - 1) < 1e-9):
             raise CheckpointError(f"checkpoint {path} has a corrupt list of models or weights")
-        models = [ConstrainedEBM._from_checkpoint(c, r, manifold, path)
+        models = [ConstrainedEBM._from_checkpoint(c, r, manifold, path, check_manifold=None)
                   for c, r in zip(configs, records)]
         try:
             model = cls(models, weights=config.get("weights"), prior=config["prior"],

@@ -113,3 +113,115 @@ def test_a_float32_model_reloads_in_float32_and_old_files_in_float64(tmp_path):
     del record["dtype"]
     torch.save(record, tmp_path / "old.pt")
     assert NeuralImplicitManifold.load(tmp_path / "old.pt").dtype == torch.float64
+
+
+# ---------------------------------------------------------------- manifold identity
+def _closure_sphere(r):
+    return lambda p: (p * p).sum(-1, keepdim=True) - r * r
+
+
+def _seeded(build, seed):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build()
+
+
+def _mdf(radial=0.0, seed=0):
+    from implicit_geom.manifolds import MDFNetwork, NetworkImplicitManifold
+
+    return NetworkImplicitManifold(_seeded(lambda: MDFNetwork(3, 1, hidden=(8,), radial=radial),
+                                           seed), 3)
+
+
+def _residual(seed):
+    from implicit_geom.manifolds import NetworkImplicitManifold
+    from implicit_geom.manifolds.residual import ResidualMDFNetwork
+
+    return NetworkImplicitManifold(_seeded(lambda: ResidualMDFNetwork(3, 1, hidden=(8,)), seed), 3)
+
+
+def _gs(name):
+    # Hypersphere(2) and Hyperboloid(2): both of dimension 2 in R^3.
+    from geomstats.geometry.hyperboloid import Hyperboloid
+    from geomstats.geometry.hypersphere import Hypersphere
+
+    from implicit_geom.manifolds import as_implicit
+
+    return as_implicit(Hypersphere(2) if name == "sphere" else Hyperboloid(2))
+
+
+def _learned(seed):
+    from implicit_geom.learning import NeuralImplicitManifold
+
+    return NeuralImplicitManifold(3, 1, hidden=(8,), seed=seed, radial=1.0, progress=False)
+
+
+def _kinds():
+    from implicit_geom.manifolds import (ImplicitManifold, ImplicitSphere, ImplicitTorus,
+                                         from_sympy, intersection, product, union)
+
+    S = ImplicitSphere
+    return {
+        # name: (build the saved manifold, build another of the same class and dimensions)
+        "sphere radius": (lambda: S(2, 1.0), lambda: S(2, 2.0)),
+        "sphere centre": (lambda: S(2, center=[0.0, 0, 0]), lambda: S(2, center=[0.5, 0, 0])),
+        "torus": (lambda: ImplicitTorus(2.0, 1.0), lambda: ImplicitTorus(2.0, 0.5)),
+        "sympy": (lambda: from_sympy("x**2 + y**2 + z**2 - 1", "x y z"),
+                  lambda: from_sympy("x**2 + y**2 + z**2 - 4", "x y z")),
+        "geomstats": (lambda: _gs("sphere"), lambda: _gs("hyperboloid")),
+        "product": (lambda: product(S(1), S(1)), lambda: product(S(1), S(1, 2.0))),
+        "intersection": (lambda: intersection(S(2), S(2, center=[1.0, 0, 0])),
+                         lambda: intersection(S(2), S(2, center=[1.5, 0, 0]))),
+        "union": (lambda: union(S(2), S(2, center=[3.0, 0, 0])),
+                  lambda: union(S(2), S(2, center=[4.0, 0, 0]))),
+        "plain F": (lambda: ImplicitManifold(_closure_sphere(1.0), 3),
+                    lambda: ImplicitManifold(_closure_sphere(2.0), 3)),
+        "mdf radial": (lambda: _mdf(0.0), lambda: _mdf(1.0)),
+        "mdf weights": (lambda: _mdf(seed=0), lambda: _mdf(seed=1)),
+        "residual": (lambda: _residual(0), lambda: _residual(1)),
+        "learned": (lambda: _learned(0), lambda: _learned(1)),
+    }
+
+
+KINDS = sorted(_kinds())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_manifold_identity_tells_apart_parameters_and_matches_a_rebuild(kind, tmp_path):
+    # Catches the fingerprint blind to defining parameters that are no tensors
+    # of the state dict (a sympy manifold's expressions, a wrapped geomstats
+    # space, an MDF's radial weight, a plain F's numbers: equal before), and a
+    # fingerprint so strict that an identical rebuild is refused.
+    from implicit_geom.learning.checkpoint import check_manifolds, manifold_identity
+
+    build, other = _kinds()[kind]
+    saved = manifold_identity(build())
+    assert manifold_identity(build()) == saved
+    check_manifolds([saved], [build()], tmp_path / "c.pt")  # an identical rebuild passes
+    assert {k: manifold_identity(other())[k] for k in ("class", "dim", "ambient_dim")} == \
+        {k: saved[k] for k in ("class", "dim", "ambient_dim")}
+    with pytest.raises(CheckpointError, match="check_manifold=False"):
+        check_manifolds([saved], [other()], tmp_path / "c.pt", "the model was saved on")
+    with pytest.warns(UserWarning, match="loaded anyway"):
+        check_manifolds([saved], [other()], tmp_path / "c.pt", check_manifold=False)
+
+
+def test_fingerprint_version_1_records_are_checked_as_written(tmp_path):
+    # Records written before version 2 (no defining parameters, no numbers of
+    # a plain F) are compared with version 1's fingerprint: catches every old
+    # union or mixture checkpoint refused once the fingerprint grew. They keep
+    # version 1's blind spots (two sympy spheres), and a record from a newer
+    # library is refused by name.
+    from implicit_geom.learning.checkpoint import check_manifolds, manifold_identity
+
+    kinds = _kinds()
+    old = manifold_identity(kinds["sphere radius"][0](), version=1)
+    assert set(old) == {"class", "dim", "ambient_dim", "fingerprint"}
+    check_manifolds([old], [kinds["sphere radius"][0]()], tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="another state"):  # radii are buffers: seen in 1
+        check_manifolds([old], [kinds["sphere radius"][1]()], tmp_path / "c.pt")
+    a, b = kinds["sympy"]
+    check_manifolds([manifold_identity(a(), version=1)], [b()], tmp_path / "c.pt")
+    future = {**manifold_identity(a()), "fingerprint_version": 99}
+    with pytest.raises(CheckpointError, match="fingerprint version"):
+        check_manifolds([future], [a()], tmp_path / "c.pt")

@@ -323,7 +323,8 @@ def test_union_load_refuses_pieces_other_than_the_saved_ones(tmp_path):
     assert not (tmp_path / "half.pt").exists()
     with pytest.raises(CheckpointError, match="piece 0 .* was given as piece 1"):
         UnionEBM.load(path, union(b, a))
-    with pytest.raises(CheckpointError, match="another state"):
+    # (The message names the parameter that differs.)
+    with pytest.raises(CheckpointError, match=r"radius 1.5 \(saved: 1.0\)"):
         UnionEBM.load(path, [a, ImplicitSphere(1, center=[2.0, 0.0], radius=1.5)])
     with pytest.raises(CheckpointError, match=r"dim 2 \(saved: 1\), ambient_dim 3"):
         UnionEBM.load(path, [ImplicitSphere(2), ImplicitSphere(2, center=[5.0, 0.0, 0.0])])
@@ -342,3 +343,30 @@ def test_union_load_refuses_pieces_other_than_the_saved_ones(tmp_path):
     with pytest.warns(UserWarning, match="without its pieces' fingerprints"):
         old = UnionEBM.load(tmp_path / "old.pt", [a, b])
     assert torch.equal(old.score_samples(x), model.score_samples(x))
+
+
+def test_union_load_sees_a_plain_f_and_can_be_overridden(tmp_path):
+    # Catches the pieces' fingerprint blind to a plain F's numbers: two
+    # lambdas share the qualified name '<lambda>', so the circle of radius 2
+    # passed for the saved unit circle. check_manifold=False loads with a
+    # warning (the caller's decision, not silence).
+    from implicit_geom import ImplicitManifold, union
+    from implicit_geom.exceptions import CheckpointError
+    from implicit_geom.models import PolynomialEnergy
+
+    def circle(c, r):
+        return ImplicitManifold(lambda y: (y[..., :1] - c) ** 2 + y[..., 1:] ** 2 - r * r, 2, 1)
+
+    def model(manifold):
+        energy = PolynomialEnergy(2, 1)
+        return ConstrainedEBM(manifold, energy.requires_grad_(False))
+
+    saved = UnionEBM(model(circle(-2.0, 1.0)), model(circle(2.0, 1.0)),
+                     log_partitions=[0.0, 0.0])
+    path = tmp_path / "union.pt"
+    saved.save(path)
+    UnionEBM.load(path, [circle(-2.0, 1.0), circle(2.0, 1.0)])
+    with pytest.raises(CheckpointError, match="piece 1 .*check_manifold=False"):
+        UnionEBM.load(path, [circle(-2.0, 1.0), circle(2.0, 2.0)])
+    with pytest.warns(UserWarning, match="loaded anyway"):
+        UnionEBM.load(path, [circle(-2.0, 1.0), circle(2.0, 2.0)], check_manifold=False)

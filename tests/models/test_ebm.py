@@ -352,6 +352,97 @@ def test_save_load_roundtrip_and_corrupt_file(tmp_path, vmf_data):
         ConstrainedEBM.load(tmp_path / "other.pt", ImplicitSphere(2))
 
 
+def _closure_sphere(r):
+    return lambda p: (p * p).sum(-1, keepdim=True) - r * r
+
+
+def _mdf_manifold(radial):
+    from implicit_geom.manifolds import MDFNetwork, NetworkImplicitManifold
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return NetworkImplicitManifold(MDFNetwork(3, 1, hidden=(8,), radial=radial), 3)
+
+
+def _other_manifolds():
+    """name: (the manifold a model is saved on, another of its class and dimensions)."""
+    from geomstats.geometry.hyperboloid import Hyperboloid
+
+    from implicit_geom import from_sympy, product
+
+    return {
+        "sphere radius": (lambda: ImplicitSphere(2, 1.0), lambda: ImplicitSphere(2, 2.0)),
+        "torus radii": (lambda: ImplicitTorus(2.0, 1.0), lambda: ImplicitTorus(3.0, 1.0)),
+        "sympy": (lambda: from_sympy("x**2 + y**2 + z**2 - 1", "x y z"),
+                  lambda: from_sympy("x**2 + y**2 + z**2 - 4", "x y z")),
+        "geomstats": (lambda: Hypersphere(2), lambda: Hyperboloid(2)),
+        "product": (lambda: product(ImplicitSphere(1), ImplicitSphere(2)),
+                    lambda: product(ImplicitSphere(1, 0.5), ImplicitSphere(2))),
+        "plain F": (lambda: ImplicitManifold(_closure_sphere(1.0), 3),
+                    lambda: ImplicitManifold(_closure_sphere(2.0), 3)),
+        "mdf radial": (lambda: _mdf_manifold(0.0), lambda: _mdf_manifold(1.0)),
+    }
+
+
+def _fixed_energy(n):
+    from implicit_geom.models import PolynomialEnergy
+
+    energy = PolynomialEnergy(n, 1)
+    with torch.no_grad():
+        energy.coef.copy_(torch.linspace(-1.0, 1.0, energy.coef.numel()).view_as(energy.coef))
+    return energy.requires_grad_(False)  # a known density: saves without a fit
+
+
+@pytest.mark.parametrize("kind", sorted(_other_manifolds()))
+def test_load_refuses_a_manifold_other_than_the_fitted_one(kind, tmp_path):
+    # Catches load checking only the ambient dimension: a density fitted on a
+    # unit sphere loaded onto a sphere of radius 2 (a torus of other radii,
+    # another expression, geomstats' hyperboloid for its sphere, another
+    # MDF...) and scored there as if nothing were wrong. An identical rebuild
+    # loads silently; check_manifold=False loads another with a warning.
+    import warnings
+
+    from implicit_geom import as_implicit
+
+    saved_on, other = _other_manifolds()[kind]
+    manifold = as_implicit(saved_on())
+    model = ConstrainedEBM(manifold, _fixed_energy(manifold.ambient_dim))
+    path = tmp_path / "ebm.pt"
+    model.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        back = ConstrainedEBM.load(path, saved_on())
+    x = torch.randn(4, model.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(back.energy(x), model.energy(x))
+    with pytest.raises(CheckpointError, match="not the manifold the model was saved on.*"
+                                              "check_manifold=False"):
+        ConstrainedEBM.load(path, other())
+    with pytest.warns(UserWarning, match="loaded anyway"):
+        assert ConstrainedEBM.load(path, other(), check_manifold=False).is_fitted
+
+
+def test_load_names_the_parameter_that_differs_and_reads_older_files(tmp_path):
+    # The message says what differs (catches a bare "another state" where
+    # the parameter is known). A checkpoint from before the manifold was
+    # recorded loads unchecked, with a warning (catches old fits refused).
+    import json
+
+    model = ConstrainedEBM(ImplicitSphere(2), _fixed_energy(3))
+    path = tmp_path / "ebm.pt"
+    model.save(path)
+    with pytest.raises(CheckpointError, match=r"radius 2.0 \(saved: 1.0\)"):
+        ConstrainedEBM.load(path, ImplicitSphere(2, 2.0))
+    record = torch.load(path, weights_only=True)
+    config = json.loads(record["config"])
+    del config["manifold"]
+    record["config"] = json.dumps(config)
+    torch.save(record, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="without its manifold's fingerprint"):
+        old = ConstrainedEBM.load(tmp_path / "old.pt", ImplicitSphere(2, 2.0))
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(old.energy(x), model.energy(x))
+
+
 def test_loaded_model_checks_peaks_like_the_saved_one(tmp_path, vmf_data):
     # Catches save dropping max_peak_excess and the probe points (the training
     # data) of normalizer()'s peak check: the original raised

@@ -195,3 +195,44 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     with pytest.raises(CheckpointError, match="is a folder"):
         mix.save(tmp_path / "folder.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_load_sees_parameters_outside_the_state_dict_and_reads_older_records(tmp_path):
+    # Catches the manifold's fingerprint blind to a sympy manifold's
+    # expressions (no tensors: a mixture fitted on the unit sphere loaded onto
+    # the sphere of radius 2 and scored there). An identical rebuild loads; a
+    # file whose record predates version 2 of the fingerprint still loads
+    # (catches older mixtures refused); check_manifold=False overrides.
+    import json
+
+    from implicit_geom import from_sympy
+    from implicit_geom.exceptions import CheckpointError
+    from implicit_geom.models import PolynomialEnergy
+
+    def sphere(r):
+        return from_sympy(f"x**2 + y**2 + z**2 - {r}**2", "x y z",
+                          bounds=([-3.0] * 3, [3.0] * 3))
+
+    energy = PolynomialEnergy(3, 1)
+    with torch.no_grad():
+        energy.coef.copy_(torch.tensor([0.0, 0.0, -3.0]))
+    ebm = ConstrainedEBM(sphere(1), energy.requires_grad_(False))
+    mix = DensityMixture([ebm, ebm], weights=[0.5, 0.5])
+    path = tmp_path / "mix.pt"
+    mix.save(path)
+    x = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.equal(DensityMixture.load(path, sphere(1)).score_samples(x),
+                       mix.score_samples(x))
+    with pytest.raises(CheckpointError, match=r"exprs \['x\*\*2 \+ y\*\*2 \+ z\*\*2 - 4'\]"):
+        DensityMixture.load(path, sphere(2))
+    with pytest.warns(UserWarning, match="loaded anyway"):
+        DensityMixture.load(path, sphere(2), check_manifold=False)
+    from implicit_geom.learning.checkpoint import manifold_identity
+
+    record = torch.load(path, weights_only=True)
+    config = json.loads(record["config"])
+    config["manifold"] = manifold_identity(sphere(1), version=1)
+    record["config"] = json.dumps(config)
+    torch.save(record, tmp_path / "old.pt")
+    assert torch.equal(DensityMixture.load(tmp_path / "old.pt", sphere(1)).score_samples(x),
+                       mix.score_samples(x))
