@@ -11,12 +11,13 @@ from ..exceptions import ComponentError, InvalidPointError, ProjectionError
 from ..numerics import autodiff
 from ..numerics.linalg import gram_solve, tangent_projector
 from ..numerics.newton import (
-    JACOBIAN_REFERENCE,
     ROUNDING_FACTOR,
     NewtonResult,
+    floor_from_norm,
     newton_min_norm,
     rounding_floor,
     solve_along_normals,
+    tol_factor,
 )
 from ..numerics.validation import DTYPE, as_points, broadcast_points, check_int
 from .ift import ClosestPoint, TangentProjection, needs_grad, trainable_tensors
@@ -400,15 +401,15 @@ class ImplicitManifold(nn.Module, LevelSet):
         is no distance there). Costs a Jacobian at those rows: the geometry
         API's checks (belongs, the metric's) use it, the samplers' per-sample
         checks of Newton's own output do not."""
-        inside = residual <= atol
-        if f_units:
-            idx = inside.nonzero().squeeze(-1)
-            if idx.numel():
-                jnorm = torch.linalg.matrix_norm(self._jacobian(x.index_select(0, idx)))
-                factor = (jnorm / JACOBIAN_REFERENCE).clamp(max=1.0)
-                inside = inside.index_copy(
-                    0, idx, residual.index_select(0, idx) <= atol * factor)
-        return inside | self._at_rounding_floor(x, residual, ~inside)
+        if not f_units:
+            inside = residual <= atol
+            return inside | self._at_rounding_floor(x, residual, ~inside)
+        if x.shape[0] == 0:
+            return residual <= atol
+        # Every row needs |J|_F: those within atol for the factor, the others
+        # for the rounding floor; one evaluation serves both.
+        jnorm = torch.linalg.matrix_norm(self._jacobian(x))
+        return (residual <= atol * tol_factor(jnorm)) | (residual <= floor_from_norm(x, jnorm))
 
     def _at_rounding_floor(self, x, residual, rows):
         """Mask over flat points ``x`` (B, n) of those among ``rows`` whose ``|F|``

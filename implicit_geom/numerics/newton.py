@@ -76,8 +76,13 @@ def rounding_floor(x, jac):
     torch.Tensor, shape=[B]
         NaN where x or J is not finite (no such point counts as converged).
     """
-    eps = torch.finfo(x.dtype).eps
-    return (ROUNDING_FACTOR * eps) * torch.linalg.matrix_norm(jac) * _norm(x)
+    return floor_from_norm(x, torch.linalg.matrix_norm(jac))
+
+
+def floor_from_norm(x, jnorm):
+    """:func:`rounding_floor` from ``|J|_F`` (``jnorm``, shape [B]), for callers
+    that need ``|J|_F`` for :func:`tol_factor` too."""
+    return (ROUNDING_FACTOR * torch.finfo(x.dtype).eps) * jnorm * _norm(x)
 
 
 #: ``|J|_F`` (F units per unit length) below which the tolerance on ``|F|``
@@ -101,8 +106,13 @@ def _threshold(x, jac, tol):
     Unchanged wherever ``|J|_F >= 0.1``.
     """
     jnorm = torch.linalg.matrix_norm(jac)
-    floor = (ROUNDING_FACTOR * torch.finfo(x.dtype).eps) * jnorm * _norm(x)
-    return torch.maximum(floor, tol * (jnorm / JACOBIAN_REFERENCE).clamp(max=1.0))
+    return torch.maximum(floor_from_norm(x, jnorm), tol * tol_factor(jnorm))
+
+
+def tol_factor(jnorm):
+    """``min(1, |J|_F / JACOBIAN_REFERENCE)`` per row: what :func:`_threshold`
+    multiplies ``tol`` by (``jnorm``: ``|J|_F``, shape [B])."""
+    return (jnorm / JACOBIAN_REFERENCE).clamp(max=1.0)
 
 
 def _run(direction, f_and_jac, x0, tol, max_iter, max_halvings):
