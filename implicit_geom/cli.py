@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import torch
 from . import DataError, ImplicitGeomError
 from ._io import usual_mode
 from .datasets import COORDS, DATASET_NAMES, load_dataset, train_test_split
+from .exceptions import template_fields
 from .learning import distributed
 from .manifolds import ImplicitSphere, ImplicitTorus
 from .pipeline import fit_pipeline, manifold_kind
@@ -139,8 +139,8 @@ def _in_cli_terms(message):
     if not params:
         return str(message)
     first, *rest = message.naming(_flag).split("\n", 1)
-    named = [p for p in dict.fromkeys(params)
-             if re.search(r"\{%s(=[^{}]*)?\}" % re.escape(p), message.template)]
+    fields = template_fields(message.template)
+    named = [p for p in dict.fromkeys(params) if p in fields]
     hints = [_FLAG_HINTS[p] for p in named if p in _FLAG_HINTS]
     python_only = [p for p in named if p not in _FLAGS]
     if hints:

@@ -74,6 +74,12 @@ def name_params(template, params, names=None):
     return _PLACEHOLDER.sub(field, template)
 
 
+def template_fields(template):
+    """The names of ``template``'s fields (``{p}``, ``{p=value}``), as
+    :func:`name_params` reads them: a doubled brace is literal text."""
+    return {match.group(1) for match in _PLACEHOLDER.finditer(template)} - {None}
+
+
 class NamedText(str):
     """A text (a note, not an error) naming parameters like :class:`ParameterMessage`:
     the string itself names the Python parameters, :meth:`naming` others."""

@@ -491,6 +491,14 @@ def test_library_advice_names_the_cli_flags(tmp_path, capsys, monkeypatch):
     said = cli._in_cli_terms(err)
     assert said.endswith("raise quadrature_resolution (quadrature_resolution is a setting of "
                          "the Python API; implicit-geom has no option for it)")
+    # Catches a parameter counted as named where the template has it only as
+    # literal text in doubled braces (an escaped path): the note said
+    # "quadrature_resolution is a setting of the Python API" of a message
+    # that names no such setting.
+    err = NormalizationError("cannot write '/tmp/{{quadrature_resolution}}.npz'; "
+                             "another {seed}", params=("seed", "quadrature_resolution"))
+    assert cli._in_cli_terms(err) == \
+        "cannot write '/tmp/{quadrature_resolution}.npz'; another --seed"
     # Text alone is never rewritten: only the parameters an error lists are named.
     assert cli._in_cli_terms(ValueError("n_samples=3 or another seed")) == \
         "n_samples=3 or another seed"
