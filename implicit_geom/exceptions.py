@@ -34,11 +34,6 @@ class ParameterMessage:
         self.params = tuple(params)
         super().__init__(self.naming(), *args)
 
-    @property
-    def param(self):
-        """The first parameter the message concerns (None for none)."""
-        return self.params[0] if self.params else None
-
     def naming(self, names=None):
         """The message with each parameter named ``names(p)`` (see :func:`name_params`)."""
         return name_params(self.template, self.params, names)
@@ -89,8 +84,7 @@ class NamedText(str):
         text.template, text.params = template, tuple(params)
         return text
 
-    def naming(self, names=None):
-        return name_params(self.template, self.params, names)
+    naming = ParameterMessage.naming  # over the same template and params
 
 
 class ImplicitGeomError(ParameterMessage, Exception):
