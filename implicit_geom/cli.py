@@ -251,17 +251,24 @@ def _evaluation_data(args, config, dim):
     builtin = str(args.data) in DATASET_NAMES
     reading = own if builtin else _reading(args, config.get("reading"))
     inherited = _reading_options(reading) if reading != own else ""
+
+    def wrong_dim(data):
+        if data.ambient_dim != dim:
+            return f"--data has {data.ambient_dim}-D points, the model {dim}-D ones"
+        return None
+
     if not inherited:
-        return _load_data(args.data, args, own)
+        data = _load_data(args.data, args, own)
+        if wrong_dim(data):
+            raise CLIError(wrong_dim(data))
+        return data
 
     def attempt(how):
         try:
             data = _read_data(args.data, args, how)
         except DataError as err:
             return None, _in_cli_terms(err)
-        if data.ambient_dim != dim:
-            return None, f"--data has {data.ambient_dim}-D points, the model {dim}-D ones"
-        return data, None
+        return (None, wrong_dim(data)) if wrong_dim(data) else (data, None)
 
     data, err = attempt(reading)
     if data is None:
@@ -567,9 +574,6 @@ def evaluate(args):
         ebm.max_distance = args.max_distance
     if args.data:
         test = _evaluation_data(args, config, manifold.ambient_dim).points
-        if test.shape[-1] != manifold.ambient_dim:
-            raise CLIError(f"--data has {test.shape[-1]}-D points, the model "
-                           f"{manifold.ambient_dim}-D ones")
         if len(test) < 2:  # one point failed in the metrics with "x is empty"
             raise CLIError(f"--data has {len(test)} point; evaluate needs at least 2")
     # Drawn here (evaluate_model would draw the same ones silently): --no-progress

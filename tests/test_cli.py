@@ -370,6 +370,14 @@ def test_evaluate_needs_two_points(learned_model, capsys):
     assert "--data has 1 point; evaluate needs at least 2" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_data_of_another_dimension(learned_model, capsys):
+    # Guards the one dimension check of evaluate --data (_evaluation_data's):
+    # 3-D points against the 2-D model are refused, naming both dimensions.
+    assert main(["evaluate", str(learned_model), "--data", "torus", "--n-samples", "20",
+                 "--n-eval", "10", "--no-progress"]) == 2
+    assert "--data has 3-D points, the model 2-D ones" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["0", "1", "2", "-0.1", "nan", "x"])
 def test_test_fraction_is_checked_when_parsed(tmp_path, capsys, value):
     # Catches --test-fraction out of (0, 1) failing after the data were read,
