@@ -95,6 +95,18 @@ class AmbientEBM(EnergyModel):
                                                      resolution).to(like.device, like.dtype)
         return self._rules[resolution]
 
+    @property
+    def _fine_resolution(self):
+        """Points per axis of :meth:`log_partition`'s default grid, which
+        :meth:`_grid_draws` draws from: four times the training rule's."""
+        return 4 * self.quadrature_resolution
+
+    @property
+    def _validation_resolution(self):
+        """Points per axis of the validation grid (and of :meth:`log_partition_error`'s
+        coarse rule): twice the training rule's."""
+        return 2 * self.quadrature_resolution
+
     def _uses_pcd(self):
         return self.method == "pcd"
 
@@ -160,7 +172,7 @@ class AmbientEBM(EnergyModel):
 
     def _grid_draws(self, n, gen):
         """``n`` draws of the density discretised on the :meth:`log_partition` grid."""
-        resolution = 4 * self.quadrature_resolution  # (_box_rule refuses dimension > 3)
+        resolution = self._fine_resolution  # (_box_rule refuses dimension > 3)
         lo, hi = self.box_
         rule = self._box_rule(resolution)
         with torch.no_grad():
@@ -180,7 +192,7 @@ class AmbientEBM(EnergyModel):
         if not self.is_fitted:
             raise NotFittedError("call fit first: the chains' box comes from the data")
         if resolution is None:
-            resolution = 4 * self.quadrature_resolution
+            resolution = self._fine_resolution
         with torch.no_grad():
             return float(log_partition(self.energy_net, self._box_rule(resolution)))
 
@@ -188,7 +200,7 @@ class AmbientEBM(EnergyModel):
         """Estimated error of :meth:`log_partition`: its difference from the rule of half
         the resolution, over 3 (Richardson, the midpoint rule being of order 2)."""
         fine = self.log_partition()
-        return abs(fine - self.log_partition(2 * self.quadrature_resolution)) / 3.0
+        return abs(fine - self.log_partition(self._validation_resolution)) / 3.0
 
     def _validation_loss(self, X_val):
         # The exact held-out NLL over the chain box (grid log Z, dim <= 3);
@@ -196,7 +208,7 @@ class AmbientEBM(EnergyModel):
         with torch.no_grad():
             return float(-self._outside(X_val, -self.energy_net(X_val)).mean()
                          + log_partition(self.energy_net,
-                                         self._box_rule(2 * self.quadrature_resolution)))
+                                         self._box_rule(self._validation_resolution)))
 
     def _outside(self, x, log_density):
         # The density lives on the box: -inf outside it (a finite score there
