@@ -164,12 +164,12 @@ def _readable(val):
 def manifold_identity(manifold, version=FINGERPRINT_VERSION):
     """What a checkpoint records of the manifold a density was fitted on:
     its class, dimensions, the portable fingerprint of its state
-    (:func:`~implicit_geom.manifolds.geodesics._state_fingerprint`: the
+    (:func:`~implicit_geom.manifolds.state._state_fingerprint`: the
     state dict, the defining parameters that are no tensors, a plain F's
     numbers; no working settings or ids) and, readable for the messages,
     its own defining parameters (radius, expressions, wrapped space).
     ``version=1`` is the record of checkpoints written before version 2."""
-    from ..manifolds.geodesics import _state_fingerprint  # learning builds on manifolds
+    from ..manifolds.state import _state_fingerprint  # learning builds on manifolds
 
     out = {"class": type(manifold).__name__, "dim": int(manifold.dim),
            "ambient_dim": int(manifold.ambient_dim),

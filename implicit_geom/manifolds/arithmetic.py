@@ -23,6 +23,7 @@ from ..numerics.validation import as_points
 from .analytic import as_implicit
 from .components import sample_in_box
 from .implicit import ImplicitManifold
+from .state import _StateWatch
 
 
 class IntersectionManifold(ImplicitManifold):
@@ -211,8 +212,6 @@ class UnionManifold(ImplicitManifold):
         super().__init__(None, ambient_dim=n, codim=k, **kwargs)
         self.components = nn.ModuleList(comps)  # the pieces of the union
         self._adopt_precision(self.components)  # in the pieces' dtype, as intersections
-        from .geodesics import _StateWatch  # geodesics builds on this package
-
         self._disjoint_watch = _StateWatch()  # pieces' state last checked (check_pieces_disjoint)
 
     # The active component of each point defines M locally.

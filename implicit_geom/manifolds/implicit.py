@@ -220,7 +220,7 @@ class ImplicitManifold(nn.Module, LevelSet):
     def _fingerprint_params(self):
         """The parameters that define the zero set, by name (numbers, text,
         tensors, lists of them): a checkpoint records them with the state
-        dict (:func:`~implicit_geom.manifolds.geodesics._state_fingerprint`)
+        dict (:func:`~implicit_geom.manifolds.state._state_fingerprint`)
         and its load refuses a manifold whose parameters differ. Subclasses
         add those that are not tensors of the state dict (expressions,
         wrapped spaces' sizes); a plain F's numbers are read from F."""

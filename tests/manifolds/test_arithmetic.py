@@ -354,11 +354,11 @@ def test_union_overlap_check_hashes_the_pieces_only_when_they_may_have_changed(m
     # call (a device sync per check on a GPU), and the cheap key missing
     # in-place edits, reloads and edits through .data (announced by
     # invalidate_caches).
-    from implicit_geom.manifolds import geodesics
+    from implicit_geom.manifolds import state
 
     hashed, checked = [], []
-    real_hash, real_samples = geodesics._state_fingerprint, ig.UnionManifold._piece_samples
-    monkeypatch.setattr(geodesics, "_state_fingerprint",
+    real_hash, real_samples = state._state_fingerprint, ig.UnionManifold._piece_samples
+    monkeypatch.setattr(state, "_state_fingerprint",
                         lambda space: hashed.append(1) or real_hash(space))
     monkeypatch.setattr(ig.UnionManifold, "_piece_samples",
                         lambda self, *a: checked.append(1) or real_samples(self, *a))
