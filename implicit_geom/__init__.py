@@ -24,6 +24,7 @@ from .exceptions import (  # noqa: E402
     ParameterMessage,
     ProjectionError,
     QuadratureCoverageError,
+    ScaleError,
     SingularJacobianError,
     TrainingDivergedError,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "ParameterMessage",
     "ProjectionError",
     "QuadratureCoverageError",
+    "ScaleError",
     "SingularJacobianError",
     "TrainingDivergedError",
     "set_threads",

@@ -192,6 +192,12 @@ class CurvatureError(ImplicitGeomError, ValueError):
     sectional curvature of a plane spanned by parallel vectors)."""
 
 
+class ScaleError(ImplicitGeomError, ValueError):
+    """A manifold's length scale (its radius of curvature, without bounds) is
+    below what the dtype resolves at its coordinates: no result could be
+    accurate relative to it."""
+
+
 class ParameterError(ImplicitGeomError, ValueError):
     """A parameter's value is invalid or does not apply (``params`` names it)."""
 

@@ -492,20 +492,7 @@ class SampleGraph:
             for start in range(0, len(self.points), 2048):
                 x = self.points[start:start + 2048].to(space.device, space.dtype)
                 with torch.no_grad():
-                    jac = space._jacobian(x)
-                    basis = tangent_basis(jac)
-                    shape = space._second_forms(x, basis.transpose(1, 2))
-                    if shape is None:
-                        # Hessian of each constraint (closed forms, or
-                        # autograd's double backward: no torch.func start-up).
-                        eye = torch.eye(space.codim, dtype=x.dtype, device=x.device)
-                        hess = torch.stack([space._lagrangian_hessian(
-                            x, eye[i].expand(x.shape[0], -1)) for i in range(space.codim)], 1)
-                        shape = basis.transpose(1, 2)[:, None] @ hess @ basis[:, None]
-                norms = torch.linalg.eigvalsh(0.5 * (shape + shape.transpose(-1, -2))).abs()
-                top = norms.amax(-1).square().sum(-1).sqrt()
-                sigma = torch.linalg.svdvals(jac)[:, -1].clamp_min(1e-300)
-                out.append((top / sigma).cpu().double())
+                    out.append(space._normal_curvature(x).cpu().double())
             self._curvature = torch.cat(out).numpy()
         return self._curvature
 

@@ -1,5 +1,6 @@
 """Manifolds given implicitly as the zero set of a smooth map, as geomstats spaces."""
 
+import contextlib
 import math
 
 import torch
@@ -7,9 +8,9 @@ from geomstats.geometry.base import LevelSet
 from geomstats.geometry.euclidean import Euclidean
 from torch import nn
 
-from ..exceptions import ComponentError, InvalidPointError, ProjectionError
+from ..exceptions import ComponentError, InvalidPointError, ProjectionError, ScaleError
 from ..numerics import autodiff
-from ..numerics.linalg import gram_solve, tangent_projector
+from ..numerics.linalg import gram_solve, tangent_basis, tangent_projector
 from ..numerics.newton import (
     ROUNDING_FACTOR,
     NewtonResult,
@@ -100,6 +101,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         self.register_buffer("_probe", torch.zeros(0, dtype=DTYPE), persistent=False)
         self.register_buffer("_low", None, persistent=False)
         self.register_buffer("_high", None, persistent=False)
+        self._call_scale = None  # see local_scale
         self.bounds = bounds
         self._components = self._curves = None
         self.name = name or type(self).__name__
@@ -161,12 +163,107 @@ class ImplicitManifold(nn.Module, LevelSet):
         its widest side), they are multiplied by ``half / ABSOLUTE_LENGTH``,
         so the relative accuracy stays that of a box of half-width 0.1. At and
         above that scale it is 1: unit-scale results do not move. Without
-        ``bounds`` the scale is unknown and taken as 1 (the tolerances are
-        absolute): give ``bounds`` to a manifold far smaller than unit size.
+        ``bounds`` the public operations (projection, belongs, random_point,
+        the metric's exp, log, dist and transport) take the length from M
+        itself, its smallest radius of curvature at the points of the call
+        (see :meth:`local_scale`), and the factor is that radius over
+        :attr:`ABSOLUTE_LENGTH` during the call (1 where the radius is at
+        least 0.1: results there do not move either).
         Large coordinates need no factor: Newton's tolerance is floored at the
         rounding of F (:meth:`tol_for`), the other checks are relative there.
         """
-        return self._tol_scale
+        call = getattr(self, "_call_scale", None)
+        return self._tol_scale if call is None else min(self._tol_scale, call)
+
+    def _normal_curvature(self, x):
+        """Per flat point (B, n), an upper bound of the normal curvature
+        ``|II(u, u)|`` over unit tangent vectors u, of the level set of F
+        through it: ``|B^T H B|_2 / |grad F|`` for one constraint,
+        ``sqrt(sum_r |B^T H_r B|_2^2) / sigma_min(J)`` for several (B an
+        orthonormal tangent basis, H the Hessians of F). Shape (B,)."""
+        jac = self._jacobian(x)
+        basis = tangent_basis(jac)
+        shape = self._second_forms(x, basis.transpose(1, 2))
+        if shape is None:
+            # Hessian of each constraint (closed forms, or autograd's double
+            # backward: no torch.func start-up).
+            eye = torch.eye(self.codim, dtype=x.dtype, device=x.device)
+            hess = torch.stack([self._lagrangian_hessian(
+                x, eye[i].expand(x.shape[0], -1)) for i in range(self.codim)], 1)
+            shape = basis.transpose(1, 2)[:, None] @ hess @ basis[:, None]
+        norms = torch.linalg.eigvalsh(0.5 * (shape + shape.transpose(-1, -2))).abs()
+        top = norms.amax(-1).square().sum(-1).sqrt()
+        sigma = torch.linalg.svdvals(jac)[:, -1].clamp_min(1e-300)
+        return top / sigma
+
+    def _local_factor(self, x):
+        """Per flat point (B, n), ``min(1, rho / ABSOLUTE_LENGTH)`` with rho the
+        smallest radius of curvature of F's level set there (1 where flat);
+        shape (B,). The length the absolute tolerances lack without bounds."""
+        with torch.no_grad():
+            kappa = self._normal_curvature(x).nan_to_num(0.0, posinf=0.0)
+        return (1.0 / (kappa * self.ABSOLUTE_LENGTH)).clamp(max=1.0)
+
+    def _scale_from(self, x):
+        """:meth:`_local_factor`'s smallest value over flat points ``x`` (the
+        finite rows), rounded down to a power of 2 (the metric caches an
+        integrator per factor); 1 at unit scale. Raises ProjectionError where
+        float64 cannot resolve that length at these coordinates."""
+        x = x[torch.isfinite(x).all(-1)]
+        if x.shape[0] == 0:
+            return 1.0
+        factor = float(self._local_factor(x).min())
+        if not factor < 1.0:
+            return 1.0
+        if not factor > 0:  # a NaN curvature (a singular point) tells no length
+            return 1.0
+        length = factor * self.ABSOLUTE_LENGTH
+        # The coordinates round to eps |x|: a relative accuracy of 1e-8 of the
+        # length needs eps |x| ROUNDING_FACTOR below 1e-8 length.
+        spacing = torch.finfo(x.dtype).eps * float(x.abs().max())
+        if spacing > 1e-8 * length:
+            raise ScaleError(
+                f"{self.name} curves on a length of {length:.3g} (its smallest radius of "
+                f"curvature at these points), which {x.dtype} coordinates up to "
+                f"{float(x.abs().max()):.3g} resolve only to {spacing:.2g}; results would "
+                "be off by more than 1e-8 of that length. Shift and rescale the data (and "
+                "the defining function) to unit size.")
+        return 2.0 ** math.floor(math.log2(factor))
+
+    @contextlib.contextmanager
+    def local_scale(self, *points):
+        """Inside, :attr:`tol_scale` is at most the local factor of ``points``.
+
+        Without :attr:`bounds` the manifold has no length scale of its own:
+        the absolute tolerances (``tol`` 1e-10, ``atol`` 1e-6, the
+        integrator's) are fit for unit size, and a sphere of radius 1e-6 given
+        as a plain callable came out several per mille (projection) to a
+        few 1e-6 (exp, transport) of its radius off, and ``belongs`` accepted
+        points 0.1% off it. Here the length is M's smallest radius of
+        curvature at ``points`` (flat (B, n) tensors on or near M), and the
+        tolerances shrink by it as by a box of that half-width (see
+        :attr:`tol_scale`); where it is 0.1 or more, nothing changes. With
+        ``bounds`` (the scale given) this does nothing. Nested calls keep the
+        smallest factor.
+
+        Raises
+        ------
+        ScaleError
+            Where the length is below what the coordinates resolve (a tiny M
+            far from the origin): results could not be within 1e-8 of it.
+        """
+        if self.bounds is not None:
+            yield
+            return
+        with torch.no_grad():
+            factor = self._scale_from(torch.cat([p.detach().reshape(-1, self.ambient_dim)
+                                                 .to(self.dtype) for p in points]))
+        prev = getattr(self, "_call_scale", None)
+        self._call_scale = factor if prev is None else min(prev, factor)
+        try:
+            yield
+        finally:
+            self._call_scale = prev
 
     def forward(self, point):
         """``F(point)`` with autograd (through the points and any parameters of F).
@@ -197,7 +294,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         metric's on-manifold checks accept the same points.
         """
         dtype = self.dtype if dtype is None else dtype
-        return max(self.tol, 64 * torch.finfo(dtype).eps) * self._tol_scale
+        return max(self.tol, 64 * torch.finfo(dtype).eps) * self.tol_scale
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
@@ -383,11 +480,23 @@ class ImplicitManifold(nn.Module, LevelSet):
         wrong = _wrong_shape(point, self.ambient_dim)
         if wrong is not None:
             return wrong
-        atol = 1e-6 * self._tol_scale if atol is None else atol
+        default = atol is None
+        atol = 1e-6 * self.tol_scale if default else atol
         x, batch = self._flat(point)
         with torch.no_grad():
             residual = self._check_value(self._value(x), x.shape[0]).norm(dim=-1)
             inside = self._within(x, residual, atol, f_units=True)
+            if default and self.bounds is None and bool(inside.any()):
+                # No box tells the scale: the default atol is relative to M's
+                # radius of curvature at each accepted point (local_scale).
+                # Without it a sphere of radius 1e-6 accepted points 0.1% off.
+                idx = inside.nonzero().squeeze(-1)
+                sub = x.index_select(0, idx)
+                factor = self._local_factor(sub)
+                if bool((factor < 1).any()):
+                    again = self._within(sub, residual.index_select(0, idx), atol * factor,
+                                         f_units=True)
+                    inside = inside.index_copy(0, idx, again)
         return inside.reshape(batch)
 
     def _within(self, x, residual, atol, f_units=False):
@@ -460,7 +569,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         wrong = _wrong_shape(vector, self.ambient_dim)
         if wrong is not None:
             return wrong
-        atol = 1e-6 * self._tol_scale if atol is None else atol
+        atol = 1e-6 * self.tol_scale if atol is None else atol
         return self.tangent_submersion(vector, base_point).norm(dim=-1) <= atol
 
     def to_tangent(self, vector, base_point):
@@ -629,8 +738,14 @@ class ImplicitManifold(nn.Module, LevelSet):
             res = newton_min_norm(self._value_and_jacobian, x0, self.tol_for(), self.max_iter)
             if far and not bool(res.converged.all()):
                 res = self._land_far(x0, res)
-            if closest:
-                res = self._refine_closest(x0, res, max_refine)
+            with self._scale_of_landing(res):
+                if self.tol_scale < 1.0 and self.bounds is None:
+                    # Landed to an absolute tol that is no accuracy at M's
+                    # length (local_scale): land again from there to the
+                    # tolerance of that length.
+                    res = self._land_again(res)
+                if closest:
+                    res = self._refine_closest(x0, res, max_refine)
         return NewtonResult(
             x=res.x.reshape(*batch, self.ambient_dim).to(_dtype_of(point)),
             converged=res.converged.reshape(batch),
@@ -638,6 +753,24 @@ class ImplicitManifold(nn.Module, LevelSet):
             n_iter=res.n_iter.reshape(batch),
             jac=res.jac.reshape(*batch, self.codim, self.ambient_dim),
         )
+
+    def _scale_of_landing(self, res):
+        """:meth:`local_scale` of the landed points of ``res`` (a no-op with
+        bounds, or when none landed)."""
+        if self.bounds is not None or not bool(res.converged.any()):
+            return contextlib.nullcontext()
+        return self.local_scale(res.x[res.converged])
+
+    def _land_again(self, res):
+        """Newton from the converged rows of ``res`` at the current (tighter) tol."""
+        good = res.converged.nonzero().squeeze(-1)
+        sub = newton_min_norm(self._value_and_jacobian, res.x[good], self.tol_for(),
+                              self.max_iter)
+        return NewtonResult(x=res.x.index_copy(0, good, sub.x),
+                            converged=res.converged.index_copy(0, good, sub.converged),
+                            residual=res.residual.index_copy(0, good, sub.residual),
+                            n_iter=res.n_iter.index_copy(0, good, res.n_iter[good] + sub.n_iter),
+                            jac=res.jac.index_copy(0, good, sub.jac))
 
     def _land_far(self, x0, res):
         """Land the rows of ``res`` that failed again, from ``x0``, with capped damping."""
@@ -666,7 +799,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         residual, n_iter = res.residual, res.n_iter
         n, k = self.ambient_dim, self.codim
         tol = self.tol_for()
-        closest_tol = max(self.closest_tol * self._tol_scale, 10 * tol)
+        closest_tol = max(self.closest_tol * self.tol_scale, 10 * tol)
         pending = converged.clone()
         for _ in range(max_refine):
             idx = pending.nonzero().squeeze(-1)

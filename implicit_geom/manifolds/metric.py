@@ -18,6 +18,8 @@ This class deliberately does not subclass ``EuclideanMetric``: geomstats'
 FrechetMean would then silently switch to the linear mean (off M).
 """
 
+import contextlib
+
 import torch
 from geomstats.geometry.riemannian_metric import RiemannianMetric
 
@@ -231,12 +233,13 @@ class ImplicitMetric(RiemannianMetric):
         space = self._space
         x, v, batch = space._pair(base_point, tangent_vec, ("base_point", "tangent_vec"))
         space._check_regular(x, "exp")  # where a union's pieces meet: no geodesic
-        self._raise_if_off(x, "exp")
-        if needs_grad(x, v):  # derivative of the flow, not of the integrator's steps
-            x1 = ift.Exp.apply(self, x, v)
-        else:
-            with torch.no_grad():
-                x1 = self._exp_flat(x, self._project_tangent(x, v))
+        with _local_scale(space, x):
+            self._raise_if_off(x, "exp")
+            if needs_grad(x, v):  # derivative of the flow, not of the integrator's steps
+                x1 = ift.Exp.apply(self, x, v)
+            else:
+                with torch.no_grad():
+                    x1 = self._exp_flat(x, self._project_tangent(x, v))
         return x1.reshape(*batch, space.ambient_dim).to(_dtype_of(tangent_vec, base_point))
 
     def _project_tangent(self, x, v):
@@ -298,11 +301,12 @@ class ImplicitMetric(RiemannianMetric):
         if space.dim != 1:  # (curves first ask their arc-length tables, see _solve_log)
             self._raise_if_apart(x, y, batch)
         try:
-            if needs_grad(x, y):  # implicit-function gradient of exp_x(v) = y
-                v = ift.Log.apply(self, x, y)
-            else:
-                with torch.no_grad():
-                    v = self._solve_log(x, y)
+            with _local_scale(space, x, y):
+                if needs_grad(x, y):  # implicit-function gradient of exp_x(v) = y
+                    v = ift.Log.apply(self, x, y)
+                else:
+                    with torch.no_grad():
+                        v = self._solve_log(x, y)
         except DisconnectedError as err:  # from a curve's tables: mask over the batch
             if err.mask is not None and err.mask.numel() == x.shape[0]:
                 err.mask = err.mask.reshape(batch)
@@ -432,6 +436,11 @@ class ImplicitMetric(RiemannianMetric):
     def _dist(self, point_a, point_b, squared):
         space = self._space
         a, b, batch = space._pair(point_a, point_b, ("point_a", "point_b"))
+        with _local_scale(space, a, b):
+            return self._dist_flat(point_a, point_b, a, b, batch, squared)
+
+    def _dist_flat(self, point_a, point_b, a, b, batch, squared):
+        space = self._space
         space._check_regular(torch.cat([a, b]), "dist")
         dtype = _dtype_of(point_a, point_b)
         if space.dim == 1 and not needs_grad(a, b):
@@ -523,7 +532,7 @@ class ImplicitMetric(RiemannianMetric):
                 return out.to(dtype)
         labels = self._known_labels(pts)
         solver = self.log_solver
-        with torch.no_grad():
+        with torch.no_grad(), _local_scale(space, pts):
             if hasattr(solver, "pairwise"):
                 # (A custom solver's pairwise need not take n_jobs.)
                 jobs = {} if n_jobs is None else {"n_jobs": n_jobs}
@@ -842,7 +851,7 @@ class ImplicitMetric(RiemannianMetric):
             names=("base_point", "direction", "tangent_vec", "end_point"),
             what="parallel_transport")
         n = space.ambient_dim
-        with torch.no_grad():
+        with torch.no_grad(), _local_scale(space, x):
             jac = space._jacobian(x)
             v, w = tangent_projector(jac, v), tangent_projector(jac, w)
             steps = n_macro_steps(v.norm(dim=-1).max(), self.arc_per_step)
@@ -878,6 +887,13 @@ class ImplicitMetric(RiemannianMetric):
             w = self.parallel_transport(w, curve[..., t - 1, :], end_point=curve[..., t, :])
             out.append(w)
         return torch.stack(out, dim=-2)
+
+
+def _local_scale(space, *points):
+    """``space.local_scale(*points)`` (the length of a manifold without bounds
+    from its curvature there), or nothing for spaces without one."""
+    scope = getattr(space, "local_scale", None)
+    return contextlib.nullcontext() if scope is None else scope(*points)
 
 
 def _normal_response(jac, curv):

@@ -510,6 +510,74 @@ def test_small_sphere_given_in_small_units_of_f(radius):
         space.metric.exp(space.to_tangent(off[1] - off[0], off[0]), off[0])
 
 
+def _unbounded_sphere(form, radius, center):
+    """A sphere given as a plain callable (no bounds: no scale given)."""
+    c = torch.tensor(center, dtype=torch.float64)
+    if form == "squared":
+        return ig.ImplicitManifold(lambda x: ((x - c) ** 2).sum(-1, keepdim=True) - radius**2,
+                                   3, 1)
+    if form == "norm":
+        return ig.ImplicitManifold(lambda x: (x - c).norm(dim=-1, keepdim=True) - radius, 3, 1)
+    x, y, z = X - center[0], Y - center[1], Z - center[2]
+    return ig.from_sympy([x**2 + y**2 + z**2 - radius**2], [X, Y, Z])
+
+
+@pytest.mark.parametrize("form", ["squared", "norm", "sympy"])
+@pytest.mark.parametrize("center", [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0)])
+@pytest.mark.parametrize("radius", [1e-3, 1e-6, 1e4])
+def test_sphere_far_from_unit_size_without_bounds(form, center, radius):
+    # Catches the absolute tolerances of a manifold with no box (no scale):
+    # at radius 1e-6 projections came out 7e-4 of the radius off (F =
+    # |x-c|^2 - r^2), exp 4e-6 and transport 1.5e-6 off, and belongs accepted
+    # points 0.1% off the sphere, all silently. The length is now M's radius
+    # of curvature at the call's points (local_scale). Radius 1e4 checks
+    # that large scales keep working. Reference: geomstats' unit Hypersphere,
+    # scaled (dist = r * angle).
+    space = _unbounded_sphere(form, radius, center)
+    s2 = Hypersphere(2)
+    c = torch.tensor(center, dtype=torch.float64)
+    u = torch.tensor([[0.3, -0.5, 0.8], [-0.6, 0.2, 0.7], [0.1, 0.9, -0.4]],
+                     dtype=torch.float64)
+    u = u / u.norm(dim=-1, keepdim=True)
+    off = c + radius * 1.3 * u
+    y = space.projection(off)
+    assert torch.allclose(y, c + radius * u, rtol=0, atol=1e-8 * radius)
+    p = c + radius * u
+    assert bool(space.belongs(p).all())
+    assert not bool(space.belongs(c + radius * (1 + 1e-3) * u).any())
+    x_u, y_u = u[:2], u[[2, 0]]
+    x, y = c + radius * x_u, c + radius * y_u
+    v_u = s2.metric.log(y_u, x_u)
+    end = space.metric.exp(0.7 * radius * v_u, x)
+    assert torch.allclose(end, c + radius * s2.metric.exp(0.7 * v_u, x_u), rtol=0,
+                          atol=3e-8 * radius)
+    assert torch.allclose(space.metric.log(y, x), radius * v_u, rtol=0, atol=1e-8 * radius)
+    assert torch.allclose(space.metric.dist(x, y), radius * s2.metric.dist(x_u, y_u),
+                          rtol=1e-8, atol=0)
+    w_u = s2.to_tangent(torch.tensor([[0.4, 0.1, -0.3]] * 2, dtype=torch.float64), x_u)
+    moved = space.metric.parallel_transport(radius * w_u, x, direction=0.7 * radius * v_u)
+    ref = radius * s2.metric.parallel_transport(w_u, x_u, direction=0.7 * v_u)
+    assert torch.allclose(moved, ref, rtol=0, atol=3e-8 * radius)
+    if radius < 1:  # (random_point draws in [-1, 1]^3: no sphere of radius 1e4 there)
+        torch.manual_seed(0)
+        pts = space.random_point(6)
+        assert torch.allclose((pts - c).norm(dim=-1), torch.full((6,), radius,
+                              dtype=torch.float64), rtol=2e-8, atol=0)
+    assert space.tol_scale == 1.0  # the local length applies within a call only
+
+
+def test_tiny_sphere_far_from_the_origin_raises_scale_error():
+    # Catches silent answers 1e-5 of the radius off for a sphere of radius
+    # 1e-9 around (1, 0, 0): float64 coordinates near 1 resolve 2e-16, more
+    # than 1e-8 of the radius. Centred at 0 it works.
+    with pytest.raises(ig.ScaleError, match="rescale"):
+        _unbounded_sphere("norm", 1e-9, (1.0, 0.0, 0.0)).projection(
+            torch.tensor([1.0 + 1.3e-9, 0.0, 0.0], dtype=torch.float64))
+    y = _unbounded_sphere("norm", 1e-9, (0.0, 0.0, 0.0)).projection(
+        torch.tensor([0.6e-9, 0.0, 0.8e-9], dtype=torch.float64) * 1.3)
+    assert torch.allclose(y.norm(), torch.tensor(1e-9, dtype=torch.float64), rtol=1e-8)
+
+
 def test_large_scale_failure_names_the_scale():
     # Catches the unexplained failures at large coordinates: the error now says
     # the length scale (and what float64 resolves there) and to rescale.
