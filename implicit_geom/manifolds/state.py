@@ -13,6 +13,9 @@ import torch
 #: Attributes that count caches, not state (bumped by invalidate_caches):
 #: in the cheap key (:func:`_state_version`), not in the content hash.
 _CACHE_COUNTERS = frozenset({"_cache_generation"})
+#: Attributes set only during a call (ImplicitManifold.local_scale's factor):
+#: no state at all; seen, they made a cache built inside a call stale outside.
+_CALL_SETTINGS = frozenset({"_call_scale"})
 
 
 def _walk_state(space, portable=False, params=True):
@@ -58,6 +61,8 @@ def _walk_state(space, portable=False, params=True):
             for name, val in named:
                 yield from tensor(name, val)
         for key, val in sorted(getattr(obj, "__dict__", {}).items()):
+            if key in _CALL_SETTINGS:
+                continue
             if portable:
                 if (callable(val) and key in ("_f", "f")
                         and not isinstance(val, torch.nn.Module)):

@@ -591,3 +591,21 @@ def test_large_scale_failure_names_the_scale():
         space.random_point(4, max_rounds=1)
     with pytest.raises(ig.ComponentError, match="length scale.*rescale"):
         space.n_components
+
+
+def test_local_scale_is_no_state_change():
+    # Catches local_scale's per-call factor counted as state: the sample
+    # graph and union overlap caches (keyed by _state_version, checked by
+    # _state_fingerprint) built inside a call on a small bounds-less manifold
+    # were stale outside it and rebuilt on every call.
+    from implicit_geom.manifolds.state import _state_fingerprint, _state_version
+
+    tiny = ig.ImplicitManifold(lambda x: (x ** 2).sum(-1, keepdim=True) - 1e-6, 3)
+    x = torch.nn.functional.normalize(
+        torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+        dim=-1) * 1e-3
+    hashed, key = _state_fingerprint(tiny), _state_version(tiny)[0]
+    with tiny.local_scale(x):
+        assert tiny.tol_scale < 1.0  # the factor is in force
+        assert _state_fingerprint(tiny) == hashed
+        assert _state_version(tiny)[0] == key
