@@ -952,17 +952,25 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
                             "latitude/longitude (pass {coords='latlon'} or {coords='angles'} to "
                             "read them so)")
     if degrees and coords != "angles":
+        # Say how the file is read, whether the user asked for that or auto chose
+        # it, and what to do. Latitude/longitude were accepted silently: they are
+        # degrees anyway, so the flag did nothing, and a headerless file of two
+        # angles in degrees that auto read as latitude/longitude went onto the
+        # sphere though --degrees said angles (the torus) were meant.
         if coords == "latlon":
-            degrees = False  # latitude/longitude are degrees anyway
+            what = "latitude/longitude, which are always in degrees"
+            how = ("{coords='latlon'}" if asked == "latlon" else
+                   "by {coords='auto'}: " + ("latitude/longitude columns" if table.header
+                                             or cols is not None else
+                                             "no header, values in latitude/longitude ranges"))
         else:
-            # Say how the file is read (plain coordinates have no unit), whether the
-            # user asked for that or auto chose it, and what to do.
+            what = "plain coordinates, which have no unit"
             how = ("{coords='xyz'}" if asked == "xyz" else
                    "by {coords='auto'}: no latitude/longitude or phi/psi columns")
-            raise DataError("{degrees=True} applies to angles ({coords='angles'}), but "
-                            f"{_literal(table.path)} is read as plain coordinates ({how}), "
-                            "which have no unit: drop {degrees}, or pass {coords='angles'} if "
-                            "the columns are angles", params=("degrees", "coords"))
+        raise DataError("{degrees=True} applies to angles ({coords='angles'}), but "
+                        f"{_literal(table.path)} is read as {what} ({how}): drop {{degrees}}, "
+                        "or pass {coords='angles'} if the columns are angles",
+                        params=("degrees", "coords"))
     if coords in ("latlon", "angles") and cols is not None and len(cols) != 2:
         what = "latitude, longitude" if coords == "latlon" else "two angles of the torus"
         raise DataError(f"{{coords={coords!r}}} needs 2 columns ({what}), got "
@@ -1054,7 +1062,7 @@ def load_table(path, coords: str = "auto", columns=None, where=None,
         Row filters ``"COL=VALUE"`` (all must hold), e.g. ``"residue=P"``;
         numbers compare as numbers.
     degrees : bool
-        Angles are in degrees (``coords="angles"``).
+        Angles are in degrees (``coords="angles"``; an error with any other reading).
 
     Returns
     -------

@@ -35,6 +35,9 @@ from .numerics.validation import DTYPE, check_int, padded_box
 
 #: Network-simplex iterations of the exact OT between point clouds.
 _EMD_ITER = 10_000_000
+#: An axis of the evaluation box along which the points vary by at most this
+#: fraction of the widest axis is flat (as NeuralImplicitManifold.FLAT_AXIS).
+FLAT_AXIS = 1e-9
 
 __all__ = [
     "REFERENCE_PROTOCOL",
@@ -288,7 +291,8 @@ def w_reference(model, target_points, target_density=None, *, grid, temperature=
 def w_samples(samples, test, bins=None, bounds=None):
     """Binned W between model samples and held-out points (both binned, centroid support)."""
     bins = bins_for(samples.shape[1]) if bins is None else bins
-    bounds = padded_box(torch.cat([samples, test]), 0.05) if bounds is None else bounds
+    bounds = (padded_box(torch.cat([samples, test]), 0.05, flat=FLAT_AXIS) if bounds is None
+              else bounds)
     return discretized_wasserstein(samples, test, bins=bins, bounds=bounds)
 
 
@@ -315,7 +319,10 @@ def evaluate_model(model, test, *, n_samples=2000, seed=0, manifold=None, sample
     dim = test.shape[1]
     if dim > 3:
         return _evaluate_high_dim(model, test, n_samples, seed, manifold, samples)
-    low, high = padded_box(test, 0.05)
+    # Flat axes widened: held-out points on a plane (a circle at z = 0) gave a
+    # box of no width there, which no point of the learned M fell in
+    # (W_reference failed with "x is empty").
+    low, high = padded_box(test, 0.05, flat=FLAT_AXIS)
     grid = WGrid(tuple(low.tolist()), tuple(high.tolist()), bins_for(dim))
     if samples is None:
         samples = model.sample(n_samples, seed=seed, progress=False)

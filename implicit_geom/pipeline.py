@@ -21,6 +21,7 @@ import torch
 from .datasets import estimate_intrinsic_dim
 from .exceptions import NamedText, ParameterError
 from .manifolds import ImplicitSphere, ImplicitTorus
+from .numerics.validation import check_spread
 
 __all__ = ["EBM_DEFAULTS", "EBM_PRESETS", "MLE_DEFAULTS", "LEARNED_MLE_PRESETS", "Pipeline",
            "build_manifold", "ebm_preset", "fit_pipeline", "manifold_kind", "mle_preset"]
@@ -184,7 +185,14 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     ValueError
         An unknown choice, a sphere or torus for points that are not 3-D, or
         points without lower-dimensional structure.
+    InvalidPointError
+        Points without a spread float64 can work with (all equal, coordinates
+        beyond 1e150, a spread below 1e-150), naming the data's file.
     """
+    # Before any work (the dimension estimate included): data without a usable
+    # spread failed only after training, or were said to show "no
+    # lower-dimensional structure"; the message names the file.
+    check_spread(dataset.points, f"the data ({dataset.meta.get('source', dataset.name)})")
     choice = manifold_kind(dataset, choice)
     if choice in ("sphere", "torus") and dataset.ambient_dim != 3:
         raise ParameterError(f"{{choice={choice!r}}} needs 3-D points, the data has "

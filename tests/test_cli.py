@@ -720,3 +720,66 @@ def test_evaluate_has_no_intrinsic_dim(learned_model, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", str(learned_model), "--intrinsic-dim", "1"])
     assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data, extra, how", [
+    ("lat,lon\n10,20\n-35.5,170\n60,-120\n", ["--coords", "latlon"], "(--coords latlon)"),
+    ("lat,lon\n10,20\n-35.5,170\n60,-120\n", [], "(by --coords auto: latitude/longitude "
+                                                 "columns)"),
+    ("10,20\n-35.5,170\n60,-120\n", [], "(by --coords auto: no header, values in "
+                                        "latitude/longitude ranges)")])
+def test_degrees_with_latitude_longitude_is_refused(tmp_path, capsys, data, extra, how):
+    # Catches --degrees accepted and ignored on latitude/longitude (always
+    # degrees): a headerless file of two angles in degrees went onto the sphere
+    # though --degrees said angles were meant. Refused before any work.
+    path = tmp_path / "d.csv"
+    path.write_text(data)
+    out = tmp_path / "model"
+    assert main(["fit", str(path), "--degrees", "--out", str(out), *extra, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert (f"error: --degrees applies to angles (--coords angles), but {path} is read as "
+            f"latitude/longitude, which are always in degrees {how}: drop --degrees, or pass "
+            "--coords angles if the columns are angles") in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("points, message", [
+    (np.ones((50, 3)), "all 50 points of the data ({path}) are equal (to float64 precision)"),
+    (np.ones((50, 2)), "all 50 points of the data ({path}) are equal (to float64 precision)"),
+    (1 + 1e-17 * np.eye(50, 2), "all 50 points of the data ({path}) are equal"),
+    (1e200 * np.eye(50, 2), "the data ({path}) has coordinates as large as 1e+200: beyond "
+                            "1e+150 their squares overflow float64; rescale the data"),
+    (1e-200 * np.eye(50, 2), "the data ({path}) spreads over only 1e-200: below 1e-150 its "
+                             "square underflows float64; rescale the data")])
+def test_degenerate_data_are_refused_before_training(tmp_path, capsys, monkeypatch, points,
+                                                     message):
+    # Catches data without a usable spread failing only after training (a NaN
+    # loss at epoch 0 for 1e200, no zero set for 1e-200) or, in 3-D, being said
+    # to show "no lower-dimensional structure"; the error names the file.
+    from implicit_geom.learning import NeuralImplicitManifold
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained on degenerate data")
+
+    monkeypatch.setattr(NeuralImplicitManifold, "fit", no_training)
+    path = tmp_path / "d.csv"
+    np.savetxt(path, points, delimiter=",", fmt="%.17g")
+    out = tmp_path / "model"
+    assert main(["fit", str(path), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "error: " + message.format(path=path) in err and "\n" not in err.strip()
+    assert not out.exists() and list(tmp_path.iterdir()) == [path]
+
+
+def test_flat_data_on_a_plane_are_fitted_and_evaluated(tmp_path, capsys):
+    # Catches legitimate flat data (a circle in the plane z = 0 of R^3) failing
+    # after training with "x is empty": the evaluation box had no width in z,
+    # and no point of the (never exactly flat) learned circle fell in it.
+    t = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    path = tmp_path / "circle.csv"
+    np.savetxt(path, np.c_[np.cos(t), np.sin(t), np.zeros_like(t)], delimiter=",")
+    out = tmp_path / "model"
+    assert main(["fit", str(path), "--out", str(out), "--mdf-epochs", "40",
+                 "--max-distance", "none", *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["W_reference"] < 0.1 and 0 <= metrics["W_samples"] < 0.1

@@ -19,7 +19,7 @@ from ..exceptions import (CheckpointError, ConditioningWarning, FitWarning, Inva
 from ..manifolds.components import sample_in_box
 from ..manifolds.neural import MDFNetwork, NetworkImplicitManifold
 from ..manifolds.residual import ResidualMDFNetwork
-from ..numerics.validation import DTYPE, as_points, check_int, padded_box
+from ..numerics.validation import DTYPE, as_points, check_int, check_spread, padded_box
 from ..threads import check_jobs, fork_map, resolve_jobs
 from .checkpoint import checkpoint_dtype, dtype_name, load_checkpoint, save_checkpoint
 from .distributed import context, make_trainer
@@ -512,7 +512,8 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
             ``epochs`` is not a non-negative integer (the model is left as it was).
         InvalidPointError
             ``X`` has NaN/inf values or the wrong shape, fewer than 2 rows,
-            or all rows equal.
+            all rows equal, or a size or spread float64 cannot square
+            (:func:`~implicit_geom.numerics.validation.check_spread`).
         EmptyDataError
             ``X`` is empty.
         """
@@ -528,11 +529,10 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
                                     f"{tuple(X.shape)}")
         if X.shape[0] < 2:
             raise InvalidPointError(f"fit needs at least 2 points, got {X.shape[0]}")
-        if bool((X == X[0]).all()):
-            # No spread: no length scale to standardise by and no box (it was
-            # 1e-12 wide, and the fit a random zero set beside the point).
-            raise InvalidPointError(f"fit needs at least 2 distinct points; all {X.shape[0]} "
-                                    f"rows of X are equal")
+        # No spread (no length scale to standardise by, no box: it was 1e-12
+        # wide, the fit a random zero set beside the point), or one whose
+        # squares overflow or underflow (a NaN loss at epoch 0).
+        check_spread(X, "X")
         # In the model's dtype too: after .to(torch.float32) float64 data met
         # float32 weights in the negative sampler ("must have the same dtype").
         X = X.to(device=self.device, dtype=self.dtype)

@@ -84,6 +84,45 @@ def as_points(point, ambient_dim, name="point", allow_empty=False, dtype=None):
     return check_finite(point, name)
 
 
+#: Coordinates beyond this size are refused by :func:`check_spread`: their
+#: squares (distances, variances, norms) overflow float64 (above 1.3e154)
+#: once summed over many points.
+MAX_COORDINATE = 1e150
+#: A spread below this is refused by :func:`check_spread`: its square underflows.
+MIN_SPREAD = 1e-150
+
+
+def check_spread(points, name="X"):
+    """Refuse ``points`` (N, n) from which no length scale can be computed in float64.
+
+    Fits standardise by the points' spread and work with squared distances:
+    all points equal (also when they differ only below float64's resolution
+    at their magnitude), coordinates whose squares overflow or a spread whose
+    square underflows failed only after training (a NaN loss, no zero set in
+    a box of no width). Flat axes are fine (a circle at z = 0 in R^3).
+
+    Raises
+    ------
+    InvalidPointError
+        Naming ``name`` and what is degenerate.
+    """
+    largest = float(points.abs().max())
+    if largest > MAX_COORDINATE:
+        raise InvalidPointError(
+            f"{name} has coordinates as large as {largest:.3g}: beyond {MAX_COORDINATE:.0e} "
+            "their squares overflow float64; rescale the data (to unit spread)")
+    spread = float((points.max(0).values - points.min(0).values).max())
+    if spread == 0:
+        raise InvalidPointError(
+            f"all {points.shape[0]} points of {name} are equal (to float64 precision): they "
+            "have no spread to fit a manifold or a density to")
+    if spread < MIN_SPREAD:
+        raise InvalidPointError(
+            f"{name} spreads over only {spread:.3g}: below {MIN_SPREAD:.0e} its square "
+            "underflows float64; rescale the data (to unit spread)")
+    return points
+
+
 def as_point_list(points, ambient_dim, name="points"):
     """:func:`as_points` for a list of points, shape ``(N, ambient_dim)`` exactly:
     a pairwise matrix of a batch of batches would otherwise be the matrix of
@@ -111,11 +150,22 @@ def broadcast_points(*tensors, names=None):
         ) from err
 
 
-def padded_box(points, fraction, min_width=0.0):
+def padded_box(points, fraction, min_width=0.0, flat=None):
     """Bounding box of ``points`` (N, n) widened by ``fraction`` of its size per side.
 
     ``min_width`` keeps degenerate (flat) axes from giving an empty box.
+    ``flat``: an axis whose extent is at most this fraction of the widest
+    one's is given the widest extent, centred on the points (points on an
+    axis-aligned plane, a circle at z = 0 in R^3: a manifold fitted to them is
+    never exactly flat, and a box of no width along that axis misses it).
     """
     lo, hi = points.min(0).values, points.max(0).values
+    if flat is not None:
+        width = hi - lo
+        widest = width.max()
+        thin = width <= flat * widest
+        centre = (lo + hi) / 2
+        lo = torch.where(thin, centre - widest / 2, lo)
+        hi = torch.where(thin, centre + widest / 2, hi)
     pad = fraction * (hi - lo).clamp_min(min_width)
     return lo - pad, hi + pad

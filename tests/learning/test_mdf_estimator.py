@@ -4,6 +4,7 @@ a fresh process, resume, corruption)."""
 
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -520,3 +521,19 @@ def test_agreement_keeps_the_restart_closest_to_the_others(tmp_path):
     assert torch.allclose(again.restart_gaps_, gaps, rtol=0, atol=0, equal_nan=True)
     with pytest.raises(ValueError, match="restart_selection"):
         NeuralImplicitManifold(2, restart_selection="best")
+
+
+@pytest.mark.parametrize("X, message", [
+    (torch.ones(20, 2), "all 20 points of X are equal"),
+    (1e200 * torch.eye(20, 2, dtype=torch.float64), "X has coordinates as large as 1e+200"),
+    (1e-200 * torch.eye(20, 2, dtype=torch.float64), "X spreads over only 1e-200")])
+def test_fit_refuses_data_without_a_usable_spread(X, message):
+    # Catches the Python API training on such data: a NaN loss at epoch 0
+    # (1e200) or a 1e-12 length scale and no zero set near the data (1e-200).
+    from implicit_geom.exceptions import InvalidPointError
+    from implicit_geom.learning import NeuralImplicitManifold
+
+    model = NeuralImplicitManifold(2, codim=1, epochs=1, progress=False)
+    with pytest.raises(InvalidPointError, match=re.escape(message)):
+        model.fit(X)
+    assert not model.is_fitted
