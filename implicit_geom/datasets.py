@@ -958,17 +958,17 @@ def _coordinates(table: _Table, coords: str, columns, degrees: bool):
         # angles in degrees that auto read as latitude/longitude went onto the
         # sphere though --degrees said angles (the torus) were meant.
         if coords == "latlon":
-            what = "latitude/longitude, which are always in degrees"
+            what, unit = "latitude/longitude", "which are always in degrees"
             how = ("{coords='latlon'}" if asked == "latlon" else
                    "by {coords='auto'}: " + ("latitude/longitude columns" if table.header
                                              or cols is not None else
                                              "no header, values in latitude/longitude ranges"))
         else:
-            what = "plain coordinates, which have no unit"
+            what, unit = "plain coordinates", "which have no unit"
             how = ("{coords='xyz'}" if asked == "xyz" else
                    "by {coords='auto'}: no latitude/longitude or phi/psi columns")
         raise DataError("{degrees=True} applies to angles ({coords='angles'}), but "
-                        f"{_literal(table.path)} is read as {what} ({how}): drop {{degrees}}, "
+                        f"{_literal(table.path)} is read as {what} ({how}), {unit}: drop {{degrees}}, "
                         "or pass {coords='angles'} if the columns are angles",
                         params=("degrees", "coords"))
     if coords in ("latlon", "angles") and cols is not None and len(cols) != 2:

@@ -738,7 +738,7 @@ def test_degrees_with_latitude_longitude_is_refused(tmp_path, capsys, data, extr
     assert main(["fit", str(path), "--degrees", "--out", str(out), *extra, *FAST]) == 2
     err = capsys.readouterr().err
     assert (f"error: --degrees applies to angles (--coords angles), but {path} is read as "
-            f"latitude/longitude, which are always in degrees {how}: drop --degrees, or pass "
+            f"latitude/longitude {how}, which are always in degrees: drop --degrees, or pass "
             "--coords angles if the columns are angles") in err
     assert not out.exists()
 

@@ -263,7 +263,7 @@ def test_bad_training_data():
         model.fit(torch.zeros(10, 2, dtype=torch.float64))
     # Catches: copies of one point were fitted (box 1e-12 wide, scale 1e-12)
     # into a random zero set beside the point, with only a warning.
-    with pytest.raises(InvalidPointError, match="distinct"):
+    with pytest.raises(InvalidPointError, match="all 10 points of X are equal"):
         model.fit(torch.ones(10, 3, dtype=torch.float64))
     assert not model.is_fitted
 
