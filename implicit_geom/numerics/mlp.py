@@ -268,6 +268,12 @@ def second_order_supported(layers):
                or (type(m) is nn.GELU and m.approximate == "none") for m in layers)
 
 
+#: Rows per pass of :func:`value_and_second_forms` (larger batches go in blocks:
+#: 0.26 s instead of 0.78 s CPU for 20 000 rows of a 3-64-64-64-1 SiLU MLP; 256 to
+#: 4096 rows per block all took 0.22-0.27 s).
+SECOND_FORMS_BLOCK = 2048
+
+
 def value_and_second_forms(layers, x, dirs):
     """``F(x)``, the directional derivatives ``DF(x)[d_i]`` and the second
     derivatives ``D^2F(x)[d_i, d_j]`` along given directions, by forward-mode
@@ -292,6 +298,15 @@ def value_and_second_forms(layers, x, dirs):
     second : torch.Tensor, shape=[B, k, m, m]
         Symmetric in the last two axes.
     """
+    if x.shape[0] > SECOND_FORMS_BLOCK:
+        # In blocks of rows: the (width, pairs, B) second-order tangents of a
+        # large batch (64 x 6 x 20 000 doubles, 61 MB, for the Hessians of a
+        # learned glycine torus at 20 000 points) leave the cache, and the
+        # elementwise passes over them ran 3x slower than in blocks.
+        parts = [value_and_second_forms(layers, x[i:i + SECOND_FORMS_BLOCK],
+                                        dirs[i:i + SECOND_FORMS_BLOCK])
+                 for i in range(0, x.shape[0], SECOND_FORMS_BLOCK)]
+        return tuple(torch.cat(out) for out in zip(*parts))
     with torch.no_grad():
         m = dirs.shape[1]
         iu, ju = torch.triu_indices(m, m, device=x.device)

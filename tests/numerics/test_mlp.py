@@ -173,6 +173,25 @@ def test_second_forms_match_torch_func_hessian(act, n, k, m):
         torch.testing.assert_close(sec2, ref[:, :, 0, 0], rtol=0, atol=1e-10)
 
 
+# Batches above SECOND_FORMS_BLOCK go in blocks of rows (cache-sized passes):
+# catches blocks stitched in the wrong order or axis, a last partial block
+# dropped or repeated, and outputs whose shapes differ from one pass's.
+def test_second_forms_in_blocks_match_one_pass(monkeypatch):
+    torch.manual_seed(3)
+    net = sequential([3, 6, 6, 2], nn.SiLU)
+    layers = mlp.mlp_layers(net)
+    x = 2.0 * torch.randn(11, 3, dtype=torch.float64)
+    dirs = torch.randn(11, 3, 3, dtype=torch.float64)
+    whole = mlp.value_and_second_forms(layers, x, dirs)
+    monkeypatch.setattr(mlp, "SECOND_FORMS_BLOCK", 4)  # blocks of 4, 4 and 3 rows
+    blocks = mlp.value_and_second_forms(layers, x, dirs)
+    for a, b in zip(blocks, whole):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    ref = dirs[:, None] @ hessian_reference(net, x) @ dirs.transpose(1, 2)[:, None]
+    torch.testing.assert_close(blocks[2], ref, rtol=0, atol=1e-10)
+
+
 def test_second_order_support_is_reported():
     # The tanh approximation of GELU has no closed form here: callers must
     # fall back to autograd instead of getting exact-GELU curvatures.
