@@ -179,8 +179,16 @@ class ImplicitManifold(nn.Module, LevelSet):
         """Per flat point (B, n), an upper bound of the normal curvature
         ``|II(u, u)|`` over unit tangent vectors u, of the level set of F
         through it: ``|B^T H B|_2 / |grad F|`` for one constraint,
-        ``sqrt(sum_r |B^T H_r B|_2^2) / sigma_min(J)`` for several (B an
-        orthonormal tangent basis, H the Hessians of F). Shape (B,)."""
+        ``sqrt(sum_j |S_j|_2^2)`` for several, ``S_j = sum_r W_jr B^T H_r B``
+        the second fundamental form along the j-th orthonormal normal
+        (``J^T = QR``, ``W = R^{-T}``; B an orthonormal tangent basis, H the
+        Hessians of F). Shape (B,).
+
+        In an orthonormal normal frame the bound does not depend on how the
+        constraints are scaled or mixed; ``|B^T H_r B| / sigma_min(J)`` did:
+        the unit circle ``[s (x^2 + y^2 - 1), z]`` had a bound of 2s, and
+        s = 1e9 raised ScaleError on it (1e3 already tightened every
+        tolerance 256-fold)."""
         jac = self._jacobian(x)
         basis = tangent_basis(jac)
         shape = self._second_forms(x, basis.transpose(1, 2))
@@ -191,10 +199,20 @@ class ImplicitManifold(nn.Module, LevelSet):
             hess = torch.stack([self._lagrangian_hessian(
                 x, eye[i].expand(x.shape[0], -1)) for i in range(self.codim)], 1)
             shape = basis.transpose(1, 2)[:, None] @ hess @ basis[:, None]
+        if self.codim == 1:
+            norms = torch.linalg.eigvalsh(0.5 * (shape + shape.transpose(-1, -2))).abs()
+            sigma = torch.linalg.svdvals(jac)[:, -1].clamp_min(1e-300)
+            return norms.amax(-1).square().sum(-1).sqrt() / sigma
+        r = torch.linalg.qr(jac.transpose(1, 2)).R  # (B, k, k), J^T = QR
+        diag = r.diagonal(dim1=-2, dim2=-1)
+        # A rank-deficient J (a singular point): a huge bound, as 1/sigma_min was.
+        safe = torch.where(diag < 0, -1.0, 1.0) * diag.abs().clamp_min(1e-300)
+        r = r + torch.diag_embed(safe - diag)
+        eye = torch.eye(self.codim, dtype=x.dtype, device=x.device).expand_as(r)
+        w = torch.linalg.solve_triangular(r.transpose(-1, -2), eye, upper=False)  # R^{-T}
+        shape = torch.einsum("bjr,brpq->bjpq", w, shape)
         norms = torch.linalg.eigvalsh(0.5 * (shape + shape.transpose(-1, -2))).abs()
-        top = norms.amax(-1).square().sum(-1).sqrt()
-        sigma = torch.linalg.svdvals(jac)[:, -1].clamp_min(1e-300)
-        return top / sigma
+        return norms.amax(-1).square().sum(-1).sqrt()
 
     def _local_factor(self, x):
         """Per flat point (B, n), ``min(1, rho / ABSOLUTE_LENGTH)`` with rho the

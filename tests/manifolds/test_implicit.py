@@ -578,6 +578,33 @@ def test_tiny_sphere_far_from_the_origin_raises_scale_error():
     assert torch.allclose(y.norm(), torch.tensor(1e-9, dtype=torch.float64), rtol=1e-8)
 
 
+def test_codim2_length_does_not_depend_on_how_the_constraints_are_scaled():
+    # Catches a false ScaleError (and needlessly tightened tolerances) on a
+    # unit circle written [s (x^2 + y^2 - 1), z]: the curvature bound was
+    # |B^T H_r B| / sigma_min(J) = 2s, mixing the rows' scales, so s = 1e3
+    # shrank every tolerance 256-fold and s = 1e9 refused the circle.
+    th = torch.linspace(0.0, 6.0, 7, dtype=torch.float64)
+    p = torch.stack([th.cos(), th.sin(), 0 * th], -1)
+    for s in (1.0, 1e3, 1e9):
+        circle = ig.ImplicitManifold(
+            lambda x, s=s: torch.stack([s * ((x[..., :2] ** 2).sum(-1) - 1), x[..., 2]], -1),
+            ambient_dim=3, codim=2)
+        torch.testing.assert_close(circle._normal_curvature(p), torch.ones(7, dtype=torch.float64))
+        with circle.local_scale(p):
+            assert circle.tol_scale == 1.0
+        v = circle.to_tangent(torch.stack([-th.sin(), th.cos(), 0 * th], -1) * 0.5, p)
+        want = torch.stack([(th + 0.5).cos(), (th + 0.5).sin(), 0 * th], -1)
+        torch.testing.assert_close(circle.metric.exp(v, p), want, rtol=0, atol=1e-9)
+    # Still a bound of |II(u, u)| where the normals mix the rows: the circle
+    # of radius sqrt(3)/2 cut from the unit sphere by a plane written 100 (z - 1/2).
+    cut = ig.ImplicitManifold(
+        lambda x: torch.stack([(x ** 2).sum(-1) - 1, 100 * (x[..., 2] - 0.5)], -1),
+        ambient_dim=3, codim=2)
+    q = torch.tensor([[math.sqrt(0.75), 0.0, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(cut._normal_curvature(q),
+                               torch.tensor([1 / math.sqrt(0.75)], dtype=torch.float64))
+
+
 def test_large_scale_failure_names_the_scale():
     # Catches the unexplained failures at large coordinates: the error now says
     # the length scale (and what float64 resolves there) and to rescale.
