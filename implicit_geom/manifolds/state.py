@@ -6,6 +6,7 @@ density stores the portable fingerprint of its pieces."""
 
 import hashlib
 import itertools
+import numbers
 import weakref
 
 import torch
@@ -107,6 +108,16 @@ def _portable_repr(val):
         return "[" + ", ".join(_portable_repr(v) for v in val) + "]"
     if isinstance(val, dict):
         return "{" + ", ".join(f"{k!r}: {_portable_repr(v)}" for k, v in sorted(val.items())) + "}"
+    # Numbers as Python's own: numpy 2 writes np.float64(1.0) where numpy 1
+    # wrote 1.0 (a closure over a numpy scalar was refused across them).
+    if isinstance(val, bool):
+        return repr(val)
+    if isinstance(val, numbers.Integral):
+        return repr(int(val))
+    if isinstance(val, numbers.Real):
+        return repr(float(val))
+    if isinstance(val, numbers.Complex):
+        return repr(complex(val))
     return repr(val)
 
 
@@ -135,14 +146,16 @@ def _callable_content(fn):
         return ""
 
     def show(val):
-        if isinstance(val, (int, float, complex, str)) or torch.is_tensor(val):
+        # (numbers.Number: numpy scalars too; np.float32 was seen by type name,
+        # closures over np.float32(1) and (2) had equal fingerprints.)
+        if isinstance(val, (numbers.Number, str)) or torch.is_tensor(val):
             return _portable_repr(val)
         return type(val).__qualname__
 
     cells = [c.cell_contents for c in (fn.__closure__ or ()) if _cell_filled(c)]
     names = getattr(fn, "__globals__", {})
     glob = [f"{n}={show(names[n])}" for n in code.co_names
-            if n in names and (isinstance(names[n], (int, float, complex))
+            if n in names and (isinstance(names[n], numbers.Number)
                                or torch.is_tensor(names[n]))]
     return (f"numbers={_portable_repr(_code_numbers(code))};"
             f"defaults={[show(v) for v in (fn.__defaults__ or ())]};"

@@ -225,3 +225,24 @@ def test_fingerprint_version_1_records_are_checked_as_written(tmp_path):
     future = {**manifold_identity(a()), "fingerprint_version": 99}
     with pytest.raises(CheckpointError, match="fingerprint version"):
         check_manifolds([future], [a()], tmp_path / "c.pt")
+
+
+def test_plain_f_numbers_from_numpy_are_read_by_value():
+    # Catches closures and globals holding numpy scalars: np.float32 was seen by
+    # type name only (r=1 and r=2 had one fingerprint: a false accept), and
+    # np.float64 by numpy's repr, 'np.float64(1.0)' on numpy 2 and '1.0' on
+    # numpy 1 (a false refusal across them); now both as Python numbers.
+    import numpy as np
+
+    from implicit_geom.learning.checkpoint import manifold_identity
+    from implicit_geom.manifolds import ImplicitManifold
+    from implicit_geom.manifolds.state import _portable_repr
+
+    def sphere(r):
+        return ImplicitManifold(lambda p: (p * p).sum(-1, keepdim=True) - float(r) ** 2, 3)
+
+    assert (manifold_identity(sphere(np.float32(1.0)))
+            != manifold_identity(sphere(np.float32(2.0))))
+    assert manifold_identity(sphere(np.float32(1.0))) == manifold_identity(sphere(np.float32(1)))
+    assert _portable_repr(np.float64(1.5)) == _portable_repr(1.5) == "1.5"
+    assert _portable_repr([np.int64(3), np.float32(0.5), True]) == "[3, 0.5, True]"
