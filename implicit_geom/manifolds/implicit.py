@@ -338,7 +338,8 @@ class ImplicitManifold(nn.Module, LevelSet):
         dict (:func:`~implicit_geom.manifolds.state._state_fingerprint`)
         and its load refuses a manifold whose parameters differ. Subclasses
         add those that are not tensors of the state dict (expressions,
-        wrapped spaces' sizes); a plain F's numbers are read from F."""
+        wrapped spaces' sizes); a plain F is recorded by its values at probe
+        points (:func:`~implicit_geom.learning.checkpoint.manifold_identity`)."""
         return {}
 
     def invalidate_caches(self):

@@ -19,7 +19,7 @@ _CACHE_COUNTERS = frozenset({"_cache_generation"})
 _CALL_SETTINGS = frozenset({"_call_scale"})
 
 
-def _walk_state(space, portable=False, params=True):
+def _walk_state(space, portable=False, params=True, plain_by_name=True):
     """What defines a space's zero set, in a fixed order: ``("tensor", name,
     t)`` for its and its components' parameters and buffers (non-persistent
     ones too: bounds) and tensor attributes, ``("setting", text)`` for type
@@ -29,12 +29,16 @@ def _walk_state(space, portable=False, params=True):
 
     ``portable``: what a checkpoint can store and compare in another process
     (see :func:`_state_fingerprint`): type names, the modules' state dicts,
-    plain callables by qualified name and content (:func:`_callable_content`)
-    and, with ``params``, each object's defining parameters that are no
-    tensors of its state dict (its ``_fingerprint_params()``: a sympy
-    manifold's expressions, a wrapped geomstats space's class and sizes, an
-    MDF's radial weight); no working settings, no ids. ``params=False`` is
-    the walk of fingerprint version 1 (checkpoints recorded before them)."""
+    plain callables (:func:`_is_plain_f`) by qualified name and content
+    (:func:`_plain_f_text`) and, with ``params``, each object's defining
+    parameters that are no tensors of its state dict (its
+    ``_fingerprint_params()``: a sympy manifold's expressions, a wrapped
+    geomstats space's class and sizes, an MDF's radial weight); no working
+    settings, no ids. ``params=False`` is the walk of fingerprint version 1
+    (checkpoints recorded before them). ``plain_by_name=False`` (version 3)
+    marks where a plain callable sits and nothing of it: a checkpoint then
+    compares its values at recorded points instead (see
+    :func:`implicit_geom.learning.checkpoint.manifold_identity`)."""
     seen, seen_tensors = set(), set()
 
     def tensor(name, val):
@@ -65,12 +69,11 @@ def _walk_state(space, portable=False, params=True):
             if key in _CALL_SETTINGS:
                 continue
             if portable:
-                if (callable(val) and key in ("_f", "f")
-                        and not isinstance(val, torch.nn.Module)):
-                    name = getattr(val, "__qualname__", type(val).__qualname__)
-                    yield "setting", f"{key}@{getattr(val, '__module__', '')}.{name}"
-                    if params:
-                        yield "setting", f"{key}:{_callable_content(val)}"
+                if _is_plain_f(key, val):
+                    if plain_by_name:
+                        yield from (("setting", text) for text in _plain_f_text(key, val, params))
+                    else:
+                        yield "setting", f"{key}:plain callable"
                 continue
             if isinstance(val, (bool, int, float, str)):
                 yield "setting", f"{key}={val!r}"
@@ -91,6 +94,22 @@ def _walk_state(space, portable=False, params=True):
                 yield from visit(child, depth + 1)
 
     yield from visit(space)
+
+
+def _is_plain_f(key, val):
+    """Whether attribute ``key`` holding ``val`` is a plain callable F (a
+    function, lambda, partial, callable object: no module, no state dict)."""
+    return key in ("_f", "f") and callable(val) and not isinstance(val, torch.nn.Module)
+
+
+def _plain_f_text(key, fn, content=True):
+    """A plain F as fingerprint versions 1 and 2 saw it: its module and
+    qualified name and (``content``, version 2) :func:`_callable_content`."""
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    out = [f"{key}@{getattr(fn, '__module__', '')}.{name}"]
+    if content:
+        out.append(f"{key}:{_callable_content(fn)}")
+    return out
 
 
 def _portable_repr(val):
@@ -170,7 +189,7 @@ def _cell_filled(cell):
     return True
 
 
-def _state_fingerprint(space, settings=True, version=2):
+def _state_fingerprint(space, settings=True, version=3):
     """Hash of what defines the zero set: parameters, buffers (bounds too),
     scalar settings (radii, tolerances) of the space and of its components,
     by content (equal for equal states, in any process, but for a plain
@@ -180,18 +199,22 @@ def _state_fingerprint(space, settings=True, version=2):
     ``settings=False`` gives the fingerprint a checkpoint can store (a union
     density's pieces): the types and the state dicts only, floating values
     taken in float64, and a plain callable F by its qualified name instead
-    of its ``id``. It is the same in another process and after the space's
-    own save/load, ``.to(float32)`` of exactly representable values, or a
-    change of working settings (``progress``, ``name``, ``training``...),
-    which the cache key (default) counts as changes. It includes the
-    defining parameters that are no tensors (``_fingerprint_params``) and a
-    plain F's numbers (see :func:`_walk_state`); ``version=1`` is the
-    fingerprint checkpoints recorded before those were (radii of a
-    torch-built sphere were seen, a sympy manifold's expressions, an MDF's
-    ``radial`` or the numbers of a lambda F were not).
+    of its ``id`` (version 3: only where it sits). It is the same in
+    another process and after the space's own save/load, ``.to(float32)``
+    of exactly representable values, or a change of working settings
+    (``progress``, ``name``, ``training``...), which the cache key
+    (default) counts as changes. It includes the defining parameters that
+    are no tensors (``_fingerprint_params``, see :func:`_walk_state`).
+    ``version=1`` and ``2`` are the fingerprints checkpoints recorded
+    before: 1 without those parameters (radii of a torch-built sphere were
+    seen, a sympy manifold's expressions, an MDF's ``radial`` or the
+    numbers of a lambda F were not), 2 with a plain F by module, qualified
+    name and the numbers of its code (refused once F moved; blind to what
+    a called helper, a captured network or a partial holds).
     """
     digest = hashlib.sha1()
-    for item in _walk_state(space, portable=not settings, params=version >= 2):
+    for item in _walk_state(space, portable=not settings, params=version >= 2,
+                            plain_by_name=version <= 2):
         if item[0] == "setting":
             if item[1].split("=", 1)[0] not in _CACHE_COUNTERS:
                 digest.update(item[1].encode())

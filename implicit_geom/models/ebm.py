@@ -1160,10 +1160,13 @@ class ConstrainedEBM(EnergyModel):
 
         The manifold is not stored: ``manifold`` must be the one the model
         was fitted on, rebuilt (same class, dimensions, state dict and
-        defining parameters: radii, expressions, a learned MDF's weights,
-        see :func:`~implicit_geom.learning.checkpoint.manifold_identity`).
+        defining parameters: radii, expressions, a learned MDF's weights;
+        a plain callable F with the same values at the recorded probe
+        points, wherever it is defined, see
+        :func:`~implicit_geom.learning.checkpoint.manifold_identity`).
         ``check_manifold=False`` loads onto one that differs with a warning
-        instead, e.g. the same manifold whose plain F was renamed or moved.
+        instead, e.g. the same manifold whose plain F was renamed or moved
+        (a checkpoint before version 3 of the record knew F by its name).
         A checkpoint from before the manifold was recorded loads unchecked,
         with a warning.
 

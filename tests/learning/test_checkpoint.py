@@ -1,5 +1,7 @@
 """Checkpoint files: round trip, weights-only, atomic, clear errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -246,3 +248,208 @@ def test_plain_f_numbers_from_numpy_are_read_by_value():
     assert manifold_identity(sphere(np.float32(1.0))) == manifold_identity(sphere(np.float32(1)))
     assert _portable_repr(np.float64(1.5)) == _portable_repr(1.5) == "1.5"
     assert _portable_repr([np.int64(3), np.float32(0.5), True]) == "[3, 0.5, True]"
+
+
+# ------------------------------------------------- plain F: values at probe points
+def _module(tmp_path, filename, source, name=None):
+    """Import ``source`` written to ``tmp_path/filename`` as module ``name``."""
+    import importlib.util
+    import textwrap
+
+    path = tmp_path / filename
+    path.write_text(textwrap.dedent(source))
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sphere_f(x, r=1.0):
+    return (x * x).sum(-1, keepdim=True) - r * r
+
+
+class _Shell:
+    """A callable object and a bound method: F of a radius held in ``self``."""
+
+    def __init__(self, r):
+        self.r = r
+
+    def __call__(self, x):
+        return _sphere_f(x, self.r)
+
+    def level(self, x):
+        return _sphere_f(x, self.r)
+
+
+def _net_lambda(seed):
+    from implicit_geom.manifolds import ImplicitManifold
+
+    net = _seeded(lambda: torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(),
+                                              torch.nn.Linear(8, 1)).double(), seed)
+    return ImplicitManifold(lambda x: net(x), 3)
+
+
+def _helper_constant(tmp_path, c):
+    # The same module and function names, F calling a helper whose constant differs.
+    from implicit_geom.manifolds import ImplicitManifold
+
+    module = _module(tmp_path, f"shapes_{c}.py", f"""
+        def helper(x):
+            return (x * x).sum(-1, keepdim=True) - {c}
+
+        def F(x):
+            return helper(x)
+        """, name="shapes")
+    return ImplicitManifold(module.F, 3)
+
+
+def _plain_false_accepts(tmp_path):
+    import functools
+
+    from implicit_geom.manifolds import ImplicitManifold, ImplicitSphere, product, union
+
+    def plain(fn, **kwargs):
+        return ImplicitManifold(fn, 3, **kwargs)
+
+    return {
+        # name: (the saved manifold, another that version 2 took for it)
+        "lambda over a network": (lambda: _net_lambda(0), lambda: _net_lambda(1)),
+        "partial": (lambda: plain(functools.partial(_sphere_f, r=1.0)),
+                    lambda: plain(functools.partial(_sphere_f, r=2.0))),
+        "callable object": (lambda: plain(_Shell(1.0)), lambda: plain(_Shell(2.0))),
+        "bound method": (lambda: plain(_Shell(1.0).level), lambda: plain(_Shell(2.0).level)),
+        "helper constant": (lambda: _helper_constant(tmp_path, 1.0),
+                            lambda: _helper_constant(tmp_path, 4.0)),
+        # Radius 1e-3 or 2e-3: 3e-6 of F's values at unit scale, seen at M's scale.
+        "tiny sphere": (lambda: plain(functools.partial(_sphere_f, r=1e-3)),
+                        lambda: plain(functools.partial(_sphere_f, r=2e-3))),
+        "in a box": (lambda: plain(_Shell(1.0), bounds=([-2.0] * 3, [2.0] * 3)),
+                     lambda: plain(_Shell(1.5), bounds=([-2.0] * 3, [2.0] * 3))),
+        "union piece": (lambda: union(plain(_Shell(1.0)), ImplicitSphere(2, center=[3.0, 0, 0])),
+                        lambda: union(plain(_Shell(1.1)), ImplicitSphere(2, center=[3.0, 0, 0]))),
+        "product factor": (lambda: product(ImplicitSphere(1), plain(_Shell(1.0))),
+                           lambda: product(ImplicitSphere(1), plain(_Shell(0.5)))),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_plain_false_accepts(None)))
+def test_plain_f_is_known_by_its_values(kind, tmp_path):
+    # Catches the false accepts of fingerprint version 2, which knew a plain F
+    # by module, qualified name and the numbers of its own code: a lambda
+    # calling a network of other weights, a partial of another radius, a
+    # callable object or bound method of another self.r, a helper with another
+    # constant, a factor or piece of these, all had the saved F's fingerprint.
+    # Version 3 compares F's values at the recorded probe points; version 2
+    # records are still checked as written (their blind spot stays).
+    from implicit_geom.learning.checkpoint import check_manifolds, manifold_identity
+
+    build, other = _plain_false_accepts(tmp_path)[kind]
+    check_manifolds([manifold_identity(build(), version=2)], [other()], tmp_path / "c.pt")
+    saved = manifold_identity(build())
+    assert saved["fingerprint_version"] == 3 and saved["probes"]
+    check_manifolds([saved], [build()], tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=r"values of the plain F \S+ differ from the saved "
+                                              r"F's .*max relative difference .*"
+                                              "check_manifold=False"):
+        check_manifolds([saved], [other()], tmp_path / "c.pt")
+    with pytest.warns(UserWarning, match="loaded anyway"):
+        check_manifolds([saved], [other()], tmp_path / "c.pt", check_manifold=False)
+
+
+def test_plain_f_moved_or_rewritten_is_accepted(tmp_path):
+    # Catches the false refusals of version 2: F moved to another module (its
+    # module name was in the fingerprint), or written with other code
+    # constants (which another Python compiles otherwise: 3.14 drops small
+    # ints from co_consts). The same values are the same F.
+    import json
+
+    from implicit_geom.learning.checkpoint import check_manifolds, manifold_identity
+    from implicit_geom.manifolds import ImplicitManifold
+
+    source = """
+        def F(x):
+            return (x * x).sum(-1, keepdim=True) - 1.0
+        """
+    first, moved = (_module(tmp_path, f"{name}.py", source) for name in ("place_a", "place_b"))
+    assert first.F.__module__ != moved.F.__module__
+    saved = json.loads(json.dumps(manifold_identity(ImplicitManifold(first.F, 3))))
+    check_manifolds([saved], [ImplicitManifold(moved.F, 3)], tmp_path / "c.pt")
+    check_manifolds([saved], [ImplicitManifold(lambda x: (x ** 2).sum(-1, keepdim=True) - 1, 3)],
+                    tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="another state"):  # version 2: refused
+        check_manifolds([manifold_identity(ImplicitManifold(first.F, 3), version=2)],
+                        [ImplicitManifold(moved.F, 3)], tmp_path / "c.pt")
+
+
+def test_plain_f_version_2_records_are_checked_as_written(tmp_path):
+    # A record written before version 3 (a plain F by name and code, no
+    # probes) is compared with version 2's fingerprint: catches older
+    # checkpoints of a plain F refused (or their F evaluated) once it changed.
+    from implicit_geom.learning.checkpoint import check_manifolds, manifold_identity
+    from implicit_geom.manifolds import ImplicitManifold
+
+    old = manifold_identity(ImplicitManifold(_closure_sphere(1.0), 3), version=2)
+    assert old["fingerprint_version"] == 2 and "probes" not in old
+    check_manifolds([old], [ImplicitManifold(_closure_sphere(1.0), 3)], tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="another state"):
+        check_manifolds([old], [ImplicitManifold(_closure_sphere(2.0), 3)], tmp_path / "c.pt")
+
+
+def test_plain_f_raising_at_its_probes_falls_back_to_name_and_code(tmp_path):
+    # An F that raises at the probe points must not make a valid manifold
+    # unsavable or unloadable: catches a save or load failing on F's own
+    # error. Raising when saved: recorded by module, name and code (version
+    # 2's comparison), with a warning; raising only at load: accepted where
+    # name and code are the saved F's, with a note; refused otherwise.
+    from implicit_geom.learning.checkpoint import PROBE_POINTS, check_manifolds, manifold_identity
+    from implicit_geom.manifolds import ImplicitManifold
+
+    module = _module(tmp_path, "picky.py", f"""
+        FAIL = []  # (a list: no number of F's code, the same name and code either way)
+
+        def F(x):
+            if FAIL or x.shape[0] == {PROBE_POINTS}:
+                raise RuntimeError("no batches of {PROBE_POINTS}")
+            return (x * x).sum(-1, keepdim=True) - 1.0
+
+        def G(x):
+            return F(x)
+
+        def H(x):
+            if FAIL:
+                raise RuntimeError("not today")
+            return (x * x).sum(-1, keepdim=True) - 1.0
+
+        def K(x):
+            return H(x)
+        """)
+    with pytest.warns(UserWarning, match="raised at the probe points.*module, name and code"):
+        saved = manifold_identity(ImplicitManifold(module.F, 3))
+    assert "groups" not in saved["probes"][0] and "no batches" in saved["probes"][0]["error"]
+    check_manifolds([saved], [ImplicitManifold(module.F, 3)], tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="raised at its probe points when saved"):
+        check_manifolds([saved], [ImplicitManifold(module.G, 3)], tmp_path / "c.pt")
+
+    saved = manifold_identity(ImplicitManifold(module.H, 3))
+    assert saved["probes"][0]["groups"]
+    module.FAIL.append(True)
+    with pytest.warns(UserWarning, match="raised at the saved probe points .*not today.*accepted"):
+        check_manifolds([saved], [ImplicitManifold(module.H, 3)], tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="raised at the saved probe points .*differ"):
+        check_manifolds([saved], [ImplicitManifold(module.K, 3)], tmp_path / "c.pt")
+
+
+def test_plain_f_values_compare_nan_aware():
+    # NaN where the saved F was NaN is agreement (catches an F undefined at
+    # some probes refused against itself); NaN elsewhere, another infinity or
+    # another shape is a difference, and the scale is the largest finite value.
+    from implicit_geom.learning.checkpoint import _relative_difference
+
+    nan, inf = float("nan"), float("inf")
+    want = torch.tensor([[1.0, nan], [-inf, 4.0]], dtype=torch.float64)
+    assert _relative_difference(want, want.clone()) == 0.0
+    assert _relative_difference(want, torch.tensor([[1.0, nan], [-inf, 4.0 + 4e-7]],
+                                                   dtype=torch.float64)) == pytest.approx(1e-7)
+    for got in ([[1.0, 2.0], [-inf, 4.0]], [[nan, nan], [-inf, 4.0]], [[1.0, nan], [inf, 4.0]],
+                [[1.0, nan, 0.0], [-inf, 4.0, 0.0]]):
+        assert _relative_difference(want, torch.tensor(got, dtype=torch.float64)) == math.inf

@@ -443,6 +443,71 @@ def test_load_names_the_parameter_that_differs_and_reads_older_files(tmp_path):
     assert torch.equal(old.energy(x), model.energy(x))
 
 
+def test_plain_f_manifold_loads_in_a_fresh_process_and_from_version_2_records(tmp_path):
+    # A plain F is recorded by its values at probe points (fingerprint
+    # version 3): a fresh process that rebuilds the manifold from F moved to
+    # another module loads the model (catches the refusal of version 2, which
+    # named F by module and read its code as this Python compiles it), and a
+    # network of other weights behind a lambda is refused there (catches
+    # version 2's false accept). A file recording version 2 still loads.
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    source = textwrap.dedent("""
+        import torch
+
+        def F(x):
+            return torch.tanh(x[..., :1]) + x[..., 1:2] ** 2 + x[..., 2:] ** 2 - 0.5
+        """)
+    (tmp_path / "saved_here.py").write_text(source)
+    (tmp_path / "moved_there.py").write_text(source)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import saved_here
+    finally:
+        sys.path.remove(str(tmp_path))
+    model = ConstrainedEBM(ImplicitManifold(saved_here.F, 3), _fixed_energy(3))
+    path = tmp_path / "ebm.pt"
+    model.save(path)
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    script = textwrap.dedent(f"""
+        import sys, warnings
+        import torch
+        sys.path.insert(0, {str(tmp_path)!r})
+        from moved_there import F
+        from implicit_geom import ImplicitManifold
+        from implicit_geom.exceptions import CheckpointError
+        from implicit_geom.models import ConstrainedEBM
+        warnings.simplefilter("error", UserWarning)
+        model = ConstrainedEBM.load({str(path)!r}, ImplicitManifold(F, 3))
+        x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)
+        torch.save(model.energy(x), {str(tmp_path / 'e.pt')!r})
+        net = torch.nn.Linear(3, 1).double()
+        try:
+            ConstrainedEBM.load({str(path)!r}, ImplicitManifold(lambda p: net(p), 3))
+        except CheckpointError as err:
+            assert "values of the plain F _f differ" in str(err), err
+        else:
+            raise AssertionError("another F loaded")
+        """)
+    subprocess.run([sys.executable, "-c", script], check=True, env=dict(os.environ), timeout=120)
+    assert torch.equal(torch.load(tmp_path / "e.pt", weights_only=True), model.energy(x))
+
+    from implicit_geom.learning.checkpoint import manifold_identity
+
+    record = torch.load(path, weights_only=True)
+    config = json.loads(record["config"])
+    config["manifold"] = manifold_identity(ImplicitManifold(saved_here.F, 3), version=2)
+    record["config"] = json.dumps(config)
+    torch.save(record, tmp_path / "v2.pt")
+    assert torch.equal(ConstrainedEBM.load(tmp_path / "v2.pt", ImplicitManifold(saved_here.F, 3))
+                       .energy(x), model.energy(x))
+
+
 def test_loaded_model_checks_peaks_like_the_saved_one(tmp_path, vmf_data):
     # Catches save dropping max_peak_excess and the probe points (the training
     # data) of normalizer()'s peak check: the original raised
