@@ -222,30 +222,85 @@ class ImplicitManifold(nn.Module, LevelSet):
             kappa = self._normal_curvature(x).nan_to_num(0.0, posinf=0.0)
         return (1.0 / (kappa * self.ABSOLUTE_LENGTH)).clamp(max=1.0)
 
+    def _near_singular(self, x):
+        """Per flat point (B, n), whether a singular point of the zero set (F = 0
+        and J rank deficient) lies about as near as the point's radius of
+        curvature; shape (B,) bool.
+
+        Near one the level sets of F curve on the distance to it (the cone
+        ``x^2 + y^2 - z^2`` at 1e-9 from its apex: a radius of 1e-9), which
+        is no length of M: M does not end there. Test on F's quadratic
+        model along its weakest normal (w the left singular vector of
+        sigma_min(J), g = w . F): its critical point ``x + d``,
+        ``d = -H_g^+ grad g``, must exist (``H_g d = -grad g`` to 10%) and
+        its critical value ``g + grad g . d + d^T H_g d / 2`` vanish against
+        ``|grad g| |d|`` (below 10%). A small sphere has a critical point
+        (its centre) whose value, ``-r^2`` for ``|x - c|^2 - r^2``, is half
+        of that: not singular; ``|x - c| - r`` has none (grad g is outside
+        the range of H_g): not singular either."""
+        value, jac = self._value_and_jacobian(x)
+        u = torch.linalg.svd(jac, full_matrices=False).U[..., -1]  # (B, k)
+        g = (u * value).sum(-1)
+        grad = (u.unsqueeze(-1) * jac).sum(-2)
+        hess = self._lagrangian_hessian(x, u)
+        step = -(torch.linalg.pinv(hess, rtol=1e-8, hermitian=True)
+                 @ grad.unsqueeze(-1)).squeeze(-1)
+        gnorm = grad.norm(dim=-1)
+        model = (hess @ step.unsqueeze(-1)).squeeze(-1) + grad
+        crit = g + (grad * step).sum(-1) + 0.5 * (step * (hess @ step.unsqueeze(-1))
+                                                  .squeeze(-1)).sum(-1)
+        exists = model.norm(dim=-1) <= 0.1 * gnorm
+        return (exists & (crit.abs() <= 0.1 * gnorm * step.norm(dim=-1))) | ~(gnorm > 0)
+
+    def _point_factors(self, x):
+        """:meth:`_local_factor` per flat point (B, n) and, where it is below 1,
+        whether a singular point of the zero set explains the curvature
+        (:meth:`_near_singular`); two (B,) tensors."""
+        factor = self._local_factor(x)
+        singular = torch.zeros_like(factor, dtype=torch.bool)
+        small = (factor < 1.0).nonzero().squeeze(-1)
+        if small.numel():
+            with torch.no_grad():
+                singular[small] = self._near_singular(x.index_select(0, small))
+        return factor, singular
+
     def _scale_from(self, x):
         """:meth:`_local_factor`'s smallest value over flat points ``x`` (the
         finite rows), rounded down to a power of 2 (the metric caches an
-        integrator per factor); 1 at unit scale. Raises ProjectionError where
-        float64 cannot resolve that length at these coordinates."""
+        integrator per factor); 1 at unit scale. Raises ScaleError where
+        float64 cannot resolve a point's length at that point's coordinates
+        (each point against its own: one point near the origin is not refused
+        for the others' coordinates). Near a singular point of the zero set
+        (:meth:`_near_singular`) the length is the distance to it, not a
+        size of M: the factor there stops at what the coordinates resolve
+        instead of raising (the cone x^2 + y^2 - z^2 with one point 1e-9 from
+        its apex refused the whole batch, "curves on a length of 1e-09")."""
         x = x[torch.isfinite(x).all(-1)]
         if x.shape[0] == 0:
             return 1.0
-        factor = float(self._local_factor(x).min())
-        if not factor < 1.0:
+        factors, singular = self._point_factors(x)
+        if not float(factors.min()) < 1.0:
             return 1.0
-        if not factor > 0:  # a NaN curvature (a singular point) tells no length
-            return 1.0
-        length = factor * self.ABSOLUTE_LENGTH
         # The coordinates round to eps |x|: a relative accuracy of 1e-8 of the
         # length needs eps |x| ROUNDING_FACTOR below 1e-8 length.
-        spacing = torch.finfo(x.dtype).eps * float(x.abs().max())
-        if spacing > 1e-8 * length:
+        spacing = torch.finfo(x.dtype).eps * x.abs().amax(-1)
+        floor = (spacing / (1e-8 * self.ABSOLUTE_LENGTH)).clamp(max=1.0)
+        factors = torch.where(singular, torch.maximum(factors, floor), factors)
+        factor = float(factors.min())
+        if not factor > 0:  # a NaN curvature tells no length
+            return 1.0
+        length = factors * self.ABSOLUTE_LENGTH
+        bad = spacing > 1e-8 * length
+        if bool(bad.any()):
+            i = int(torch.where(bad, spacing / length, 0.0).argmax())
             raise ScaleError(
-                f"{self.name} curves on a length of {length:.3g} (its smallest radius of "
-                f"curvature at these points), which {x.dtype} coordinates up to "
-                f"{float(x.abs().max()):.3g} resolve only to {spacing:.2g}; results would "
-                "be off by more than 1e-8 of that length. Shift and rescale the data (and "
-                "the defining function) to unit size.")
+                f"{self.name} curves on a length of {float(length[i]):.3g} (its smallest "
+                f"radius of curvature at a point with coordinates up to "
+                f"{float(x[i].abs().max()):.3g}, and no singular point of the zero set "
+                f"explains it: M is that small there), which {x.dtype} coordinates there "
+                f"resolve only to {float(spacing[i]):.2g}; results would be off by more "
+                "than 1e-8 of that length. Shift and rescale the data (and the defining "
+                "function) to unit size.")
         return 2.0 ** math.floor(math.log2(factor))
 
     @contextlib.contextmanager
@@ -511,7 +566,11 @@ class ImplicitManifold(nn.Module, LevelSet):
                 # Without it a sphere of radius 1e-6 accepted points 0.1% off.
                 idx = inside.nonzero().squeeze(-1)
                 sub = x.index_select(0, idx)
-                factor = self._local_factor(sub)
+                # Near a singular point of the zero set the radius of curvature
+                # is the distance to it, no size of M: the unit-scale atol (the
+                # cone's apex + 3e-8 z was refused).
+                factor, singular = self._point_factors(sub)
+                factor = factor.masked_fill(singular, 1.0)
                 if bool((factor < 1).any()):
                     again = self._within(sub, residual.index_select(0, idx), atol * factor,
                                          f_units=True)
@@ -936,15 +995,60 @@ class ImplicitManifold(nn.Module, LevelSet):
 
         The box is ``bounds`` when set, else ``[-bound, bound]^n``; draws that
         cannot be projected are replaced by fresh ones.
+
+        Raises
+        ------
+        ProjectionError
+            Without ``bounds``, where M does not meet ``[-bound, bound]^n`` and
+            the draws collapse onto a patch of it far away (see
+            :meth:`_check_draw_box`).
         """
         low, high = self.bounds if self.bounds is not None else (
             torch.full((self.ambient_dim,), -bound, dtype=self.dtype, device=self.device),
             torch.full((self.ambient_dim,), bound, dtype=self.dtype, device=self.device))
-        out = self.project_draws(
-            lambda k: low + (high - low) * torch.rand(k, self.ambient_dim, dtype=low.dtype,
-                                                      device=low.device),
-            n_samples, max_rounds)
+
+        def draw(k):
+            return low + (high - low) * torch.rand(k, self.ambient_dim, dtype=low.dtype,
+                                                   device=low.device)
+
+        out = self.project_draws(draw, n_samples, max_rounds)
+        if self.bounds is None:
+            self._check_draw_box(out, low, high, draw, max_rounds)
         return out[0] if n_samples == 1 else out
+
+    #: Fewest landed points whose spread :meth:`_check_draw_box` judges.
+    BOX_CHECK_SAMPLES = 8
+
+    def _check_draw_box(self, points, low, high, draw, max_rounds):
+        """ProjectionError where the default box of :meth:`random_point` does
+        not meet M and its draws collapse onto a patch of M far away: none of
+        the landed ``points`` inside the box, their spread below a tenth of the
+        box's widest side, and their distance to the box above that side. A
+        unit sphere around (1e5, 0, 0) returned only points within 1e-5 of
+        (99999, 0, 0), silently. M outside a box it does not enclose but
+        faces with a wide patch (a torus around a box in its hole, a plane
+        nearby) passes. With fewer than :attr:`BOX_CHECK_SAMPLES` points,
+        fresh draws (used only for this check) are projected to judge the
+        spread."""
+        tiny = 1e-12 * float((high - low).abs().max().clamp_min(1.0))
+        if bool(((points >= low - tiny) & (points <= high + tiny)).all(-1).any()):
+            return
+        if points.shape[0] < self.BOX_CHECK_SAMPLES:
+            points = torch.cat([points, self.project_draws(
+                draw, self.BOX_CHECK_SAMPLES - points.shape[0], max_rounds)])
+            if bool(((points >= low - tiny) & (points <= high + tiny)).all(-1).any()):
+                return
+        width = float((high - low).max())
+        spread = float((points.amax(0) - points.amin(0)).max())
+        gap = float(torch.maximum(low - points, points - high).clamp_min(0).norm(dim=-1).min())
+        if spread < 0.1 * width and gap > width:
+            raise ProjectionError(
+                f"{self.name} does not meet the box [{float(low.min()):g}, "
+                f"{float(high.max()):g}]^{self.ambient_dim} random_point draws from (no "
+                f"bounds): every draw landed at least {gap:.3g} outside it, on a patch "
+                f"{spread:.3g} wide (the box is {width:g} wide), so the points would cover "
+                "only the part of M nearest the box. Give bounds (or a box with "
+                "bound=...) that enclose the manifold.", points=points)
 
     def project_draws(self, draw, n_samples, max_rounds=20):
         """``n_samples`` points on M from ``draw(k)`` (k ambient points), projected.

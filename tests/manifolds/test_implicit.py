@@ -636,3 +636,60 @@ def test_local_scale_is_no_state_change():
         assert tiny.tol_scale < 1.0  # the factor is in force
         assert _state_fingerprint(tiny) == hashed
         assert _state_version(tiny)[0] == key
+
+
+def _cone(apex):
+    a = torch.tensor(apex, dtype=torch.float64)
+    return ig.ImplicitManifold(lambda x: ((x - a)[..., :2] ** 2).sum(-1, keepdim=True)
+                               - (x - a)[..., 2:] ** 2, ambient_dim=3), a
+
+
+@pytest.mark.parametrize("apex", [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0)])
+def test_singular_point_is_no_tiny_manifold(apex):
+    # Catches local_scale reading the cone x^2 + y^2 - z^2 near its apex (a
+    # singular point: J -> 0, curvature ~ 1/distance) as a tiny manifold: one
+    # point landing 1e-9 from the apex raised ScaleError ("curves on a length
+    # of 1.49e-09") for the whole batch, and belongs refused points 2e-8 off
+    # the cone near the apex that the release accepted.
+    cone, a = _cone(apex)
+    pts = a + torch.tensor([[1.0, 0.0, 1.05], [0.6, 0.8, 0.95], [1e-9, 0.0, 1.1e-9]],
+                           dtype=torch.float64)
+    y = cone.projection(pts)
+    want = a + torch.tensor([[1.025, 0.0, 1.025], [0.585, 0.78, 0.975],
+                             [1.05e-9, 0.0, 1.05e-9]], dtype=torch.float64)
+    torch.testing.assert_close(y, want, rtol=0, atol=1e-15)
+    off = a + torch.tensor([[0.0, 0.0, 3e-8], [1e-4, 0.0, 1e-4 + 3e-8]], dtype=torch.float64)
+    assert bool(cone.belongs(off).all())
+    assert not bool(cone.belongs(a + torch.tensor([0.0, 0.0, 1e-3],
+                                                  dtype=torch.float64)).any())
+
+
+def test_small_sphere_is_not_read_as_a_singular_point():
+    # Guards the singular-point test against exempting what is tiny: both
+    # forms of a small sphere (a critical point of F at the centre with value
+    # -r^2; none for |x - c| - r) keep their length.
+    for form in ("squared", "norm"):
+        space = _unbounded_sphere(form, 1e-6, (0.0, 0.0, 0.0))
+        p = 1e-6 * torch.tensor([[0.6, 0.0, 0.8], [0.0, 1.0, 0.0]], dtype=torch.float64)
+        assert not bool(space._near_singular(p).any())
+
+
+@pytest.mark.parametrize("form", ["squared", "norm"])
+def test_random_point_refuses_a_draw_box_that_misses_the_manifold(form):
+    # Catches random_point without bounds on a unit sphere around (1e5, 0, 0):
+    # [-1, 1]^3 does not meet it and every draw landed within 1e-5 of
+    # (99999, 0, 0), a silently useless sample.
+    space = _unbounded_sphere(form, 1.0, (1e5, 0.0, 0.0))
+    for n in (1, 20):
+        torch.manual_seed(0)
+        with pytest.raises(ig.ProjectionError, match="does not meet the box"):
+            space.random_point(n)
+    # A manifold outside the box that faces it with a wide patch still samples.
+    torus = ig.ImplicitManifold(lambda x: (x[..., :2].norm(dim=-1, keepdim=True) - 2) ** 2
+                                + x[..., 2:] ** 2 - 0.25, ambient_dim=3)
+    plane = ig.ImplicitManifold(lambda x: x[..., :1] - 5, ambient_dim=3)
+    for m in (torus, plane):
+        torch.manual_seed(0)
+        assert bool(m.belongs(m.random_point(3)).all())
+        torch.manual_seed(0)
+        assert bool(m.belongs(m.random_point()).all())
