@@ -21,6 +21,11 @@ Usage::
     python benchmarks/pipelines.py                       # 4 data sets, 3 seeds
     python benchmarks/pipelines.py --datasets circle --seeds 1
     python benchmarks/pipelines.py --datasets glycine --first-seed 10 --seeds 5  # tuning seeds
+    python benchmarks/pipelines.py --datasets glycine --mdf-restarts 3 --mdf-orient  # variants
+
+``--mdf-restarts``, ``--mdf-selection`` and ``--mdf-orient`` are those of
+``implicit-geom fit`` (over the preset), so that a variant measured here is one
+a user can run; they are recorded in the JSON output.
 """
 
 import argparse
@@ -69,18 +74,23 @@ def score(name, fitted, train, target, seed):
     return w_reference(fitted.ebm, *target, grid=OUR_BOXES[name], seed=seed)
 
 
-def run(name, seed, manifold):
+def run(name, seed, manifold, mdf=None):
+    """One fit and its score; ``mdf``: fit_pipeline's mdf_* options (the CLI's --mdf-*)."""
+    mdf = mdf or {}
     data, train, target = split(name, seed)
     torch.manual_seed(seed)
     load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
-    fitted = fit_pipeline(data, train, choice=manifold, seed=seed, progress=False)
+    fitted = fit_pipeline(data, train, choice=manifold, seed=seed, progress=False, **mdf)
     fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     w = score(name, fitted, train, target, seed)
-    return dict(dataset=name, seed=seed, manifold=fitted.kind, fit_s=fit_s, fit_cpu_s=fit_cpu_s,
-                load_before=load, eval_s=time.perf_counter() - t0, W=w,
-                **{k: round(v, 3) for k, v in fitted.timings.items()})
+    row = dict(dataset=name, seed=seed, manifold=fitted.kind, fit_s=fit_s, fit_cpu_s=fit_cpu_s,
+               load_before=load, eval_s=time.perf_counter() - t0, W=w,
+               **{k: round(v, 3) for k, v in fitted.timings.items()})
+    if fitted.kind == "learned" and getattr(fitted.manifold, "n_restarts", 1) > 1:
+        row["mdf_restart_kept"] = fitted.manifold.restart_
+    return row
 
 
 def summarise(rows, failed=()):
@@ -130,9 +140,25 @@ def main(argv=None):
     parser.add_argument("--manifold", choices=("learned", "auto"), nargs="+",
                         default=["learned"],
                         help="learned (as the reference) and/or auto (the CLI's default)")
+    parser.add_argument("--mdf-restarts", type=int, default=None,
+                        help="fits of a learned manifold, one kept (as implicit-geom fit; "
+                             "default 1)")
+    parser.add_argument("--mdf-selection", choices=("agreement", "conditioning"), default=None,
+                        help="which restart is kept (as implicit-geom fit; default: the "
+                             "library's, agreement)")
+    parser.add_argument("--mdf-orient", action="store_true",
+                        help="orient a learned hypersurface (as implicit-geom fit: ORIENTED "
+                             "over the preset)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch and BLAS)")
     parser.add_argument("--json", type=Path, default=RESULTS / "pipelines.json")
     args = parser.parse_args(argv)
+    if args.mdf_restarts is not None and args.mdf_restarts < 1:
+        parser.error(f"--mdf-restarts must be >= 1, got {args.mdf_restarts}")
+    if args.mdf_selection is not None and (args.mdf_restarts or 1) < 2:
+        parser.error("--mdf-selection acts on several restarts: pass --mdf-restarts 2 or more")
+    # Only what was given, so that the preset (and fit_pipeline's defaults) hold otherwise.
+    mdf = {k: v for k, v in dict(mdf_restarts=args.mdf_restarts, mdf_orient=args.mdf_orient or None,
+                                 mdf_selection=args.mdf_selection).items() if v is not None}
     set_threads(args.threads)
     start = time.perf_counter()
     rows, failed = [], []
@@ -141,7 +167,7 @@ def main(argv=None):
         for manifold in kinds:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 try:
-                    row = run(name, seed, manifold)
+                    row = run(name, seed, manifold, mdf if manifold == "learned" else None)
                 except ImplicitGeomError as err:
                     # A named failure (a folded learned manifold the quadrature
                     # refuses) is this seed's result: reported, and the goal
@@ -160,7 +186,8 @@ def main(argv=None):
           f"load = load average before each fit; speed-up on wall time; mean ± std over seeds)")
     print_table(summary)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(dict(command=" ".join(sys.argv), threads=thread_info(),
+    args.json.write_text(json.dumps(dict(command=" ".join(sys.argv), mdf=mdf,
+                                         threads=thread_info(),
                                          total_s=time.perf_counter() - start, runs=rows,
                                          failed=failed, summary=summary), indent=2))
     print(f"\nwrote {args.json} ({time.perf_counter() - start:.0f} s)")
