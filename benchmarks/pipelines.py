@@ -142,7 +142,7 @@ def main(argv=None):
                         help="learned (as the reference) and/or auto (the CLI's default)")
     parser.add_argument("--mdf-restarts", type=int, default=None,
                         help="fits of a learned manifold, one kept (as implicit-geom fit; "
-                             "default 1)")
+                             "default: the preset's, 3 for glycine, else 1)")
     parser.add_argument("--mdf-selection", choices=("agreement", "conditioning"), default=None,
                         help="which restart is kept (as implicit-geom fit; default: the "
                              "library's, agreement)")

@@ -376,7 +376,7 @@ def fit(args):
     torch.manual_seed(args.seed)
     data = _load_data(args.data, args)
     _refuse_learned_options(args, data)
-    _refuse_restart_options(args)
+    _refuse_restart_options(args, data)
     train, test = train_test_split(data.points, test_fraction=args.test_fraction, seed=args.seed)
     # Under torchrun every rank trains (learning.distributed); rank 0 alone
     # builds the model folder, the others write into a throwaway one.
@@ -386,7 +386,7 @@ def fit(args):
         fitted = fit_pipeline(data, train, args.manifold, args.intrinsic_dim, args.seed,
                               not args.no_progress and ctx.is_main, args.mdf_epochs,
                               args.ebm_iter, notify=_print_note if ctx.is_main else None,
-                              mdf_restarts=args.mdf_restarts or 1,
+                              mdf_restarts=args.mdf_restarts,
                               mdf_orient=args.mdf_orient, mdf_jobs=args.mdf_jobs or 1,
                               mdf_selection=args.mdf_selection,
                               **({"max_distance": args.max_distance}
@@ -454,10 +454,13 @@ def _refuse_learned_options(args, data):
                        f"{'it' if one else 'them'}, or pass --manifold learned")
 
 
-def _refuse_restart_options(args):
+def _refuse_restart_options(args, data):
     """--mdf-selection and --mdf-jobs other than 1 act on several restarts: with one
-    (--mdf-restarts 1, the default) an error before any work (they were ignored)."""
-    if (args.mdf_restarts or 1) > 1:
+    (--mdf-restarts 1, the default but for glycine's preset) an error before any work
+    (they were ignored)."""
+    from .learning.presets import mdf_preset
+
+    if (args.mdf_restarts or mdf_preset(data.name).get("n_restarts", 1)) > 1:
         return
     given = [text for text, value in (
         (f"--mdf-selection {args.mdf_selection}", args.mdf_selection is not None),
@@ -794,7 +797,8 @@ def build_parser():
         p.add_argument("--mdf-epochs", type=_positive_int, default=None,
                        help="epochs of a learned manifold's fit (default: the data set's preset)")
         p.add_argument("--mdf-restarts", type=_positive_int, default=None,
-                       help="fits of a learned manifold (default 1); of those whose zero set "
+                       help="fits of a learned manifold (default: the data set's preset, 3 "
+                            "for glycine, else 1); of those whose zero set "
                             "is not folded (near-singular where the data leave gaps), the one "
                             "agreeing most with the others is kept")
         p.add_argument("--mdf-selection", choices=("agreement", "conditioning"), default=None,

@@ -140,7 +140,7 @@ def manifold_kind(dataset, choice="auto"):
 
 
 def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=True,
-                   mdf_epochs=None, n_train=None, mdf_restarts=1, mdf_orient=False, mdf_jobs=1,
+                   mdf_epochs=None, n_train=None, mdf_restarts=None, mdf_orient=False, mdf_jobs=1,
                    mdf_selection=None):
     """The (unfitted) manifold of the pipeline for ``dataset``.
 
@@ -159,10 +159,11 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     n_train : int, optional
         Training points (sizes the MDF's batches, see
         :func:`~implicit_geom.learning.presets.mdf_preset`).
-    mdf_restarts : int
+    mdf_restarts : int, optional
         Fits of a learned manifold; one that is not folded is kept, the one
         agreeing most with the others (``NeuralImplicitManifold``'s
-        ``n_restarts`` and ``restart_selection``).
+        ``n_restarts`` and ``restart_selection``). Default: the preset's
+        (glycine 3), else 1.
     mdf_jobs : int
         Processes for those fits (``NeuralImplicitManifold``'s ``n_jobs``).
     mdf_selection : {"agreement", "conditioning"}
@@ -226,7 +227,10 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
                   progress=progress)
     if mdf_epochs:
         kwargs["epochs"] = int(mdf_epochs)
-    kwargs["n_restarts"], kwargs["n_jobs"] = int(mdf_restarts), mdf_jobs
+    # The preset's restarts unless given (an explicit 1 overrides glycine's 3).
+    if mdf_restarts is not None:
+        kwargs["n_restarts"] = int(mdf_restarts)
+    kwargs["n_jobs"] = mdf_jobs
     if mdf_selection is not None:
         kwargs["restart_selection"] = mdf_selection
     if mdf_orient:
@@ -240,7 +244,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
 
 
 def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, progress=True,
-                 mdf_epochs=None, ebm_iter=None, notify=None, mdf_restarts=1, mdf_orient=False,
+                 mdf_epochs=None, ebm_iter=None, notify=None, mdf_restarts=None, mdf_orient=False,
                  mdf_jobs=1, mdf_selection=None, **ebm_kwargs):
     """Fit the default pipeline: a manifold for ``dataset``, then a constrained EBM.
 
