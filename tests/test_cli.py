@@ -596,6 +596,28 @@ def test_fit_refuses_restart_options_with_one_restart(tmp_path, capsys, monkeypa
                  "--no-progress"]) == 2 and "trained" in capsys.readouterr().err
 
 
+def test_fit_leaves_restarts_to_the_preset(tmp_path, capsys, monkeypatch):
+    # Catches fit passing --mdf-restarts' absence on as 1, which overwrote a
+    # preset's restarts (glycine's 3: one fit, which folds), and refusing
+    # --mdf-selection where the preset has several restarts.
+    from implicit_geom import cli
+    from implicit_geom.learning import presets
+
+    seen = {}
+
+    def trained(*args, **kwargs):
+        seen.update(kwargs)
+        raise cli.CLIError("trained")
+
+    monkeypatch.setattr(cli, "fit_pipeline", trained)
+    monkeypatch.setitem(presets.MDF_PRESETS, "two_circles", dict(epochs=5, n_restarts=3))
+    argv = ["fit", "two_circles", "--n-samples", "50", "--out", str(tmp_path / "m"),
+            "--no-progress"]
+    assert main([*argv, "--mdf-selection", "conditioning"]) == 2
+    assert "trained" in capsys.readouterr().err and seen["mdf_restarts"] is None
+    assert main([*argv, "--mdf-restarts", "1"]) == 2 and seen["mdf_restarts"] == 1
+
+
 def test_evaluate_refuses_data_options_without_data(tmp_path, capsys):
     # Catches evaluate's --n-samples and reading options, which read --data,
     # being ignored silently without it (checked before the model is read).

@@ -41,7 +41,7 @@ def test_maximum_likelihood_presets():
     # (a 2-epoch MDF does not fit its data: max_distance=None lets the density
     # fit on it anyway; only the presets are checked here)
     learned = fit_pipeline(angles, angles.points, "learned", progress=False, mdf_epochs=2,
-                           ebm_iter=2, max_distance=None)
+                           ebm_iter=2, max_distance=None, mdf_restarts=1)
     assert learned.ebm.energy_net.max_frequency == preset["max_frequency"]
     assert learned.ebm.patience == preset["patience"]
     assert learned.ebm.energy_net.hidden == preset["hidden"]
@@ -81,6 +81,25 @@ def test_manifold_choice():
     assert build_manifold(plain)[1].mu_orient == 0.0
     with pytest.raises(ValueError, match="^mdf_orient=True needs a hypersurface"):
         build_manifold(plain, "learned", intrinsic_dim=1, mdf_orient=True)
+
+
+def test_a_presets_restarts_reach_the_manifold_unless_given():
+    # Catches build_manifold overwriting the preset's n_restarts with its own
+    # default of 1: glycine's preset (3 oriented fits, one kept unfolded) was
+    # then one fit in the CLI and benchmarks/pipelines.py, which folds.
+    from implicit_geom.learning.presets import MDF_PRESETS, ORIENTED
+
+    torus = load_dataset("torus", 60)
+    angles = Dataset(torus.points, "glycine", "torus", 3, 2, dict(torus.meta))
+    preset = MDF_PRESETS["glycine"]
+    manifold = build_manifold(angles, "learned")[1]
+    assert manifold.n_restarts == preset["n_restarts"] > 1
+    assert (manifold.mu_orient, manifold.orient_min_contrast) == \
+        (ORIENTED["mu_orient"], ORIENTED["orient_min_contrast"])
+    assert build_manifold(angles, "learned", mdf_restarts=1)[1].n_restarts == 1
+    # Data sets without restarts in their preset keep the class default.
+    circle = build_manifold(load_dataset("circle", 50), "learned")[1]
+    assert "n_restarts" not in MDF_PRESETS["circle"] and circle.n_restarts == 1
 
 
 def test_fit_pipeline_on_the_sphere_reports_what_it_did():
