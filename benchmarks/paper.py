@@ -205,20 +205,13 @@ def pcd_kwargs(cfg, quick):
                 lr_floor=0.1, beta=0.01)
 
 
-#: Fits of a standard set's learned manifold (the library keeps the one agreeing
-#: most with the others among the unfolded ones). Glycine, decided on tuning
-#: seeds 10-14 by a rule written before the runs (session 37): one fit folded
-#: on 3 of 5 (the fold-checked mesh quadrature refuses it: NormalizationError;
-#: seed 1 of the reported seeds too), three on none (W (ours) 0.00228 / 0.00571
-#: / 0.01903 / 0.00483 / 0.00235).
-MDF_RESTARTS = {"glycine": 3}
-
-
-def fit_manifold(X, n, m, seed, quick, preset, restarts=1):
-    """The library's preset for the data set (the CLI's and benchmarks' settings),
-    with ``restarts`` fits of which the library's selection keeps one."""
+def fit_manifold(X, n, m, seed, quick, preset, restarts=None):
+    """The library's preset for the data set (the CLI's and benchmarks' settings,
+    glycine's three oriented fits included), or ``restarts`` fits instead of the
+    preset's, of which the library's selection keeps one."""
     config = mdf_preset(preset)
-    config["n_restarts"] = restarts  # also 1 over a preset's restarts (glycine's 3)
+    if restarts is not None:
+        config["n_restarts"] = restarts  # also 1 over a preset's restarts (glycine's 3)
     if quick:
         config["epochs"] = max(config.get("epochs", 400) // 4, 10)
     return NeuralImplicitManifold(n, n - m, seed=seed, progress=False, **config).fit(X)
@@ -332,7 +325,7 @@ def run_standard(name, seed, quick, selection="preset", models=MODELS, pushforwa
     if "ours" in models:
         t0 = time.perf_counter()
         manifold = fit_manifold(train, cfg["n"], cfg["m"], seed, quick, name,
-                                MDF_RESTARTS.get(name, 1) if restarts is None else restarts)
+                                restarts)
         t_mdf = time.perf_counter() - t0
         ebm = fit_ebm(manifold, train, cfg["n"], cfg["m"], cfg["step"], seed, quick, selection)
         t_ebm = time.perf_counter() - t0
@@ -702,7 +695,7 @@ def main(argv=None):
     parser.add_argument("--mdf-restarts", type=int, default=None,
                         help="fits of each learned manifold of the standard sets, of which "
                         "NeuralImplicitManifold's selection (agreement among the unfolded "
-                        "ones) keeps one (default: MDF_RESTARTS, 3 for glycine, else 1; the "
+                        "ones) keeps one (default: the preset's, 3 for glycine, else 1; the "
                         "∩/∪ spheres keep one fit)")
     args = parser.parse_args(argv)
     if args.mdf_restarts is not None and args.mdf_restarts < 1:
