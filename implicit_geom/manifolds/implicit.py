@@ -232,25 +232,38 @@ class ImplicitManifold(nn.Module, LevelSet):
         is no length of M: M does not end there. Test on F's quadratic
         model along its weakest normal (w the left singular vector of
         sigma_min(J), g = w . F): its critical point ``x + d``,
-        ``d = -H_g^+ grad g``, must exist (``H_g d = -grad g`` to 10%) and
-        its critical value ``g + grad g . d + d^T H_g d / 2`` vanish against
-        ``|grad g| |d|`` (below 10%). A small sphere has a critical point
-        (its centre) whose value, ``-r^2`` for ``|x - c|^2 - r^2``, is half
-        of that: not singular; ``|x - c| - r`` has none (grad g is outside
-        the range of H_g): not singular either."""
+        ``d = -H_g^+ grad g``, must exist (``H_g d = -grad g`` to 10%), and
+        the model's zero set, the quadric ``c + y^T H_g y / 2 = 0`` around
+        it (c the critical value), must be a near-cone there: its semi-axes
+        ``sqrt(-2 c / lambda)`` (eigenvalues lambda of H_g of the other sign
+        than c) at most a tenth of ``|d|``. A cone has c = 0 (no axes); the
+        hyperboloid ``x^2 + y^2 - z^2 = e`` far from its waist sqrt(e) is one
+        too. A small ellipsoid is its own quadric, semi-axes up to its longest
+        one, so never: the earlier test (``|c| <= 0.1 |grad g| |d|``, i.e. the
+        normal nearly orthogonal to d) took an elongated one (semi-axes 1e-6,
+        1e-6, 1e-4) for singular everywhere and belongs accepted points 1% of
+        its width off. ``|x - c| - r`` has no critical point (grad g is
+        outside the range of H_g): not singular either."""
         value, jac = self._value_and_jacobian(x)
         u = torch.linalg.svd(jac, full_matrices=False).U[..., -1]  # (B, k)
         g = (u * value).sum(-1)
         grad = (u.unsqueeze(-1) * jac).sum(-2)
         hess = self._lagrangian_hessian(x, u)
-        step = -(torch.linalg.pinv(hess, rtol=1e-8, hermitian=True)
-                 @ grad.unsqueeze(-1)).squeeze(-1)
+        lam, vec = torch.linalg.eigh(0.5 * (hess + hess.transpose(-1, -2)))
+        # The pseudo-inverse's cut (as pinv's rtol=1e-8): flat directions have no axis.
+        keep = lam.abs() > 1e-8 * lam.abs().amax(-1, keepdim=True)
+        inv = torch.where(keep, 1.0 / torch.where(keep, lam, 1.0), 0.0)
+        coef = (vec.transpose(-1, -2) @ grad.unsqueeze(-1)).squeeze(-1)
+        step = -(vec @ (inv * coef).unsqueeze(-1)).squeeze(-1)
         gnorm = grad.norm(dim=-1)
         model = (hess @ step.unsqueeze(-1)).squeeze(-1) + grad
         crit = g + (grad * step).sum(-1) + 0.5 * (step * (hess @ step.unsqueeze(-1))
                                                   .squeeze(-1)).sum(-1)
         exists = model.norm(dim=-1) <= 0.1 * gnorm
-        return (exists & (crit.abs() <= 0.1 * gnorm * step.norm(dim=-1))) | ~(gnorm > 0)
+        real = keep & (lam * crit.unsqueeze(-1) < 0)
+        axis2 = torch.where(real, -2.0 * crit.unsqueeze(-1) * inv, 0.0).amax(-1)
+        cone = axis2 <= 0.01 * step.square().sum(-1)
+        return (exists & cone) | ~(gnorm > 0)
 
     def _point_factors(self, x):
         """:meth:`_local_factor` per flat point (B, n) and, where it is below 1,

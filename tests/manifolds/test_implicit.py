@@ -674,6 +674,31 @@ def test_small_sphere_is_not_read_as_a_singular_point():
         assert not bool(space._near_singular(p).any())
 
 
+def test_elongated_small_ellipsoid_is_not_read_as_a_singular_point():
+    # Catches the singular-point test taking an elongated ellipsoid for a cone
+    # (it asked for the normal nearly orthogonal to the way to the critical
+    # point, which holds on a cigar away from its axes): semi-axes 1e-6, 1e-6,
+    # 1e-4 with F in units of length^2 were "singular" everywhere, so belongs
+    # kept the unit-scale atol and accepted points 1% of the width off.
+    a, c = 1e-6, 1e-4
+    s = torch.tensor([a, a, c], dtype=torch.float64)
+    cigar = ig.ImplicitManifold(lambda x: a * a * (((x / s) ** 2).sum(-1, keepdim=True) - 1), 3)
+    th = torch.tensor([0.3, 0.8, 1.2, 1.5], dtype=torch.float64)
+    u = torch.stack([th.sin(), 0 * th, th.cos()], -1)
+    p = s * u
+    normal = u / s
+    normal = normal / normal.norm(dim=-1, keepdim=True)
+    assert not bool(cigar._near_singular(p).any())
+    assert bool(cigar.belongs(p).all())
+    assert not bool(cigar.belongs(p + 1e-2 * a * normal).any())
+    # A hyperboloid far from its waist (1e-9 against 1e-6 from the centre) is a near-cone.
+    hyp = ig.ImplicitManifold(lambda x: (x[..., :2] ** 2).sum(-1, keepdim=True)
+                              - x[..., 2:] ** 2 - 1e-18, 3)
+    q = 1e-6 * torch.tensor([[0.6, 0.8, 1.0]], dtype=torch.float64)
+    q[:, 2] = (q[:, :2].square().sum(-1) - 1e-18).sqrt()
+    assert bool(hyp._near_singular(q).all())
+
+
 @pytest.mark.parametrize("form", ["squared", "norm"])
 def test_random_point_refuses_a_draw_box_that_misses_the_manifold(form):
     # Catches random_point without bounds on a unit sphere around (1e5, 0, 0):
