@@ -495,6 +495,16 @@ class ProductImplicitManifold(ImplicitManifold):
     def _parts(self, x):
         return [x[..., sl] for sl in self._slices]
 
+    def _check_draw_box(self, points, low, high, draw, max_rounds):
+        """Each bounds-less factor's own check on its coordinates: over all of
+        them the spread of the other factors hid a factor collapsed onto a far
+        patch (a unit sphere around (1e5, 0, 0) times a circle sampled the
+        sphere within 1e-5 of one point, silently)."""
+        for c, sl in zip(self.components, self._slices):
+            if c.bounds is None:
+                c._check_draw_box(points[:, sl], low[sl], high[sl],
+                                  lambda k, sl=sl: draw(k)[:, sl], max_rounds)
+
     def _value(self, x):
         return torch.cat([c._value(p) for c, p in zip(self.components, self._parts(x))], -1)
 

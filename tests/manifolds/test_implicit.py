@@ -718,3 +718,19 @@ def test_random_point_refuses_a_draw_box_that_misses_the_manifold(form):
         assert bool(m.belongs(m.random_point(3)).all())
         torch.manual_seed(0)
         assert bool(m.belongs(m.random_point()).all())
+
+
+def test_random_point_refuses_a_product_factor_that_misses_the_draw_box():
+    # Catches the draw-box check of a product judging the spread over all
+    # coordinates: a unit sphere around (1e5, 0, 0) times a circle of radius 5
+    # passed (the circle's coordinates spread), and the sphere factor was
+    # sampled within 1e-5 of one point, silently.
+    far = _unbounded_sphere("squared", 1.0, (1e5, 0.0, 0.0))
+    circle = ig.ImplicitManifold(lambda x: (x**2).sum(-1, keepdim=True) - 25, 2)
+    for n in (1, 20):
+        torch.manual_seed(0)
+        with pytest.raises(ig.ProjectionError, match="does not meet the box"):
+            ig.product(far, circle).random_point(n)
+    torch.manual_seed(0)
+    both = ig.product(circle, circle)
+    assert bool(both.belongs(both.random_point(5)).all())
