@@ -163,7 +163,10 @@ class _ConstrainedSampler:
                                     f"got {tuple(x0.shape)}")
         x0 = x0.detach().to(self.manifold.dtype)
         state = self.target.state(x0)
-        off = ~(state.residual <= self.options.tol)
+        # On M as Newton and the emission check accept points: |F| <= tol, or at
+        # the rounding of F there (float32 |x|^2 - 1: |F| up to 64 eps |J| |x|
+        # = 2 * 64 eps, which Newton accepts and a bare |F| <= tol refused).
+        off = ~self.manifold._within(state.x, state.residual, self.options.tol)
         if bool(off.any()):
             # Any nearby point of M is a valid start; the closest-point
             # refinement would only add work and ways to fail.
@@ -176,7 +179,7 @@ class _ConstrainedSampler:
                     failed=~res.converged, residual=res.residual, points=res.x)
             idx = off.nonzero().squeeze(-1)
             state.put(idx, self.target.state(res.x))
-            off = ~(state.residual <= self.options.tol)
+            off = ~self.manifold._within(state.x, state.residual, self.options.tol)
             if bool(off.any()):  # the projection's own tol may be looser than ours
                 raise ProjectionError(
                     f"{int(off.sum())} starting point(s) projected only to |F| = "

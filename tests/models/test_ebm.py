@@ -681,6 +681,27 @@ def test_a_float32_model_on_a_float32_sphere_samples_in_float32(vmf_data):
     assert float(sphere.submersion(x).abs().max()) <= sphere.tol_for()
 
 
+@pytest.mark.parametrize("method", ["mle", "pcd"])
+def test_a_float32_model_on_a_float32_callable_sphere_fits_samples_and_scores(method, vmf_data):
+    # Catches the samplers' start check refusing points Newton had projected to
+    # F's float32 rounding (|x|^2 - 1: |F| up to 64 eps |J| |x| = 1.5e-5 > 64 eps):
+    # PCD chains and sample's starts raised ProjectionError ("projected only to
+    # |F| = 1.5e-05 > tol = 7.62939e-06"); ImplicitSphere (|x| - 1, |J| = 1) hid it.
+    sphere = ImplicitManifold(lambda x: (x * x).sum(-1, keepdim=True) - 1, 3,
+                              bounds=([-1.5] * 3, [1.5] * 3)).to(torch.float32)
+    model = ConstrainedEBM(sphere, hidden=[8], n_iter=5, method=method, quadrature_resolution=32,
+                           n_mcmc_steps=2, buffer_size=32, seed=0)
+    model.energy_net.float()
+    model.fit(vmf_data[:200])
+    assert model.score_samples(vmf_data[:5]).dtype == torch.float32
+    x = model.sample(32, n_steps=3)
+    points = x if method == "mle" else torch.cat([x, model.buffer_])
+    assert points.dtype == torch.float32 and bool(sphere.belongs(points).all())
+    # On the unit sphere to float32 accuracy: within 64 eps (Newton's floor) in float64.
+    eps = torch.finfo(torch.float32).eps
+    assert float((points.double().norm(dim=-1) - 1).abs().max()) <= 64 * eps * 1.001
+
+
 def test_sample_count_is_a_whole_number(pcd_model):
     # Catches sample(2.5) drawing 2 (int() truncated the count).
     for n in (2.5, 0):

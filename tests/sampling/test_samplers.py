@@ -392,6 +392,22 @@ def test_chains_run_in_a_float32_manifolds_dtype(cls):
     assert float(info.acceptance_rate.mean()) > 0.5
 
 
+@pytest.mark.parametrize("cls", [ConstrainedLangevin, ConstrainedMALA, ConstrainedHMC])
+def test_float32_starts_projected_to_the_rounding_floor_of_F_are_accepted(cls):
+    # Catches the start check testing the projected starts against a bare
+    # |F| <= tol (64 eps) where Newton, belongs and the emission check accept
+    # |F| up to F's rounding, 64 eps |J| |x| = 2 * 64 eps for |x|^2 - 1 in
+    # float32: "starting point(s) projected only to |F| = 1.5e-05 > tol = 7.6e-06".
+    sphere = ImplicitManifold(lambda y: (y * y).sum(-1, keepdim=True) - 1, 3).to(torch.float32)
+    x0 = 1.3 * torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    w = torch.tensor([0.0, 0.0, 1.0])
+    x, info = cls(sphere, lambda y: -(y * w).sum(-1), step_size=0.3, seed=0).run(x0, 3)
+    assert x.dtype == torch.float32 and bool(sphere.belongs(x).all())
+    # On the unit sphere to float32 accuracy: within 64 eps (Newton's floor) in float64.
+    eps = torch.finfo(torch.float32).eps
+    assert float((x.double().norm(dim=-1) - 1).abs().max()) <= 64 * eps * 1.001
+
+
 def _float64_energies():
     """A float64 EnergyMLP (autograd path) and a float64 nn.Sequential (the
     graph-free MLP path)."""
