@@ -290,6 +290,13 @@ def _evaluation_data(args, config, dim):
     return data
 
 
+def _points_of(args, n, flag=""):
+    """"FILE gives 1 point (--n-samples 1)": what ``args.data`` gave, for the error
+    that refuses too few points."""
+    given = f" (--n-samples {args.n_samples})" if args.n_samples is not None else ""
+    return f"{flag}{args.data} gives {n} point{'' if n == 1 else 's'}{given}"
+
+
 def _print_note(note):
     """Print a library note (``fit_pipeline``'s notify) in the CLI's terms."""
     print(_in_cli_terms(note))
@@ -375,6 +382,9 @@ def fit(args):
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     data = _load_data(args.data, args)
+    if len(data) < 2:  # train_test_split's "need at least 2 points to split" named no file
+        raise CLIError(f"{_points_of(args, len(data))}: fit needs at least 2, points to "
+                       "train on and held-out ones (--test-fraction)")
     _refuse_learned_options(args, data)
     _refuse_restart_options(args, data)
     train, test = train_test_split(data.points, test_fraction=args.test_fraction, seed=args.seed)
@@ -460,7 +470,7 @@ def _refuse_restart_options(args, data):
     (they were ignored)."""
     from .learning.presets import mdf_preset
 
-    if (args.mdf_restarts or mdf_preset(data.name).get("n_restarts", 1)) > 1:
+    if (args.mdf_restarts or mdf_preset(data.preset_name).get("n_restarts", 1)) > 1:
         return
     given = [text for text, value in (
         (f"--mdf-selection {args.mdf_selection}", args.mdf_selection is not None),
@@ -578,7 +588,7 @@ def evaluate(args):
     if args.data:
         test = _evaluation_data(args, config, manifold.ambient_dim).points
         if len(test) < 2:  # one point failed in the metrics with "x is empty"
-            raise CLIError(f"--data has {len(test)} point; evaluate needs at least 2")
+            raise CLIError(f"{_points_of(args, len(test), '--data ')}: evaluate needs at least 2")
     # Drawn here (evaluate_model would draw the same ones silently): --no-progress
     # decides whether the chains report progress.
     samples = ebm.sample(args.n_eval, seed=args.seed, progress=not args.no_progress)

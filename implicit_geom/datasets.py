@@ -1298,6 +1298,10 @@ class Dataset:
     meta : dict
         Extra information (generator parameters, source file, torus radii
         ``R`` and ``r`` for ``kind == "torus"``).
+    builtin : bool
+        A built-in data set loaded by name (``DATASET_NAMES``): only these get
+        the tuned per-data-set presets (``learning.presets``, ``pipeline``). A
+        user's file is named after its stem, and ``glycine.csv`` may hold any data.
     """
 
     points: torch.Tensor
@@ -1306,6 +1310,12 @@ class Dataset:
     ambient_dim: int
     intrinsic_dim: int | None
     meta: dict = field(default_factory=dict)
+    builtin: bool = False
+
+    @property
+    def preset_name(self) -> str | None:
+        """The name to look presets up by: ``name`` for a built-in data set, else None."""
+        return self.name if self.builtin else None
 
     def __len__(self) -> int:
         return int(self.points.shape[0])
@@ -1398,7 +1408,8 @@ def load_dataset(
         n = _DEFAULT_N_SAMPLES if n_samples is None else n_samples
         points = generator(n, seed=seed, **kwargs)
         meta = {"seed": seed, **kwargs}
-        return _make(points, key, kind, dim if intrinsic_dim is None else intrinsic_dim, meta)
+        return _make(points, key, kind, dim if intrinsic_dim is None else intrinsic_dim, meta,
+                     builtin=True)
 
     if key in _IMAGES:
         loader, dim, shape = _IMAGES[key]
@@ -1432,11 +1443,13 @@ def load_dataset(
         index = np.sort(_rng(seed).choice(len(points), size=n, replace=False))
         points = points[torch.as_tensor(index)]
         meta["subsample_seed"] = seed
-    return _make(points, key, kind, dim, meta)
+    # Not by the name: a file's is its stem, which may be a built-in set's.
+    return _make(points, key, kind, dim, meta, builtin=builtin)
 
 
-def _make(points: torch.Tensor, name: str, kind: str, dim, meta: dict) -> Dataset:
-    return Dataset(points, name, kind, int(points.shape[1]), dim, meta)
+def _make(points: torch.Tensor, name: str, kind: str, dim, meta: dict,
+          builtin: bool = False) -> Dataset:
+    return Dataset(points, name, kind, int(points.shape[1]), dim, meta, builtin)
 
 
 def train_test_split(

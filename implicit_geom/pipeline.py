@@ -11,6 +11,10 @@ run:
    dimension of plain points comes from the data set or from local PCA;
 2. the density: :class:`~implicit_geom.models.ConstrainedEBM` with the data
    set's settings (:func:`ebm_preset`).
+
+Per-data-set presets go to the built-in data sets only (``Dataset.preset_name``):
+a user's file ``glycine.csv`` gets the generic settings (those of its kind on
+the analytic sphere or torus), whatever its name.
 """
 
 import time
@@ -79,7 +83,7 @@ LEARNED_MLE_PRESETS = {"glycine": dict(max_frequency=4.0, patience=5, hidden=(32
 
 
 def ebm_preset(name, points=None, kind=None):
-    """Constrained-EBM settings for data set ``name`` (a copy).
+    """Constrained-EBM settings for data set ``name`` (a copy; ``None``: a user's data).
 
     Data without a preset of their own take that of their kind of manifold
     (``kind`` "sphere" or "torus", whose scale is fixed), else a Langevin
@@ -147,6 +151,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     Parameters
     ----------
     dataset : implicit_geom.datasets.Dataset
+        Its preset is that of ``dataset.preset_name`` (built-in data sets only).
     choice : {"auto", "learned", "sphere", "torus"}
         ``"auto"``: analytic for sphere and torus data, else learned.
     intrinsic_dim : int, optional
@@ -223,7 +228,7 @@ def build_manifold(dataset, choice="auto", intrinsic_dim=None, seed=0, progress=
     if codim < 1:
         raise ParameterError(f"{{intrinsic_dim={intrinsic}}} must be below the ambient "
                              f"dimension {dataset.ambient_dim}", params=("intrinsic_dim",))
-    kwargs = dict(mdf_preset(dataset.name, n_train, dataset.points), seed=seed,
+    kwargs = dict(mdf_preset(dataset.preset_name, n_train, dataset.points), seed=seed,
                   progress=progress)
     if mdf_epochs:
         kwargs["epochs"] = int(mdf_epochs)
@@ -282,11 +287,11 @@ def fit_pipeline(dataset, train, choice="auto", intrinsic_dim=None, seed=0, prog
         manifold.fit(train)
         timings["manifold_s"] = time.perf_counter() - t0
     # The kind's preset only where the fit is on that analytic manifold.
-    settings = dict(ebm_preset(dataset.name, train, kind if kind != "learned" else None),
+    settings = dict(ebm_preset(dataset.preset_name, train, kind if kind != "learned" else None),
                     seed=seed, progress=progress)
     fit_data, val = train, None
     if ConstrainedEBM(manifold, **settings).resolved_method() == "mle":
-        settings.update(mle_preset(dataset.name, kind == "learned"))
+        settings.update(mle_preset(dataset.preset_name, kind == "learned"))
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
         k = max(len(train) // 10, 1)
         fit_data, val = train[perm[k:]], train[perm[:k]]

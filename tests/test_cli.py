@@ -367,7 +367,64 @@ def test_evaluate_needs_two_points(learned_model, capsys):
     # metrics with "x is empty (shape (0, 2))".
     assert main(["evaluate", str(learned_model), "--data", "two_circles", "--n-samples", "1",
                  "--n-eval", "10", "--no-progress"]) == 2
-    assert "--data has 1 point; evaluate needs at least 2" in capsys.readouterr().err
+    assert ("--data two_circles gives 1 point (--n-samples 1): evaluate needs at least 2"
+            in capsys.readouterr().err)
+    one = learned_model.parent / "one.csv"
+    one.write_text("1.0,0.5\n")
+    assert main(["evaluate", str(learned_model), "--data", str(one), "--n-eval", "10",
+                 "--no-progress"]) == 2
+    assert f"--data {one} gives 1 point: evaluate needs at least 2" in capsys.readouterr().err
+
+
+def test_fit_refuses_one_point_naming_the_file(tmp_path, capsys, monkeypatch):
+    # Catches `fit` on a one-row file failing with train_test_split's "need at
+    # least 2 points to split, got 1", naming neither the file nor what it needs.
+    from implicit_geom import cli
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained on one point")
+
+    monkeypatch.setattr(cli, "fit_pipeline", trained)
+    one = tmp_path / "one.csv"
+    one.write_text("1.0,2.0,3.0\n")
+    out = tmp_path / "a" / "b" / "model"
+    assert main(["fit", str(one), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{one} gives 1 point: fit needs at least 2, points to train on and held-out" in err
+    assert "to split" not in err and not (tmp_path / "a").exists()
+    assert main(["fit", "two_circles", "--n-samples", "1", "--out", str(out)]) == 2
+    assert "two_circles gives 1 point (--n-samples 1): fit needs at least 2" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_file_named_like_a_built_in_set_gets_no_preset(tmp_path, capsys, monkeypatch):
+    # Catches presets looked up by the data's name, which for a file is its
+    # stem: any glycine.csv got glycine's three fits (and --mdf-selection was
+    # accepted for them), whatever it held.
+    from implicit_geom import cli
+
+    seen = {}
+
+    def trained(data, *args, **kwargs):
+        seen["data"] = data
+        raise cli.CLIError("trained")
+
+    monkeypatch.setattr(cli, "fit_pipeline", trained)
+    path = tmp_path / "glycine.csv"
+    rng = np.random.default_rng(0)
+    np.savetxt(path, rng.normal(size=(40, 3)), delimiter=",")
+    argv = ["fit", str(path), "--out", str(tmp_path / "m"), "--no-progress"]
+    assert main([*argv, "--mdf-selection", "conditioning"]) == 2
+    assert "on several restarts" in capsys.readouterr().err and not seen
+    assert main(argv) == 2 and "trained" in capsys.readouterr().err
+    assert seen["data"].name == "glycine" and seen["data"].preset_name is None
+    if not (default_data_dir() / "protein" / "dihedrals.csv").is_file():
+        pytest.skip("no shared protein data")
+    # The built-in set keeps its preset: several restarts, so the option is taken.
+    assert main(["fit", "glycine", "--manifold", "learned", "--out", str(tmp_path / "m"),
+                 "--mdf-selection", "conditioning", "--no-progress"]) == 2
+    assert "trained" in capsys.readouterr().err and seen["data"].preset_name == "glycine"
 
 
 def test_evaluate_refuses_data_of_another_dimension(learned_model, capsys):

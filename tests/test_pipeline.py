@@ -1,10 +1,12 @@
 """The default pipeline shared by the CLI and benchmarks/pipelines.py."""
 
+import numpy as np
 import pytest
 import torch
 
 from implicit_geom import ImplicitSphere, ImplicitTorus
-from implicit_geom.datasets import Dataset, load_dataset, sphere_mixture, vmf_sphere
+from implicit_geom.datasets import (Dataset, default_data_dir, load_dataset, sphere_mixture,
+                                    vmf_sphere)
 from implicit_geom.learning import NeuralImplicitManifold
 from implicit_geom.pipeline import (EBM_DEFAULTS, LEARNED_MLE_PRESETS, MLE_DEFAULTS,
                                    build_manifold, ebm_preset, fit_pipeline, mle_preset)
@@ -36,7 +38,8 @@ def test_maximum_likelihood_presets():
     assert mle_preset("glycine")["patience"] == LEARNED_MLE_PRESETS["glycine"]["patience"]
     assert mle_preset("glycine", learned=False) == MLE_DEFAULTS
     torus = load_dataset("torus", 60)
-    angles = Dataset(torus.points, "glycine", "torus", 3, 2, dict(torus.meta))
+    # glycine's stand-in (the built-in set's presets, without the shared data)
+    angles = Dataset(torus.points, "glycine", "torus", 3, 2, dict(torus.meta), builtin=True)
     preset = LEARNED_MLE_PRESETS["glycine"]
     # (a 2-epoch MDF does not fit its data: max_distance=None lets the density
     # fit on it anyway; only the presets are checked here)
@@ -90,7 +93,8 @@ def test_a_presets_restarts_reach_the_manifold_unless_given():
     from implicit_geom.learning.presets import MDF_PRESETS, ORIENTED
 
     torus = load_dataset("torus", 60)
-    angles = Dataset(torus.points, "glycine", "torus", 3, 2, dict(torus.meta))
+    # glycine's stand-in (the built-in set's presets, without the shared data)
+    angles = Dataset(torus.points, "glycine", "torus", 3, 2, dict(torus.meta), builtin=True)
     preset = MDF_PRESETS["glycine"]
     manifold = build_manifold(angles, "learned")[1]
     assert manifold.n_restarts == preset["n_restarts"] > 1
@@ -100,6 +104,34 @@ def test_a_presets_restarts_reach_the_manifold_unless_given():
     # Data sets without restarts in their preset keep the class default.
     circle = build_manifold(load_dataset("circle", 50), "learned")[1]
     assert "n_restarts" not in MDF_PRESETS["circle"] and circle.n_restarts == 1
+
+
+def test_presets_go_to_built_in_data_sets_only(tmp_path):
+    # Catches presets looked up by Dataset.name, which for a file is its stem:
+    # a user's glycine.csv of plain points got glycine's three oriented fits
+    # of a 64x3 MLP and its maximum-likelihood settings, whatever it held.
+    from implicit_geom.learning.presets import MDF_PRESETS
+
+    path = tmp_path / "glycine.csv"
+    torus = load_dataset("torus", 60)
+    np.savetxt(path, torus.points.numpy(), delimiter=",")
+    data = load_dataset(path)
+    assert (data.name, data.kind, data.builtin, data.preset_name) == \
+        ("glycine", "euclidean", False, None)
+    manifold = build_manifold(data, "learned", intrinsic_dim=2)[1]
+    generic = NeuralImplicitManifold(3, 1)
+    assert (manifold.n_restarts, manifold.mu_orient, manifold.hidden, manifold.epochs) == \
+        (1, 0.0, generic.hidden, generic.epochs)
+    fitted = fit_pipeline(data, data.points, "learned", intrinsic_dim=2, progress=False,
+                          mdf_epochs=2, ebm_iter=2, max_distance=None)
+    assert fitted.ebm.energy_net.max_frequency == MLE_DEFAULTS["max_frequency"]
+    assert fitted.ebm.energy_net.hidden == EBM_DEFAULTS["hidden"]
+    # Built-in sets loaded by name keep theirs.
+    assert load_dataset("torus", 10).preset_name == "torus"
+    if not (default_data_dir() / "protein" / "dihedrals.csv").is_file():
+        pytest.skip("no shared protein data")
+    glycine = build_manifold(load_dataset("glycine", 60), "learned")[1]
+    assert glycine.n_restarts == MDF_PRESETS["glycine"]["n_restarts"] > 1
 
 
 def test_fit_pipeline_on_the_sphere_reports_what_it_did():

@@ -64,7 +64,9 @@ def mdf_preset(name, n_points=None, points=None):
 
     Parameters
     ----------
-    name : str
+    name : str or None
+        A built-in data set's name (``Dataset.preset_name``); ``None`` for a
+        user's data, whatever its file is called.
     n_points : int, optional
         Training points. Presets count epochs, so more data means more steps;
         on these networks a step costs nearly the same for 256 points as for
