@@ -39,7 +39,9 @@ class IntersectionManifold(ImplicitManifold):
     apart, against their circle of radius ``sqrt(1 - (1 - gap/2)**2)``:
     radius errors of projected points 2e-10, 7e-10, 6e-9, 7e-8 at kappa 2.3,
     7, 71, 707 with ``tol`` 1e-10; relative exp errors on the quarter circle
-    3e-8, 2e-6, 1e-4, 4e-3 at kappa 7e3, 7e4, 7e5, 7e6).
+    3e-8, 2e-6, 1e-4, 4e-3 at kappa 7e3, 7e4, 7e5, 7e6; measured before
+    Newton's tolerance shrank with ``sigma_min(J)`` below 0.1, which tightens
+    the shallow crossings: upper bounds now).
     :meth:`projection`, :meth:`to_tangent` and the metric's exp, log, dist
     warn (:class:`ConditioningWarning`) where ``kappa > 10`` (the foot points
     miss the ``10 * tol`` of a closest point) and raise

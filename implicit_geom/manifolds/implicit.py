@@ -18,7 +18,7 @@ from ..numerics.newton import (
     newton_min_norm,
     rounding_floor,
     solve_along_normals,
-    tol_factor,
+    tol_factor_of,
 )
 from ..numerics.validation import DTYPE, as_points, broadcast_points, check_int
 from .ift import ClosestPoint, TangentProjection, needs_grad, trainable_tensors
@@ -557,8 +557,9 @@ class ImplicitManifold(nn.Module, LevelSet):
         """Whether ``|F(x)| <= atol``, shape ``(...,)``.
 
         ``atol`` defaults to ``1e-6`` times :attr:`tol_scale` (1 at unit scale).
-        Where ``|J|_F`` is below 0.1 (F in small units, e.g. ``|x|^2 - r^2``
-        on a small sphere) it is multiplied by ``|J|_F / 0.1``, as Newton's
+        Where ``sigma_min(J)`` is below 0.1 (F, or one of its constraints, in
+        small units, e.g. ``|x|^2 - r^2`` on a small sphere) it is multiplied
+        by ``sigma_min(J) / 0.1``, as Newton's
         ``tol`` (:data:`~implicit_geom.numerics.newton.JACOBIAN_REFERENCE`).
 
         Points of the wrong shape (last axis not ``ambient_dim``) do not
@@ -596,7 +597,7 @@ class ImplicitManifold(nn.Module, LevelSet):
         :meth:`tol_for`): the one on-manifold test of :meth:`belongs`, the
         metric's checks and the samplers' emitted points, as Newton accepts them.
 
-        ``f_units``: ``atol`` is multiplied by ``min(1, |J|_F / 0.1)`` at the
+        ``f_units``: ``atol`` is multiplied by ``min(1, sigma_min(J) / 0.1)`` at the
         rows it accepts, as Newton's ``tol`` (F in small units: ``|F| <= atol``
         is no distance there). Costs a Jacobian at those rows: the geometry
         API's checks (belongs, the metric's) use it, the samplers' per-sample
@@ -608,8 +609,10 @@ class ImplicitManifold(nn.Module, LevelSet):
             return residual <= atol
         # Every row needs |J|_F: those within atol for the factor, the others
         # for the rounding floor; one evaluation serves both.
-        jnorm = torch.linalg.matrix_norm(self._jacobian(x))
-        return (residual <= atol * tol_factor(jnorm)) | (residual <= floor_from_norm(x, jnorm))
+        jac = self._jacobian(x)
+        jnorm = torch.linalg.matrix_norm(jac)
+        return ((residual <= atol * tol_factor_of(jac, jnorm))
+                | (residual <= floor_from_norm(x, jnorm)))
 
     def _at_rounding_floor(self, x, residual, rows):
         """Mask over flat points ``x`` (B, n) of those among ``rows`` whose ``|F|``

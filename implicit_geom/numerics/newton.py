@@ -85,34 +85,62 @@ def floor_from_norm(x, jnorm):
     return (ROUNDING_FACTOR * torch.finfo(x.dtype).eps) * jnorm * _norm(x)
 
 
-#: ``|J|_F`` (F units per unit length) below which the tolerance on ``|F|``
-#: shrinks in proportion: see :func:`_threshold`.
+#: ``sigma_min(J)`` (F units per unit length) below which the tolerance on
+#: ``|F|`` shrinks in proportion: see :func:`_threshold`.
 JACOBIAN_REFERENCE = 0.1
 
 
 def _threshold(x, jac, tol):
     """Per-row convergence threshold on ``|F|``: ``tol`` floored at :func:`rounding_floor`.
 
-    Exactly ``tol`` wherever the floor is below it (unit scale), so results
-    there do not depend on the floor at all.
+    Exactly ``tol`` wherever the floor is below it and ``sigma_min(J) >= 0.1``
+    (unit scale, well conditioned), so results there do not depend on either.
 
-    ``tol`` is in units of F, a distance only where ``|J| ~ 1``. Where
-    ``|J|_F`` is below :data:`JACOBIAN_REFERENCE`, the point is within
-    ``|F| / sigma_min(J)`` of M, which ``|F| <= tol`` no longer bounds: F
-    given as ``|x|^2 - r^2`` on a sphere of radius 1e-3 (``|J| = 2e-3``)
-    accepted points 5e-5 of the radius off it, and at radius 1e-6 every point
-    of the ball. There ``tol`` is multiplied by ``|J|_F / JACOBIAN_REFERENCE``:
-    the distance to M stays below ``10 tol`` (for well-conditioned J).
-    Unchanged wherever ``|J|_F >= 0.1``.
+    ``tol`` is in units of F, a distance only where ``|J| ~ 1``. The point
+    is within ``|J^+ F| <= |F| / sigma_min(J)`` of M, which ``|F| <= tol``
+    no longer bounds where sigma_min(J) is small: F given as ``|x|^2 - r^2``
+    on a sphere of radius 1e-3 (``|J| = 2e-3``) accepted points 5e-5 of the
+    radius off it, and at radius 1e-6 every point of the ball. There ``tol``
+    is multiplied by ``sigma_min(J) / JACOBIAN_REFERENCE``
+    (:func:`tol_factor_of`): the distance to M stays below ``10 tol``.
     """
     jnorm = torch.linalg.matrix_norm(jac)
-    return torch.maximum(floor_from_norm(x, jnorm), tol * tol_factor(jnorm))
+    return torch.maximum(floor_from_norm(x, jnorm), tol * tol_factor_of(jac, jnorm))
 
 
 def tol_factor(jnorm):
-    """``min(1, |J|_F / JACOBIAN_REFERENCE)`` per row: what :func:`_threshold`
-    multiplies ``tol`` by (``jnorm``: ``|J|_F``, shape [B])."""
+    """``min(1, |J|_F / JACOBIAN_REFERENCE)`` per row (``jnorm``: ``|J|_F``,
+    shape [B]): :func:`tol_factor_of` for one constraint, where ``|J|_F``
+    is ``sigma_min(J)``."""
     return (jnorm / JACOBIAN_REFERENCE).clamp(max=1.0)
+
+
+def tol_factor_of(jac, jnorm=None):
+    """``min(1, sigma_min(J) / JACOBIAN_REFERENCE)`` per row: what :func:`_threshold`
+    multiplies ``tol`` by (``jac``: shape [B, k, n]; ``jnorm``: its ``|J|_F``
+    if the caller has it). NaN where J is not finite.
+
+    sigma_min, not ``|J|_F``: with several constraints a row of J in small
+    units was hidden by the others. The circle of radius 1e-6 as
+    ``[|x|^2 - 1e-12, z]`` (rows of norm 2e-6 and 1, ``|J|_F ~ 1``) kept
+    the full ``tol`` and was projected 4e-4 of its radius off, and belongs
+    accepted points 5% off it. Computed by an SVD only on the rows that a
+    Cholesky factorisation of ``J J^T - 0.01 I`` does not certify well
+    conditioned (at unit scale: none, usually); exactly 1 on those."""
+    if jnorm is None:
+        jnorm = torch.linalg.matrix_norm(jac)
+    if jac.shape[-2] == 1:  # sigma_min(J) = |J|_F: the same bits as before
+        return tol_factor(jnorm)
+    factor = torch.where(torch.isfinite(jnorm), 1.0, torch.nan).to(jac.dtype)
+    finite = torch.isfinite(jnorm)
+    gram = jac @ jac.transpose(-1, -2)
+    eye = torch.eye(jac.shape[-2], dtype=jac.dtype, device=jac.device)
+    info = torch.linalg.cholesky_ex(gram - JACOBIAN_REFERENCE ** 2 * eye).info
+    idx = (finite & (info != 0)).nonzero().squeeze(-1)
+    if idx.numel():
+        sigma = torch.linalg.svdvals(jac.index_select(0, idx))[..., -1]
+        factor = factor.index_copy(0, idx, (sigma / JACOBIAN_REFERENCE).clamp(max=1.0))
+    return factor
 
 
 def _run(direction, f_and_jac, x0, tol, max_iter, max_halvings):

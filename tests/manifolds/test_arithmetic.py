@@ -395,3 +395,32 @@ def test_union_overlap_check_hashes_the_pieces_only_when_they_may_have_changed(m
     assert counts() == (1, 2)
     with pytest.raises(ComponentError):  # a failed check is not cached
         both.check_pieces_disjoint()
+
+
+@pytest.mark.parametrize("form", ["intersection", "plain"])
+def test_tiny_circle_with_constraints_in_different_units_against_closed_form(form):
+    # The circle of radius 1e-6 as [|x|^2 - r^2, z]: rows of J of norm 2e-6
+    # and 1. Newton's and belongs' tolerance factor from |J|_F (~1) let the
+    # small row's residual through: projections 4e-4 of the radius off, and
+    # belongs accepted points 1% and 5% off. sigma_min(J) sees the small row.
+    r = 1e-6
+
+    def ball(x):
+        return x.square().sum(-1, keepdim=True) - r * r
+
+    if form == "intersection":
+        space = ig.intersection(ig.ImplicitManifold(ball, 3, 1),
+                                ig.ImplicitManifold(lambda x: x[..., 2:], 3, 1))
+    else:
+        space = ig.ImplicitManifold(lambda x: torch.cat([ball(x), x[..., 2:]], -1), 3, 2)
+    gen = torch.Generator().manual_seed(0)
+    x0 = r * torch.randn(20, 3, generator=gen, dtype=torch.float64)
+    foot = torch.cat([r * torch.nn.functional.normalize(x0[:, :2], dim=-1),
+                      torch.zeros(20, 1, dtype=torch.float64)], -1)
+    y = space.projection(x0)
+    assert float((y - foot).norm(dim=-1).max()) < 1e-8 * r
+    theta = torch.linspace(0, 6, 5, dtype=torch.float64)
+    on = torch.stack([r * theta.cos(), r * theta.sin(), 0 * theta], -1)
+    assert bool(space.belongs(on).all())
+    for off in (1.01, 1.05):
+        assert not bool(space.belongs(on * off).any())
