@@ -31,14 +31,10 @@ import torch
 
 from .exceptions import EmptyDataError, ProjectionError, QuadratureCoverageError
 from .metrics import discretized_wasserstein, paper_wasserstein
-from .numerics.validation import DTYPE, check_int, padded_box
+from .numerics.validation import DTYPE, FLAT_AXIS, check_int, padded_box
 
 #: Network-simplex iterations of the exact OT between point clouds.
 _EMD_ITER = 10_000_000
-#: An axis of the evaluation box along which the points vary by at most this
-#: fraction of the widest axis is flat (as NeuralImplicitManifold.FLAT_AXIS).
-FLAT_AXIS = 1e-9
-
 __all__ = [
     "REFERENCE_PROTOCOL",
     "OUR_BOXES",

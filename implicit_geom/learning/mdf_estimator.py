@@ -19,7 +19,8 @@ from ..exceptions import (CheckpointError, ConditioningWarning, FitWarning, Inva
 from ..manifolds.components import sample_in_box
 from ..manifolds.neural import MDFNetwork, NetworkImplicitManifold
 from ..manifolds.residual import ResidualMDFNetwork
-from ..numerics.validation import DTYPE, as_points, check_int, check_spread, padded_box
+from ..numerics.validation import (DTYPE, FLAT_AXIS, as_points, check_int, check_spread,
+                                   padded_box)
 from ..threads import check_jobs, fork_map, resolve_jobs
 from .checkpoint import checkpoint_dtype, dtype_name, load_checkpoint, save_checkpoint
 from .distributed import context, make_trainer
@@ -239,7 +240,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
     _HINT_PARAMS = ("s_min", "s_max", "X")
     #: A box axis along which the data vary by at most this fraction of the
     #: widest axis counts as flat (see :meth:`_data_box`).
-    FLAT_AXIS = 1e-9
+    FLAT_AXIS = FLAT_AXIS
 
     _CONFIG_KEYS = (
         "ambient_dim", "codim", "hidden", "activation", "architecture", "radial", "s_min",
@@ -421,17 +422,7 @@ class NeuralImplicitManifold(NetworkImplicitManifold, EstimatorMixin):
         of it outside, so conditioning, components and box-sampled geodesics
         found nothing and the negatives could not leave the plane.
         """
-        low, high = padded_box(data, self.box_margin, min_width=1e-12)
-        lo, hi = data.min(0).values, data.max(0).values
-        width = hi - lo
-        widest = width.max()
-        flat = width <= self.FLAT_AXIS * widest
-        if flat.any():
-            half = (0.5 + self.box_margin) * widest
-            centre = (lo + hi) / 2
-            low = torch.where(flat, centre - half, low)
-            high = torch.where(flat, centre + half, high)
-        return low, high
+        return padded_box(data, self.box_margin, min_width=1e-12, flat=self.FLAT_AXIS)
 
     def _build_state(self, low, high):
         self.bounds = (low, high)

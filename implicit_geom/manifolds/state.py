@@ -87,7 +87,7 @@ def _walk_state(space, portable=False, params=True, plain_by_name=True):
                         yield from tensor(key, item)
                     elif isinstance(item, torch.nn.Module):
                         yield from visit(item, depth + 1)
-            elif callable(val) and key in ("_f", "f"):
+            elif _is_plain_f(key, val):
                 yield "setting", f"{key}@{id(val)}"
         for child in getattr(obj, "_modules", {}).values():
             if child is not None:

@@ -12,8 +12,7 @@ import warnings
 import torch
 
 from ..exceptions import CheckpointError, ComponentError, NotFittedError
-from ..learning.checkpoint import (check_manifolds, load_checkpoint, manifold_identity,
-                                   save_checkpoint)
+from ..learning.checkpoint import check_manifolds, load_checkpoint, save_checkpoint
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import as_implicit
 from ..manifolds.arithmetic import UnionManifold, intersection, union
@@ -233,7 +232,8 @@ class UnionEBM(EstimatorMixin):
                   # What identifies each model's piece: load checks the pieces it
                   # is given against them (swapped pieces paired densities with
                   # the wrong pieces).
-                  "pieces": [manifold_identity(m.manifold) for m in self.models]}
+                  # (each model's record holds its piece's: not computed twice)
+                  "pieces": [c["manifold"] for c, _ in parts]}
         payload = {"models": [p for _, p in parts], "weights": self.weights}
         save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
 

@@ -17,8 +17,7 @@ import math
 import torch
 
 from ..exceptions import CheckpointError, NotFittedError
-from ..learning.checkpoint import (check_manifolds, load_checkpoint, manifold_identity,
-                                   save_checkpoint)
+from ..learning.checkpoint import check_manifolds, load_checkpoint, save_checkpoint
 from ..learning.estimator import EstimatorMixin
 from ..manifolds.analytic import as_implicit
 from ..numerics.validation import DTYPE, as_points, check_int
@@ -247,7 +246,9 @@ class DensityMixture(EstimatorMixin):
                   torch.as_tensor(given, dtype=DTYPE).reshape(-1).tolist(),
                   "prior": self.prior, "n_iter": self.n_iter, "tol": self.tol,
                   "n_iter_": self.n_iter_, "fit_nll_": self.fit_nll_,
-                  "manifold": manifold_identity(self.manifold)}
+                  # Every component's record holds it (one manifold object):
+                  # the first one's, not computed again.
+                  "manifold": parts[0][0]["manifold"]}
         payload = {"models": [p for _, p in parts], "weights_": self.weights_}
         save_checkpoint(path, _CHECKPOINT_KIND, config, payload)
 

@@ -150,6 +150,11 @@ def broadcast_points(*tensors, names=None):
         ) from err
 
 
+#: A box axis along which points vary by at most this fraction of the widest
+#: axis is flat (:func:`padded_box`'s ``flat``: the MDF's box, the evaluation's).
+FLAT_AXIS = 1e-9
+
+
 def padded_box(points, fraction, min_width=0.0, flat=None):
     """Bounding box of ``points`` (N, n) widened by ``fraction`` of its size per side.
 
@@ -160,12 +165,14 @@ def padded_box(points, fraction, min_width=0.0, flat=None):
     never exactly flat, and a box of no width along that axis misses it).
     """
     lo, hi = points.min(0).values, points.max(0).values
+    pad = fraction * (hi - lo).clamp_min(min_width)
+    low, high = lo - pad, hi + pad
     if flat is not None:
         width = hi - lo
         widest = width.max()
         thin = width <= flat * widest
-        centre = (lo + hi) / 2
-        lo = torch.where(thin, centre - widest / 2, lo)
-        hi = torch.where(thin, centre + widest / 2, hi)
-    pad = fraction * (hi - lo).clamp_min(min_width)
-    return lo - pad, hi + pad
+        if bool(thin.any()):
+            half = (0.5 + fraction) * widest
+            centre = (lo + hi) / 2
+            low, high = torch.where(thin, centre - half, low), torch.where(thin, centre + half, high)
+    return low, high
