@@ -43,6 +43,7 @@ from implicit_geom import set_threads
 from implicit_geom.datasets import load_dataset, train_test_split, true_density
 from implicit_geom.evaluation import OUR_BOXES, w_reference
 from implicit_geom.exceptions import ImplicitGeomError
+from implicit_geom.learning.presets import mdf_preset
 from implicit_geom.pipeline import fit_pipeline
 from implicit_geom.threads import thread_info
 
@@ -154,8 +155,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.mdf_restarts is not None and args.mdf_restarts < 1:
         parser.error(f"--mdf-restarts must be >= 1, got {args.mdf_restarts}")
-    if args.mdf_selection is not None and (args.mdf_restarts or 1) < 2:
-        parser.error("--mdf-selection acts on several restarts: pass --mdf-restarts 2 or more")
+    # As implicit-geom fit: a preset's restarts count (glycine's 3).
+    single = [name for name in args.datasets
+              if (args.mdf_restarts or mdf_preset(name).get("n_restarts", 1)) < 2]
+    if args.mdf_selection is not None and single:
+        parser.error(f"--mdf-selection acts on several restarts, {', '.join(single)} fit one: "
+                     "pass --mdf-restarts 2 or more")
     # Only what was given, so that the preset (and fit_pipeline's defaults) hold otherwise.
     mdf = {k: v for k, v in dict(mdf_restarts=args.mdf_restarts, mdf_orient=args.mdf_orient or None,
                                  mdf_selection=args.mdf_selection).items() if v is not None}

@@ -259,8 +259,9 @@ def _evaluation_data(args, config, dim):
 
     if not inherited:
         data = _load_data(args.data, args, own)
-        if wrong_dim(data):
-            raise CLIError(wrong_dim(data))
+        err = wrong_dim(data)
+        if err:
+            raise CLIError(err)
         return data
 
     def attempt(how):
@@ -268,7 +269,8 @@ def _evaluation_data(args, config, dim):
             data = _read_data(args.data, args, how)
         except DataError as err:
             return None, _in_cli_terms(err)
-        return (None, wrong_dim(data)) if wrong_dim(data) else (data, None)
+        err = wrong_dim(data)
+        return (None, err) if err else (data, None)
 
     data, err = attempt(reading)
     if data is None:
